@@ -1,0 +1,196 @@
+//! The `[data]` config section: which files to read, how rows become text and targets, and how
+//! examples are cut into batches. [`DataConfig::validate`] rejects bad values by key name before
+//! any file is opened.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// On-disk format of a data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+}
+
+/// Keep only rows whose `column` equals `equals` exactly (after number/bool stringification).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Column (CSV) or key (JSONL) to compare, e.g. `repo`.
+    pub column: String,
+    /// Value a row must hold in `column` to be kept, e.g. `facebook/react`.
+    pub equals: String,
+}
+
+/// The `[data]` section of a run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Training file (`.jsonl`, `.json` or `.csv`).
+    pub train: PathBuf,
+    /// Validation file; when absent, `valid_fraction` of `train` is held out instead.
+    #[serde(default)]
+    pub valid: Option<PathBuf>,
+    /// Test file, evaluated once after training.
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    /// File format; when absent it is chosen from each file's extension.
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Fields joined (in this order) into the text the model reads, e.g. `["title", "body"]`.
+    #[serde(default = "default_text_fields")]
+    pub text_fields: Vec<String>,
+    /// Placed between non-empty text fields.
+    #[serde(default = "default_text_separator")]
+    pub text_separator: String,
+    /// Field holding the label (a string, or for `multi_label` a list / comma-separated string).
+    #[serde(default = "default_label_field")]
+    pub label_field: String,
+    /// The label set in id order: label `labels[i]` has id `i`.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Each row may carry several labels; targets become multi-hot vectors.
+    #[serde(default)]
+    pub multi_label: bool,
+    /// Keep only rows matching this filter (e.g. one repository of a multi-repo dataset).
+    #[serde(default)]
+    pub filter: Option<Filter>,
+    /// Maximum tokens per example, [CLS] and [SEP] included; longer texts are truncated.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Share of each label held out for validation when `valid` is absent; in (0, 1).
+    #[serde(default = "default_valid_fraction")]
+    pub valid_fraction: f64,
+    /// Length-bucketing window in examples (0 = off): shuffled examples are sorted by length
+    /// within windows of this size so batches hold similar lengths and pad less.
+    #[serde(default)]
+    pub bucket_window: usize,
+}
+
+fn default_text_fields() -> Vec<String> {
+    vec!["text".to_owned()]
+}
+fn default_text_separator() -> String {
+    "\n\n".to_owned()
+}
+fn default_label_field() -> String {
+    "label".to_owned()
+}
+fn default_max_len() -> usize {
+    128
+}
+fn default_valid_fraction() -> f64 {
+    0.1
+}
+
+/// Below this, [CLS] + [SEP] leave almost no room for text: surely a typo.
+const MIN_MAX_LEN: usize = 8;
+
+impl DataConfig {
+    /// A config reading `train` with every other key at its default (labels still to be set).
+    pub fn new(train: impl Into<PathBuf>) -> Self {
+        Self {
+            train: train.into(),
+            valid: None,
+            test: None,
+            format: None,
+            text_fields: default_text_fields(),
+            text_separator: default_text_separator(),
+            label_field: default_label_field(),
+            labels: Vec::new(),
+            multi_label: false,
+            filter: None,
+            max_len: default_max_len(),
+            valid_fraction: default_valid_fraction(),
+            bucket_window: 0,
+        }
+    }
+
+    /// Checks every key whose value could only fail later; errors name the key (`data.labels`).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, reason: String| Error::Config {
+            key: format!("data.{key}"),
+            reason,
+        };
+        if self.train.as_os_str().is_empty() {
+            return Err(bad("train", "must name a file".into()));
+        }
+        if self.labels.is_empty() {
+            return Err(bad("labels", "must list at least one label".into()));
+        }
+        let mut seen = HashSet::new();
+        for label in &self.labels {
+            if label.is_empty() {
+                return Err(bad("labels", "labels must be non-empty strings".into()));
+            }
+            if !seen.insert(label.as_str()) {
+                return Err(bad("labels", format!("label {label:?} is listed twice")));
+            }
+            if self.multi_label && label.contains(',') {
+                return Err(bad(
+                    "labels",
+                    format!("label {label:?} contains ',', the multi-label CSV separator"),
+                ));
+            }
+        }
+        if self.max_len < MIN_MAX_LEN {
+            return Err(bad(
+                "max_len",
+                format!("must be at least {MIN_MAX_LEN}, got {}", self.max_len),
+            ));
+        }
+        if !(self.valid_fraction > 0.0 && self.valid_fraction < 1.0) {
+            return Err(bad(
+                "valid_fraction",
+                format!(
+                    "must be strictly between 0 and 1, got {}",
+                    self.valid_fraction
+                ),
+            ));
+        }
+        if self.text_fields.is_empty() {
+            return Err(bad("text_fields", "must list at least one field".into()));
+        }
+        // Reading the answer as input would make any classifier look perfect.
+        if self.text_fields.contains(&self.label_field) {
+            return Err(bad(
+                "text_fields",
+                format!(
+                    "contains the label field {:?} (data.label_field)",
+                    self.label_field
+                ),
+            ));
+        }
+        if let Some(filter) = &self.filter {
+            if filter.column.is_empty() {
+                return Err(bad("filter.column", "must name a column".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The format of `path`: `format` when set, else from the extension.
+    pub fn format_of(&self, path: &Path) -> Result<Format> {
+        if let Some(format) = self.format {
+            return Ok(format);
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("jsonl" | "json") => Ok(Format::Jsonl),
+            Some("csv") => Ok(Format::Csv),
+            _ => Err(Error::UnknownFormat {
+                path: path.to_owned(),
+            }),
+        }
+    }
+}

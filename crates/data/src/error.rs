@@ -1,0 +1,138 @@
+//! The one error type of `wick-data`: every variant says which file, line, field or config key
+//! went wrong, so a user can fix the input without reading the source.
+
+use std::path::PathBuf;
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong between a data file on disk and a padded batch.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `[data]` config key holds a value that cannot work.
+    #[error("invalid config key `{key}`: {reason}")]
+    Config { key: String, reason: String },
+
+    /// The file could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// `data.format` is unset and the extension does not say which format the file is in.
+    #[error(
+        "cannot tell the format of {} from its extension: use .jsonl, .json or .csv, \
+         or set data.format = \"jsonl\" | \"csv\"",
+        path.display()
+    )]
+    UnknownFormat { path: PathBuf },
+
+    /// The bytes of the file are not UTF-8; `line` is the 1-based line of the first bad byte.
+    #[error("{}:{line}: invalid UTF-8", path.display())]
+    InvalidUtf8 { path: PathBuf, line: usize },
+
+    /// A JSONL line is not valid JSON.
+    #[error("{}:{line}: malformed JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A row is well-formed but unusable (not a JSON object, a stray quote, a duplicate column...).
+    #[error("{}:{line}: {reason}", path.display())]
+    BadRow {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    /// A row lacks a field the config asks for.
+    #[error(
+        "{}:{line}: missing field `{field}` (fields present: {})",
+        path.display(),
+        present.join(", ")
+    )]
+    MissingField {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        present: Vec<String>,
+    },
+
+    /// A field is present but holds a value of the wrong kind.
+    #[error("{}:{line}: field `{field}`: {reason}", path.display())]
+    BadField {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        reason: String,
+    },
+
+    /// A CSV record has a different number of fields than the header.
+    #[error(
+        "{}:{line}: record has {found} fields but the header has {expected}",
+        path.display()
+    )]
+    FieldCount {
+        path: PathBuf,
+        line: usize,
+        expected: usize,
+        found: usize,
+    },
+
+    /// A CSV quoted field is never closed; `line` is where its record begins.
+    #[error(
+        "{}:{line}: unterminated quoted field (the record starting here never closes its quote)",
+        path.display()
+    )]
+    UnterminatedQuote { path: PathBuf, line: usize },
+
+    /// A label value is not in `data.labels`.
+    #[error(
+        "{}:{line}: unknown label {label:?} (known labels: {})",
+        path.display(),
+        known.join(", ")
+    )]
+    UnknownLabel {
+        path: PathBuf,
+        line: usize,
+        label: String,
+        known: Vec<String>,
+    },
+
+    /// The file holds no data rows at all.
+    #[error("no examples in {}", path.display())]
+    Empty { path: PathBuf },
+
+    /// Every row was dropped by `data.filter`.
+    #[error(
+        "no examples in {} after data.filter ({column} = {value:?} dropped all {filtered_out} rows)",
+        path.display()
+    )]
+    AllFiltered {
+        path: PathBuf,
+        column: String,
+        value: String,
+        filtered_out: usize,
+    },
+
+    /// The `tokenizers` crate failed to load or run the tokenizer in `path`.
+    #[error("tokenizer {}: {source}", path.display())]
+    Tokenizer {
+        path: PathBuf,
+        #[source]
+        source: tokenizers::Error,
+    },
+
+    /// A dataset was built from examples whose targets are not all of one kind.
+    #[error("examples mix target kinds: example {index} is {found}, example 0 is {expected}")]
+    MixedTargets {
+        index: usize,
+        expected: &'static str,
+        found: &'static str,
+    },
+}

@@ -1,0 +1,23 @@
+//! `wick-data`: developer text on disk -> labelled examples -> token ids -> padded batches.
+//! Knows nothing of the model; the trainer only sees [`Batch`] / [`TensorBatch`].
+//!
+//! ```text
+//! DataConfig --read_examples--> Vec<Example> --Dataset::new(TextTokenizer)--> Dataset
+//!   Dataset + epoch_order(seed, epoch) --Dataset::batch--> Batch --to_tensors--> TensorBatch
+//! ```
+
+mod batch;
+mod config;
+mod error;
+mod order;
+mod read;
+mod summary;
+mod tokenize;
+
+pub use batch::{Batch, Dataset, Targets, TensorBatch};
+pub use config::{DataConfig, Filter, Format};
+pub use error::{Error, Result};
+pub use order::{epoch_order, split_train_valid};
+pub use read::{read_examples, read_unlabelled, Example, ReadOutcome, Target};
+pub use summary::DataSummary;
+pub use tokenize::{Encoding, TextTokenizer};

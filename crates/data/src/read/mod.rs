@@ -1,0 +1,332 @@
+//! Turns a JSONL or CSV file into [`Example`]s: applies `data.filter`, joins `data.text_fields`
+//! into one text and maps the label field to a [`Target`]. Every rejected row is reported with
+//! its file and 1-based line.
+
+mod csv;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::config::{DataConfig, Format};
+use crate::error::{Error, Result};
+
+/// What the model should predict for one example.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Single-label: the label id, an index into `data.labels`.
+    Single(u32),
+    /// Multi-label: a multi-hot vector of length `data.labels.len()` (1.0 = label present).
+    Multi(Vec<f32>),
+    /// Unlabelled (prediction input from [`read_unlabelled`]).
+    None,
+}
+
+/// One data row, ready for tokenization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// The non-empty `data.text_fields` joined by `data.text_separator`.
+    pub text: String,
+    /// The label(s) of the row.
+    pub target: Target,
+    /// 1-based line where the row starts in its file.
+    pub line: usize,
+    /// All fields of the row (CSV values are strings), e.g. to echo ids next to predictions.
+    pub fields: Map<String, Value>,
+}
+
+/// The examples of one file and how many rows `data.filter` dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadOutcome {
+    /// Kept rows in file order.
+    pub examples: Vec<Example>,
+    /// Rows dropped by `data.filter`.
+    pub filtered_out: usize,
+}
+
+/// Reads labelled examples (training, validation, test). A row without the label field is an
+/// error, as is a label outside `cfg.labels`.
+pub fn read_examples(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
+    read(path, cfg, true)
+}
+
+/// Reads examples for prediction: the label field is ignored, every target is [`Target::None`].
+pub fn read_unlabelled(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
+    read(path, cfg, false)
+}
+
+fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
+    let format = cfg.format_of(path)?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| Error::InvalidUtf8 {
+        path: path.to_owned(),
+        line: 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let rows = match format {
+        Format::Jsonl => jsonl_rows(path, text)?,
+        Format::Csv => csv_rows(path, text)?,
+    };
+    if rows.is_empty() {
+        return Err(Error::Empty {
+            path: path.to_owned(),
+        });
+    }
+
+    let label_ids: HashMap<&str, u32> = cfg
+        .labels
+        .iter()
+        .zip(0u32..)
+        .map(|(label, id)| (label.as_str(), id))
+        .collect();
+    let row_reader = RowReader {
+        path,
+        cfg,
+        label_ids,
+    };
+    let mut examples = Vec::with_capacity(rows.len());
+    let mut filtered_out = 0;
+    for (line, fields) in rows {
+        if !row_reader.keep(line, &fields)? {
+            filtered_out += 1;
+            continue;
+        }
+        let text = row_reader.text(line, &fields)?;
+        let target = if labelled {
+            row_reader.target(line, &fields)?
+        } else {
+            Target::None
+        };
+        examples.push(Example {
+            text,
+            target,
+            line,
+            fields,
+        });
+    }
+    if examples.is_empty() {
+        if let Some(filter) = &cfg.filter {
+            return Err(Error::AllFiltered {
+                path: path.to_owned(),
+                column: filter.column.clone(),
+                value: filter.equals.clone(),
+                filtered_out,
+            });
+        }
+    }
+    Ok(ReadOutcome {
+        examples,
+        filtered_out,
+    })
+}
+
+type Row = (usize, Map<String, Value>);
+
+fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (index, raw) in text.split('\n').enumerate() {
+        let line = index + 1;
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(raw).map_err(|source| Error::Json {
+            path: path.to_owned(),
+            line,
+            source,
+        })?;
+        let Value::Object(fields) = value else {
+            return Err(Error::BadRow {
+                path: path.to_owned(),
+                line,
+                reason: format!(
+                    "expected one JSON object per line, found {}",
+                    kind_of(&value)
+                ),
+            });
+        };
+        rows.push((line, fields));
+    }
+    Ok(rows)
+}
+
+fn csv_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
+    let mut records = csv::parse(path, text)?.into_iter();
+    let Some(header) = records.next() else {
+        return Ok(Vec::new());
+    };
+    for (i, name) in header.fields.iter().enumerate() {
+        if header.fields[..i].contains(name) {
+            return Err(Error::BadRow {
+                path: path.to_owned(),
+                line: header.line,
+                reason: format!("header names column {name:?} twice"),
+            });
+        }
+    }
+    records
+        .map(|record| {
+            if record.fields.len() != header.fields.len() {
+                return Err(Error::FieldCount {
+                    path: path.to_owned(),
+                    line: record.line,
+                    expected: header.fields.len(),
+                    found: record.fields.len(),
+                });
+            }
+            let fields = header
+                .fields
+                .iter()
+                .cloned()
+                .zip(record.fields.into_iter().map(Value::String))
+                .collect();
+            Ok((record.line, fields))
+        })
+        .collect()
+}
+
+/// Per-file context for turning a row's fields into text and target.
+struct RowReader<'a> {
+    path: &'a Path,
+    cfg: &'a DataConfig,
+    label_ids: HashMap<&'a str, u32>,
+}
+
+impl RowReader<'_> {
+    fn field<'f>(&self, line: usize, fields: &'f Map<String, Value>, name: &str) -> Result<&'f Value> {
+        fields.get(name).ok_or_else(|| Error::MissingField {
+            path: self.path.to_owned(),
+            line,
+            field: name.to_owned(),
+            present: fields.keys().cloned().collect(),
+        })
+    }
+
+    fn bad_field(&self, line: usize, field: &str, reason: String) -> Error {
+        Error::BadField {
+            path: self.path.to_owned(),
+            line,
+            field: field.to_owned(),
+            reason,
+        }
+    }
+
+    fn keep(&self, line: usize, fields: &Map<String, Value>) -> Result<bool> {
+        let Some(filter) = &self.cfg.filter else {
+            return Ok(true);
+        };
+        let value = self.field(line, fields, &filter.column)?;
+        Ok(scalar_text(value).as_deref() == Some(filter.equals.as_str()))
+    }
+
+    fn text(&self, line: usize, fields: &Map<String, Value>) -> Result<String> {
+        let mut parts = Vec::with_capacity(self.cfg.text_fields.len());
+        for name in &self.cfg.text_fields {
+            let value = self.field(line, fields, name)?;
+            if matches!(value, Value::Array(_) | Value::Object(_)) {
+                return Err(self.bad_field(
+                    line,
+                    name,
+                    format!(
+                        "holds {}; text fields must be strings or numbers",
+                        kind_of(value)
+                    ),
+                ));
+            }
+            if let Some(part) = scalar_text(value) {
+                if !part.trim().is_empty() {
+                    parts.push(part);
+                }
+            }
+        }
+        Ok(parts.join(&self.cfg.text_separator))
+    }
+
+    fn target(&self, line: usize, fields: &Map<String, Value>) -> Result<Target> {
+        let name = &self.cfg.label_field;
+        let value = self.field(line, fields, name)?;
+        if !self.cfg.multi_label {
+            if let Value::Array(_) = value {
+                return Err(self.bad_field(
+                    line,
+                    name,
+                    "holds a list of labels but data.multi_label is false".into(),
+                ));
+            }
+            let label = self.label_text(line, value)?;
+            if label.is_empty() {
+                return Err(self.bad_field(line, name, "empty label".into()));
+            }
+            return self.label_id(line, label).map(Target::Single);
+        }
+        let labels: Vec<String> = match value {
+            Value::Array(items) => items
+                .iter()
+                .map(|item| self.label_text(line, item))
+                .collect::<Result<_>>()?,
+            other => self
+                .label_text(line, other)?
+                .split(',')
+                .map(|part| part.trim().to_owned())
+                .filter(|part| !part.is_empty())
+                .collect(),
+        };
+        let mut multi_hot = vec![0.0; self.cfg.labels.len()];
+        for label in labels {
+            let id = self.label_id(line, label)?;
+            multi_hot[id as usize] = 1.0;
+        }
+        Ok(Target::Multi(multi_hot))
+    }
+
+    fn label_text(&self, line: usize, value: &Value) -> Result<String> {
+        match scalar_text(value) {
+            Some(text) => Ok(text.trim().to_owned()),
+            None => Err(self.bad_field(
+                line,
+                &self.cfg.label_field,
+                format!("holds {}; a label must be a string", kind_of(value)),
+            )),
+        }
+    }
+
+    fn label_id(&self, line: usize, label: String) -> Result<u32> {
+        self.label_ids
+            .get(label.as_str())
+            .copied()
+            .ok_or_else(|| Error::UnknownLabel {
+                path: self.path.to_owned(),
+                line,
+                label,
+                known: self.cfg.labels.clone(),
+            })
+    }
+}
+
+/// The text of a string, number or bool; `None` for null, lists and objects.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}

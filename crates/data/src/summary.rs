@@ -1,0 +1,108 @@
+//! What a dataset looks like before training: label counts and token lengths, so a user sees
+//! class imbalance and how much text `max_len` cuts off.
+
+use std::fmt;
+
+use crate::batch::{Dataset, Targets};
+
+/// Label counts and token-length statistics of one dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSummary {
+    /// Number of examples.
+    pub examples: usize,
+    /// `(label, examples carrying it)` in label-id order; empty for unlabelled data.
+    pub per_label: Vec<(String, usize)>,
+    /// Median untruncated token length ([CLS]/[SEP] included).
+    pub p50: usize,
+    /// 90th percentile of untruncated token length.
+    pub p90: usize,
+    /// 95th percentile of untruncated token length.
+    pub p95: usize,
+    /// 99th percentile of untruncated token length.
+    pub p99: usize,
+    /// Longest untruncated token length.
+    pub max: usize,
+    /// Examples longer than `max_len`, i.e. cut by truncation.
+    pub truncated: usize,
+    /// The truncation length.
+    pub max_len: usize,
+    /// Rows dropped by `data.filter` before this dataset was built.
+    pub filtered_out: usize,
+}
+
+impl DataSummary {
+    /// Summarizes `dataset`; `labels` are the names in id order (`data.labels`).
+    pub fn new(dataset: &Dataset, labels: &[String], filtered_out: usize) -> Self {
+        let mut lengths: Vec<usize> = dataset.encodings().iter().map(|e| e.full_len).collect();
+        lengths.sort_unstable();
+        let max_len = dataset.max_len();
+        let mut counts = vec![0usize; labels.len()];
+        match dataset.targets() {
+            Targets::Single(ids) => {
+                for &id in ids {
+                    if let Some(count) = counts.get_mut(id as usize) {
+                        *count += 1;
+                    }
+                }
+            }
+            Targets::Multi { values, num_labels } => {
+                for row in values.chunks(*num_labels) {
+                    for (count, &value) in counts.iter_mut().zip(row) {
+                        *count += usize::from(value > 0.5);
+                    }
+                }
+            }
+            Targets::None => counts.clear(),
+        }
+        let per_label = labels.iter().cloned().zip(counts).collect();
+        Self {
+            examples: dataset.len(),
+            per_label,
+            p50: percentile(&lengths, 50),
+            p90: percentile(&lengths, 90),
+            p95: percentile(&lengths, 95),
+            p99: percentile(&lengths, 99),
+            max: lengths.last().copied().unwrap_or(0),
+            truncated: lengths.iter().filter(|&&len| len > max_len).count(),
+            max_len,
+            filtered_out,
+        }
+    }
+}
+
+/// Nearest-rank percentile of ascending `sorted`; 0 when empty.
+fn percentile(sorted: &[usize], pct: usize) -> usize {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (pct * sorted.len()).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+impl fmt::Display for DataSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "examples   {}", self.examples)?;
+        if self.filtered_out > 0 {
+            write!(f, " ({} filtered out)", self.filtered_out)?;
+        }
+        writeln!(f)?;
+        if !self.per_label.is_empty() {
+            let width = self.per_label.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+            for (label, count) in &self.per_label {
+                let share = 100.0 * *count as f64 / self.examples.max(1) as f64;
+                writeln!(f, "  {label:<width$}  {count:>7}  {share:5.1}%")?;
+            }
+        }
+        writeln!(
+            f,
+            "tokens     p50 {}  p90 {}  p95 {}  p99 {}  max {}",
+            self.p50, self.p90, self.p95, self.p99, self.max
+        )?;
+        let share = 100.0 * self.truncated as f64 / self.examples.max(1) as f64;
+        write!(
+            f,
+            "truncated  {} of {} ({share:.1}%) at max_len {}",
+            self.truncated, self.examples, self.max_len
+        )
+    }
+}
