@@ -1,0 +1,276 @@
+//! The BERT encoder, ported from Hugging Face's `modeling_bert.py`:
+//! <https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py>
+//!
+//! Variable names match the Hugging Face checkpoint keys without the `bert.` prefix
+//! (`encoder.layer.0.attention.self.query.weight`), so a `VarMap` of this model saves to a file
+//! that Hugging Face tools read. Unlike candle-transformers' port, dropout is real and every op
+//! records its backward (see [`crate::ops`]).
+
+use std::sync::Arc;
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::{BertConfig, HiddenAct};
+use crate::ops;
+use crate::rng::DropoutRng;
+
+/// Placeholder initialisation: every variable is overwritten by pretrained or seeded random values
+/// (see [`crate::weights`]), so only the shape matters here.
+const PLACEHOLDER: Init = Init::Const(0.0);
+
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints((out_dim, in_dim), "weight", PLACEHOLDER)?,
+            bias: vb.get_with_hints(out_dim, "bias", PLACEHOLDER)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        ops::linear(xs, &self.weight, Some(&self.bias))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", PLACEHOLDER)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(xs, &self.weight, &self.bias, self.eps)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    layer_norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            word: vb.get_with_hints((cfg.vocab_size, h), "word_embeddings.weight", PLACEHOLDER)?,
+            position: vb.get_with_hints(
+                (cfg.max_position_embeddings, h),
+                "position_embeddings.weight",
+                PLACEHOLDER,
+            )?,
+            token_type: vb.get_with_hints(
+                (cfg.type_vocab_size, h),
+                "token_type_embeddings.weight",
+                PLACEHOLDER,
+            )?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+        })
+    }
+
+    /// `(batch, seq)` ids -> `(batch, seq, hidden)` in f32, before dropout.
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let hidden = self.word.dim(1)?;
+        let gather = |table: &Tensor, ids: &Tensor| {
+            table
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((batch, seq, hidden))
+        };
+        let words = gather(&self.word, input_ids)?;
+        let types = gather(&self.token_type, token_type_ids)?;
+        let positions = self.position.narrow(0, 0, seq)?;
+        let xs = (words + types)?.broadcast_add(&positions)?;
+        self.layer_norm.forward(&xs)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    heads: usize,
+    head_size: usize,
+}
+
+impl SelfAttention {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            query: Linear::load(vb.pp("query"), h, h)?,
+            key: Linear::load(vb.pp("key"), h, h)?,
+            value: Linear::load(vb.pp("value"), h, h)?,
+            heads: cfg.num_attention_heads,
+            head_size: cfg.head_size(),
+        })
+    }
+
+    /// `(batch, seq, hidden)` -> `(batch, heads, seq, head_size)`.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, seq, _) = xs.dims3()?;
+        xs.reshape((batch, seq, self.heads, self.head_size))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Scaled dot-product attention; `bias` is the f32 additive mask `(batch, 1, 1, seq)`.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        bias: &Tensor,
+        p: f64,
+        rng: &DropoutRng,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (batch, seq, hidden) = xs.dims3()?;
+        let q = self.split_heads(&self.query.forward(xs)?)?;
+        let k = self.split_heads(&self.key.forward(xs)?)?;
+        let v = self.split_heads(&self.value.forward(xs)?)?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_size as f64).sqrt()))?;
+        let probs = ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.broadcast_add(bias)?)?
+            .to_dtype(xs.dtype())?;
+        let probs = ops::dropout(&probs, p, rng, train)?;
+        probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, hidden))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    attention: SelfAttention,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    act: HiddenAct,
+    hidden_p: f64,
+    attention_p: f64,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        Ok(Self {
+            attention: SelfAttention::load(vb.pp("attention.self"), cfg)?,
+            attention_out: Linear::load(vb.pp("attention.output.dense"), h, h)?,
+            attention_norm: LayerNorm::load(vb.pp("attention.output.LayerNorm"), h, eps)?,
+            intermediate: Linear::load(vb.pp("intermediate.dense"), h, i)?,
+            output: Linear::load(vb.pp("output.dense"), i, h)?,
+            output_norm: LayerNorm::load(vb.pp("output.LayerNorm"), h, eps)?,
+            act: cfg.hidden_act,
+            hidden_p: cfg.hidden_dropout_prob,
+            attention_p: cfg.attention_probs_dropout_prob,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, bias: &Tensor, rng: &DropoutRng, train: bool) -> Result<Tensor> {
+        let attended = self
+            .attention
+            .forward(xs, bias, self.attention_p, rng, train)?;
+        let attended = ops::dropout(
+            &self.attention_out.forward(&attended)?,
+            self.hidden_p,
+            rng,
+            train,
+        )?;
+        let xs = self.attention_norm.forward(&(attended + xs)?)?;
+        let inner = self.intermediate.forward(&xs)?;
+        let inner = match self.act {
+            HiddenAct::Gelu => inner.gelu_erf()?,
+            HiddenAct::GeluApproximate => inner.gelu()?,
+            HiddenAct::Relu => inner.relu()?,
+        };
+        let out = ops::dropout(&self.output.forward(&inner)?, self.hidden_p, rng, train)?;
+        self.output_norm.forward(&(out + xs)?)
+    }
+}
+
+/// The BERT encoder: embeddings and a stack of transformer layers.
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    config: BertConfig,
+    dtype: DType,
+    rng: Arc<DropoutRng>,
+}
+
+impl BertModel {
+    /// Declares the encoder's variables under `vb` (Hugging Face names, no `bert.` prefix).
+    /// `dtype` is the compute dtype of activations; variables keep the builder's dtype.
+    pub fn load(
+        vb: VarBuilder,
+        config: &BertConfig,
+        dtype: DType,
+        rng: Arc<DropoutRng>,
+    ) -> Result<Self> {
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
+            layers,
+            config: config.clone(),
+            dtype,
+            rng,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// The compute dtype of activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The dropout randomness shared by this model's layers.
+    pub fn rng(&self) -> &Arc<DropoutRng> {
+        &self.rng
+    }
+
+    /// `(batch, seq)` u32 ids, token types and attention mask -> `(batch, seq, hidden)` hidden
+    /// states in the compute dtype. Dropout applies only when `train` is true.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let hidden_p = self.config.hidden_dropout_prob;
+        let xs = self
+            .embeddings
+            .forward(input_ids, token_type_ids)?
+            .to_dtype(self.dtype)?;
+        let mut xs = ops::dropout(&xs, hidden_p, &self.rng, train)?;
+        let bias = ops::attention_bias(attention_mask)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &bias, &self.rng, train)?;
+        }
+        Ok(xs)
+    }
+}

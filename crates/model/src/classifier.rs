@@ -1,0 +1,157 @@
+//! Encoder + masked mean pooling + dropout + `Linear(hidden, num_labels)`.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{Init, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::bert::BertModel;
+use crate::config::BertConfig;
+use crate::loss;
+use crate::ops;
+use crate::rng::DropoutRng;
+
+/// The name prefix of the head's variables, as in Hugging Face's `BertForSequenceClassification`.
+pub const HEAD_PREFIX: &str = "classifier";
+
+/// How labels relate to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Exactly one label per text: softmax and cross-entropy.
+    #[default]
+    SingleLabel,
+    /// Any subset of labels: independent sigmoids and binary cross-entropy.
+    MultiLabel,
+}
+
+/// Loss options that change the objective but not the model.
+#[derive(Debug, Clone, Default)]
+pub struct LossOptions {
+    /// Label smoothing in `[0, 1)` (single-label only), as in `torch.nn.CrossEntropyLoss`.
+    pub label_smoothing: f64,
+    /// Per-class weights `(num_labels,)`, as PyTorch's `weight=` (single-label) or `pos_weight`
+    /// scaling of each class's term (multi-label).
+    pub class_weights: Option<Tensor>,
+}
+
+/// A BERT text classifier.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    encoder: BertModel,
+    head_weight: Tensor,
+    head_bias: Tensor,
+    dropout: f64,
+    task: Task,
+}
+
+impl Classifier {
+    /// Declares the encoder (at the root of `vb`) and the head (`classifier.weight`,
+    /// `classifier.bias`). `dropout` is the rate before the head.
+    pub fn load(
+        vb: VarBuilder,
+        config: &BertConfig,
+        num_labels: usize,
+        task: Task,
+        dropout: f64,
+        dtype: DType,
+        rng: Arc<DropoutRng>,
+    ) -> Result<Self> {
+        let encoder = BertModel::load(vb.clone(), config, dtype, rng)?;
+        let head = vb.pp(HEAD_PREFIX);
+        Ok(Self {
+            encoder,
+            head_weight: head.get_with_hints(
+                (num_labels, config.hidden_size),
+                "weight",
+                Init::Const(0.0),
+            )?,
+            head_bias: head.get_with_hints(num_labels, "bias", Init::Const(0.0))?,
+            dropout,
+            task,
+        })
+    }
+
+    /// Declares a classifier in a fresh `VarMap` of f32 variables on `device` (placeholder values:
+    /// fill them with [`crate::weights`]). Dropout masks are drawn from a stream seeded by `seed`.
+    pub fn build(
+        config: &BertConfig,
+        num_labels: usize,
+        task: Task,
+        dropout: f64,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<(VarMap, Self)> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let rng = Arc::new(DropoutRng::new(seed));
+        let model = Self::load(vb, config, num_labels, task, dropout, dtype, rng)?;
+        Ok((varmap, model))
+    }
+
+    pub fn encoder(&self) -> &BertModel {
+        &self.encoder
+    }
+
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.head_bias.dims1().unwrap_or(0)
+    }
+
+    /// Masked mean of the last hidden states: `(batch, seq)` inputs -> `(batch, hidden)` f32.
+    pub fn pooled(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let hidden = self
+            .encoder
+            .forward(input_ids, token_type_ids, attention_mask, train)?;
+        ops::masked_mean(&hidden, attention_mask)
+    }
+
+    /// Logits `(batch, num_labels)` in f32.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let pooled = self.pooled(input_ids, token_type_ids, attention_mask, train)?;
+        let pooled = ops::dropout(&pooled, self.dropout, self.encoder.rng(), train)?;
+        ops::linear(&pooled, &self.head_weight, Some(&self.head_bias))
+    }
+
+    /// The scalar training loss of `logits` against `labels`: `(batch,)` u32 class ids for
+    /// single-label, `(batch, num_labels)` f32 0/1 targets for multi-label.
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor, options: &LossOptions) -> Result<Tensor> {
+        match self.task {
+            Task::SingleLabel => loss::cross_entropy(
+                logits,
+                labels,
+                options.label_smoothing,
+                options.class_weights.as_ref(),
+            ),
+            Task::MultiLabel => {
+                loss::bce_with_logits(logits, labels, options.class_weights.as_ref())
+            }
+        }
+    }
+
+    /// Class probabilities `(batch, num_labels)`: softmax for single-label, sigmoid for
+    /// multi-label.
+    pub fn probabilities(&self, logits: &Tensor) -> Result<Tensor> {
+        match self.task {
+            Task::SingleLabel => ops::softmax_last_dim(logits),
+            Task::MultiLabel => candle_nn::ops::sigmoid(&logits.to_dtype(DType::F32)?),
+        }
+    }
+}

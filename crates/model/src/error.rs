@@ -1,0 +1,36 @@
+//! Errors of the model crate that name the file or tensor at fault.
+
+use std::path::PathBuf;
+
+/// Errors from reading model configs and weights.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("weights file {path} lacks {count} tensor(s) the model needs, e.g. {examples:?}")]
+    MissingWeights {
+        path: PathBuf,
+        count: usize,
+        examples: Vec<String>,
+    },
+    #[error(
+        "weights file {path}: tensor `{name}` has shape {found:?}, the model expects {expected:?}"
+    )]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("cannot read weights file {path}: {source}")]
+    Weights {
+        path: PathBuf,
+        source: candle_core::Error,
+    },
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

@@ -1,0 +1,78 @@
+//! Seeded randomness for dropout.
+//!
+//! Candle cannot seed its CPU generator, so on the CPU the keep-masks come from a ChaCha stream
+//! owned here. On an accelerator the masks are drawn on the device (drawing tens of millions of
+//! numbers on the host every step would stall it) after seeding the device generator. Both are
+//! reseeded from `(seed, step)` at every step, so the state is a pure function of the step and a
+//! resumed run draws the same masks as an uninterrupted one without saving any generator state.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The source of dropout masks for one model.
+#[derive(Debug)]
+pub struct DropoutRng {
+    host: Mutex<ChaCha8Rng>,
+}
+
+/// Mixes a run seed and a step into one 64-bit seed (splitmix64 finaliser).
+pub fn mix_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            host: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    /// Resets the streams to the state for `step` of a run seeded with `seed`.
+    pub fn reseed(&self, seed: u64, step: u64, device: &Device) -> Result<()> {
+        let mixed = mix_seed(seed, step);
+        *self.lock() = ChaCha8Rng::seed_from_u64(mixed);
+        if !device.is_cpu() {
+            device.set_seed(mixed)?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChaCha8Rng> {
+        // A poisoned lock only means another thread panicked mid-draw; the stream is still valid.
+        self.host.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A mask of `0` (dropped, probability `p`) and `1 / (1 - p)` (kept), of `shape` and `dtype`.
+    pub fn keep_mask(
+        &self,
+        shape: &Shape,
+        p: f64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let scale = 1.0 / (1.0 - p);
+        if device.is_cpu() {
+            let threshold = (p * 4_294_967_296.0) as u64;
+            let mut rng = self.lock();
+            let values: Vec<f32> = (0..shape.elem_count())
+                .map(|_| {
+                    if u64::from(rng.next_u32()) >= threshold {
+                        scale as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+        } else {
+            let uniform = Tensor::rand(0f32, 1f32, shape, device)?;
+            (uniform.ge(p)?.to_dtype(DType::F32)? * scale)?.to_dtype(dtype)
+        }
+    }
+}

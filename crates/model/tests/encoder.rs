@@ -1,0 +1,369 @@
+//! The encoder against references: sentence-transformers' pooled embeddings (numbers computed by
+//! tests/reference/make_reference.py), candle-transformers' BERT in eval mode, gradient coverage
+//! of every variable, and padding-invariant pooling.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::Deserialize;
+use wick_model::hub::{resolve, ModelSource, ResolvedModel};
+use wick_model::weights::{init_all, init_head, load_safetensors, named_vars};
+use wick_model::{BertConfig, Classifier, Task};
+
+const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+fn reference_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference")
+}
+
+fn minilm() -> ResolvedModel {
+    resolve(&ModelSource::from_id(MINILM))
+        .unwrap_or_else(|e| panic!("{e}\nThese tests need the default model: run `make model`."))
+}
+
+fn minilm_classifier(num_labels: usize, dtype: DType) -> (VarMap, Classifier, BertConfig) {
+    let model = minilm();
+    let config = BertConfig::from_file(&model.config).expect("MiniLM config.json parses");
+    let (varmap, classifier) = Classifier::build(
+        &config,
+        num_labels,
+        Task::SingleLabel,
+        0.1,
+        dtype,
+        &Device::Cpu,
+        7,
+    )
+    .expect("classifier builds");
+    load_safetensors(&varmap, &model.weights, false).expect("MiniLM weights load");
+    init_head(&varmap, config.initializer_range, 7).expect("head init");
+    (varmap, classifier, config)
+}
+
+/// `(ids, type ids, mask)` tensors, right-padded with 0 to the longest row.
+fn batch(rows: &[Vec<u32>]) -> (Tensor, Tensor, Tensor) {
+    let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for row in rows {
+        ids.extend(
+            row.iter()
+                .copied()
+                .chain(std::iter::repeat(0).take(seq - row.len())),
+        );
+        mask.extend((0..seq).map(|i| u32::from(i < row.len())));
+    }
+    let shape = (rows.len(), seq);
+    let ids = Tensor::from_vec(ids, shape, &Device::Cpu).unwrap();
+    let mask = Tensor::from_vec(mask, shape, &Device::Cpu).unwrap();
+    (ids.clone(), ids.zeros_like().unwrap(), mask)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[derive(Deserialize)]
+struct PooledReference {
+    input_ids: Vec<Vec<u32>>,
+    pooled: Vec<Vec<f32>>,
+}
+
+fn pooled_reference() -> PooledReference {
+    let text = std::fs::read_to_string(reference_dir().join("minilm_pooled.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn pooled_embeddings_match_sentence_transformers() {
+    let reference = pooled_reference();
+    let (_varmap, classifier, _) = minilm_classifier(3, DType::F32);
+    let (ids, types, mask) = batch(&reference.input_ids);
+    let pooled = classifier.pooled(&ids, &types, &mask, false).unwrap();
+    let rows = reference.pooled.len();
+    let expected = Tensor::from_vec(
+        reference.pooled.concat(),
+        (rows, reference.pooled[0].len()),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let diff = max_abs_diff(&pooled, &expected);
+    assert!(diff < 1e-4, "max |ours - sentence-transformers| = {diff}");
+}
+
+#[test]
+fn eval_forward_matches_candle_transformers_bert() {
+    use candle_transformers::models::bert as upstream;
+    let reference = pooled_reference();
+    let model = minilm();
+    let (_varmap, classifier, _) = minilm_classifier(3, DType::F32);
+    let config: upstream::Config =
+        serde_json::from_str(&std::fs::read_to_string(&model.config).unwrap()).unwrap();
+    let vb = VarBuilder::from_tensors(
+        candle_core::safetensors::load(&model.weights, &Device::Cpu).unwrap(),
+        DType::F32,
+        &Device::Cpu,
+    );
+    let bert = upstream::BertModel::load(vb, &config).unwrap();
+    let (ids, types, mask) = batch(&reference.input_ids);
+    let theirs = bert.forward(&ids, &types, Some(&mask)).unwrap();
+    let theirs = wick_model::ops::masked_mean(&theirs, &mask).unwrap();
+    let ours = classifier.pooled(&ids, &types, &mask, false).unwrap();
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(diff < 1e-4, "max |ours - candle-transformers| = {diff}");
+}
+
+/// Asserts every variable received a finite gradient that is not zero everywhere.
+fn assert_every_variable_has_a_gradient(varmap: &VarMap, loss: &Tensor) {
+    let grads = loss.backward().unwrap();
+    let vars: Vec<(String, Var)> = named_vars(varmap);
+    assert!(!vars.is_empty());
+    let mut failures = Vec::new();
+    for (name, var) in &vars {
+        match grads.get(var.as_tensor()) {
+            None => failures.push(format!("{name}: no gradient")),
+            Some(grad) => {
+                let sq = grad
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                if !sq.is_finite() || sq == 0.0 {
+                    failures.push(format!("{name}: squared norm {sq}"));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} variables failed:\n{}",
+        failures.len(),
+        vars.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_parameter_of_a_tiny_bert_gets_a_gradient() {
+    let config = BertConfig::tiny(100);
+    let (varmap, classifier) = Classifier::build(
+        &config,
+        3,
+        Task::SingleLabel,
+        0.1,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    init_all(&varmap, 0.02, 1).unwrap();
+    let (ids, _, mask) = batch(&[
+        vec![2, 5, 9, 11, 3],
+        vec![2, 7, 3],
+        vec![2, 40, 41, 42, 43, 44, 3],
+    ]);
+    // Both token types occur, so both rows of the token-type table are used.
+    let types = Tensor::from_vec(
+        vec![
+            0u32, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+        ],
+        (3, 7),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+    let loss = classifier
+        .loss(&logits, &labels, &Default::default())
+        .unwrap();
+    assert_every_variable_has_a_gradient(&varmap, &loss);
+}
+
+#[test]
+fn every_parameter_of_minilm_gets_a_gradient() {
+    let (varmap, classifier, _) = minilm_classifier(3, DType::F32);
+    let reference = pooled_reference();
+    let (ids, _, mask) = batch(&reference.input_ids[..3]);
+    let types = Tensor::ones_like(&ids)
+        .unwrap()
+        .broadcast_mul(&mask)
+        .unwrap();
+    let types = Tensor::cat(
+        &[
+            types.narrow(0, 0, 1).unwrap().zeros_like().unwrap(),
+            types.narrow(0, 1, 2).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
+    let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+    let loss = classifier
+        .loss(&logits, &labels, &Default::default())
+        .unwrap();
+    assert_every_variable_has_a_gradient(&varmap, &loss);
+}
+
+#[test]
+fn masked_mean_ignores_padding() {
+    let config = BertConfig::tiny(100);
+    let (varmap, classifier) = Classifier::build(
+        &config,
+        3,
+        Task::SingleLabel,
+        0.1,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    init_all(&varmap, 0.02, 3).unwrap();
+    let text = vec![2u32, 17, 18, 19, 3];
+    let (ids, types, mask) = batch(&[text.clone()]);
+    let alone = classifier.pooled(&ids, &types, &mask, false).unwrap();
+    let (ids, types, mask) = batch(&[vec![2, 50, 51, 52, 53, 54, 55, 56, 57, 3], text]);
+    let padded = classifier
+        .pooled(&ids, &types, &mask, false)
+        .unwrap()
+        .narrow(0, 1, 1)
+        .unwrap();
+    let diff = max_abs_diff(&alone, &padded);
+    assert!(diff < 1e-5, "padding changed the pooled vector by {diff}");
+}
+
+#[test]
+fn low_precision_forward_with_padding_stays_finite() {
+    let config = BertConfig::tiny(100);
+    for dtype in [DType::F16, DType::BF16] {
+        let (varmap, classifier) =
+            Classifier::build(&config, 3, Task::SingleLabel, 0.1, dtype, &Device::Cpu, 1).unwrap();
+        init_all(&varmap, 0.02, 3).unwrap();
+        let (ids, types, mask) = batch(&[vec![2, 5, 3], vec![2, 5, 6, 7, 8, 9, 3]]);
+        let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+        let total = logits.sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(
+            total.is_finite(),
+            "{dtype:?} logits are not finite: {total}"
+        );
+    }
+}
+
+#[test]
+fn dropout_is_active_in_training_and_reproducible_per_step() {
+    let config = BertConfig::tiny(100);
+    let (varmap, classifier) = Classifier::build(
+        &config,
+        3,
+        Task::SingleLabel,
+        0.1,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    init_all(&varmap, 0.02, 3).unwrap();
+    let (ids, types, mask) = batch(&[vec![2, 5, 6, 7, 3]]);
+    let rng = classifier.encoder().rng().clone();
+    let eval_a = classifier.forward(&ids, &types, &mask, false).unwrap();
+    let eval_b = classifier.forward(&ids, &types, &mask, false).unwrap();
+    assert_eq!(
+        max_abs_diff(&eval_a, &eval_b),
+        0.0,
+        "eval must be deterministic"
+    );
+    rng.reseed(5, 10, &Device::Cpu).unwrap();
+    let train_a = classifier.forward(&ids, &types, &mask, true).unwrap();
+    let train_b = classifier.forward(&ids, &types, &mask, true).unwrap();
+    assert!(
+        max_abs_diff(&train_a, &train_b) > 0.0,
+        "dropout must change the output"
+    );
+    rng.reseed(5, 10, &Device::Cpu).unwrap();
+    let train_again = classifier.forward(&ids, &types, &mask, true).unwrap();
+    assert_eq!(
+        max_abs_diff(&train_a, &train_again),
+        0.0,
+        "same (seed, step) must give the same masks"
+    );
+}
+
+#[test]
+fn weights_with_bert_prefix_and_gamma_beta_names_load() {
+    let config = BertConfig::tiny(50);
+    let (source, _) = Classifier::build(
+        &config,
+        2,
+        Task::SingleLabel,
+        0.1,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    init_all(&source, 0.02, 9).unwrap();
+    let mut renamed = std::collections::HashMap::new();
+    for (name, var) in named_vars(&source) {
+        let name = name
+            .replace("LayerNorm.weight", "LayerNorm.gamma")
+            .replace("LayerNorm.bias", "LayerNorm.beta");
+        renamed.insert(format!("bert.{name}"), var.as_tensor().clone());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    candle_core::safetensors::save(&renamed, &path).unwrap();
+    let (target, _) = Classifier::build(
+        &config,
+        2,
+        Task::SingleLabel,
+        0.1,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    let report = load_safetensors(&target, &path, true).unwrap();
+    assert_eq!(report.loaded, named_vars(&source).len());
+    for ((name, a), (_, b)) in named_vars(&source).iter().zip(named_vars(&target).iter()) {
+        assert_eq!(
+            max_abs_diff(a.as_tensor(), b.as_tensor()),
+            0.0,
+            "{name} differs after load"
+        );
+    }
+}
+
+#[test]
+fn a_file_missing_encoder_weights_is_an_error_naming_them() {
+    let config = BertConfig::tiny(50);
+    let (varmap, _) = Classifier::build(
+        &config,
+        2,
+        Task::SingleLabel,
+        0.1,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("partial.safetensors");
+    let only = std::collections::HashMap::from([(
+        "embeddings.word_embeddings.weight".to_string(),
+        Tensor::zeros((50, 32), DType::F32, &Device::Cpu).unwrap(),
+    )]);
+    candle_core::safetensors::save(&only, &path).unwrap();
+    let message = load_safetensors(&varmap, &path, false)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("partial.safetensors"), "{message}");
+    assert!(message.contains("embeddings.LayerNorm"), "{message}");
+}
