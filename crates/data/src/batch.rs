@@ -13,10 +13,7 @@ pub enum Targets {
     /// Label ids, `(n,)`.
     Single(Vec<u32>),
     /// Multi-hot rows flattened row-major, `(n * num_labels,)`.
-    Multi {
-        values: Vec<f32>,
-        num_labels: usize,
-    },
+    Multi { values: Vec<f32>, num_labels: usize },
     /// Unlabelled data (prediction).
     None,
 }

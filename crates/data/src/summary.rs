@@ -87,7 +87,12 @@ impl fmt::Display for DataSummary {
         }
         writeln!(f)?;
         if !self.per_label.is_empty() {
-            let width = self.per_label.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+            let width = self
+                .per_label
+                .iter()
+                .map(|(l, _)| l.len())
+                .max()
+                .unwrap_or(0);
             for (label, count) in &self.per_label {
                 let share = 100.0 * *count as f64 / self.examples.max(1) as f64;
                 writeln!(f, "  {label:<width$}  {count:>7}  {share:5.1}%")?;

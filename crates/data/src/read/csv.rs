@@ -124,7 +124,10 @@ mod tests {
 
     #[test]
     fn trailing_comma_gives_an_empty_last_field() {
-        assert_eq!(fields("a,b,\n"), vec![(1, vec!["a".into(), "b".into(), String::new()])]);
+        assert_eq!(
+            fields("a,b,\n"),
+            vec![(1, vec!["a".into(), "b".into(), String::new()])]
+        );
     }
 
     #[test]
@@ -141,6 +144,9 @@ mod tests {
     #[test]
     fn text_after_closing_quote_is_an_error_on_its_line() {
         let err = parse(Path::new("t.csv"), "a\n\"x\ny\"z,1\n").err();
-        assert!(matches!(err, Some(Error::BadRow { line: 3, .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(Error::BadRow { line: 3, .. })),
+            "{err:?}"
+        );
     }
 }

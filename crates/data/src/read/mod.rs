@@ -200,7 +200,12 @@ struct RowReader<'a> {
 }
 
 impl RowReader<'_> {
-    fn field<'f>(&self, line: usize, fields: &'f Map<String, Value>, name: &str) -> Result<&'f Value> {
+    fn field<'f>(
+        &self,
+        line: usize,
+        fields: &'f Map<String, Value>,
+        name: &str,
+    ) -> Result<&'f Value> {
         fields.get(name).ok_or_else(|| Error::MissingField {
             path: self.path.to_owned(),
             line,

@@ -1,0 +1,172 @@
+use serde_json::Value;
+use tempfile::TempDir;
+use wick_data::{read_examples, Error, Target};
+
+use crate::common::{config, write, TestResult};
+
+fn field<'a>(example: &'a wick_data::Example, name: &str) -> Option<&'a str> {
+    example.fields.get(name).and_then(Value::as_str)
+}
+
+#[test]
+fn quoted_newlines_doubled_quotes_and_crlf_parse_to_the_right_fields() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.csv",
+        concat!(
+            "title,body,label\r\n",
+            "\"Crash, on open\",\"line one\r\nline \"\"two\"\"\nline three\",bug\r\n",
+            "plain,,feature\r\n",
+            "\"\"\"quoted\"\"\",\"\",question",
+        ),
+    );
+    let mut cfg = config(&path);
+    cfg.text_fields = vec!["title".into(), "body".into()];
+    let examples = read_examples(&path, &cfg)?.examples;
+    assert_eq!(examples.len(), 3);
+    assert_eq!(field(&examples[0], "title"), Some("Crash, on open"));
+    assert_eq!(
+        field(&examples[0], "body"),
+        Some("line one\r\nline \"two\"\nline three")
+    );
+    assert_eq!(field(&examples[1], "body"), Some(""));
+    assert_eq!(field(&examples[2], "title"), Some("\"quoted\""));
+    assert_eq!(
+        examples[1].text, "plain",
+        "empty body is skipped, no trailing separator"
+    );
+    let lines: Vec<usize> = examples.iter().map(|e| e.line).collect();
+    assert_eq!(
+        lines,
+        [2, 5, 6],
+        "line numbers are where each record starts"
+    );
+    let targets: Vec<&Target> = examples.iter().map(|e| &e.target).collect();
+    assert_eq!(
+        targets,
+        [&Target::Single(0), &Target::Single(1), &Target::Single(2)]
+    );
+    Ok(())
+}
+
+#[test]
+fn header_bom_is_ignored() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.csv", "\u{feff}text,label\nhello,bug\n");
+    let examples = read_examples(&path, &config(&path))?.examples;
+    assert_eq!(examples[0].text, "hello");
+    Ok(())
+}
+
+#[test]
+fn field_over_128_kib_is_read_whole() -> TestResult {
+    let dir = TempDir::new()?;
+    let big = "word \"\"x\"\"\n".repeat(20_000);
+    let path = write(
+        &dir,
+        "d.csv",
+        format!("text,label\n\"{big}\",bug\nsmall,bug\n"),
+    );
+    let examples = read_examples(&path, &config(&path))?.examples;
+    assert_eq!(examples[0].text.len(), big.len() - 2 * 20_000);
+    assert!(examples[0].text.len() > 128 * 1024);
+    assert_eq!(examples[1].line, 3 + 20_000);
+    Ok(())
+}
+
+#[test]
+fn wrong_field_count_names_file_and_line() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.csv", "text,label\n\"a\nb\",bug\nc,bug,extra\n");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(
+        matches!(
+            err,
+            Error::FieldCount {
+                line: 4,
+                expected: 2,
+                found: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!("{}:4", path.display())),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unterminated_quote_names_the_line_where_the_record_began() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.csv",
+        "text,label\nok,bug\n\"never closed,bug\nmore\nlines\n",
+    );
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(
+        matches!(err, Error::UnterminatedQuote { line: 3, .. }),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn header_only_or_empty_file_has_no_examples() -> TestResult {
+    let dir = TempDir::new()?;
+    for (name, contents) in [
+        ("empty.csv", ""),
+        ("header.csv", "text,label\r\n"),
+        ("blank.csv", "\n\n"),
+    ] {
+        let path = write(&dir, name, contents);
+        let err = read_examples(&path, &config(&path))
+            .err()
+            .ok_or("expected an error")?;
+        assert!(matches!(err, Error::Empty { .. }), "{name}: {err:?}");
+        assert!(err.to_string().starts_with("no examples in"), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn invalid_utf8_inside_a_quoted_field_names_its_physical_line() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.csv", b"text,label\n\"a\nb\xc3\x28\",bug\n");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(matches!(err, Error::InvalidUtf8 { line: 3, .. }), "{err:?}");
+    Ok(())
+}
+
+#[test]
+fn multi_label_csv_splits_on_commas() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.csv", "text,label\na,\"bug, question\"\nb,\n");
+    let mut cfg = config(&path);
+    cfg.multi_label = true;
+    let examples = read_examples(&path, &cfg)?.examples;
+    assert_eq!(examples[0].target, Target::Multi(vec![1.0, 0.0, 1.0]));
+    assert_eq!(examples[1].target, Target::Multi(vec![0.0, 0.0, 0.0]));
+    Ok(())
+}
+
+#[test]
+fn duplicate_header_column_is_an_error() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.csv", "text,text,label\na,b,bug\n");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(matches!(err, Error::BadRow { line: 1, .. }), "{err:?}");
+    Ok(())
+}

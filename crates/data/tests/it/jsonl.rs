@@ -1,0 +1,329 @@
+use tempfile::TempDir;
+use wick_data::{read_examples, read_unlabelled, Error, Filter, Target};
+
+use crate::common::{config, write, TestResult};
+
+#[test]
+fn malformed_line_names_file_and_line() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        "{\"text\": \"a\", \"label\": \"bug\"}\n{\"text\": \"b\", \"label\": \"bug\"}\n{\"text\": oops}\n",
+    );
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(matches!(err, Error::Json { line: 3, .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{}:3:", path.display())),
+        "{message}"
+    );
+    assert!(
+        message.contains("expected value"),
+        "serde's message is kept: {message}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unknown_label_names_label_line_and_known_labels() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        "{\"text\": \"a\", \"label\": \"bug\"}\n\n{\"text\": \"b\", \"label\": \"docs\"}\n",
+    );
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    match &err {
+        Error::UnknownLabel {
+            line, label, known, ..
+        } => {
+            assert_eq!((*line, label.as_str()), (3, "docs"));
+            assert_eq!(known, &["bug", "feature", "question"]);
+        }
+        other => return Err(format!("wrong error: {other:?}").into()),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("\"docs\"") && message.contains("bug, feature, question"),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[test]
+fn missing_text_field_names_field_and_fields_present() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.jsonl", "{\"title\": \"a\", \"label\": \"bug\"}\n");
+    let mut cfg = config(&path);
+    cfg.text_fields = vec!["title".into(), "body".into()];
+    let err = read_examples(&path, &cfg)
+        .err()
+        .ok_or("expected an error")?;
+    match &err {
+        Error::MissingField {
+            line,
+            field,
+            present,
+            ..
+        } => {
+            assert_eq!((*line, field.as_str()), (1, "body"));
+            assert_eq!(present, &["label", "title"]);
+        }
+        other => return Err(format!("wrong error: {other:?}").into()),
+    }
+    assert!(err.to_string().contains("`body`"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn missing_label_is_an_error_for_training_but_not_for_prediction() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.jsonl", "{\"text\": \"a\"}\n");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(
+        matches!(&err, Error::MissingField { field, .. } if field == "label"),
+        "{err:?}"
+    );
+    let outcome = read_unlabelled(&path, &config(&path))?;
+    assert_eq!(outcome.examples[0].target, Target::None);
+    Ok(())
+}
+
+#[test]
+fn text_fields_are_joined_skipping_null_and_empty_and_numbers_are_stringified() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        concat!(
+            "{\"title\": \"Crash\", \"body\": \"on open\", \"n\": 7, \"label\": \"bug\"}\n",
+            "{\"title\": \"Add it\", \"body\": null, \"n\": 1.5, \"label\": \"feature\"}\n",
+            "{\"title\": \"\", \"body\": \"how?\", \"n\": \"x\", \"label\": \"question\"}\n",
+        ),
+    );
+    let mut cfg = config(&path);
+    cfg.text_fields = vec!["title".into(), "body".into(), "n".into()];
+    cfg.text_separator = " | ".into();
+    let outcome = read_examples(&path, &cfg)?;
+    let texts: Vec<&str> = outcome.examples.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(texts, ["Crash | on open | 7", "Add it | 1.5", "how? | x"]);
+    let targets: Vec<&Target> = outcome.examples.iter().map(|e| &e.target).collect();
+    assert_eq!(
+        targets,
+        [&Target::Single(0), &Target::Single(1), &Target::Single(2)]
+    );
+    assert_eq!(
+        outcome.examples[0].fields.get("n"),
+        Some(&serde_json::json!(7))
+    );
+    Ok(())
+}
+
+#[test]
+fn object_in_text_field_is_an_error_naming_the_field() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        "\n{\"text\": {\"a\": 1}, \"label\": \"bug\"}\n",
+    );
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(
+        matches!(&err, Error::BadField { line: 2, field, .. } if field == "text"),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn line_that_is_not_an_object_is_rejected() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.json", "[1, 2]\n");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(matches!(err, Error::BadRow { line: 1, .. }), "{err:?}");
+    Ok(())
+}
+
+#[test]
+fn blank_lines_are_skipped_and_lines_keep_their_file_numbers() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        "\n  \n{\"text\": \"a\", \"label\": \"bug\"}\r\n\n{\"text\": \"b\", \"label\": \"bug\"}",
+    );
+    let outcome = read_examples(&path, &config(&path))?;
+    let lines: Vec<usize> = outcome.examples.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [3, 5]);
+    Ok(())
+}
+
+#[test]
+fn multi_label_list_becomes_multi_hot() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        "{\"text\": \"a\", \"label\": [\"bug\", \"question\"]}\n{\"text\": \"b\", \"label\": []}\n{\"text\": \"c\", \"label\": \"feature, bug\"}\n",
+    );
+    let mut cfg = config(&path);
+    cfg.multi_label = true;
+    let outcome = read_examples(&path, &cfg)?;
+    let targets: Vec<&Target> = outcome.examples.iter().map(|e| &e.target).collect();
+    assert_eq!(
+        targets,
+        [
+            &Target::Multi(vec![1.0, 0.0, 1.0]),
+            &Target::Multi(vec![0.0, 0.0, 0.0]),
+            &Target::Multi(vec![1.0, 1.0, 0.0]),
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn unknown_label_inside_a_multi_label_list_is_an_error() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        "{\"text\": \"a\", \"label\": [\"bug\", \"docs\"]}\n",
+    );
+    let mut cfg = config(&path);
+    cfg.multi_label = true;
+    let err = read_examples(&path, &cfg)
+        .err()
+        .ok_or("expected an error")?;
+    assert!(
+        matches!(&err, Error::UnknownLabel { label, .. } if label == "docs"),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn label_list_without_multi_label_is_an_error() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.jsonl", "{\"text\": \"a\", \"label\": [\"bug\"]}\n");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(err.to_string().contains("multi_label"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn filter_keeps_matching_rows_and_counts_the_rest() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        concat!(
+            "{\"repo\": \"a/x\", \"text\": \"1\", \"label\": \"bug\"}\n",
+            "{\"repo\": \"b/y\", \"text\": \"2\", \"label\": \"bug\"}\n",
+            "{\"repo\": \"a/x\", \"text\": \"3\", \"label\": \"bug\"}\n",
+            "{\"repo\": null, \"text\": \"4\", \"label\": \"bug\"}\n",
+        ),
+    );
+    let mut cfg = config(&path);
+    cfg.filter = Some(Filter {
+        column: "repo".into(),
+        equals: "a/x".into(),
+    });
+    let outcome = read_examples(&path, &cfg)?;
+    let texts: Vec<&str> = outcome.examples.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(texts, ["1", "3"]);
+    assert_eq!(outcome.filtered_out, 2);
+
+    cfg.filter = Some(Filter {
+        column: "repo".into(),
+        equals: "none/such".into(),
+    });
+    let err = read_examples(&path, &cfg)
+        .err()
+        .ok_or("expected an error")?;
+    assert!(
+        matches!(
+            err,
+            Error::AllFiltered {
+                filtered_out: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn empty_or_blank_file_has_no_examples() -> TestResult {
+    let dir = TempDir::new()?;
+    for (name, contents) in [("empty.jsonl", ""), ("blank.jsonl", "\n \n\r\n")] {
+        let path = write(&dir, name, contents);
+        let err = read_examples(&path, &config(&path))
+            .err()
+            .ok_or("expected an error")?;
+        assert_eq!(
+            err.to_string(),
+            format!("no examples in {}", path.display())
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn invalid_utf8_names_file_and_line() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        b"{\"text\": \"a\", \"label\": \"bug\"}\n{\"text\": \"\xff\", \"label\": \"bug\"}\n",
+    );
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(matches!(err, Error::InvalidUtf8 { line: 2, .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("{}:2", path.display())),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn nonexistent_file_names_the_path() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = dir.path().join("missing.jsonl");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("missing.jsonl"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn unknown_extension_without_format_names_the_file() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.txt", "{\"text\": \"a\", \"label\": \"bug\"}\n");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(matches!(err, Error::UnknownFormat { .. }), "{err:?}");
+    assert!(err.to_string().contains("d.txt"), "{err}");
+    let mut cfg = config(&path);
+    cfg.format = Some(wick_data::Format::Jsonl);
+    assert_eq!(read_examples(&path, &cfg)?.examples.len(), 1);
+    Ok(())
+}

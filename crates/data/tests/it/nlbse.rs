@@ -1,0 +1,60 @@
+use std::path::Path;
+
+use wick_data::{read_examples, DataConfig, Filter, Target};
+
+use crate::common::TestResult;
+
+const NLBSE: &str = "/work/shared/data/nlbse24/issues_train.csv";
+
+fn nlbse_config() -> Option<DataConfig> {
+    if !Path::new(NLBSE).exists() {
+        println!("skipped: {NLBSE} not present");
+        return None;
+    }
+    let mut cfg = DataConfig::new(NLBSE);
+    cfg.text_fields = vec!["title".into(), "body".into()];
+    cfg.labels = vec!["bug".into(), "feature".into(), "question".into()];
+    Some(cfg)
+}
+
+#[test]
+fn nlbse_training_file_loads_all_rows_balanced() -> TestResult {
+    let Some(cfg) = nlbse_config() else {
+        return Ok(());
+    };
+    cfg.validate()?;
+    let outcome = read_examples(&cfg.train, &cfg)?;
+    assert_eq!((outcome.examples.len(), outcome.filtered_out), (1500, 0));
+    for id in 0..3 {
+        let count = outcome
+            .examples
+            .iter()
+            .filter(|e| e.target == Target::Single(id))
+            .count();
+        assert_eq!(count, 500, "label {id}");
+    }
+    let first = &outcome.examples[0];
+    let title =
+        "[DevTools Bug] Cannot add node \"1\" because a node with that id is already in the Store.";
+    let expected = format!("{title}\n\n### Website or app");
+    assert!(first.text.starts_with(&expected), "{}", first.text);
+    Ok(())
+}
+
+#[test]
+fn nlbse_filter_keeps_the_300_react_rows() -> TestResult {
+    let Some(mut cfg) = nlbse_config() else {
+        return Ok(());
+    };
+    cfg.filter = Some(Filter {
+        column: "repo".into(),
+        equals: "facebook/react".into(),
+    });
+    let outcome = read_examples(&cfg.train, &cfg)?;
+    assert_eq!((outcome.examples.len(), outcome.filtered_out), (300, 1200));
+    assert!(outcome
+        .examples
+        .iter()
+        .all(|e| e.fields.get("repo").and_then(|v| v.as_str()) == Some("facebook/react")));
+    Ok(())
+}
