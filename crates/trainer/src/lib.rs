@@ -1,1 +1,15 @@
-//! placeholder
+//! wick-trainer: the training loop, optimizer, schedules, checkpoints, evaluation metrics and
+//! device choice. No printing: progress goes through the [`fit::Reporter`] trait.
+
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod fit;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod schedule;
+
+pub use error::{Result, TrainError};
