@@ -71,7 +71,9 @@ pub enum HubError {
         hint: String,
     },
     /// A cache ref file exists but does not hold a commit hash.
-    #[error("Hub cache ref {path} holds {content:?}, not a 40-hex commit hash; delete it and retry")]
+    #[error(
+        "Hub cache ref {path} holds {content:?}, not a 40-hex commit hash; delete it and retry"
+    )]
     CorruptRef {
         /// The ref file.
         path: PathBuf,
@@ -86,24 +88,31 @@ pub enum HubError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The model is neither fully cached nor downloadable.
-    #[error(
-        "model {id} (revision {revision}) not found: {} missing from the Hugging Face cache at \
-         {cache_dir}; {cause}. To get it: {HOW_TO_GET}",
-        missing.join(", ")
-    )]
-    NotFound {
-        /// The Hub id asked for.
-        id: String,
-        /// The revision asked for.
-        revision: String,
-        /// Required files not in the cache for that revision.
-        missing: Vec<&'static str>,
-        /// The cache directory searched.
-        cache_dir: PathBuf,
-        /// Why no download filled the gap.
-        cause: NotFoundCause,
-    },
+    /// The model is neither fully cached nor downloadable. Boxed: it is by far the largest
+    /// variant, and every `Result<_, HubError>` would otherwise carry its size.
+    #[error(transparent)]
+    NotFound(Box<ModelNotFound>),
+}
+
+/// What was looked for, where, and why it could not be had; see [`HubError::NotFound`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "model {id} (revision {revision}) not found: {} missing from the Hugging Face cache at \
+     {}; {cause}. To get it: {HOW_TO_GET}",
+    missing.join(", "),
+    cache_dir.display()
+)]
+pub struct ModelNotFound {
+    /// The Hub id asked for.
+    pub id: String,
+    /// The revision asked for.
+    pub revision: String,
+    /// Required files not in the cache for that revision.
+    pub missing: Vec<&'static str>,
+    /// The cache directory searched.
+    pub cache_dir: PathBuf,
+    /// Why no download filled the gap.
+    pub cause: NotFoundCause,
 }
 
 /// Why a model missing from the cache was not downloaded.
@@ -131,7 +140,10 @@ pub enum NotFoundCause {
 impl fmt::Display for NotFoundCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Offline => write!(f, "offline mode is on (HF_HUB_OFFLINE), so the Hub was not contacted"),
+            Self::Offline => write!(
+                f,
+                "offline mode is on (HF_HUB_OFFLINE), so the Hub was not contacted"
+            ),
             Self::Client { error } => write!(f, "the Hub client could not be set up: {error}"),
             Self::Network { file, error } => {
                 write!(f, "downloading {file} from the Hub failed: {error}")
@@ -265,7 +277,9 @@ fn bad_revision(revision: &str) -> Option<&'static str> {
     }
     if revision.starts_with('/')
         || revision.contains('\\')
-        || revision.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+        || revision
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
     {
         return Some("is not a branch, tag or commit hash (empty, \".\" or \"..\" part, or '\\')");
     }
@@ -351,7 +365,10 @@ impl HubSettings {
         } else if let Some(home) = var("HF_HOME") {
             PathBuf::from(home).join("hub")
         } else if let Some(home) = var("HOME").or_else(|| var("USERPROFILE")) {
-            PathBuf::from(home).join(".cache").join("huggingface").join("hub")
+            PathBuf::from(home)
+                .join(".cache")
+                .join("huggingface")
+                .join("hub")
         } else {
             return Err(HubError::NoCacheDir);
         };
@@ -401,7 +418,12 @@ fn resolve_local(dir: &Path) -> Result<ResolvedModel, HubError> {
         reason,
     };
     // Canonical so the paths recorded in a run dir stay valid from any working directory.
-    let canonical = dir.canonicalize().map_err(|e| local_err(e.to_string()))?;
+    let canonical = dir.canonicalize().map_err(|e| {
+        local_err(match e.kind() {
+            std::io::ErrorKind::NotFound => "does not exist".to_string(),
+            _ => format!("cannot be read: {e}"),
+        })
+    })?;
     if !canonical.is_dir() {
         return Err(local_err("is not a directory".into()));
     }
@@ -410,13 +432,13 @@ fn resolve_local(dir: &Path) -> Result<ResolvedModel, HubError> {
         .filter(|file| !canonical.join(file).is_file())
         .collect();
     if !missing.is_empty() {
-        let hint = if missing.contains(&WEIGHTS_FILE) && canonical.join("pytorch_model.bin").is_file()
-        {
-            "; it has pytorch_model.bin, but wick reads only safetensors weights: convert it \
+        let hint =
+            if missing.contains(&WEIGHTS_FILE) && canonical.join("pytorch_model.bin").is_file() {
+                "; it has pytorch_model.bin, but wick reads only safetensors weights: convert it \
              (e.g. with `safetensors.torch.save_file`) or use a model that ships model.safetensors"
-        } else {
-            ""
-        };
+            } else {
+                ""
+            };
         return Err(HubError::LocalMissingFiles {
             dir: canonical,
             missing,
@@ -515,15 +537,21 @@ fn read_ref(path: &Path) -> Result<Option<String>, HubError> {
     Ok(Some(commit.to_ascii_lowercase()))
 }
 
-fn resolve_hub(id: &str, revision: &str, settings: &HubSettings) -> Result<ResolvedModel, HubError> {
+fn resolve_hub(
+    id: &str,
+    revision: &str,
+    settings: &HubSettings,
+) -> Result<ResolvedModel, HubError> {
     let cache = Cache::new(settings.cache_dir.clone());
     let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string());
-    let not_found = |missing: Vec<&'static str>, cause: NotFoundCause| HubError::NotFound {
-        id: id.to_string(),
-        revision: revision.to_string(),
-        missing,
-        cache_dir: settings.cache_dir.clone(),
-        cause,
+    let not_found = |missing: Vec<&'static str>, cause: NotFoundCause| {
+        HubError::NotFound(Box::new(ModelNotFound {
+            id: id.to_string(),
+            revision: revision.to_string(),
+            missing,
+            cache_dir: settings.cache_dir.clone(),
+            cause,
+        }))
     };
 
     let mut lookup = lookup_cache(&cache, &repo)?;

@@ -95,7 +95,12 @@ fn cache_lookup_agrees_with_hf_hub_cache_repo_get() -> TestResult {
 fn branch_ref_selects_its_own_snapshot() -> TestResult {
     let cache = TempDir::new()?;
     add_snapshot(cache.path(), MAIN_COMMIT, Some("main"), &REQUIRED_FILES)?;
-    add_snapshot(cache.path(), DEV_COMMIT, Some("feature/dev"), &REQUIRED_FILES)?;
+    add_snapshot(
+        cache.path(),
+        DEV_COMMIT,
+        Some("feature/dev"),
+        &REQUIRED_FILES,
+    )?;
 
     let resolved = resolve_in(&source("feature/dev"), &offline(cache.path()))?;
 
@@ -149,15 +154,18 @@ fn offline_missing_model_error_names_id_cache_dir_and_make_model() -> TestResult
     let message = err.to_string();
     assert!(message.contains(ID), "{message}");
     assert!(message.contains("revision main"), "{message}");
-    assert!(message.contains(&cache.path().display().to_string()), "{message}");
+    assert!(
+        message.contains(&cache.path().display().to_string()),
+        "{message}"
+    );
     assert!(message.contains("HF_HUB_OFFLINE"), "{message}");
     assert!(message.contains("make model"), "{message}");
     assert!(message.contains("model.path"), "{message}");
-    assert!(
-        matches!(err, HubError::NotFound { cause: NotFoundCause::Offline, ref missing, .. }
-            if missing.len() == 3),
-        "{err:?}"
-    );
+    let HubError::NotFound(not_found) = &err else {
+        panic!("expected NotFound, got {err:?}");
+    };
+    assert_eq!(not_found.cause, NotFoundCause::Offline);
+    assert_eq!(not_found.missing, REQUIRED_FILES.to_vec());
     Ok(())
 }
 
@@ -175,10 +183,10 @@ fn offline_partial_snapshot_names_only_the_missing_file() -> TestResult {
         panic!("a snapshot without tokenizer.json must not resolve");
     };
 
-    let HubError::NotFound { missing, .. } = &err else {
+    let HubError::NotFound(not_found) = &err else {
         panic!("expected NotFound, got {err:?}");
     };
-    assert_eq!(missing, &vec!["tokenizer.json"]);
+    assert_eq!(not_found.missing, vec!["tokenizer.json"]);
     assert!(err.to_string().contains("tokenizer.json missing"), "{err}");
     Ok(())
 }
@@ -197,8 +205,14 @@ fn unreachable_hub_error_reports_the_network_failure() -> TestResult {
     };
 
     let message = err.to_string();
-    assert!(message.contains("downloading config.json from the Hub failed"), "{message}");
-    assert!(message.contains(&cache.path().display().to_string()), "{message}");
+    assert!(
+        message.contains("downloading config.json from the Hub failed"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&cache.path().display().to_string()),
+        "{message}"
+    );
     assert!(message.contains("make model"), "{message}");
     Ok(())
 }
@@ -215,7 +229,11 @@ fn corrupt_ref_is_reported_with_its_path() -> TestResult {
     };
 
     assert!(matches!(err, HubError::CorruptRef { .. }), "{err:?}");
-    assert!(err.to_string().contains(&refs.join("main").display().to_string()), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&refs.join("main").display().to_string()),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -270,7 +288,10 @@ fn local_path_that_does_not_exist_names_model_path() -> TestResult {
 
     let message = err.to_string();
     assert!(message.starts_with("model.path"), "{message}");
-    assert!(message.contains(&missing_dir.display().to_string()), "{message}");
+    assert!(
+        message.contains(&missing_dir.display().to_string()),
+        "{message}"
+    );
     Ok(())
 }
 
@@ -361,7 +382,10 @@ fn settings_follow_hf_hub_cache_then_hf_home_then_home() -> TestResult {
     assert_eq!(home.cache_dir, PathBuf::from("/h/hub"));
 
     let user = HubSettings::from_vars(vars(&[("HOME", "/home/u")]))?;
-    assert_eq!(user.cache_dir, PathBuf::from("/home/u/.cache/huggingface/hub"));
+    assert_eq!(
+        user.cache_dir,
+        PathBuf::from("/home/u/.cache/huggingface/hub")
+    );
     assert!(!user.offline);
 
     assert!(matches!(
