@@ -63,3 +63,20 @@ pub fn tiny_tokenizer(dir: &TempDir, max_len: usize) -> Result<TextTokenizer, Bo
     let path = tiny_tokenizer_file(dir)?;
     Ok(TextTokenizer::from_file(&path, max_len)?)
 }
+
+/// The real MiniLM tokenizer, when a Hugging Face cache holds it.
+pub fn minilm_tokenizer() -> Option<PathBuf> {
+    let hub = std::env::var_os("HF_HOME")
+        .map(|home| PathBuf::from(home).join("hub"))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/huggingface/hub"))
+        })?;
+    let snapshots = hub
+        .join("models--sentence-transformers--all-MiniLM-L6-v2")
+        .join("snapshots");
+    std::fs::read_dir(snapshots)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path().join("tokenizer.json"))
+        .find(|path| path.exists())
+}

@@ -1,9 +1,7 @@
-use std::path::PathBuf;
-
 use tempfile::TempDir;
 use wick_data::{Error, TextTokenizer};
 
-use crate::common::{id, tiny_tokenizer, TestResult, CLS, PAD, SEP, VOCAB};
+use crate::common::{id, minilm_tokenizer, tiny_tokenizer, TestResult, CLS, PAD, SEP, VOCAB};
 
 #[test]
 fn encode_wraps_text_in_cls_and_sep() -> TestResult {
@@ -60,23 +58,6 @@ fn missing_tokenizer_file_names_the_path() -> TestResult {
     assert!(matches!(err, Error::Tokenizer { .. }), "{err:?}");
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
     Ok(())
-}
-
-/// The real MiniLM tokenizer, when a Hugging Face cache holds it.
-fn minilm_tokenizer() -> Option<PathBuf> {
-    let hub = std::env::var_os("HF_HOME")
-        .map(|home| PathBuf::from(home).join("hub"))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/huggingface/hub"))
-        })?;
-    let snapshots = hub
-        .join("models--sentence-transformers--all-MiniLM-L6-v2")
-        .join("snapshots");
-    std::fs::read_dir(snapshots)
-        .ok()?
-        .filter_map(|entry| entry.ok())
-        .map(|entry| entry.path().join("tokenizer.json"))
-        .find(|path| path.exists())
 }
 
 #[test]
