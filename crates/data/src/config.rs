@@ -62,7 +62,7 @@ pub struct DataConfig {
     /// Keep only rows matching this filter (e.g. one repository of a multi-repo dataset).
     #[serde(default)]
     pub filter: Option<Filter>,
-    /// Maximum tokens per example, [CLS] and [SEP] included; longer texts are truncated.
+    /// Maximum tokens per example, `[CLS]` and `[SEP]` included; longer texts are truncated.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
     /// Share of each label held out for validation when `valid` is absent; in (0, 1).
@@ -90,7 +90,7 @@ fn default_valid_fraction() -> f64 {
     0.1
 }
 
-/// Below this, [CLS] + [SEP] leave almost no room for text: surely a typo.
+/// Below this, `[CLS]` + `[SEP]` leave almost no room for text: surely a typo.
 const MIN_MAX_LEN: usize = 8;
 
 impl DataConfig {

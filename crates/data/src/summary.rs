@@ -12,7 +12,7 @@ pub struct DataSummary {
     pub examples: usize,
     /// `(label, examples carrying it)` in label-id order; empty for unlabelled data.
     pub per_label: Vec<(String, usize)>,
-    /// Median untruncated token length ([CLS]/[SEP] included).
+    /// Median untruncated token length (`[CLS]`/`[SEP]` included).
     pub p50: usize,
     /// 90th percentile of untruncated token length.
     pub p90: usize,

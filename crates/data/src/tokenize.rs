@@ -7,7 +7,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use crate::error::{Error, Result};
 
-/// Token ids of one text, at most `max_len` long, [CLS] and [SEP] included.
+/// Token ids of one text, at most `max_len` long, `[CLS]` and `[SEP]` included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoding {
     /// Token ids, `(len,)` with `len <= max_len`.
