@@ -44,6 +44,7 @@ pub struct Classifier {
     head_bias: Tensor,
     dropout: f64,
     task: Task,
+    frozen_encoder: bool,
 }
 
 impl Classifier {
@@ -70,6 +71,7 @@ impl Classifier {
             head_bias: head.get_with_hints(num_labels, "bias", Init::Const(0.0))?,
             dropout,
             task,
+            frozen_encoder: false,
         })
     }
 
@@ -89,6 +91,12 @@ impl Classifier {
         let rng = Arc::new(DropoutRng::new(seed));
         let model = Self::load(vb, config, num_labels, task, dropout, dtype, rng)?;
         Ok((varmap, model))
+    }
+
+    /// With `frozen`, the encoder's output is detached: backward stops at the head, so only the
+    /// head gets gradients (and the encoder's backward is not computed at all).
+    pub fn set_frozen_encoder(&mut self, frozen: bool) {
+        self.frozen_encoder = frozen;
     }
 
     pub fn encoder(&self) -> &BertModel {
@@ -126,6 +134,7 @@ impl Classifier {
         train: bool,
     ) -> Result<Tensor> {
         let pooled = self.pooled(input_ids, token_type_ids, attention_mask, train)?;
+        let pooled = if self.frozen_encoder { pooled.detach() } else { pooled };
         let pooled = ops::dropout(&pooled, self.dropout, self.encoder.rng(), train)?;
         ops::linear(&pooled, &self.head_weight, Some(&self.head_bias))
     }

@@ -1,1 +1,270 @@
-//! (being written)
+//! Self-contained checkpoint directories, written atomically.
+//!
+//! A checkpoint holds everything `evaluate`, `predict` and `--resume` need:
+//! `model.safetensors` (Hugging Face key names), `config.json` (the encoder's), `tokenizer.json`,
+//! `config.toml` (the resolved run config, labels included), `trainer_state.json` (step,
+//! data-order position, best metric, model id and resolved commit, metrics) and
+//! `optimizer.safetensors` (AdamW moments). The directory is built aside and renamed into place,
+//! so a kill at any moment leaves the previous checkpoint whole.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+use wick_model::BertConfig;
+
+use crate::config::RunConfig;
+use crate::error::{Result, TrainError};
+use crate::optim::AdamW;
+
+pub const WEIGHTS: &str = "model.safetensors";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+pub const BERT_CONFIG: &str = "config.json";
+pub const RUN_CONFIG: &str = "config.toml";
+pub const TOKENIZER: &str = "tokenizer.json";
+pub const STATE: &str = "trainer_state.json";
+
+/// Where the loop stands: enough to continue exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// The epoch in progress (0-based).
+    pub epoch: u64,
+    /// Batches of that epoch already consumed (the data-order position; the order itself is a
+    /// function of the seed and the epoch).
+    pub batch_in_epoch: usize,
+    /// Best value of the selection metric so far, and its step.
+    pub best_metric: Option<f64>,
+    pub best_step: Option<u64>,
+    /// Evaluations since the best one (early stopping).
+    pub evals_since_best: usize,
+}
+
+/// Which encoder a checkpoint started from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub model_id: String,
+    pub revision: String,
+    /// The resolved commit hash, when the model came from the Hub cache.
+    pub commit: Option<String>,
+    pub wick_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StateFile {
+    state: TrainState,
+    provenance: Provenance,
+    labels: Vec<String>,
+    /// The last evaluation at save time, if any.
+    metrics: Option<serde_json::Value>,
+}
+
+/// What a checkpoint is written from.
+#[allow(missing_debug_implementations)] // VarMap has no Debug
+pub struct Contents<'a> {
+    pub varmap: &'a VarMap,
+    pub optimizer: &'a AdamW,
+    pub config: &'a RunConfig,
+    pub bert: &'a BertConfig,
+    pub tokenizer: &'a Path,
+    pub state: &'a TrainState,
+    pub provenance: &'a Provenance,
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// A checkpoint read back from disk (weights and optimizer are loaded on demand).
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: RunConfig,
+    pub bert: BertConfig,
+    pub labels: Vec<String>,
+    pub state: TrainState,
+    pub provenance: Provenance,
+    pub metrics: Option<serde_json::Value>,
+}
+
+fn bad(dir: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = fs::File::create(path).map_err(TrainError::io(path))?;
+    file.write_all(bytes).map_err(TrainError::io(path))?;
+    file.sync_all().map_err(TrainError::io(path))
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(TrainError::io(path))
+}
+
+fn aside(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!(".{name}.{suffix}"))
+}
+
+/// Moves a fully written `staged` directory to `dir`, replacing what was there. A crash between
+/// the two renames leaves the old copy at `.<name>.old`, which [`recover`] puts back.
+fn replace_dir(staged: &Path, dir: &Path) -> Result<()> {
+    let old = aside(dir, "old");
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(TrainError::io(&old))?;
+    }
+    if dir.exists() {
+        fs::rename(dir, &old).map_err(TrainError::io(dir))?;
+    }
+    fs::rename(staged, dir).map_err(TrainError::io(dir))?;
+    if let Some(parent) = dir.parent() {
+        // Persist the renames themselves.
+        let _ = fs::File::open(parent).and_then(|d| d.sync_all());
+    }
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(TrainError::io(&old))?;
+    }
+    Ok(())
+}
+
+/// Restores `dir` from `.<name>.old` if a replacement was interrupted between its renames.
+pub fn recover(dir: &Path) -> Result<()> {
+    let old = aside(dir, "old");
+    if !dir.exists() && old.exists() {
+        fs::rename(&old, dir).map_err(TrainError::io(dir))?;
+    }
+    Ok(())
+}
+
+fn stage(dir: &Path) -> Result<PathBuf> {
+    let staged = aside(dir, "tmp");
+    if staged.exists() {
+        fs::remove_dir_all(&staged).map_err(TrainError::io(&staged))?;
+    }
+    fs::create_dir_all(&staged).map_err(TrainError::io(&staged))?;
+    Ok(staged)
+}
+
+/// Writes a checkpoint to `dir` atomically.
+pub fn save(dir: &Path, contents: &Contents) -> Result<()> {
+    let staged = stage(dir)?;
+    let weights = staged.join(WEIGHTS);
+    wick_model::weights::save_safetensors(contents.varmap, &weights)?;
+    sync_file(&weights)?;
+    let optimizer = staged.join(OPTIMIZER);
+    candle_core::safetensors::save(&contents.optimizer.state(), &optimizer)?;
+    sync_file(&optimizer)?;
+    write_synced(&staged.join(BERT_CONFIG), to_json(contents.bert)?.as_bytes())?;
+    write_synced(&staged.join(RUN_CONFIG), contents.config.to_toml()?.as_bytes())?;
+    let tokenizer = fs::read(contents.tokenizer).map_err(TrainError::io(contents.tokenizer))?;
+    write_synced(&staged.join(TOKENIZER), &tokenizer)?;
+    let state = StateFile {
+        state: contents.state.clone(),
+        provenance: contents.provenance.clone(),
+        labels: contents.config.data.labels.clone(),
+        metrics: contents.metrics.clone(),
+    };
+    write_synced(&staged.join(STATE), to_json(&state)?.as_bytes())?;
+    replace_dir(&staged, dir)
+}
+
+/// Makes `dst` a copy of the checkpoint `src` (hard links where the filesystem allows: files are
+/// never modified in place, only replaced), atomically.
+pub fn snapshot(src: &Path, dst: &Path) -> Result<()> {
+    let staged = stage(dst)?;
+    for entry in fs::read_dir(src).map_err(TrainError::io(src))? {
+        let entry = entry.map_err(TrainError::io(src))?;
+        let target = staged.join(entry.file_name());
+        if fs::hard_link(entry.path(), &target).is_err() {
+            fs::copy(entry.path(), &target).map_err(TrainError::io(&target))?;
+        }
+    }
+    replace_dir(&staged, dst)
+}
+
+/// Keeps the newest `keep` directories named `checkpoint-<step>` in `run_dir`.
+pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+    let mut steps: Vec<(u64, PathBuf)> = fs::read_dir(run_dir)
+        .map_err(TrainError::io(run_dir))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    steps.sort();
+    let excess = steps.len().saturating_sub(keep);
+    for (_, path) in steps.into_iter().take(excess) {
+        fs::remove_dir_all(&path).map_err(TrainError::io(&path))?;
+    }
+    Ok(())
+}
+
+fn read_text(dir: &Path, name: &str) -> Result<String> {
+    let path = dir.join(name);
+    fs::read_to_string(&path).map_err(|e| bad(dir, format!("cannot read {name}: {e}")))
+}
+
+/// Reads a checkpoint's metadata and checks its files are there.
+pub fn read(dir: &Path) -> Result<Checkpoint> {
+    recover(dir)?;
+    if !dir.is_dir() {
+        return Err(bad(dir, "not a directory (expected a checkpoint such as runs/default/best)"));
+    }
+    for name in [WEIGHTS, BERT_CONFIG, RUN_CONFIG, TOKENIZER, STATE] {
+        if !dir.join(name).is_file() {
+            return Err(bad(dir, format!("missing {name}: not a wick checkpoint, or an incomplete one")));
+        }
+    }
+    let config = RunConfig::from_toml(&read_text(dir, RUN_CONFIG)?, &dir.join(RUN_CONFIG).display().to_string(), &[])?;
+    let bert: BertConfig = serde_json::from_str(&read_text(dir, BERT_CONFIG)?)
+        .map_err(|e| bad(dir, format!("{BERT_CONFIG}: {e}")))?;
+    let state: StateFile = serde_json::from_str(&read_text(dir, STATE)?)
+        .map_err(|e| bad(dir, format!("{STATE}: {e}")))?;
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        config,
+        bert,
+        labels: state.labels,
+        state: state.state,
+        provenance: state.provenance,
+        metrics: state.metrics,
+    })
+}
+
+impl Checkpoint {
+    /// Fills every variable (encoder and head) from the checkpoint's weights.
+    pub fn load_weights(&self, varmap: &VarMap) -> Result<()> {
+        wick_model::weights::load_safetensors(varmap, &self.dir.join(WEIGHTS), true)
+            .map_err(|e| bad(&self.dir, e.to_string()))?;
+        Ok(())
+    }
+
+    /// Restores the optimizer's moments and step count.
+    pub fn load_optimizer(&self, optimizer: &mut AdamW) -> Result<()> {
+        let path = self.dir.join(OPTIMIZER);
+        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| bad(&self.dir, format!("{OPTIMIZER}: {e}")))?;
+        optimizer
+            .load_state(tensors, self.state.step)
+            .map_err(|reason| bad(&self.dir, reason))
+    }
+
+    pub fn tokenizer(&self) -> PathBuf {
+        self.dir.join(TOKENIZER)
+    }
+}
+
+/// Pretty JSON for the small metadata files.
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::config("(checkpoint metadata)", e.to_string()))
+}

@@ -1,1 +1,480 @@
-//! (being written)
+//! The run configuration: one TOML file deserialized into one struct tree, with `--set` overrides,
+//! unknown keys rejected by name and every value validated before a tensor is allocated.
+//! The resolved config is written into the run directory and every checkpoint.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use wick_data::DataConfig;
+use wick_model::hub::ModelSource;
+use wick_model::BertConfig;
+
+use crate::error::{Result, TrainError};
+use crate::schedule::Decay;
+
+/// The whole run: `[data]`, `[model]`, `[train]`, `[eval]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// How the encoder's variables start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// The model's pretrained weights (the point of fine-tuning).
+    #[default]
+    Pretrained,
+    /// Seeded random weights of the model's shape (speed runs, tests).
+    Random,
+}
+
+/// `[model]`: which encoder, and the classifier around it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Hugging Face Hub id, e.g. `sentence-transformers/all-MiniLM-L6-v2` (or use `path`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Hub branch, tag or commit.
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    /// A local directory with config.json, tokenizer.json and model.safetensors.
+    #[serde(default)]
+    pub path: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub init: Init,
+    /// Overrides the checkpoint's `hidden_dropout_prob`.
+    #[serde(default)]
+    pub hidden_dropout: Option<f64>,
+    /// Overrides the checkpoint's `attention_probs_dropout_prob`.
+    #[serde(default)]
+    pub attention_dropout: Option<f64>,
+    /// Dropout before the head; defaults to the hidden dropout.
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    /// Shape overrides for `init = "random"` (tiny test models, speed runs): layers, width,
+    /// heads and feed-forward width. The tokenizer and vocabulary stay the model's.
+    #[serde(default)]
+    pub layers: Option<usize>,
+    #[serde(default)]
+    pub hidden_size: Option<usize>,
+    #[serde(default)]
+    pub heads: Option<usize>,
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
+}
+
+fn default_revision() -> String {
+    "main".to_string()
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            id: Some(wick_model::hub::DEFAULT_MODEL_ID.to_string()),
+            revision: default_revision(),
+            path: None,
+            init: Init::default(),
+            hidden_dropout: None,
+            attention_dropout: None,
+            classifier_dropout: None,
+            layers: None,
+            hidden_size: None,
+            heads: None,
+            intermediate_size: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn source(&self) -> ModelSource {
+        ModelSource {
+            id: self.id.clone(),
+            revision: self.revision.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// The encoder config with this section's dropout and shape overrides applied.
+    pub fn apply(&self, mut bert: BertConfig) -> BertConfig {
+        bert.num_hidden_layers = self.layers.unwrap_or(bert.num_hidden_layers);
+        bert.hidden_size = self.hidden_size.unwrap_or(bert.hidden_size);
+        bert.num_attention_heads = self.heads.unwrap_or(bert.num_attention_heads);
+        bert.intermediate_size = self.intermediate_size.unwrap_or(bert.intermediate_size);
+        if let Some(p) = self.hidden_dropout {
+            bert.hidden_dropout_prob = p;
+        }
+        if let Some(p) = self.attention_dropout {
+            bert.attention_probs_dropout_prob = p;
+        }
+        bert
+    }
+
+    pub fn head_dropout(&self, bert: &BertConfig) -> f64 {
+        self.classifier_dropout.unwrap_or(bert.hidden_dropout_prob)
+    }
+}
+
+/// Numeric precision of the forward and backward passes (master weights stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::Bf16 => candle_core::DType::BF16,
+            Self::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+/// Per-class loss weights: explicit numbers in label order, or `"balanced"`
+/// (`n_examples / (n_classes * count[c])`, scikit-learn's rule).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ClassWeights {
+    Explicit(Vec<f64>),
+    Rule(WeightRule),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightRule {
+    Balanced,
+}
+
+/// `[train]`: optimisation and the loop.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (0: run all epochs).
+    pub max_steps: usize,
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum_steps: usize,
+    /// Peak learning rate of the encoder (and of the head unless `head_lr` is set).
+    pub lr: f64,
+    pub head_lr: Option<f64>,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Fraction of all optimizer steps spent warming up (ignored when `warmup_steps` is set).
+    pub warmup_ratio: f64,
+    pub warmup_steps: Option<usize>,
+    pub decay: Decay,
+    /// Global gradient-norm clipping threshold (0: off).
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Train only the head.
+    pub freeze_encoder: bool,
+    pub label_smoothing: f64,
+    pub class_weights: Option<ClassWeights>,
+    /// Read loss and grad norm from the device every this many optimizer steps.
+    pub log_every: usize,
+    /// Write `last/` every this many optimizer steps (0: only at the end of each epoch).
+    pub checkpoint_every: usize,
+    /// How many `checkpoint-<step>/` directories to keep besides `last/` and `best/` (0: none).
+    pub keep_last: usize,
+    pub precision: Precision,
+    /// Shuffle the training order every epoch (seeded).
+    pub shuffle: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            max_steps: 0,
+            batch_size: 16,
+            grad_accum_steps: 1,
+            lr: 5e-5,
+            head_lr: None,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_ratio: 0.1,
+            warmup_steps: None,
+            decay: Decay::Linear,
+            max_grad_norm: 1.0,
+            seed: 42,
+            freeze_encoder: false,
+            label_smoothing: 0.0,
+            class_weights: None,
+            log_every: 10,
+            checkpoint_every: 0,
+            keep_last: 1,
+            precision: Precision::F32,
+            shuffle: true,
+        }
+    }
+}
+
+/// `[eval]`: when and how the validation split is scored.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate every this many optimizer steps (0: off).
+    pub every_steps: usize,
+    /// Evaluate at the end of every epoch.
+    pub every_epoch: bool,
+    /// The metric that picks `best/` and drives early stopping: `macro_f1`, `accuracy`, `loss`
+    /// or `f1:<label>`.
+    pub metric: String,
+    /// Stop after this many evaluations without improvement (0: never stop early).
+    pub patience: usize,
+    /// Evaluation batch size (0: twice the training batch).
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every_steps: 0,
+            every_epoch: true,
+            metric: "macro_f1".to_string(),
+            patience: 0,
+            batch_size: 0,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML config, applies `key=value` overrides (dotted keys, TOML-typed values; a
+    /// value that is not valid TOML is taken as a string) and deserializes it.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// As [`RunConfig::load`], from text; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        let file_error = |reason: String| TrainError::ConfigFile {
+            path: origin.to_string(),
+            reason,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| file_error(e.to_string()))?;
+        for spec in overrides {
+            apply_override(&mut table, spec)?;
+        }
+        // Round-trip through text so errors carry toml's key path and position.
+        let merged = toml::to_string(&table).map_err(|e| file_error(e.to_string()))?;
+        let origin = if overrides.is_empty() {
+            origin.to_string()
+        } else {
+            format!("{origin} (with --set {})", overrides.join(", "))
+        };
+        toml::from_str(&merged).map_err(|e| TrainError::ConfigFile {
+            path: origin,
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::config("(whole config)", e.to_string()))
+    }
+
+    /// Checks every value that can be checked without the model's files.
+    pub fn validate(&self) -> Result<()> {
+        self.data.validate()?;
+        let t = &self.train;
+        let positive = |key: &str, ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(TrainError::config(key, what.to_string()))
+            }
+        };
+        positive("train.batch_size", t.batch_size > 0, "must be > 0")?;
+        positive("train.grad_accum_steps", t.grad_accum_steps > 0, "must be > 0")?;
+        positive("train.epochs", t.epochs > 0 || t.max_steps > 0, "train.epochs or train.max_steps must be > 0")?;
+        positive("train.lr", t.lr > 0.0 && t.lr.is_finite(), "must be a positive number")?;
+        if let Some(lr) = t.head_lr {
+            positive("train.head_lr", lr > 0.0 && lr.is_finite(), "must be a positive number")?;
+        }
+        positive("train.weight_decay", t.weight_decay >= 0.0, "must be >= 0")?;
+        positive("train.beta1", (0.0..1.0).contains(&t.beta1), "must be in [0, 1)")?;
+        positive("train.beta2", (0.0..1.0).contains(&t.beta2), "must be in [0, 1)")?;
+        positive("train.eps", t.eps > 0.0, "must be > 0")?;
+        positive("train.warmup_ratio", (0.0..=1.0).contains(&t.warmup_ratio), "must be in [0, 1]")?;
+        positive("train.max_grad_norm", t.max_grad_norm >= 0.0, "must be >= 0 (0 turns clipping off)")?;
+        positive("train.label_smoothing", (0.0..1.0).contains(&t.label_smoothing), "must be in [0, 1)")?;
+        positive("train.log_every", t.log_every > 0, "must be > 0")?;
+        if t.label_smoothing > 0.0 && self.data.multi_label {
+            return Err(TrainError::config("train.label_smoothing", "applies to single-label data only"));
+        }
+        if let Some(ClassWeights::Explicit(weights)) = &t.class_weights {
+            if weights.len() != self.data.labels.len() {
+                return Err(TrainError::config(
+                    "train.class_weights",
+                    format!("has {} weights for {} labels", weights.len(), self.data.labels.len()),
+                ));
+            }
+            positive("train.class_weights", weights.iter().all(|w| *w > 0.0), "weights must be > 0")?;
+        }
+        for (key, p) in [
+            ("model.hidden_dropout", self.model.hidden_dropout),
+            ("model.attention_dropout", self.model.attention_dropout),
+            ("model.classifier_dropout", self.model.classifier_dropout),
+        ] {
+            if let Some(p) = p {
+                positive(key, (0.0..1.0).contains(&p), "must be in [0, 1)")?;
+            }
+        }
+        let metric = self.eval.metric.as_str();
+        let known_metric = matches!(metric, "macro_f1" | "accuracy" | "loss")
+            || metric
+                .strip_prefix("f1:")
+                .is_some_and(|label| self.data.labels.iter().any(|l| l == label));
+        if !known_metric {
+            return Err(TrainError::config(
+                "eval.metric",
+                format!("`{metric}` is not one of macro_f1, accuracy, loss, f1:<label> (labels: {})", self.data.labels.join(", ")),
+            ));
+        }
+        let m = &self.model;
+        let shaped = m.layers.or(m.hidden_size).or(m.heads).or(m.intermediate_size).is_some();
+        if shaped && m.init != Init::Random {
+            return Err(TrainError::config(
+                "model.layers/hidden_size/heads/intermediate_size",
+                "shape overrides need model.init = \"random\" (pretrained weights have a fixed shape)",
+            ));
+        }
+        if let (Some(h), Some(n)) = (m.hidden_size, m.heads) {
+            positive("model.heads", n > 0 && h % n == 0, "must divide model.hidden_size")?;
+        }
+        self.model.source().validate()?;
+        Ok(())
+    }
+
+    /// Checks the values that depend on the encoder's `config.json`.
+    pub fn validate_against(&self, bert: &BertConfig) -> Result<()> {
+        if self.data.max_len > bert.max_position_embeddings {
+            return Err(TrainError::config(
+                "data.max_len",
+                format!(
+                    "{} exceeds the model's max_position_embeddings {}",
+                    self.data.max_len, bert.max_position_embeddings
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML table. The value is parsed as TOML (`3`, `2e-5`, `true`,
+/// `"text"`, `[1, 2]`); anything that does not parse is taken as a bare string, so
+/// `data.train=data/x.jsonl` works without quotes.
+pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| TrainError::config(spec, "an override must look like key=value"))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut parsed) => parsed.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(TrainError::config(key, "empty segment in dotted key"));
+    }
+    let (last, parents) = parts.split_last().ok_or_else(|| TrainError::config(key, "empty key"))?;
+    let mut node = table;
+    for part in parents {
+        let entry = node
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| TrainError::config(key, format!("`{part}` is not a table")))?;
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[data]
+train = "data/train.jsonl"
+labels = ["a", "b"]
+"#;
+
+    #[test]
+    fn overrides_are_typed_and_dotted() {
+        let overrides = vec![
+            "train.epochs=7".to_string(),
+            "train.lr=2e-5".to_string(),
+            "train.freeze_encoder=true".to_string(),
+            "data.valid=data/valid.jsonl".to_string(),
+            "model.id=\"org/model\"".to_string(),
+        ];
+        let config = RunConfig::from_toml(BASE, "base.toml", &overrides).unwrap();
+        assert_eq!(config.train.epochs, 7);
+        assert_eq!(config.train.lr, 2e-5);
+        assert!(config.train.freeze_encoder);
+        assert_eq!(config.data.valid.as_deref(), Some(Path::new("data/valid.jsonl")));
+        assert_eq!(config.model.id.as_deref(), Some("org/model"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name_with_the_valid_ones() {
+        let err = RunConfig::from_toml(BASE, "base.toml", &["train.epoch=3".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("epoch") && err.contains("epochs"), "{err}");
+    }
+
+    #[test]
+    fn wrong_value_type_names_the_key() {
+        let err = RunConfig::from_toml(BASE, "base.toml", &["train.batch_size=many".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let config = RunConfig::from_toml(BASE, "base.toml", &["train.batch_size=0".to_string()]).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("train.batch_size"));
+        let config = RunConfig::from_toml(BASE, "base.toml", &["eval.metric=f1:zzz".to_string()]).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("eval.metric"));
+        let config = RunConfig::from_toml(BASE, "base.toml", &["train.class_weights=[1.0]".to_string()]).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("train.class_weights"));
+    }
+
+    #[test]
+    fn max_len_beyond_model_positions_is_rejected() {
+        let config = RunConfig::from_toml(BASE, "base.toml", &["data.max_len=600".to_string()]).unwrap();
+        let err = config.validate_against(&BertConfig::tiny(10)).unwrap_err().to_string();
+        assert!(err.contains("data.max_len") && err.contains("512"), "{err}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let config = RunConfig::from_toml(BASE, "base.toml", &["train.class_weights=\"balanced\"".to_string()]).unwrap();
+        let again = RunConfig::from_toml(&config.to_toml().unwrap(), "resolved", &[]).unwrap();
+        assert_eq!(again.train.class_weights, Some(ClassWeights::Rule(WeightRule::Balanced)));
+        assert_eq!(again.data.labels, config.data.labels);
+    }
+}

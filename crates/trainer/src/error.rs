@@ -1,1 +1,45 @@
-pub type Result<T> = std::result::Result<T, TrainError>; #[derive(Debug, thiserror::Error)] pub enum TrainError { #[error("x")] X }
+//! Errors of the trainer, each naming the key, file or device at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("config {path}: {reason}")]
+    ConfigFile { path: String, reason: String },
+    #[error("config key `{key}`: {reason}")]
+    Config { key: String, reason: String },
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Data(#[from] wick_data::Error),
+    #[error(transparent)]
+    Model(#[from] wick_model::ModelError),
+    #[error(transparent)]
+    Hub(#[from] wick_model::hub::HubError),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+
+    pub(crate) fn config(key: &str, reason: impl Into<String>) -> Self {
+        Self::Config {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

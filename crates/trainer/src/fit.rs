@@ -1,1 +1,664 @@
-//! (being written)
+//! The training loop: set-up (data, model, device, optimizer, resume), then one loop that reads
+//! top-down: schedule -> forward -> backward -> accumulate/clip -> step -> log -> evaluate ->
+//! checkpoint. Scalars are read from the device only at logging, evaluation and checkpoint
+//! boundaries; each such read is marked "sync point".
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use serde_json::json;
+use wick_data::{epoch_order, read_examples, split_train_valid, DataSummary, Dataset, TextTokenizer};
+use wick_model::classifier::LossOptions;
+use wick_model::weights::{init_all, init_head, is_head, load_safetensors, named_vars};
+use wick_model::{BertConfig, Classifier, Task};
+
+use crate::budget::MemoryBudget;
+use crate::checkpoint::{self, Checkpoint, Contents, Provenance, TrainState};
+use crate::config::{ClassWeights, Init, Precision, RunConfig, WeightRule};
+use crate::device::{self, ensure_same_device, DeviceRequest};
+use crate::error::{Result, TrainError};
+use crate::eval;
+use crate::metrics::{ClassificationReport, MetricsLog};
+use crate::optim::{exempt_from_decay, AdamW, Gradients, ParamSpec};
+use crate::schedule::Schedule;
+
+/// Where a run writes and what it continues from.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub device: DeviceRequest,
+    /// The run directory (`best/`, `last/`, `metrics.jsonl`, `config.toml`, `plot.svg`).
+    pub out_dir: PathBuf,
+    /// A checkpoint directory (or a run directory, meaning its `last/`) to continue from.
+    pub resume: Option<PathBuf>,
+}
+
+/// What a run is about to do, reported once before the first step.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub device: String,
+    pub device_reason: String,
+    pub compiled: Vec<&'static str>,
+    pub model: String,
+    pub train_summary: DataSummary,
+    pub valid_examples: usize,
+    pub epochs: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    pub start_step: usize,
+    pub parameters: usize,
+    pub trainable_parameters: usize,
+    pub memory: MemoryBudget,
+}
+
+/// Progress after every optimizer step (no device reads).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    pub batch_in_epoch: usize,
+    pub batches_in_epoch: usize,
+    pub lr: f64,
+}
+
+/// Values read from the device at a logging boundary.
+#[derive(Debug, Clone, Copy)]
+pub struct LogRecord {
+    pub step: usize,
+    pub epoch: usize,
+    /// Mean training loss since the previous log.
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping, at this step.
+    pub grad_norm: f64,
+    pub examples_per_s: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Hooks for progress display; the library prints nothing itself. All methods default to no-ops.
+pub trait Reporter {
+    fn message(&mut self, _text: &str) {}
+    fn start(&mut self, _plan: &Plan) {}
+    fn step(&mut self, _progress: &Progress) {}
+    fn log(&mut self, _record: &LogRecord) {}
+    fn evaluated(&mut self, _step: usize, _report: &ClassificationReport) {}
+    fn checkpoint(&mut self, _dir: &Path) {}
+    fn finish(&mut self) {}
+}
+
+/// A reporter that reports nothing.
+#[derive(Debug, Default)]
+pub struct Silent;
+impl Reporter for Silent {}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub steps: usize,
+    pub stopped_early: bool,
+    pub best: Option<(f64, u64)>,
+    pub last_eval: Option<ClassificationReport>,
+    pub run_dir: PathBuf,
+}
+
+/// A prepared run: data tokenized, model on its device, optimizer ready.
+pub struct Trainer {
+    config: RunConfig,
+    bert: BertConfig,
+    varmap: VarMap,
+    model: Classifier,
+    optimizer: AdamW,
+    schedule: Schedule,
+    train: Dataset,
+    valid: Option<Dataset>,
+    device: Device,
+    out_dir: PathBuf,
+    tokenizer_path: PathBuf,
+    provenance: Provenance,
+    state: TrainState,
+    loss_options: LossOptions,
+    plan: Plan,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("out_dir", &self.out_dir).field("state", &self.state).finish()
+    }
+}
+
+/// The files a run's model comes from: the Hub (or a local directory), or a checkpoint.
+struct ModelFiles {
+    bert: BertConfig,
+    tokenizer: PathBuf,
+    provenance: Provenance,
+    weights: Option<PathBuf>,
+    resume: Option<Checkpoint>,
+}
+
+fn locate_model(config: &RunConfig, resume: Option<&Path>) -> Result<ModelFiles> {
+    if let Some(dir) = resume {
+        let dir = if dir.join(checkpoint::STATE).exists() { dir.to_path_buf() } else { dir.join("last") };
+        let ck = checkpoint::read(&dir)?;
+        return Ok(ModelFiles {
+            bert: ck.bert.clone(),
+            tokenizer: ck.tokenizer(),
+            provenance: ck.provenance.clone(),
+            weights: None,
+            resume: Some(ck),
+        });
+    }
+    let resolved = wick_model::hub::resolve(&config.model.source())?;
+    Ok(ModelFiles {
+        bert: config.model.apply(BertConfig::from_file(&resolved.config)?),
+        tokenizer: resolved.tokenizer.clone(),
+        provenance: Provenance {
+            model_id: resolved.id.clone(),
+            revision: resolved.revision.clone(),
+            commit: resolved.commit.clone(),
+            wick_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        weights: Some(resolved.weights),
+        resume: None,
+    })
+}
+
+/// Reads and tokenizes the training and validation data (a seeded stratified split of the
+/// training file when no validation file is given).
+fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<(Dataset, Option<Dataset>, DataSummary)> {
+    let data = &config.data;
+    let read = read_examples(&data.train, data)?;
+    let all = Dataset::new(&read.examples, tokenizer)?;
+    let (train, valid) = match &data.valid {
+        Some(path) => {
+            let valid = read_examples(path, data)?;
+            (all, Some(Dataset::new(&valid.examples, tokenizer)?))
+        }
+        None => {
+            let (train_idx, valid_idx) = split_train_valid(&read.examples, data.valid_fraction, config.train.seed);
+            (all.subset(&train_idx), Some(all.subset(&valid_idx)))
+        }
+    };
+    let summary = DataSummary::new(&train, &data.labels, read.filtered_out);
+    Ok((train, valid, summary))
+}
+
+fn class_weights(config: &RunConfig, train: &Dataset, device: &Device) -> Result<Option<Tensor>> {
+    let labels = config.data.labels.len();
+    let weights: Vec<f32> = match &config.train.class_weights {
+        None => return Ok(None),
+        Some(ClassWeights::Explicit(w)) => w.iter().map(|&x| x as f32).collect(),
+        Some(ClassWeights::Rule(WeightRule::Balanced)) => {
+            let mut counts = vec![0f64; labels];
+            match train.targets() {
+                wick_data::Targets::Single(ids) => ids.iter().for_each(|&i| counts[i as usize] += 1.0),
+                wick_data::Targets::Multi { values, num_labels } => {
+                    for row in values.chunks(*num_labels) {
+                        row.iter().enumerate().for_each(|(i, &v)| counts[i] += f64::from(v));
+                    }
+                }
+                wick_data::Targets::None => {}
+            }
+            let n = train.len() as f64;
+            counts.iter().map(|&c| (n / (labels as f64 * c.max(1.0))) as f32).collect()
+        }
+    };
+    Ok(Some(Tensor::from_vec(weights, labels, device)?))
+}
+
+/// Builds the classifier on `device` with placeholder values.
+fn build_model(config: &RunConfig, bert: &BertConfig, device: &Device) -> candle_core::Result<(VarMap, Classifier)> {
+    let task = if config.data.multi_label { Task::MultiLabel } else { Task::SingleLabel };
+    Classifier::build(
+        bert,
+        config.data.labels.len(),
+        task,
+        config.model.head_dropout(bert),
+        config.train.precision.dtype(),
+        device,
+        config.train.seed,
+    )
+}
+
+/// One forward and backward pass of a 2-layer model of this run's shape on `device`: finds a
+/// missing op before any real work starts.
+fn preflight_check(config: &RunConfig, bert: &BertConfig, device: &Device) -> candle_core::Result<()> {
+    let tiny = BertConfig {
+        num_hidden_layers: 1,
+        ..bert.clone()
+    };
+    let (varmap, model) = build_model(config, &tiny, device)?;
+    init_all(&varmap, 0.02, 0).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let ids = Tensor::new(&[[1u32, 2, 3, 0], [1, 2, 0, 0]], device)?;
+    let mask = Tensor::new(&[[1u32, 1, 1, 0], [1, 1, 0, 0]], device)?;
+    let logits = model.forward(&ids, &ids.zeros_like()?, &mask, true)?;
+    let loss = logits.sqr()?.mean_all()?;
+    let grads = loss.backward()?;
+    // The preflight's own result read: a sync point before training starts.
+    grads.get(varmap.all_vars()[0].as_tensor()).map(|g| g.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()).transpose()?;
+    Ok(())
+}
+
+impl Trainer {
+    /// Validates the config, reads and tokenizes the data, chooses the device (with a preflight
+    /// forward/backward), builds the model and optimizer, and restores a checkpoint if asked.
+    pub fn new(config: RunConfig, options: &RunOptions, reporter: &mut dyn Reporter) -> Result<Self> {
+        config.validate()?;
+        if config.train.precision == Precision::F16 {
+            return Err(TrainError::config(
+                "train.precision",
+                "f16 needs loss scaling, which wick does not implement yet; use \"bf16\" or \"f32\"",
+            ));
+        }
+        let files = locate_model(&config, options.resume.as_deref())?;
+        config.validate_against(&files.bert)?;
+        let bert = files.bert;
+        let tokenizer = TextTokenizer::from_file(&files.tokenizer, config.data.max_len)?;
+        let (train, valid, train_summary) = load_data(&config, &tokenizer)?;
+
+        let chosen = device::choose(options.device)?;
+        let (chosen, warning) = device::preflight(chosen, options.device, |d| preflight_check(&config, &bert, d))?;
+        if let Some(warning) = warning {
+            reporter.message(&format!("warning: {warning}"));
+        }
+        let device = chosen.device.clone();
+
+        let (varmap, mut model) = build_model(&config, &bert, &device)?;
+        match (&files.resume, &files.weights, config.model.init) {
+            (Some(ck), _, _) => ck.load_weights(&varmap)?,
+            (None, Some(weights), Init::Pretrained) => {
+                let report = load_safetensors(&varmap, weights, false)?;
+                reporter.message(&format!(
+                    "loaded {} encoder tensors from {} (unused: {})",
+                    report.loaded,
+                    weights.display(),
+                    if report.unused.is_empty() { "none".to_string() } else { report.unused.join(", ") }
+                ));
+                init_head(&varmap, bert.initializer_range, config.train.seed)?;
+            }
+            _ => init_all(&varmap, bert.initializer_range, config.train.seed)?,
+        }
+        model.set_frozen_encoder(config.train.freeze_encoder);
+
+        let t = &config.train;
+        let head_scale = t.head_lr.map_or(1.0, |head| head / t.lr);
+        let params: Vec<ParamSpec> = named_vars(&varmap)
+            .into_iter()
+            .filter(|(name, _)| !t.freeze_encoder || is_head(name))
+            .map(|(name, var)| ParamSpec {
+                weight_decay: if exempt_from_decay(&name) { 0.0 } else { t.weight_decay },
+                lr_scale: if is_head(&name) { head_scale } else { 1.0 },
+                name,
+                var,
+            })
+            .collect();
+        let mut optimizer = AdamW::new(params, t.beta1, t.beta2, t.eps)?;
+
+        let batches_per_epoch = train.len().div_ceil(t.batch_size);
+        let steps_per_epoch = batches_per_epoch.div_ceil(t.grad_accum_steps);
+        let total_steps = if t.max_steps > 0 { t.max_steps } else { steps_per_epoch * t.epochs };
+        let warmup_steps = t.warmup_steps.unwrap_or((t.warmup_ratio * total_steps as f64).ceil() as usize);
+        let schedule = Schedule {
+            peak: t.lr,
+            warmup_steps,
+            total_steps,
+            decay: t.decay,
+        };
+        let state = match &files.resume {
+            Some(ck) => {
+                ck.load_optimizer(&mut optimizer)?;
+                reporter.message(&format!("resuming from {} at step {}", ck.dir.display(), ck.state.step));
+                ck.state.clone()
+            }
+            None => TrainState::default(),
+        };
+        let loss_options = LossOptions {
+            label_smoothing: t.label_smoothing,
+            class_weights: class_weights(&config, &train, &device)?,
+        };
+        let parameters = named_vars(&varmap).iter().map(|(_, v)| v.elem_count()).sum::<usize>();
+        let trainable = optimizer.trainable_elements();
+        let act_bytes = config.train.precision.dtype().size_in_bytes() as u64;
+        let plan = Plan {
+            device: chosen.name.clone(),
+            device_reason: chosen.reason.clone(),
+            compiled: device::compiled_backends(),
+            model: files.provenance.model_id.clone(),
+            valid_examples: valid.as_ref().map_or(0, Dataset::len),
+            train_summary,
+            epochs: t.epochs,
+            steps_per_epoch,
+            total_steps,
+            start_step: state.step as usize,
+            parameters,
+            trainable_parameters: trainable,
+            memory: MemoryBudget::estimate(
+                &bert,
+                parameters as u64,
+                trainable as u64,
+                t.batch_size as u64,
+                config.data.max_len as u64,
+                act_bytes,
+            ),
+        };
+        std::fs::create_dir_all(&options.out_dir).map_err(TrainError::io(&options.out_dir))?;
+        let resolved = options.out_dir.join(checkpoint::RUN_CONFIG);
+        std::fs::write(&resolved, config.to_toml()?).map_err(TrainError::io(&resolved))?;
+        Ok(Self {
+            config,
+            bert,
+            varmap,
+            model,
+            optimizer,
+            schedule,
+            train,
+            valid,
+            device,
+            out_dir: options.out_dir.clone(),
+            tokenizer_path: files.tokenizer,
+            provenance: files.provenance,
+            state,
+            loss_options,
+            plan,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn model(&self) -> &Classifier {
+        &self.model
+    }
+
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn eval_batch_size(&self) -> usize {
+        match self.config.eval.batch_size {
+            0 => self.config.train.batch_size * 2,
+            n => n,
+        }
+    }
+
+    /// Scores the model on the validation split, if there is one.
+    pub fn evaluate(&self) -> Result<Option<ClassificationReport>> {
+        let Some(valid) = &self.valid else { return Ok(None) };
+        let report = device::with_autorelease_pool(|| {
+            eval::evaluate(&self.model, valid, &self.config.data.labels, self.eval_batch_size(), &self.device, &self.loss_options)
+        })?;
+        Ok(Some(report))
+    }
+
+    /// Forward and backward over the micro-batches of one optimizer step, then clip and update.
+    /// Returns the summed (unscaled) micro-batch losses and the pre-clip gradient norm, both
+    /// still on the device.
+    fn train_step(&mut self, micro_batches: &[Vec<usize>], lr: f64) -> Result<(Tensor, Option<Tensor>, usize)> {
+        self.model.encoder().rng().reseed(self.config.train.seed, self.state.step, &self.device)?;
+        let mut grads: Option<Gradients> = None;
+        let mut loss_sum: Option<Tensor> = None;
+        let mut tokens = 0;
+        for indices in micro_batches {
+            let host = self.train.batch(indices);
+            tokens += host.batch_size * host.seq_len;
+            let batch = host.to_tensors(&self.device)?;
+            ensure_same_device("batch input_ids", &self.device, batch.input_ids.device())?;
+            let labels = batch.labels.as_ref().ok_or_else(|| TrainError::config("data.label_field", "training data has no labels"))?;
+            let logits = self.model.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, true)?;
+            let loss = self.model.loss(&logits, labels, &self.loss_options)?;
+            let step_grads = self.optimizer.collect(&(&loss / micro_batches.len() as f64)?.backward()?);
+            match grads.as_mut() {
+                Some(g) => g.accumulate(step_grads)?,
+                None => grads = Some(step_grads),
+            }
+            let loss = loss.detach();
+            loss_sum = Some(match loss_sum {
+                Some(sum) => (sum + loss)?,
+                None => loss,
+            });
+        }
+        let (Some(mut grads), Some(loss_sum)) = (grads, loss_sum) else {
+            return Err(TrainError::config("train.batch_size", "an optimizer step got no batches"));
+        };
+        let norm = grads.clip(self.config.train.max_grad_norm)?;
+        self.optimizer.step(&grads, lr)?;
+        Ok((loss_sum, norm, tokens))
+    }
+
+    /// Writes `last/` (and `checkpoint-<step>/`, `best/` when asked) atomically.
+    fn save_checkpoint(&self, metrics: Option<&ClassificationReport>, is_best: bool, reporter: &mut dyn Reporter) -> Result<()> {
+        let last = self.out_dir.join("last");
+        checkpoint::save(
+            &last,
+            &Contents {
+                varmap: &self.varmap,
+                optimizer: &self.optimizer,
+                config: &self.config,
+                bert: &self.bert,
+                tokenizer: &self.tokenizer_path,
+                state: &self.state,
+                provenance: &self.provenance,
+                metrics: metrics.map(ClassificationReport::to_json),
+            },
+        )?;
+        reporter.checkpoint(&last);
+        if self.config.train.keep_last > 0 {
+            checkpoint::snapshot(&last, &self.out_dir.join(format!("checkpoint-{}", self.state.step)))?;
+            checkpoint::prune(&self.out_dir, self.config.train.keep_last)?;
+        }
+        if is_best {
+            let best = self.out_dir.join("best");
+            checkpoint::snapshot(&last, &best)?;
+            reporter.checkpoint(&best);
+        }
+        Ok(())
+    }
+
+    /// Evaluates, records the result and updates the best metric; returns the report and whether
+    /// it is the best so far.
+    fn evaluate_and_track(&mut self, log: &mut MetricsLog, reporter: &mut dyn Reporter) -> Result<Option<(ClassificationReport, bool)>> {
+        let Some(report) = self.evaluate()? else { return Ok(None) };
+        let metric_name = self.config.eval.metric.clone();
+        let value = report.metric(&metric_name).unwrap_or(f64::NAN);
+        let better = match self.state.best_metric {
+            None => true,
+            Some(best) if ClassificationReport::higher_is_better(&metric_name) => value > best,
+            Some(best) => value < best,
+        };
+        if better {
+            self.state.best_metric = Some(value);
+            self.state.best_step = Some(self.state.step);
+            self.state.evals_since_best = 0;
+        } else {
+            self.state.evals_since_best += 1;
+        }
+        let mut record = json!({"kind": "eval", "step": self.state.step, "epoch": self.state.epoch});
+        for (key, value) in [("loss", report.loss), ("accuracy", Some(report.accuracy)), ("macro_f1", Some(report.macro_f1))] {
+            record[key] = json!(value);
+        }
+        log.write(&record).map_err(TrainError::io(log.path()))?;
+        reporter.evaluated(self.state.step as usize, &report);
+        Ok(Some((report, better)))
+    }
+
+    /// Runs until the configured epochs or steps are done, or early stopping triggers.
+    pub fn fit(&mut self, reporter: &mut dyn Reporter) -> Result<Outcome> {
+        reporter.start(&self.plan);
+        let metrics_path = self.out_dir.join("metrics.jsonl");
+        let mut log = MetricsLog::create(&metrics_path).map_err(TrainError::io(&metrics_path))?;
+        let t = self.config.train.clone();
+        let total_steps = self.plan.total_steps;
+        let lengths = self.train.lengths();
+        let mut window = LogWindow::start(&self.device)?;
+        let mut last_eval = None;
+        let mut stopped_early = false;
+        let mut saved_at = None;
+
+        'epochs: while (self.state.epoch as usize) < t.epochs.max(1) || t.max_steps > 0 {
+            if self.state.step as usize >= total_steps {
+                break;
+            }
+            let order = epoch_order(self.train.len(), &lengths, t.batch_size, t.seed, self.state.epoch, t.shuffle, self.config.data.bucket_window);
+            while self.state.batch_in_epoch < order.len() {
+                let end = (self.state.batch_in_epoch + t.grad_accum_steps).min(order.len());
+                let group = &order[self.state.batch_in_epoch..end];
+                let lr = self.schedule.lr(self.state.step as usize);
+                let (loss, norm, tokens) = device::with_autorelease_pool(|| self.train_step(group, lr))?;
+                self.state.batch_in_epoch = end;
+                self.state.step += 1;
+                window.add(loss, group.iter().map(Vec::len).sum(), tokens)?;
+                let step = self.state.step as usize;
+                reporter.step(&Progress {
+                    step,
+                    total_steps,
+                    epoch: self.state.epoch as usize,
+                    batch_in_epoch: end,
+                    batches_in_epoch: order.len(),
+                    lr,
+                });
+                if step % t.log_every == 0 || step == total_steps {
+                    let record = window.read(step, self.state.epoch as usize, lr, norm.as_ref(), &self.device)?;
+                    log.write(&json!({
+                        "kind": "train", "step": record.step, "epoch": record.epoch, "loss": record.loss,
+                        "lr": record.lr, "grad_norm": record.grad_norm, "examples_per_s": record.examples_per_s,
+                        "tokens_per_s": record.tokens_per_s,
+                    }))
+                    .map_err(TrainError::io(&metrics_path))?;
+                    reporter.log(&record);
+                }
+                let mut is_best = false;
+                if self.config.eval.every_steps > 0 && step % self.config.eval.every_steps == 0 {
+                    if let Some((report, better)) = self.evaluate_and_track(&mut log, reporter)? {
+                        is_best = better;
+                        last_eval = Some(report);
+                    }
+                    window.restart(&self.device)?;
+                }
+                let epoch_done = self.state.batch_in_epoch >= order.len();
+                if epoch_done {
+                    self.state.epoch += 1;
+                    self.state.batch_in_epoch = 0;
+                    if self.config.eval.every_epoch {
+                        if let Some((report, better)) = self.evaluate_and_track(&mut log, reporter)? {
+                            is_best |= better;
+                            last_eval = Some(report);
+                        }
+                        window.restart(&self.device)?;
+                    }
+                }
+                let finished = step >= total_steps;
+                let patience_out = self.config.eval.patience > 0 && self.state.evals_since_best >= self.config.eval.patience;
+                let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0;
+                if periodic || epoch_done || finished || patience_out || is_best {
+                    self.save_checkpoint(last_eval.as_ref(), is_best, reporter)?;
+                    saved_at = Some(step);
+                    window.restart(&self.device)?;
+                }
+                if patience_out {
+                    reporter.message(&format!(
+                        "early stopping: {} evaluations without improving {}",
+                        self.state.evals_since_best, self.config.eval.metric
+                    ));
+                    stopped_early = true;
+                    break 'epochs;
+                }
+                if finished || epoch_done {
+                    continue 'epochs;
+                }
+            }
+        }
+        if saved_at != Some(self.state.step as usize) {
+            self.save_checkpoint(last_eval.as_ref(), false, reporter)?;
+        }
+        if !self.out_dir.join("best").exists() {
+            // No validation data: the last weights are the best we know.
+            checkpoint::snapshot(&self.out_dir.join("last"), &self.out_dir.join("best"))?;
+        }
+        let records = crate::metrics::read_records(&metrics_path).map_err(TrainError::io(&metrics_path))?;
+        let plot = self.out_dir.join("plot.svg");
+        crate::plot::write_svg(&plot, &records).map_err(TrainError::io(&plot))?;
+        reporter.finish();
+        Ok(Outcome {
+            steps: self.state.step as usize,
+            stopped_early,
+            best: self.state.best_metric.zip(self.state.best_step),
+            last_eval,
+            run_dir: self.out_dir.clone(),
+        })
+    }
+}
+
+/// Training loss and throughput between two logging boundaries. The loss is summed on the
+/// device; the clock is read only after synchronizing, so queued work is counted.
+struct LogWindow {
+    loss_sum: Option<Tensor>,
+    micro_batches: usize,
+    examples: usize,
+    tokens: usize,
+    since: Instant,
+}
+
+impl LogWindow {
+    fn start(device: &Device) -> Result<Self> {
+        device::synchronize(device)?;
+        Ok(Self {
+            loss_sum: None,
+            micro_batches: 0,
+            examples: 0,
+            tokens: 0,
+            since: Instant::now(),
+        })
+    }
+
+    /// Starts the clock again after work that is not training (evaluation, checkpoints).
+    fn restart(&mut self, device: &Device) -> Result<()> {
+        device::synchronize(device)?;
+        self.since = Instant::now();
+        self.examples = 0;
+        self.tokens = 0;
+        Ok(())
+    }
+
+    fn add(&mut self, loss_sum: Tensor, examples: usize, tokens: usize) -> Result<()> {
+        self.micro_batches += 1;
+        self.examples += examples;
+        self.tokens += tokens;
+        self.loss_sum = Some(match self.loss_sum.take() {
+            Some(sum) => (sum + loss_sum)?,
+            None => loss_sum,
+        });
+        Ok(())
+    }
+
+    fn read(&mut self, step: usize, epoch: usize, lr: f64, norm: Option<&Tensor>, device: &Device) -> Result<LogRecord> {
+        device::synchronize(device)?;
+        let seconds = self.since.elapsed().as_secs_f64().max(1e-9);
+        // Loss and gradient norm as f32: a device->host sync point (logging boundary).
+        let loss_sum = match self.loss_sum.take() {
+            Some(sum) => f64::from(sum.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+            None => f64::NAN,
+        };
+        let grad_norm = match norm {
+            Some(norm) => f64::from(norm.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+            None => f64::NAN,
+        };
+        let record = LogRecord {
+            step,
+            epoch,
+            loss: loss_sum / self.micro_batches.max(1) as f64,
+            lr,
+            grad_norm,
+            examples_per_s: self.examples as f64 / seconds,
+            tokens_per_s: self.tokens as f64 / seconds,
+        };
+        self.micro_batches = 0;
+        self.restart(device)?;
+        Ok(record)
+    }
+}

@@ -1,12 +1,14 @@
 //! wick-trainer: the training loop, optimizer, schedules, checkpoints, evaluation metrics and
 //! device choice. No printing: progress goes through the [`fit::Reporter`] trait.
 
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fit;
+pub mod infer;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

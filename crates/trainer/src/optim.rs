@@ -1,1 +1,205 @@
-//! (being written)
+//! AdamW with decoupled weight decay, parameter groups, gradient accumulation and global-norm
+//! clipping, whose moments can be saved and restored (candle-nn's `AdamW` cannot, so a resumed
+//! run would restart its moments from zero).
+//!
+//! The update is PyTorch's `torch.optim.AdamW` (non-amsgrad, non-fused):
+//! <https://pytorch.org/docs/stable/generated/torch.optim.AdamW.html>. Everything stays on the
+//! device: clipping uses the norm as a tensor, so no step reads a value back to the host.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Result, Tensor, Var};
+
+/// Whether a parameter is exempt from weight decay: biases and layer-norm weights, as in BERT's
+/// original optimizer and Hugging Face's Trainer.
+pub fn exempt_from_decay(name: &str) -> bool {
+    name.ends_with(".bias") || name.contains("LayerNorm.weight") || name.contains("layer_norm.weight")
+}
+
+/// One trainable tensor and its group settings.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub name: String,
+    pub var: Var,
+    pub weight_decay: f64,
+    /// The parameter's learning rate is the schedule's rate times this (e.g. a head learning rate).
+    pub lr_scale: f64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    spec: ParamSpec,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// Gradients aligned with an optimizer's parameters (`None`: the parameter took no part).
+#[derive(Debug, Clone)]
+pub struct Gradients(Vec<Option<Tensor>>);
+
+impl Gradients {
+    /// Adds another micro-batch's gradients (gradient accumulation).
+    pub fn accumulate(&mut self, other: Gradients) -> Result<()> {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine = match (mine.take(), theirs) {
+                (Some(a), Some(b)) => Some((a + b)?),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(())
+    }
+
+    /// The global L2 norm over all gradients, as a scalar f32 tensor on the device.
+    pub fn global_norm(&self) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for grad in self.0.iter().flatten() {
+            let sq = grad.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + sq)?,
+                None => sq,
+            });
+        }
+        total.map(|t| t.sqrt()).transpose()
+    }
+
+    /// Scales all gradients by `min(1, max_norm / (norm + 1e-6))` (PyTorch's
+    /// `clip_grad_norm_`) and returns the norm before clipping, on the device.
+    pub fn clip(&mut self, max_norm: f64) -> Result<Option<Tensor>> {
+        let Some(norm) = self.global_norm()? else {
+            return Ok(None);
+        };
+        if max_norm > 0.0 {
+            let coef = (norm.affine(1.0, 1e-6)?.recip()? * max_norm)?.clamp(0f32, 1f32)?;
+            for grad in self.0.iter_mut().flatten() {
+                *grad = grad.broadcast_mul(&coef.to_dtype(grad.dtype())?)?;
+            }
+        }
+        Ok(Some(norm))
+    }
+}
+
+/// AdamW over a fixed list of parameters, in a stable (name-sorted) order.
+#[derive(Debug)]
+pub struct AdamW {
+    slots: Vec<Slot>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    steps: u64,
+}
+
+impl AdamW {
+    pub fn new(params: Vec<ParamSpec>, beta1: f64, beta2: f64, eps: f64) -> Result<Self> {
+        let slots = params
+            .into_iter()
+            .map(|spec| {
+                let zeros = spec.var.as_tensor().zeros_like()?.to_dtype(DType::F32)?;
+                Ok(Slot {
+                    exp_avg: zeros.clone(),
+                    exp_avg_sq: zeros,
+                    spec,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            slots,
+            beta1,
+            beta2,
+            eps,
+            steps: 0,
+        })
+    }
+
+    /// Updates applied so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Number of parameter tensors this optimizer updates.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Number of scalar parameters this optimizer updates.
+    pub fn trainable_elements(&self) -> usize {
+        self.slots.iter().map(|s| s.spec.var.elem_count()).sum()
+    }
+
+    /// Picks this optimizer's parameters' gradients out of a backward pass.
+    pub fn collect(&self, store: &GradStore) -> Gradients {
+        Gradients(
+            self.slots
+                .iter()
+                .map(|slot| store.get(slot.spec.var.as_tensor()).cloned())
+                .collect(),
+        )
+    }
+
+    /// One AdamW update with learning rate `lr` (times each group's `lr_scale`). Parameters
+    /// without a gradient are left untouched, as PyTorch does.
+    pub fn step(&mut self, grads: &Gradients, lr: f64) -> Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let bias1 = 1.0 - self.beta1.powi(t);
+        let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
+        for (slot, grad) in self.slots.iter_mut().zip(&grads.0) {
+            let Some(grad) = grad else { continue };
+            let lr = lr * slot.spec.lr_scale;
+            let grad = grad.to_dtype(DType::F32)?;
+            let param = slot.spec.var.as_tensor();
+            let param = if slot.spec.weight_decay > 0.0 {
+                param.affine(1.0 - lr * slot.spec.weight_decay, 0.0)?
+            } else {
+                param.clone()
+            };
+            slot.exp_avg = (slot.exp_avg.affine(self.beta1, 0.0)? + grad.affine(1.0 - self.beta1, 0.0)?)?;
+            slot.exp_avg_sq =
+                (slot.exp_avg_sq.affine(self.beta2, 0.0)? + grad.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
+            let denom = slot.exp_avg_sq.sqrt()?.affine(1.0 / bias2_sqrt, self.eps)?;
+            let update = (slot.exp_avg.div(&denom)? * (lr / bias1))?;
+            slot.spec.var.set(&(param - update)?.to_dtype(slot.spec.var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The moments by name (`exp_avg.<param>`, `exp_avg_sq.<param>`), for checkpoints.
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        let mut state = HashMap::new();
+        for slot in &self.slots {
+            state.insert(format!("exp_avg.{}", slot.spec.name), slot.exp_avg.clone());
+            state.insert(format!("exp_avg_sq.{}", slot.spec.name), slot.exp_avg_sq.clone());
+        }
+        state
+    }
+
+    /// Restores moments saved by [`AdamW::state`] and the step count. Every parameter's moments
+    /// must be present with the right shape; the error names the first that is not.
+    pub fn load_state(&mut self, mut state: HashMap<String, Tensor>, steps: u64) -> std::result::Result<(), String> {
+        for slot in &mut self.slots {
+            for (key, target) in [
+                (format!("exp_avg.{}", slot.spec.name), &mut slot.exp_avg),
+                (format!("exp_avg_sq.{}", slot.spec.name), &mut slot.exp_avg_sq),
+            ] {
+                let tensor = state.remove(&key).ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
+                if tensor.dims() != target.dims() {
+                    return Err(format!(
+                        "optimizer state `{key}` has shape {:?}, expected {:?}",
+                        tensor.dims(),
+                        target.dims()
+                    ));
+                }
+                *target = tensor
+                    .to_dtype(DType::F32)
+                    .and_then(|t| t.to_device(slot.spec.var.device()))
+                    .map_err(|e| format!("optimizer state `{key}`: {e}"))?;
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}

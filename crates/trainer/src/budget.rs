@@ -1,0 +1,72 @@
+//! The memory a training step needs, estimated from shapes: weights, gradients, optimizer
+//! moments and activations. Printed before training so a run that will not fit says so first.
+
+use wick_model::BertConfig;
+
+/// Bytes by category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub weights: u64,
+    pub gradients: u64,
+    pub optimizer: u64,
+    pub activations: u64,
+}
+
+impl MemoryBudget {
+    /// `params` f32 master weights, of which `trainable` get f32 gradients and two f32 moments;
+    /// activations for a `(batch, seq)` step at `act_bytes` per element.
+    ///
+    /// The activation count follows what this encoder keeps for backward per layer: about 24
+    /// `(batch, seq, hidden)` tensors (projections, residuals, the composite layer norms'
+    /// intermediates, dropout masks), 3 `(batch, seq, intermediate)` tensors (input, GELU, mask) and
+    /// 6 `(batch, heads, seq, seq)` tensors (scores, shifted, exp, probabilities, mask, dropped),
+    /// the attention-sized ones in f32 whatever the compute dtype. It is an estimate: compare it
+    /// with the measured peak.
+    pub fn estimate(config: &BertConfig, params: u64, trainable: u64, batch: u64, seq: u64, act_bytes: u64) -> Self {
+        let h = config.hidden_size as u64;
+        let i = config.intermediate_size as u64;
+        let heads = config.num_attention_heads as u64;
+        let per_layer = batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4;
+        let embeddings = batch * seq * h * 8 * 4;
+        Self {
+            weights: params * 4,
+            gradients: trainable * 4,
+            optimizer: trainable * 8,
+            activations: per_layer * config.num_hidden_layers as u64 + embeddings,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.weights + self.gradients + self.optimizer + self.activations
+    }
+}
+
+/// `1234567` -> `"1.2 MiB"`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+impl std::fmt::Display for MemoryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "weights {} + gradients {} + optimizer moments {} + activations ~{} = ~{}",
+            human_bytes(self.weights),
+            human_bytes(self.gradients),
+            human_bytes(self.optimizer),
+            human_bytes(self.activations),
+            human_bytes(self.total())
+        )
+    }
+}
