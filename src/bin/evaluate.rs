@@ -1,0 +1,57 @@
+//! `evaluate`: score a checkpoint on its validation file or any file of the same schema.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use wick_trainer::device::DeviceRequest;
+use wick_trainer::infer::Predictor;
+
+/// Score a checkpoint on labelled data.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A checkpoint directory (or a run directory, meaning its best/).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Labelled JSONL or CSV with the checkpoint's field mapping (default: its data.valid, else
+    /// data.test).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+}
+
+fn run(args: Args) -> Result<()> {
+    let predictor = Predictor::open(&args.checkpoint, args.device)?;
+    let data = &predictor.checkpoint.config.data;
+    let path = args
+        .data
+        .clone()
+        .or_else(|| data.valid.clone())
+        .or_else(|| data.test.clone())
+        .context("the checkpoint's config names no validation or test file: pass --data FILE")?;
+    let report = predictor
+        .evaluate_file(&path)
+        .with_context(|| format!("evaluating {} on {}", predictor.checkpoint.dir.display(), path.display()))?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{} on {} ({}):\n{}", predictor.checkpoint.dir.display(), path.display(), predictor.device_name, report.table());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

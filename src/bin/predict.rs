@@ -1,0 +1,79 @@
+//! `predict`: label texts with a checkpoint. Texts come from the arguments, or as JSONL with a
+//! `text` field on stdin; one JSON line per input goes to stdout, other input fields passed through.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::{Map, Value};
+use wick_trainer::device::DeviceRequest;
+use wick_trainer::eval::argmax;
+use wick_trainer::infer::Predictor;
+
+/// Label texts with a trained checkpoint.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A checkpoint directory (or a run directory, meaning its best/).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+    /// Texts to label; without any, JSONL objects with a "text" field are read from stdin.
+    texts: Vec<String>,
+}
+
+/// Reads stdin JSONL: each line an object with a string `text`.
+fn read_stdin() -> Result<Vec<Map<String, Value>>> {
+    let mut rows = Vec::new();
+    for (number, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.with_context(|| format!("stdin line {}", number + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(&line).with_context(|| format!("stdin line {}: not JSON", number + 1))?;
+        let Value::Object(object) = value else { bail!("stdin line {}: expected a JSON object", number + 1) };
+        if !matches!(object.get("text"), Some(Value::String(_))) {
+            bail!("stdin line {}: no string field \"text\"", number + 1);
+        }
+        rows.push(object);
+    }
+    Ok(rows)
+}
+
+fn run(args: Args) -> Result<()> {
+    let predictor = Predictor::open(&args.checkpoint, args.device)?;
+    let rows: Vec<Map<String, Value>> = if args.texts.is_empty() {
+        read_stdin()?
+    } else {
+        args.texts.iter().map(|t| Map::from_iter([("text".to_string(), Value::String(t.clone()))])).collect()
+    };
+    let texts: Vec<&str> = rows.iter().filter_map(|r| r.get("text").and_then(Value::as_str)).collect();
+    let probs = predictor.predict_texts(&texts)?;
+    let labels = predictor.labels();
+    let multi = predictor.checkpoint.config.data.multi_label;
+    let mut out = std::io::stdout().lock();
+    for ((mut row, p), best) in rows.into_iter().zip(&probs).zip(argmax(&probs)) {
+        let label = if multi {
+            Value::from(labels.iter().zip(p).filter(|(_, &q)| q > 0.5).map(|(l, _)| l.clone()).collect::<Vec<_>>())
+        } else {
+            Value::from(labels[best as usize].clone())
+        };
+        row.insert("label".into(), label);
+        row.insert("probs".into(), Value::Object(labels.iter().zip(p).map(|(l, &q)| (l.clone(), Value::from(q))).collect()));
+        writeln!(out, "{}", Value::Object(row))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
