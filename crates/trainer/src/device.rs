@@ -15,7 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
 
-use candle_core::{DType, Device, DeviceLocation, Tensor, Var};
+use candle_core::{Device, DeviceLocation, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 /// Errors of device choice; wrapped by the crate's `TrainError`.
@@ -262,7 +262,10 @@ impl fmt::Display for OpenError {
                 write!(f, "not compiled in: rebuild with `--features {backend}`")
             }
             Self::Failed(backend, detail) => {
-                write!(f, "compiled in, but {backend}:0 could not be opened: {detail}")
+                write!(
+                    f,
+                    "compiled in, but {backend}:0 could not be opened: {detail}"
+                )
             }
         }
     }
@@ -439,7 +442,11 @@ pub fn device_name(device: &Device) -> String {
 }
 
 /// Error unless `found` is the model's device. `what` names the tensor, e.g. "batch `input_ids`".
-pub fn ensure_same_device(what: &str, expected: &Device, found: &Device) -> Result<(), DeviceError> {
+pub fn ensure_same_device(
+    what: &str,
+    expected: &Device,
+    found: &Device,
+) -> Result<(), DeviceError> {
     if expected.same_device(found) {
         Ok(())
     } else {
@@ -535,7 +542,10 @@ fn host_memory() -> (Option<u64>, Option<u64>, Option<u64>) {
 
 #[cfg(target_os = "macos")]
 fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let output = std::process::Command::new(program).args(args).output().ok()?;
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
     if !output.status.success() {
         return None;
     }
@@ -655,6 +665,7 @@ pub fn op_check(device: &Device) -> candle_core::Result<OpCheck> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     #[test]
     fn request_parses_lowercase_names_and_displays_them() {
@@ -753,7 +764,10 @@ mod tests {
         let Ok(Some(warning)) = warning else {
             panic!("expected a fallback warning, got {warning:?}");
         };
-        assert!(warning.starts_with("metal:0 lacks op `conv_transpose3d`"), "{warning}");
+        assert!(
+            warning.starts_with("metal:0 lacks op `conv_transpose3d`"),
+            "{warning}"
+        );
         assert!(warning.contains("falling back to cpu"), "{warning}");
     }
 
@@ -791,8 +805,14 @@ mod tests {
     fn op_names_come_out_of_candle_errors() {
         use candle_core::Error as E;
         let cases = [
-            (E::UnsupportedDTypeForOp(DType::BF16, "cmp"), Some("cmp (BF16)")),
-            (E::BackwardNotSupported { op: "argmax" }, Some("argmax backward")),
+            (
+                E::UnsupportedDTypeForOp(DType::BF16, "cmp"),
+                Some("cmp (BF16)"),
+            ),
+            (
+                E::BackwardNotSupported { op: "argmax" },
+                Some("argmax backward"),
+            ),
             (
                 E::Msg("Metal contiguous unary gelu F16 not implemented".into()),
                 Some("contiguous unary gelu F16"),
