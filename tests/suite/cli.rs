@@ -1,0 +1,200 @@
+//! The binaries end to end on the tiny config: training, evaluation, prediction, exact resume
+//! after SIGKILL, and clean errors for bad input.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::common::{assert_fails_naming, assert_ok, path_str, run_bin, text, train_losses};
+
+const TINY: &str = "configs/tiny.toml";
+
+/// Trains the tiny config into `out` with extra overrides.
+fn train_tiny(out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--config", TINY, "--out", path_str(out), "--quiet"];
+    for set in extra {
+        args.extend(["--set", set]);
+    }
+    run_bin("train", &args)
+}
+
+#[test]
+fn tiny_config_trains_and_the_loss_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let output = train_tiny(&run, &["train.epochs=15", "train.log_every=4"]);
+    assert_ok(&output, "train");
+    let losses = train_losses(&run);
+    assert!(losses.len() >= 5, "too few loss records: {losses:?}");
+    let head: f64 = losses[..2].iter().sum::<f64>() / 2.0;
+    let tail: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
+    assert!(tail < head * 0.8, "loss did not fall: {losses:?}");
+    for file in ["best/model.safetensors", "last/model.safetensors", "last/optimizer.safetensors", "last/config.toml", "last/tokenizer.json", "config.toml", "plot.svg"] {
+        assert!(run.join(file).is_file(), "missing {file}");
+    }
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("macro avg") && stdout.contains("needs_review"), "no report on stdout:\n{stdout}");
+}
+
+#[test]
+fn evaluate_json_has_the_documented_schema_and_predict_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(&train_tiny(&run, &[]), "train");
+
+    let output = run_bin("evaluate", &["--checkpoint", path_str(&run.join("best")), "--json"]);
+    assert_ok(&output, "evaluate");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    for key in ["labels", "accuracy", "macro_f1", "per_class", "confusion", "loss", "examples"] {
+        assert!(json.get(key).is_some(), "missing {key} in {json}");
+    }
+    assert_eq!(json["examples"], 9);
+    for label in ["needs_docs", "needs_test", "needs_review"] {
+        let class = &json["per_class"][label];
+        for key in ["precision", "recall", "f1", "support"] {
+            assert!(class.get(key).is_some(), "per_class.{label} lacks {key}");
+        }
+    }
+
+    let texts = ["please add a regression test", "the README is wrong", "ptal"];
+    let mut args = vec!["--checkpoint", path_str(&run)];
+    args.extend(texts);
+    let first = run_bin("predict", &args);
+    assert_ok(&first, "predict");
+    let second = run_bin("predict", &args);
+    assert_eq!(first.stdout, second.stdout, "predict is not deterministic");
+    let lines: Vec<serde_json::Value> =
+        text(&first.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), texts.len());
+    for (line, input) in lines.iter().zip(texts) {
+        assert_eq!(line["text"], input);
+        let total: f64 = line["probs"].as_object().unwrap().values().map(|p| p.as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-4, "probabilities sum to {total}");
+        assert!(line["probs"].get(line["label"].as_str().unwrap()).is_some());
+    }
+
+    // JSONL on stdin, other fields passed through.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_predict"))
+        .args(["--checkpoint", path_str(&run)])
+        .current_dir(super::common::repo_root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"{\"text\": \"ptal\", \"id\": 42}\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(row["id"], 42);
+    assert!(row.get("label").is_some());
+}
+
+/// A slower shape of the tiny config, so a kill can land mid-run.
+const SLOW: [&str; 6] = [
+    "train.epochs=30",
+    "train.checkpoint_every=5",
+    "model.layers=3",
+    "model.hidden_size=96",
+    "model.intermediate_size=192",
+    "train.keep_last=0",
+];
+
+fn step_of(run: &Path) -> Option<u64> {
+    let state = std::fs::read_to_string(run.join("last/trainer_state.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&state).ok()?;
+    json["state"]["step"].as_u64()
+}
+
+#[test]
+fn resume_after_sigkill_ends_with_bitwise_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    assert_ok(&train_tiny(&straight, &SLOW), "uninterrupted train");
+    let total = step_of(&straight).expect("uninterrupted run saved last/");
+
+    let killed = dir.path().join("killed");
+    let mut args = vec!["--config", TINY, "--out", path_str(&killed), "--quiet"];
+    for set in SLOW {
+        args.extend(["--set", set]);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(&args)
+        .current_dir(super::common::repo_root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let killed_at = loop {
+        if let Some(step) = step_of(&killed).filter(|&s| s >= 10) {
+            assert!(child.try_wait().unwrap().is_none(), "run finished before it could be killed");
+            child.kill().unwrap(); // SIGKILL on Unix
+            child.wait().unwrap();
+            break step;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(killed_at < total, "killed at {killed_at} of {total}: nothing left to resume");
+
+    let output = run_bin("train", &["--resume", path_str(&killed), "--quiet"]);
+    assert_ok(&output, "resumed train");
+    assert_eq!(step_of(&killed), Some(total));
+    let a = std::fs::read(straight.join("last/model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("last/model.safetensors")).unwrap();
+    assert!(a == b, "resumed weights differ from the uninterrupted run's");
+    let a = std::fs::read(straight.join("last/optimizer.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("last/optimizer.safetensors")).unwrap();
+    assert!(a == b, "resumed optimizer moments differ from the uninterrupted run's");
+}
+
+#[test]
+fn a_misspelled_config_key_is_named_with_the_valid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = train_tiny(&dir.path().join("run"), &["train.epoch=3"]);
+    assert_fails_naming(&output, &["epoch", "epochs", "batch_size"]);
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = train_tiny(&dir.path().join("run"), &["train.batch_size=\"eight\""]);
+    assert_fails_naming(&output, &["batch_size"]);
+}
+
+#[test]
+fn a_missing_data_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = train_tiny(&dir.path().join("run"), &["data.train=no/such/file.jsonl"]);
+    assert_fails_naming(&output, &["no/such/file.jsonl"]);
+}
+
+#[test]
+fn an_unknown_label_names_file_line_and_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"text\": \"a\", \"label\": \"needs_docs\"}\n{\"text\": \"b\", \"label\": \"wontfix\"}\n").unwrap();
+    let set = format!("data.train={}", path_str(&data));
+    let output = train_tiny(&dir.path().join("run"), &[&set]);
+    assert_fails_naming(&output, &["bad.jsonl", "2", "wontfix", "needs_review"]);
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(&train_tiny(&run, &["train.epochs=1"]), "train");
+    let best = run.join("best");
+    std::fs::write(best.join("model.safetensors"), b"not safetensors").unwrap();
+    let output = run_bin("evaluate", &["--checkpoint", path_str(&best)]);
+    assert_fails_naming(&output, &["model.safetensors"]);
+    let output = run_bin("predict", &["--checkpoint", path_str(&dir.path().join("nowhere")), "x"]);
+    assert_fails_naming(&output, &["nowhere"]);
+}
+
+#[test]
+fn an_invalid_value_is_rejected_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = train_tiny(&dir.path().join("run"), &["data.max_len=4096"]);
+    assert_fails_naming(&output, &["data.max_len", "512"]);
+}

@@ -1,0 +1,63 @@
+//! Helpers shared by the integration tests: running the real binaries, temp run directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs one of the package's binaries from the repository root.
+pub fn run_bin(bin: &str, args: &[&str]) -> Output {
+    let exe = match bin {
+        "train" => env!("CARGO_BIN_EXE_train"),
+        "evaluate" => env!("CARGO_BIN_EXE_evaluate"),
+        "predict" => env!("CARGO_BIN_EXE_predict"),
+        "doctor" => env!("CARGO_BIN_EXE_doctor"),
+        other => panic!("unknown binary {other}"),
+    };
+    Command::new(exe)
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a run succeeded, showing its output otherwise.
+pub fn assert_ok(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+/// Asserts a run failed cleanly (non-zero, no panic) with stderr mentioning every needle.
+pub fn assert_fails_naming(output: &Output, needles: &[&str]) {
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "expected failure, got success; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panicked instead of a clean error:\n{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr does not mention `{needle}`:\n{stderr}");
+    }
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// The `kind: "train"` losses of a run's metrics.jsonl, in order.
+pub fn train_losses(run: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl exists");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "train")
+        .filter_map(|v| v["loss"].as_f64())
+        .collect()
+}

@@ -1,0 +1,4 @@
+mod adamw_reference;
+mod cli;
+mod common;
+mod minilm_training;

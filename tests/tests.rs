@@ -1,0 +1,3 @@
+//! wick's integration tests: one binary, one module per concern.
+
+mod suite;
