@@ -25,34 +25,54 @@ const TEXTS: [&str; 6] = [
 ];
 
 fn main() -> Result<()> {
-    let arg = std::env::args().nth(1).unwrap_or_else(|| wick_model::hub::DEFAULT_MODEL_ID.to_string());
-    let source = if PathBuf::from(&arg).is_dir() { ModelSource::from_path(&arg) } else { ModelSource::from_id(&arg) };
+    let arg = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| wick_model::hub::DEFAULT_MODEL_ID.to_string());
+    let source = if PathBuf::from(&arg).is_dir() {
+        ModelSource::from_path(&arg)
+    } else {
+        ModelSource::from_id(&arg)
+    };
     let model = resolve(&source)?;
     let config = BertConfig::from_file(&model.config)?;
     let device = Device::Cpu;
-    let (varmap, classifier) = Classifier::build(&config, 1, Task::SingleLabel, 0.0, DType::F32, &device, 0)?;
+    let (varmap, classifier) =
+        Classifier::build(&config, 1, Task::SingleLabel, 0.0, DType::F32, &device, 0)?;
     load_safetensors(&varmap, &model.weights, false)?;
 
     let tokenizer = TextTokenizer::from_file(&model.tokenizer, 128)?;
     let examples: Vec<Example> = TEXTS
         .iter()
         .enumerate()
-        .map(|(i, t)| Example { text: t.to_string(), target: Target::None, line: i + 1, fields: Default::default() })
+        .map(|(i, t)| Example {
+            text: t.to_string(),
+            target: Target::None,
+            line: i + 1,
+            fields: Default::default(),
+        })
         .collect();
     let dataset = wick_data::Dataset::new(&examples, &tokenizer)?;
     let indices: Vec<usize> = (0..TEXTS.len()).collect();
     let batch = dataset.batch(&indices).to_tensors(&device)?;
-    let pooled = classifier.pooled(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, false)?;
+    let pooled = classifier.pooled(
+        &batch.input_ids,
+        &batch.token_type_ids,
+        &batch.attention_mask,
+        false,
+    )?;
     println!("{}: pooled embeddings {:?}", model.id, pooled.dims());
 
     let unit = pooled.broadcast_div(&pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?;
     let cosine: Vec<Vec<f32>> = unit.matmul(&unit.t()?)?.to_vec2()?;
     for (i, row) in cosine.iter().enumerate() {
-        let (j, score) = row
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .fold((i, f32::MIN), |best, (j, &s)| if s > best.1 { (j, s) } else { best });
+        let (j, score) =
+            row.iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .fold(
+                    (i, f32::MIN),
+                    |best, (j, &s)| if s > best.1 { (j, s) } else { best },
+                );
         println!("{:<52} -> {:<52} cos {score:.3}", TEXTS[i], TEXTS[j]);
     }
     Ok(())

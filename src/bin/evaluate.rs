@@ -35,13 +35,23 @@ fn run(args: Args) -> Result<()> {
         .or_else(|| data.valid.clone())
         .or_else(|| data.test.clone())
         .context("the checkpoint's config names no validation or test file: pass --data FILE")?;
-    let report = predictor
-        .evaluate_file(&path)
-        .with_context(|| format!("evaluating {} on {}", predictor.checkpoint.dir.display(), path.display()))?;
+    let report = predictor.evaluate_file(&path).with_context(|| {
+        format!(
+            "evaluating {} on {}",
+            predictor.checkpoint.dir.display(),
+            path.display()
+        )
+    })?;
     if args.json {
         println!("{}", report.to_json());
     } else {
-        println!("{} on {} ({}):\n{}", predictor.checkpoint.dir.display(), path.display(), predictor.device_name, report.table());
+        println!(
+            "{} on {} ({}):\n{}",
+            predictor.checkpoint.dir.display(),
+            path.display(),
+            predictor.device_name,
+            report.table()
+        );
     }
     Ok(())
 }

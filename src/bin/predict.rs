@@ -33,8 +33,11 @@ fn read_stdin() -> Result<Vec<Map<String, Value>>> {
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(&line).with_context(|| format!("stdin line {}: not JSON", number + 1))?;
-        let Value::Object(object) = value else { bail!("stdin line {}: expected a JSON object", number + 1) };
+        let value: Value = serde_json::from_str(&line)
+            .with_context(|| format!("stdin line {}: not JSON", number + 1))?;
+        let Value::Object(object) = value else {
+            bail!("stdin line {}: expected a JSON object", number + 1)
+        };
         if !matches!(object.get("text"), Some(Value::String(_))) {
             bail!("stdin line {}: no string field \"text\"", number + 1);
         }
@@ -48,21 +51,43 @@ fn run(args: Args) -> Result<()> {
     let rows: Vec<Map<String, Value>> = if args.texts.is_empty() {
         read_stdin()?
     } else {
-        args.texts.iter().map(|t| Map::from_iter([("text".to_string(), Value::String(t.clone()))])).collect()
+        args.texts
+            .iter()
+            .map(|t| Map::from_iter([("text".to_string(), Value::String(t.clone()))]))
+            .collect()
     };
-    let texts: Vec<&str> = rows.iter().filter_map(|r| r.get("text").and_then(Value::as_str)).collect();
+    let texts: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.get("text").and_then(Value::as_str))
+        .collect();
     let probs = predictor.predict_texts(&texts)?;
     let labels = predictor.labels();
     let multi = predictor.checkpoint.config.data.multi_label;
     let mut out = std::io::stdout().lock();
     for ((mut row, p), best) in rows.into_iter().zip(&probs).zip(argmax(&probs)) {
         let label = if multi {
-            Value::from(labels.iter().zip(p).filter(|(_, &q)| q > 0.5).map(|(l, _)| l.clone()).collect::<Vec<_>>())
+            Value::from(
+                labels
+                    .iter()
+                    .zip(p)
+                    .filter(|(_, &q)| q > 0.5)
+                    .map(|(l, _)| l.clone())
+                    .collect::<Vec<_>>(),
+            )
         } else {
             Value::from(labels[best as usize].clone())
         };
         row.insert("label".into(), label);
-        row.insert("probs".into(), Value::Object(labels.iter().zip(p).map(|(l, &q)| (l.clone(), Value::from(q))).collect()));
+        row.insert(
+            "probs".into(),
+            Value::Object(
+                labels
+                    .iter()
+                    .zip(p)
+                    .map(|(l, &q)| (l.clone(), Value::from(q)))
+                    .collect(),
+            ),
+        );
         writeln!(out, "{}", Value::Object(row))?;
     }
     Ok(())

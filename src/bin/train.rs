@@ -51,7 +51,11 @@ impl Bars {
         if quiet || !std::io::stderr().is_terminal() {
             multi.set_draw_target(ProgressDrawTarget::hidden());
         }
-        Self { bar: ProgressBar::hidden(), multi, last_log: None }
+        Self {
+            bar: ProgressBar::hidden(),
+            multi,
+            last_log: None,
+        }
     }
 
     /// Lines always reach stderr, bars or not.
@@ -70,8 +74,16 @@ impl Reporter for Bars {
     }
 
     fn start(&mut self, plan: &Plan) {
-        self.line(&format!("device: {} ({}); built with: {}", plan.device, plan.device_reason, plan.compiled.join(", ")));
-        self.line(&format!("model: {}; {} parameters, {} trainable", plan.model, plan.parameters, plan.trainable_parameters));
+        self.line(&format!(
+            "device: {} ({}); built with: {}",
+            plan.device,
+            plan.device_reason,
+            plan.compiled.join(", ")
+        ));
+        self.line(&format!(
+            "model: {}; {} parameters, {} trainable",
+            plan.model, plan.parameters, plan.trainable_parameters
+        ));
         self.line(&format!("train data:\n{}", plan.train_summary));
         self.line(&format!("validation examples: {}", plan.valid_examples));
         self.line(&format!("memory budget: {}", plan.memory));
@@ -88,10 +100,18 @@ impl Reporter for Bars {
     }
 
     fn step(&mut self, p: &Progress) {
-        self.bar.set_prefix(format!("epoch {} batch {}/{}", p.epoch + 1, p.batch_in_epoch, p.batches_in_epoch));
+        self.bar.set_prefix(format!(
+            "epoch {} batch {}/{}",
+            p.epoch + 1,
+            p.batch_in_epoch,
+            p.batches_in_epoch
+        ));
         self.bar.set_position(p.step as u64);
         if let Some(log) = &self.last_log {
-            self.bar.set_message(format!("loss {:.4} lr {:.2e} {:.1} ex/s", log.loss, p.lr, log.examples_per_s));
+            self.bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.1} ex/s",
+                log.loss, p.lr, log.examples_per_s
+            ));
         }
     }
 
@@ -128,7 +148,11 @@ fn run(args: Args) -> Result<()> {
     let config_path = match (&args.config, &args.resume) {
         (Some(path), _) => path.clone(),
         (None, Some(resume)) => {
-            let dir = if resume.join("last").is_dir() { resume.join("last") } else { resume.clone() };
+            let dir = if resume.join("last").is_dir() {
+                resume.join("last")
+            } else {
+                resume.clone()
+            };
             dir.join("config.toml")
         }
         (None, None) => anyhow::bail!("give --config FILE (or --resume DIR)"),
@@ -137,34 +161,68 @@ fn run(args: Args) -> Result<()> {
     let out_dir = match (&args.out, &args.resume) {
         (Some(out), _) => out.clone(),
         (None, Some(resume)) if resume.join("last").is_dir() => resume.clone(),
-        (None, Some(resume)) => resume.parent().map(Path::to_path_buf).unwrap_or_else(|| resume.clone()),
+        (None, Some(resume)) => resume
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| resume.clone()),
         (None, None) => {
-            let stem = config_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+            let stem = config_path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
             PathBuf::from("runs").join(stem)
         }
     };
-    let options = RunOptions { device: args.device, out_dir: out_dir.clone(), resume: args.resume.clone() };
+    let options = RunOptions {
+        device: args.device,
+        out_dir: out_dir.clone(),
+        resume: args.resume.clone(),
+    };
     let mut bars = Bars::new(args.quiet);
     let mut trainer = Trainer::new(config.clone(), &options, &mut bars)?;
     let outcome = trainer.fit(&mut bars)?;
     let train_seconds = started.elapsed().as_secs_f64();
 
     let best = out_dir.join("best");
-    let predictor = Predictor::open(&best, args.device).with_context(|| format!("reading {}", best.display()))?;
-    println!("run: {} ({} steps in {:.1} s{})", out_dir.display(), outcome.steps, train_seconds,
-        if outcome.stopped_early { ", stopped early" } else { "" });
+    let predictor = Predictor::open(&best, args.device)
+        .with_context(|| format!("reading {}", best.display()))?;
+    println!(
+        "run: {} ({} steps in {:.1} s{})",
+        out_dir.display(),
+        outcome.steps,
+        train_seconds,
+        if outcome.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        }
+    );
     if let Some((value, step)) = outcome.best {
-        println!("best {} = {value:.4} at step {step} -> {}", config.eval.metric, best.display());
+        println!(
+            "best {} = {value:.4} at step {step} -> {}",
+            config.eval.metric,
+            best.display()
+        );
     }
-    for (name, path) in [("validation", &config.data.valid), ("test", &config.data.test)] {
+    for (name, path) in [
+        ("validation", &config.data.valid),
+        ("test", &config.data.test),
+    ] {
         if let Some(path) = path {
-            let report = predictor.evaluate_file(path).with_context(|| format!("evaluating {}", path.display()))?;
+            let report = predictor
+                .evaluate_file(path)
+                .with_context(|| format!("evaluating {}", path.display()))?;
             println!("\n{name} ({}):\n{}", path.display(), report.table());
         }
     }
     if config.data.valid.is_none() {
         if let Some(report) = outcome.last_eval {
-            println!("\nvalidation (held-out {:.0}% of {}), last evaluation:\n{}", config.data.valid_fraction * 100.0, config.data.train.display(), report.table());
+            println!(
+                "\nvalidation (held-out {:.0}% of {}), last evaluation:\n{}",
+                config.data.valid_fraction * 100.0,
+                config.data.train.display(),
+                report.table()
+            );
         }
     }
     let facts = wick_trainer::device::memory_facts(trainer.device());

@@ -42,16 +42,28 @@ fn matrix(rows: &[Vec<u32>]) -> Tensor {
 fn one_adamw_step_matches_pytorch() {
     let dir = super::common::repo_root().join("tests/reference");
     let reference: Reference =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("adamw_step.json")).unwrap()).unwrap();
-    let model = resolve(&ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2"))
-        .unwrap_or_else(|e| panic!("{e}\nrun `make model` first"));
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adamw_step.json")).unwrap())
+            .unwrap();
+    let model = resolve(&ModelSource::from_id(
+        "sentence-transformers/all-MiniLM-L6-v2",
+    ))
+    .unwrap_or_else(|e| panic!("{e}\nrun `make model` first"));
     let mut config = BertConfig::from_file(&model.config).unwrap();
     config.hidden_dropout_prob = 0.0;
     config.attention_probs_dropout_prob = 0.0;
-    let (varmap, classifier) =
-        Classifier::build(&config, 3, Task::SingleLabel, 0.0, DType::F32, &Device::Cpu, 0).unwrap();
+    let (varmap, classifier) = Classifier::build(
+        &config,
+        3,
+        Task::SingleLabel,
+        0.0,
+        DType::F32,
+        &Device::Cpu,
+        0,
+    )
+    .unwrap();
     load_safetensors(&varmap, &model.weights, false).unwrap();
-    let head = candle_core::safetensors::load(dir.join("adamw_head.safetensors"), &Device::Cpu).unwrap();
+    let head =
+        candle_core::safetensors::load(dir.join("adamw_head.safetensors"), &Device::Cpu).unwrap();
     for (name, var) in named_vars(&varmap) {
         if let Some(value) = head.get(&name) {
             var.set(value).unwrap();
@@ -64,37 +76,66 @@ fn one_adamw_step_matches_pytorch() {
     let labels = Tensor::new(reference.labels.as_slice(), &Device::Cpu).unwrap();
     let loss_of = || {
         let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
-        classifier.loss(&logits, &labels, &LossOptions::default()).unwrap()
+        classifier
+            .loss(&logits, &labels, &LossOptions::default())
+            .unwrap()
     };
 
     let params = named_vars(&varmap)
         .into_iter()
         .map(|(name, var)| ParamSpec {
-            weight_decay: if exempt_from_decay(&name) { 0.0 } else { reference.weight_decay },
+            weight_decay: if exempt_from_decay(&name) {
+                0.0
+            } else {
+                reference.weight_decay
+            },
             lr_scale: 1.0,
             name,
             var,
         })
         .collect();
-    let mut optimizer = AdamW::new(params, reference.betas.0, reference.betas.1, reference.eps).unwrap();
+    let mut optimizer =
+        AdamW::new(params, reference.betas.0, reference.betas.1, reference.eps).unwrap();
 
     let loss = loss_of();
     let loss_before = loss.to_scalar::<f32>().unwrap();
-    assert!((loss_before - reference.loss_before).abs() < 1e-4, "loss before: {loss_before} vs {}", reference.loss_before);
+    assert!(
+        (loss_before - reference.loss_before).abs() < 1e-4,
+        "loss before: {loss_before} vs {}",
+        reference.loss_before
+    );
     let mut grads = optimizer.collect(&loss.backward().unwrap());
-    let norm = grads.clip(reference.max_grad_norm).unwrap().unwrap().to_scalar::<f32>().unwrap();
-    assert!((norm - reference.grad_norm).abs() < 1e-4, "grad norm: {norm} vs {}", reference.grad_norm);
+    let norm = grads
+        .clip(reference.max_grad_norm)
+        .unwrap()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        (norm - reference.grad_norm).abs() < 1e-4,
+        "grad norm: {norm} vs {}",
+        reference.grad_norm
+    );
     optimizer.step(&grads, reference.lr).unwrap();
 
-    let vars: HashMap<String, Tensor> =
-        named_vars(&varmap).into_iter().map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap())).collect();
+    let vars: HashMap<String, Tensor> = named_vars(&varmap)
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap()))
+        .collect();
     for (name, probe) in &reference.probes {
         let values = vars[name].to_vec1::<f32>().unwrap();
         for (&index, &expected) in probe.flat_index.iter().zip(&probe.after) {
             let got = values[index];
-            assert!((got - expected).abs() < 1e-4, "{name}[{index}] after the step: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 1e-4,
+                "{name}[{index}] after the step: {got} vs {expected}"
+            );
         }
     }
     let loss_after = loss_of().to_scalar::<f32>().unwrap();
-    assert!((loss_after - reference.loss_after).abs() < 1e-4, "loss after: {loss_after} vs {}", reference.loss_after);
+    assert!(
+        (loss_after - reference.loss_after).abs() < 1e-4,
+        "loss after: {loss_after} vs {}",
+        reference.loss_after
+    );
 }

@@ -41,10 +41,19 @@ pub fn assert_ok(output: &Output, what: &str) {
 /// Asserts a run failed cleanly (non-zero, no panic) with stderr mentioning every needle.
 pub fn assert_fails_naming(output: &Output, needles: &[&str]) {
     let stderr = text(&output.stderr);
-    assert!(!output.status.success(), "expected failure, got success; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panicked instead of a clean error:\n{stderr}");
+    assert!(
+        !output.status.success(),
+        "expected failure, got success; stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "panicked instead of a clean error:\n{stderr}"
+    );
     for needle in needles {
-        assert!(stderr.contains(needle), "stderr does not mention `{needle}`:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "stderr does not mention `{needle}`:\n{stderr}"
+        );
     }
 }
 

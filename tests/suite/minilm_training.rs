@@ -43,21 +43,47 @@ every_epoch = false
 "#,
     )
     .unwrap();
-    let mut args = vec!["--config", path_str(&config), "--out", path_str(&run), "--quiet"];
+    let mut args = vec![
+        "--config",
+        path_str(&config),
+        "--out",
+        path_str(&run),
+        "--quiet",
+    ];
     for set in extra {
         args.extend(["--set", set]);
     }
     assert_ok(&run_bin("train", &args), "train MiniLM");
-    let pretrained = load(&resolve(&ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2")).unwrap().weights);
+    let pretrained = load(
+        &resolve(&ModelSource::from_id(
+            "sentence-transformers/all-MiniLM-L6-v2",
+        ))
+        .unwrap()
+        .weights,
+    );
     let trained = load(&run.join("last/model.safetensors"));
     let mut changed = Vec::new();
     let mut unchanged = Vec::new();
     for (name, after) in trained {
         let moved = match pretrained.get(&name) {
-            Some(before) => (&after - before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0,
+            Some(before) => {
+                (&after - before)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            }
             None => true, // the head is new
         };
-        if moved { changed.push(name) } else { unchanged.push(name) }
+        if moved {
+            changed.push(name)
+        } else {
+            unchanged.push(name)
+        }
     }
     changed.sort();
     unchanged.sort();
@@ -67,12 +93,21 @@ every_epoch = false
 #[test]
 fn fine_tuning_minilm_moves_every_parameter() {
     let (changed, unchanged) = changed_tensors(&[]);
-    assert!(unchanged.is_empty(), "tensors that did not train: {unchanged:?}");
+    assert!(
+        unchanged.is_empty(),
+        "tensors that did not train: {unchanged:?}"
+    );
     assert!(changed.len() > 100, "only {} tensors", changed.len());
 }
 
 #[test]
 fn freeze_encoder_moves_only_the_head() {
     let (changed, _) = changed_tensors(&["train.freeze_encoder=true"]);
-    assert_eq!(changed, vec!["classifier.bias".to_string(), "classifier.weight".to_string()]);
+    assert_eq!(
+        changed,
+        vec![
+            "classifier.bias".to_string(),
+            "classifier.weight".to_string()
+        ]
+    );
 }

@@ -134,7 +134,11 @@ impl Classifier {
         train: bool,
     ) -> Result<Tensor> {
         let pooled = self.pooled(input_ids, token_type_ids, attention_mask, train)?;
-        let pooled = if self.frozen_encoder { pooled.detach() } else { pooled };
+        let pooled = if self.frozen_encoder {
+            pooled.detach()
+        } else {
+            pooled
+        };
         let pooled = ops::dropout(&pooled, self.dropout, self.encoder.rng(), train)?;
         ops::linear(&pooled, &self.head_weight, Some(&self.head_bias))
     }

@@ -2,6 +2,8 @@
 //! tests/reference/make_reference.py), candle-transformers' BERT in eval mode, gradient coverage
 //! of every variable, and padding-invariant pooling.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -49,7 +51,7 @@ fn batch(rows: &[Vec<u32>]) -> (Tensor, Tensor, Tensor) {
         ids.extend(
             row.iter()
                 .copied()
-                .chain(std::iter::repeat(0).take(seq - row.len())),
+                .chain(std::iter::repeat_n(0, seq - row.len())),
         );
         mask.extend((0..seq).map(|i| u32::from(i < row.len())));
     }
@@ -228,7 +230,7 @@ fn masked_mean_ignores_padding() {
     .unwrap();
     init_all(&varmap, 0.02, 3).unwrap();
     let text = vec![2u32, 17, 18, 19, 3];
-    let (ids, types, mask) = batch(&[text.clone()]);
+    let (ids, types, mask) = batch(std::slice::from_ref(&text));
     let alone = classifier.pooled(&ids, &types, &mask, false).unwrap();
     let (ids, types, mask) = batch(&[vec![2, 50, 51, 52, 53, 54, 55, 56, 57, 3], text]);
     let padded = classifier

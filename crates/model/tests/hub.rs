@@ -3,6 +3,8 @@
 //! Settings are passed explicitly (`resolve_in`), never through the process environment, so the
 //! tests run in parallel and never reach the network (except one that aims at a closed port).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::error::Error;
 use std::fs;
 use std::path::{Path, PathBuf};

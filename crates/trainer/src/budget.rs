@@ -22,11 +22,19 @@ impl MemoryBudget {
     /// 6 `(batch, heads, seq, seq)` tensors (scores, shifted, exp, probabilities, mask, dropped),
     /// the attention-sized ones in f32 whatever the compute dtype. It is an estimate: compare it
     /// with the measured peak.
-    pub fn estimate(config: &BertConfig, params: u64, trainable: u64, batch: u64, seq: u64, act_bytes: u64) -> Self {
+    pub fn estimate(
+        config: &BertConfig,
+        params: u64,
+        trainable: u64,
+        batch: u64,
+        seq: u64,
+        act_bytes: u64,
+    ) -> Self {
         let h = config.hidden_size as u64;
         let i = config.intermediate_size as u64;
         let heads = config.num_attention_heads as u64;
-        let per_layer = batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4;
+        let per_layer =
+            batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4;
         let embeddings = batch * seq * h * 8 * 4;
         Self {
             weights: params * 4,

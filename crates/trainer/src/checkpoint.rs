@@ -109,7 +109,10 @@ fn sync_file(path: &Path) -> Result<()> {
 }
 
 fn aside(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dir.with_file_name(format!(".{name}.{suffix}"))
 }
 
@@ -161,8 +164,14 @@ pub fn save(dir: &Path, contents: &Contents) -> Result<()> {
     let optimizer = staged.join(OPTIMIZER);
     candle_core::safetensors::save(&contents.optimizer.state(), &optimizer)?;
     sync_file(&optimizer)?;
-    write_synced(&staged.join(BERT_CONFIG), to_json(contents.bert)?.as_bytes())?;
-    write_synced(&staged.join(RUN_CONFIG), contents.config.to_toml()?.as_bytes())?;
+    write_synced(
+        &staged.join(BERT_CONFIG),
+        to_json(contents.bert)?.as_bytes(),
+    )?;
+    write_synced(
+        &staged.join(RUN_CONFIG),
+        contents.config.to_toml()?.as_bytes(),
+    )?;
     let tokenizer = fs::read(contents.tokenizer).map_err(TrainError::io(contents.tokenizer))?;
     write_synced(&staged.join(TOKENIZER), &tokenizer)?;
     let state = StateFile {
@@ -217,14 +226,24 @@ fn read_text(dir: &Path, name: &str) -> Result<String> {
 pub fn read(dir: &Path) -> Result<Checkpoint> {
     recover(dir)?;
     if !dir.is_dir() {
-        return Err(bad(dir, "not a directory (expected a checkpoint such as runs/default/best)"));
+        return Err(bad(
+            dir,
+            "not a directory (expected a checkpoint such as runs/default/best)",
+        ));
     }
     for name in [WEIGHTS, BERT_CONFIG, RUN_CONFIG, TOKENIZER, STATE] {
         if !dir.join(name).is_file() {
-            return Err(bad(dir, format!("missing {name}: not a wick checkpoint, or an incomplete one")));
+            return Err(bad(
+                dir,
+                format!("missing {name}: not a wick checkpoint, or an incomplete one"),
+            ));
         }
     }
-    let config = RunConfig::from_toml(&read_text(dir, RUN_CONFIG)?, &dir.join(RUN_CONFIG).display().to_string(), &[])?;
+    let config = RunConfig::from_toml(
+        &read_text(dir, RUN_CONFIG)?,
+        &dir.join(RUN_CONFIG).display().to_string(),
+        &[],
+    )?;
     let bert: BertConfig = serde_json::from_str(&read_text(dir, BERT_CONFIG)?)
         .map_err(|e| bad(dir, format!("{BERT_CONFIG}: {e}")))?;
     let state: StateFile = serde_json::from_str(&read_text(dir, STATE)?)

@@ -288,7 +288,8 @@ impl RunConfig {
     }
 
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| TrainError::config("(whole config)", e.to_string()))
+        toml::to_string_pretty(self)
+            .map_err(|e| TrainError::config("(whole config)", e.to_string()))
     }
 
     /// Checks every value that can be checked without the model's files.
@@ -303,31 +304,78 @@ impl RunConfig {
             }
         };
         positive("train.batch_size", t.batch_size > 0, "must be > 0")?;
-        positive("train.grad_accum_steps", t.grad_accum_steps > 0, "must be > 0")?;
-        positive("train.epochs", t.epochs > 0 || t.max_steps > 0, "train.epochs or train.max_steps must be > 0")?;
-        positive("train.lr", t.lr > 0.0 && t.lr.is_finite(), "must be a positive number")?;
+        positive(
+            "train.grad_accum_steps",
+            t.grad_accum_steps > 0,
+            "must be > 0",
+        )?;
+        positive(
+            "train.epochs",
+            t.epochs > 0 || t.max_steps > 0,
+            "train.epochs or train.max_steps must be > 0",
+        )?;
+        positive(
+            "train.lr",
+            t.lr > 0.0 && t.lr.is_finite(),
+            "must be a positive number",
+        )?;
         if let Some(lr) = t.head_lr {
-            positive("train.head_lr", lr > 0.0 && lr.is_finite(), "must be a positive number")?;
+            positive(
+                "train.head_lr",
+                lr > 0.0 && lr.is_finite(),
+                "must be a positive number",
+            )?;
         }
         positive("train.weight_decay", t.weight_decay >= 0.0, "must be >= 0")?;
-        positive("train.beta1", (0.0..1.0).contains(&t.beta1), "must be in [0, 1)")?;
-        positive("train.beta2", (0.0..1.0).contains(&t.beta2), "must be in [0, 1)")?;
+        positive(
+            "train.beta1",
+            (0.0..1.0).contains(&t.beta1),
+            "must be in [0, 1)",
+        )?;
+        positive(
+            "train.beta2",
+            (0.0..1.0).contains(&t.beta2),
+            "must be in [0, 1)",
+        )?;
         positive("train.eps", t.eps > 0.0, "must be > 0")?;
-        positive("train.warmup_ratio", (0.0..=1.0).contains(&t.warmup_ratio), "must be in [0, 1]")?;
-        positive("train.max_grad_norm", t.max_grad_norm >= 0.0, "must be >= 0 (0 turns clipping off)")?;
-        positive("train.label_smoothing", (0.0..1.0).contains(&t.label_smoothing), "must be in [0, 1)")?;
+        positive(
+            "train.warmup_ratio",
+            (0.0..=1.0).contains(&t.warmup_ratio),
+            "must be in [0, 1]",
+        )?;
+        positive(
+            "train.max_grad_norm",
+            t.max_grad_norm >= 0.0,
+            "must be >= 0 (0 turns clipping off)",
+        )?;
+        positive(
+            "train.label_smoothing",
+            (0.0..1.0).contains(&t.label_smoothing),
+            "must be in [0, 1)",
+        )?;
         positive("train.log_every", t.log_every > 0, "must be > 0")?;
         if t.label_smoothing > 0.0 && self.data.multi_label {
-            return Err(TrainError::config("train.label_smoothing", "applies to single-label data only"));
+            return Err(TrainError::config(
+                "train.label_smoothing",
+                "applies to single-label data only",
+            ));
         }
         if let Some(ClassWeights::Explicit(weights)) = &t.class_weights {
             if weights.len() != self.data.labels.len() {
                 return Err(TrainError::config(
                     "train.class_weights",
-                    format!("has {} weights for {} labels", weights.len(), self.data.labels.len()),
+                    format!(
+                        "has {} weights for {} labels",
+                        weights.len(),
+                        self.data.labels.len()
+                    ),
                 ));
             }
-            positive("train.class_weights", weights.iter().all(|w| *w > 0.0), "weights must be > 0")?;
+            positive(
+                "train.class_weights",
+                weights.iter().all(|w| *w > 0.0),
+                "weights must be > 0",
+            )?;
         }
         for (key, p) in [
             ("model.hidden_dropout", self.model.hidden_dropout),
@@ -346,11 +394,19 @@ impl RunConfig {
         if !known_metric {
             return Err(TrainError::config(
                 "eval.metric",
-                format!("`{metric}` is not one of macro_f1, accuracy, loss, f1:<label> (labels: {})", self.data.labels.join(", ")),
+                format!(
+                    "`{metric}` is not one of macro_f1, accuracy, loss, f1:<label> (labels: {})",
+                    self.data.labels.join(", ")
+                ),
             ));
         }
         let m = &self.model;
-        let shaped = m.layers.or(m.hidden_size).or(m.heads).or(m.intermediate_size).is_some();
+        let shaped = m
+            .layers
+            .or(m.hidden_size)
+            .or(m.heads)
+            .or(m.intermediate_size)
+            .is_some();
         if shaped && m.init != Init::Random {
             return Err(TrainError::config(
                 "model.layers/hidden_size/heads/intermediate_size",
@@ -358,7 +414,11 @@ impl RunConfig {
             ));
         }
         if let (Some(h), Some(n)) = (m.hidden_size, m.heads) {
-            positive("model.heads", n > 0 && h % n == 0, "must divide model.hidden_size")?;
+            positive(
+                "model.heads",
+                n > 0 && h % n == 0,
+                "must divide model.hidden_size",
+            )?;
         }
         self.model.source().validate()?;
         Ok(())
@@ -389,14 +449,18 @@ pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
     let key = key.trim();
     let raw = raw.trim();
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut parsed) => parsed.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut parsed) => parsed
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     };
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(TrainError::config(key, "empty segment in dotted key"));
     }
-    let (last, parents) = parts.split_last().ok_or_else(|| TrainError::config(key, "empty key"))?;
+    let (last, parents) = parts
+        .split_last()
+        .ok_or_else(|| TrainError::config(key, "empty key"))?;
     let mut node = table;
     for part in parents {
         let entry = node
@@ -433,7 +497,10 @@ labels = ["a", "b"]
         assert_eq!(config.train.epochs, 7);
         assert_eq!(config.train.lr, 2e-5);
         assert!(config.train.freeze_encoder);
-        assert_eq!(config.data.valid.as_deref(), Some(Path::new("data/valid.jsonl")));
+        assert_eq!(
+            config.data.valid.as_deref(),
+            Some(Path::new("data/valid.jsonl"))
+        );
         assert_eq!(config.model.id.as_deref(), Some("org/model"));
     }
 
@@ -455,26 +522,57 @@ labels = ["a", "b"]
 
     #[test]
     fn validation_names_the_key() {
-        let config = RunConfig::from_toml(BASE, "base.toml", &["train.batch_size=0".to_string()]).unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("train.batch_size"));
-        let config = RunConfig::from_toml(BASE, "base.toml", &["eval.metric=f1:zzz".to_string()]).unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("eval.metric"));
-        let config = RunConfig::from_toml(BASE, "base.toml", &["train.class_weights=[1.0]".to_string()]).unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("train.class_weights"));
+        let config =
+            RunConfig::from_toml(BASE, "base.toml", &["train.batch_size=0".to_string()]).unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("train.batch_size"));
+        let config =
+            RunConfig::from_toml(BASE, "base.toml", &["eval.metric=f1:zzz".to_string()]).unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("eval.metric"));
+        let config = RunConfig::from_toml(
+            BASE,
+            "base.toml",
+            &["train.class_weights=[1.0]".to_string()],
+        )
+        .unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("train.class_weights"));
     }
 
     #[test]
     fn max_len_beyond_model_positions_is_rejected() {
-        let config = RunConfig::from_toml(BASE, "base.toml", &["data.max_len=600".to_string()]).unwrap();
-        let err = config.validate_against(&BertConfig::tiny(10)).unwrap_err().to_string();
+        let config =
+            RunConfig::from_toml(BASE, "base.toml", &["data.max_len=600".to_string()]).unwrap();
+        let err = config
+            .validate_against(&BertConfig::tiny(10))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("data.max_len") && err.contains("512"), "{err}");
     }
 
     #[test]
     fn resolved_config_round_trips() {
-        let config = RunConfig::from_toml(BASE, "base.toml", &["train.class_weights=\"balanced\"".to_string()]).unwrap();
+        let config = RunConfig::from_toml(
+            BASE,
+            "base.toml",
+            &["train.class_weights=\"balanced\"".to_string()],
+        )
+        .unwrap();
         let again = RunConfig::from_toml(&config.to_toml().unwrap(), "resolved", &[]).unwrap();
-        assert_eq!(again.train.class_weights, Some(ClassWeights::Rule(WeightRule::Balanced)));
+        assert_eq!(
+            again.train.class_weights,
+            Some(ClassWeights::Rule(WeightRule::Balanced))
+        );
         assert_eq!(again.data.labels, config.data.labels);
     }
 }

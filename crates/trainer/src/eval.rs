@@ -36,7 +36,12 @@ pub fn predict(
     for indices in order.chunks(batch_size.max(1)) {
         let batch = dataset.batch(indices).to_tensors(device)?;
         ensure_same_device("batch input_ids", device, batch.input_ids.device())?;
-        let logits = model.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, false)?;
+        let logits = model.forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.attention_mask,
+            false,
+        )?;
         if let Some(labels) = &batch.labels {
             let loss = (model.loss(&logits, labels, loss_options)? * indices.len() as f64)?;
             loss_sum = Some(match loss_sum {
@@ -49,7 +54,9 @@ pub fn predict(
     let mut probs = vec![Vec::new(); dataset.len()];
     if !chunks.is_empty() {
         // Probabilities and loss as host values: an evaluation sync point.
-        let all = Tensor::cat(&chunks, 0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let all = Tensor::cat(&chunks, 0)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
         for (row, &index) in all.into_iter().zip(&order) {
             probs[index] = row;
         }
@@ -68,7 +75,13 @@ pub fn argmax(probs: &[Vec<f32>]) -> Vec<u32> {
         .map(|row| {
             row.iter()
                 .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &p)| {
+                    if p > best.1 {
+                        (i, p)
+                    } else {
+                        best
+                    }
+                })
                 .0 as u32
         })
         .collect()
@@ -86,16 +99,28 @@ pub fn evaluate(
     let predictions = predict(model, dataset, batch_size, device, loss_options)?;
     Ok(match dataset.targets() {
         Targets::Multi { values, num_labels } => {
-            let truth: Vec<Vec<bool>> = values.chunks(*num_labels).map(|r| r.iter().map(|&v| v > 0.5).collect()).collect();
-            let predicted: Vec<Vec<bool>> =
-                predictions.probs.iter().map(|r| r.iter().map(|&p| p > 0.5).collect()).collect();
+            let truth: Vec<Vec<bool>> = values
+                .chunks(*num_labels)
+                .map(|r| r.iter().map(|&v| v > 0.5).collect())
+                .collect();
+            let predicted: Vec<Vec<bool>> = predictions
+                .probs
+                .iter()
+                .map(|r| r.iter().map(|&p| p > 0.5).collect())
+                .collect();
             ClassificationReport::multi_label(labels, &truth, &predicted, predictions.loss)
         }
-        Targets::Single(truth) => {
-            ClassificationReport::single_label(labels, truth, &argmax(&predictions.probs), predictions.loss)
-        }
+        Targets::Single(truth) => ClassificationReport::single_label(
+            labels,
+            truth,
+            &argmax(&predictions.probs),
+            predictions.loss,
+        ),
         Targets::None => {
-            return Err(crate::error::TrainError::config("data", "evaluation needs labelled data"));
+            return Err(crate::error::TrainError::config(
+                "data",
+                "evaluation needs labelled data",
+            ));
         }
     })
 }

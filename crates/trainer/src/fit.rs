@@ -9,7 +9,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
-use wick_data::{epoch_order, read_examples, split_train_valid, DataSummary, Dataset, TextTokenizer};
+use wick_data::{
+    epoch_order, read_examples, split_train_valid, DataSummary, Dataset, TextTokenizer,
+};
 use wick_model::classifier::LossOptions;
 use wick_model::weights::{init_all, init_head, is_head, load_safetensors, named_vars};
 use wick_model::{BertConfig, Classifier, Task};
@@ -124,7 +126,10 @@ pub struct Trainer {
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trainer").field("out_dir", &self.out_dir).field("state", &self.state).finish()
+        f.debug_struct("Trainer")
+            .field("out_dir", &self.out_dir)
+            .field("state", &self.state)
+            .finish()
     }
 }
 
@@ -139,7 +144,11 @@ struct ModelFiles {
 
 fn locate_model(config: &RunConfig, resume: Option<&Path>) -> Result<ModelFiles> {
     if let Some(dir) = resume {
-        let dir = if dir.join(checkpoint::STATE).exists() { dir.to_path_buf() } else { dir.join("last") };
+        let dir = if dir.join(checkpoint::STATE).exists() {
+            dir.to_path_buf()
+        } else {
+            dir.join("last")
+        };
         let ck = checkpoint::read(&dir)?;
         return Ok(ModelFiles {
             bert: ck.bert.clone(),
@@ -166,7 +175,10 @@ fn locate_model(config: &RunConfig, resume: Option<&Path>) -> Result<ModelFiles>
 
 /// Reads and tokenizes the training and validation data (a seeded stratified split of the
 /// training file when no validation file is given).
-fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<(Dataset, Option<Dataset>, DataSummary)> {
+fn load_data(
+    config: &RunConfig,
+    tokenizer: &TextTokenizer,
+) -> Result<(Dataset, Option<Dataset>, DataSummary)> {
     let data = &config.data;
     let read = read_examples(&data.train, data)?;
     let all = Dataset::new(&read.examples, tokenizer)?;
@@ -176,7 +188,8 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<(Dataset, 
             (all, Some(Dataset::new(&valid.examples, tokenizer)?))
         }
         None => {
-            let (train_idx, valid_idx) = split_train_valid(&read.examples, data.valid_fraction, config.train.seed);
+            let (train_idx, valid_idx) =
+                split_train_valid(&read.examples, data.valid_fraction, config.train.seed);
             (all.subset(&train_idx), Some(all.subset(&valid_idx)))
         }
     };
@@ -192,24 +205,39 @@ fn class_weights(config: &RunConfig, train: &Dataset, device: &Device) -> Result
         Some(ClassWeights::Rule(WeightRule::Balanced)) => {
             let mut counts = vec![0f64; labels];
             match train.targets() {
-                wick_data::Targets::Single(ids) => ids.iter().for_each(|&i| counts[i as usize] += 1.0),
+                wick_data::Targets::Single(ids) => {
+                    ids.iter().for_each(|&i| counts[i as usize] += 1.0)
+                }
                 wick_data::Targets::Multi { values, num_labels } => {
                     for row in values.chunks(*num_labels) {
-                        row.iter().enumerate().for_each(|(i, &v)| counts[i] += f64::from(v));
+                        row.iter()
+                            .enumerate()
+                            .for_each(|(i, &v)| counts[i] += f64::from(v));
                     }
                 }
                 wick_data::Targets::None => {}
             }
             let n = train.len() as f64;
-            counts.iter().map(|&c| (n / (labels as f64 * c.max(1.0))) as f32).collect()
+            counts
+                .iter()
+                .map(|&c| (n / (labels as f64 * c.max(1.0))) as f32)
+                .collect()
         }
     };
     Ok(Some(Tensor::from_vec(weights, labels, device)?))
 }
 
 /// Builds the classifier on `device` with placeholder values.
-fn build_model(config: &RunConfig, bert: &BertConfig, device: &Device) -> candle_core::Result<(VarMap, Classifier)> {
-    let task = if config.data.multi_label { Task::MultiLabel } else { Task::SingleLabel };
+fn build_model(
+    config: &RunConfig,
+    bert: &BertConfig,
+    device: &Device,
+) -> candle_core::Result<(VarMap, Classifier)> {
+    let task = if config.data.multi_label {
+        Task::MultiLabel
+    } else {
+        Task::SingleLabel
+    };
     Classifier::build(
         bert,
         config.data.labels.len(),
@@ -223,7 +251,11 @@ fn build_model(config: &RunConfig, bert: &BertConfig, device: &Device) -> candle
 
 /// One forward and backward pass of a 2-layer model of this run's shape on `device`: finds a
 /// missing op before any real work starts.
-fn preflight_check(config: &RunConfig, bert: &BertConfig, device: &Device) -> candle_core::Result<()> {
+fn preflight_check(
+    config: &RunConfig,
+    bert: &BertConfig,
+    device: &Device,
+) -> candle_core::Result<()> {
     let tiny = BertConfig {
         num_hidden_layers: 1,
         ..bert.clone()
@@ -236,14 +268,21 @@ fn preflight_check(config: &RunConfig, bert: &BertConfig, device: &Device) -> ca
     let loss = logits.sqr()?.mean_all()?;
     let grads = loss.backward()?;
     // The preflight's own result read: a sync point before training starts.
-    grads.get(varmap.all_vars()[0].as_tensor()).map(|g| g.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()).transpose()?;
+    grads
+        .get(varmap.all_vars()[0].as_tensor())
+        .map(|g| g.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>())
+        .transpose()?;
     Ok(())
 }
 
 impl Trainer {
     /// Validates the config, reads and tokenizes the data, chooses the device (with a preflight
     /// forward/backward), builds the model and optimizer, and restores a checkpoint if asked.
-    pub fn new(config: RunConfig, options: &RunOptions, reporter: &mut dyn Reporter) -> Result<Self> {
+    pub fn new(
+        config: RunConfig,
+        options: &RunOptions,
+        reporter: &mut dyn Reporter,
+    ) -> Result<Self> {
         config.validate()?;
         if config.train.precision == Precision::F16 {
             return Err(TrainError::config(
@@ -258,7 +297,9 @@ impl Trainer {
         let (train, valid, train_summary) = load_data(&config, &tokenizer)?;
 
         let chosen = device::choose(options.device)?;
-        let (chosen, warning) = device::preflight(chosen, options.device, |d| preflight_check(&config, &bert, d))?;
+        let (chosen, warning) = device::preflight(chosen, options.device, |d| {
+            preflight_check(&config, &bert, d)
+        })?;
         if let Some(warning) = warning {
             reporter.message(&format!("warning: {warning}"));
         }
@@ -273,7 +314,11 @@ impl Trainer {
                     "loaded {} encoder tensors from {} (unused: {})",
                     report.loaded,
                     weights.display(),
-                    if report.unused.is_empty() { "none".to_string() } else { report.unused.join(", ") }
+                    if report.unused.is_empty() {
+                        "none".to_string()
+                    } else {
+                        report.unused.join(", ")
+                    }
                 ));
                 init_head(&varmap, bert.initializer_range, config.train.seed)?;
             }
@@ -287,7 +332,11 @@ impl Trainer {
             .into_iter()
             .filter(|(name, _)| !t.freeze_encoder || is_head(name))
             .map(|(name, var)| ParamSpec {
-                weight_decay: if exempt_from_decay(&name) { 0.0 } else { t.weight_decay },
+                weight_decay: if exempt_from_decay(&name) {
+                    0.0
+                } else {
+                    t.weight_decay
+                },
                 lr_scale: if is_head(&name) { head_scale } else { 1.0 },
                 name,
                 var,
@@ -297,8 +346,14 @@ impl Trainer {
 
         let batches_per_epoch = train.len().div_ceil(t.batch_size);
         let steps_per_epoch = batches_per_epoch.div_ceil(t.grad_accum_steps);
-        let total_steps = if t.max_steps > 0 { t.max_steps } else { steps_per_epoch * t.epochs };
-        let warmup_steps = t.warmup_steps.unwrap_or((t.warmup_ratio * total_steps as f64).ceil() as usize);
+        let total_steps = if t.max_steps > 0 {
+            t.max_steps
+        } else {
+            steps_per_epoch * t.epochs
+        };
+        let warmup_steps = t
+            .warmup_steps
+            .unwrap_or((t.warmup_ratio * total_steps as f64).ceil() as usize);
         let schedule = Schedule {
             peak: t.lr,
             warmup_steps,
@@ -308,7 +363,11 @@ impl Trainer {
         let state = match &files.resume {
             Some(ck) => {
                 ck.load_optimizer(&mut optimizer)?;
-                reporter.message(&format!("resuming from {} at step {}", ck.dir.display(), ck.state.step));
+                reporter.message(&format!(
+                    "resuming from {} at step {}",
+                    ck.dir.display(),
+                    ck.state.step
+                ));
                 ck.state.clone()
             }
             None => TrainState::default(),
@@ -317,7 +376,10 @@ impl Trainer {
             label_smoothing: t.label_smoothing,
             class_weights: class_weights(&config, &train, &device)?,
         };
-        let parameters = named_vars(&varmap).iter().map(|(_, v)| v.elem_count()).sum::<usize>();
+        let parameters = named_vars(&varmap)
+            .iter()
+            .map(|(_, v)| v.elem_count())
+            .sum::<usize>();
         let trainable = optimizer.trainable_elements();
         let act_bytes = config.train.precision.dtype().size_in_bytes() as u64;
         let plan = Plan {
@@ -389,9 +451,18 @@ impl Trainer {
 
     /// Scores the model on the validation split, if there is one.
     pub fn evaluate(&self) -> Result<Option<ClassificationReport>> {
-        let Some(valid) = &self.valid else { return Ok(None) };
+        let Some(valid) = &self.valid else {
+            return Ok(None);
+        };
         let report = device::with_autorelease_pool(|| {
-            eval::evaluate(&self.model, valid, &self.config.data.labels, self.eval_batch_size(), &self.device, &self.loss_options)
+            eval::evaluate(
+                &self.model,
+                valid,
+                &self.config.data.labels,
+                self.eval_batch_size(),
+                &self.device,
+                &self.loss_options,
+            )
         })?;
         Ok(Some(report))
     }
@@ -399,8 +470,15 @@ impl Trainer {
     /// Forward and backward over the micro-batches of one optimizer step, then clip and update.
     /// Returns the summed (unscaled) micro-batch losses and the pre-clip gradient norm, both
     /// still on the device.
-    fn train_step(&mut self, micro_batches: &[Vec<usize>], lr: f64) -> Result<(Tensor, Option<Tensor>, usize)> {
-        self.model.encoder().rng().reseed(self.config.train.seed, self.state.step, &self.device)?;
+    fn train_step(
+        &mut self,
+        micro_batches: &[Vec<usize>],
+        lr: f64,
+    ) -> Result<(Tensor, Option<Tensor>, usize)> {
+        self.model
+            .encoder()
+            .rng()
+            .reseed(self.config.train.seed, self.state.step, &self.device)?;
         let mut grads: Option<Gradients> = None;
         let mut loss_sum: Option<Tensor> = None;
         let mut tokens = 0;
@@ -409,10 +487,19 @@ impl Trainer {
             tokens += host.batch_size * host.seq_len;
             let batch = host.to_tensors(&self.device)?;
             ensure_same_device("batch input_ids", &self.device, batch.input_ids.device())?;
-            let labels = batch.labels.as_ref().ok_or_else(|| TrainError::config("data.label_field", "training data has no labels"))?;
-            let logits = self.model.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, true)?;
+            let labels = batch.labels.as_ref().ok_or_else(|| {
+                TrainError::config("data.label_field", "training data has no labels")
+            })?;
+            let logits = self.model.forward(
+                &batch.input_ids,
+                &batch.token_type_ids,
+                &batch.attention_mask,
+                true,
+            )?;
             let loss = self.model.loss(&logits, labels, &self.loss_options)?;
-            let step_grads = self.optimizer.collect(&(&loss / micro_batches.len() as f64)?.backward()?);
+            let step_grads = self
+                .optimizer
+                .collect(&(&loss / micro_batches.len() as f64)?.backward()?);
             match grads.as_mut() {
                 Some(g) => g.accumulate(step_grads)?,
                 None => grads = Some(step_grads),
@@ -424,7 +511,10 @@ impl Trainer {
             });
         }
         let (Some(mut grads), Some(loss_sum)) = (grads, loss_sum) else {
-            return Err(TrainError::config("train.batch_size", "an optimizer step got no batches"));
+            return Err(TrainError::config(
+                "train.batch_size",
+                "an optimizer step got no batches",
+            ));
         };
         let norm = grads.clip(self.config.train.max_grad_norm)?;
         self.optimizer.step(&grads, lr)?;
@@ -432,7 +522,12 @@ impl Trainer {
     }
 
     /// Writes `last/` (and `checkpoint-<step>/`, `best/` when asked) atomically.
-    fn save_checkpoint(&self, metrics: Option<&ClassificationReport>, is_best: bool, reporter: &mut dyn Reporter) -> Result<()> {
+    fn save_checkpoint(
+        &self,
+        metrics: Option<&ClassificationReport>,
+        is_best: bool,
+        reporter: &mut dyn Reporter,
+    ) -> Result<()> {
         let last = self.out_dir.join("last");
         checkpoint::save(
             &last,
@@ -449,7 +544,10 @@ impl Trainer {
         )?;
         reporter.checkpoint(&last);
         if self.config.train.keep_last > 0 {
-            checkpoint::snapshot(&last, &self.out_dir.join(format!("checkpoint-{}", self.state.step)))?;
+            checkpoint::snapshot(
+                &last,
+                &self.out_dir.join(format!("checkpoint-{}", self.state.step)),
+            )?;
             checkpoint::prune(&self.out_dir, self.config.train.keep_last)?;
         }
         if is_best {
@@ -462,8 +560,14 @@ impl Trainer {
 
     /// Evaluates, records the result and updates the best metric; returns the report and whether
     /// it is the best so far.
-    fn evaluate_and_track(&mut self, log: &mut MetricsLog, reporter: &mut dyn Reporter) -> Result<Option<(ClassificationReport, bool)>> {
-        let Some(report) = self.evaluate()? else { return Ok(None) };
+    fn evaluate_and_track(
+        &mut self,
+        log: &mut MetricsLog,
+        reporter: &mut dyn Reporter,
+    ) -> Result<Option<(ClassificationReport, bool)>> {
+        let Some(report) = self.evaluate()? else {
+            return Ok(None);
+        };
         let metric_name = self.config.eval.metric.clone();
         let value = report.metric(&metric_name).unwrap_or(f64::NAN);
         let better = match self.state.best_metric {
@@ -478,8 +582,13 @@ impl Trainer {
         } else {
             self.state.evals_since_best += 1;
         }
-        let mut record = json!({"kind": "eval", "step": self.state.step, "epoch": self.state.epoch});
-        for (key, value) in [("loss", report.loss), ("accuracy", Some(report.accuracy)), ("macro_f1", Some(report.macro_f1))] {
+        let mut record =
+            json!({"kind": "eval", "step": self.state.step, "epoch": self.state.epoch});
+        for (key, value) in [
+            ("loss", report.loss),
+            ("accuracy", Some(report.accuracy)),
+            ("macro_f1", Some(report.macro_f1)),
+        ] {
             record[key] = json!(value);
         }
         log.write(&record).map_err(TrainError::io(log.path()))?;
@@ -504,12 +613,21 @@ impl Trainer {
             if self.state.step as usize >= total_steps {
                 break;
             }
-            let order = epoch_order(self.train.len(), &lengths, t.batch_size, t.seed, self.state.epoch, t.shuffle, self.config.data.bucket_window);
+            let order = epoch_order(
+                self.train.len(),
+                &lengths,
+                t.batch_size,
+                t.seed,
+                self.state.epoch,
+                t.shuffle,
+                self.config.data.bucket_window,
+            );
             while self.state.batch_in_epoch < order.len() {
                 let end = (self.state.batch_in_epoch + t.grad_accum_steps).min(order.len());
                 let group = &order[self.state.batch_in_epoch..end];
                 let lr = self.schedule.lr(self.state.step as usize);
-                let (loss, norm, tokens) = device::with_autorelease_pool(|| self.train_step(group, lr))?;
+                let (loss, norm, tokens) =
+                    device::with_autorelease_pool(|| self.train_step(group, lr))?;
                 self.state.batch_in_epoch = end;
                 self.state.step += 1;
                 window.add(loss, group.iter().map(Vec::len).sum(), tokens)?;
@@ -522,8 +640,14 @@ impl Trainer {
                     batches_in_epoch: order.len(),
                     lr,
                 });
-                if step % t.log_every == 0 || step == total_steps {
-                    let record = window.read(step, self.state.epoch as usize, lr, norm.as_ref(), &self.device)?;
+                if step.is_multiple_of(t.log_every) || step == total_steps {
+                    let record = window.read(
+                        step,
+                        self.state.epoch as usize,
+                        lr,
+                        norm.as_ref(),
+                        &self.device,
+                    )?;
                     log.write(&json!({
                         "kind": "train", "step": record.step, "epoch": record.epoch, "loss": record.loss,
                         "lr": record.lr, "grad_norm": record.grad_norm, "examples_per_s": record.examples_per_s,
@@ -533,7 +657,9 @@ impl Trainer {
                     reporter.log(&record);
                 }
                 let mut is_best = false;
-                if self.config.eval.every_steps > 0 && step % self.config.eval.every_steps == 0 {
+                if self.config.eval.every_steps > 0
+                    && step.is_multiple_of(self.config.eval.every_steps)
+                {
                     if let Some((report, better)) = self.evaluate_and_track(&mut log, reporter)? {
                         is_best = better;
                         last_eval = Some(report);
@@ -545,7 +671,9 @@ impl Trainer {
                     self.state.epoch += 1;
                     self.state.batch_in_epoch = 0;
                     if self.config.eval.every_epoch {
-                        if let Some((report, better)) = self.evaluate_and_track(&mut log, reporter)? {
+                        if let Some((report, better)) =
+                            self.evaluate_and_track(&mut log, reporter)?
+                        {
                             is_best |= better;
                             last_eval = Some(report);
                         }
@@ -553,8 +681,9 @@ impl Trainer {
                     }
                 }
                 let finished = step >= total_steps;
-                let patience_out = self.config.eval.patience > 0 && self.state.evals_since_best >= self.config.eval.patience;
-                let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0;
+                let patience_out = self.config.eval.patience > 0
+                    && self.state.evals_since_best >= self.config.eval.patience;
+                let periodic = t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every);
                 if periodic || epoch_done || finished || patience_out || is_best {
                     self.save_checkpoint(last_eval.as_ref(), is_best, reporter)?;
                     saved_at = Some(step);
@@ -580,7 +709,8 @@ impl Trainer {
             // No validation data: the last weights are the best we know.
             checkpoint::snapshot(&self.out_dir.join("last"), &self.out_dir.join("best"))?;
         }
-        let records = crate::metrics::read_records(&metrics_path).map_err(TrainError::io(&metrics_path))?;
+        let records =
+            crate::metrics::read_records(&metrics_path).map_err(TrainError::io(&metrics_path))?;
         let plot = self.out_dir.join("plot.svg");
         crate::plot::write_svg(&plot, &records).map_err(TrainError::io(&plot))?;
         reporter.finish();
@@ -636,7 +766,14 @@ impl LogWindow {
         Ok(())
     }
 
-    fn read(&mut self, step: usize, epoch: usize, lr: f64, norm: Option<&Tensor>, device: &Device) -> Result<LogRecord> {
+    fn read(
+        &mut self,
+        step: usize,
+        epoch: usize,
+        lr: f64,
+        norm: Option<&Tensor>,
+        device: &Device,
+    ) -> Result<LogRecord> {
         device::synchronize(device)?;
         let seconds = self.since.elapsed().as_secs_f64().max(1e-9);
         // Loss and gradient norm as f32: a device->host sync point (logging boundary).

@@ -24,7 +24,10 @@ pub struct Predictor {
 
 impl std::fmt::Debug for Predictor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Predictor").field("checkpoint", &self.checkpoint.dir).field("device", &self.device_name).finish()
+        f.debug_struct("Predictor")
+            .field("checkpoint", &self.checkpoint.dir)
+            .field("device", &self.device_name)
+            .finish()
     }
 }
 
@@ -39,7 +42,11 @@ impl Predictor {
         let checkpoint = checkpoint::read(&dir)?;
         let chosen = device::choose(request)?;
         let config = &checkpoint.config;
-        let task = if config.data.multi_label { Task::MultiLabel } else { Task::SingleLabel };
+        let task = if config.data.multi_label {
+            Task::MultiLabel
+        } else {
+            Task::SingleLabel
+        };
         let (varmap, model) = Classifier::build(
             &checkpoint.bert,
             checkpoint.labels.len(),
@@ -66,7 +73,11 @@ impl Predictor {
 
     fn batch_size(&self) -> usize {
         let c = &self.checkpoint.config;
-        if c.eval.batch_size > 0 { c.eval.batch_size } else { c.train.batch_size * 2 }
+        if c.eval.batch_size > 0 {
+            c.eval.batch_size
+        } else {
+            c.train.batch_size * 2
+        }
     }
 
     /// Class probabilities for raw texts, in input order.
@@ -86,7 +97,15 @@ impl Predictor {
     }
 
     fn predict_dataset(&self, dataset: &Dataset) -> Result<Predictions> {
-        device::with_autorelease_pool(|| eval::predict(&self.model, dataset, self.batch_size(), &self.device, &LossOptions::default()))
+        device::with_autorelease_pool(|| {
+            eval::predict(
+                &self.model,
+                dataset,
+                self.batch_size(),
+                &self.device,
+                &LossOptions::default(),
+            )
+        })
     }
 
     /// Reads an unlabelled file with the checkpoint's field mapping.
@@ -100,7 +119,14 @@ impl Predictor {
         let read = read_examples(path, &self.checkpoint.config.data)?;
         let dataset = Dataset::new(&read.examples, &self.tokenizer)?;
         device::with_autorelease_pool(|| {
-            eval::evaluate(&self.model, &dataset, self.labels(), self.batch_size(), &self.device, &LossOptions::default())
+            eval::evaluate(
+                &self.model,
+                &dataset,
+                self.labels(),
+                self.batch_size(),
+                &self.device,
+                &LossOptions::default(),
+            )
         })
     }
 }

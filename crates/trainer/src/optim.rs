@@ -14,7 +14,9 @@ use candle_core::{DType, Result, Tensor, Var};
 /// Whether a parameter is exempt from weight decay: biases and layer-norm weights, as in BERT's
 /// original optimizer and Hugging Face's Trainer.
 pub fn exempt_from_decay(name: &str) -> bool {
-    name.ends_with(".bias") || name.contains("LayerNorm.weight") || name.contains("layer_norm.weight")
+    name.ends_with(".bias")
+        || name.contains("LayerNorm.weight")
+        || name.contains("layer_norm.weight")
 }
 
 /// One trainable tensor and its group settings.
@@ -157,12 +159,15 @@ impl AdamW {
             } else {
                 param.clone()
             };
-            slot.exp_avg = (slot.exp_avg.affine(self.beta1, 0.0)? + grad.affine(1.0 - self.beta1, 0.0)?)?;
-            slot.exp_avg_sq =
-                (slot.exp_avg_sq.affine(self.beta2, 0.0)? + grad.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
+            slot.exp_avg =
+                (slot.exp_avg.affine(self.beta1, 0.0)? + grad.affine(1.0 - self.beta1, 0.0)?)?;
+            slot.exp_avg_sq = (slot.exp_avg_sq.affine(self.beta2, 0.0)?
+                + grad.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
             let denom = slot.exp_avg_sq.sqrt()?.affine(1.0 / bias2_sqrt, self.eps)?;
             let update = (slot.exp_avg.div(&denom)? * (lr / bias1))?;
-            slot.spec.var.set(&(param - update)?.to_dtype(slot.spec.var.dtype())?)?;
+            slot.spec
+                .var
+                .set(&(param - update)?.to_dtype(slot.spec.var.dtype())?)?;
         }
         Ok(())
     }
@@ -172,20 +177,32 @@ impl AdamW {
         let mut state = HashMap::new();
         for slot in &self.slots {
             state.insert(format!("exp_avg.{}", slot.spec.name), slot.exp_avg.clone());
-            state.insert(format!("exp_avg_sq.{}", slot.spec.name), slot.exp_avg_sq.clone());
+            state.insert(
+                format!("exp_avg_sq.{}", slot.spec.name),
+                slot.exp_avg_sq.clone(),
+            );
         }
         state
     }
 
     /// Restores moments saved by [`AdamW::state`] and the step count. Every parameter's moments
     /// must be present with the right shape; the error names the first that is not.
-    pub fn load_state(&mut self, mut state: HashMap<String, Tensor>, steps: u64) -> std::result::Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        mut state: HashMap<String, Tensor>,
+        steps: u64,
+    ) -> std::result::Result<(), String> {
         for slot in &mut self.slots {
             for (key, target) in [
                 (format!("exp_avg.{}", slot.spec.name), &mut slot.exp_avg),
-                (format!("exp_avg_sq.{}", slot.spec.name), &mut slot.exp_avg_sq),
+                (
+                    format!("exp_avg_sq.{}", slot.spec.name),
+                    &mut slot.exp_avg_sq,
+                ),
             ] {
-                let tensor = state.remove(&key).ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
+                let tensor = state
+                    .remove(&key)
+                    .ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
                 if tensor.dims() != target.dims() {
                     return Err(format!(
                         "optimizer state `{key}` has shape {:?}, expected {:?}",

@@ -75,7 +75,10 @@ mod tests {
         assert!((linear.lr(60) - 0.5).abs() < 1e-12);
         assert!((cosine.lr(60) - 0.5).abs() < 1e-12);
         assert!(linear.lr(110).abs() < 1e-12 && cosine.lr(110).abs() < 1e-12);
-        assert!(cosine.lr(30) > linear.lr(30), "cosine decays slower early on");
+        assert!(
+            cosine.lr(30) > linear.lr(30),
+            "cosine decays slower early on"
+        );
     }
 
     #[test]
