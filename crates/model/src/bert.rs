@@ -242,6 +242,11 @@ impl BertModel {
         &self.config
     }
 
+    /// The device the variables live on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.embeddings.word.device()
+    }
+
     /// The compute dtype of activations.
     pub fn dtype(&self) -> DType {
         self.dtype

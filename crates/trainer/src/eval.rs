@@ -62,7 +62,7 @@ pub fn predict(
         }
     }
     let loss = match loss_sum {
-        Some(sum) => Some(f64::from(sum.to_scalar::<f32>()?) / dataset.len().max(1) as f64),
+        Some(sum) => Some(crate::sync::scalar(&sum)? / dataset.len().max(1) as f64),
         None => None,
     };
     Ok(Predictions { probs, loss })

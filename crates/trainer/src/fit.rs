@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_data::{
-    epoch_order, read_examples, split_train_valid, DataSummary, Dataset, TextTokenizer,
+    epoch_order, read_examples, split_train_valid, DataSummary, Dataset, TensorBatch, TextTokenizer,
 };
 use wick_model::classifier::LossOptions;
 use wick_model::weights::{init_all, init_head, is_head, load_safetensors, named_vars};
@@ -467,58 +467,31 @@ impl Trainer {
         Ok(Some(report))
     }
 
-    /// Forward and backward over the micro-batches of one optimizer step, then clip and update.
-    /// Returns the summed (unscaled) micro-batch losses and the pre-clip gradient norm, both
-    /// still on the device.
-    fn train_step(
-        &mut self,
-        micro_batches: &[Vec<usize>],
-        lr: f64,
-    ) -> Result<(Tensor, Option<Tensor>, usize)> {
+    /// One optimizer step over `micro_batches` (example indices), dropout seeded by the step.
+    fn train_step(&mut self, micro_batches: &[Vec<usize>], lr: f64) -> Result<StepOutput> {
         self.model
             .encoder()
             .rng()
             .reseed(self.config.train.seed, self.state.step, &self.device)?;
-        let mut grads: Option<Gradients> = None;
-        let mut loss_sum: Option<Tensor> = None;
         let mut tokens = 0;
-        for indices in micro_batches {
-            let host = self.train.batch(indices);
-            tokens += host.batch_size * host.seq_len;
-            let batch = host.to_tensors(&self.device)?;
-            ensure_same_device("batch input_ids", &self.device, batch.input_ids.device())?;
-            let labels = batch.labels.as_ref().ok_or_else(|| {
-                TrainError::config("data.label_field", "training data has no labels")
-            })?;
-            let logits = self.model.forward(
-                &batch.input_ids,
-                &batch.token_type_ids,
-                &batch.attention_mask,
-                true,
-            )?;
-            let loss = self.model.loss(&logits, labels, &self.loss_options)?;
-            let step_grads = self
-                .optimizer
-                .collect(&(&loss / micro_batches.len() as f64)?.backward()?);
-            match grads.as_mut() {
-                Some(g) => g.accumulate(step_grads)?,
-                None => grads = Some(step_grads),
-            }
-            let loss = loss.detach();
-            loss_sum = Some(match loss_sum {
-                Some(sum) => (sum + loss)?,
-                None => loss,
-            });
-        }
-        let (Some(mut grads), Some(loss_sum)) = (grads, loss_sum) else {
-            return Err(TrainError::config(
-                "train.batch_size",
-                "an optimizer step got no batches",
-            ));
-        };
-        let norm = grads.clip(self.config.train.max_grad_norm)?;
-        self.optimizer.step(&grads, lr)?;
-        Ok((loss_sum, norm, tokens))
+        let batches = micro_batches
+            .iter()
+            .map(|indices| {
+                let host = self.train.batch(indices);
+                tokens += host.batch_size * host.seq_len;
+                host.to_tensors(&self.device)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut out = optimizer_step(
+            &self.model,
+            &mut self.optimizer,
+            &batches,
+            &self.loss_options,
+            self.config.train.max_grad_norm,
+            lr,
+        )?;
+        out.tokens = tokens;
+        Ok(out)
     }
 
     /// Writes `last/` (and `checkpoint-<step>/`, `best/` when asked) atomically.
@@ -626,11 +599,10 @@ impl Trainer {
                 let end = (self.state.batch_in_epoch + t.grad_accum_steps).min(order.len());
                 let group = &order[self.state.batch_in_epoch..end];
                 let lr = self.schedule.lr(self.state.step as usize);
-                let (loss, norm, tokens) =
-                    device::with_autorelease_pool(|| self.train_step(group, lr))?;
+                let out = device::with_autorelease_pool(|| self.train_step(group, lr))?;
                 self.state.batch_in_epoch = end;
                 self.state.step += 1;
-                window.add(loss, group.iter().map(Vec::len).sum(), tokens)?;
+                window.add(out.loss_sum, group.iter().map(Vec::len).sum(), out.tokens)?;
                 let step = self.state.step as usize;
                 reporter.step(&Progress {
                     step,
@@ -645,7 +617,7 @@ impl Trainer {
                         step,
                         self.state.epoch as usize,
                         lr,
-                        norm.as_ref(),
+                        out.grad_norm.as_ref(),
                         &self.device,
                     )?;
                     log.write(&json!({
@@ -724,6 +696,71 @@ impl Trainer {
     }
 }
 
+/// What one optimizer step leaves on the device.
+#[derive(Debug)]
+pub struct StepOutput {
+    /// Sum of the micro-batches' mean losses (detached).
+    pub loss_sum: Tensor,
+    /// Global gradient norm before clipping.
+    pub grad_norm: Option<Tensor>,
+    /// Tokens processed, padding included.
+    pub tokens: usize,
+}
+
+/// Forward and backward over micro-batches already on the device, gradient accumulation,
+/// global-norm clipping and one AdamW update: the whole training step, with no device->host
+/// read. The trainer and the benchmark both call this.
+pub fn optimizer_step(
+    model: &Classifier,
+    optimizer: &mut AdamW,
+    micro_batches: &[TensorBatch],
+    loss_options: &LossOptions,
+    max_grad_norm: f64,
+    lr: f64,
+) -> Result<StepOutput> {
+    let mut grads: Option<Gradients> = None;
+    let mut loss_sum: Option<Tensor> = None;
+    let device = model.encoder().device();
+    for batch in micro_batches {
+        ensure_same_device("batch input_ids", device, batch.input_ids.device())?;
+        let labels = batch
+            .labels
+            .as_ref()
+            .ok_or_else(|| TrainError::config("data.label_field", "training data has no labels"))?;
+        let logits = model.forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.attention_mask,
+            true,
+        )?;
+        let loss = model.loss(&logits, labels, loss_options)?;
+        let scaled = (&loss / micro_batches.len() as f64)?;
+        let step_grads = optimizer.collect(&scaled.backward()?);
+        match grads.as_mut() {
+            Some(g) => g.accumulate(step_grads)?,
+            None => grads = Some(step_grads),
+        }
+        let loss = loss.detach();
+        loss_sum = Some(match loss_sum {
+            Some(sum) => (sum + loss)?,
+            None => loss,
+        });
+    }
+    let (Some(mut grads), Some(loss_sum)) = (grads, loss_sum) else {
+        return Err(TrainError::config(
+            "train.batch_size",
+            "an optimizer step got no batches",
+        ));
+    };
+    let grad_norm = grads.clip(max_grad_norm)?;
+    optimizer.step(&grads, lr)?;
+    Ok(StepOutput {
+        loss_sum,
+        grad_norm,
+        tokens: 0,
+    })
+}
+
 /// Training loss and throughput between two logging boundaries. The loss is summed on the
 /// device; the clock is read only after synchronizing, so queued work is counted.
 struct LogWindow {
@@ -778,11 +815,11 @@ impl LogWindow {
         let seconds = self.since.elapsed().as_secs_f64().max(1e-9);
         // Loss and gradient norm as f32: a device->host sync point (logging boundary).
         let loss_sum = match self.loss_sum.take() {
-            Some(sum) => f64::from(sum.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+            Some(sum) => crate::sync::scalar(&sum)?,
             None => f64::NAN,
         };
         let grad_norm = match norm {
-            Some(norm) => f64::from(norm.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+            Some(norm) => crate::sync::scalar(norm)?,
             None => f64::NAN,
         };
         let record = LogRecord {

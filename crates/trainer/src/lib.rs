@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod schedule;
+pub mod sync;
 
 pub use error::{Result, TrainError};
