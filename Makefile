@@ -3,7 +3,7 @@ CARGO ?= cargo
 RUN ?= runs/default
 CONFIG ?= configs/default.toml
 
-.PHONY: all model train test lint fmt bench clean-runs
+.PHONY: all model train test lint fmt clean-runs nlbse-data nlbse triage-score
 
 all: test
 
@@ -31,3 +31,19 @@ fmt:
 
 clean-runs:
 	rm -rf runs
+
+## nlbse-data: the NLBSE'24 training CSV (from ../shared when present, else the public repository)
+NLBSE_COMMIT ?= 2927bc67
+nlbse-data: data/nlbse/issues_train.csv
+data/nlbse/issues_train.csv:
+	mkdir -p data/nlbse
+	if [ -f ../shared/data/nlbse24/issues_train.csv ]; then cp ../shared/data/nlbse24/issues_train.csv $@; \
+	else curl -fsSL -o $@ https://raw.githubusercontent.com/nlbse2024/issue-report-classification/$(NLBSE_COMMIT)/data/issues_train.csv; fi
+
+## nlbse: the whole NLBSE'24 protocol (5 projects); TEST=path/to/issues_test.csv scores a test file too
+nlbse: model nlbse-data
+	$(CARGO) run --release --example nlbse -- --json $(if $(TEST),--test $(TEST))
+
+## triage-score: score runs/default/best on data/triage/test.jsonl into data/triage/model_score.json
+triage-score:
+	$(CARGO) run --release --bin evaluate -- --checkpoint $(RUN)/best --data data/triage/test.jsonl --json > data/triage/model_score.json
