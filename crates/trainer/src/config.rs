@@ -46,7 +46,8 @@ pub struct ModelConfig {
     /// Hub branch, tag or commit.
     #[serde(default = "default_revision")]
     pub revision: String,
-    /// A local directory with config.json, tokenizer.json and model.safetensors.
+    /// A local directory with config.json, tokenizer.json and model.safetensors (takes
+    /// precedence over `id`).
     #[serde(default)]
     pub path: Option<std::path::PathBuf>,
     #[serde(default)]
@@ -95,9 +96,15 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    /// Where the encoder comes from; a local `path` takes precedence over `id`, so
+    /// `--set model.path=DIR` works on any config.
     pub fn source(&self) -> ModelSource {
         ModelSource {
-            id: self.id.clone(),
+            id: if self.path.is_some() {
+                None
+            } else {
+                self.id.clone()
+            },
             revision: self.revision.clone(),
             path: self.path.clone(),
         }
