@@ -29,6 +29,15 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+## bench: matmul GFLOP/s and model throughput (MiniLM and bert-base, 32x128, f32) on this machine
+bench: model
+	$(CARGO) run --release --bin bench
+
+## bench-compare: wick vs PyTorch, alternating rounds, MiniLM 32x128 f32, nproc threads (BENCH_PYTHON=<python with torch> skips bench/.venv)
+bench-compare: model
+	$(CARGO) build --release --bin bench
+	python3 bench/compare.py
+
 clean-runs:
 	rm -rf runs
 
