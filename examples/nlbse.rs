@@ -20,7 +20,13 @@ use wick_trainer::fit::{LogRecord, Reporter, RunOptions, Trainer};
 use wick_trainer::infer::Predictor;
 use wick_trainer::metrics::ClassificationReport;
 
-const PROJECTS: [&str; 5] = ["facebook/react", "tensorflow/tensorflow", "microsoft/vscode", "bitcoin/bitcoin", "opencv/opencv"];
+const PROJECTS: [&str; 5] = [
+    "facebook/react",
+    "tensorflow/tensorflow",
+    "microsoft/vscode",
+    "bitcoin/bitcoin",
+    "opencv/opencv",
+];
 
 struct Args {
     config: PathBuf,
@@ -60,10 +66,16 @@ fn parse_args() -> Result<Args> {
 struct Lines(String);
 impl Reporter for Lines {
     fn log(&mut self, r: &LogRecord) {
-        eprintln!("[{}] step {} loss {:.4} {:.1} ex/s", self.0, r.step, r.loss, r.examples_per_s);
+        eprintln!(
+            "[{}] step {} loss {:.4} {:.1} ex/s",
+            self.0, r.step, r.loss, r.examples_per_s
+        );
     }
     fn evaluated(&mut self, step: usize, report: &ClassificationReport) {
-        eprintln!("[{}] eval step {step}: macro-F1 {:.4}", self.0, report.macro_f1);
+        eprintln!(
+            "[{}] eval step {step}: macro-F1 {:.4}",
+            self.0, report.macro_f1
+        );
     }
 }
 
@@ -73,10 +85,17 @@ fn rows(project: &str, split: &str, report: &ClassificationReport) -> Vec<String
         .labels
         .iter()
         .zip(&report.per_class)
-        .map(|(label, c)| format!("{project:<22} {split:<5} {label:<9} {:.4}  {:.4}  {:.4}", c.precision, c.recall, c.f1))
+        .map(|(label, c)| {
+            format!(
+                "{project:<22} {split:<5} {label:<9} {:.4}  {:.4}  {:.4}",
+                c.precision, c.recall, c.f1
+            )
+        })
         .collect();
     let n = report.per_class.len() as f64;
-    let mean = |f: fn(&wick_trainer::metrics::ClassStats) -> f64| report.per_class.iter().map(f).sum::<f64>() / n;
+    let mean = |f: fn(&wick_trainer::metrics::ClassStats) -> f64| {
+        report.per_class.iter().map(f).sum::<f64>() / n
+    };
     out.push(format!(
         "{project:<22} {split:<5} {:<9} {:.4}  {:.4}  {:.4}",
         "average",
@@ -96,7 +115,11 @@ fn main() -> Result<()> {
         overrides.push(format!("data.filter.equals=\"{project}\""));
         let config = RunConfig::load(&args.config, &overrides)?;
         let out_dir = args.out.join(&slug);
-        let options = RunOptions { device: args.device, out_dir: out_dir.clone(), resume: None };
+        let options = RunOptions {
+            device: args.device,
+            out_dir: out_dir.clone(),
+            resume: None,
+        };
         let mut reporter = Lines(project.to_string());
         let mut trainer = Trainer::new(config, &options, &mut reporter)?;
         trainer.fit(&mut reporter)?;
@@ -110,24 +133,46 @@ fn main() -> Result<()> {
             results.push((project.to_string(), "test", report));
         }
     }
-    let splits: Vec<&str> = if args.test.is_some() { vec!["valid", "test"] } else { vec!["valid"] };
+    let splits: Vec<&str> = if args.test.is_some() {
+        vec!["valid", "test"]
+    } else {
+        vec!["valid"]
+    };
     let mut summary = serde_json::Map::new();
-    println!("{:<22} {:<5} {:<9} {:<7} {:<7} {:<7}", "project", "split", "class", "P", "R", "F1");
+    println!(
+        "{:<22} {:<5} {:<9} {:<7} {:<7} {:<7}",
+        "project", "split", "class", "P", "R", "F1"
+    );
     for (project, split, report) in &results {
         for row in rows(project, split, report) {
             println!("{row}");
         }
     }
     for split in splits {
-        let reports: Vec<&ClassificationReport> = results.iter().filter(|r| r.1 == split).map(|r| &r.2).collect();
+        let reports: Vec<&ClassificationReport> = results
+            .iter()
+            .filter(|r| r.1 == split)
+            .map(|r| &r.2)
+            .collect();
         let n = reports.len() as f64;
         let labels = &reports[0].labels;
         for (i, label) in labels.iter().enumerate() {
-            let mean = |f: fn(&wick_trainer::metrics::ClassStats) -> f64| reports.iter().map(|r| f(&r.per_class[i])).sum::<f64>() / n;
-            println!("{:<22} {split:<5} {label:<9} {:.4}  {:.4}  {:.4}", "overall", mean(|c| c.precision), mean(|c| c.recall), mean(|c| c.f1));
+            let mean = |f: fn(&wick_trainer::metrics::ClassStats) -> f64| {
+                reports.iter().map(|r| f(&r.per_class[i])).sum::<f64>() / n
+            };
+            println!(
+                "{:<22} {split:<5} {label:<9} {:.4}  {:.4}  {:.4}",
+                "overall",
+                mean(|c| c.precision),
+                mean(|c| c.recall),
+                mean(|c| c.f1)
+            );
         }
         let overall = reports.iter().map(|r| r.macro_f1).sum::<f64>() / n;
-        println!("{:<22} {split:<5} {:<9} {:>22.4}   <- protocol score (mean of project macro-F1)", "overall", "macro-F1", overall);
+        println!(
+            "{:<22} {split:<5} {:<9} {:>22.4}   <- protocol score (mean of project macro-F1)",
+            "overall", "macro-F1", overall
+        );
         summary.insert(split.to_string(), json!({
             "overall_f1": overall,
             "projects": results.iter().filter(|r| r.1 == split).map(|r| (r.0.clone(), r.2.to_json())).collect::<serde_json::Map<_, _>>(),
