@@ -8,6 +8,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fit;
+mod fused_adamw;
 pub mod infer;
 pub mod metrics;
 pub mod optim;

@@ -96,10 +96,11 @@ impl AdamW {
         let slots = params
             .into_iter()
             .map(|spec| {
-                let zeros = spec.var.as_tensor().zeros_like()?.to_dtype(DType::F32)?;
+                // Two separate buffers: the CPU path updates them in place.
+                let zeros = || spec.var.as_tensor().zeros_like()?.to_dtype(DType::F32);
                 Ok(Slot {
-                    exp_avg: zeros.clone(),
-                    exp_avg_sq: zeros,
+                    exp_avg: zeros()?,
+                    exp_avg_sq: zeros()?,
                     spec,
                 })
             })
@@ -154,8 +155,22 @@ impl AdamW {
             let lr = lr * slot.spec.lr_scale;
             let grad = grad.to_dtype(DType::F32)?;
             let param = slot.spec.var.as_tensor();
+            let decay = 1.0 - lr * slot.spec.weight_decay;
+            if crate::fused_adamw::applies(param, &grad, &slot.exp_avg, &slot.exp_avg_sq) {
+                crate::fused_adamw::update(
+                    param,
+                    &grad,
+                    &slot.exp_avg,
+                    &slot.exp_avg_sq,
+                    (self.beta1, self.beta2, self.eps),
+                    decay,
+                    lr / bias1,
+                    bias2_sqrt,
+                )?;
+                continue;
+            }
             let param = if slot.spec.weight_decay > 0.0 {
-                param.affine(1.0 - lr * slot.spec.weight_decay, 0.0)?
+                param.affine(decay, 0.0)?
             } else {
                 param.clone()
             };

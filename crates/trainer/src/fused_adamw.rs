@@ -1,0 +1,199 @@
+//! AdamW's update fused into three in-place passes over each parameter on the CPU.
+//!
+//! Written with tensor ops, one AdamW update allocates about a dozen parameter-sized temporaries
+//! (for MiniLM's 22.7M parameters, over 1 GB of fresh memory per step, mostly page faults). Here
+//! the moments and the parameter are updated in place: `m <- b1 m + (1 - b1) g`,
+//! `v <- b2 v + (1 - b2) g^2`, `p <- p (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)`,
+//! the same arithmetic as the tensor-op path in f32. Other devices keep the tensor-op path.
+
+use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
+
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("fused AdamW: {what} is not contiguous")))?;
+    match storage {
+        CpuStorage::F32(values) => Ok(&values[start..end]),
+        _ => bail!("fused AdamW: {what} is not f32"),
+    }
+}
+
+fn slice_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a mut [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("fused AdamW: {what} is not contiguous")))?;
+    match storage {
+        CpuStorage::F32(values) => Ok(&mut values[start..end]),
+        _ => bail!("fused AdamW: {what} is not f32"),
+    }
+}
+
+/// `moment <- beta * moment + (1 - beta) * g` (or `g^2` for the second moment).
+struct Moment {
+    beta: f32,
+    squared: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let moment = slice_mut(s1, l1, "moment")?;
+        let grad = slice(s2, l2, "gradient")?;
+        let (a, b) = (self.beta, 1.0 - self.beta);
+        if self.squared {
+            moment
+                .iter_mut()
+                .zip(grad)
+                .for_each(|(m, &g)| *m = a * *m + b * (g * g));
+        } else {
+            moment
+                .iter_mut()
+                .zip(grad)
+                .for_each(|(m, &g)| *m = a * *m + b * g);
+        }
+        Ok(())
+    }
+}
+
+/// `p <- p * decay - step * m / (sqrt(v) * inv_bias2_sqrt + eps)`.
+struct Update {
+    decay: f32,
+    step: f32,
+    inv_bias2_sqrt: f32,
+    eps: f32,
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let param = slice_mut(s1, l1, "parameter")?;
+        let (m, v) = (
+            slice(s2, l2, "first moment")?,
+            slice(s3, l3, "second moment")?,
+        );
+        for ((p, &m), &v) in param.iter_mut().zip(m).zip(v) {
+            *p = *p * self.decay - self.step * (m / (v.sqrt() * self.inv_bias2_sqrt + self.eps));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the fused path applies: f32 CPU tensors, all contiguous.
+pub fn applies(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor) -> bool {
+    param.device().is_cpu()
+        && [param, grad, m, v]
+            .iter()
+            .all(|t| t.dtype() == candle_core::DType::F32 && t.is_contiguous())
+}
+
+/// One AdamW update in place. `decay = 1 - lr * wd`, `step = lr / (1 - beta1^t)`.
+#[allow(clippy::too_many_arguments)]
+pub fn update(
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    (beta1, beta2, eps): (f64, f64, f64),
+    decay: f64,
+    step: f64,
+    bias2_sqrt: f64,
+) -> Result<()> {
+    m.inplace_op2(
+        grad,
+        &Moment {
+            beta: beta1 as f32,
+            squared: false,
+        },
+    )?;
+    v.inplace_op2(
+        grad,
+        &Moment {
+            beta: beta2 as f32,
+            squared: true,
+        },
+    )?;
+    param.inplace_op3(
+        m,
+        v,
+        &Update {
+            decay: decay as f32,
+            step: step as f32,
+            inv_bias2_sqrt: (1.0 / bias2_sqrt) as f32,
+            eps: eps as f32,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn fused_update_equals_the_tensor_op_update() {
+        let d = &Device::Cpu;
+        let (b1, b2, eps, lr, wd, t) = (0.9, 0.999, 1e-8, 1e-3, 0.01, 3);
+        let (bias1, bias2_sqrt) = (1.0 - f64::powi(b1, t), (1.0 - f64::powi(b2, t)).sqrt());
+        let p = Tensor::randn(0f32, 1.0, (37, 11), d).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (37, 11), d).unwrap();
+        let m = Tensor::randn(0f32, 0.1, (37, 11), d).unwrap();
+        let v = Tensor::rand(0f32, 0.1, (37, 11), d).unwrap();
+
+        let m2 = (m.affine(b1, 0.0).unwrap() + g.affine(1.0 - b1, 0.0).unwrap()).unwrap();
+        let v2 =
+            (v.affine(b2, 0.0).unwrap() + g.sqr().unwrap().affine(1.0 - b2, 0.0).unwrap()).unwrap();
+        let denom = v2.sqrt().unwrap().affine(1.0 / bias2_sqrt, eps).unwrap();
+        let expected = (p.affine(1.0 - lr * wd, 0.0).unwrap()
+            - (m2.div(&denom).unwrap() * (lr / bias1)).unwrap())
+        .unwrap();
+
+        let (p, m, v) = (p.copy().unwrap(), m.copy().unwrap(), v.copy().unwrap());
+        assert!(applies(&p, &g, &m, &v));
+        update(
+            &p,
+            &g,
+            &m,
+            &v,
+            (b1, b2, eps),
+            1.0 - lr * wd,
+            lr / bias1,
+            bias2_sqrt,
+        )
+        .unwrap();
+        for (got, want) in [(&p, &expected), (&m, &m2), (&v, &v2)] {
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-6, "fused and tensor-op AdamW differ by {diff}");
+        }
+    }
+}
