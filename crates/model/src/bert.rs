@@ -15,6 +15,17 @@ use crate::config::{BertConfig, HiddenAct};
 use crate::ops;
 use crate::rng::DropoutRng;
 
+/// The variable itself in training (so backward reaches it), a detached view otherwise: ops on
+/// detached inputs record no graph, so an evaluation frees each intermediate as soon as it is
+/// used instead of keeping the whole forward alive until the output is dropped.
+fn param(var: &Tensor, train: bool) -> Tensor {
+    if train {
+        var.clone()
+    } else {
+        var.detach()
+    }
+}
+
 /// Placeholder initialisation: every variable is overwritten by pretrained or seeded random values
 /// (see [`crate::weights`]), so only the shape matters here.
 const PLACEHOLDER: Init = Init::Const(0.0);
@@ -33,8 +44,12 @@ impl Linear {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        ops::linear(xs, &self.weight, Some(&self.bias))
+    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        ops::linear(
+            xs,
+            &param(&self.weight, train),
+            Some(&param(&self.bias, train)),
+        )
     }
 }
 
@@ -54,8 +69,13 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        ops::layer_norm(xs, &self.weight, &self.bias, self.eps)
+    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        ops::layer_norm(
+            xs,
+            &param(&self.weight, train),
+            &param(&self.bias, train),
+            self.eps,
+        )
     }
 }
 
@@ -87,7 +107,7 @@ impl Embeddings {
     }
 
     /// `(batch, seq)` ids -> `(batch, seq, hidden)` in f32, before dropout.
-    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let hidden = self.word.dim(1)?;
         let gather = |table: &Tensor, ids: &Tensor| {
@@ -95,11 +115,11 @@ impl Embeddings {
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((batch, seq, hidden))
         };
-        let words = gather(&self.word, input_ids)?;
-        let types = gather(&self.token_type, token_type_ids)?;
-        let positions = self.position.narrow(0, 0, seq)?;
+        let words = gather(&param(&self.word, train), input_ids)?;
+        let types = gather(&param(&self.token_type, train), token_type_ids)?;
+        let positions = param(&self.position, train).narrow(0, 0, seq)?;
         let xs = (words + types)?.broadcast_add(&positions)?;
-        self.layer_norm.forward(&xs)
+        self.layer_norm.forward(&xs, train)
     }
 }
 
@@ -142,9 +162,9 @@ impl SelfAttention {
         train: bool,
     ) -> Result<Tensor> {
         let (batch, seq, hidden) = xs.dims3()?;
-        let q = self.split_heads(&self.query.forward(xs)?)?;
-        let k = self.split_heads(&self.key.forward(xs)?)?;
-        let v = self.split_heads(&self.value.forward(xs)?)?;
+        let q = self.split_heads(&self.query.forward(xs, train)?)?;
+        let k = self.split_heads(&self.key.forward(xs, train)?)?;
+        let v = self.split_heads(&self.value.forward(xs, train)?)?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_size as f64).sqrt()))?;
         let probs = ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.broadcast_add(bias)?)?
             .to_dtype(xs.dtype())?;
@@ -190,20 +210,25 @@ impl Layer {
             .attention
             .forward(xs, bias, self.attention_p, rng, train)?;
         let attended = ops::dropout(
-            &self.attention_out.forward(&attended)?,
+            &self.attention_out.forward(&attended, train)?,
             self.hidden_p,
             rng,
             train,
         )?;
-        let xs = self.attention_norm.forward(&(attended + xs)?)?;
-        let inner = self.intermediate.forward(&xs)?;
+        let xs = self.attention_norm.forward(&(attended + xs)?, train)?;
+        let inner = self.intermediate.forward(&xs, train)?;
         let inner = match self.act {
             HiddenAct::Gelu => inner.gelu_erf()?,
             HiddenAct::GeluApproximate => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
         };
-        let out = ops::dropout(&self.output.forward(&inner)?, self.hidden_p, rng, train)?;
-        self.output_norm.forward(&(out + xs)?)
+        let out = ops::dropout(
+            &self.output.forward(&inner, train)?,
+            self.hidden_p,
+            rng,
+            train,
+        )?;
+        self.output_norm.forward(&(out + xs)?, train)
     }
 }
 
@@ -269,7 +294,7 @@ impl BertModel {
         let hidden_p = self.config.hidden_dropout_prob;
         let xs = self
             .embeddings
-            .forward(input_ids, token_type_ids)?
+            .forward(input_ids, token_type_ids, train)?
             .to_dtype(self.dtype)?;
         let mut xs = ops::dropout(&xs, hidden_p, &self.rng, train)?;
         let bias = ops::attention_bias(attention_mask)?;

@@ -140,7 +140,12 @@ impl Classifier {
             pooled
         };
         let pooled = ops::dropout(&pooled, self.dropout, self.encoder.rng(), train)?;
-        ops::linear(&pooled, &self.head_weight, Some(&self.head_bias))
+        let (weight, bias) = if train {
+            (self.head_weight.clone(), self.head_bias.clone())
+        } else {
+            (self.head_weight.detach(), self.head_bias.detach())
+        };
+        ops::linear(&pooled, &weight, Some(&bias))
     }
 
     /// The scalar training loss of `logits` against `labels`: `(batch,)` u32 class ids for

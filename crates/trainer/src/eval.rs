@@ -43,13 +43,15 @@ pub fn predict(
             false,
         )?;
         if let Some(labels) = &batch.labels {
-            let loss = (model.loss(&logits, labels, loss_options)? * indices.len() as f64)?;
+            let loss =
+                (model.loss(&logits, labels, loss_options)?.detach() * indices.len() as f64)?;
             loss_sum = Some(match loss_sum {
                 Some(sum) => (sum + loss)?,
                 None => loss,
             });
         }
-        chunks.push(model.probabilities(&logits)?);
+        // Detached: a kept output must not keep its whole forward graph alive.
+        chunks.push(model.probabilities(&logits)?.detach());
     }
     let mut probs = vec![Vec::new(); dataset.len()];
     if !chunks.is_empty() {
