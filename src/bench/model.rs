@@ -163,6 +163,15 @@ impl Harness {
             .encoder()
             .rng()
             .reseed(self.seed, step, &self.device)?;
+        // f16 trains with loss scaling, as `train` does; a fresh scaler per step costs the same.
+        let mut scaler = match self.model.encoder().dtype() {
+            candle_core::DType::F16 => Some(wick_trainer::scaler::LossScaler::new(
+                &self.device,
+                65536.0,
+                2000,
+            )?),
+            _ => None,
+        };
         optimizer_step(
             &self.model,
             optimizer,
@@ -170,6 +179,7 @@ impl Harness {
             &LossOptions::default(),
             MAX_GRAD_NORM,
             LR,
+            scaler.as_mut(),
         )?;
         Ok(())
     }

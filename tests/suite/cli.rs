@@ -256,3 +256,35 @@ fn an_invalid_value_is_rejected_before_training() {
     let output = train_tiny(&dir.path().join("run"), &["data.max_len=4096"]);
     assert_fails_naming(&output, &["data.max_len", "512"]);
 }
+
+#[test]
+fn f16_training_with_loss_scaling_lowers_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let output = train_tiny(
+        &run,
+        &[
+            "train.precision=\"f16\"",
+            "train.epochs=15",
+            "train.log_every=4",
+        ],
+    );
+    assert_ok(&output, "train f16");
+    let losses = train_losses(&run);
+    assert!(
+        losses.iter().all(|l| l.is_finite()),
+        "non-finite loss: {losses:?}"
+    );
+    let head: f64 = losses[..2].iter().sum::<f64>() / 2.0;
+    let tail: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
+    assert!(tail < head * 0.9, "f16 loss did not fall: {losses:?}");
+    let state = candle_core::safetensors::load(
+        run.join("last/optimizer.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(
+        state.contains_key("loss_scale"),
+        "the loss scale is not checkpointed"
+    );
+}

@@ -20,6 +20,7 @@ use wick_model::BertConfig;
 use crate::config::RunConfig;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
+use crate::scaler::LossScaler;
 
 pub const WEIGHTS: &str = "model.safetensors";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
@@ -74,6 +75,8 @@ pub struct Contents<'a> {
     pub tokenizer: &'a Path,
     pub state: &'a TrainState,
     pub provenance: &'a Provenance,
+    /// The loss scaler of an f16 run (saved with the optimizer state).
+    pub scaler: Option<&'a LossScaler>,
     pub metrics: Option<serde_json::Value>,
 }
 
@@ -162,7 +165,11 @@ pub fn save(dir: &Path, contents: &Contents) -> Result<()> {
     wick_model::weights::save_safetensors(contents.varmap, &weights)?;
     sync_file(&weights)?;
     let optimizer = staged.join(OPTIMIZER);
-    candle_core::safetensors::save(&contents.optimizer.state(), &optimizer)?;
+    let mut state = contents.optimizer.state();
+    if let Some(scaler) = contents.scaler {
+        state.extend(scaler.state());
+    }
+    candle_core::safetensors::save(&state, &optimizer)?;
     sync_file(&optimizer)?;
     write_synced(
         &staged.join(BERT_CONFIG),
@@ -267,11 +274,20 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Restores the optimizer's moments and step count.
-    pub fn load_optimizer(&self, optimizer: &mut AdamW) -> Result<()> {
+    /// Restores the optimizer's moments and step count (and the loss scale of an f16 run).
+    pub fn load_optimizer(
+        &self,
+        optimizer: &mut AdamW,
+        scaler: Option<&mut LossScaler>,
+    ) -> Result<()> {
         let path = self.dir.join(OPTIMIZER);
         let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu)
             .map_err(|e| bad(&self.dir, format!("{OPTIMIZER}: {e}")))?;
+        if let Some(scaler) = scaler {
+            scaler
+                .load_state(&tensors)
+                .map_err(|reason| bad(&self.dir, reason))?;
+        }
         optimizer
             .load_state(tensors, self.state.step)
             .map_err(|reason| bad(&self.dir, reason))

@@ -24,6 +24,7 @@ use crate::error::{Result, TrainError};
 use crate::eval;
 use crate::metrics::{ClassificationReport, MetricsLog};
 use crate::optim::{exempt_from_decay, AdamW, Gradients, ParamSpec};
+use crate::scaler::LossScaler;
 use crate::schedule::Schedule;
 
 /// Where a run writes and what it continues from.
@@ -121,6 +122,8 @@ pub struct Trainer {
     provenance: Provenance,
     state: TrainState,
     loss_options: LossOptions,
+    /// Dynamic loss scaling, for f16 only.
+    scaler: Option<LossScaler>,
     plan: Plan,
 }
 
@@ -284,12 +287,6 @@ impl Trainer {
         reporter: &mut dyn Reporter,
     ) -> Result<Self> {
         config.validate()?;
-        if config.train.precision == Precision::F16 {
-            return Err(TrainError::config(
-                "train.precision",
-                "f16 needs loss scaling, which wick does not implement yet; use \"bf16\" or \"f32\"",
-            ));
-        }
         let files = locate_model(&config, options.resume.as_deref())?;
         config.validate_against(&files.bert)?;
         let bert = files.bert;
@@ -360,9 +357,13 @@ impl Trainer {
             total_steps,
             decay: t.decay,
         };
+        let mut scaler = match config.train.precision {
+            Precision::F16 => Some(LossScaler::new(&device, 65536.0, 2000)?),
+            _ => None,
+        };
         let state = match &files.resume {
             Some(ck) => {
-                ck.load_optimizer(&mut optimizer)?;
+                ck.load_optimizer(&mut optimizer, scaler.as_mut())?;
                 reporter.message(&format!(
                     "resuming from {} at step {}",
                     ck.dir.display(),
@@ -422,6 +423,7 @@ impl Trainer {
             provenance: files.provenance,
             state,
             loss_options,
+            scaler,
             plan,
         })
     }
@@ -489,6 +491,7 @@ impl Trainer {
             &self.loss_options,
             self.config.train.max_grad_norm,
             lr,
+            self.scaler.as_mut(),
         )?;
         out.tokens = tokens;
         Ok(out)
@@ -512,6 +515,7 @@ impl Trainer {
                 tokenizer: &self.tokenizer_path,
                 state: &self.state,
                 provenance: &self.provenance,
+                scaler: self.scaler.as_ref(),
                 metrics: metrics.map(ClassificationReport::to_json),
             },
         )?;
@@ -717,6 +721,7 @@ pub fn optimizer_step(
     loss_options: &LossOptions,
     max_grad_norm: f64,
     lr: f64,
+    scaler: Option<&mut LossScaler>,
 ) -> Result<StepOutput> {
     let mut grads: Option<Gradients> = None;
     let mut loss_sum: Option<Tensor> = None;
@@ -734,7 +739,10 @@ pub fn optimizer_step(
             true,
         )?;
         let loss = model.loss(&logits, labels, loss_options)?;
-        let scaled = (&loss / micro_batches.len() as f64)?;
+        let mut scaled = (&loss / micro_batches.len() as f64)?;
+        if let Some(scaler) = scaler.as_deref() {
+            scaled = scaled.broadcast_mul(scaler.scale())?;
+        }
         let step_grads = optimizer.collect(&scaled.backward()?);
         match grads.as_mut() {
             Some(g) => g.accumulate(step_grads)?,
@@ -752,8 +760,12 @@ pub fn optimizer_step(
             "an optimizer step got no batches",
         ));
     };
+    let apply = match scaler {
+        Some(scaler) => Some(scaler.unscale_and_update(&mut grads)?),
+        None => None,
+    };
     let grad_norm = grads.clip(max_grad_norm)?;
-    optimizer.step(&grads, lr)?;
+    optimizer.step_if(&grads, lr, apply.as_ref())?;
     Ok(StepOutput {
         loss_sum,
         grad_norm,

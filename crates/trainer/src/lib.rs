@@ -13,6 +13,7 @@ pub mod infer;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+pub mod scaler;
 pub mod schedule;
 pub mod sync;
 

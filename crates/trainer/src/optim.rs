@@ -65,6 +65,38 @@ impl Gradients {
         total.map(|t| t.sqrt()).transpose()
     }
 
+    /// Multiplies every gradient by a scalar tensor (e.g. `1 / loss_scale`).
+    pub fn scale(&mut self, factor: &Tensor) -> Result<()> {
+        for grad in self.0.iter_mut().flatten() {
+            *grad = grad.broadcast_mul(&factor.to_dtype(grad.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// A `u8` scalar on the device: 1 when every gradient is finite, 0 when any is inf or NaN
+    /// (`x - x` is 0 exactly for finite `x` and NaN otherwise).
+    pub fn finite(&self) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for grad in self.0.iter().flatten() {
+            let sum = grad.to_dtype(DType::F32)?.sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + sum)?,
+                None => sum,
+            });
+        }
+        #[allow(clippy::eq_op)] // x - x is the finiteness test itself
+        total.map(|t| (&t - &t)?.eq(0f32)).transpose()
+    }
+
+    /// Replaces every gradient by zeros where `finite` is 0, so a skipped step computes no NaN.
+    pub fn zero_unless(&mut self, finite: &Tensor) -> Result<()> {
+        for grad in self.0.iter_mut().flatten() {
+            let mask = finite.broadcast_as(grad.shape())?;
+            *grad = mask.where_cond(grad, &grad.zeros_like()?)?;
+        }
+        Ok(())
+    }
+
     /// Scales all gradients by `min(1, max_norm / (norm + 1e-6))` (PyTorch's
     /// `clip_grad_norm_`) and returns the norm before clipping, on the device.
     pub fn clip(&mut self, max_norm: f64) -> Result<Option<Tensor>> {
@@ -146,6 +178,15 @@ impl AdamW {
     /// One AdamW update with learning rate `lr` (times each group's `lr_scale`). Parameters
     /// without a gradient are left untouched, as PyTorch does.
     pub fn step(&mut self, grads: &Gradients, lr: f64) -> Result<()> {
+        self.step_if(grads, lr, None)
+    }
+
+    /// As [`AdamW::step`], but where the `u8` scalar `apply` is 0 every parameter and moment keeps
+    /// its value (a skipped step under loss scaling), decided on the device so no value is read
+    /// back. Unlike PyTorch's `GradScaler`, which skips `optimizer.step()` entirely, the step
+    /// count still advances on a skipped step (it lives on the host): bias correction then counts
+    /// the few early skips of loss scaling as steps.
+    pub fn step_if(&mut self, grads: &Gradients, lr: f64, apply: Option<&Tensor>) -> Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
         let bias1 = 1.0 - self.beta1.powi(t);
@@ -156,7 +197,9 @@ impl AdamW {
             let grad = grad.to_dtype(DType::F32)?;
             let param = slot.spec.var.as_tensor();
             let decay = 1.0 - lr * slot.spec.weight_decay;
-            if crate::fused_adamw::applies(param, &grad, &slot.exp_avg, &slot.exp_avg_sq) {
+            if apply.is_none()
+                && crate::fused_adamw::applies(param, &grad, &slot.exp_avg, &slot.exp_avg_sq)
+            {
                 crate::fused_adamw::update(
                     param,
                     &grad,
@@ -169,20 +212,28 @@ impl AdamW {
                 )?;
                 continue;
             }
+            let old_param = param.clone();
             let param = if slot.spec.weight_decay > 0.0 {
                 param.affine(decay, 0.0)?
             } else {
                 param.clone()
             };
-            slot.exp_avg =
+            let exp_avg =
                 (slot.exp_avg.affine(self.beta1, 0.0)? + grad.affine(1.0 - self.beta1, 0.0)?)?;
-            slot.exp_avg_sq = (slot.exp_avg_sq.affine(self.beta2, 0.0)?
+            let exp_avg_sq = (slot.exp_avg_sq.affine(self.beta2, 0.0)?
                 + grad.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
-            let denom = slot.exp_avg_sq.sqrt()?.affine(1.0 / bias2_sqrt, self.eps)?;
-            let update = (slot.exp_avg.div(&denom)? * (lr / bias1))?;
+            let denom = exp_avg_sq.sqrt()?.affine(1.0 / bias2_sqrt, self.eps)?;
+            let updated = (param - (exp_avg.div(&denom)? * (lr / bias1))?)?;
+            let keep = |new: Tensor, old: &Tensor| match apply {
+                Some(apply) => apply.broadcast_as(new.shape())?.where_cond(&new, old),
+                None => Ok(new),
+            };
+            slot.exp_avg = keep(exp_avg, &slot.exp_avg)?;
+            slot.exp_avg_sq = keep(exp_avg_sq, &slot.exp_avg_sq)?;
+            let updated = keep(updated, &old_param.to_dtype(DType::F32)?)?;
             slot.spec
                 .var
-                .set(&(param - update)?.to_dtype(slot.spec.var.dtype())?)?;
+                .set(&updated.to_dtype(slot.spec.var.dtype())?)?;
         }
         Ok(())
     }
