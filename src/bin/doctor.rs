@@ -37,6 +37,7 @@ struct Report {
 }
 
 fn main() -> ExitCode {
+    wick_trainer::alloc::keep_freed_memory();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
