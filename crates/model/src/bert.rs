@@ -165,9 +165,9 @@ impl SelfAttention {
         let q = self.split_heads(&self.query.forward(xs, train)?)?;
         let k = self.split_heads(&self.key.forward(xs, train)?)?;
         let v = self.split_heads(&self.value.forward(xs, train)?)?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_size as f64).sqrt()))?;
-        let probs = ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.broadcast_add(bias)?)?
-            .to_dtype(xs.dtype())?;
+        let scale = 1.0 / (self.head_size as f64).sqrt();
+        let probs =
+            ops::attention_softmax(&q.matmul(&k.t()?)?, bias, scale)?.to_dtype(xs.dtype())?;
         let probs = ops::dropout(&probs, p, rng, train)?;
         probs
             .matmul(&v)?

@@ -8,6 +8,7 @@ pub mod bert;
 pub mod classifier;
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod hub;
 pub mod loss;
 pub mod ops;

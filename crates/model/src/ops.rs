@@ -7,11 +7,26 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use crate::fused;
 use crate::rng::DropoutRng;
 
-/// Layer normalisation over the last dimension, `(..., hidden)` -> `(..., hidden)`.
+/// Layer normalisation over the last dimension, `(..., hidden)` -> `(..., hidden)`: the fused
+/// kernel for f32 on the CPU, [`layer_norm_primitive`] elsewhere.
 /// <https://pytorch.org/docs/stable/generated/torch.nn.LayerNorm.html>
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::applies(&[xs, weight, bias]) {
+        return fused::layer_norm(xs, weight, bias, eps);
+    }
+    layer_norm_primitive(xs, weight, bias, eps)
+}
+
+/// Layer normalisation from primitive ops (any device and dtype; statistics in f32).
+pub fn layer_norm_primitive(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let dtype = xs.dtype();
     let xs = xs.to_dtype(DType::F32)?;
     let mean = xs.mean_keepdim(D::Minus1)?;
@@ -33,6 +48,22 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let exp = xs.broadcast_sub(&max)?.exp()?;
     exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+}
+
+/// The attention probabilities `softmax(scale * scores + bias)` in f32, for `scores`
+/// `(batch, heads, q, k)` in any dtype and the f32 `bias` of [`attention_bias`]: the fused kernel
+/// for f32 on the CPU, primitive ops elsewhere.
+pub fn attention_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let scores = scores.to_dtype(DType::F32)?;
+    if fused::applies(&[&scores, bias]) {
+        return fused::attention_softmax(&scores, bias, scale);
+    }
+    attention_softmax_primitive(&scores, bias, scale)
+}
+
+/// [`attention_softmax`] from primitive ops.
+pub fn attention_softmax_primitive(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    softmax_last_dim(&(scores.to_dtype(DType::F32)? * scale)?.broadcast_add(bias)?)
 }
 
 /// Log-softmax over the last dimension in f32: `x - max - log(sum(exp(x - max)))`.

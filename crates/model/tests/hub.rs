@@ -427,9 +427,8 @@ fn settings_debug_never_shows_the_token() -> TestResult {
     Ok(())
 }
 
-/// Needs `make model` first; run with `cargo test -p wick-model --test hub -- --ignored`.
+/// Needs `make model` first (`make test` runs it).
 #[test]
-#[ignore = "needs the default model in the real Hub cache (`make model`)"]
 fn default_model_resolves_from_the_real_cache_offline() -> TestResult {
     let settings = HubSettings {
         offline: true,
