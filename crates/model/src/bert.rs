@@ -18,7 +18,7 @@ use crate::rng::DropoutRng;
 /// The variable itself in training (so backward reaches it), a detached view otherwise: ops on
 /// detached inputs record no graph, so an evaluation frees each intermediate as soon as it is
 /// used instead of keeping the whole forward alive until the output is dropped.
-fn param(var: &Tensor, train: bool) -> Tensor {
+pub(crate) fn param(var: &Tensor, train: bool) -> Tensor {
     if train {
         var.clone()
     } else {

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use crate::bert::BertModel;
+use crate::bert::{param, BertModel};
 use crate::config::BertConfig;
 use crate::loss;
 use crate::ops;
@@ -140,11 +140,10 @@ impl Classifier {
             pooled
         };
         let pooled = ops::dropout(&pooled, self.dropout, self.encoder.rng(), train)?;
-        let (weight, bias) = if train {
-            (self.head_weight.clone(), self.head_bias.clone())
-        } else {
-            (self.head_weight.detach(), self.head_bias.detach())
-        };
+        let (weight, bias) = (
+            param(&self.head_weight, train),
+            param(&self.head_bias, train),
+        );
         ops::linear(&pooled, &weight, Some(&bias))
     }
 
