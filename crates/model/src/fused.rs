@@ -25,6 +25,7 @@ fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Resul
     }
 }
 
+/// The values of a CPU tensor (these kernels only run on the CPU: no device transfer happens).
 fn host(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }

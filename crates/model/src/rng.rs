@@ -11,6 +11,10 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Mask elements drawn per parallel work item.
+const MASK_CHUNK: usize = 1 << 16;
 
 /// The source of dropout masks for one model.
 #[derive(Debug)]
@@ -59,16 +63,23 @@ impl DropoutRng {
         let scale = 1.0 / (1.0 - p);
         if device.is_cpu() {
             let threshold = (p * 4_294_967_296.0) as u64;
-            let mut rng = self.lock();
-            let values: Vec<f32> = (0..shape.elem_count())
-                .map(|_| {
-                    if u64::from(rng.next_u32()) >= threshold {
-                        scale as f32
-                    } else {
-                        0.0
+            // One draw from the run's stream seeds this mask; fixed-size chunks get their own
+            // streams from it, so the mask is the same whatever the thread count.
+            let base = self.lock().next_u64();
+            let mut values = vec![0f32; shape.elem_count()];
+            values
+                .par_chunks_mut(MASK_CHUNK)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(base, i as u64));
+                    for v in chunk {
+                        *v = if u64::from(rng.next_u32()) >= threshold {
+                            scale as f32
+                        } else {
+                            0.0
+                        };
                     }
-                })
-                .collect();
+                });
             Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
         } else {
             let uniform = Tensor::rand(0f32, 1f32, shape, device)?;
