@@ -20,6 +20,7 @@ test: model
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) run --example custom_training -- configs/tiny.toml
 	$(CARGO) run --example embeddings
+	python3 data/triage/check.py
 
 ## lint: formatting and clippy with warnings denied
 lint:
