@@ -2,6 +2,12 @@
 CARGO ?= cargo
 RUN ?= runs/default
 CONFIG ?= configs/default.toml
+# Backends compiled into `make train` and `make bench`: Metal and Accelerate on a Mac; set
+# FEATURES=cuda (or mkl) elsewhere. `--device auto` then picks the best one available.
+ifeq ($(shell uname -s),Darwin)
+FEATURES ?= metal,accelerate
+endif
+FEATURE_FLAGS = $(if $(FEATURES),--features $(FEATURES))
 
 .PHONY: all model train test lint fmt clean-runs nlbse-data nlbse triage-score
 
@@ -13,7 +19,7 @@ model:
 
 ## train: fine-tune the default config into $(RUN) and print its evaluation report
 train: model
-	$(CARGO) run --release --bin train -- --config $(CONFIG) --out $(RUN)
+	$(CARGO) run --release $(FEATURE_FLAGS) --bin train -- --config $(CONFIG) --out $(RUN)
 
 ## test: every test (unit, integration, reference parity, examples, data checks)
 test: model
@@ -32,7 +38,7 @@ fmt:
 
 ## bench: matmul GFLOP/s and model throughput (MiniLM and bert-base, 32x128, f32) on this machine
 bench: model
-	$(CARGO) run --release --bin bench
+	$(CARGO) run --release $(FEATURE_FLAGS) --bin bench
 
 ## bench-compare: wick vs PyTorch, alternating rounds, MiniLM 32x128 f32, nproc threads (BENCH_PYTHON=<python with torch> skips bench/.venv)
 bench-compare: model
