@@ -1,5 +1,6 @@
-//! Fused CPU kernels with their backward: layer normalisation, and the attention softmax with
-//! its scale and additive mask folded in.
+//! Fused CPU kernels with their backward: layer normalisation, the attention softmax with its
+//! scale and additive mask folded in, and a linear layer with its bias (one output instead of a
+//! matmul output plus a bias-add output, both of which backward would keep).
 //!
 //! Written from primitive ops, a layer norm keeps about eight activation-sized tensors alive for
 //! backward and the attention softmax five `(batch, heads, seq, seq)` ones; these kernels keep
@@ -9,6 +10,7 @@
 //! chunks, summed in sequence), so results do not depend on thread scheduling: resumed runs stay
 //! bitwise identical.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -232,6 +234,59 @@ pub fn attention_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<T
     )
 }
 
+/// `y = x w^T + b` for `x` `(rows, in)`, `w` `(out, in)`, `b` `(out,)`.
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, inner) = l1.shape().dims2()?;
+        let (out, _) = l2.shape().dims2()?;
+        // Candle's own CPU matmul, on the transposed view of the weight.
+        let product = s1.matmul(s2, (1, rows, out, inner), l1, &l2.transpose(0, 1)?)?;
+        let bias = contiguous(s3, l3, "bias")?;
+        let CpuStorage::F32(mut values) = product else {
+            candle_core::bail!("fused linear: matmul did not return f32")
+        };
+        values
+            .par_chunks_mut(out)
+            .for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
+        Ok((CpuStorage::F32(values), Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((
+            Some(grad.matmul(w)?),
+            Some(grad.t()?.matmul(x)?),
+            Some(grad.sum(0)?),
+        ))
+    }
+}
+
+/// `xs w^T + b` for a 2-D f32 CPU `xs`.
+pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
@@ -269,6 +324,38 @@ mod tests {
         let fused = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12).unwrap();
         let plain =
             ops::layer_norm_primitive(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12).unwrap();
+        assert!(
+            max_diff(&fused, &plain) < 1e-5,
+            "forward differs by {}",
+            max_diff(&fused, &plain)
+        );
+        let (gf, gp) = (
+            grads(&[&x, &w, &b], &fused, &r),
+            grads(&[&x, &w, &b], &plain, &r),
+        );
+        for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(gf.iter().zip(&gp)) {
+            assert!(
+                max_diff(a, b) < 1e-4,
+                "gradient of {name} differs by {}",
+                max_diff(a, b)
+            );
+        }
+    }
+
+    #[test]
+    fn fused_linear_matches_primitive_ops_forward_and_backward() {
+        let d = &Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (37, 24), d).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.2, (19, 24), d).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.2, 19, d).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (37, 19), d).unwrap();
+        let fused = linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        let plain = x
+            .as_tensor()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
         assert!(
             max_diff(&fused, &plain) < 1e-5,
             "forward differs by {}",

@@ -82,13 +82,17 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
     let mut dims = xs.dims().to_vec();
     let in_features = dims.pop().unwrap_or(0);
     let rows = xs.elem_count() / in_features.max(1);
+    let flat = xs.reshape((rows, in_features))?;
+    dims.push(weight.dim(0)?);
+    if let Some(bias) = bias.filter(|b| fused::applies(&[&flat, weight, b])) {
+        return fused::linear(&flat, weight, bias)?.reshape(dims);
+    }
     let weight = weight.to_dtype(dtype)?;
-    let ys = xs.reshape((rows, in_features))?.matmul(&weight.t()?)?;
+    let ys = flat.matmul(&weight.t()?)?;
     let ys = match bias {
         Some(bias) => ys.broadcast_add(&bias.to_dtype(dtype)?)?,
         None => ys,
     };
-    dims.push(weight.dim(0)?);
     ys.reshape(dims)
 }
 
