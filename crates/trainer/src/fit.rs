@@ -606,7 +606,12 @@ impl Trainer {
                 let out = device::with_autorelease_pool(|| self.train_step(group, lr))?;
                 self.state.batch_in_epoch = end;
                 self.state.step += 1;
-                window.add(out.loss_sum, group.iter().map(Vec::len).sum(), out.tokens)?;
+                window.add(
+                    out.loss_sum,
+                    group.len(),
+                    group.iter().map(Vec::len).sum(),
+                    out.tokens,
+                )?;
                 let step = self.state.step as usize;
                 reporter.step(&Progress {
                     step,
@@ -804,8 +809,15 @@ impl LogWindow {
         Ok(())
     }
 
-    fn add(&mut self, loss_sum: Tensor, examples: usize, tokens: usize) -> Result<()> {
-        self.micro_batches += 1;
+    /// Adds one optimizer step: the sum of its `micro_batches` mean losses.
+    fn add(
+        &mut self,
+        loss_sum: Tensor,
+        micro_batches: usize,
+        examples: usize,
+        tokens: usize,
+    ) -> Result<()> {
+        self.micro_batches += micro_batches;
         self.examples += examples;
         self.tokens += tokens;
         self.loss_sum = Some(match self.loss_sum.take() {
