@@ -451,7 +451,8 @@ impl Trainer {
         }
     }
 
-    /// Scores the model on the validation split, if there is one.
+    /// Scores the model on the validation split, if there is one. The loss is plain
+    /// cross-entropy (or BCE), without training-time label smoothing or class weights.
     pub fn evaluate(&self) -> Result<Option<ClassificationReport>> {
         let Some(valid) = &self.valid else {
             return Ok(None);
@@ -463,7 +464,8 @@ impl Trainer {
                 &self.config.data.labels,
                 self.eval_batch_size(),
                 &self.device,
-                &self.loss_options,
+                // The plain loss, as `evaluate` reports it for the same checkpoint.
+                &LossOptions::default(),
             )
         })?;
         Ok(Some(report))
