@@ -11,9 +11,10 @@ use std::sync::Arc;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::attention::{self, AttentionDropout};
 use crate::config::{BertConfig, HiddenAct};
-use crate::ops;
 use crate::rng::DropoutRng;
+use crate::{fused, ops};
 
 /// The variable itself in training (so backward reaches it), a detached view otherwise: ops on
 /// detached inputs record no graph, so an evaluation frees each intermediate as soon as it is
@@ -152,7 +153,8 @@ impl SelfAttention {
             .contiguous()
     }
 
-    /// Scaled dot-product attention; `bias` is the f32 additive mask `(batch, 1, 1, seq)`.
+    /// Scaled dot-product attention; `bias` is the f32 additive mask `(batch, 1, 1, seq)`. The
+    /// fused kernel of [`crate::attention`] for f32 on the CPU, primitive ops elsewhere.
     fn forward(
         &self,
         xs: &Tensor,
@@ -162,10 +164,27 @@ impl SelfAttention {
         train: bool,
     ) -> Result<Tensor> {
         let (batch, seq, hidden) = xs.dims3()?;
+        let scale = 1.0 / (self.head_size as f64).sqrt();
+        if fused::applies(&[xs, bias]) {
+            let flat = xs.reshape((batch * seq, hidden))?;
+            let dropout = (train && p > 0.0).then(|| AttentionDropout {
+                p,
+                key: rng.draw_key(),
+            });
+            return attention::attention(
+                &self.query.forward(&flat, train)?,
+                &self.key.forward(&flat, train)?,
+                &self.value.forward(&flat, train)?,
+                bias,
+                (batch, seq, self.heads),
+                scale,
+                dropout,
+            )?
+            .reshape((batch, seq, hidden));
+        }
         let q = self.split_heads(&self.query.forward(xs, train)?)?;
         let k = self.split_heads(&self.key.forward(xs, train)?)?;
         let v = self.split_heads(&self.value.forward(xs, train)?)?;
-        let scale = 1.0 / (self.head_size as f64).sqrt();
         let probs =
             ops::attention_softmax(&q.matmul(&k.t()?)?, bias, scale)?.to_dtype(xs.dtype())?;
         let probs = ops::dropout(&probs, p, rng, train)?;
@@ -218,7 +237,7 @@ impl Layer {
         let xs = self.attention_norm.forward(&(attended + xs)?, train)?;
         let inner = self.intermediate.forward(&xs, train)?;
         let inner = match self.act {
-            HiddenAct::Gelu => inner.gelu_erf()?,
+            HiddenAct::Gelu => ops::gelu_erf(&inner)?,
             HiddenAct::GeluApproximate => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
         };

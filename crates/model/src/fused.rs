@@ -32,11 +32,31 @@ fn host(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
-/// Whether the fused CPU kernels apply to these tensors.
+thread_local! {
+    static DISABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the fused CPU kernels (here, [`crate::attention`] and [`crate::pointwise`]) apply to
+/// these tensors: f32 on the CPU, unless [`without_fused`] turned them off on this thread.
 pub fn applies(tensors: &[&Tensor]) -> bool {
-    tensors
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    !DISABLED.with(|d| d.get())
+        && tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// Runs `f` with the fused kernels off on this thread, so every op takes its primitive-op path:
+/// the reference the kernels are tested against. Forward and backward of a graph built inside
+/// `f` both run on the calling thread.
+pub fn without_fused<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DISABLED.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(DISABLED.with(|d| d.replace(true)));
+    f()
 }
 
 /// `y = (x - mean) / sqrt(var + eps) * w + b` over the last dimension.

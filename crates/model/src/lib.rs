@@ -4,6 +4,7 @@
 //! the attention mask are written from primitive tensor ops (see [`ops`]) instead of candle-nn's
 //! fused fast paths, which record no gradient. Dropout is real and seeded (see [`rng`]).
 
+pub mod attention;
 pub mod bert;
 pub mod classifier;
 pub mod config;
@@ -11,8 +12,11 @@ pub mod error;
 pub mod fused;
 pub mod hub;
 pub mod loss;
+pub mod matmul;
 pub mod ops;
+pub mod pointwise;
 pub mod rng;
+pub mod simd;
 pub mod weights;
 
 pub use bert::BertModel;

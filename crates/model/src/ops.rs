@@ -7,8 +7,8 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::fused;
 use crate::rng::DropoutRng;
+use crate::{fused, pointwise};
 
 /// Layer normalisation over the last dimension, `(..., hidden)` -> `(..., hidden)`: the fused
 /// kernel for f32 on the CPU, [`layer_norm_primitive`] elsewhere.
@@ -102,8 +102,20 @@ pub fn dropout(xs: &Tensor, p: f64, rng: &DropoutRng, train: bool) -> Result<Ten
     if !train || p <= 0.0 {
         return Ok(xs.clone());
     }
+    if fused::applies(&[xs]) {
+        return pointwise::dropout(xs, p, rng.draw_key());
+    }
     let mask = rng.keep_mask(xs.shape(), p, xs.device(), xs.dtype())?;
     xs * mask
+}
+
+/// The exact GELU, `x * Phi(x)` with the normal CDF from erf: the fused kernel for f32 on the
+/// CPU, candle's `gelu_erf` elsewhere.
+pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
+    if fused::applies(&[xs]) {
+        return pointwise::gelu(xs);
+    }
+    xs.gelu_erf()
 }
 
 /// Mean of the hidden states over the positions where `mask` is 1:

@@ -1,7 +1,8 @@
 //! Seeded randomness for dropout.
 //!
 //! Candle cannot seed its CPU generator, so on the CPU the keep-masks come from a ChaCha stream
-//! owned here. On an accelerator the masks are drawn on the device (drawing tens of millions of
+//! owned here: each mask is keyed by one draw from it, and element `i` of the mask is a hash of
+//! `(key, i)` ([`crate::simd::keep_hash`]), which the fused kernels recompute in backward. On an accelerator the masks are drawn on the device (drawing tens of millions of
 //! numbers on the host every step would stall it) after seeding the device generator. Both are
 //! reseeded from `(seed, step)` at every step, so the state is a pure function of the step and a
 //! resumed run draws the same masks as an uninterrupted one without saving any generator state.
@@ -12,6 +13,8 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+
+use crate::simd;
 
 /// Mask elements drawn per parallel work item.
 const MASK_CHUNK: usize = 1 << 16;
@@ -47,6 +50,11 @@ impl DropoutRng {
         Ok(())
     }
 
+    /// The key of the next CPU mask: one draw from the run's stream.
+    pub fn draw_key(&self) -> u64 {
+        self.lock().next_u64()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ChaCha8Rng> {
         // A poisoned lock only means another thread panicked mid-draw; the stream is still valid.
         self.host.lock().unwrap_or_else(|e| e.into_inner())
@@ -62,22 +70,22 @@ impl DropoutRng {
     ) -> Result<Tensor> {
         let scale = 1.0 / (1.0 - p);
         if device.is_cpu() {
-            let threshold = (p * 4_294_967_296.0) as u64;
-            // One draw from the run's stream seeds this mask; fixed-size chunks get their own
-            // streams from it, so the mask is the same whatever the thread count.
-            let base = self.lock().next_u64();
-            let mut values = vec![0f32; shape.elem_count()];
+            // Counter-based draws keyed by one draw from the run's stream: the same mask whatever
+            // the thread count, and the one the fused CPU kernels regenerate from the key.
+            let key = self.draw_key();
+            let threshold = simd::drop_threshold(p);
+            let count = u32::try_from(shape.elem_count()).map_err(|_| {
+                candle_core::Error::Msg(format!("dropout mask of {shape:?}: over 2^32 elements"))
+            })?;
+            let mut values = vec![0f32; count as usize];
             values
                 .par_chunks_mut(MASK_CHUNK)
                 .enumerate()
-                .for_each(|(i, chunk)| {
-                    let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(base, i as u64));
-                    for v in chunk {
-                        *v = if u64::from(rng.next_u32()) >= threshold {
-                            scale as f32
-                        } else {
-                            0.0
-                        };
+                .for_each(|(c, chunk)| {
+                    let first = (c * MASK_CHUNK) as u32;
+                    for (i, v) in chunk.iter_mut().enumerate() {
+                        let draw = simd::keep_hash(key, first + i as u32);
+                        *v = if draw >= threshold { scale as f32 } else { 0.0 };
                     }
                 });
             Tensor::from_vec(values, shape, device)?.to_dtype(dtype)

@@ -1,0 +1,204 @@
+//! Row-major f32 matrix products on the CPU through the `gemm` crate (the kernels Candle's own
+//! CPU matmul runs, AVX-512 included), for the fused kernels that multiply sub-matrices in place:
+//! one attention head inside a `(batch * seq, hidden)` activation, a transposed operand, an
+//! accumulating output. Every extent is checked against its slice before the call.
+
+use candle_core::Result;
+
+/// A matrix read from a row-major slice: element `(i, j)` is `data[i * ld + j]`, or
+/// `data[j * ld + i]` when `trans` (the slice holds the transpose).
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+    pub trans: bool,
+}
+
+impl<'a> View<'a> {
+    /// The matrix stored row-major with leading dimension `ld`.
+    pub fn rows(data: &'a [f32], ld: usize) -> Self {
+        Self {
+            data,
+            ld,
+            trans: false,
+        }
+    }
+
+    /// The transpose of the matrix stored row-major with leading dimension `ld`.
+    pub fn transposed(data: &'a [f32], ld: usize) -> Self {
+        Self {
+            data,
+            ld,
+            trans: true,
+        }
+    }
+
+    /// Checks that a `rows x cols` matrix fits; returns its (row, column) strides.
+    fn strides(&self, rows: usize, cols: usize, what: &str) -> Result<(isize, isize)> {
+        let (stored_rows, stored_cols) = if self.trans {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        check_fits(self.data.len(), stored_rows, stored_cols, self.ld, what)?;
+        Ok(if self.trans {
+            (1, self.ld as isize)
+        } else {
+            (self.ld as isize, 1)
+        })
+    }
+}
+
+fn check_fits(len: usize, rows: usize, cols: usize, ld: usize, what: &str) -> Result<()> {
+    if cols > ld || (rows > 0 && (rows - 1) * ld + cols > len) {
+        candle_core::bail!(
+            "matmul: {what} of {rows}x{cols} with leading dimension {ld} does not fit in {len} values"
+        )
+    }
+    Ok(())
+}
+
+/// Whether the product runs on rayon's pool or on the calling thread (inside a parallel loop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    Pool,
+    Caller,
+}
+
+/// `c = beta * c + alpha * a @ b` with `a` `m x k`, `b` `k x n` and `c` `m x n` stored row-major
+/// with leading dimension `ldc`. `beta` is 0 (overwrite; `c` is not read) or 1 (accumulate).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    (m, n, k): (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    beta: f32,
+    alpha: f32,
+    threads: Threads,
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (a_rs, a_cs) = a.strides(m, k, "left operand")?;
+    let (b_rs, b_cs) = b.strides(k, n, "right operand")?;
+    check_fits(c.len(), m, n, ldc, "output")?;
+    let parallelism = match threads {
+        Threads::Pool => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        Threads::Caller => gemm::Parallelism::None,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: the checks above bound every element the product reads (`a`, `b`) or writes (`c`)
+    // inside its slice; `c` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            beta != 0.0,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: impl Fn(usize, usize) -> f32,
+        b: impl Fn(usize, usize) -> f32,
+    ) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a(i, p) * b(p, j)).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn products_of_views_match_the_naive_loop() {
+        let (m, n, k) = (7, 5, 9);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let want = naive(m, n, k, |i, p| a[i * k + p], |p, j| bt[j * k + p]);
+        let mut c = vec![1f32; m * n];
+        gemm(
+            (m, n, k),
+            View::rows(&a, k),
+            View::transposed(&bt, k),
+            &mut c,
+            n,
+            0.0,
+            1.0,
+            Threads::Caller,
+        )
+        .unwrap();
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        // Accumulate a scaled product into a column block of a wider output.
+        let mut wide = vec![1f32; m * (n + 3)];
+        gemm(
+            (m, n, k),
+            View::rows(&a, k),
+            View::transposed(&bt, k),
+            &mut wide[2..],
+            n + 3,
+            1.0,
+            2.0,
+            Threads::Pool,
+        )
+        .unwrap();
+        for i in 0..m {
+            for j in 0..n + 3 {
+                let expect = if (2..n + 2).contains(&j) {
+                    1.0 + 2.0 * want[i * n + j - 2]
+                } else {
+                    1.0
+                };
+                assert!((wide[i * (n + 3) + j] - expect).abs() < 1e-5, "({i}, {j})");
+            }
+        }
+    }
+
+    #[test]
+    fn operands_that_do_not_fit_are_an_error() {
+        let a = vec![0f32; 10];
+        let mut c = vec![0f32; 4];
+        let err = gemm(
+            (2, 2, 6),
+            View::rows(&a, 6),
+            View::rows(&a, 2),
+            &mut c,
+            2,
+            0.0,
+            1.0,
+            Threads::Caller,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("left operand of 2x6"), "{err}");
+    }
+}

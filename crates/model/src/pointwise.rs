@@ -1,0 +1,223 @@
+//! Fused element-wise kernels for f32 on the CPU, with their backward: dropout (the mask is
+//! recomputed from its key, never stored) and the exact (erf) GELU. Both are compared with the
+//! primitive ops in the tests, forward and gradients.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::simd::{self, multiversion};
+
+/// Elements per parallel work item.
+const CHUNK: usize = 1 << 14;
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("fused {what}: input is not contiguous")))?;
+    match storage {
+        CpuStorage::F32(values) => Ok(&values[start..end]),
+        _ => candle_core::bail!("fused {what}: input is not f32"),
+    }
+}
+
+/// Inverted dropout with the mask of [`crate::rng::DropoutRng::keep_mask`] for the same key:
+/// element `i` is kept (and scaled by `1 / (1 - p)`) when `keep_hash(key, i) >= threshold`.
+#[derive(Debug, Clone, Copy)]
+struct Dropout {
+    key: u64,
+    threshold: u32,
+    keep_scale: f32,
+}
+
+multiversion! {
+    fn dropout_chunk(out: &mut [f32], xs: &[f32], first: u32, d: Dropout) {
+        for (i, (o, x)) in out.iter_mut().zip(xs).enumerate() {
+            let draw = simd::keep_hash(d.key, first.wrapping_add(i as u32));
+            *o = if draw >= d.threshold { x * d.keep_scale } else { 0.0 };
+        }
+    }
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "fused-dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(storage, layout, "dropout")?;
+        if xs.len() > u32::MAX as usize {
+            candle_core::bail!("fused dropout: more than 2^32 elements")
+        }
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (out, xs))| dropout_chunk(out, xs, (c * CHUNK) as u32, *self));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// The same mask multiplies the gradient.
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1(*self)?))
+    }
+}
+
+/// Dropout with drop probability `p` of an f32 CPU tensor, the mask keyed by `key`.
+pub fn dropout(xs: &Tensor, p: f64, key: u64) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(Dropout {
+        key,
+        threshold: simd::drop_threshold(p),
+        keep_scale: (1.0 / (1.0 - p)) as f32,
+    })
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// `1 / sqrt(2 pi)`.
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+multiversion! {
+    fn gelu_chunk(out: &mut [f32], xs: &[f32]) {
+        for (o, &x) in out.iter_mut().zip(xs) {
+            *o = 0.5 * x * (1.0 + simd::erf(x * FRAC_1_SQRT_2));
+        }
+    }
+}
+
+multiversion! {
+    /// `grad * d/dx [x Phi(x)] = grad * (Phi(x) + x phi(x))`.
+    fn gelu_backward_chunk(out: &mut [f32], xs: &[f32], grad: &[f32]) {
+        for ((o, &x), &g) in out.iter_mut().zip(xs).zip(grad) {
+            let cdf = 0.5 * (1.0 + simd::erf(x * FRAC_1_SQRT_2));
+            let pdf = FRAC_1_SQRT_2PI * simd::exp(-0.5 * x * x);
+            *o = g * x.mul_add(pdf, cdf);
+        }
+    }
+}
+
+/// The exact GELU, `x Phi(x)` with the normal CDF from erf.
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "fused-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(storage, layout, "gelu")?;
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .for_each(|(out, xs)| gelu_chunk(out, xs));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?,
+        ))
+    }
+}
+
+/// `(x, grad) -> grad * gelu'(x)`.
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "fused-gelu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(s1, l1, "gelu backward")?;
+        let grad = f32_slice(s2, l2, "gelu backward")?;
+        if xs.len() != grad.len() {
+            candle_core::bail!(
+                "fused gelu backward: {} inputs, {} gradients",
+                xs.len(),
+                grad.len()
+            )
+        }
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .zip(grad.par_chunks(CHUNK))
+            .for_each(|((out, xs), grad)| gelu_backward_chunk(out, xs, grad));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// The exact (erf) GELU of an f32 CPU tensor.
+pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(Gelu)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Var};
+
+    use super::*;
+    use crate::rng::DropoutRng;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_gelu_matches_candle_forward_and_backward() {
+        let dev = Device::Cpu;
+        // Wide enough for several parallel chunks and the saturated tails.
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (5, 7001), &dev).unwrap())).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (5, 7001), &dev).unwrap();
+        let fused = gelu(&x).unwrap();
+        let plain = x.gelu_erf().unwrap();
+        assert!(
+            max_diff(&fused, &plain) < 2e-6,
+            "forward {}",
+            max_diff(&fused, &plain)
+        );
+        let gf = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
+        assert!(max_diff(a, b) < 2e-6, "gradient {}", max_diff(a, b));
+    }
+
+    #[test]
+    fn fused_dropout_uses_the_keep_mask_of_the_same_key_forward_and_backward() {
+        let dev = Device::Cpu;
+        let shape = (3, 50_000);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let (a, b) = (DropoutRng::new(11), DropoutRng::new(11));
+        let fused = dropout(&x, 0.1, a.draw_key()).unwrap();
+        let mask = b.keep_mask(x.shape(), 0.1, &dev, DType::F32).unwrap();
+        let plain = (x.as_tensor() * &mask).unwrap();
+        assert_eq!(max_diff(&fused, &plain), 0.0);
+        let dropped = mask
+            .eq(0f32)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((dropped - 0.1).abs() < 0.005, "drop rate {dropped}");
+        let gf = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(max_diff(gf.get(&x).unwrap(), gp.get(&x).unwrap()), 0.0);
+    }
+}
