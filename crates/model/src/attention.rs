@@ -50,17 +50,14 @@ multiversion! {
     /// Rows of `scale * scores + bias` -> softmax, in place (`k` columns per row).
     fn softmax_rows(scores: &mut [f32], k: usize, bias: &[f32], scale: f32) {
         for row in scores.chunks_exact_mut(k) {
-            let mut max = f32::NEG_INFINITY;
             for (v, b) in row.iter_mut().zip(bias) {
                 *v = v.mul_add(scale, *b);
-                max = max.max(*v);
             }
-            let mut sum = 0f32;
+            let max = simd::max(row);
             for v in row.iter_mut() {
                 *v = simd::exp(*v - max);
-                sum += *v;
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / simd::sum(row);
             row.iter_mut().for_each(|v| *v *= inv);
         }
     }
@@ -88,7 +85,7 @@ multiversion! {
                     *v = if draw >= mask.threshold { *v * mask.keep_scale } else { 0.0 };
                 }
             }
-            let dot: f32 = g.iter().zip(p).map(|(a, b)| a * b).sum();
+            let dot = simd::dot(g, p);
             for (v, p) in g.iter_mut().zip(p) {
                 *v = scale * p * (*v - dot);
             }

@@ -185,8 +185,8 @@ impl SelfAttention {
         let q = self.split_heads(&self.query.forward(xs, train)?)?;
         let k = self.split_heads(&self.key.forward(xs, train)?)?;
         let v = self.split_heads(&self.value.forward(xs, train)?)?;
-        let probs =
-            ops::attention_softmax(&q.matmul(&k.t()?)?, bias, scale)?.to_dtype(xs.dtype())?;
+        let probs = ops::attention_softmax_primitive(&q.matmul(&k.t()?)?, bias, scale)?
+            .to_dtype(xs.dtype())?;
         let probs = ops::dropout(&probs, p, rng, train)?;
         probs
             .matmul(&v)?

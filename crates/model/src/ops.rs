@@ -51,17 +51,8 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// The attention probabilities `softmax(scale * scores + bias)` in f32, for `scores`
-/// `(batch, heads, q, k)` in any dtype and the f32 `bias` of [`attention_bias`]: the fused kernel
-/// for f32 on the CPU, primitive ops elsewhere.
-pub fn attention_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    let scores = scores.to_dtype(DType::F32)?;
-    if fused::applies(&[&scores, bias]) {
-        return fused::attention_softmax(&scores, bias, scale);
-    }
-    attention_softmax_primitive(&scores, bias, scale)
-}
-
-/// [`attention_softmax`] from primitive ops.
+/// `(batch, heads, q, k)` in any dtype and the f32 `bias` of [`attention_bias`], from primitive
+/// ops (on f32 CPU tensors the whole attention is one fused kernel: [`crate::attention`]).
 pub fn attention_softmax_primitive(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
     softmax_last_dim(&(scores.to_dtype(DType::F32)? * scale)?.broadcast_add(bias)?)
 }

@@ -144,6 +144,92 @@ pub fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
+/// Accumulator lanes of the reductions below: a fixed order of additions the compiler can keep
+/// in vector registers (a plain `iter().sum()` of floats must add in sequence and stays scalar).
+const LANES: usize = 16;
+
+/// The sum of `xs`, in 16 interleaved partial sums.
+#[inline(always)]
+pub fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().chain(rest).sum()
+}
+
+/// The dot product of `a` and `b` (the shorter length), in 16 interleaved partial sums.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    let tail = n - n % LANES;
+    let mut total: f32 = acc.iter().sum();
+    for (x, y) in a[tail..].iter().zip(&b[tail..]) {
+        total = x.mul_add(*y, total);
+    }
+    total
+}
+
+/// `sum((x - mean)^2)` over `xs`, in 16 interleaved partial sums.
+#[inline(always)]
+pub fn sum_squared_deviation(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] - mean;
+            acc[i] = d.mul_add(d, acc[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>()
+}
+
+/// `sum(a * b * c)` (the shortest length), in 16 interleaved partial sums.
+#[inline(always)]
+pub fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let mut acc = [0f32; LANES];
+    for ((x, y), z) in a[..n]
+        .chunks_exact(LANES)
+        .zip(b[..n].chunks_exact(LANES))
+        .zip(c[..n].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            acc[i] = (x[i] * y[i]).mul_add(z[i], acc[i]);
+        }
+    }
+    let tail = n - n % LANES;
+    acc.iter().sum::<f32>() + (tail..n).map(|i| a[i] * b[i] * c[i]).sum::<f32>()
+}
+
+/// The largest element of `xs` (`-inf` when empty; NaNs are ignored, as `f32::max` does).
+#[inline(always)]
+pub fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
 /// A 32-bit avalanche hash (Wellons' `lowbias32`): every input bit flips each output bit with
 /// probability close to 1/2.
 #[inline(always)]
@@ -242,6 +328,22 @@ mod tests {
             .filter(|&i| keep_hash(42, i) == keep_hash(42 | (1 << 40), i))
             .count();
         assert!(hi_only < 4, "the key's high half is ignored");
+    }
+
+    #[test]
+    fn lane_reductions_match_sequential_ones() {
+        for n in [0, 1, 15, 16, 17, 100, 1000] {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 101) as f32 * 0.25 - 12.0)
+                .collect();
+            let ys: Vec<f32> = (0..n).map(|i| ((i * 31) % 17) as f32 * 0.5).collect();
+            let want_sum: f64 = xs.iter().map(|&x| x as f64).sum();
+            let want_dot: f64 = xs.iter().zip(&ys).map(|(&x, &y)| x as f64 * y as f64).sum();
+            assert!((sum(&xs) as f64 - want_sum).abs() < 1e-3, "sum of {n}");
+            assert!((dot(&xs, &ys) as f64 - want_dot).abs() < 1e-2, "dot of {n}");
+            let want_max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&xs), want_max, "max of {n}");
+        }
     }
 
     multiversion! {

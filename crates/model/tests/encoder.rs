@@ -402,7 +402,13 @@ fn fused_cpu_kernels_match_primitive_ops_on_a_minilm_training_step() {
             grads_fused.get(var.as_tensor()).unwrap(),
             grads_plain.get(var.as_tensor()).unwrap(),
         );
-        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         // The key bias's true gradient is 0 (softmax ignores a shift shared by a row), so both
         // paths hold rounding noise there: an absolute floor covers it.
         let rel = max_abs_diff(a, b) / scale.max(1e-4);
