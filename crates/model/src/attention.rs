@@ -16,7 +16,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, 
 use rayon::prelude::*;
 
 use crate::matmul::{gemm, Threads, View};
-use crate::simd::{self, multiversion};
+use crate::multiversion;
+use crate::simd;
 
 /// Dropout on the attention probabilities: drop probability and the mask's key.
 #[derive(Debug, Clone, Copy)]

@@ -15,7 +15,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, 
 use rayon::prelude::*;
 
 use crate::matmul::{gemm, Threads, View};
-use crate::simd::{self, multiversion};
+use crate::multiversion;
+use crate::simd;
 
 /// Rows per parallel work item: fixed, so the reduction order is too.
 const CHUNK_ROWS: usize = 64;

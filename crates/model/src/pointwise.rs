@@ -5,7 +5,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::simd::{self, multiversion};
+use crate::multiversion;
+use crate::simd;
 
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 14;

@@ -10,6 +10,7 @@
 /// baseline target, dispatched once per call on what the CPU supports. Put the dispatch around a
 /// whole row or chunk (not inside a closure handed to rayon: closures do not inherit the
 /// enabled features).
+#[macro_export]
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -40,7 +41,6 @@ macro_rules! multiversion {
         }
     };
 }
-pub(crate) use multiversion;
 
 /// The instruction-set level [`multiversion!`] dispatches on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +259,7 @@ pub fn drop_threshold(p: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::multiversion;
 
     #[test]
     fn exp_is_within_two_ulp_over_the_float_range() {

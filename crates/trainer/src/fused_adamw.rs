@@ -4,9 +4,13 @@
 //! (for MiniLM's 22.7M parameters, over 1 GB of fresh memory per step, mostly page faults). Here
 //! the moments and the parameter are updated in place: `m <- b1 m + (1 - b1) g`,
 //! `v <- b2 v + (1 - b2) g^2`, `p <- p (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)`,
-//! the same arithmetic as the tensor-op path in f32. Other devices keep the tensor-op path.
+//! the same arithmetic as the tensor-op path in f32, vectorised and split over rayon in fixed
+//! chunks. The gradient-clipping coefficient is folded into the moment passes instead of being
+//! applied in a pass of its own. Other devices keep the tensor-op path.
 
-use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
+use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use wick_model::multiversion;
 
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let (start, end) = layout
@@ -36,6 +40,30 @@ fn slice_mut<'a>(
 struct Moment {
     beta: f32,
     squared: bool,
+    /// Multiplies the gradient first (the gradient-clipping coefficient).
+    grad_scale: f32,
+}
+
+/// Elements per parallel work item.
+const CHUNK: usize = 1 << 15;
+
+multiversion! {
+    fn first_moment(moment: &mut [f32], grad: &[f32], beta: f32, grad_scale: f32) {
+        let keep = 1.0 - beta;
+        for (m, &g) in moment.iter_mut().zip(grad) {
+            *m = beta * *m + keep * (g * grad_scale);
+        }
+    }
+}
+
+multiversion! {
+    fn second_moment(moment: &mut [f32], grad: &[f32], beta: f32, grad_scale: f32) {
+        let keep = 1.0 - beta;
+        for (m, &g) in moment.iter_mut().zip(grad) {
+            let g = g * grad_scale;
+            *m = beta * *m + keep * (g * g);
+        }
+    }
 }
 
 impl InplaceOp2 for Moment {
@@ -52,28 +80,40 @@ impl InplaceOp2 for Moment {
     ) -> Result<()> {
         let moment = slice_mut(s1, l1, "moment")?;
         let grad = slice(s2, l2, "gradient")?;
-        let (a, b) = (self.beta, 1.0 - self.beta);
-        if self.squared {
-            moment
-                .iter_mut()
-                .zip(grad)
-                .for_each(|(m, &g)| *m = a * *m + b * (g * g));
-        } else {
-            moment
-                .iter_mut()
-                .zip(grad)
-                .for_each(|(m, &g)| *m = a * *m + b * g);
+        if moment.len() != grad.len() {
+            bail!(
+                "fused AdamW: {} moment values, {} gradient values",
+                moment.len(),
+                grad.len()
+            )
         }
+        let (beta, scale) = (self.beta, self.grad_scale);
+        let pass = if self.squared {
+            second_moment
+        } else {
+            first_moment
+        };
+        moment
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .for_each(|(m, g)| pass(m, g, beta, scale));
         Ok(())
     }
 }
 
-/// `p <- p * decay - step * m / (sqrt(v) * inv_bias2_sqrt + eps)`.
 struct Update {
     decay: f32,
     step: f32,
     inv_bias2_sqrt: f32,
     eps: f32,
+}
+
+multiversion! {
+    fn apply_update(param: &mut [f32], m: &[f32], v: &[f32], u: &Update) {
+        for ((p, &m), &v) in param.iter_mut().zip(m).zip(v) {
+            *p = *p * u.decay - u.step * (m / (v.sqrt() * u.inv_bias2_sqrt + u.eps));
+        }
+    }
 }
 
 impl InplaceOp3 for Update {
@@ -95,9 +135,19 @@ impl InplaceOp3 for Update {
             slice(s2, l2, "first moment")?,
             slice(s3, l3, "second moment")?,
         );
-        for ((p, &m), &v) in param.iter_mut().zip(m).zip(v) {
-            *p = *p * self.decay - self.step * (m / (v.sqrt() * self.inv_bias2_sqrt + self.eps));
+        if m.len() != param.len() || v.len() != param.len() {
+            bail!(
+                "fused AdamW: moments of {} and {} values for {} parameters",
+                m.len(),
+                v.len(),
+                param.len()
+            )
         }
+        param
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK))
+            .zip(v.par_chunks(CHUNK))
+            .for_each(|((p, m), v)| apply_update(p, m, v, self));
         Ok(())
     }
 }
@@ -121,12 +171,14 @@ pub fn update(
     decay: f64,
     step: f64,
     bias2_sqrt: f64,
+    grad_scale: f32,
 ) -> Result<()> {
     m.inplace_op2(
         grad,
         &Moment {
             beta: beta1 as f32,
             squared: false,
+            grad_scale,
         },
     )?;
     v.inplace_op2(
@@ -134,6 +186,7 @@ pub fn update(
         &Moment {
             beta: beta2 as f32,
             squared: true,
+            grad_scale,
         },
     )?;
     param.inplace_op3(
@@ -146,6 +199,42 @@ pub fn update(
             eps: eps as f32,
         },
     )
+}
+
+multiversion! {
+    fn chunk_sum_of_squares(xs: &[f32]) -> f32 {
+        wick_model::simd::dot(xs, xs)
+    }
+}
+
+/// `sum(x^2)` of an f32 CPU tensor as a scalar f32 tensor, in fixed chunks (no temporary the size
+/// of the gradient, the same result for any thread count).
+struct SumOfSquares;
+
+impl candle_core::CustomOp1 for SumOfSquares {
+    fn name(&self) -> &'static str {
+        "sum-of-squares"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = slice(storage, layout, "gradient")?;
+        let partials: Vec<f32> = xs.par_chunks(CHUNK).map(chunk_sum_of_squares).collect();
+        Ok((
+            CpuStorage::F32(vec![partials.iter().sum()]),
+            Shape::from(()),
+        ))
+    }
+}
+
+/// Whether [`sum_of_squares`] (and the deferred clipping scale) applies: a contiguous f32 CPU
+/// tensor.
+pub fn sum_of_squares_applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
+}
+
+/// `sum(t^2)` as a scalar tensor, for a tensor where [`sum_of_squares_applies`].
+pub fn sum_of_squares(t: &Tensor) -> Result<Tensor> {
+    t.apply_op1_no_bwd(&SumOfSquares)
 }
 
 #[cfg(test)]
@@ -182,6 +271,7 @@ mod tests {
             1.0 - lr * wd,
             lr / bias1,
             bias2_sqrt,
+            1.0,
         )
         .unwrap();
         for (got, want) in [(&p, &expected), (&m, &m2), (&v, &v2)] {

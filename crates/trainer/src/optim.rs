@@ -38,12 +38,36 @@ struct Slot {
 
 /// Gradients aligned with an optimizer's parameters (`None`: the parameter took no part).
 #[derive(Debug, Clone)]
-pub struct Gradients(Vec<Option<Tensor>>);
+pub struct Gradients {
+    grads: Vec<Option<Tensor>>,
+    /// A scalar every gradient is still to be multiplied by (the clipping coefficient), kept
+    /// aside when the fused CPU AdamW can fold it into its update instead of a pass of its own.
+    factor: Option<Tensor>,
+}
 
 impl Gradients {
+    fn new(grads: Vec<Option<Tensor>>) -> Self {
+        Self {
+            grads,
+            factor: None,
+        }
+    }
+
+    /// The gradients with any pending factor applied.
+    fn materialize(&mut self) -> Result<()> {
+        if let Some(factor) = self.factor.take() {
+            for grad in self.grads.iter_mut().flatten() {
+                *grad = grad.broadcast_mul(&factor.to_dtype(grad.dtype())?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Adds another micro-batch's gradients (gradient accumulation).
-    pub fn accumulate(&mut self, other: Gradients) -> Result<()> {
-        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+    pub fn accumulate(&mut self, mut other: Gradients) -> Result<()> {
+        self.materialize()?;
+        other.materialize()?;
+        for (mine, theirs) in self.grads.iter_mut().zip(other.grads) {
             *mine = match (mine.take(), theirs) {
                 (Some(a), Some(b)) => Some((a + b)?),
                 (a, b) => a.or(b),
@@ -55,19 +79,28 @@ impl Gradients {
     /// The global L2 norm over all gradients, as a scalar f32 tensor on the device.
     pub fn global_norm(&self) -> Result<Option<Tensor>> {
         let mut total: Option<Tensor> = None;
-        for grad in self.0.iter().flatten() {
-            let sq = grad.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+        for grad in self.grads.iter().flatten() {
+            let sq = if crate::fused_adamw::sum_of_squares_applies(grad) {
+                crate::fused_adamw::sum_of_squares(grad)?
+            } else {
+                grad.to_dtype(DType::F32)?.sqr()?.sum_all()?
+            };
             total = Some(match total {
                 Some(t) => (t + sq)?,
                 None => sq,
             });
         }
+        let total = match (total, &self.factor) {
+            (Some(t), Some(f)) => Some(t.broadcast_mul(&f.sqr()?)?),
+            (t, _) => t,
+        };
         total.map(|t| t.sqrt()).transpose()
     }
 
     /// Multiplies every gradient by a scalar tensor (e.g. `1 / loss_scale`).
     pub fn scale(&mut self, factor: &Tensor) -> Result<()> {
-        for grad in self.0.iter_mut().flatten() {
+        self.materialize()?;
+        for grad in self.grads.iter_mut().flatten() {
             *grad = grad.broadcast_mul(&factor.to_dtype(grad.dtype())?)?;
         }
         Ok(())
@@ -77,7 +110,7 @@ impl Gradients {
     /// (`x - x` is 0 exactly for finite `x` and NaN otherwise).
     pub fn finite(&self) -> Result<Option<Tensor>> {
         let mut total: Option<Tensor> = None;
-        for grad in self.0.iter().flatten() {
+        for grad in self.grads.iter().flatten() {
             let sum = grad.to_dtype(DType::F32)?.sum_all()?;
             total = Some(match total {
                 Some(t) => (t + sum)?,
@@ -90,7 +123,8 @@ impl Gradients {
 
     /// Replaces every gradient by zeros where `finite` is 0, so a skipped step computes no NaN.
     pub fn zero_unless(&mut self, finite: &Tensor) -> Result<()> {
-        for grad in self.0.iter_mut().flatten() {
+        self.materialize()?;
+        for grad in self.grads.iter_mut().flatten() {
             let mask = finite.broadcast_as(grad.shape())?;
             *grad = mask.where_cond(grad, &grad.zeros_like()?)?;
         }
@@ -98,15 +132,23 @@ impl Gradients {
     }
 
     /// Scales all gradients by `min(1, max_norm / (norm + 1e-6))` (PyTorch's
-    /// `clip_grad_norm_`) and returns the norm before clipping, on the device.
+    /// `clip_grad_norm_`) and returns the norm before clipping, on the device. When every
+    /// gradient is an f32 CPU tensor the scale is kept aside for the fused AdamW to apply.
     pub fn clip(&mut self, max_norm: f64) -> Result<Option<Tensor>> {
+        self.materialize()?;
         let Some(norm) = self.global_norm()? else {
             return Ok(None);
         };
         if max_norm > 0.0 {
             let coef = (norm.affine(1.0, 1e-6)?.recip()? * max_norm)?.clamp(0f32, 1f32)?;
-            for grad in self.0.iter_mut().flatten() {
-                *grad = grad.broadcast_mul(&coef.to_dtype(grad.dtype())?)?;
+            self.factor = Some(coef);
+            let deferrable = self
+                .grads
+                .iter()
+                .flatten()
+                .all(crate::fused_adamw::sum_of_squares_applies);
+            if !deferrable {
+                self.materialize()?;
             }
         }
         Ok(Some(norm))
@@ -167,7 +209,7 @@ impl AdamW {
 
     /// Picks this optimizer's parameters' gradients out of a backward pass.
     pub fn collect(&self, store: &GradStore) -> Gradients {
-        Gradients(
+        Gradients::new(
             self.slots
                 .iter()
                 .map(|slot| store.get(slot.spec.var.as_tensor()).cloned())
@@ -191,13 +233,21 @@ impl AdamW {
         let t = self.steps as i32;
         let bias1 = 1.0 - self.beta1.powi(t);
         let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
-        for (slot, grad) in self.slots.iter_mut().zip(&grads.0) {
+        // The pending clip factor: folded into the fused update on the CPU (reading a CPU
+        // scalar is no device round trip), multiplied in on the tensor-op path.
+        let factor = grads.factor.as_ref();
+        let host_factor = match factor {
+            Some(f) if f.device().is_cpu() => Some(f.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+            _ => None,
+        };
+        for (slot, grad) in self.slots.iter_mut().zip(&grads.grads) {
             let Some(grad) = grad else { continue };
             let lr = lr * slot.spec.lr_scale;
             let grad = grad.to_dtype(DType::F32)?;
             let param = slot.spec.var.as_tensor();
             let decay = 1.0 - lr * slot.spec.weight_decay;
             if apply.is_none()
+                && (factor.is_none() || host_factor.is_some())
                 && crate::fused_adamw::applies(param, &grad, &slot.exp_avg, &slot.exp_avg_sq)
             {
                 crate::fused_adamw::update(
@@ -209,9 +259,14 @@ impl AdamW {
                     decay,
                     lr / bias1,
                     bias2_sqrt,
+                    host_factor.unwrap_or(1.0),
                 )?;
                 continue;
             }
+            let grad = match factor {
+                Some(f) => grad.broadcast_mul(f)?,
+                None => grad,
+            };
             let old_param = param.clone();
             let param = if slot.spec.weight_decay > 0.0 {
                 param.affine(decay, 0.0)?
