@@ -78,6 +78,24 @@ impl LayerNorm {
             self.eps,
         )
     }
+
+    /// `layer_norm(dropout(a) + x)`: one fused kernel for f32 on the CPU.
+    fn forward_residual(
+        &self,
+        a: &Tensor,
+        x: &Tensor,
+        p: f64,
+        rng: &DropoutRng,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (weight, bias) = (param(&self.weight, train), param(&self.bias, train));
+        if fused::applies(&[a, x, &weight, &bias]) {
+            let dropout = (train && p > 0.0).then(|| (p, rng.draw_key()));
+            return fused::residual_layer_norm(a, x, &weight, &bias, self.eps, dropout);
+        }
+        let a = ops::dropout(a, p, rng, train)?;
+        ops::layer_norm(&(a + x)?, &weight, &bias, self.eps)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -107,20 +125,18 @@ impl Embeddings {
         })
     }
 
-    /// `(batch, seq)` ids -> `(batch, seq, hidden)` in f32, before dropout.
+    /// `(batch, seq)` ids -> `(batch * seq, hidden)` in f32, before dropout.
     fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
-        let hidden = self.word.dim(1)?;
-        let gather = |table: &Tensor, ids: &Tensor| {
-            table
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((batch, seq, hidden))
-        };
+        let gather = |table: &Tensor, ids: &Tensor| table.index_select(&ids.flatten_all()?, 0);
+        let position_ids = Tensor::arange(0u32, seq as u32, input_ids.device())?
+            .unsqueeze(0)?
+            .repeat((batch, 1))?;
         let words = gather(&param(&self.word, train), input_ids)?;
         let types = gather(&param(&self.token_type, train), token_type_ids)?;
-        let positions = param(&self.position, train).narrow(0, 0, seq)?;
-        let xs = (words + types)?.broadcast_add(&positions)?;
-        self.layer_norm.forward(&xs, train)
+        let positions = gather(&param(&self.position, train), &position_ids)?;
+        self.layer_norm
+            .forward(&((words + types)? + positions)?, train)
     }
 }
 
@@ -145,16 +161,16 @@ impl SelfAttention {
         })
     }
 
-    /// `(batch, seq, hidden)` -> `(batch, heads, seq, head_size)`.
-    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
-        let (batch, seq, _) = xs.dims3()?;
+    /// `(batch * seq, hidden)` -> `(batch, heads, seq, head_size)`.
+    fn split_heads(&self, xs: &Tensor, (batch, seq): (usize, usize)) -> Result<Tensor> {
         xs.reshape((batch, seq, self.heads, self.head_size))?
             .transpose(1, 2)?
             .contiguous()
     }
 
-    /// Scaled dot-product attention; `bias` is the f32 additive mask `(batch, 1, 1, seq)`. The
-    /// fused kernel of [`crate::attention`] for f32 on the CPU, primitive ops elsewhere.
+    /// Scaled dot-product attention over `(batch * seq, hidden)` hidden states; `bias` is the f32
+    /// additive mask `(batch, 1, 1, seq)`. The fused kernel of [`crate::attention`] for f32 on the
+    /// CPU, primitive ops elsewhere.
     fn forward(
         &self,
         xs: &Tensor,
@@ -162,36 +178,36 @@ impl SelfAttention {
         p: f64,
         rng: &DropoutRng,
         train: bool,
+        (batch, seq): (usize, usize),
     ) -> Result<Tensor> {
-        let (batch, seq, hidden) = xs.dims3()?;
+        let hidden = xs.dim(1)?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
         if fused::applies(&[xs, bias]) {
-            let flat = xs.reshape((batch * seq, hidden))?;
             let dropout = (train && p > 0.0).then(|| AttentionDropout {
                 p,
                 key: rng.draw_key(),
             });
             return attention::attention(
-                &self.query.forward(&flat, train)?,
-                &self.key.forward(&flat, train)?,
-                &self.value.forward(&flat, train)?,
+                &self.query.forward(xs, train)?,
+                &self.key.forward(xs, train)?,
+                &self.value.forward(xs, train)?,
                 bias,
                 (batch, seq, self.heads),
                 scale,
                 dropout,
-            )?
-            .reshape((batch, seq, hidden));
+            );
         }
-        let q = self.split_heads(&self.query.forward(xs, train)?)?;
-        let k = self.split_heads(&self.key.forward(xs, train)?)?;
-        let v = self.split_heads(&self.value.forward(xs, train)?)?;
+        let dims = (batch, seq);
+        let q = self.split_heads(&self.query.forward(xs, train)?, dims)?;
+        let k = self.split_heads(&self.key.forward(xs, train)?, dims)?;
+        let v = self.split_heads(&self.value.forward(xs, train)?, dims)?;
         let probs = ops::attention_softmax_primitive(&q.matmul(&k.t()?)?, bias, scale)?
             .to_dtype(xs.dtype())?;
         let probs = ops::dropout(&probs, p, rng, train)?;
         probs
             .matmul(&v)?
             .transpose(1, 2)?
-            .reshape((batch, seq, hidden))
+            .reshape((batch * seq, hidden))
     }
 }
 
@@ -224,30 +240,31 @@ impl Layer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, bias: &Tensor, rng: &DropoutRng, train: bool) -> Result<Tensor> {
+    /// `(batch * seq, hidden)` -> `(batch * seq, hidden)`.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        bias: &Tensor,
+        rng: &DropoutRng,
+        train: bool,
+        dims: (usize, usize),
+    ) -> Result<Tensor> {
         let attended = self
             .attention
-            .forward(xs, bias, self.attention_p, rng, train)?;
-        let attended = ops::dropout(
-            &self.attention_out.forward(&attended, train)?,
-            self.hidden_p,
-            rng,
-            train,
-        )?;
-        let xs = self.attention_norm.forward(&(attended + xs)?, train)?;
+            .forward(xs, bias, self.attention_p, rng, train, dims)?;
+        let attended = self.attention_out.forward(&attended, train)?;
+        let xs = self
+            .attention_norm
+            .forward_residual(&attended, xs, self.hidden_p, rng, train)?;
         let inner = self.intermediate.forward(&xs, train)?;
         let inner = match self.act {
             HiddenAct::Gelu => ops::gelu_erf(&inner)?,
             HiddenAct::GeluApproximate => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
         };
-        let out = ops::dropout(
-            &self.output.forward(&inner, train)?,
-            self.hidden_p,
-            rng,
-            train,
-        )?;
-        self.output_norm.forward(&(out + xs)?, train)
+        let out = self.output.forward(&inner, train)?;
+        self.output_norm
+            .forward_residual(&out, &xs, self.hidden_p, rng, train)
     }
 }
 
@@ -311,6 +328,9 @@ impl BertModel {
         train: bool,
     ) -> Result<Tensor> {
         let hidden_p = self.config.hidden_dropout_prob;
+        let (batch, seq) = input_ids.dims2()?;
+        // Hidden states stay `(batch * seq, hidden)` through the stack: no reshape nodes, whose
+        // gradients candle would accumulate into fresh buffers in backward.
         let xs = self
             .embeddings
             .forward(input_ids, token_type_ids, train)?
@@ -318,8 +338,8 @@ impl BertModel {
         let mut xs = ops::dropout(&xs, hidden_p, &self.rng, train)?;
         let bias = ops::attention_bias(attention_mask)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, &bias, &self.rng, train)?;
+            xs = layer.forward(&xs, &bias, &self.rng, train, (batch, seq))?;
         }
-        Ok(xs)
+        xs.reshape((batch, seq, self.config.hidden_size))
     }
 }

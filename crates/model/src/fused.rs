@@ -208,6 +208,185 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
+/// `y = layer_norm(dropout(a) + x)`: the residual connection of a transformer block, with the
+/// layer norm's weight and bias stacked as `wb` `(2, hidden)`. One node in the graph instead of
+/// three (dropout, add, layer norm), each of whose input gradients candle would accumulate into a
+/// fresh zeroed buffer; backward recomputes `dropout(a) + x` (and the mask) instead of keeping it.
+struct ResidualLayerNorm {
+    eps: f32,
+    dropout: Option<simd::Mask>,
+}
+
+multiversion! {
+    /// `sum = dropout(a) + x` for the rows starting at flat index `first`.
+    fn residual_rows(sum: &mut [f32], a: &[f32], x: &[f32], first: u32, dropout: Option<simd::Mask>) {
+        match dropout {
+            Some(mask) => {
+                for (i, ((s, a), x)) in sum.iter_mut().zip(a).zip(x).enumerate() {
+                    *s = a.mul_add(mask.factor(first.wrapping_add(i as u32)), *x);
+                }
+            }
+            None => {
+                for ((s, a), x) in sum.iter_mut().zip(a).zip(x) {
+                    *s = a + x;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `out = grad * mask` for the elements starting at flat index `first`.
+    fn masked_rows(out: &mut [f32], grad: &[f32], first: u32, mask: simd::Mask) {
+        for (i, (o, g)) in out.iter_mut().zip(grad).enumerate() {
+            *o = g * mask.factor(first.wrapping_add(i as u32));
+        }
+    }
+}
+
+impl CustomOp3 for ResidualLayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-residual-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous(s1, l1, "block output")?;
+        let x = contiguous(s2, l2, "residual")?;
+        let wb = contiguous(s3, l3, "weight and bias")?;
+        let n = self.check(a.len(), x.len(), wb.len())?;
+        let (w, b) = wb.split_at(n);
+        let step = n * CHUNK_ROWS;
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(step)
+            .zip(a.par_chunks(step))
+            .zip(x.par_chunks(step))
+            .enumerate()
+            .for_each(|(c, ((out, a), x))| {
+                let mut sum = vec![0f32; a.len()];
+                residual_rows(&mut sum, a, x, (c * step) as u32, self.dropout);
+                layer_norm_rows(out, &sum, w, b, self.eps);
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        x: &Tensor,
+        wb: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (ga, gx, gwb) = with_values(a, "block output", |a| {
+            with_values(x, "residual", |x| {
+                with_values(wb, "weight and bias", |wb| {
+                    with_values(grad_y, "output gradient", |gys| {
+                        self.backward(a, x, wb, gys)
+                    })
+                })
+            })
+        })?;
+        let device = a.device();
+        let gx = Tensor::from_vec(gx, x.shape(), device)?;
+        let ga = match ga {
+            Some(ga) => Tensor::from_vec(ga, a.shape(), device)?,
+            None => gx.clone(),
+        };
+        Ok((
+            Some(ga),
+            Some(gx),
+            Some(Tensor::from_vec(gwb, wb.shape(), device)?),
+        ))
+    }
+}
+
+impl ResidualLayerNorm {
+    fn check(&self, a: usize, x: usize, wb: usize) -> Result<usize> {
+        let n = wb / 2;
+        if wb % 2 != 0 || n == 0 || a != x || a % n != 0 || a > u32::MAX as usize {
+            candle_core::bail!(
+                "fused residual layer norm: {a} block values, {x} residual values, {wb} weight and bias values"
+            )
+        }
+        Ok(n)
+    }
+
+    /// Gradients of the block output (None: equal to the residual's, no dropout), the residual,
+    /// and the stacked weight and bias.
+    #[allow(clippy::type_complexity)]
+    fn backward(
+        &self,
+        a: &[f32],
+        x: &[f32],
+        wb: &[f32],
+        gys: &[f32],
+    ) -> Result<(Option<Vec<f32>>, Vec<f32>, Vec<f32>)> {
+        let n = self.check(a.len(), x.len(), wb.len())?;
+        let w = &wb[..n];
+        let step = n * CHUNK_ROWS;
+        let mut gx = vec![0f32; a.len()];
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = gx
+            .par_chunks_mut(step)
+            .zip(a.par_chunks(step))
+            .zip(x.par_chunks(step))
+            .zip(gys.par_chunks(step))
+            .enumerate()
+            .map(|(c, (((gx, a), x), gys))| {
+                let mut sum = vec![0f32; a.len()];
+                residual_rows(&mut sum, a, x, (c * step) as u32, self.dropout);
+                let (mut gw, mut gb) = (vec![0f32; n], vec![0f32; n]);
+                layer_norm_backward_rows(gx, &mut gw, &mut gb, &sum, gys, w, self.eps);
+                (gw, gb)
+            })
+            .collect();
+        let mut gwb = vec![0f32; 2 * n];
+        for (pw, pb) in &partials {
+            gwb[..n].iter_mut().zip(pw).for_each(|(t, v)| *t += v);
+            gwb[n..].iter_mut().zip(pb).for_each(|(t, v)| *t += v);
+        }
+        let ga = self.dropout.map(|mask| {
+            let mut ga = vec![0f32; gx.len()];
+            ga.par_chunks_mut(step)
+                .zip(gx.par_chunks(step))
+                .enumerate()
+                .for_each(|(c, (out, g))| masked_rows(out, g, (c * step) as u32, mask));
+            ga
+        });
+        Ok((ga, gx, gwb))
+    }
+}
+
+/// `layer_norm(dropout(a) + x)` over the last dimension for f32 CPU tensors, the dropout mask
+/// keyed by `dropout`'s key (see [`crate::rng::DropoutRng::keep_mask`]).
+pub fn residual_layer_norm(
+    a: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    dropout: Option<(f64, u64)>,
+) -> Result<Tensor> {
+    let wb = Tensor::stack(&[weight, bias], 0)?;
+    a.contiguous()?.apply_op3(
+        &x.contiguous()?,
+        &wb,
+        ResidualLayerNorm {
+            eps: eps as f32,
+            dropout: dropout
+                .filter(|(p, _)| *p > 0.0)
+                .map(|(p, key)| simd::Mask::new(p, key)),
+        },
+    )
+}
+
 /// Layer norm over the last dimension of an f32 CPU tensor.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     xs.contiguous()?.apply_op3(
@@ -395,6 +574,65 @@ mod tests {
                 "gradient of {name} differs by {}",
                 max_diff(a, b)
             );
+        }
+    }
+
+    #[test]
+    fn fused_residual_layer_norm_matches_primitive_ops_with_and_without_dropout() {
+        use crate::rng::DropoutRng;
+        let d = &Device::Cpu;
+        // 150 rows of 48: more than two parallel chunks of rows.
+        let var = |shape: (usize, usize), mean: f32| {
+            Var::from_tensor(&Tensor::randn(mean, 1.0, shape, d).unwrap()).unwrap()
+        };
+        let (a, x) = (var((150, 48), 0.3), var((150, 48), -0.2));
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 48, d).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 48, d).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (150, 48), d).unwrap();
+        for p in [0.0, 0.25] {
+            let (rng_fused, rng_plain) = (DropoutRng::new(9), DropoutRng::new(9));
+            let fused = residual_layer_norm(
+                a.as_tensor(),
+                x.as_tensor(),
+                w.as_tensor(),
+                b.as_tensor(),
+                1e-12,
+                Some((p, rng_fused.draw_key())),
+            )
+            .unwrap();
+            let dropped = if p > 0.0 {
+                let mask = rng_plain.keep_mask(a.shape(), p, d, DType::F32).unwrap();
+                (a.as_tensor() * mask).unwrap()
+            } else {
+                a.as_tensor().clone()
+            };
+            let plain = ops::layer_norm_primitive(
+                &(dropped + x.as_tensor()).unwrap(),
+                w.as_tensor(),
+                b.as_tensor(),
+                1e-12,
+            )
+            .unwrap();
+            assert!(
+                max_diff(&fused, &plain) < 1e-5,
+                "p {p}: forward differs by {}",
+                max_diff(&fused, &plain)
+            );
+            let vars = [&a, &x, &w, &b];
+            let (gf, gp) = (grads(&vars, &fused, &r), grads(&vars, &plain, &r));
+            for (name, (f, q)) in ["a", "x", "weight", "bias"].iter().zip(gf.iter().zip(&gp)) {
+                assert!(
+                    max_diff(f, q) < 1e-4,
+                    "p {p}: gradient of {name} differs by {}",
+                    max_diff(f, q)
+                );
+            }
+            if p > 0.0 {
+                assert!(
+                    max_diff(&gf[0], &gf[1]) > 0.1,
+                    "dropout must mask a's gradient"
+                );
+            }
         }
     }
 

@@ -70,6 +70,12 @@ pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 /// The weight is cast to the activations' dtype, so f32 master weights serve f16/bf16 compute.
 pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dtype = xs.dtype();
+    if xs.rank() == 2 {
+        // Already `(rows, in)`: no reshape nodes in the graph.
+        if let Some(bias) = bias.filter(|b| fused::applies(&[xs, weight, b])) {
+            return fused::linear(xs, weight, bias);
+        }
+    }
     let mut dims = xs.dims().to_vec();
     let in_features = dims.pop().unwrap_or(0);
     let rows = xs.elem_count() / in_features.max(1);

@@ -251,6 +251,37 @@ pub fn keep_hash(key: u64, index: u32) -> u32 {
     mix32(mix32(index ^ lo).wrapping_add(hi))
 }
 
+/// A dropout mask: element `i` is kept, and scaled by `1 / (1 - p)`, when
+/// `keep_hash(key, i) >= threshold`; the same mask as [`crate::rng::DropoutRng::keep_mask`] under
+/// the same key.
+#[derive(Debug, Clone, Copy)]
+pub struct Mask {
+    pub key: u64,
+    pub threshold: u32,
+    pub keep_scale: f32,
+}
+
+impl Mask {
+    /// The mask with drop probability `p` keyed by `key`.
+    pub fn new(p: f64, key: u64) -> Self {
+        Self {
+            key,
+            threshold: drop_threshold(p),
+            keep_scale: (1.0 / (1.0 - p)) as f32,
+        }
+    }
+
+    /// The factor of element `index`: `1 / (1 - p)` or 0.
+    #[inline(always)]
+    pub fn factor(&self, index: u32) -> f32 {
+        if keep_hash(self.key, index) >= self.threshold {
+            self.keep_scale
+        } else {
+            0.0
+        }
+    }
+}
+
 /// The 32-bit threshold below which a draw is dropped, for drop probability `p`.
 pub fn drop_threshold(p: f64) -> u32 {
     (p * 4_294_967_296.0).clamp(0.0, u32::MAX as f64) as u32
