@@ -187,10 +187,18 @@ impl SelfAttention {
                 p,
                 key: rng.draw_key(),
             });
-            return attention::attention(
-                &self.query.forward(xs, train)?,
-                &self.key.forward(xs, train)?,
-                &self.value.forward(xs, train)?,
+            return attention::self_attention(
+                xs,
+                (
+                    &param(&self.query.weight, train),
+                    &param(&self.key.weight, train),
+                    &param(&self.value.weight, train),
+                ),
+                (
+                    &param(&self.query.bias, train),
+                    &param(&self.key.bias, train),
+                    &param(&self.value.bias, train),
+                ),
                 bias,
                 (batch, seq, self.heads),
                 scale,

@@ -424,21 +424,7 @@ impl CustomOp3 for Linear {
                 bias.len()
             )
         }
-        // Every row starts as the bias; the product is accumulated onto it.
-        let mut y = Vec::with_capacity(rows * out);
-        for _ in 0..rows {
-            y.extend_from_slice(bias);
-        }
-        gemm(
-            (rows, out, inner),
-            View::rows(x, inner),
-            View::transposed(w, inner),
-            &mut y,
-            out,
-            1.0,
-            1.0,
-            Threads::Pool,
-        )?;
+        let y = linear_forward(x, w, bias, inner, out)?;
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
@@ -450,34 +436,12 @@ impl CustomOp3 for Linear {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, inner) = x.dims2()?;
+        let (_, inner) = x.dims2()?;
         let out = w.dim(0)?;
         let (gx, gw, gb) = with_values(x, "input", |xs| {
             with_values(w, "weight", |ws| {
                 with_values(grad, "output gradient", |gs| {
-                    let mut gx = vec![0f32; rows * inner];
-                    gemm(
-                        (rows, inner, out),
-                        View::rows(gs, out),
-                        View::rows(ws, inner),
-                        &mut gx,
-                        inner,
-                        0.0,
-                        1.0,
-                        Threads::Pool,
-                    )?;
-                    let mut gw = vec![0f32; out * inner];
-                    gemm(
-                        (out, inner, rows),
-                        View::transposed(gs, out),
-                        View::rows(xs, inner),
-                        &mut gw,
-                        inner,
-                        0.0,
-                        1.0,
-                        Threads::Pool,
-                    )?;
-                    Ok((gx, gw, column_sums(gs, out)))
+                    linear_backward(xs, ws, gs, inner, out)
                 })
             })
         })?;
@@ -488,6 +452,68 @@ impl CustomOp3 for Linear {
             Some(Tensor::from_vec(gb, out, device)?),
         ))
     }
+}
+
+/// `x w^T + b` for row-major `x` `(rows, inner)`, `w` `(out, inner)`, `b` `(out,)`.
+pub(crate) fn linear_forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    inner: usize,
+    out: usize,
+) -> Result<Vec<f32>> {
+    let rows = x.len() / inner.max(1);
+    // Every row starts as the bias; the product is accumulated onto it.
+    let mut y = Vec::with_capacity(rows * out);
+    for _ in 0..rows {
+        y.extend_from_slice(b);
+    }
+    gemm(
+        (rows, out, inner),
+        View::rows(x, inner),
+        View::transposed(w, inner),
+        &mut y,
+        out,
+        1.0,
+        1.0,
+        Threads::Pool,
+    )?;
+    Ok(y)
+}
+
+/// Gradients of input, weight and bias of [`linear_forward`] given the output gradient `g`.
+#[allow(clippy::type_complexity)]
+pub(crate) fn linear_backward(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    inner: usize,
+    out: usize,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let rows = x.len() / inner.max(1);
+    let mut gx = vec![0f32; rows * inner];
+    gemm(
+        (rows, inner, out),
+        View::rows(g, out),
+        View::rows(w, inner),
+        &mut gx,
+        inner,
+        0.0,
+        1.0,
+        Threads::Pool,
+    )?;
+    let mut gw = vec![0f32; out * inner];
+    gemm(
+        (out, inner, rows),
+        View::transposed(g, out),
+        View::rows(x, inner),
+        &mut gw,
+        inner,
+        0.0,
+        1.0,
+        Threads::Pool,
+    )?;
+    Ok((gx, gw, column_sums(g, out)))
 }
 
 multiversion! {
