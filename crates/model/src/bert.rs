@@ -264,6 +264,18 @@ impl Layer {
         let xs = self
             .attention_norm
             .forward_residual(&attended, xs, self.hidden_p, rng, train)?;
+        let ffn = (
+            param(&self.intermediate.weight, train),
+            param(&self.intermediate.bias, train),
+            param(&self.output.weight, train),
+            param(&self.output.bias, train),
+        );
+        if self.act == HiddenAct::Gelu && fused::applies(&[&xs, &ffn.0, &ffn.1, &ffn.2, &ffn.3]) {
+            let out = fused::feed_forward(&xs, (&ffn.0, &ffn.1), (&ffn.2, &ffn.3))?;
+            return self
+                .output_norm
+                .forward_residual(&out, &xs, self.hidden_p, rng, train);
+        }
         let inner = self.intermediate.forward(&xs, train)?;
         let inner = match self.act {
             HiddenAct::Gelu => ops::gelu_erf(&inner)?,

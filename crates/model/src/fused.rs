@@ -11,12 +11,15 @@
 //! chunks, summed in sequence), so results do not depend on thread scheduling: resumed runs stay
 //! bitwise identical.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use rayon::prelude::*;
 
 use crate::matmul::{gemm, Threads, View};
-use crate::multiversion;
-use crate::simd;
+use crate::{multiversion, pointwise, simd};
 
 /// Rows per parallel work item: fixed, so the reduction order is too.
 const CHUNK_ROWS: usize = 64;
@@ -387,6 +390,130 @@ pub fn residual_layer_norm(
     )
 }
 
+/// A transformer block's feed-forward part, `gelu(x w1^T + b1) w2^T + b2` with the exact GELU,
+/// as one graph node: the two products, the activation and their backward, with the four
+/// parameters packed into one flat tensor. The pre-activation and the activation are kept inside
+/// the op for backward (the graph kept both before); no gradient of either goes through candle's
+/// accumulation into fresh zeroed buffers.
+struct FeedForward {
+    hidden: usize,
+    inter: usize,
+    saved: Option<Mutex<Option<(Vec<f32>, Vec<f32>)>>>,
+}
+
+impl FeedForward {
+    fn params<'a>(&self, p: &'a [f32]) -> Result<(&'a [f32], &'a [f32], &'a [f32], &'a [f32])> {
+        let (h, i) = (self.hidden, self.inter);
+        if p.len() != 2 * h * i + h + i {
+            candle_core::bail!(
+                "fused feed-forward: {} parameters for hidden {h}, intermediate {i}",
+                p.len()
+            )
+        }
+        let (w1, rest) = p.split_at(i * h);
+        let (b1, rest) = rest.split_at(i);
+        let (w2, b2) = rest.split_at(h * i);
+        Ok((w1, b1, w2, b2))
+    }
+}
+
+impl CustomOp2 for FeedForward {
+    fn name(&self) -> &'static str {
+        "fused-feed-forward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, "input")?;
+        let (w1, b1, w2, b2) = self.params(contiguous(s2, l2, "parameters")?)?;
+        if l1.dims().last() != Some(&self.hidden) {
+            candle_core::bail!(
+                "fused feed-forward: input {:?} for hidden {}",
+                l1.shape(),
+                self.hidden
+            )
+        }
+        let pre = linear_forward(x, w1, b1, self.hidden, self.inter)?;
+        let mut act = vec![0f32; pre.len()];
+        act.par_chunks_mut(pointwise::CHUNK)
+            .zip(pre.par_chunks(pointwise::CHUNK))
+            .for_each(|(a, p)| pointwise::gelu_chunk(a, p));
+        let out = linear_forward(&act, w2, b2, self.inter, self.hidden)?;
+        if let Some(saved) = &self.saved {
+            *saved.lock().unwrap_or_else(|e| e.into_inner()) = Some((pre, act));
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let saved = self
+            .saved
+            .as_ref()
+            .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let Some((pre, act)) = saved else {
+            candle_core::bail!("fused feed-forward: backward without a saved forward")
+        };
+        let (gx, gp) = with_values(x, "input", |xs| {
+            with_values(params, "parameters", |p| {
+                with_values(grad, "output gradient", |g| {
+                    let (w1, _, w2, _) = self.params(p)?;
+                    let (g_act, gw2, gb2) = linear_backward(&act, w2, g, self.inter, self.hidden)?;
+                    drop(act);
+                    let mut g_pre = vec![0f32; pre.len()];
+                    g_pre
+                        .par_chunks_mut(pointwise::CHUNK)
+                        .zip(pre.par_chunks(pointwise::CHUNK))
+                        .zip(g_act.par_chunks(pointwise::CHUNK))
+                        .for_each(|((o, x), g)| pointwise::gelu_backward_chunk(o, x, g));
+                    drop((pre, g_act));
+                    let (gx, gw1, gb1) = linear_backward(xs, w1, &g_pre, self.hidden, self.inter)?;
+                    let mut gp = Vec::with_capacity(p.len());
+                    for part in [&gw1, &gb1, &gw2, &gb2] {
+                        gp.extend_from_slice(part);
+                    }
+                    Ok((gx, gp))
+                })
+            })
+        })?;
+        let device = x.device();
+        Ok((
+            Some(Tensor::from_vec(gx, x.shape(), device)?),
+            Some(Tensor::from_vec(gp, params.shape(), device)?),
+        ))
+    }
+}
+
+/// `gelu(x w1^T + b1) w2^T + b2` (exact GELU) for f32 CPU tensors, `x` `(rows, hidden)`, `w1`
+/// `(inter, hidden)`, `w2` `(hidden, inter)`.
+pub fn feed_forward(
+    x: &Tensor,
+    (w1, b1): (&Tensor, &Tensor),
+    (w2, b2): (&Tensor, &Tensor),
+) -> Result<Tensor> {
+    let (inter, hidden) = w1.dims2()?;
+    let params = Tensor::cat(&[&w1.flatten_all()?, b1, &w2.flatten_all()?, b2], 0)?;
+    let tracked = x.track_op() || params.track_op();
+    x.contiguous()?.apply_op2(
+        &params,
+        FeedForward {
+            hidden,
+            inter,
+            saved: tracked.then(|| Mutex::new(None)),
+        },
+    )
+}
+
 /// Layer norm over the last dimension of an f32 CPU tensor.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     xs.contiguous()?.apply_op3(
@@ -659,6 +786,46 @@ mod tests {
                     "dropout must mask a's gradient"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn fused_feed_forward_matches_primitive_ops_forward_and_backward() {
+        let d = &Device::Cpu;
+        let var = |shape: &[usize], std: f32| {
+            Var::from_tensor(&Tensor::randn(0f32, std, shape, d).unwrap()).unwrap()
+        };
+        let (rows, hidden, inter) = (70, 24, 40);
+        let x = var(&[rows, hidden], 1.0);
+        let (w1, b1) = (var(&[inter, hidden], 0.3), var(&[inter], 0.3));
+        let (w2, b2) = (var(&[hidden, inter], 0.3), var(&[hidden], 0.3));
+        let r = Tensor::randn(0f32, 1.0, (rows, hidden), d).unwrap();
+        let fused = feed_forward(&x, (&w1, &b1), (&w2, &b2)).unwrap();
+        let pre = x
+            .matmul(&w1.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b1)
+            .unwrap();
+        let plain = pre
+            .gelu_erf()
+            .unwrap()
+            .matmul(&w2.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b2)
+            .unwrap();
+        assert!(
+            max_diff(&fused, &plain) < 1e-5,
+            "forward differs by {}",
+            max_diff(&fused, &plain)
+        );
+        let vars = [&x, &w1, &b1, &w2, &b2];
+        let (gf, gp) = (grads(&vars, &fused, &r), grads(&vars, &plain, &r));
+        for (name, (a, b)) in ["x", "w1", "b1", "w2", "b2"].iter().zip(gf.iter().zip(&gp)) {
+            assert!(
+                max_diff(a, b) < 1e-4,
+                "gradient of {name} differs by {}",
+                max_diff(a, b)
+            );
         }
     }
 

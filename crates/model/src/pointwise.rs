@@ -9,7 +9,7 @@ use crate::multiversion;
 use crate::simd;
 
 /// Elements per parallel work item.
-const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let (start, end) = layout
@@ -77,7 +77,7 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 multiversion! {
-    fn gelu_chunk(out: &mut [f32], xs: &[f32]) {
+    pub(crate) fn gelu_chunk(out: &mut [f32], xs: &[f32]) {
         for (o, &x) in out.iter_mut().zip(xs) {
             *o = 0.5 * x * (1.0 + simd::erf(x * FRAC_1_SQRT_2));
         }
@@ -86,7 +86,7 @@ multiversion! {
 
 multiversion! {
     /// `grad * d/dx [x Phi(x)] = grad * (Phi(x) + x phi(x))`.
-    fn gelu_backward_chunk(out: &mut [f32], xs: &[f32], grad: &[f32]) {
+    pub(crate) fn gelu_backward_chunk(out: &mut [f32], xs: &[f32], grad: &[f32]) {
         for ((o, &x), &g) in out.iter_mut().zip(xs).zip(grad) {
             let cdf = 0.5 * (1.0 + simd::erf(x * FRAC_1_SQRT_2));
             let pdf = FRAC_1_SQRT_2PI * simd::exp(-0.5 * x * x);
