@@ -153,8 +153,9 @@ def main() -> int:
         cell = lambda c: f"{c[0]:.2f} [{c[1]:.2f} .. {c[2]:.2f}]"  # noqa: E731
         print(f"{bench:<18} {cell(w):>24} {cell(p):>24} {w[0] / p[0]:>12.2f}x "
               f"{human_bytes(w[3]):>11} {human_bytes(p[3]):>13}")
-    print("\nnotes: PyTorch's forward runs under torch.no_grad (Candle has no no-grad mode); "
-          "PyTorch uses its default sdpa attention; peaks include each runtime's own libraries.")
+    print("\nnotes: both forward rows record no autograd graph (PyTorch: torch.no_grad; wick: "
+          "detached weights in eval); PyTorch uses its default sdpa attention; peaks include "
+          "each runtime's own libraries.")
     return 0
 
 

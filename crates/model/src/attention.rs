@@ -349,7 +349,7 @@ impl CustomOp3 for SelfAttention {
                     let qkv = match saved {
                         Some(qkv) => qkv,
                         None => {
-                            candle_core::bail!("fused attention: backward without a saved forward")
+                            candle_core::bail!("fused attention: a second backward through the same graph (the fused CPU kernels free what they saved for backward after the first, as PyTorch does without retain_graph; run the forward again)")
                         }
                     };
                     let gqkv = self.projections_backward(&qkv, g, hidden)?;

@@ -462,7 +462,7 @@ impl CustomOp2 for FeedForward {
             .as_ref()
             .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
         let Some((pre, act)) = saved else {
-            candle_core::bail!("fused feed-forward: backward without a saved forward")
+            candle_core::bail!("fused feed-forward: a second backward through the same graph (the fused CPU kernels free what they saved for backward after the first, as PyTorch does without retain_graph; run the forward again)")
         };
         let (gx, gp) = with_values(x, "input", |xs| {
             with_values(params, "parameters", |p| {
