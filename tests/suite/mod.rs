@@ -1,4 +1,5 @@
 mod adamw_reference;
 mod cli;
 mod common;
+mod gpu;
 mod minilm_training;

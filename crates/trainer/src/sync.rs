@@ -8,19 +8,34 @@ use candle_core::{DType, Result, Tensor};
 
 static READS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    static THREAD_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count() {
+    READS.fetch_add(1, Ordering::Relaxed);
+    THREAD_READS.with(|r| r.set(r.get() + 1));
+}
+
 /// Device->host reads made through this module since the process started.
 pub fn reads() -> u64 {
     READS.load(Ordering::Relaxed)
 }
 
+/// Device->host reads made through this module by the calling thread (a test can audit its own
+/// steps while other tests run in parallel).
+pub fn reads_on_this_thread() -> u64 {
+    THREAD_READS.with(|r| r.get())
+}
+
 /// A scalar tensor as f64: one device->host read.
 pub fn scalar(tensor: &Tensor) -> Result<f64> {
-    READS.fetch_add(1, Ordering::Relaxed);
+    count();
     Ok(f64::from(tensor.to_dtype(DType::F32)?.to_scalar::<f32>()?))
 }
 
 /// A matrix as rows of f32: one device->host read.
 pub fn matrix(tensor: &Tensor) -> Result<Vec<Vec<f32>>> {
-    READS.fetch_add(1, Ordering::Relaxed);
+    count();
     tensor.to_dtype(DType::F32)?.to_vec2::<f32>()
 }
