@@ -11,12 +11,13 @@ M=/tmp/minilm-f16; mkdir -p $M; cp .carry/minilm-f16/config.json .carry/minilm-f
 log() { echo "== $(date +%T) $*" | tee -a $R/timeline.txt; tar czf $OUT/results.tgz -C /tmp results; }
 S="--set"
 nl() { name=$1; shift; [ $SECONDS -gt ${BUDGET:-520} ] && return; log "nlbse $name $*"; t0=$SECONDS; $B/nlbse --device cuda $S model.path=$M --out /tmp/nl_$name --json "$@" > $R/nlbse_$name.txt 2>$R/nlbse_$name.log; echo "wall $((SECONDS - t0)) s" >> $R/nlbse_$name.txt; cp /tmp/nl_$name/nlbse.json $R/nlbse_$name.json; rm -rf /tmp/nl_$name; }
-for seed in 1 2 3; do
-  nl base_s$seed $S train.seed=$seed
-  nl lr3e-4_e15_s$seed $S train.seed=$seed $S train.lr=3e-4 $S train.epochs=15
-done
-for seed in 4 5; do
-  nl base_s$seed $S train.seed=$seed
-  nl lr3e-4_e15_s$seed $S train.seed=$seed $S train.lr=3e-4 $S train.epochs=15
+# First call: RUNS unset (seeds 1-3 of both, as time allowed). Second call:
+# RUNS="base:4 base:5 lr3e-4_e15:3 lr3e-4_e15:4".
+for run in ${RUNS:-base:1 lr3e-4_e15:1 base:2 lr3e-4_e15:2 base:3 lr3e-4_e15:3}; do
+  variant=${run%%:*}; seed=${run##*:}
+  case $variant in
+    base) nl base_s$seed $S train.seed=$seed ;;
+    lr3e-4_e15) nl lr3e-4_e15_s$seed $S train.seed=$seed $S train.lr=3e-4 $S train.epochs=15 ;;
+  esac
 done
 log done
