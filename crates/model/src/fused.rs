@@ -314,7 +314,12 @@ impl CustomOp3 for ResidualLayerNorm {
 impl ResidualLayerNorm {
     fn check(&self, a: usize, x: usize, wb: usize) -> Result<usize> {
         let n = wb / 2;
-        if wb % 2 != 0 || n == 0 || a != x || a % n != 0 || a > u32::MAX as usize {
+        if !wb.is_multiple_of(2)
+            || n == 0
+            || a != x
+            || !a.is_multiple_of(n)
+            || a > u32::MAX as usize
+        {
             candle_core::bail!(
                 "fused residual layer norm: {a} block values, {x} residual values, {wb} weight and bias values"
             )
@@ -398,11 +403,25 @@ pub fn residual_layer_norm(
 struct FeedForward {
     hidden: usize,
     inter: usize,
-    saved: Option<Mutex<Option<(Vec<f32>, Vec<f32>)>>>,
+    saved: Option<Mutex<Option<Activations>>>,
+}
+
+/// What the feed-forward op keeps for backward: the pre-activation and the activation.
+struct Activations {
+    pre: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// The feed-forward parameters in their packed order.
+struct FeedForwardParams<'a> {
+    w1: &'a [f32],
+    b1: &'a [f32],
+    w2: &'a [f32],
+    b2: &'a [f32],
 }
 
 impl FeedForward {
-    fn params<'a>(&self, p: &'a [f32]) -> Result<(&'a [f32], &'a [f32], &'a [f32], &'a [f32])> {
+    fn params<'a>(&self, p: &'a [f32]) -> Result<FeedForwardParams<'a>> {
         let (h, i) = (self.hidden, self.inter);
         if p.len() != 2 * h * i + h + i {
             candle_core::bail!(
@@ -413,7 +432,7 @@ impl FeedForward {
         let (w1, rest) = p.split_at(i * h);
         let (b1, rest) = rest.split_at(i);
         let (w2, b2) = rest.split_at(h * i);
-        Ok((w1, b1, w2, b2))
+        Ok(FeedForwardParams { w1, b1, w2, b2 })
     }
 }
 
@@ -430,7 +449,8 @@ impl CustomOp2 for FeedForward {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s1, l1, "input")?;
-        let (w1, b1, w2, b2) = self.params(contiguous(s2, l2, "parameters")?)?;
+        let FeedForwardParams { w1, b1, w2, b2 } =
+            self.params(contiguous(s2, l2, "parameters")?)?;
         if l1.dims().last() != Some(&self.hidden) {
             candle_core::bail!(
                 "fused feed-forward: input {:?} for hidden {}",
@@ -445,7 +465,7 @@ impl CustomOp2 for FeedForward {
             .for_each(|(a, p)| pointwise::gelu_chunk(a, p));
         let out = linear_forward(&act, w2, b2, self.inter, self.hidden)?;
         if let Some(saved) = &self.saved {
-            *saved.lock().unwrap_or_else(|e| e.into_inner()) = Some((pre, act));
+            *saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Activations { pre, act });
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -461,13 +481,13 @@ impl CustomOp2 for FeedForward {
             .saved
             .as_ref()
             .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let Some((pre, act)) = saved else {
+        let Some(Activations { pre, act }) = saved else {
             candle_core::bail!("fused feed-forward: a second backward through the same graph (the fused CPU kernels free what they saved for backward after the first, as PyTorch does without retain_graph; run the forward again)")
         };
         let (gx, gp) = with_values(x, "input", |xs| {
             with_values(params, "parameters", |p| {
                 with_values(grad, "output gradient", |g| {
-                    let (w1, _, w2, _) = self.params(p)?;
+                    let FeedForwardParams { w1, w2, .. } = self.params(p)?;
                     let (g_act, gw2, gb2) = linear_backward(&act, w2, g, self.inter, self.hidden)?;
                     drop(act);
                     let mut g_pre = vec![0f32; pre.len()];

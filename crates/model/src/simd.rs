@@ -290,7 +290,6 @@ pub fn drop_threshold(p: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::multiversion;
 
     #[test]
     fn exp_is_within_two_ulp_over_the_float_range() {
