@@ -279,21 +279,33 @@ impl<'a> Session<'a> {
         record.reads_per_step = Some(samples.reads_per_call());
         record.peak_bytes = memory::peak_rss(&self.device);
         record.device_used_bytes = memory::device_used(&self.device);
-        record.estimate_bytes = Some(estimate(spec, harness.params(), bench, plan, dtype));
+        record.estimate_bytes = Some(estimate(
+            spec,
+            harness.params(),
+            bench,
+            plan,
+            (&self.device, dtype),
+        ));
         Ok(record)
     }
 }
 
 /// `MemoryBudget` for what each measurement holds: forward keeps weights and activations,
 /// forward+backward adds gradients, a training step adds the AdamW moments.
-fn estimate(spec: &ModelSpec, params: u64, bench: ModelBench, plan: &Plan, dtype: DType) -> u64 {
+fn estimate(
+    spec: &ModelSpec,
+    params: u64,
+    bench: ModelBench,
+    plan: &Plan,
+    (device, dtype): (&Device, DType),
+) -> u64 {
     let budget = MemoryBudget::estimate(
         &spec.config,
         params,
         params,
-        plan.batch as u64,
-        plan.seq as u64,
+        (plan.batch as u64, plan.seq as u64),
         dtype.size_in_bytes() as u64,
+        device.is_cpu() && dtype == DType::F32,
     );
     match bench {
         ModelBench::Forward => budget.weights + budget.activations,

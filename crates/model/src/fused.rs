@@ -1,15 +1,16 @@
-//! Fused CPU kernels with their backward: layer normalisation and a linear layer with its bias
-//! (one output instead of a matmul output plus a bias-add output, both of which backward would
-//! keep; backward as two products and a column sum). The attention, GELU and dropout kernels are
-//! in [`crate::attention`] and [`crate::pointwise`]; this module also holds the switch that turns
-//! them all off ([`without_fused`]).
+//! Fused CPU kernels with their backward, for f32 tensors: a transformer block's feed-forward part
+//! ([`feed_forward`]), dropout + residual + layer norm ([`residual_layer_norm`]), layer norm and a
+//! linear layer with its bias. The attention kernel is in [`crate::attention`], dropout and GELU
+//! on their own in [`crate::pointwise`]; this module also holds the switch that turns them all off
+//! ([`without_fused`]).
 //!
-//! Written from primitive ops, a layer norm keeps about eight activation-sized tensors alive for
-//! backward; this kernel keeps only its input and output and makes one pass each way. They run on f32 CPU tensors; other
-//! devices and dtypes use the primitive-op versions in [`crate::ops`], which the tests compare
-//! these kernels against, forward and gradients. Reductions run in a fixed order (fixed row
-//! chunks, summed in sequence), so results do not depend on thread scheduling: resumed runs stay
-//! bitwise identical.
+//! Candle's backward accumulates the gradient of every input of every graph node into a freshly
+//! zeroed buffer, so each activation-sized node costs an allocation, a memset and an add pass in
+//! backward; written from primitive ops, a layer norm alone is about eight such nodes. These
+//! kernels are one node each and keep only what their backward needs. Other devices and dtypes
+//! use the primitive-op versions in [`crate::ops`], which the tests compare these kernels
+//! against, forward and gradients. Reductions run in a fixed order (fixed row chunks, summed in
+//! sequence), so results do not depend on thread scheduling: resumed runs stay bitwise identical.
 
 use std::sync::Mutex;
 

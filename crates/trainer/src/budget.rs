@@ -16,25 +16,33 @@ impl MemoryBudget {
     /// `params` f32 master weights, of which `trainable` get f32 gradients and two f32 moments;
     /// activations for a `(batch, seq)` step at `act_bytes` per element.
     ///
-    /// The activation count follows what this encoder keeps for backward per layer: about 24
-    /// `(batch, seq, hidden)` tensors (projections, residuals, the composite layer norms'
-    /// intermediates, dropout masks), 3 `(batch, seq, intermediate)` tensors (input, GELU, mask) and
-    /// 6 `(batch, heads, seq, seq)` tensors (scores, shifted, exp, probabilities, mask, dropped),
-    /// the attention-sized ones in f32 whatever the compute dtype. It is an estimate: compare it
-    /// with the measured peak.
+    /// The activation count follows what this encoder keeps for backward per layer. With the fused
+    /// CPU kernels (`fused_cpu`: f32 on the CPU) that is 7 `(batch, seq, hidden)` tensors (the
+    /// layer input, the stacked query/key/value projections, the attention context, the attention
+    /// output, the first layer norm's output, the feed-forward output) and 2
+    /// `(batch, seq, intermediate)` ones (pre-activation and GELU); nothing attention-sized, as the
+    /// probabilities are recomputed in backward. With primitive ops (other devices and dtypes):
+    /// about 24 `(batch, seq, hidden)` tensors (projections, residuals, the composite layer norms'
+    /// intermediates, dropout masks), 3 `(batch, seq, intermediate)` tensors (input, GELU, mask)
+    /// and 6 `(batch, heads, seq, seq)` tensors (scores, shifted, exp, probabilities, mask,
+    /// dropped), the attention-sized ones in f32 whatever the compute dtype. It is an estimate:
+    /// compare it with the measured peak.
     pub fn estimate(
         config: &BertConfig,
         params: u64,
         trainable: u64,
-        batch: u64,
-        seq: u64,
+        (batch, seq): (u64, u64),
         act_bytes: u64,
+        fused_cpu: bool,
     ) -> Self {
         let h = config.hidden_size as u64;
         let i = config.intermediate_size as u64;
         let heads = config.num_attention_heads as u64;
-        let per_layer =
-            batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4;
+        let per_layer = if fused_cpu {
+            batch * seq * (7 * h + 2 * i) * act_bytes
+        } else {
+            batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4
+        };
         let embeddings = batch * seq * h * 8 * 4;
         Self {
             weights: params * 4,

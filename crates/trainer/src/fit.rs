@@ -400,9 +400,9 @@ impl Trainer {
                 &bert,
                 parameters as u64,
                 trainable as u64,
-                t.batch_size as u64,
-                config.data.max_len as u64,
+                (t.batch_size as u64, config.data.max_len as u64),
                 act_bytes,
+                device.is_cpu() && config.train.precision.dtype() == DType::F32,
             ),
         };
         std::fs::create_dir_all(&options.out_dir).map_err(TrainError::io(&options.out_dir))?;
