@@ -4,16 +4,16 @@
 //! product with the stacked `(3 * hidden, hidden)` weight, then per head
 //! `context = dropout(softmax(scale * q k^T + bias)) v`, reading each head straight out of the
 //! `(batch * seq, 3 * hidden)` projections and writing the context as `(batch * seq, hidden)`:
-//! no head split, no transposed copies, one graph node (candle accumulates every input gradient
-//! of every node into a fresh zeroed buffer), no `(batch, heads, seq, seq)` tensor kept for
-//! backward: the projections are kept (inside the op) and backward Backward recomputes the probabilities of one head at a time (a `seq x seq` scratch
-//! per worker) and regenerates the dropout mask from its key (see [`crate::simd::keep_hash`]), so
-//! the op keeps nothing beyond its inputs. The mask is the one [`crate::rng::DropoutRng`] draws
-//! for the `(batch, heads, seq, seq)` probabilities under the same key, so this kernel and the
+//! no head split, no transposed copies, and one graph node (candle accumulates every input
+//! gradient of every node into a fresh zeroed buffer). The op keeps the projections for backward
+//! and nothing `(batch, heads, seq, seq)`-sized: backward recomputes the probabilities of one head
+//! at a time (a `seq x seq` scratch per worker) and regenerates the dropout mask from its key (see
+//! [`crate::simd::keep_hash`]). The mask is the one [`crate::rng::DropoutRng`] draws for the
+//! `(batch, heads, seq, seq)` probabilities under the same key, so this kernel and the
 //! primitive-op attention in [`crate::bert`] agree exactly; the tests compare them, forward and
-//! gradients. Work is split by batch row (each worker owns whole rows of every output), and each
-//! element is computed by a fixed sequence of operations, so results do not depend on the thread
-//! count.
+//! gradients. The per-head work is split by batch row (each worker owns whole rows of every
+//! output) and each element is computed by a fixed sequence of operations, so results do not
+//! depend on thread scheduling.
 
 use std::sync::Mutex;
 
