@@ -15,15 +15,12 @@
 //! output) and each element is computed by a fixed sequence of operations, so results do not
 //! depend on thread scheduling.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::{self, contiguous, with_values};
+use crate::fused::{self, contiguous, with_values, Saved};
 use crate::matmul::{gemm, Threads, View};
-use crate::multiversion;
-use crate::simd;
+use crate::{multiversion, pointwise, simd};
 
 /// Dropout on the attention probabilities: drop probability and the mask's key.
 #[derive(Debug, Clone, Copy)]
@@ -43,16 +40,14 @@ struct SelfAttention {
     dropout: Option<AttentionDropout>,
     /// The projections `(batch * seq, 3 * hidden)` of the forward pass, kept for backward when
     /// a gradient will be asked for.
-    saved: Option<Mutex<Option<Vec<f32>>>>,
+    saved: Saved<Vec<f32>>,
 }
 
-/// The dropout applied to one head's probabilities: the mask's key, the threshold below which a
-/// draw is dropped, the scale of kept values and the flat index of the head's first element.
+/// The dropout applied to one head's probabilities: the mask, and the flat index of the head's
+/// first element in the `(batch, heads, seq, seq)` mask.
 #[derive(Clone, Copy)]
 struct HeadMask {
-    key: u64,
-    threshold: u32,
-    keep_scale: f32,
+    mask: simd::Mask,
     first: u32,
 }
 
@@ -73,14 +68,9 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// `out = probs * mask` (the dropped probabilities), element by element.
-    fn apply_mask(out: &mut [f32], probs: &[f32], mask: HeadMask) {
-        for (i, (o, p)) in out.iter_mut().zip(probs).enumerate() {
-            let draw = simd::keep_hash(mask.key, mask.first.wrapping_add(i as u32));
-            *o = if draw >= mask.threshold { p * mask.keep_scale } else { 0.0 };
-        }
-    }
+/// `out = probs * mask` (the dropped probabilities).
+fn apply_mask(out: &mut [f32], probs: &[f32], head: HeadMask) {
+    pointwise::masked(out, probs, head.first, head.mask);
 }
 
 multiversion! {
@@ -88,11 +78,10 @@ multiversion! {
     /// gradient of the raw scores, `scale * probs * (mask * grad - sum(probs * mask * grad))`.
     fn softmax_backward_rows(grad: &mut [f32], probs: &[f32], k: usize, scale: f32, mask: Option<HeadMask>) {
         for (r, (g, p)) in grad.chunks_exact_mut(k).zip(probs.chunks_exact(k)).enumerate() {
-            if let Some(mask) = mask {
-                let first = mask.first.wrapping_add((r * k) as u32);
+            if let Some(head) = mask {
+                let first = head.first.wrapping_add((r * k) as u32);
                 for (i, v) in g.iter_mut().enumerate() {
-                    let draw = simd::keep_hash(mask.key, first.wrapping_add(i as u32));
-                    *v = if draw >= mask.threshold { *v * mask.keep_scale } else { 0.0 };
+                    *v *= head.mask.factor(first.wrapping_add(i as u32));
                 }
             }
             let dot = simd::dot(g, p);
@@ -117,9 +106,7 @@ struct Head {
 impl SelfAttention {
     fn head_mask(&self, b: usize, h: usize) -> Option<HeadMask> {
         self.dropout.filter(|d| d.p > 0.0).map(|d| HeadMask {
-            key: d.key,
-            threshold: simd::drop_threshold(d.p),
-            keep_scale: (1.0 / (1.0 - d.p)) as f32,
+            mask: simd::Mask::new(d.p, d.key),
             first: ((b * self.heads + h) * self.seq * self.seq) as u32,
         })
     }
@@ -324,9 +311,7 @@ impl CustomOp3 for SelfAttention {
         let b = contiguous(s3, l3, "projection bias")?;
         let qkv = fused::linear_forward(x, w, b, hidden, 3 * hidden)?;
         let out = self.context(&qkv, hidden)?;
-        if let Some(saved) = &self.saved {
-            *saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(qkv);
-        }
+        self.saved.put(qkv);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -339,19 +324,10 @@ impl CustomOp3 for SelfAttention {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let hidden = x.dim(1)?;
-        let saved = self
-            .saved
-            .as_ref()
-            .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let qkv = self.saved.take("fused attention")?;
         let (gx, gw, gb) = with_values(x, "hidden states", |xs| {
             with_values(w, "projection weight", |ws| {
                 with_values(grad, "context gradient", |g| {
-                    let qkv = match saved {
-                        Some(qkv) => qkv,
-                        None => {
-                            candle_core::bail!("fused attention: a second backward through the same graph (the fused CPU kernels free what they saved for backward after the first, as PyTorch does without retain_graph; run the forward again)")
-                        }
-                    };
                     let gqkv = self.projections_backward(&qkv, g, hidden)?;
                     drop(qkv);
                     fused::linear_backward(xs, ws, &gqkv, hidden, 3 * hidden)
@@ -397,13 +373,14 @@ pub fn self_attention(
         scale: scale as f32,
         bias: bias.flatten_all()?.to_vec1::<f32>()?,
         dropout,
-        saved: tracked.then(|| Mutex::new(None)),
+        saved: Saved::new(tracked),
     };
     xs.contiguous()?.apply_op3(&w, &b, op)
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::test_util::max_diff;
     use candle_core::{Device, Var, D};
 
     use super::*;
@@ -412,19 +389,6 @@ mod tests {
 
     const DIMS: (usize, usize, usize) = (3, 7, 2);
     const HIDDEN: usize = 8;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// The attention of `bert.rs`'s primitive-op path: split heads, matmul, softmax, dropout
     /// mask from [`DropoutRng::keep_mask`], matmul, merge heads.

@@ -19,7 +19,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::matmul::{gemm, Threads, View};
+use crate::matmul::{gemm, product, Threads, View};
 use crate::{multiversion, pointwise, simd};
 
 /// Rows per parallel work item: fixed, so the reduction order is too.
@@ -239,15 +239,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// `out = grad * mask` for the elements starting at flat index `first`.
-    fn masked_rows(out: &mut [f32], grad: &[f32], first: u32, mask: simd::Mask) {
-        for (i, (o, g)) in out.iter_mut().zip(grad).enumerate() {
-            *o = g * mask.factor(first.wrapping_add(i as u32));
-        }
-    }
-}
-
 impl CustomOp3 for ResidualLayerNorm {
     fn name(&self) -> &'static str {
         "fused-residual-layer-norm"
@@ -366,7 +357,7 @@ impl ResidualLayerNorm {
             ga.par_chunks_mut(step)
                 .zip(gx.par_chunks(step))
                 .enumerate()
-                .for_each(|(c, (out, g))| masked_rows(out, g, (c * step) as u32, mask));
+                .for_each(|(c, (out, g))| pointwise::masked(out, g, (c * step) as u32, mask));
             ga
         });
         Ok((ga, gx, gwb))
@@ -396,6 +387,38 @@ pub fn residual_layer_norm(
     )
 }
 
+/// What a fused op keeps from its forward pass for its backward: nothing unless a gradient can be
+/// asked for (an input tracks the graph). Backward takes it, freeing it as soon as the op's
+/// backward is done; a second backward through the same graph is an error, as in PyTorch without
+/// `retain_graph`.
+pub(crate) struct Saved<T>(Option<Mutex<Option<T>>>);
+
+impl<T> Saved<T> {
+    pub(crate) fn new(tracked: bool) -> Self {
+        Self(tracked.then(|| Mutex::new(None)))
+    }
+
+    pub(crate) fn put(&self, value: T) {
+        if let Some(slot) = &self.0 {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+        }
+    }
+
+    pub(crate) fn take(&self, op: &str) -> Result<T> {
+        let value = self
+            .0
+            .as_ref()
+            .and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+        value.ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{op}: a second backward through the same graph (the fused CPU kernels free what \
+                 they saved for backward after the first, as PyTorch does without retain_graph; \
+                 run the forward again)"
+            ))
+        })
+    }
+}
+
 /// A transformer block's feed-forward part, `gelu(x w1^T + b1) w2^T + b2` with the exact GELU,
 /// as one graph node: the two products, the activation and their backward, with the four
 /// parameters packed into one flat tensor. The pre-activation and the activation are kept inside
@@ -404,7 +427,7 @@ pub fn residual_layer_norm(
 struct FeedForward {
     hidden: usize,
     inter: usize,
-    saved: Option<Mutex<Option<Activations>>>,
+    saved: Saved<Activations>,
 }
 
 /// What the feed-forward op keeps for backward: the pre-activation and the activation.
@@ -465,9 +488,7 @@ impl CustomOp2 for FeedForward {
             .zip(pre.par_chunks(pointwise::CHUNK))
             .for_each(|(a, p)| pointwise::gelu_chunk(a, p));
         let out = linear_forward(&act, w2, b2, self.inter, self.hidden)?;
-        if let Some(saved) = &self.saved {
-            *saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Activations { pre, act });
-        }
+        self.saved.put(Activations { pre, act });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -478,13 +499,7 @@ impl CustomOp2 for FeedForward {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let saved = self
-            .saved
-            .as_ref()
-            .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let Some(Activations { pre, act }) = saved else {
-            candle_core::bail!("fused feed-forward: a second backward through the same graph (the fused CPU kernels free what they saved for backward after the first, as PyTorch does without retain_graph; run the forward again)")
-        };
+        let Activations { pre, act } = self.saved.take("fused feed-forward")?;
         let (gx, gp) = with_values(x, "input", |xs| {
             with_values(params, "parameters", |p| {
                 with_values(grad, "output gradient", |g| {
@@ -530,7 +545,7 @@ pub fn feed_forward(
         FeedForward {
             hidden,
             inter,
-            saved: tracked.then(|| Mutex::new(None)),
+            saved: Saved::new(tracked),
         },
     )
 }
@@ -639,26 +654,16 @@ pub(crate) fn linear_backward(
     out: usize,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let rows = x.len() / inner.max(1);
-    let mut gx = vec![0f32; rows * inner];
-    gemm(
+    let gx = product(
         (rows, inner, out),
         View::rows(g, out),
         View::rows(w, inner),
-        &mut gx,
-        inner,
-        0.0,
-        1.0,
         Threads::Pool,
     )?;
-    let mut gw = vec![0f32; out * inner];
-    gemm(
+    let gw = product(
         (out, inner, rows),
         View::transposed(g, out),
         View::rows(x, inner),
-        &mut gw,
-        inner,
-        0.0,
-        1.0,
         Threads::Pool,
     )?;
     Ok((gx, gw, column_sums(g, out)))
@@ -698,21 +703,11 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_util::max_diff;
     use candle_core::{Device, Var};
 
     use super::*;
     use crate::ops;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Gradients of `sum(f(inputs) * r)` for a fixed random `r`.
     fn grads(inputs: &[&Var], out: &Tensor, r: &Tensor) -> Vec<Tensor> {

@@ -23,6 +23,18 @@ pub mod rng;
 pub mod simd;
 pub mod weights;
 
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// The largest absolute difference between two tensors of the same shape.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .unwrap_or(f32::INFINITY)
+    }
+}
+
 pub use bert::BertModel;
 pub use classifier::{Classifier, Task};
 pub use config::BertConfig;

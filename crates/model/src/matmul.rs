@@ -117,6 +117,18 @@ pub fn gemm(
     Ok(())
 }
 
+/// `a @ b` (`m x k` times `k x n`) as a new row-major `m x n` matrix.
+pub fn product(
+    (m, n, k): (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    threads: Threads,
+) -> Result<Vec<f32>> {
+    let mut c = vec![0f32; m * n];
+    gemm((m, n, k), a, b, &mut c, n, 0.0, 1.0, threads)?;
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,36 +5,22 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::fused::contiguous;
 use crate::multiversion;
 use crate::simd;
 
 /// Elements per parallel work item.
 pub(crate) const CHUNK: usize = 1 << 14;
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("fused {what}: input is not contiguous")))?;
-    match storage {
-        CpuStorage::F32(values) => Ok(&values[start..end]),
-        _ => candle_core::bail!("fused {what}: input is not f32"),
-    }
-}
-
-/// Inverted dropout with the mask of [`crate::rng::DropoutRng::keep_mask`] for the same key:
-/// element `i` is kept (and scaled by `1 / (1 - p)`) when `keep_hash(key, i) >= threshold`.
+/// Inverted dropout with the mask of [`crate::rng::DropoutRng::keep_mask`] for the same key.
 #[derive(Debug, Clone, Copy)]
-struct Dropout {
-    key: u64,
-    threshold: u32,
-    keep_scale: f32,
-}
+struct Dropout(simd::Mask);
 
 multiversion! {
-    fn dropout_chunk(out: &mut [f32], xs: &[f32], first: u32, d: Dropout) {
+    /// `out = xs * mask` for the elements starting at flat index `first` of the mask.
+    pub(crate) fn masked(out: &mut [f32], xs: &[f32], first: u32, mask: simd::Mask) {
         for (i, (o, x)) in out.iter_mut().zip(xs).enumerate() {
-            let draw = simd::keep_hash(d.key, first.wrapping_add(i as u32));
-            *o = if draw >= d.threshold { x * d.keep_scale } else { 0.0 };
+            *o = x * mask.factor(first.wrapping_add(i as u32));
         }
     }
 }
@@ -45,7 +31,7 @@ impl CustomOp1 for Dropout {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_slice(storage, layout, "dropout")?;
+        let xs = contiguous(storage, layout, "dropout input")?;
         if xs.len() > u32::MAX as usize {
             candle_core::bail!("fused dropout: more than 2^32 elements")
         }
@@ -53,7 +39,7 @@ impl CustomOp1 for Dropout {
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(c, (out, xs))| dropout_chunk(out, xs, (c * CHUNK) as u32, *self));
+            .for_each(|(c, (out, xs))| masked(out, xs, (c * CHUNK) as u32, self.0));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -65,11 +51,7 @@ impl CustomOp1 for Dropout {
 
 /// Dropout with drop probability `p` of an f32 CPU tensor, the mask keyed by `key`.
 pub fn dropout(xs: &Tensor, p: f64, key: u64) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1(Dropout {
-        key,
-        threshold: simd::drop_threshold(p),
-        keep_scale: (1.0 / (1.0 - p)) as f32,
-    })
+    xs.contiguous()?.apply_op1(Dropout(simd::Mask::new(p, key)))
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -104,7 +86,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_slice(storage, layout, "gelu")?;
+        let xs = contiguous(storage, layout, "gelu input")?;
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
@@ -134,8 +116,8 @@ impl CustomOp2 for GeluBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_slice(s1, l1, "gelu backward")?;
-        let grad = f32_slice(s2, l2, "gelu backward")?;
+        let xs = contiguous(s1, l1, "gelu backward input")?;
+        let grad = contiguous(s2, l2, "gelu backward gradient")?;
         if xs.len() != grad.len() {
             candle_core::bail!(
                 "fused gelu backward: {} inputs, {} gradients",
@@ -159,23 +141,11 @@ pub fn gelu(xs: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_util::max_diff;
     use candle_core::{DType, Device, Var};
 
     use super::*;
     use crate::rng::DropoutRng;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn fused_gelu_matches_candle_forward_and_backward() {
