@@ -23,6 +23,13 @@ pub mod rng;
 pub mod simd;
 pub mod weights;
 
+
+pub use bert::BertModel;
+pub use classifier::{Classifier, Task};
+pub use config::BertConfig;
+pub use error::{ModelError, Result};
+pub use rng::DropoutRng;
+
 #[cfg(test)]
 pub(crate) mod test_util {
     use candle_core::Tensor;
@@ -34,9 +41,3 @@ pub(crate) mod test_util {
             .unwrap_or(f32::INFINITY)
     }
 }
-
-pub use bert::BertModel;
-pub use classifier::{Classifier, Task};
-pub use config::BertConfig;
-pub use error::{ModelError, Result};
-pub use rng::DropoutRng;
