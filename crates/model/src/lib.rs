@@ -23,7 +23,6 @@ pub mod rng;
 pub mod simd;
 pub mod weights;
 
-
 pub use bert::BertModel;
 pub use classifier::{Classifier, Task};
 pub use config::BertConfig;
