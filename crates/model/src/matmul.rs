@@ -1,7 +1,13 @@
-//! Row-major f32 matrix products on the CPU through the `gemm` crate (the kernels Candle's own
-//! CPU matmul runs, AVX-512 included), for the fused kernels that multiply sub-matrices in place:
-//! one attention head inside a `(batch * seq, hidden)` activation, a transposed operand, an
-//! accumulating output. Every extent is checked against its slice before the call.
+//! Row-major f32 matrix products on the CPU for the fused kernels that multiply sub-matrices in
+//! place: one attention head inside a `(batch * seq, hidden)` activation, a transposed operand,
+//! an accumulating output. Every extent is checked against its slice before the call.
+//!
+//! The backend follows the build, as Candle's own matmul does: the `gemm` crate by default (the
+//! kernels Candle's CPU matmul runs, AVX-512 included), the BLAS `sgemm` of Apple's Accelerate
+//! with `--features accelerate` (what a Mac's CPU should use) or of Intel MKL with
+//! `--features mkl`. The BLAS backends run single-threaded per call (MKL is told so per thread),
+//! and [`Threads::Pool`] splits the output rows over rayon's pool, so one pool does all the
+//! work and no OpenMP threads spin against it.
 
 use candle_core::Result;
 
@@ -84,37 +90,200 @@ pub fn gemm(
     let (a_rs, a_cs) = a.strides(m, k, "left operand")?;
     let (b_rs, b_cs) = b.strides(k, n, "right operand")?;
     check_fits(c.len(), m, n, ldc, "output")?;
-    let parallelism = match threads {
-        Threads::Pool => gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        Threads::Caller => gemm::Parallelism::None,
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: the checks above bound every element the product reads (`a`, `b`) or writes (`c`)
-    // inside its slice; `c` is borrowed mutably, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            beta != 0.0,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            beta,
-            alpha,
-            false,
-            false,
-            false,
-            parallelism,
+    backend::gemm(
+        (m, n, k),
+        a,
+        (a_rs, a_cs),
+        b,
+        (b_rs, b_cs),
+        c,
+        ldc,
+        beta,
+        alpha,
+        threads,
+    );
+    Ok(())
+}
+
+#[cfg(not(any(feature = "mkl", feature = "accelerate")))]
+mod backend {
+    use super::{Threads, View};
+
+    /// The product through the `gemm` crate; extents already checked by the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm(
+        (m, n, k): (usize, usize, usize),
+        a: View<'_>,
+        (a_rs, a_cs): (isize, isize),
+        b: View<'_>,
+        (b_rs, b_cs): (isize, isize),
+        c: &mut [f32],
+        ldc: usize,
+        beta: f32,
+        alpha: f32,
+        threads: Threads,
+    ) {
+        let parallelism = match threads {
+            Threads::Pool => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            Threads::Caller => gemm::Parallelism::None,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: the checks above bound every element the product reads (`a`, `b`) or writes (`c`)
+        // inside its slice; `c` is borrowed mutably, so it aliases neither operand.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                ldc as isize,
+                beta != 0.0,
+                a.data.as_ptr(),
+                a_cs,
+                a_rs,
+                b.data.as_ptr(),
+                b_cs,
+                b_rs,
+                beta,
+                alpha,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+}
+
+#[cfg(any(feature = "mkl", feature = "accelerate"))]
+mod backend {
+    use std::ffi::{c_char, c_int};
+
+    use rayon::prelude::*;
+
+    use super::{Threads, View};
+
+    extern "C" {
+        /// Column-major BLAS `sgemm` (Fortran calling convention), from MKL or Accelerate as
+        /// linked by Candle's `mkl` / `accelerate` features.
+        fn sgemm_(
+            transa: *const c_char,
+            transb: *const c_char,
+            m: *const c_int,
+            n: *const c_int,
+            k: *const c_int,
+            alpha: *const f32,
+            a: *const f32,
+            lda: *const c_int,
+            b: *const f32,
+            ldb: *const c_int,
+            beta: *const f32,
+            c: *mut f32,
+            ldc: *const c_int,
         );
     }
-    Ok(())
+
+    #[cfg(feature = "mkl")]
+    extern "C" {
+        /// MKL's thread count for calls from the calling thread (0 restores the global one).
+        fn MKL_Set_Num_Threads_Local(nt: c_int) -> c_int;
+    }
+
+    /// One single-threaded BLAS call for rows of the output (extents checked by the caller).
+    #[allow(clippy::too_many_arguments, unsafe_code)]
+    fn call(
+        (m, n, k): (usize, usize, usize),
+        a: View<'_>,
+        b: View<'_>,
+        c: &mut [f32],
+        ldc: usize,
+        beta: f32,
+        alpha: f32,
+    ) {
+        // Row-major C = A B is column-major C^T = B^T A^T: BLAS's first operand is our B. A
+        // row-major matrix read as column-major is its transpose, so a non-transposed view is
+        // passed as 'N' and a transposed one as 'T'.
+        let flag = |v: &View<'_>| {
+            if v.trans {
+                b'T' as c_char
+            } else {
+                b'N' as c_char
+            }
+        };
+        let (ta, tb) = (flag(&b), flag(&a));
+        let (m_, n_, k_) = (n as c_int, m as c_int, k as c_int);
+        let (lda, ldb, ldc_) = (
+            b.ld.max(1) as c_int,
+            a.ld.max(1) as c_int,
+            ldc.max(1) as c_int,
+        );
+        #[cfg(feature = "mkl")]
+        // SAFETY: sets a thread-local MKL setting; no memory is touched.
+        let previous = unsafe { MKL_Set_Num_Threads_Local(1) };
+        // SAFETY: `matmul::gemm` checked that every element read from `a` and `b` and written to
+        // `c` lies inside its slice (the same extents BLAS derives from m, n, k and the leading
+        // dimensions); `c` is borrowed mutably, so it aliases neither operand.
+        unsafe {
+            sgemm_(
+                &ta,
+                &tb,
+                &m_,
+                &n_,
+                &k_,
+                &alpha,
+                b.data.as_ptr(),
+                &lda,
+                a.data.as_ptr(),
+                &ldb,
+                &beta,
+                c.as_mut_ptr(),
+                &ldc_,
+            );
+        }
+        #[cfg(feature = "mkl")]
+        // SAFETY: as above.
+        unsafe {
+            MKL_Set_Num_Threads_Local(previous);
+        }
+    }
+
+    /// The product through BLAS; with [`Threads::Pool`] the output rows are split over rayon.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm(
+        (m, n, k): (usize, usize, usize),
+        a: View<'_>,
+        _: (isize, isize),
+        b: View<'_>,
+        _: (isize, isize),
+        c: &mut [f32],
+        ldc: usize,
+        beta: f32,
+        alpha: f32,
+        threads: Threads,
+    ) {
+        let workers = match threads {
+            Threads::Pool => rayon::current_num_threads().min(m).max(1),
+            Threads::Caller => 1,
+        };
+        if workers == 1 || k == 0 {
+            call((m, n, k), a, b, c, ldc, beta, alpha);
+            return;
+        }
+        let rows = m.div_ceil(workers);
+        // Only the rows of this product: a longer slice would make chunks past the last row.
+        let c = &mut c[..(m - 1) * ldc + n];
+        c.par_chunks_mut(rows * ldc).enumerate().for_each(|(i, c)| {
+            let first = i * rows;
+            let count = rows.min(m - first);
+            let offset = if a.trans { first } else { first * a.ld };
+            let a = View {
+                data: &a.data[offset..],
+                ..a
+            };
+            call((count, n, k), a, b, c, ldc, beta, alpha);
+        });
+    }
 }
 
 /// `a @ b` (`m x k` times `k x n`) as a new row-major `m x n` matrix.
