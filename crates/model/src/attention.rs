@@ -36,7 +36,7 @@ struct SelfAttention {
     scale: f32,
     /// The additive mask, `batch * seq` values (0 for a real key, a large negative number for
     /// padding).
-    bias: Vec<f32>,
+    bias: HostMask,
     dropout: Option<AttentionDropout>,
     /// The projections `(batch * seq, 3 * hidden)` of the forward pass, kept for backward when
     /// a gradient will be asked for.
@@ -343,26 +343,46 @@ impl CustomOp3 for SelfAttention {
     }
 }
 
+/// The additive attention mask of [`crate::ops::attention_bias`] as host values, `batch * seq`
+/// of them: read once per forward pass and shared by every layer's attention.
+#[derive(Debug, Clone)]
+pub struct HostMask(std::sync::Arc<[f32]>);
+
+impl HostMask {
+    /// The values of a `(batch, 1, 1, seq)` f32 CPU mask (a copy within host memory).
+    pub fn new(bias: &Tensor) -> Result<Self> {
+        if bias.dtype() != DType::F32 || !bias.device().is_cpu() {
+            candle_core::bail!(
+                "fused attention: the mask must be f32 on the CPU, not {:?} on {:?}",
+                bias.dtype(),
+                bias.device().location()
+            )
+        }
+        Ok(Self(bias.flatten_all()?.to_vec1::<f32>()?.into()))
+    }
+}
+
+impl std::ops::Deref for HostMask {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
 /// Multi-head self-attention of f32 CPU hidden states `(batch * seq, hidden)` -> the context in
 /// the same layout. The query, key and value weights `(hidden, hidden)` and biases are stacked
-/// into one projection here; `bias` is the `(batch, 1, 1, seq)` additive mask of
-/// [`crate::ops::attention_bias`].
+/// into one projection here; `mask` is the additive mask.
 #[allow(clippy::too_many_arguments)]
 pub fn self_attention(
     xs: &Tensor,
     (wq, wk, wv): (&Tensor, &Tensor, &Tensor),
     (bq, bk, bv): (&Tensor, &Tensor, &Tensor),
-    bias: &Tensor,
+    mask: &HostMask,
     (batch, seq, heads): (usize, usize, usize),
     scale: f64,
     dropout: Option<AttentionDropout>,
 ) -> Result<Tensor> {
-    if bias.dtype() != DType::F32 {
-        candle_core::bail!(
-            "fused attention: the mask must be f32, not {:?}",
-            bias.dtype()
-        )
-    }
     let w = Tensor::cat(&[wq, wk, wv], 0)?;
     let b = Tensor::cat(&[bq, bk, bv], 0)?;
     let tracked = [xs, &w, &b].iter().any(|t| t.track_op());
@@ -371,7 +391,7 @@ pub fn self_attention(
         seq,
         heads,
         scale: scale as f32,
-        bias: bias.flatten_all()?.to_vec1::<f32>()?,
+        bias: mask.clone(),
         dropout,
         saved: Saved::new(tracked),
     };
@@ -454,7 +474,7 @@ mod tests {
             &xs,
             (&wq, &wk, &wv),
             (&bq, &bk, &bv),
-            &bias,
+            &HostMask::new(&bias).unwrap(),
             DIMS,
             scale,
             dropout_p.map(|p| AttentionDropout {
@@ -477,6 +497,21 @@ mod tests {
             scale,
             dropout_p.map(|p| (p, &rng_plain)),
         );
+        if dropout_p.is_some() {
+            // The mask did drop probabilities: the output is not the dropout-free one.
+            let undropped = primitive(
+                &project(&wq, &bq),
+                &project(&wk, &bk),
+                &project(&wv, &bv),
+                &bias,
+                scale,
+                None,
+            );
+            assert!(
+                max_diff(&fused, &undropped) > 1e-3,
+                "dropout changed nothing"
+            );
+        }
         assert!(
             max_diff(&fused, &plain) < 1e-5,
             "forward differs by {}",
@@ -538,7 +573,8 @@ mod tests {
         let w = Tensor::zeros((HIDDEN, HIDDEN), DType::F32, &dev).unwrap();
         let b = Tensor::zeros(HIDDEN, DType::F32, &dev).unwrap();
         let bias = Tensor::zeros((3, 1, 1, 7), DType::F32, &dev).unwrap();
-        let err = self_attention(&x, (&w, &w, &w), (&b, &b, &b), &bias, DIMS, 1.0, None)
+        let mask = HostMask::new(&bias).unwrap();
+        let err = self_attention(&x, (&w, &w, &w), (&b, &b, &b), &mask, DIMS, 1.0, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("batch 3 x seq 7"), "{err}");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::attention::{self, AttentionDropout};
+use crate::attention::{self, AttentionDropout, HostMask};
 use crate::config::{BertConfig, HiddenAct};
 use crate::rng::DropoutRng;
 use crate::{fused, ops};
@@ -140,6 +140,14 @@ impl Embeddings {
     }
 }
 
+/// The attention mask of one forward pass: the f32 additive bias `(batch, 1, 1, seq)` of
+/// [`ops::attention_bias`] and, where the fused CPU kernels run, its host values, read once and
+/// shared by every layer.
+struct Mask {
+    bias: Tensor,
+    host: Option<HostMask>,
+}
+
 #[derive(Debug, Clone)]
 struct SelfAttention {
     query: Linear,
@@ -168,13 +176,12 @@ impl SelfAttention {
             .contiguous()
     }
 
-    /// Scaled dot-product attention over `(batch * seq, hidden)` hidden states; `bias` is the f32
-    /// additive mask `(batch, 1, 1, seq)`. The fused kernel of [`crate::attention`] for f32 on the
-    /// CPU, primitive ops elsewhere.
+    /// Scaled dot-product attention over `(batch * seq, hidden)` hidden states. The fused kernel
+    /// of [`crate::attention`] for f32 on the CPU, primitive ops elsewhere.
     fn forward(
         &self,
         xs: &Tensor,
-        bias: &Tensor,
+        mask: &Mask,
         p: f64,
         rng: &DropoutRng,
         train: bool,
@@ -182,7 +189,7 @@ impl SelfAttention {
     ) -> Result<Tensor> {
         let hidden = xs.dim(1)?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
-        if fused::applies(&[xs, bias]) {
+        if let Some(host) = mask.host.as_ref().filter(|_| fused::applies(&[xs])) {
             let dropout = (train && p > 0.0).then(|| AttentionDropout {
                 p,
                 key: rng.draw_key(),
@@ -199,7 +206,7 @@ impl SelfAttention {
                     &param(&self.key.bias, train),
                     &param(&self.value.bias, train),
                 ),
-                bias,
+                host,
                 (batch, seq, self.heads),
                 scale,
                 dropout,
@@ -209,7 +216,7 @@ impl SelfAttention {
         let q = self.split_heads(&self.query.forward(xs, train)?, dims)?;
         let k = self.split_heads(&self.key.forward(xs, train)?, dims)?;
         let v = self.split_heads(&self.value.forward(xs, train)?, dims)?;
-        let probs = ops::attention_softmax_primitive(&q.matmul(&k.t()?)?, bias, scale)?
+        let probs = ops::attention_softmax_primitive(&q.matmul(&k.t()?)?, &mask.bias, scale)?
             .to_dtype(xs.dtype())?;
         let probs = ops::dropout(&probs, p, rng, train)?;
         probs
@@ -252,14 +259,14 @@ impl Layer {
     fn forward(
         &self,
         xs: &Tensor,
-        bias: &Tensor,
+        mask: &Mask,
         rng: &DropoutRng,
         train: bool,
         dims: (usize, usize),
     ) -> Result<Tensor> {
         let attended = self
             .attention
-            .forward(xs, bias, self.attention_p, rng, train, dims)?;
+            .forward(xs, mask, self.attention_p, rng, train, dims)?;
         let attended = self.attention_out.forward(&attended, train)?;
         let xs = self
             .attention_norm
@@ -357,8 +364,14 @@ impl BertModel {
             .to_dtype(self.dtype)?;
         let mut xs = ops::dropout(&xs, hidden_p, &self.rng, train)?;
         let bias = ops::attention_bias(attention_mask)?;
+        let host = if fused::applies(&[&bias]) {
+            Some(HostMask::new(&bias)?)
+        } else {
+            None
+        };
+        let mask = Mask { bias, host };
         for layer in &self.layers {
-            xs = layer.forward(&xs, &bias, &self.rng, train, (batch, seq))?;
+            xs = layer.forward(&xs, &mask, &self.rng, train, (batch, seq))?;
         }
         xs.reshape((batch, seq, self.config.hidden_size))
     }

@@ -709,6 +709,19 @@ mod tests {
     use super::*;
     use crate::ops;
 
+    /// Asserts that `fused` and `plain` agree in value (1e-5) and in the gradient of
+    /// `sum(out * r)` with respect to each of `vars` (1e-4), naming the input that differs.
+    fn assert_same(fused: &Tensor, plain: &Tensor, vars: &[(&str, &Var)], r: &Tensor) {
+        let diff = max_diff(fused, plain);
+        assert!(diff < 1e-5, "forward differs by {diff}");
+        let inputs: Vec<&Var> = vars.iter().map(|(_, v)| *v).collect();
+        let (gf, gp) = (grads(&inputs, fused, r), grads(&inputs, plain, r));
+        for ((name, _), (a, b)) in vars.iter().zip(gf.iter().zip(&gp)) {
+            let diff = max_diff(a, b);
+            assert!(diff < 1e-4, "gradient of {name} differs by {diff}");
+        }
+    }
+
     /// Gradients of `sum(f(inputs) * r)` for a fixed random `r`.
     fn grads(inputs: &[&Var], out: &Tensor, r: &Tensor) -> Vec<Tensor> {
         let store = (out * r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -728,22 +741,12 @@ mod tests {
         let fused = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12).unwrap();
         let plain =
             ops::layer_norm_primitive(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12).unwrap();
-        assert!(
-            max_diff(&fused, &plain) < 1e-5,
-            "forward differs by {}",
-            max_diff(&fused, &plain)
+        assert_same(
+            &fused,
+            &plain,
+            &[("x", &x), ("weight", &w), ("bias", &b)],
+            &r,
         );
-        let (gf, gp) = (
-            grads(&[&x, &w, &b], &fused, &r),
-            grads(&[&x, &w, &b], &plain, &r),
-        );
-        for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(gf.iter().zip(&gp)) {
-            assert!(
-                max_diff(a, b) < 1e-4,
-                "gradient of {name} differs by {}",
-                max_diff(a, b)
-            );
-        }
     }
 
     #[test]
@@ -829,20 +832,18 @@ mod tests {
             .unwrap()
             .broadcast_add(&b2)
             .unwrap();
-        assert!(
-            max_diff(&fused, &plain) < 1e-5,
-            "forward differs by {}",
-            max_diff(&fused, &plain)
+        assert_same(
+            &fused,
+            &plain,
+            &[
+                ("x", &x),
+                ("w1", &w1),
+                ("b1", &b1),
+                ("w2", &w2),
+                ("b2", &b2),
+            ],
+            &r,
         );
-        let vars = [&x, &w1, &b1, &w2, &b2];
-        let (gf, gp) = (grads(&vars, &fused, &r), grads(&vars, &plain, &r));
-        for (name, (a, b)) in ["x", "w1", "b1", "w2", "b2"].iter().zip(gf.iter().zip(&gp)) {
-            assert!(
-                max_diff(a, b) < 1e-4,
-                "gradient of {name} differs by {}",
-                max_diff(a, b)
-            );
-        }
     }
 
     #[test]
@@ -859,21 +860,11 @@ mod tests {
             .unwrap()
             .broadcast_add(b.as_tensor())
             .unwrap();
-        assert!(
-            max_diff(&fused, &plain) < 1e-5,
-            "forward differs by {}",
-            max_diff(&fused, &plain)
+        assert_same(
+            &fused,
+            &plain,
+            &[("x", &x), ("weight", &w), ("bias", &b)],
+            &r,
         );
-        let (gf, gp) = (
-            grads(&[&x, &w, &b], &fused, &r),
-            grads(&[&x, &w, &b], &plain, &r),
-        );
-        for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(gf.iter().zip(&gp)) {
-            assert!(
-                max_diff(a, b) < 1e-4,
-                "gradient of {name} differs by {}",
-                max_diff(a, b)
-            );
-        }
     }
 }
