@@ -68,9 +68,20 @@ multiversion! {
     }
 }
 
-/// `out = probs * mask` (the dropped probabilities).
-fn apply_mask(out: &mut [f32], probs: &[f32], head: HeadMask) {
-    pointwise::masked(out, probs, head.first, head.mask);
+/// The probabilities the context uses: `probs` itself, or with the head's dropout applied into
+/// `scratch`.
+fn after_dropout<'a>(
+    mask: Option<HeadMask>,
+    probs: &'a [f32],
+    scratch: &'a mut [f32],
+) -> &'a [f32] {
+    match mask {
+        Some(head) => {
+            pointwise::masked(scratch, probs, head.first, head.mask);
+            scratch
+        }
+        None => probs,
+    }
 }
 
 multiversion! {
@@ -90,6 +101,18 @@ multiversion! {
             }
         }
     }
+}
+
+/// `c = a @ b` for one head's small product, on the calling worker (the heads of a batch row run
+/// in sequence inside one rayon task).
+fn head_gemm(
+    dims: (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    c: &mut [f32],
+    ldc: usize,
+) -> Result<()> {
+    gemm(dims, a, b, c, ldc, 0.0, 1.0, Threads::Caller)
 }
 
 /// Where one head of one batch row lives in the projections.
@@ -132,15 +155,12 @@ impl SelfAttention {
         probs: &mut [f32],
     ) -> Result<()> {
         let seq = self.seq;
-        gemm(
+        head_gemm(
             (seq, seq, hidden / self.heads),
             View::rows(&qkv[head.q..], 3 * hidden),
             View::transposed(&qkv[head.k..], 3 * hidden),
             probs,
             seq,
-            0.0,
-            1.0,
-            Threads::Caller,
         )?;
         softmax_rows(probs, seq, &self.bias[b * seq..(b + 1) * seq], self.scale);
         Ok(())
@@ -192,22 +212,13 @@ impl SelfAttention {
                 for h in 0..self.heads {
                     let head = self.head(hidden, b, h);
                     self.probabilities(qkv, hidden, b, head, &mut probs)?;
-                    let used = match self.head_mask(b, h) {
-                        Some(mask) => {
-                            apply_mask(&mut dropped, &probs, mask);
-                            &dropped
-                        }
-                        None => &probs,
-                    };
-                    gemm(
+                    let used = after_dropout(self.head_mask(b, h), &probs, &mut dropped);
+                    head_gemm(
                         (seq, hidden / self.heads, seq),
                         View::rows(used, seq),
                         View::rows(&qkv[head.v..], 3 * hidden),
                         &mut out[head.out..],
                         hidden,
-                        0.0,
-                        1.0,
-                        Threads::Caller,
                     )?;
                 }
                 Ok(())
@@ -234,55 +245,37 @@ impl SelfAttention {
                     let go = b * seq * hidden + head.out;
                     self.probabilities(qkv, hidden, b, head, &mut probs)?;
                     let mask = self.head_mask(b, h);
-                    let used = match mask {
-                        Some(mask) => {
-                            apply_mask(&mut dropped, &probs, mask);
-                            &dropped
-                        }
-                        None => &probs,
-                    };
+                    let used = after_dropout(mask, &probs, &mut dropped);
                     // d(value) = dropped^T g; d(dropped) = g value^T.
-                    gemm(
+                    head_gemm(
                         (seq, dh, seq),
                         View::transposed(used, seq),
                         View::rows(&g[go..], hidden),
                         &mut gqkv[gv..],
                         ld,
-                        0.0,
-                        1.0,
-                        Threads::Caller,
                     )?;
-                    gemm(
+                    head_gemm(
                         (seq, seq, dh),
                         View::rows(&g[go..], hidden),
                         View::transposed(&qkv[head.v..], ld),
                         &mut grad_probs,
                         seq,
-                        0.0,
-                        1.0,
-                        Threads::Caller,
                     )?;
                     softmax_backward_rows(&mut grad_probs, &probs, seq, self.scale, mask);
                     // scores = q k^T: d(query) = ds k, d(key) = ds^T q.
-                    gemm(
+                    head_gemm(
                         (seq, dh, seq),
                         View::rows(&grad_probs, seq),
                         View::rows(&qkv[head.k..], ld),
                         &mut gqkv[gq..],
                         ld,
-                        0.0,
-                        1.0,
-                        Threads::Caller,
                     )?;
-                    gemm(
+                    head_gemm(
                         (seq, dh, seq),
                         View::transposed(&grad_probs, seq),
                         View::rows(&qkv[head.q..], ld),
                         &mut gqkv[gk..],
                         ld,
-                        0.0,
-                        1.0,
-                        Threads::Caller,
                     )?;
                 }
                 Ok(())
