@@ -8,7 +8,7 @@
 //! chunks. The gradient-clipping coefficient is folded into the moment passes instead of being
 //! applied in a pass of its own. Other devices keep the tensor-op path.
 
-use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use wick_model::multiversion;
 
@@ -36,12 +36,12 @@ fn slice_mut<'a>(
     }
 }
 
-/// `moment <- beta * moment + (1 - beta) * g` (or `g^2` for the second moment).
+/// `moment <- beta * moment + (1 - beta) * (s g)` (or `(s g)^2` for the second moment), where
+/// the scalar `s` (the gradient-clipping coefficient) is the op's third input: it is read inside
+/// the kernel like the gradient, not fetched by the training loop.
 struct Moment {
     beta: f32,
     squared: bool,
-    /// Multiplies the gradient first (the gradient-clipping coefficient).
-    grad_scale: f32,
 }
 
 /// Elements per parallel work item.
@@ -66,7 +66,7 @@ multiversion! {
     }
 }
 
-impl InplaceOp2 for Moment {
+impl InplaceOp3 for Moment {
     fn name(&self) -> &'static str {
         "adamw-moment"
     }
@@ -77,9 +77,14 @@ impl InplaceOp2 for Moment {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<()> {
         let moment = slice_mut(s1, l1, "moment")?;
         let grad = slice(s2, l2, "gradient")?;
+        let &[scale] = slice(s3, l3, "gradient scale")? else {
+            bail!("fused AdamW: the gradient scale must be one value")
+        };
         if moment.len() != grad.len() {
             bail!(
                 "fused AdamW: {} moment values, {} gradient values",
@@ -87,7 +92,7 @@ impl InplaceOp2 for Moment {
                 grad.len()
             )
         }
-        let (beta, scale) = (self.beta, self.grad_scale);
+        let beta = self.beta;
         let pass = if self.squared {
             second_moment
         } else {
@@ -171,22 +176,23 @@ pub fn update(
     decay: f64,
     step: f64,
     bias2_sqrt: f64,
-    grad_scale: f32,
+    grad_scale: &Tensor,
 ) -> Result<()> {
-    m.inplace_op2(
+    let grad_scale = grad_scale.to_dtype(candle_core::DType::F32)?;
+    m.inplace_op3(
         grad,
+        &grad_scale,
         &Moment {
             beta: beta1 as f32,
             squared: false,
-            grad_scale,
         },
     )?;
-    v.inplace_op2(
+    v.inplace_op3(
         grad,
+        &grad_scale,
         &Moment {
             beta: beta2 as f32,
             squared: true,
-            grad_scale,
         },
     )?;
     param.inplace_op3(
@@ -271,7 +277,7 @@ mod tests {
             1.0 - lr * wd,
             lr / bias1,
             bias2_sqrt,
-            1.0,
+            &Tensor::new(1f32, d).unwrap(),
         )
         .unwrap();
         for (got, want) in [(&p, &expected), (&m, &m2), (&v, &v2)] {

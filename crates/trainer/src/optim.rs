@@ -233,13 +233,11 @@ impl AdamW {
         let t = self.steps as i32;
         let bias1 = 1.0 - self.beta1.powi(t);
         let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
-        // The pending clip factor: folded into the fused update on the CPU (reading a CPU
-        // scalar is no device round trip), multiplied in on the tensor-op path.
+        // The pending clip factor: an input of the fused CPU update, multiplied in on the
+        // tensor-op path.
         let factor = grads.factor.as_ref();
-        let host_factor = match factor {
-            Some(f) if f.device().is_cpu() => Some(f.to_dtype(DType::F32)?.to_scalar::<f32>()?),
-            _ => None,
-        };
+        // The fused update's scale input when nothing is pending, made once.
+        let mut unit: Option<Tensor> = None;
         for (slot, grad) in self.slots.iter_mut().zip(&grads.grads) {
             let Some(grad) = grad else { continue };
             let lr = lr * slot.spec.lr_scale;
@@ -247,9 +245,13 @@ impl AdamW {
             let param = slot.spec.var.as_tensor();
             let decay = 1.0 - lr * slot.spec.weight_decay;
             if apply.is_none()
-                && (factor.is_none() || host_factor.is_some())
                 && crate::fused_adamw::applies(param, &grad, &slot.exp_avg, &slot.exp_avg_sq)
             {
+                let scale = match (factor, &unit) {
+                    (Some(f), _) => f.clone(),
+                    (None, Some(one)) => one.clone(),
+                    (None, None) => unit.insert(Tensor::new(1f32, param.device())?).clone(),
+                };
                 crate::fused_adamw::update(
                     param,
                     &grad,
@@ -259,7 +261,7 @@ impl AdamW {
                     decay,
                     lr / bias1,
                     bias2_sqrt,
-                    host_factor.unwrap_or(1.0),
+                    &scale,
                 )?;
                 continue;
             }
