@@ -4,6 +4,11 @@
 //! losses and weights while reading nothing back from the device. Low precision stays finite with
 //! padding and close to f32. Built without an accelerator feature, or run where none opens, each
 //! test prints why it skipped and passes: `cargo test --features cuda` runs on any machine.
+//!
+//! On CUDA the model runs wick's fused kernels (`wick_model::cuda`), whose dropout masks are the
+//! CPU kernels' for the same key: with dropout on, both devices still compute the same function.
+//! Each kernel is also compared, forward and gradients, with the CPU at the widths of real models
+//! (rows of 384 and 768 values, 100 and 128 keys), and in bf16 with f32.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -31,13 +36,18 @@ fn accelerator(test: &str) -> Option<Device> {
 
 /// A tiny BERT without dropout (so both devices compute the same function), seeded weights.
 fn model(device: &Device, dtype: DType) -> (VarMap, Classifier) {
+    model_with_dropout(device, dtype, 0.0)
+}
+
+/// A tiny BERT with dropout `p` everywhere, seeded weights and dropout keys.
+fn model_with_dropout(device: &Device, dtype: DType, p: f64) -> (VarMap, Classifier) {
     let config = BertConfig {
-        hidden_dropout_prob: 0.0,
-        attention_probs_dropout_prob: 0.0,
+        hidden_dropout_prob: p,
+        attention_probs_dropout_prob: p,
         ..BertConfig::tiny(100)
     };
     let (varmap, classifier) =
-        Classifier::build(&config, 3, Task::SingleLabel, 0.0, dtype, device, 1).unwrap();
+        Classifier::build(&config, 3, Task::SingleLabel, p, dtype, device, 1).unwrap();
     init_all(&varmap, 0.05, 11).unwrap();
     (varmap, classifier)
 }
@@ -84,12 +94,24 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn accelerator_forward_loss_and_every_gradient_match_the_cpu() {
-    let Some(accel) = accelerator("accelerator_forward_loss_and_every_gradient_match_the_cpu")
+    if let Some(accel) = accelerator("accelerator_forward_loss_and_every_gradient_match_the_cpu") {
+        forward_loss_and_gradients_match(&accel, 0.0);
+    }
+}
+
+#[test]
+fn cuda_dropout_masks_are_the_cpu_masks_through_the_whole_model() {
+    let Some(accel) = accelerator("cuda_dropout_masks_are_the_cpu_masks_through_the_whole_model")
+        .filter(|d| d.is_cuda())
     else {
         return;
     };
+    forward_loss_and_gradients_match(&accel, 0.3);
+}
+
+fn forward_loss_and_gradients_match(accel: &Device, p: f64) {
     let run = |device: &Device| {
-        let (varmap, classifier) = model(device, DType::F32);
+        let (varmap, classifier) = model_with_dropout(device, DType::F32, p);
         let b = batch(device);
         let logits = classifier
             .forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, true)
@@ -110,7 +132,7 @@ fn accelerator_forward_loss_and_every_gradient_match_the_cpu() {
         (on_cpu(&logits), on_cpu(&loss), grads)
     };
     let (logits_cpu, loss_cpu, grads_cpu) = run(&Device::Cpu);
-    let (logits_acc, loss_acc, grads_acc) = run(&accel);
+    let (logits_acc, loss_acc, grads_acc) = run(accel);
     assert!(
         max_diff(&logits_cpu, &logits_acc) < 1e-5,
         "logits differ by {}",
@@ -230,5 +252,161 @@ fn accelerator_low_precision_with_padding_is_finite_and_close_to_f32() {
             "{dtype:?} logits differ from f32 by {}",
             max_diff(&low, &reference)
         );
+    }
+}
+
+/// Seeded uniform values in [-1, 1).
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+/// Runs `op` on CPU copies and on `accel` copies (in `dtype`) of `inputs`, then backward of
+/// `sum(out * r)` for a fixed random `r`: asserts the outputs and every input gradient agree
+/// within `tol` of their largest entry.
+fn op_matches_cpu(
+    name: &str,
+    accel: &Device,
+    dtype: DType,
+    inputs: &[Tensor],
+    tol: f32,
+    op: impl Fn(&[Tensor]) -> Tensor,
+) {
+    let run = |device: &Device, dtype: DType| {
+        let vars: Vec<candle_core::Var> = inputs
+            .iter()
+            .map(|t| {
+                let t = t.to_device(device).unwrap();
+                // Parameters (rows of a table, layer-norm weights) stay f32, as in the model.
+                let t = if t.rank() == 1 || name.starts_with("embeddings") {
+                    t
+                } else {
+                    t.to_dtype(dtype).unwrap()
+                };
+                candle_core::Var::from_tensor(&t).unwrap()
+            })
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = op(&tensors);
+        let r = random(out.dims(), 99).to_device(device).unwrap();
+        let loss = (out.to_dtype(DType::F32).unwrap() * r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let grads: Vec<Tensor> = vars
+            .iter()
+            .map(|v| on_cpu(grads.get(v.as_tensor()).expect("a gradient")))
+            .collect();
+        (on_cpu(&out), grads)
+    };
+    let (out_cpu, grads_cpu) = run(&Device::Cpu, DType::F32);
+    let (out_acc, grads_acc) = run(accel, dtype);
+    let rel = |a: &Tensor, b: &Tensor| max_diff(a, b) / max_abs(a).max(1e-6);
+    assert!(
+        rel(&out_cpu, &out_acc) < tol,
+        "{name} {dtype:?}: outputs differ by {} of the largest",
+        rel(&out_cpu, &out_acc)
+    );
+    for (i, (a, b)) in grads_cpu.iter().zip(&grads_acc).enumerate() {
+        assert!(
+            rel(a, b) < tol,
+            "{name} {dtype:?}: gradient of input {i} differs by {} of its largest entry",
+            rel(a, b)
+        );
+    }
+}
+
+#[test]
+fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
+    use wick_model::{cuda, fused, ops, DropoutRng};
+    let Some(accel) =
+        accelerator("cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward")
+            .filter(|d| d.is_cuda())
+    else {
+        return;
+    };
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 5e-2)] {
+        for hidden in [384, 768] {
+            let rows = 256;
+            let inputs = [
+                random(&[rows, hidden], 1),
+                random(&[rows, hidden], 2),
+                (random(&[hidden], 3) + 1.0).unwrap(),
+                random(&[hidden], 4),
+            ];
+            for p in [0.0, 0.1] {
+                // The CPU's fused kernel and the CUDA kernel draw the same mask from one key.
+                op_matches_cpu("residual layer norm", &accel, dtype, &inputs, tol, |t| {
+                    let dropout = (p > 0.0).then_some((p, 77));
+                    if t[0].device().is_cpu() {
+                        fused::residual_layer_norm(&t[0], &t[1], &t[2], &t[3], 1e-12, dropout)
+                    } else {
+                        cuda::residual_layer_norm(&t[0], Some(&t[1]), &t[2], &t[3], 1e-12, dropout)
+                    }
+                    .unwrap()
+                });
+                op_matches_cpu("dropout", &accel, dtype, &inputs[..1], tol, |t| {
+                    ops::dropout(&t[0], p.max(0.2), &DropoutRng::new(5), true).unwrap()
+                });
+            }
+            let plain = [inputs[0].clone(), inputs[2].clone(), inputs[3].clone()];
+            op_matches_cpu("layer norm", &accel, dtype, &plain, tol, |t| {
+                ops::layer_norm(&t[0], &t[1], &t[2], 1e-12).unwrap()
+            });
+            op_matches_cpu("gelu", &accel, dtype, &inputs[..1], tol, |t| {
+                ops::gelu_erf(&(&t[0] * 3.0).unwrap()).unwrap()
+            });
+        }
+        for seq in [100, 128] {
+            let (batch, heads) = (3, 4);
+            let mask: Vec<f32> = (0..batch * seq)
+                .map(|i| f32::from(i % seq < seq - 17 * (i / seq)))
+                .collect();
+            let mask = Tensor::from_vec(mask, (batch, seq), &Device::Cpu).unwrap();
+            let scores = [(random(&[batch, heads, seq, seq], 6) * 4.0).unwrap()];
+            for p in [0.0, 0.1] {
+                op_matches_cpu("attention probabilities", &accel, dtype, &scores, tol, |t| {
+                    let bias = ops::attention_bias(&mask.to_device(t[0].device()).unwrap()).unwrap();
+                    let rng = DropoutRng::new(8);
+                    ops::attention_probs(&t[0], &bias, 0.125, p, &rng, true).unwrap()
+                });
+            }
+        }
+        let (n, hidden) = (300, 384);
+        let tables = [
+            random(&[1000, hidden], 10),
+            random(&[512, hidden], 11),
+            random(&[2, hidden], 12),
+        ];
+        // Repeated ids (a padding id most of all) and both token types.
+        let ids = |modulo: u32, seed: u32| {
+            let v: Vec<u32> = (0..n as u32)
+                .map(|i| if i % 3 == 0 { 0 } else { (i * 7919 + seed) % modulo })
+                .collect();
+            Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+        };
+        let id_sets = [ids(1000, 1), ids(512, 2), ids(2, 3)];
+        op_matches_cpu("embeddings", &accel, dtype, &tables, 1e-5, |t| {
+            let device = t[0].device();
+            let ids: Vec<Tensor> = id_sets.iter().map(|i| i.to_device(device).unwrap()).collect();
+            if device.is_cpu() {
+                let gather = |table: &Tensor, ids: &Tensor| table.index_select(ids, 0).unwrap();
+                ((gather(&t[0], &ids[0]) + gather(&t[2], &ids[2])).unwrap()
+                    + gather(&t[1], &ids[1]))
+                .unwrap()
+            } else {
+                cuda::embeddings([&t[0], &t[1], &t[2]], [&ids[0], &ids[1], &ids[2]]).unwrap()
+            }
+        });
     }
 }

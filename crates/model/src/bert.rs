@@ -8,13 +8,13 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::attention::{self, AttentionDropout, HostMask};
 use crate::config::{BertConfig, HiddenAct};
 use crate::rng::DropoutRng;
-use crate::{fused, ops};
+use crate::{cuda, fused, ops};
 
 /// The variable itself in training (so backward reaches it), a detached view otherwise: ops on
 /// detached inputs record no graph, so an evaluation frees each intermediate as soon as it is
@@ -93,6 +93,10 @@ impl LayerNorm {
             let dropout = (train && p > 0.0).then(|| (p, rng.draw_key()));
             return fused::residual_layer_norm(a, x, &weight, &bias, self.eps, dropout);
         }
+        if cuda::applies(&[a, x, &weight, &bias]) && a.dim(D::Minus1)? <= cuda::MAX_ROW {
+            let dropout = (train && p > 0.0).then(|| (p, rng.draw_key()));
+            return cuda::residual_layer_norm(a, Some(x), &weight, &bias, self.eps, dropout);
+        }
         let a = ops::dropout(a, p, rng, train)?;
         ops::layer_norm(&(a + x)?, &weight, &bias, self.eps)
     }
@@ -132,11 +136,21 @@ impl Embeddings {
         let position_ids = Tensor::arange(0u32, seq as u32, input_ids.device())?
             .unsqueeze(0)?
             .repeat((batch, 1))?;
-        let words = gather(&param(&self.word, train), input_ids)?;
-        let types = gather(&param(&self.token_type, train), token_type_ids)?;
-        let positions = gather(&param(&self.position, train), &position_ids)?;
-        self.layer_norm
-            .forward(&((words + types)? + positions)?, train)
+        let tables = [&self.word, &self.position, &self.token_type].map(|t| param(t, train));
+        let summed = if cuda::applies(&[&tables[0], &tables[1], &tables[2]])
+            && self.word.dim(1)? <= cuda::MAX_ROW
+        {
+            cuda::embeddings(
+                [&tables[0], &tables[1], &tables[2]],
+                [input_ids, &position_ids, token_type_ids],
+            )?
+        } else {
+            let words = gather(&tables[0], input_ids)?;
+            let types = gather(&tables[2], token_type_ids)?;
+            let positions = gather(&tables[1], &position_ids)?;
+            ((words + types)? + positions)?
+        };
+        self.layer_norm.forward(&summed, train)
     }
 }
 
@@ -216,9 +230,7 @@ impl SelfAttention {
         let q = self.split_heads(&self.query.forward(xs, train)?, dims)?;
         let k = self.split_heads(&self.key.forward(xs, train)?, dims)?;
         let v = self.split_heads(&self.value.forward(xs, train)?, dims)?;
-        let probs = ops::attention_softmax_primitive(&q.matmul(&k.t()?)?, &mask.bias, scale)?
-            .to_dtype(xs.dtype())?;
-        let probs = ops::dropout(&probs, p, rng, train)?;
+        let probs = ops::attention_probs(&q.matmul(&k.t()?)?, &mask.bias, scale, p, rng, train)?;
         probs
             .matmul(&v)?
             .transpose(1, 2)?

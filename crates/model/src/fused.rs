@@ -67,6 +67,12 @@ pub fn applies(tensors: &[&Tensor]) -> bool {
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
+/// Whether [`without_fused`] is in force on this thread (it turns the CUDA kernels of
+/// [`crate::cuda`] off too).
+pub fn disabled() -> bool {
+    DISABLED.with(|d| d.get())
+}
+
 /// Runs `f` with the fused kernels off on this thread, so every op takes its primitive-op path:
 /// the reference the kernels are tested against. Forward and backward of a graph built inside
 /// `f` both run on the calling thread.

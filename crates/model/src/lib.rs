@@ -12,6 +12,7 @@ pub mod attention;
 pub mod bert;
 pub mod classifier;
 pub mod config;
+pub mod cuda;
 pub mod error;
 pub mod fused;
 pub mod hub;

@@ -8,7 +8,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use crate::rng::DropoutRng;
-use crate::{fused, pointwise};
+use crate::{cuda, fused, pointwise};
 
 /// Layer normalisation over the last dimension, `(..., hidden)` -> `(..., hidden)`: the fused
 /// kernel for f32 on the CPU, [`layer_norm_primitive`] elsewhere.
@@ -16,6 +16,9 @@ use crate::{fused, pointwise};
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if fused::applies(&[xs, weight, bias]) {
         return fused::layer_norm(xs, weight, bias, eps);
+    }
+    if cuda::applies(&[xs, weight, bias]) && xs.dim(D::Minus1)? <= cuda::MAX_ROW {
+        return cuda::residual_layer_norm(xs, None, weight, bias, eps, None);
     }
     layer_norm_primitive(xs, weight, bias, eps)
 }
@@ -55,6 +58,25 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 /// ops (on f32 CPU tensors the whole attention is one fused kernel: [`crate::attention`]).
 pub fn attention_softmax_primitive(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
     softmax_last_dim(&(scores.to_dtype(DType::F32)? * scale)?.broadcast_add(bias)?)
+}
+
+/// The attention probabilities `dropout(softmax(scale * scores + bias))` in the dtype of the
+/// `(batch, heads, q, k)` scores: one kernel forward and one backward on CUDA, primitive ops
+/// ([`attention_softmax_primitive`] and [`dropout`]) elsewhere.
+pub fn attention_probs(
+    scores: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    p: f64,
+    rng: &DropoutRng,
+    train: bool,
+) -> Result<Tensor> {
+    if cuda::applies(&[scores, bias]) && scores.dim(D::Minus1)? <= cuda::MAX_ROW {
+        let dropout = (train && p > 0.0).then(|| (p, rng.draw_key()));
+        return cuda::attention_probs(scores, bias, scale, dropout);
+    }
+    let probs = attention_softmax_primitive(scores, bias, scale)?.to_dtype(scores.dtype())?;
+    dropout(&probs, p, rng, train)
 }
 
 /// Log-softmax over the last dimension in f32: `x - max - log(sum(exp(x - max)))`.
@@ -102,6 +124,9 @@ pub fn dropout(xs: &Tensor, p: f64, rng: &DropoutRng, train: bool) -> Result<Ten
     if fused::applies(&[xs]) {
         return pointwise::dropout(xs, p, rng.draw_key());
     }
+    if cuda::applies(&[xs]) {
+        return cuda::dropout(xs, p, rng.draw_key());
+    }
     let mask = rng.keep_mask(xs.shape(), p, xs.device(), xs.dtype())?;
     xs * mask
 }
@@ -111,6 +136,9 @@ pub fn dropout(xs: &Tensor, p: f64, rng: &DropoutRng, train: bool) -> Result<Ten
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     if fused::applies(&[xs]) {
         return pointwise::gelu(xs);
+    }
+    if cuda::applies(&[xs]) {
+        return cuda::gelu(xs);
     }
     xs.gelu_erf()
 }

@@ -300,7 +300,10 @@ impl Accel {
             Self::Metal => Device::new_metal(0),
         });
         match attempt {
-            Ok(Ok(device)) => Ok(device),
+            Ok(Ok(device)) => {
+                wick_model::cuda::single_stream(&device);
+                Ok(device)
+            }
             Ok(Err(err)) => Err(OpenError::Failed(self.name(), one_line(&err))),
             Err(payload) => {
                 let text = payload

@@ -6,7 +6,9 @@
 //! `v <- b2 v + (1 - b2) g^2`, `p <- p (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)`,
 //! the same arithmetic as the tensor-op path in f32, vectorised and split over rayon in fixed
 //! chunks. The gradient-clipping coefficient is folded into the moment passes instead of being
-//! applied in a pass of its own. Other devices keep the tensor-op path.
+//! applied in a pass of its own. On CUDA the same three passes run as wick's kernels
+//! ([`wick_model::cuda::optim`]): one launch each per parameter instead of about fifteen. Other
+//! devices keep the tensor-op path.
 
 use candle_core::{bail, CpuStorage, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -104,6 +106,19 @@ impl InplaceOp3 for Moment {
             .for_each(|(m, g)| pass(m, g, beta, scale));
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        wick_model::cuda::optim::moment((s1, l1), (s2, l2), (s3, l3), self.beta, self.squared)
+    }
 }
 
 struct Update {
@@ -155,11 +170,33 @@ impl InplaceOp3 for Update {
             .for_each(|((p, m), v)| apply_update(p, m, v, self));
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        wick_model::cuda::optim::update(
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            self.decay,
+            self.step,
+            self.inv_bias2_sqrt,
+            self.eps,
+        )
+    }
 }
 
-/// Whether the fused path applies: f32 CPU tensors, all contiguous.
+/// Whether the fused path applies: f32 tensors on the CPU (or on CUDA in a build with the
+/// feature), all contiguous.
 pub fn applies(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor) -> bool {
-    param.device().is_cpu()
+    on_fused_device(param)
         && [param, grad, m, v]
             .iter()
             .all(|t| t.dtype() == candle_core::DType::F32 && t.is_contiguous())
@@ -230,12 +267,29 @@ impl candle_core::CustomOp1 for SumOfSquares {
             Shape::from(()),
         ))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((
+            wick_model::cuda::optim::sum_of_squares((storage, layout))?,
+            Shape::from(()),
+        ))
+    }
 }
 
-/// Whether [`sum_of_squares`] (and the deferred clipping scale) applies: a contiguous f32 CPU
-/// tensor.
+/// The CPU, or a CUDA device when this build has the kernels.
+fn on_fused_device(t: &Tensor) -> bool {
+    t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda())
+}
+
+/// Whether [`sum_of_squares`] (and the deferred clipping scale) applies: a contiguous f32 tensor
+/// on the CPU or on CUDA.
 pub fn sum_of_squares_applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
+    on_fused_device(t) && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
 }
 
 /// `sum(t^2)` as a scalar tensor, for a tensor where [`sum_of_squares_applies`].

@@ -1,0 +1,885 @@
+//! Fused CUDA kernels with their backward (`kernels/wick.cu`, compiled to PTX by `build.rs` when
+//! the `cuda` feature is on): dropout + residual + layer norm, the attention probabilities
+//! (scale, mask, softmax and dropout in one pass), exact GELU, dropout, and the embedding sum
+//! with a gather-free backward.
+//!
+//! Written from primitive ops, each of these is a handful of Candle kernels forward and several
+//! times that backward, where Candle also adds every input gradient into a freshly zeroed buffer;
+//! on a GPU most of a BERT training step went to those small kernels and their launches (an H100
+//! profile of the MiniLM step: 3,524 kernels, 57 ms, of which 8 ms matrix products). Each op here
+//! is one kernel forward and one or two backward, for f32, bf16 and f16 activations with f32
+//! parameters, statistics and parameter gradients. Dropout masks are counter-based and the same
+//! as the CPU's for the same key ([`crate::simd::keep_hash`]); reductions run in a fixed order.
+//! [`crate::fused::without_fused`] turns these off too: the primitive ops are the reference the
+//! GPU tests compare them with.
+//!
+//! Without the `cuda` feature [`applies`] is always false and nothing here is reachable.
+
+use candle_core::{DType, Result, Tensor};
+
+/// Whether the CUDA kernels apply: every tensor on a CUDA device in f32, bf16 or f16 (the
+/// embedding ids excepted: see the op), unless [`crate::fused::without_fused`] is in force.
+pub fn applies(tensors: &[&Tensor]) -> bool {
+    cfg!(feature = "cuda")
+        && !crate::fused::disabled()
+        && tensors.iter().all(|t| {
+            t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        })
+}
+
+/// The widest row (hidden size, or keys per attention row) the row kernels take.
+pub const MAX_ROW: usize = 1024;
+
+pub use imp::*;
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    //! Without the feature: the same signatures, never reached because [`super::applies`] is
+    //! false.
+    use super::*;
+
+    /// Nothing to turn off without CUDA.
+    pub fn single_stream(_device: &candle_core::Device) {}
+
+    fn not_built<T>() -> Result<T> {
+        candle_core::bail!("wick was built without the `cuda` feature")
+    }
+
+    pub fn residual_layer_norm(
+        _a: &Tensor,
+        _x: Option<&Tensor>,
+        _w: &Tensor,
+        _b: &Tensor,
+        _eps: f64,
+        _dropout: Option<(f64, u64)>,
+    ) -> Result<Tensor> {
+        not_built()
+    }
+
+    pub fn attention_probs(
+        _scores: &Tensor,
+        _bias: &Tensor,
+        _scale: f64,
+        _dropout: Option<(f64, u64)>,
+    ) -> Result<Tensor> {
+        not_built()
+    }
+
+    pub fn gelu(_xs: &Tensor) -> Result<Tensor> {
+        not_built()
+    }
+
+    pub fn dropout(_xs: &Tensor, _p: f64, _key: u64) -> Result<Tensor> {
+        not_built()
+    }
+
+    pub fn embeddings(_tables: [&Tensor; 3], _ids: [&Tensor; 3]) -> Result<Tensor> {
+        not_built()
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod imp {
+    use super::*;
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        DevicePtr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
+    use candle_core::op::BackpropOp;
+    use candle_core::{CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Storage};
+
+    use crate::simd;
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/wick_kernels.ptx"));
+    const MODULE: &str = "wick";
+    /// Threads per block of the row kernels (8 warps: 8 rows).
+    const ROW_BLOCK: u32 = 256;
+    /// Rows each warp of a layer-norm backward takes (its partial weight and bias sums).
+    const LN_BWD_ROWS: usize = 8;
+
+    /// Turns off cudarc's per-tensor event tracking on `device`, for tensors created afterwards.
+    /// Candle runs every kernel on the device's one stream, where the tracking events (recorded
+    /// and waited on around every launch) order nothing that the stream does not order already;
+    /// they cost host time at each of the thousands of launches of a training step.
+    pub fn single_stream(device: &candle_core::Device) {
+        if let candle_core::Device::Cuda(cuda) = device {
+            // SAFETY: wick uses only the device's own stream (no tensor is shared across
+            // streams), which is the condition Candle documents for this call.
+            unsafe { cuda.disable_event_tracking() }
+        }
+    }
+
+    /// The register width of the row kernels for rows of `n` values: the smallest compiled one
+    /// with `32 * width >= n`.
+    fn width(n: usize, what: &str) -> Result<usize> {
+        [1, 2, 4, 8, 12, 16, 24, 32]
+            .into_iter()
+            .find(|k| 32 * k >= n)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "wick cuda kernels: {what} of {n} values (at most {MAX_ROW})"
+                ))
+            })
+    }
+
+    fn suffix(dtype: DType) -> Result<&'static str> {
+        Ok(match dtype {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            other => candle_core::bail!("wick cuda kernels: no {} version", other.as_str()),
+        })
+    }
+
+    /// The device address of element `offset` of a storage.
+    fn address(storage: &CudaStorage, offset: usize) -> Result<u64> {
+        let stream = storage.device.cuda_stream();
+        let (base, size) = match &storage.slice {
+            CudaStorageSlice::F32(s) => (s.device_ptr(&stream).0, 4),
+            CudaStorageSlice::BF16(s) => (s.device_ptr(&stream).0, 2),
+            CudaStorageSlice::F16(s) => (s.device_ptr(&stream).0, 2),
+            CudaStorageSlice::U32(s) => (s.device_ptr(&stream).0, 4),
+            _ => candle_core::bail!("wick cuda kernels: unsupported dtype {:?}", storage.dtype()),
+        };
+        Ok(base + (offset * size) as u64)
+    }
+
+    /// A contiguous input: its address, element count and dtype.
+    struct Input {
+        ptr: u64,
+        len: usize,
+        dtype: DType,
+    }
+
+    fn input(storage: &CudaStorage, layout: &Layout, what: &str) -> Result<Input> {
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg(format!("wick cuda kernel: {what} is not contiguous"))
+        })?;
+        Ok(Input {
+            ptr: address(storage, start)?,
+            len: end - start,
+            dtype: storage.dtype(),
+        })
+    }
+
+    /// Runs `f` on the device storage of `t` (made contiguous first).
+    fn with_input<R>(t: &Tensor, what: &str, f: impl FnOnce(&CudaStorage, Input) -> Result<R>) -> Result<R> {
+        let t = t.detach().contiguous()?;
+        let (storage, layout) = t.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(cuda) => {
+                let inp = input(cuda, layout, what)?;
+                f(cuda, inp)
+            }
+            _ => candle_core::bail!("wick cuda kernel: {what} is not on a CUDA device"),
+        }
+    }
+
+    /// A fresh, uninitialised buffer of `len` elements; every kernel here writes all of it.
+    fn alloc(dev: &CudaDevice, dtype: DType, len: usize) -> Result<CudaStorage> {
+        // SAFETY: the buffers are written in full by the kernel launched right after.
+        let storage = unsafe {
+            match dtype {
+                DType::F32 => CudaStorage::wrap_cuda_slice(dev.alloc::<f32>(len)?, dev.clone()),
+                DType::BF16 => {
+                    CudaStorage::wrap_cuda_slice(dev.alloc::<half::bf16>(len)?, dev.clone())
+                }
+                DType::F16 => {
+                    CudaStorage::wrap_cuda_slice(dev.alloc::<half::f16>(len)?, dev.clone())
+                }
+                other => candle_core::bail!("wick cuda kernels: no {} buffers", other.as_str()),
+            }
+        };
+        Ok(storage)
+    }
+
+    /// A tensor outside the graph over a storage the kernels wrote.
+    fn tensor(storage: CudaStorage, shape: &Shape) -> Tensor {
+        Tensor::from_storage(Storage::Cuda(storage), shape.clone(), BackpropOp::none(), false)
+    }
+
+    /// Launches `name` from wick's module with these arguments (each an address, or a scalar of
+    /// the kernel's parameter type).
+    macro_rules! launch {
+        ($dev:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
+            let func = $dev.get_or_load_custom_func(&$name, MODULE, PTX)?;
+            let mut builder = func.builder();
+            $( let arg = $arg; builder.arg(&arg); )*
+            // SAFETY: the argument list matches the kernel's signature in wick.cu, and every
+            // address points into a live buffer of the sizes passed alongside.
+            unsafe { builder.launch($cfg) }.w()?;
+        }};
+    }
+
+    fn rows_config(rows: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: ((rows as u32).div_ceil(ROW_BLOCK / 32), 1, 1),
+            block_dim: (ROW_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    fn elementwise_config(n: usize) -> LaunchConfig {
+        let blocks = n.div_ceil(256).clamp(1, 132 * 16) as u32;
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// A dropout mask's kernel arguments: key halves, threshold, keep scale, on.
+    #[derive(Debug, Clone, Copy)]
+    struct DropMask(Option<simd::Mask>);
+
+    impl DropMask {
+        fn new(dropout: Option<(f64, u64)>) -> Self {
+            Self(
+                dropout
+                    .filter(|(p, _)| *p > 0.0)
+                    .map(|(p, key)| simd::Mask::new(p, key)),
+            )
+        }
+
+        fn args(&self) -> (u32, u32, u32, f32, i32) {
+            match self.0 {
+                Some(m) => (m.key as u32, (m.key >> 32) as u32, m.threshold, m.keep_scale, 1),
+                None => (0, 0, 0, 1.0, 0),
+            }
+        }
+    }
+
+    fn check_u32(n: usize, what: &str) -> Result<()> {
+        if n > u32::MAX as usize {
+            candle_core::bail!("wick cuda kernel: {what} of {n} elements (over 2^32)")
+        }
+        Ok(())
+    }
+
+    /// `y = layer_norm(dropout(a) + x)` with weight and bias stacked as `wb` `(2, cols)`.
+    struct LayerNorm {
+        eps: f32,
+        drop: DropMask,
+    }
+
+    impl LayerNorm {
+        fn forward(
+            &self,
+            a: (&CudaStorage, &Layout),
+            x: Option<(&CudaStorage, &Layout)>,
+            wb: (&CudaStorage, &Layout),
+        ) -> Result<(CudaStorage, Shape)> {
+            let dev = a.0.device().clone();
+            let ai = input(a.0, a.1, "layer norm input")?;
+            let xi = match x {
+                Some((s, l)) => Some(input(s, l, "residual")?),
+                None => None,
+            };
+            let wbi = input(wb.0, wb.1, "weight and bias")?;
+            let cols = wbi.len / 2;
+            let rows = self.check(&ai, xi.as_ref(), &wbi)?;
+            let y = alloc(&dev, ai.dtype, ai.len)?;
+            let name = format!("wick_ln_fwd_{}_k{}", suffix(ai.dtype)?, width(cols, "layer norm row")?);
+            let (lo, hi, thr, scale, on) = self.drop.args();
+            launch!(
+                dev, name, rows_config(rows),
+                ai.ptr, xi.as_ref().map_or(ai.ptr, |x| x.ptr), i32::from(xi.is_some()),
+                wbi.ptr, wbi.ptr + (cols * 4) as u64, address(&y, 0)?,
+                rows as i32, cols as i32, self.eps, lo, hi, thr, scale, on
+            );
+            Ok((y, a.1.shape().clone()))
+        }
+
+        fn check(&self, a: &Input, x: Option<&Input>, wb: &Input) -> Result<usize> {
+            let cols = wb.len / 2;
+            let bad = wb.dtype != DType::F32
+                || wb.len % 2 != 0
+                || cols == 0
+                || cols > MAX_ROW
+                || a.len % cols != 0
+                || x.is_some_and(|x| x.len != a.len || x.dtype != a.dtype);
+            if bad {
+                candle_core::bail!(
+                    "wick cuda layer norm: {} input values, residual {:?}, {} f32 weight and bias values",
+                    a.len,
+                    x.map(|x| x.len),
+                    wb.len
+                )
+            }
+            check_u32(a.len, "layer norm input")?;
+            Ok(a.len / cols)
+        }
+
+        /// Gradients of the input `a`, the residual `x` (the same tensor when no dropout) and
+        /// the stacked weight and bias.
+        fn backward(
+            &self,
+            a: &Tensor,
+            x: Option<&Tensor>,
+            wb: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Tensor, Tensor, Tensor)> {
+            with_input(a, "layer norm input", |storage, ai| {
+                let dev = storage.device().clone();
+                let x = x.map(|x| x.detach().contiguous()).transpose()?;
+                let x_guard = x.as_ref().map(|x| x.storage_and_layout());
+                let xi = match &x_guard {
+                    Some((s, l)) => match &**s {
+                        Storage::Cuda(c) => Some(input(c, l, "residual")?),
+                        _ => candle_core::bail!("wick cuda layer norm: residual not on CUDA"),
+                    },
+                    None => None,
+                };
+                with_input(wb, "weight and bias", |_, wbi| {
+                    with_input(grad, "output gradient", |_, gi| {
+                        let rows = self.check(&ai, xi.as_ref(), &wbi)?;
+                        let cols = wbi.len / 2;
+                        if gi.len != ai.len || gi.dtype != ai.dtype {
+                            candle_core::bail!("wick cuda layer norm: gradient of {} values", gi.len)
+                        }
+                        let gx = alloc(&dev, ai.dtype, ai.len)?;
+                        let ga = match self.drop.0 {
+                            Some(_) => Some(alloc(&dev, ai.dtype, ai.len)?),
+                            None => None,
+                        };
+                        let warps = rows.div_ceil(LN_BWD_ROWS);
+                        let partials = alloc(&dev, DType::F32, warps * 2 * cols)?;
+                        let gwb = alloc(&dev, DType::F32, 2 * cols)?;
+                        let name = format!(
+                            "wick_ln_bwd_{}_k{}",
+                            suffix(ai.dtype)?,
+                            width(cols, "layer norm row")?
+                        );
+                        let (lo, hi, thr, scale, on) = self.drop.args();
+                        let gx_ptr = address(&gx, 0)?;
+                        launch!(
+                            dev, name, rows_config(warps),
+                            ai.ptr, xi.as_ref().map_or(ai.ptr, |x| x.ptr), i32::from(xi.is_some()),
+                            wbi.ptr, gi.ptr, gx_ptr,
+                            ga.as_ref().map_or(Ok(gx_ptr), |g| address(g, 0))?,
+                            address(&partials, 0)?,
+                            rows as i32, cols as i32, LN_BWD_ROWS as i32, self.eps,
+                            lo, hi, thr, scale, on
+                        );
+                        sum_partials(&dev, &partials, warps, 2 * cols, &gwb)?;
+                        let gx = tensor(gx, a.shape());
+                        let ga = match ga {
+                            Some(ga) => tensor(ga, a.shape()),
+                            None => gx.clone(),
+                        };
+                        Ok((ga, gx, tensor(gwb, wb.shape())))
+                    })
+                })
+            })
+        }
+    }
+
+    /// `out[c] = sum over j < n of partials[j * width + c]`, in a fixed order.
+    fn sum_partials(
+        dev: &CudaDevice,
+        partials: &CudaStorage,
+        n: usize,
+        width: usize,
+        out: &CudaStorage,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: ((width as u32).div_ceil(32), 1, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            dev, "wick_sum_partials", cfg,
+            address(partials, 0)?, n as i32, width as i32, address(out, 0)?
+        );
+        Ok(())
+    }
+
+    struct ResidualLayerNorm(LayerNorm);
+
+    impl CustomOp3 for ResidualLayerNorm {
+        fn name(&self) -> &'static str {
+            "wick-cuda-residual-layer-norm"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("wick cuda layer norm called on CPU tensors")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            self.0.forward((s1, l1), Some((s2, l2)), (s3, l3))
+        }
+
+        fn bwd(
+            &self,
+            a: &Tensor,
+            x: &Tensor,
+            wb: &Tensor,
+            _y: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let (ga, gx, gwb) = self.0.backward(a, Some(x), wb, grad)?;
+            Ok((Some(ga), Some(gx), Some(gwb)))
+        }
+    }
+
+    struct PlainLayerNorm(LayerNorm);
+
+    impl CustomOp2 for PlainLayerNorm {
+        fn name(&self) -> &'static str {
+            "wick-cuda-layer-norm"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("wick cuda layer norm called on CPU tensors")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            self.0.forward((s1, l1), None, (s2, l2))
+        }
+
+        fn bwd(
+            &self,
+            a: &Tensor,
+            wb: &Tensor,
+            _y: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let (ga, _, gwb) = self.0.backward(a, None, wb, grad)?;
+            Ok((Some(ga), Some(gwb)))
+        }
+    }
+
+    /// `layer_norm(dropout(a) + x)` over the last dimension (`x` optional), `a` and `x` in the
+    /// compute dtype, `weight` and `bias` f32; the dropout mask keyed as on the CPU.
+    pub fn residual_layer_norm(
+        a: &Tensor,
+        x: Option<&Tensor>,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> Result<Tensor> {
+        let wb = Tensor::stack(&[weight, bias], 0)?.to_dtype(DType::F32)?;
+        let op = LayerNorm {
+            eps: eps as f32,
+            drop: DropMask::new(dropout),
+        };
+        let a = a.contiguous()?;
+        match x {
+            Some(x) => a.apply_op3(&x.contiguous()?, &wb, ResidualLayerNorm(op)),
+            None => a.apply_op2(&wb, PlainLayerNorm(op)),
+        }
+    }
+
+    /// `dropout(softmax(scale * scores + bias))` over the last dimension of `(batch, heads, q, k)`
+    /// scores, the f32 bias `(batch, 1, 1, k)` held by the op (it takes no gradient).
+    struct AttentionProbs {
+        bias: Tensor,
+        scale: f32,
+        drop: DropMask,
+    }
+
+    impl AttentionProbs {
+        /// Rows, keys per row and rows per batch element of `scores`.
+        fn dims(&self, scores: &Input, shape: &Shape) -> Result<(usize, usize, usize)> {
+            let k = *shape.dims().last().unwrap_or(&0);
+            let batch = self.bias.dim(0)?;
+            if k == 0 || k > MAX_ROW || self.bias.elem_count() != batch * k || scores.len % (batch * k) != 0 {
+                candle_core::bail!(
+                    "wick cuda attention: scores {shape:?} with mask bias {:?}",
+                    self.bias.shape()
+                )
+            }
+            check_u32(scores.len, "attention scores")?;
+            Ok((scores.len / k, k, scores.len / (batch * k)))
+        }
+    }
+
+    impl CustomOp1 for AttentionProbs {
+        fn name(&self) -> &'static str {
+            "wick-cuda-attention-probs"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("wick cuda attention called on CPU tensors")
+        }
+
+        fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+            let dev = storage.device().clone();
+            let si = input(storage, layout, "attention scores")?;
+            let (rows, k, per_batch) = self.dims(&si, layout.shape())?;
+            let out = alloc(&dev, si.dtype, si.len)?;
+            with_input(&self.bias, "attention mask bias", |_, bias| {
+                let name = format!("wick_softmax_fwd_{}_k{}", suffix(si.dtype)?, width(k, "attention row")?);
+                let (lo, hi, thr, scale, on) = self.drop.args();
+                launch!(
+                    dev, name, rows_config(rows),
+                    si.ptr, bias.ptr, address(&out, 0)?, rows as i32, k as i32, per_batch as i32,
+                    self.scale, lo, hi, thr, scale, on
+                );
+                Ok(())
+            })?;
+            Ok((out, layout.shape().clone()))
+        }
+
+        fn bwd(&self, scores: &Tensor, _probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            with_input(scores, "attention scores", |storage, si| {
+                let dev = storage.device().clone();
+                let (rows, k, per_batch) = self.dims(&si, scores.shape())?;
+                with_input(grad, "attention gradient", |_, gi| {
+                    with_input(&self.bias, "attention mask bias", |_, bias| {
+                        let out = alloc(&dev, si.dtype, si.len)?;
+                        let name = format!("wick_softmax_bwd_{}_k{}", suffix(si.dtype)?, width(k, "attention row")?);
+                        let (lo, hi, thr, scale, on) = self.drop.args();
+                        launch!(
+                            dev, name, rows_config(rows),
+                            si.ptr, bias.ptr, gi.ptr, address(&out, 0)?, rows as i32, k as i32,
+                            per_batch as i32, self.scale, lo, hi, thr, scale, on
+                        );
+                        Ok(Some(tensor(out, scores.shape())))
+                    })
+                })
+            })
+        }
+    }
+
+    /// The attention probabilities `dropout(softmax(scale * scores + bias))` in the scores'
+    /// dtype, for `(batch, heads, q, k)` scores and the f32 bias of
+    /// [`crate::ops::attention_bias`]; statistics in f32.
+    pub fn attention_probs(
+        scores: &Tensor,
+        bias: &Tensor,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> Result<Tensor> {
+        scores.contiguous()?.apply_op1(AttentionProbs {
+            bias: bias.detach().contiguous()?,
+            scale: scale as f32,
+            drop: DropMask::new(dropout),
+        })
+    }
+
+    /// One pointwise kernel over a contiguous input: `wick_<kind>_<dtype>(x, y, n, extra...)`.
+    fn pointwise(
+        storage: &CudaStorage,
+        layout: &Layout,
+        kind: &str,
+        drop: Option<DropMask>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = storage.device().clone();
+        let xi = input(storage, layout, kind)?;
+        let out = alloc(&dev, xi.dtype, xi.len)?;
+        let name = format!("wick_{kind}_{}", suffix(xi.dtype)?);
+        let cfg = elementwise_config(xi.len);
+        match drop {
+            Some(drop) => {
+                check_u32(xi.len, "dropout input")?;
+                let (lo, hi, thr, scale, on) = drop.args();
+                launch!(dev, name, cfg, xi.ptr, address(&out, 0)?, xi.len, lo, hi, thr, scale, on);
+            }
+            None => launch!(dev, name, cfg, xi.ptr, address(&out, 0)?, xi.len),
+        }
+        Ok((out, layout.shape().clone()))
+    }
+
+    struct Gelu;
+
+    impl CustomOp1 for Gelu {
+        fn name(&self) -> &'static str {
+            "wick-cuda-gelu"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("wick cuda gelu called on CPU tensors")
+        }
+
+        fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+            pointwise(storage, layout, "gelu_fwd", None)
+        }
+
+        fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            with_input(x, "gelu input", |storage, xi| {
+                with_input(grad, "gelu gradient", |_, gi| {
+                    if gi.len != xi.len || gi.dtype != xi.dtype {
+                        candle_core::bail!("wick cuda gelu: gradient of {} values for {}", gi.len, xi.len)
+                    }
+                    let dev = storage.device().clone();
+                    let out = alloc(&dev, xi.dtype, xi.len)?;
+                    let name = format!("wick_gelu_bwd_{}", suffix(xi.dtype)?);
+                    launch!(dev, name, elementwise_config(xi.len), xi.ptr, gi.ptr, address(&out, 0)?, xi.len);
+                    Ok(Some(tensor(out, x.shape())))
+                })
+            })
+        }
+    }
+
+    /// The exact (erf) GELU.
+    pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+        xs.contiguous()?.apply_op1(Gelu)
+    }
+
+    struct Dropout(DropMask);
+
+    impl CustomOp1 for Dropout {
+        fn name(&self) -> &'static str {
+            "wick-cuda-dropout"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("wick cuda dropout called on CPU tensors")
+        }
+
+        fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+            pointwise(storage, layout, "dropout", Some(self.0))
+        }
+
+        /// The same mask multiplies the gradient.
+        fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            Ok(Some(grad.detach().contiguous()?.apply_op1_no_bwd(&Dropout(self.0))?))
+        }
+    }
+
+    /// Inverted dropout with drop probability `p`, the mask keyed by `key` (the CPU's mask).
+    pub fn dropout(xs: &Tensor, p: f64, key: u64) -> Result<Tensor> {
+        xs.contiguous()?.apply_op1(Dropout(DropMask::new(Some((p, key)))))
+    }
+
+    /// `word[ids] + type[type_ids] + position[position_ids]`, f32 tables `(rows, hidden)`, the
+    /// u32 id tensors of `n` ids held by the op.
+    struct Embeddings {
+        ids: [Tensor; 3],
+    }
+
+    impl Embeddings {
+        fn table_grad(&self, which: usize, table: &Tensor, grad: &Tensor) -> Result<Tensor> {
+            let (vocab, hidden) = table.dims2()?;
+            with_input(grad, "embedding gradient", |storage, gi| {
+                with_input(&self.ids[which], "ids", |_, ids| {
+                    let dev = storage.device().clone();
+                    if gi.len != ids.len * hidden || gi.dtype != DType::F32 {
+                        candle_core::bail!("wick cuda embeddings: gradient of {} values for {} ids", gi.len, ids.len)
+                    }
+                    let out = alloc(&dev, DType::F32, vocab * hidden)?;
+                    if vocab < 64 {
+                        let cfg = LaunchConfig {
+                            grid_dim: ((hidden as u32).div_ceil(32), vocab as u32, 1),
+                            block_dim: (32, 8, 1),
+                            shared_mem_bytes: 0,
+                        };
+                        launch!(dev, "wick_embed_bwd_cols", cfg, gi.ptr, ids.ptr, ids.len as i32, hidden as i32, address(&out, 0)?);
+                    } else {
+                        let name = format!("wick_embed_bwd_rows_k{}", width(hidden, "embedding row")?);
+                        launch!(
+                            dev, name, rows_config(vocab),
+                            gi.ptr, ids.ptr, ids.len as i32, hidden as i32, vocab as i32, address(&out, 0)?
+                        );
+                    }
+                    Ok(tensor(out, table.shape()))
+                })
+            })
+        }
+    }
+
+    impl CustomOp3 for Embeddings {
+        fn name(&self) -> &'static str {
+            "wick-cuda-embeddings"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("wick cuda embeddings called on CPU tensors")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let dev = s1.device().clone();
+            let word = input(s1, l1, "word embeddings")?;
+            let pos = input(s2, l2, "position embeddings")?;
+            let typ = input(s3, l3, "token type embeddings")?;
+            let hidden = *l1.dims().last().unwrap_or(&0);
+            let n = self.ids[0].elem_count();
+            let same = [&word, &pos, &typ].iter().all(|t| t.dtype == DType::F32)
+                && [l2, l3].iter().all(|l| l.dims().last() == Some(&hidden))
+                && self.ids.iter().all(|i| i.elem_count() == n && i.dtype() == DType::U32);
+            if !same || hidden == 0 {
+                candle_core::bail!("wick cuda embeddings: f32 tables of one width and n u32 ids each")
+            }
+            check_u32(n * hidden, "embeddings")?;
+            let out = alloc(&dev, DType::F32, n * hidden)?;
+            with_input(&self.ids[0], "word ids", |_, wid| {
+                with_input(&self.ids[1], "position ids", |_, pid| {
+                    with_input(&self.ids[2], "token type ids", |_, tid| {
+                        launch!(
+                            dev, "wick_embed_fwd", elementwise_config(n * hidden),
+                            word.ptr, pos.ptr, typ.ptr, wid.ptr, pid.ptr, tid.ptr, address(&out, 0)?,
+                            n as i32, hidden as i32
+                        );
+                        Ok(())
+                    })
+                })
+            })?;
+            Ok((out, Shape::from((n, hidden))))
+        }
+
+        fn bwd(
+            &self,
+            word: &Tensor,
+            pos: &Tensor,
+            typ: &Tensor,
+            _out: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            Ok((
+                Some(self.table_grad(0, word, grad)?),
+                Some(self.table_grad(1, pos, grad)?),
+                Some(self.table_grad(2, typ, grad)?),
+            ))
+        }
+    }
+
+    /// `word[word_ids] + token_type[type_ids] + position[position_ids]` as `(n, hidden)` f32, for
+    /// f32 tables `[word, position, token_type]` and u32 ids `[word, position, token_type]` of
+    /// `n` elements each. Backward gives each table its gradient directly (Candle's gather
+    /// backward adds into a zeroed table one id at a time).
+    pub fn embeddings(tables: [&Tensor; 3], ids: [&Tensor; 3]) -> Result<Tensor> {
+        let ids = ids.map(|t| t.detach().flatten_all().and_then(|t| t.contiguous()));
+        let [wid, pid, tid] = ids;
+        let op = Embeddings {
+            ids: [wid?, pid?, tid?],
+        };
+        tables[0]
+            .contiguous()?
+            .apply_op3(&tables[1].contiguous()?, &tables[2].contiguous()?, op)
+    }
+
+    /// Raw launchers for the trainer's AdamW and gradient norm (`crates/trainer`), over
+    /// contiguous f32 device storages.
+    pub mod optim {
+        use super::*;
+
+        fn f32_input(storage: &CudaStorage, layout: &Layout, what: &str) -> Result<Input> {
+            let i = input(storage, layout, what)?;
+            if i.dtype != DType::F32 {
+                candle_core::bail!("wick cuda AdamW: {what} is {}, not f32", i.dtype.as_str())
+            }
+            check_u32(i.len, what)?;
+            Ok(i)
+        }
+
+        /// `m = beta m + (1 - beta) (g s)` (`squared`: `(g s)^2`), `s` the one-value scale.
+        pub fn moment(
+            m: (&CudaStorage, &Layout),
+            g: (&CudaStorage, &Layout),
+            s: (&CudaStorage, &Layout),
+            beta: f32,
+            squared: bool,
+        ) -> Result<()> {
+            let dev = m.0.device().clone();
+            let mi = f32_input(m.0, m.1, "moment")?;
+            let gi = f32_input(g.0, g.1, "gradient")?;
+            let si = f32_input(s.0, s.1, "gradient scale")?;
+            if gi.len != mi.len || si.len != 1 {
+                candle_core::bail!("wick cuda AdamW: {} moment values, {} gradient values, {} scale values", mi.len, gi.len, si.len)
+            }
+            launch!(
+                dev, "wick_adamw_moment", elementwise_config(mi.len),
+                mi.ptr, gi.ptr, si.ptr, mi.len as i32, beta, i32::from(squared)
+            );
+            Ok(())
+        }
+
+        /// `p = p decay - step m / (sqrt(v) inv_bias2_sqrt + eps)`.
+        #[allow(clippy::too_many_arguments)]
+        pub fn update(
+            p: (&CudaStorage, &Layout),
+            m: (&CudaStorage, &Layout),
+            v: (&CudaStorage, &Layout),
+            decay: f32,
+            step: f32,
+            inv_bias2_sqrt: f32,
+            eps: f32,
+        ) -> Result<()> {
+            let dev = p.0.device().clone();
+            let pi = f32_input(p.0, p.1, "parameter")?;
+            let mi = f32_input(m.0, m.1, "first moment")?;
+            let vi = f32_input(v.0, v.1, "second moment")?;
+            if mi.len != pi.len || vi.len != pi.len {
+                candle_core::bail!("wick cuda AdamW: moments of {} and {} values for {} parameters", mi.len, vi.len, pi.len)
+            }
+            launch!(
+                dev, "wick_adamw_update", elementwise_config(pi.len),
+                pi.ptr, mi.ptr, vi.ptr, pi.len as i32, decay, step, inv_bias2_sqrt, eps
+            );
+            Ok(())
+        }
+
+        /// `sum(x^2)` of an f32 storage into a fresh one-value storage, in a fixed order.
+        pub fn sum_of_squares(x: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
+            let dev = x.0.device().clone();
+            let xi = f32_input(x.0, x.1, "gradient")?;
+            let cfg = elementwise_config(xi.len);
+            let blocks = cfg.grid_dim.0 as usize;
+            let partials = alloc(&dev, DType::F32, blocks)?;
+            let out = alloc(&dev, DType::F32, 1)?;
+            launch!(dev, "wick_sum_squares_partial", cfg, xi.ptr, xi.len, address(&partials, 0)?);
+            sum_partials(&dev, &partials, blocks, 1, &out)?;
+            Ok(out)
+        }
+    }
+}
