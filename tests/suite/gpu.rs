@@ -284,10 +284,13 @@ fn op_matches_cpu(
     let run = |device: &Device, dtype: DType| {
         let vars: Vec<candle_core::Var> = inputs
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let t = t.to_device(device).unwrap();
-                // Parameters (rows of a table, layer-norm weights) stay f32, as in the model.
-                let t = if t.rank() == 1 || name.starts_with("embeddings") {
+                // Parameters (biases, layer-norm weights, tables, a linear layer's weight) stay
+                // f32, as in the model.
+                let param = t.rank() == 1 || name == "embeddings" || (name == "linear" && i == 1);
+                let t = if param {
                     t
                 } else {
                     t.to_dtype(dtype).unwrap()
@@ -381,6 +384,66 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
                     ops::attention_probs(&t[0], &bias, 0.125, p, &rng, true).unwrap()
                 });
             }
+        }
+        for gelu in [false, true] {
+            let (rows, inner, outer) = (200, 384, 1536);
+            let inputs = [
+                random(&[rows, inner], 20),
+                (random(&[outer, inner], 21) * 0.1).unwrap(),
+                random(&[outer], 22),
+            ];
+            op_matches_cpu("linear", &accel, dtype, &inputs, tol, |t| {
+                if t[0].device().is_cpu() {
+                    let y = ops::linear(&t[0], &t[1], Some(&t[2])).unwrap();
+                    if gelu {
+                        ops::gelu_erf(&y).unwrap()
+                    } else {
+                        y
+                    }
+                } else {
+                    cuda::linear(&t[0], &t[1], &t[2], gelu).unwrap()
+                }
+            });
+        }
+        for (seq, p) in [(100, 0.0), (128, 0.1)] {
+            let (batch, heads, hidden) = (3, 6, 384);
+            let mask: Vec<f32> = (0..batch * seq)
+                .map(|i| f32::from(i % seq < seq - 17 * (i / seq)))
+                .collect();
+            let mask = Tensor::from_vec(mask, (batch, seq), &Device::Cpu).unwrap();
+            let qkv: Vec<Tensor> = (0..3)
+                .map(|i| random(&[batch * seq, hidden], 30 + i))
+                .collect();
+            op_matches_cpu("self-attention", &accel, dtype, &qkv, tol, |t| {
+                let device = t[0].device();
+                let bias = ops::attention_bias(&mask.to_device(device).unwrap()).unwrap();
+                let rng = DropoutRng::new(8);
+                let scale = 1.0 / 8.0;
+                if device.is_cpu() {
+                    let split = |x: &Tensor| {
+                        x.reshape((batch, seq, heads, hidden / heads))
+                            .unwrap()
+                            .transpose(1, 2)
+                            .unwrap()
+                            .contiguous()
+                            .unwrap()
+                    };
+                    let (q, k, v) = (split(&t[0]), split(&t[1]), split(&t[2]));
+                    let scores = q.matmul(&k.t().unwrap()).unwrap();
+                    let probs = ops::attention_probs(&scores, &bias, scale, p, &rng, true).unwrap();
+                    probs
+                        .matmul(&v)
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .reshape((batch * seq, hidden))
+                        .unwrap()
+                } else {
+                    let dropout = (p > 0.0).then(|| (p, rng.draw_key()));
+                    cuda::self_attention([&t[0], &t[1], &t[2]], &bias, heads, scale, dropout)
+                        .unwrap()
+                }
+            });
         }
         let (n, hidden) = (300, 384);
         let tables = [

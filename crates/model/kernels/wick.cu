@@ -183,20 +183,42 @@ __device__ void ln_bwd(const T* a, const T* x, int has_x, const float* w, const 
     }
 }
 
-// out[c] = sum over j < n of partials[j * width + c], in a fixed order. Block (32, 8).
+// out[c] = sum over j < n of partials[j * width + c], in a fixed order. Block (32, 32).
 extern "C" __global__ void wick_sum_partials(const float* partials, int n, int width, float* out) {
-    __shared__ float shared[8][33];
+    __shared__ float shared[32][33];
     int c = blockIdx.x * 32 + threadIdx.x;
     float acc = 0.0f;
     if (c < width)
-        for (int j = threadIdx.y; j < n; j += 8) acc += partials[(size_t)j * width + c];
+        for (int j = threadIdx.y; j < n; j += 32) acc += partials[(size_t)j * width + c];
     shared[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && c < width) {
         float total = 0.0f;
 #pragma unroll
-        for (int j = 0; j < 8; j++) total += shared[j][threadIdx.x];
+        for (int j = 0; j < 32; j++) total += shared[j][threadIdx.x];
         out[c] = total;
+    }
+}
+
+// Column sums of a (rows, cols) `T` matrix in f32, stage one: block (32, 8) at grid (x, y) sums
+// rows [64 y, 64 y + 64) of columns [32 x, 32 x + 32) into partials[y][col]; `wick_sum_partials`
+// adds the row chunks up.
+template <typename T>
+__device__ void col_sum_partial(const T* x, int rows, int cols, float* partials) {
+    __shared__ float shared[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    int first = blockIdx.y * 64;
+    int last = min(rows, first + 64);
+    float acc = 0.0f;
+    if (c < cols)
+        for (int r = first + threadIdx.y; r < last; r += 8) acc += to_f(x[(size_t)r * cols + c]);
+    shared[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        float total = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) total += shared[j][threadIdx.x];
+        partials[(size_t)blockIdx.y * cols + c] = total;
     }
 }
 
@@ -301,6 +323,22 @@ __device__ void gelu_bwd(const T* x, const T* gy, T* gx, size_t n) {
 template <typename T>
 __device__ void dropout(const T* x, T* y, size_t n, Drop drop) {
     GRID_STRIDE(i, n) { y[i] = from_f<T>(to_f(x[i]) * drop.factor((uint32_t)i)); }
+}
+
+// A linear layer's bias: out = y + b (b f32, broadcast over rows of `cols`); with `gelu`, also
+// pre = y + b and out = gelu(pre).
+template <typename T>
+__device__ void bias_act(const T* y, const float* b, T* pre, T* out, size_t n, int cols, int gelu) {
+    GRID_STRIDE(i, n) {
+        float v = to_f(y[i]) + b[i % cols];
+        if (gelu) {
+            T p = from_f<T>(v);
+            pre[i] = p;
+            v = to_f(p);
+            v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        }
+        out[i] = from_f<T>(v);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,6 +482,14 @@ extern "C" __global__ void wick_sum_squares_partial(const float* x, size_t n, fl
     }                                                                                            \
     extern "C" __global__ void wick_dropout_##NAME(const T* x, T* y, size_t n, DROP_ARGS) {     \
         dropout<T>(x, y, n, DROP);                                                               \
+    }                                                                                            \
+    extern "C" __global__ void wick_bias_act_##NAME(const T* y, const float* b, T* pre, T* out,  \
+                                                    size_t n, int cols, int gelu) {             \
+        bias_act<T>(y, b, pre, out, n, cols, gelu);                                              \
+    }                                                                                            \
+    extern "C" __global__ void wick_col_sum_partial_##NAME(const T* x, int rows, int cols,      \
+                                                           float* partials) {                   \
+        col_sum_partial<T>(x, rows, cols, partials);                                             \
     }
 
 #define ALL_WIDTHS(T, NAME)     \

@@ -226,6 +226,25 @@ impl SelfAttention {
                 dropout,
             );
         }
+        let (wq, wk, wv) = (
+            param(&self.query.weight, train),
+            param(&self.key.weight, train),
+            param(&self.value.weight, train),
+        );
+        let (bq, bk, bv) = (
+            param(&self.query.bias, train),
+            param(&self.key.bias, train),
+            param(&self.value.bias, train),
+        );
+        if cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias])
+            && seq <= cuda::MAX_ROW
+        {
+            let q = cuda::linear(xs, &wq, &bq, false)?;
+            let k = cuda::linear(xs, &wk, &bk, false)?;
+            let v = cuda::linear(xs, &wv, &bv, false)?;
+            let dropout = (train && p > 0.0).then(|| (p, rng.draw_key()));
+            return cuda::self_attention([&q, &k, &v], &mask.bias, self.heads, scale, dropout);
+        }
         let dims = (batch, seq);
         let q = self.split_heads(&self.query.forward(xs, train)?, dims)?;
         let k = self.split_heads(&self.key.forward(xs, train)?, dims)?;
@@ -291,6 +310,13 @@ impl Layer {
         );
         if self.act == HiddenAct::Gelu && fused::applies(&[&xs, &ffn.0, &ffn.1, &ffn.2, &ffn.3]) {
             let out = fused::feed_forward(&xs, (&ffn.0, &ffn.1), (&ffn.2, &ffn.3))?;
+            return self
+                .output_norm
+                .forward_residual(&out, &xs, self.hidden_p, rng, train);
+        }
+        if self.act == HiddenAct::Gelu && cuda::applies(&[&xs, &ffn.0, &ffn.1, &ffn.2, &ffn.3]) {
+            let inner = cuda::linear(&xs, &ffn.0, &ffn.1, true)?;
+            let out = cuda::linear(&inner, &ffn.2, &ffn.3, false)?;
             return self
                 .output_norm
                 .forward_residual(&out, &xs, self.hidden_p, rng, train);

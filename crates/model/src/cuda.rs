@@ -76,6 +76,20 @@ mod imp {
     pub fn embeddings(_tables: [&Tensor; 3], _ids: [&Tensor; 3]) -> Result<Tensor> {
         not_built()
     }
+
+    pub fn linear(_x: &Tensor, _w: &Tensor, _b: &Tensor, _gelu: bool) -> Result<Tensor> {
+        not_built()
+    }
+
+    pub fn self_attention(
+        _qkv: [&Tensor; 3],
+        _bias: &Tensor,
+        _heads: usize,
+        _scale: f64,
+        _dropout: Option<(f64, u64)>,
+    ) -> Result<Tensor> {
+        not_built()
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -97,7 +111,7 @@ mod imp {
     /// Threads per block of the row kernels (8 warps: 8 rows).
     const ROW_BLOCK: u32 = 256;
     /// Rows each warp of a layer-norm backward takes (its partial weight and bias sums).
-    const LN_BWD_ROWS: usize = 8;
+    const LN_BWD_ROWS: usize = 4;
 
     /// Turns off cudarc's per-tensor event tracking on `device`, for tensors created afterwards.
     /// Candle runs every kernel on the device's one stream, where the tracking events (recorded
@@ -386,7 +400,7 @@ mod imp {
     ) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: ((width as u32).div_ceil(32), 1, 1),
-            block_dim: (32, 8, 1),
+            block_dim: (32, 32, 1),
             shared_mem_bytes: 0,
         };
         launch!(
@@ -557,6 +571,13 @@ mod imp {
         }
 
         fn bwd(&self, scores: &Tensor, _probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            self.backward(scores, grad).map(Some)
+        }
+    }
+
+    impl AttentionProbs {
+        /// The gradient of the scores (probabilities recomputed from them).
+        fn backward(&self, scores: &Tensor, grad: &Tensor) -> Result<Tensor> {
             with_input(scores, "attention scores", |storage, si| {
                 let dev = storage.device().clone();
                 let (rows, k, per_batch) = self.dims(&si, scores.shape())?;
@@ -570,7 +591,7 @@ mod imp {
                             si.ptr, bias.ptr, gi.ptr, address(&out, 0)?, rows as i32, k as i32,
                             per_batch as i32, self.scale, lo, hi, thr, scale, on
                         );
-                        Ok(Some(tensor(out, scores.shape())))
+                        Ok(tensor(out, scores.shape()))
                     })
                 })
             })
@@ -806,6 +827,296 @@ mod imp {
         tables[0]
             .contiguous()?
             .apply_op3(&tables[1].contiguous()?, &tables[2].contiguous()?, op)
+    }
+
+    /// Column sums of a `(rows, cols)` tensor in f32: `(cols,)`, in a fixed order.
+    fn col_sum(t: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = t.dims2()?;
+        with_input(t, "column sum input", |storage, ti| {
+            let dev = storage.device().clone();
+            let chunks = rows.div_ceil(64).max(1);
+            let partials = alloc(&dev, DType::F32, chunks * cols)?;
+            let out = alloc(&dev, DType::F32, cols)?;
+            let cfg = LaunchConfig {
+                grid_dim: ((cols as u32).div_ceil(32), chunks as u32, 1),
+                block_dim: (32, 8, 1),
+                shared_mem_bytes: 0,
+            };
+            let name = format!("wick_col_sum_partial_{}", suffix(ti.dtype)?);
+            launch!(dev, name, cfg, ti.ptr, rows as i32, cols as i32, address(&partials, 0)?);
+            sum_partials(&dev, &partials, chunks, cols, &out)?;
+            Ok(tensor(out, &Shape::from(cols)))
+        })
+    }
+
+    /// A linear layer `act(x w^T + b)` as one graph node (Candle's would be four: the weight's
+    /// cast and transpose, the product, the bias): the product runs on detached tensors before
+    /// the node, whose own forward adds the bias (and applies GELU, keeping its input).
+    struct Linear {
+        product: std::sync::Mutex<Option<Tensor>>,
+        gelu: bool,
+        pre: crate::fused::Saved<Tensor>,
+    }
+
+    impl CustomOp3 for Linear {
+        fn name(&self) -> &'static str {
+            "wick-cuda-linear"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("wick cuda linear called on CPU tensors")
+        }
+
+        fn cuda_fwd(
+            &self,
+            _x: &CudaStorage,
+            _xl: &Layout,
+            _w: &CudaStorage,
+            _wl: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let product = self
+                .product
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or_else(|| candle_core::Error::Msg("wick cuda linear: forward ran twice".into()))?;
+            let bi = input(b, bl, "bias")?;
+            let shape = product.shape().clone();
+            let cols = bi.len;
+            with_input(&product, "product", |storage, yi| {
+                let dev = storage.device().clone();
+                if bi.dtype != DType::F32 || cols == 0 || yi.len % cols != 0 || shape.dims().last() != Some(&cols) {
+                    candle_core::bail!("wick cuda linear: product {shape:?} with {cols} {} bias values", bi.dtype.as_str())
+                }
+                let out = alloc(&dev, yi.dtype, yi.len)?;
+                let pre = if self.gelu { Some(alloc(&dev, yi.dtype, yi.len)?) } else { None };
+                let out_ptr = address(&out, 0)?;
+                let name = format!("wick_bias_act_{}", suffix(yi.dtype)?);
+                launch!(
+                    dev, name, elementwise_config(yi.len),
+                    yi.ptr, bi.ptr, pre.as_ref().map_or(Ok(out_ptr), |p| address(p, 0))?, out_ptr,
+                    yi.len, cols as i32, i32::from(self.gelu)
+                );
+                if let Some(pre) = pre {
+                    self.pre.put(tensor(pre, &shape));
+                }
+                Ok((out, shape.clone()))
+            })
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            b: &Tensor,
+            _out: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let dtype = x.dtype();
+            let mut g = grad.detach().contiguous()?;
+            if self.gelu {
+                let pre = self.pre.take("wick cuda linear")?;
+                g = pre.apply_op2_no_bwd(&g, &GeluBackward)?;
+            }
+            let gx = g.matmul(&w.detach().to_dtype(dtype)?)?;
+            let gw = g.t()?.matmul(&x.detach())?.to_dtype(w.dtype())?;
+            let gb = col_sum(&g)?.to_dtype(b.dtype())?;
+            Ok((Some(gx), Some(gw), Some(gb)))
+        }
+    }
+
+    /// `gelu'(x) * grad` as a graph-free op (the backward of [`Linear`] with GELU).
+    struct GeluBackward;
+
+    impl CustomOp2 for GeluBackward {
+        fn name(&self) -> &'static str {
+            "wick-cuda-gelu-backward"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("wick cuda gelu called on CPU tensors")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let xi = input(s1, l1, "gelu input")?;
+            let gi = input(s2, l2, "gelu gradient")?;
+            if gi.len != xi.len || gi.dtype != xi.dtype {
+                candle_core::bail!("wick cuda gelu: gradient of {} values for {}", gi.len, xi.len)
+            }
+            let dev = s1.device().clone();
+            let out = alloc(&dev, xi.dtype, xi.len)?;
+            let name = format!("wick_gelu_bwd_{}", suffix(xi.dtype)?);
+            launch!(dev, name, elementwise_config(xi.len), xi.ptr, gi.ptr, address(&out, 0)?, xi.len);
+            Ok((out, l1.shape().clone()))
+        }
+    }
+
+    /// `act(x w^T + b)` for `x` `(rows, in)` in the compute dtype, f32 `w` `(out, in)` and `b`:
+    /// one graph node. `gelu`: the exact GELU.
+    pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let product = x.detach().matmul(&w.detach().to_dtype(x.dtype())?.t()?)?;
+        let tracked = x.track_op() || w.track_op() || b.track_op();
+        x.apply_op3(
+            w,
+            b,
+            Linear {
+                product: std::sync::Mutex::new(Some(product)),
+                gelu,
+                pre: crate::fused::Saved::new(tracked && gelu),
+            },
+        )
+    }
+
+    /// Scaled dot-product attention of `(rows, hidden)` queries, keys and values (`rows = batch
+    /// * seq`) to the `(rows, hidden)` context, as one graph node: the head split, both batched
+    /// products and the softmax run on detached tensors before the node, whose own forward
+    /// merges the heads. Backward recomputes the probabilities from the saved scores.
+    struct SelfAttention {
+        probs: AttentionProbs,
+        dims: (usize, usize, usize, usize),
+        context: std::sync::Mutex<Option<Tensor>>,
+        saved: crate::fused::Saved<[Tensor; 4]>,
+    }
+
+    impl SelfAttention {
+        /// `(rows, hidden)` -> `(batch, heads, seq, head)`, contiguous.
+        fn split(&self, t: &Tensor) -> Result<Tensor> {
+            let (batch, seq, heads, head) = self.dims;
+            t.reshape((batch, seq, heads, head))?.transpose(1, 2)?.contiguous()
+        }
+
+        /// `(batch, heads, seq, head)` -> `(rows, hidden)`, contiguous.
+        fn merge(&self, t: &Tensor) -> Result<Tensor> {
+            let (batch, seq, heads, head) = self.dims;
+            t.transpose(1, 2)?.contiguous()?.reshape((batch * seq, heads * head))
+        }
+    }
+
+    impl CustomOp3 for SelfAttention {
+        fn name(&self) -> &'static str {
+            "wick-cuda-self-attention"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("wick cuda attention called on CPU tensors")
+        }
+
+        fn cuda_fwd(
+            &self,
+            q: &CudaStorage,
+            ql: &Layout,
+            _k: &CudaStorage,
+            _kl: &Layout,
+            _v: &CudaStorage,
+            _vl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let context = self
+                .context
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or_else(|| candle_core::Error::Msg("wick cuda attention: forward ran twice".into()))?;
+            let (storage, layout) = context.storage_and_layout();
+            let Storage::Cuda(storage) = &*storage else {
+                candle_core::bail!("wick cuda attention: context not on CUDA")
+            };
+            // (batch, heads, seq, head) viewed as (batch, seq, heads, head): one strided copy.
+            let merged_layout = layout.transpose(1, 2)?;
+            let mut out = alloc(q.device(), storage.dtype(), merged_layout.shape().elem_count())?;
+            storage.copy_strided_src(&mut out, 0, &merged_layout)?;
+            Ok((out, ql.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            _q: &Tensor,
+            _k: &Tensor,
+            _v: &Tensor,
+            _out: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let [q, k, v, scores] = self.saved.take("wick cuda attention")?;
+            let g_context = self.split(&grad.detach())?;
+            let probs = scores.apply_op1_no_bwd(&self.probs)?;
+            let g_probs = g_context.matmul(&v.t()?)?;
+            let g_v = probs.t()?.matmul(&g_context)?;
+            drop(probs);
+            let g_scores = self.probs.backward(&scores, &g_probs)?;
+            drop(g_probs);
+            let g_q = g_scores.matmul(&k)?;
+            let g_k = g_scores.t()?.matmul(&q)?;
+            Ok((
+                Some(self.merge(&g_q)?),
+                Some(self.merge(&g_k)?),
+                Some(self.merge(&g_v)?),
+            ))
+        }
+    }
+
+    /// Self-attention of `(rows, hidden)` projections `[q, k, v]` in the compute dtype:
+    /// `softmax(scale q k^T + bias)` with dropout, times `v`, per head; the f32 `bias`
+    /// `(batch, 1, 1, seq)` from [`crate::ops::attention_bias`]. Returns `(rows, hidden)`.
+    pub fn self_attention(
+        [q, k, v]: [&Tensor; 3],
+        bias: &Tensor,
+        heads: usize,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> Result<Tensor> {
+        let (rows, hidden) = q.dims2()?;
+        let batch = bias.dim(0)?;
+        if heads == 0 || hidden % heads != 0 || batch == 0 || rows % batch != 0 {
+            candle_core::bail!("wick cuda attention: {rows} x {hidden} with {heads} heads, batch {batch}")
+        }
+        let mut op = SelfAttention {
+            probs: AttentionProbs {
+                bias: bias.detach().contiguous()?,
+                scale: scale as f32,
+                drop: DropMask::new(dropout),
+            },
+            dims: (batch, rows / batch, heads, hidden / heads),
+            context: std::sync::Mutex::new(None),
+            saved: crate::fused::Saved::new(q.track_op() || k.track_op() || v.track_op()),
+        };
+        let (qs, ks, vs) = (op.split(&q.detach())?, op.split(&k.detach())?, op.split(&v.detach())?);
+        let scores = qs.matmul(&ks.t()?)?;
+        let probs = scores.apply_op1_no_bwd(&op.probs)?;
+        let context = probs.matmul(&vs)?;
+        drop(probs);
+        op.context = std::sync::Mutex::new(Some(context));
+        op.saved.put([qs, ks, vs, scores]);
+        q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
     }
 
     /// Raw launchers for the trainer's AdamW and gradient norm (`crates/trainer`), over

@@ -97,6 +97,9 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
         if let Some(bias) = bias.filter(|b| fused::applies(&[xs, weight, b])) {
             return fused::linear(xs, weight, bias);
         }
+        if let Some(bias) = bias.filter(|b| cuda::applies(&[xs, weight, b])) {
+            return cuda::linear(xs, weight, bias, false);
+        }
     }
     let mut dims = xs.dims().to_vec();
     let in_features = dims.pop().unwrap_or(0);
