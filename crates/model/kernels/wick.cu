@@ -408,28 +408,27 @@ extern "C" __global__ void wick_embed_bwd_cols(const float* grad, const uint32_t
 }
 
 // ---------------------------------------------------------------------------------------------
-// AdamW (f32), the CPU's passes (crates/trainer/src/fused_adamw.rs): the moments, each with the
-// gradient scaled by the device scalar `gscale` (the clipping factor), then the update.
+// AdamW (f32), the arithmetic of the CPU's three passes (crates/trainer/src/fused_adamw.rs) in
+// one: both moments with the gradient scaled by the device scalar `gscale` (the clipping factor),
+// then the parameter, all in place.
 
-extern "C" __global__ void wick_adamw_moment(float* m, const float* g, const float* gscale,
-                                             int n, float beta, int squared) {
-    float s = *gscale, keep = 1.0f - beta;
+extern "C" __global__ void wick_adamw(float* p, float* m, float* v, const float* g,
+                                      const float* gscale, int n, float beta1, float beta2,
+                                      float decay, float step, float inv_bias2_sqrt, float eps) {
+    float s = *gscale;
     GRID_STRIDE(i, (size_t)n) {
         float gi = g[i] * s;
-        m[i] = beta * m[i] + keep * (squared ? gi * gi : gi);
+        float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+        float vi = beta2 * v[i] + (1.0f - beta2) * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay - step * (mi / (sqrtf(vi) * inv_bias2_sqrt + eps));
     }
 }
 
-extern "C" __global__ void wick_adamw_update(float* p, const float* m, const float* v, int n,
-                                             float decay, float step, float inv_bias2_sqrt,
-                                             float eps) {
-    GRID_STRIDE(i, (size_t)n) {
-        p[i] = p[i] * decay - step * (m[i] / (sqrtf(v[i]) * inv_bias2_sqrt + eps));
-    }
-}
-
-// Sum of squares, stage one: block b sums elements b, b + blocks, ... of each 256-wide tile row
-// into partials[b]; `wick_sum_partials` with width 1 adds the blocks up.
+// Sum of squares, stage one: block b sums its grid-stride share of the elements into
+// partials[b] (the final sum itself when there is one block); `wick_sum_partials` with width 1
+// adds the blocks up.
 extern "C" __global__ void wick_sum_squares_partial(const float* x, size_t n, float* partials) {
     __shared__ float warps[8];
     float acc = 0.0f;

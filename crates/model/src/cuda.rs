@@ -38,8 +38,10 @@ mod imp {
     //! false.
     use super::*;
 
-    /// Nothing to turn off without CUDA.
-    pub fn single_stream(_device: &candle_core::Device) {}
+    /// Nothing to set up without CUDA.
+    pub fn configure(_device: &candle_core::Device) -> Result<()> {
+        Ok(())
+    }
 
     fn not_built<T>() -> Result<T> {
         candle_core::bail!("wick was built without the `cuda` feature")
@@ -81,6 +83,29 @@ mod imp {
         not_built()
     }
 
+    pub mod optim {
+        use super::*;
+
+        #[allow(clippy::too_many_arguments)]
+        pub fn adamw(
+            _param: &Tensor,
+            _grad: &Tensor,
+            _moments: (&Tensor, &Tensor),
+            _scale: &Tensor,
+            _betas: (f32, f32),
+            _decay: f32,
+            _step: f32,
+            _inv_bias2_sqrt: f32,
+            _eps: f32,
+        ) -> Result<()> {
+            not_built()
+        }
+
+        pub fn sum_of_squares(_tensors: &[&Tensor]) -> Result<Tensor> {
+            not_built()
+        }
+    }
+
     pub fn self_attention(
         _qkv: [&Tensor; 3],
         _bias: &Tensor,
@@ -113,16 +138,35 @@ mod imp {
     /// Rows each warp of a layer-norm backward takes (its partial weight and bias sums).
     const LN_BWD_ROWS: usize = 4;
 
-    /// Turns off cudarc's per-tensor event tracking on `device`, for tensors created afterwards.
-    /// Candle runs every kernel on the device's one stream, where the tracking events (recorded
-    /// and waited on around every launch) order nothing that the stream does not order already;
-    /// they cost host time at each of the thousands of launches of a training step.
-    pub fn single_stream(device: &candle_core::Device) {
-        if let candle_core::Device::Cuda(cuda) = device {
-            // SAFETY: wick uses only the device's own stream (no tensor is shared across
-            // streams), which is the condition Candle documents for this call.
-            unsafe { cuda.disable_event_tracking() }
+    /// Sets a CUDA device up for a training loop that runs on its one stream: cudarc's
+    /// per-tensor event tracking off (for tensors created afterwards: the events, recorded and
+    /// waited on around every launch, order nothing the stream does not order already, and cost
+    /// host time at each of the thousand launches of a step), and the memory pool that Candle's
+    /// stream-ordered allocations come from told to keep freed memory (its default returns it to
+    /// the driver at every synchronization, so each step mapped its memory afresh).
+    pub fn configure(device: &candle_core::Device) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let candle_core::Device::Cuda(cuda) = device else {
+            return Ok(());
+        };
+        // SAFETY: wick uses only the device's own stream (no tensor is shared across streams),
+        // the condition Candle documents for this call.
+        unsafe { cuda.disable_event_tracking() };
+        let stream = cuda.cuda_stream();
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut keep = u64::MAX;
+        // SAFETY: plain driver calls with valid out-pointers for the context's own device.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, stream.context().cu_device()).result().w()?;
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            )
+            .result()
+            .w()?;
         }
+        Ok(())
     }
 
     /// The register width of the row kernels for rows of `n` values: the smallest compiled one
@@ -398,15 +442,17 @@ mod imp {
         width: usize,
         out: &CudaStorage,
     ) -> Result<()> {
+        sum_partials_to(dev, address(partials, 0)?, n, width, address(out, 0)?)
+    }
+
+    /// [`sum_partials`] between device addresses.
+    fn sum_partials_to(dev: &CudaDevice, partials: u64, n: usize, width: usize, out: u64) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: ((width as u32).div_ceil(32), 1, 1),
             block_dim: (32, 32, 1),
             shared_mem_bytes: 0,
         };
-        launch!(
-            dev, "wick_sum_partials", cfg,
-            address(partials, 0)?, n as i32, width as i32, address(out, 0)?
-        );
+        launch!(dev, "wick_sum_partials", cfg, partials, n as i32, width as i32, out);
         Ok(())
     }
 
@@ -1119,8 +1165,7 @@ mod imp {
         q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
     }
 
-    /// Raw launchers for the trainer's AdamW and gradient norm (`crates/trainer`), over
-    /// contiguous f32 device storages.
+    /// The trainer's AdamW and gradient norm (`crates/trainer`) over contiguous f32 tensors.
     pub mod optim {
         use super::*;
 
@@ -1133,64 +1178,94 @@ mod imp {
             Ok(i)
         }
 
-        /// `m = beta m + (1 - beta) (g s)` (`squared`: `(g s)^2`), `s` the one-value scale.
-        pub fn moment(
-            m: (&CudaStorage, &Layout),
-            g: (&CudaStorage, &Layout),
-            s: (&CudaStorage, &Layout),
-            beta: f32,
-            squared: bool,
-        ) -> Result<()> {
-            let dev = m.0.device().clone();
-            let mi = f32_input(m.0, m.1, "moment")?;
-            let gi = f32_input(g.0, g.1, "gradient")?;
-            let si = f32_input(s.0, s.1, "gradient scale")?;
-            if gi.len != mi.len || si.len != 1 {
-                candle_core::bail!("wick cuda AdamW: {} moment values, {} gradient values, {} scale values", mi.len, gi.len, si.len)
+        /// Runs `f` on the f32 device input of `t`, which must already be contiguous (the
+        /// address is then that of `t`'s own storage).
+        fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&CudaStorage, Input) -> Result<R>) -> Result<R> {
+            if !t.is_contiguous() {
+                candle_core::bail!("wick cuda AdamW: {what} is not contiguous")
             }
-            launch!(
-                dev, "wick_adamw_moment", elementwise_config(mi.len),
-                mi.ptr, gi.ptr, si.ptr, mi.len as i32, beta, i32::from(squared)
-            );
-            Ok(())
+            let (storage, layout) = t.storage_and_layout();
+            match &*storage {
+                Storage::Cuda(cuda) => {
+                    let i = f32_input(cuda, layout, what)?;
+                    f(cuda, i)
+                }
+                _ => candle_core::bail!("wick cuda AdamW: {what} is not on a CUDA device"),
+            }
         }
 
-        /// `p = p decay - step m / (sqrt(v) inv_bias2_sqrt + eps)`.
+        /// One AdamW update of `param` with `grad` times the one-value `scale`, in one kernel:
+        /// `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+        /// `p = p decay - step m / (sqrt(v) inv_bias2_sqrt + eps)`. The parameter and both
+        /// moments are written in place: the kernel is queued on the device's one stream, after
+        /// every op that reads them and before any that reads them next.
         #[allow(clippy::too_many_arguments)]
-        pub fn update(
-            p: (&CudaStorage, &Layout),
-            m: (&CudaStorage, &Layout),
-            v: (&CudaStorage, &Layout),
+        pub fn adamw(
+            param: &Tensor,
+            grad: &Tensor,
+            (m, v): (&Tensor, &Tensor),
+            scale: &Tensor,
+            (beta1, beta2): (f32, f32),
             decay: f32,
             step: f32,
             inv_bias2_sqrt: f32,
             eps: f32,
         ) -> Result<()> {
-            let dev = p.0.device().clone();
-            let pi = f32_input(p.0, p.1, "parameter")?;
-            let mi = f32_input(m.0, m.1, "first moment")?;
-            let vi = f32_input(v.0, v.1, "second moment")?;
-            if mi.len != pi.len || vi.len != pi.len {
-                candle_core::bail!("wick cuda AdamW: moments of {} and {} values for {} parameters", mi.len, vi.len, pi.len)
-            }
-            launch!(
-                dev, "wick_adamw_update", elementwise_config(pi.len),
-                pi.ptr, mi.ptr, vi.ptr, pi.len as i32, decay, step, inv_bias2_sqrt, eps
-            );
-            Ok(())
+            with_f32(param, "parameter", |storage, pi| {
+                with_f32(grad, "gradient", |_, gi| {
+                    with_f32(m, "first moment", |_, mi| {
+                        with_f32(v, "second moment", |_, vi| {
+                            with_f32(scale, "gradient scale", |_, si| {
+                                if gi.len != pi.len || mi.len != pi.len || vi.len != pi.len || si.len != 1 {
+                                    candle_core::bail!(
+                                        "wick cuda AdamW: {} parameters, {} gradient, {} and {} moment, {} scale values",
+                                        pi.len, gi.len, mi.len, vi.len, si.len
+                                    )
+                                }
+                                let dev = storage.device().clone();
+                                launch!(
+                                    dev, "wick_adamw", elementwise_config(pi.len),
+                                    pi.ptr, mi.ptr, vi.ptr, gi.ptr, si.ptr, pi.len as i32,
+                                    beta1, beta2, decay, step, inv_bias2_sqrt, eps
+                                );
+                                Ok(())
+                            })
+                        })
+                    })
+                })
+            })
         }
 
-        /// `sum(x^2)` of an f32 storage into a fresh one-value storage, in a fixed order.
-        pub fn sum_of_squares(x: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
-            let dev = x.0.device().clone();
-            let xi = f32_input(x.0, x.1, "gradient")?;
-            let cfg = elementwise_config(xi.len);
-            let blocks = cfg.grid_dim.0 as usize;
-            let partials = alloc(&dev, DType::F32, blocks)?;
-            let out = alloc(&dev, DType::F32, 1)?;
-            launch!(dev, "wick_sum_squares_partial", cfg, xi.ptr, xi.len, address(&partials, 0)?);
-            sum_partials(&dev, &partials, blocks, 1, &out)?;
-            Ok(out)
+        /// `sum(g^2)` over every element of every tensor, as a one-value f32 tensor: one kernel
+        /// per tensor (two for large ones) into one slot each, then one sum, in a fixed order.
+        pub fn sum_of_squares(tensors: &[&Tensor]) -> Result<Tensor> {
+            let Some(first) = tensors.first() else {
+                candle_core::bail!("wick cuda sum of squares: no tensors")
+            };
+            let candle_core::Device::Cuda(dev) = first.device() else {
+                candle_core::bail!("wick cuda sum of squares: not on a CUDA device")
+            };
+            let slots = alloc(dev, DType::F32, tensors.len())?;
+            let slots_ptr = address(&slots, 0)?;
+            for (i, t) in tensors.iter().enumerate() {
+                with_f32(t, "gradient", |_, xi| {
+                    let cfg = elementwise_config(xi.len);
+                    let blocks = cfg.grid_dim.0 as usize;
+                    let slot = slots_ptr + (i * 4) as u64;
+                    if blocks == 1 {
+                        launch!(dev, "wick_sum_squares_partial", cfg, xi.ptr, xi.len, slot);
+                    } else {
+                        let partials = alloc(dev, DType::F32, blocks)?;
+                        let at = address(&partials, 0)?;
+                        launch!(dev, "wick_sum_squares_partial", cfg, xi.ptr, xi.len, at);
+                        sum_partials_to(dev, at, blocks, 1, slot)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            let out = alloc(dev, DType::F32, 1)?;
+            sum_partials_to(dev, slots_ptr, tensors.len(), 1, address(&out, 0)?)?;
+            Ok(tensor(out, &Shape::from(())))
         }
     }
 }

@@ -300,10 +300,10 @@ impl Accel {
             Self::Metal => Device::new_metal(0),
         });
         match attempt {
-            Ok(Ok(device)) => {
-                wick_model::cuda::single_stream(&device);
-                Ok(device)
-            }
+            Ok(Ok(device)) => match wick_model::cuda::configure(&device) {
+                Ok(()) => Ok(device),
+                Err(err) => Err(OpenError::Failed(self.name(), one_line(&err))),
+            },
             Ok(Err(err)) => Err(OpenError::Failed(self.name(), one_line(&err))),
             Err(payload) => {
                 let text = payload

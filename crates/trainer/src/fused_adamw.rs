@@ -6,9 +6,9 @@
 //! `v <- b2 v + (1 - b2) g^2`, `p <- p (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)`,
 //! the same arithmetic as the tensor-op path in f32, vectorised and split over rayon in fixed
 //! chunks. The gradient-clipping coefficient is folded into the moment passes instead of being
-//! applied in a pass of its own. On CUDA the same three passes run as wick's kernels
-//! ([`wick_model::cuda::optim`]): one launch each per parameter instead of about fifteen. Other
-//! devices keep the tensor-op path.
+//! applied in a pass of its own. On CUDA the same arithmetic runs as one kernel per parameter
+//! ([`wick_model::cuda::optim`]) instead of about fifteen tensor ops, and the gradient norm as one
+//! kernel per gradient plus one sum. Other devices keep the tensor-op path.
 
 use candle_core::{bail, CpuStorage, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -107,18 +107,6 @@ impl InplaceOp3 for Moment {
         Ok(())
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        wick_model::cuda::optim::moment((s1, l1), (s2, l2), (s3, l3), self.beta, self.squared)
-    }
 }
 
 struct Update {
@@ -171,26 +159,6 @@ impl InplaceOp3 for Update {
         Ok(())
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        wick_model::cuda::optim::update(
-            (s1, l1),
-            (s2, l2),
-            (s3, l3),
-            self.decay,
-            self.step,
-            self.inv_bias2_sqrt,
-            self.eps,
-        )
-    }
 }
 
 /// Whether the fused path applies: f32 tensors on the CPU (or on CUDA in a build with the
@@ -216,6 +184,19 @@ pub fn update(
     grad_scale: &Tensor,
 ) -> Result<()> {
     let grad_scale = grad_scale.to_dtype(candle_core::DType::F32)?;
+    if param.device().is_cuda() {
+        return wick_model::cuda::optim::adamw(
+            param,
+            grad,
+            (m, v),
+            &grad_scale,
+            (beta1 as f32, beta2 as f32),
+            decay as f32,
+            step as f32,
+            (1.0 / bias2_sqrt) as f32,
+            eps as f32,
+        );
+    }
     m.inplace_op3(
         grad,
         &grad_scale,
@@ -268,17 +249,6 @@ impl candle_core::CustomOp1 for SumOfSquares {
         ))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        Ok((
-            wick_model::cuda::optim::sum_of_squares((storage, layout))?,
-            Shape::from(()),
-        ))
-    }
 }
 
 /// The CPU, or a CUDA device when this build has the kernels.
@@ -292,9 +262,24 @@ pub fn sum_of_squares_applies(t: &Tensor) -> bool {
     on_fused_device(t) && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
 }
 
-/// `sum(t^2)` as a scalar tensor, for a tensor where [`sum_of_squares_applies`].
-pub fn sum_of_squares(t: &Tensor) -> Result<Tensor> {
-    t.apply_op1_no_bwd(&SumOfSquares)
+/// `sum(t^2)` over all of `tensors` as a scalar tensor, for tensors where
+/// [`sum_of_squares_applies`], all on one device.
+pub fn sum_of_squares(tensors: &[&Tensor]) -> Result<Option<Tensor>> {
+    let Some(first) = tensors.first() else {
+        return Ok(None);
+    };
+    if first.device().is_cuda() {
+        return wick_model::cuda::optim::sum_of_squares(tensors).map(Some);
+    }
+    let mut total: Option<Tensor> = None;
+    for t in tensors {
+        let sq = t.apply_op1_no_bwd(&SumOfSquares)?;
+        total = Some(match total {
+            Some(total) => (total + sq)?,
+            None => sq,
+        });
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

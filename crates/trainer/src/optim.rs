@@ -78,13 +78,14 @@ impl Gradients {
 
     /// The global L2 norm over all gradients, as a scalar f32 tensor on the device.
     pub fn global_norm(&self) -> Result<Option<Tensor>> {
-        let mut total: Option<Tensor> = None;
-        for grad in self.grads.iter().flatten() {
-            let sq = if crate::fused_adamw::sum_of_squares_applies(grad) {
-                crate::fused_adamw::sum_of_squares(grad)?
-            } else {
-                grad.to_dtype(DType::F32)?.sqr()?.sum_all()?
-            };
+        let (fused, other): (Vec<&Tensor>, Vec<&Tensor>) = self
+            .grads
+            .iter()
+            .flatten()
+            .partition(|g| crate::fused_adamw::sum_of_squares_applies(g));
+        let mut total = crate::fused_adamw::sum_of_squares(&fused)?;
+        for grad in other {
+            let sq = grad.to_dtype(DType::F32)?.sqr()?.sum_all()?;
             total = Some(match total {
                 Some(t) => (t + sq)?,
                 None => sq,
