@@ -325,6 +325,26 @@ __device__ void dropout(const T* x, T* y, size_t n, Drop drop) {
     GRID_STRIDE(i, n) { y[i] = from_f<T>(to_f(x[i]) * drop.factor((uint32_t)i)); }
 }
 
+// Attention heads: `to_heads` moves (batch * seq, heads * head) rows to (batch, heads, seq, head),
+// otherwise back. One thread per element of the output.
+template <typename T>
+__device__ void heads(const T* in, T* out, int batch, int seq, int nheads, int head, int to_heads) {
+    size_t n = (size_t)batch * seq * nheads * head;
+    GRID_STRIDE(i, n) {
+        size_t d = i % head, rest = i / head;
+        size_t a, b, c;  // the other three indices, in output order
+        if (to_heads) {  // i = ((bi * H + h) * S + s) * D + d
+            a = rest % seq; rest /= seq;          // s
+            b = rest % nheads; c = rest / nheads; // h, bi
+            out[i] = in[((c * seq + a) * nheads + b) * head + d];
+        } else {         // i = ((bi * S + s) * H + h) * D + d
+            a = rest % nheads; rest /= nheads;    // h
+            b = rest % seq; c = rest / seq;       // s, bi
+            out[i] = in[((c * nheads + a) * seq + b) * head + d];
+        }
+    }
+}
+
 // A linear layer's bias: out = y + b (b f32, broadcast over rows of `cols`); with `gelu`, also
 // pre = y + b and out = gelu(pre).
 template <typename T>
@@ -485,6 +505,10 @@ extern "C" __global__ void wick_sum_squares_partial(const float* x, size_t n, fl
     extern "C" __global__ void wick_bias_act_##NAME(const T* y, const float* b, T* pre, T* out,  \
                                                     size_t n, int cols, int gelu) {             \
         bias_act<T>(y, b, pre, out, n, cols, gelu);                                              \
+    }                                                                                            \
+    extern "C" __global__ void wick_heads_##NAME(const T* in, T* out, int batch, int seq,       \
+                                                 int nheads, int head, int to_heads) {          \
+        heads<T>(in, out, batch, seq, nheads, head, to_heads);                                   \
     }                                                                                            \
     extern "C" __global__ void wick_col_sum_partial_##NAME(const T* x, int rows, int cols,      \
                                                            float* partials) {                   \

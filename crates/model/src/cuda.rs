@@ -1047,17 +1047,47 @@ mod imp {
         saved: crate::fused::Saved<[Tensor; 4]>,
     }
 
+    /// Moves attention heads between `(batch * seq, heads * head)` and `(batch, heads, seq,
+    /// head)` (`to_heads`) in one kernel (Candle's strided copy of the transposed view is
+    /// several times slower).
+    fn move_heads(
+        storage: &CudaStorage,
+        si: &Input,
+        (batch, seq, heads, head): (usize, usize, usize, usize),
+        to_heads: bool,
+    ) -> Result<CudaStorage> {
+        let n = batch * seq * heads * head;
+        if si.len != n {
+            candle_core::bail!("wick cuda attention: {} values for {batch} x {seq} x {heads} x {head}", si.len)
+        }
+        let dev = storage.device().clone();
+        let out = alloc(&dev, si.dtype, n)?;
+        let name = format!("wick_heads_{}", suffix(si.dtype)?);
+        launch!(
+            dev, name, elementwise_config(n),
+            si.ptr, address(&out, 0)?, batch as i32, seq as i32, heads as i32, head as i32,
+            i32::from(to_heads)
+        );
+        Ok(out)
+    }
+
     impl SelfAttention {
         /// `(rows, hidden)` -> `(batch, heads, seq, head)`, contiguous.
         fn split(&self, t: &Tensor) -> Result<Tensor> {
             let (batch, seq, heads, head) = self.dims;
-            t.reshape((batch, seq, heads, head))?.transpose(1, 2)?.contiguous()
+            with_input(t, "attention input", |storage, si| {
+                let out = move_heads(storage, &si, self.dims, true)?;
+                Ok(tensor(out, &Shape::from((batch, heads, seq, head))))
+            })
         }
 
         /// `(batch, heads, seq, head)` -> `(rows, hidden)`, contiguous.
         fn merge(&self, t: &Tensor) -> Result<Tensor> {
             let (batch, seq, heads, head) = self.dims;
-            t.transpose(1, 2)?.contiguous()?.reshape((batch * seq, heads * head))
+            with_input(t, "attention gradient", |storage, si| {
+                let out = move_heads(storage, &si, self.dims, false)?;
+                Ok(tensor(out, &Shape::from((batch * seq, heads * head))))
+            })
         }
     }
 
@@ -1080,7 +1110,7 @@ mod imp {
 
         fn cuda_fwd(
             &self,
-            q: &CudaStorage,
+            _q: &CudaStorage,
             ql: &Layout,
             _k: &CudaStorage,
             _kl: &Layout,
@@ -1093,14 +1123,12 @@ mod imp {
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
                 .ok_or_else(|| candle_core::Error::Msg("wick cuda attention: forward ran twice".into()))?;
-            let (storage, layout) = context.storage_and_layout();
-            let Storage::Cuda(storage) = &*storage else {
-                candle_core::bail!("wick cuda attention: context not on CUDA")
-            };
-            // (batch, heads, seq, head) viewed as (batch, seq, heads, head): one strided copy.
-            let merged_layout = layout.transpose(1, 2)?;
-            let mut out = alloc(q.device(), storage.dtype(), merged_layout.shape().elem_count())?;
-            storage.copy_strided_src(&mut out, 0, &merged_layout)?;
+            let out = with_input(&context, "attention context", |storage, si| {
+                move_heads(storage, &si, self.dims, false)
+            })?;
+            if ql.shape().elem_count() != self.dims.0 * self.dims.1 * self.dims.2 * self.dims.3 {
+                candle_core::bail!("wick cuda attention: queries {:?} for {:?}", ql.shape(), self.dims)
+            }
             Ok((out, ql.shape().clone()))
         }
 
