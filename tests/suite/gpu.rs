@@ -289,7 +289,10 @@ fn op_matches_cpu(
                 let t = t.to_device(device).unwrap();
                 // Parameters (biases, layer-norm weights, tables, a linear layer's weight) stay
                 // f32, as in the model.
-                let param = t.rank() == 1 || name == "embeddings" || (name == "linear" && i == 1);
+                let param = t.rank() == 1
+                    || name == "embeddings"
+                    || (name == "linear" && i == 1)
+                    || (name == "self-attention" && i > 0);
                 let t = if param {
                     t
                 } else {
@@ -411,24 +414,26 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
                 .map(|i| f32::from(i % seq < seq - 17 * (i / seq)))
                 .collect();
             let mask = Tensor::from_vec(mask, (batch, seq), &Device::Cpu).unwrap();
-            let qkv: Vec<Tensor> = (0..3)
-                .map(|i| random(&[batch * seq, hidden], 30 + i))
-                .collect();
-            op_matches_cpu("self-attention", &accel, dtype, &qkv, tol, |t| {
+            let mut inputs = vec![random(&[batch * seq, hidden], 30)];
+            inputs.extend((0..3).map(|i| (random(&[hidden, hidden], 31 + i) * 0.1).unwrap()));
+            inputs.extend((0..3).map(|i| random(&[hidden], 34 + i)));
+            op_matches_cpu("self-attention", &accel, dtype, &inputs, tol, |t| {
                 let device = t[0].device();
                 let bias = ops::attention_bias(&mask.to_device(device).unwrap()).unwrap();
                 let rng = DropoutRng::new(8);
                 let scale = 1.0 / 8.0;
                 if device.is_cpu() {
-                    let split = |x: &Tensor| {
-                        x.reshape((batch, seq, heads, hidden / heads))
+                    let split = |i: usize| {
+                        ops::linear(&t[0], &t[i], Some(&t[i + 3]))
+                            .unwrap()
+                            .reshape((batch, seq, heads, hidden / heads))
                             .unwrap()
                             .transpose(1, 2)
                             .unwrap()
                             .contiguous()
                             .unwrap()
                     };
-                    let (q, k, v) = (split(&t[0]), split(&t[1]), split(&t[2]));
+                    let (q, k, v) = (split(1), split(2), split(3));
                     let scores = q.matmul(&k.t().unwrap()).unwrap();
                     let probs = ops::attention_probs(&scores, &bias, scale, p, &rng, true).unwrap();
                     probs
@@ -440,8 +445,16 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
                         .unwrap()
                 } else {
                     let dropout = (p > 0.0).then(|| (p, rng.draw_key()));
-                    cuda::self_attention([&t[0], &t[1], &t[2]], &bias, heads, scale, dropout)
-                        .unwrap()
+                    cuda::self_attention(
+                        &t[0],
+                        [&t[1], &t[2], &t[3]],
+                        [&t[4], &t[5], &t[6]],
+                        &bias,
+                        heads,
+                        scale,
+                        dropout,
+                    )
+                    .unwrap()
                 }
             });
         }

@@ -325,23 +325,23 @@ __device__ void dropout(const T* x, T* y, size_t n, Drop drop) {
     GRID_STRIDE(i, n) { y[i] = from_f<T>(to_f(x[i]) * drop.factor((uint32_t)i)); }
 }
 
-// Attention heads: `to_heads` moves (batch * seq, heads * head) rows to (batch, heads, seq, head),
-// otherwise back. One thread per element of the output.
+// Attention heads: `to_heads` moves the columns [offset, offset + heads * head) of
+// (batch * seq, stride) rows to (batch, heads, seq, head), otherwise back (into those columns of
+// `out`, the others untouched). One thread per element of the (batch, heads, seq, head) side.
 template <typename T>
-__device__ void heads(const T* in, T* out, int batch, int seq, int nheads, int head, int to_heads) {
+__device__ void heads(const T* in, T* out, int batch, int seq, int nheads, int head, int stride,
+                      int offset, int to_heads) {
     size_t n = (size_t)batch * seq * nheads * head;
     GRID_STRIDE(i, n) {
         size_t d = i % head, rest = i / head;
-        size_t a, b, c;  // the other three indices, in output order
-        if (to_heads) {  // i = ((bi * H + h) * S + s) * D + d
-            a = rest % seq; rest /= seq;          // s
-            b = rest % nheads; c = rest / nheads; // h, bi
-            out[i] = in[((c * seq + a) * nheads + b) * head + d];
-        } else {         // i = ((bi * S + s) * H + h) * D + d
-            a = rest % nheads; rest /= nheads;    // h
-            b = rest % seq; c = rest / seq;       // s, bi
-            out[i] = in[((c * nheads + a) * seq + b) * head + d];
-        }
+        size_t s = rest % seq;
+        rest /= seq;
+        size_t h = rest % nheads, b = rest / nheads;
+        size_t row = (b * seq + s) * stride + offset + h * head + d;
+        if (to_heads)
+            out[i] = in[row];
+        else
+            out[row] = in[i];
     }
 }
 
@@ -507,8 +507,9 @@ extern "C" __global__ void wick_sum_squares_partial(const float* x, size_t n, fl
         bias_act<T>(y, b, pre, out, n, cols, gelu);                                              \
     }                                                                                            \
     extern "C" __global__ void wick_heads_##NAME(const T* in, T* out, int batch, int seq,       \
-                                                 int nheads, int head, int to_heads) {          \
-        heads<T>(in, out, batch, seq, nheads, head, to_heads);                                   \
+                                                 int nheads, int head, int stride, int offset,  \
+                                                 int to_heads) {                                \
+        heads<T>(in, out, batch, seq, nheads, head, stride, offset, to_heads);                   \
     }                                                                                            \
     extern "C" __global__ void wick_col_sum_partial_##NAME(const T* x, int rows, int cols,      \
                                                            float* partials) {                   \

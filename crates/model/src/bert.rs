@@ -239,11 +239,16 @@ impl SelfAttention {
         if cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias])
             && seq <= cuda::MAX_ROW
         {
-            let q = cuda::linear(xs, &wq, &bq, false)?;
-            let k = cuda::linear(xs, &wk, &bk, false)?;
-            let v = cuda::linear(xs, &wv, &bv, false)?;
             let dropout = (train && p > 0.0).then(|| (p, rng.draw_key()));
-            return cuda::self_attention([&q, &k, &v], &mask.bias, self.heads, scale, dropout);
+            return cuda::self_attention(
+                xs,
+                [&wq, &wk, &wv],
+                [&bq, &bk, &bv],
+                &mask.bias,
+                self.heads,
+                scale,
+                dropout,
+            );
         }
         let dims = (batch, seq);
         let q = self.split_heads(&self.query.forward(xs, train)?, dims)?;

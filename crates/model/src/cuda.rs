@@ -107,7 +107,9 @@ mod imp {
     }
 
     pub fn self_attention(
-        _qkv: [&Tensor; 3],
+        _x: &Tensor,
+        _weights: [&Tensor; 3],
+        _biases: [&Tensor; 3],
         _bias: &Tensor,
         _heads: usize,
         _scale: f64,
@@ -1036,10 +1038,57 @@ mod imp {
         )
     }
 
-    /// Scaled dot-product attention of `(rows, hidden)` queries, keys and values (`rows = batch
-    /// * seq`) to the `(rows, hidden)` context, as one graph node: the head split, both batched
+    /// Launches the heads kernel: `to_heads` reads columns `[offset, offset + hidden)` of
+    /// `(batch * seq, stride)` rows at `rows` into `(batch, heads, seq, head)` at `split`,
+    /// otherwise writes them back from there.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_heads(
+        dev: &CudaDevice,
+        dtype: DType,
+        (rows, split): (u64, u64),
+        (batch, seq, heads, head): (usize, usize, usize, usize),
+        stride: usize,
+        offset: usize,
+        to_heads: bool,
+    ) -> Result<()> {
+        let n = batch * seq * heads * head;
+        let (input, output) = if to_heads { (rows, split) } else { (split, rows) };
+        let name = format!("wick_heads_{}", suffix(dtype)?);
+        launch!(
+            dev, name, elementwise_config(n),
+            input, output, batch as i32, seq as i32, heads as i32, head as i32,
+            stride as i32, offset as i32, i32::from(to_heads)
+        );
+        Ok(())
+    }
+
+    /// `y + b` for a `(rows, cols)` product `y` and an f32 bias, outside the graph.
+    fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+        with_input(y, "product", |storage, yi| {
+            with_input(b, "bias", |_, bi| {
+                let cols = bi.len;
+                if bi.dtype != DType::F32 || cols == 0 || y.dims().last() != Some(&cols) {
+                    candle_core::bail!("wick cuda bias: product {:?} with {cols} bias values", y.shape())
+                }
+                let dev = storage.device().clone();
+                let out = alloc(&dev, yi.dtype, yi.len)?;
+                let out_ptr = address(&out, 0)?;
+                let name = format!("wick_bias_act_{}", suffix(yi.dtype)?);
+                launch!(
+                    dev, name, elementwise_config(yi.len),
+                    yi.ptr, bi.ptr, out_ptr, out_ptr, yi.len, cols as i32, 0i32
+                );
+                Ok(tensor(out, y.shape()))
+            })
+        })
+    }
+
+    /// A transformer layer's self-attention up to its context, `(rows, hidden)` hidden states to
+    /// the `(rows, hidden)` context, as one graph node over `x` and the stacked query, key and
+    /// value weights `(3 hidden, hidden)` and biases: the projection, head split, both batched
     /// products and the softmax run on detached tensors before the node, whose own forward
-    /// merges the heads. Backward recomputes the probabilities from the saved scores.
+    /// merges the heads. Backward recomputes the probabilities from the saved scores and gives
+    /// `x` one gradient (Candle would add three projections' and zero a buffer for each).
     struct SelfAttention {
         probs: AttentionProbs,
         dims: (usize, usize, usize, usize),
@@ -1047,47 +1096,47 @@ mod imp {
         saved: crate::fused::Saved<[Tensor; 4]>,
     }
 
-    /// Moves attention heads between `(batch * seq, heads * head)` and `(batch, heads, seq,
-    /// head)` (`to_heads`) in one kernel (Candle's strided copy of the transposed view is
-    /// several times slower).
-    fn move_heads(
-        storage: &CudaStorage,
-        si: &Input,
-        (batch, seq, heads, head): (usize, usize, usize, usize),
-        to_heads: bool,
-    ) -> Result<CudaStorage> {
-        let n = batch * seq * heads * head;
-        if si.len != n {
-            candle_core::bail!("wick cuda attention: {} values for {batch} x {seq} x {heads} x {head}", si.len)
-        }
-        let dev = storage.device().clone();
-        let out = alloc(&dev, si.dtype, n)?;
-        let name = format!("wick_heads_{}", suffix(si.dtype)?);
-        launch!(
-            dev, name, elementwise_config(n),
-            si.ptr, address(&out, 0)?, batch as i32, seq as i32, heads as i32, head as i32,
-            i32::from(to_heads)
-        );
-        Ok(out)
-    }
-
     impl SelfAttention {
-        /// `(rows, hidden)` -> `(batch, heads, seq, head)`, contiguous.
-        fn split(&self, t: &Tensor) -> Result<Tensor> {
+        fn hidden(&self) -> usize {
+            self.dims.2 * self.dims.3
+        }
+
+        /// Columns `[part * hidden, (part + 1) * hidden)` of `(rows, stride)` rows as
+        /// `(batch, heads, seq, head)`.
+        fn split(&self, t: &Tensor, part: usize) -> Result<Tensor> {
             let (batch, seq, heads, head) = self.dims;
             with_input(t, "attention input", |storage, si| {
-                let out = move_heads(storage, &si, self.dims, true)?;
+                let stride = t.dim(1)?;
+                if si.len != batch * seq * stride || (part + 1) * self.hidden() > stride {
+                    candle_core::bail!("wick cuda attention: input {:?} for {:?}", t.shape(), self.dims)
+                }
+                let dev = storage.device().clone();
+                let out = alloc(&dev, si.dtype, batch * seq * self.hidden())?;
+                launch_heads(&dev, si.dtype, (si.ptr, address(&out, 0)?), self.dims, stride, part * self.hidden(), true)?;
                 Ok(tensor(out, &Shape::from((batch, heads, seq, head))))
             })
         }
 
-        /// `(batch, heads, seq, head)` -> `(rows, hidden)`, contiguous.
-        fn merge(&self, t: &Tensor) -> Result<Tensor> {
-            let (batch, seq, heads, head) = self.dims;
-            with_input(t, "attention gradient", |storage, si| {
-                let out = move_heads(storage, &si, self.dims, false)?;
-                Ok(tensor(out, &Shape::from((batch * seq, heads * head))))
-            })
+        /// `(batch, heads, seq, head)` tensors into consecutive column blocks of one
+        /// `(rows, parts.len() * hidden)` storage.
+        fn merge(&self, parts: &[&Tensor]) -> Result<CudaStorage> {
+            let (batch, seq, _, _) = self.dims;
+            let stride = parts.len() * self.hidden();
+            let first = parts.first().ok_or_else(|| candle_core::Error::Msg("nothing to merge".into()))?;
+            let candle_core::Device::Cuda(dev) = first.device() else {
+                candle_core::bail!("wick cuda attention: not on a CUDA device")
+            };
+            let out = alloc(dev, first.dtype(), batch * seq * stride)?;
+            let out_ptr = address(&out, 0)?;
+            for (i, part) in parts.iter().enumerate() {
+                with_input(part, "attention heads", |_, pi| {
+                    if pi.len != batch * seq * self.hidden() || pi.dtype != first.dtype() {
+                        candle_core::bail!("wick cuda attention: heads {:?} for {:?}", part.shape(), self.dims)
+                    }
+                    launch_heads(dev, pi.dtype, (out_ptr, pi.ptr), self.dims, stride, i * self.hidden(), false)
+                })?;
+            }
+            Ok(out)
         }
     }
 
@@ -1110,12 +1159,12 @@ mod imp {
 
         fn cuda_fwd(
             &self,
-            _q: &CudaStorage,
-            ql: &Layout,
-            _k: &CudaStorage,
-            _kl: &Layout,
-            _v: &CudaStorage,
-            _vl: &Layout,
+            _x: &CudaStorage,
+            xl: &Layout,
+            _w: &CudaStorage,
+            _wl: &Layout,
+            _b: &CudaStorage,
+            _bl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
             let context = self
                 .context
@@ -1123,56 +1172,60 @@ mod imp {
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
                 .ok_or_else(|| candle_core::Error::Msg("wick cuda attention: forward ran twice".into()))?;
-            let out = with_input(&context, "attention context", |storage, si| {
-                move_heads(storage, &si, self.dims, false)
-            })?;
-            if ql.shape().elem_count() != self.dims.0 * self.dims.1 * self.dims.2 * self.dims.3 {
-                candle_core::bail!("wick cuda attention: queries {:?} for {:?}", ql.shape(), self.dims)
-            }
-            Ok((out, ql.shape().clone()))
+            let out = self.merge(&[&context])?;
+            Ok((out, xl.shape().clone()))
         }
 
         fn bwd(
             &self,
-            _q: &Tensor,
-            _k: &Tensor,
-            _v: &Tensor,
+            x: &Tensor,
+            w: &Tensor,
+            b: &Tensor,
             _out: &Tensor,
             grad: &Tensor,
         ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
             let [q, k, v, scores] = self.saved.take("wick cuda attention")?;
-            let g_context = self.split(&grad.detach())?;
+            let g_context = self.split(&grad.detach().contiguous()?, 0)?;
             let probs = scores.apply_op1_no_bwd(&self.probs)?;
             let g_probs = g_context.matmul(&v.t()?)?;
             let g_v = probs.t()?.matmul(&g_context)?;
-            drop(probs);
+            drop((probs, g_context));
             let g_scores = self.probs.backward(&scores, &g_probs)?;
             drop(g_probs);
             let g_q = g_scores.matmul(&k)?;
             let g_k = g_scores.t()?.matmul(&q)?;
-            Ok((
-                Some(self.merge(&g_q)?),
-                Some(self.merge(&g_k)?),
-                Some(self.merge(&g_v)?),
-            ))
+            drop(g_scores);
+            let rows = x.dim(0)?;
+            let g_qkv = tensor(self.merge(&[&g_q, &g_k, &g_v])?, &Shape::from((rows, 3 * self.hidden())));
+            drop((g_q, g_k, g_v));
+            let gx = g_qkv.matmul(&w.detach().to_dtype(x.dtype())?)?;
+            let gw = g_qkv.t()?.matmul(&x.detach())?.to_dtype(w.dtype())?;
+            let gb = col_sum(&g_qkv)?.to_dtype(b.dtype())?;
+            Ok((Some(gx), Some(gw), Some(gb)))
         }
     }
 
-    /// Self-attention of `(rows, hidden)` projections `[q, k, v]` in the compute dtype:
-    /// `softmax(scale q k^T + bias)` with dropout, times `v`, per head; the f32 `bias`
-    /// `(batch, 1, 1, seq)` from [`crate::ops::attention_bias`]. Returns `(rows, hidden)`.
+    /// A layer's self-attention from its `(rows, hidden)` input `x` in the compute dtype to the
+    /// `(rows, hidden)` context: the query, key and value projections (f32 weights `(hidden,
+    /// hidden)` and biases, stacked in the graph), `softmax(scale q k^T + bias)` with dropout,
+    /// times `v`, per head; the f32 `bias` `(batch, 1, 1, seq)` from
+    /// [`crate::ops::attention_bias`].
     pub fn self_attention(
-        [q, k, v]: [&Tensor; 3],
+        x: &Tensor,
+        weights: [&Tensor; 3],
+        biases: [&Tensor; 3],
         bias: &Tensor,
         heads: usize,
         scale: f64,
         dropout: Option<(f64, u64)>,
     ) -> Result<Tensor> {
-        let (rows, hidden) = q.dims2()?;
+        let (rows, hidden) = x.dims2()?;
         let batch = bias.dim(0)?;
         if heads == 0 || hidden % heads != 0 || batch == 0 || rows % batch != 0 {
             candle_core::bail!("wick cuda attention: {rows} x {hidden} with {heads} heads, batch {batch}")
         }
+        let w = Tensor::cat(&weights, 0)?;
+        let b = Tensor::cat(&biases, 0)?;
         let mut op = SelfAttention {
             probs: AttentionProbs {
                 bias: bias.detach().contiguous()?,
@@ -1181,16 +1234,21 @@ mod imp {
             },
             dims: (batch, rows / batch, heads, hidden / heads),
             context: std::sync::Mutex::new(None),
-            saved: crate::fused::Saved::new(q.track_op() || k.track_op() || v.track_op()),
+            saved: crate::fused::Saved::new(x.track_op() || w.track_op() || b.track_op()),
         };
-        let (qs, ks, vs) = (op.split(&q.detach())?, op.split(&k.detach())?, op.split(&v.detach())?);
+        let x = x.contiguous()?;
+        let product = x.detach().matmul(&w.detach().to_dtype(x.dtype())?.t()?)?;
+        let qkv = bias_add(&product, &b.detach())?;
+        drop(product);
+        let (qs, ks, vs) = (op.split(&qkv, 0)?, op.split(&qkv, 1)?, op.split(&qkv, 2)?);
+        drop(qkv);
         let scores = qs.matmul(&ks.t()?)?;
         let probs = scores.apply_op1_no_bwd(&op.probs)?;
         let context = probs.matmul(&vs)?;
         drop(probs);
         op.context = std::sync::Mutex::new(Some(context));
         op.saved.put([qs, ks, vs, scores]);
-        q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+        x.apply_op3(&w, &b, op)
     }
 
     /// The trainer's AdamW and gradient norm (`crates/trainer`) over contiguous f32 tensors.
