@@ -317,7 +317,11 @@ fn op_matches_cpu(
     };
     let (out_cpu, grads_cpu) = run(&Device::Cpu, DType::F32);
     let (out_acc, grads_acc) = run(accel, dtype);
-    let rel = |a: &Tensor, b: &Tensor| max_diff(a, b) / max_abs(a).max(1e-6);
+    // A gradient that is zero in exact arithmetic (attention's key bias: softmax ignores a
+    // shift shared by a row) is rounding noise on both sides: measure each difference against
+    // at least 1% of the op's largest gradient.
+    let floor = grads_cpu.iter().map(max_abs).fold(1e-6, f32::max) * 1e-2;
+    let rel = |a: &Tensor, b: &Tensor| max_diff(a, b) / max_abs(a).max(floor);
     assert!(
         rel(&out_cpu, &out_acc) < tol,
         "{name} {dtype:?}: outputs differ by {} of the largest",

@@ -331,13 +331,15 @@ __device__ void dropout(const T* x, T* y, size_t n, Drop drop) {
 template <typename T>
 __device__ void heads(const T* in, T* out, int batch, int seq, int nheads, int head, int stride,
                       int offset, int to_heads) {
-    size_t n = (size_t)batch * seq * nheads * head;
-    GRID_STRIDE(i, n) {
-        size_t d = i % head, rest = i / head;
-        size_t s = rest % seq;
+    // 32-bit index arithmetic (the caller checks that every index fits): 64-bit division
+    // costs more than the copy itself.
+    uint32_t n = (uint32_t)batch * seq * nheads * head;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        uint32_t d = i % head, rest = i / head;
+        uint32_t s = rest % seq;
         rest /= seq;
-        size_t h = rest % nheads, b = rest / nheads;
-        size_t row = (b * seq + s) * stride + offset + h * head + d;
+        uint32_t h = rest % nheads, b = rest / nheads;
+        size_t row = ((size_t)b * seq + s) * stride + offset + h * head + d;
         if (to_heads)
             out[i] = in[row];
         else

@@ -138,7 +138,7 @@ mod imp {
     /// Threads per block of the row kernels (8 warps: 8 rows).
     const ROW_BLOCK: u32 = 256;
     /// Rows each warp of a layer-norm backward takes (its partial weight and bias sums).
-    const LN_BWD_ROWS: usize = 4;
+    const LN_BWD_ROWS: usize = 2;
 
     /// Sets a CUDA device up for a training loop that runs on its one stream: cudarc's
     /// per-tensor event tracking off (for tensors created afterwards: the events, recorded and
@@ -1052,6 +1052,7 @@ mod imp {
         to_heads: bool,
     ) -> Result<()> {
         let n = batch * seq * heads * head;
+        check_u32(n, "attention heads")?;
         let (input, output) = if to_heads { (rows, split) } else { (split, rows) };
         let name = format!("wick_heads_{}", suffix(dtype)?);
         launch!(
