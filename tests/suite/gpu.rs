@@ -412,8 +412,9 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
                 }
             });
         }
-        for (seq, p) in [(100, 0.0), (128, 0.1)] {
-            let (batch, heads, hidden) = (3, 6, 384);
+        // Heads of 64 (bert-base) and 32 (MiniLM), a length that is no multiple of 32.
+        for (seq, p, heads) in [(100, 0.0, 6), (128, 0.1, 6), (77, 0.1, 12)] {
+            let (batch, hidden) = (3, 384);
             let mask: Vec<f32> = (0..batch * seq)
                 .map(|i| f32::from(i % seq < seq - 17 * (i / seq)))
                 .collect();
@@ -425,7 +426,7 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
                 let device = t[0].device();
                 let bias = ops::attention_bias(&mask.to_device(device).unwrap()).unwrap();
                 let rng = DropoutRng::new(8);
-                let scale = 1.0 / 8.0;
+                let scale = 1.0 / ((hidden / heads) as f64).sqrt();
                 if device.is_cpu() {
                     let split = |i: usize| {
                         ops::linear(&t[0], &t[i], Some(&t[i + 3]))
