@@ -23,7 +23,10 @@ fn main() {
         .arg(out.join("wick_kernels.ptx"))
         .status()
         .unwrap_or_else(|e| panic!("running {} (set NVCC or CUDA_ROOT): {e}", nvcc.display()));
-    assert!(status.success(), "nvcc failed on kernels/wick.cu ({status})");
+    assert!(
+        status.success(),
+        "nvcc failed on kernels/wick.cu ({status})"
+    );
 }
 
 fn nvcc() -> PathBuf {

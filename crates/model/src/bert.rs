@@ -236,9 +236,7 @@ impl SelfAttention {
             param(&self.key.bias, train),
             param(&self.value.bias, train),
         );
-        if cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias])
-            && seq <= cuda::MAX_ROW
-        {
+        if cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias]) && seq <= cuda::MAX_ROW {
             let dropout = (train && p > 0.0).then(|| (p, rng.draw_key()));
             return cuda::self_attention(
                 xs,

@@ -124,9 +124,7 @@ mod imp {
 mod imp {
     use super::*;
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{
-        DevicePtr, LaunchConfig, PushKernelArg,
-    };
+    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
     use candle_core::op::BackpropOp;
     use candle_core::{CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Storage};
@@ -159,7 +157,9 @@ mod imp {
         let mut keep = u64::MAX;
         // SAFETY: plain driver calls with valid out-pointers for the context's own device.
         unsafe {
-            sys::cuDeviceGetDefaultMemPool(&mut pool, stream.context().cu_device()).result().w()?;
+            sys::cuDeviceGetDefaultMemPool(&mut pool, stream.context().cu_device())
+                .result()
+                .w()?;
             sys::cuMemPoolSetAttribute(
                 pool,
                 sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
@@ -225,7 +225,11 @@ mod imp {
     }
 
     /// Runs `f` on the device storage of `t` (made contiguous first).
-    fn with_input<R>(t: &Tensor, what: &str, f: impl FnOnce(&CudaStorage, Input) -> Result<R>) -> Result<R> {
+    fn with_input<R>(
+        t: &Tensor,
+        what: &str,
+        f: impl FnOnce(&CudaStorage, Input) -> Result<R>,
+    ) -> Result<R> {
         let t = t.detach().contiguous()?;
         let (storage, layout) = t.storage_and_layout();
         match &*storage {
@@ -257,7 +261,12 @@ mod imp {
 
     /// A tensor outside the graph over a storage the kernels wrote.
     fn tensor(storage: CudaStorage, shape: &Shape) -> Tensor {
-        Tensor::from_storage(Storage::Cuda(storage), shape.clone(), BackpropOp::none(), false)
+        Tensor::from_storage(
+            Storage::Cuda(storage),
+            shape.clone(),
+            BackpropOp::none(),
+            false,
+        )
     }
 
     /// Launches `name` from wick's module with these arguments (each an address, or a scalar of
@@ -305,7 +314,13 @@ mod imp {
 
         fn args(&self) -> (u32, u32, u32, f32, i32) {
             match self.0 {
-                Some(m) => (m.key as u32, (m.key >> 32) as u32, m.threshold, m.keep_scale, 1),
+                Some(m) => (
+                    m.key as u32,
+                    (m.key >> 32) as u32,
+                    m.threshold,
+                    m.keep_scale,
+                    1,
+                ),
                 None => (0, 0, 0, 1.0, 0),
             }
         }
@@ -341,13 +356,30 @@ mod imp {
             let cols = wbi.len / 2;
             let rows = self.check(&ai, xi.as_ref(), &wbi)?;
             let y = alloc(&dev, ai.dtype, ai.len)?;
-            let name = format!("wick_ln_fwd_{}_k{}", suffix(ai.dtype)?, width(cols, "layer norm row")?);
+            let name = format!(
+                "wick_ln_fwd_{}_k{}",
+                suffix(ai.dtype)?,
+                width(cols, "layer norm row")?
+            );
             let (lo, hi, thr, scale, on) = self.drop.args();
             launch!(
-                dev, name, rows_config(rows),
-                ai.ptr, xi.as_ref().map_or(ai.ptr, |x| x.ptr), i32::from(xi.is_some()),
-                wbi.ptr, wbi.ptr + (cols * 4) as u64, address(&y, 0)?,
-                rows as i32, cols as i32, self.eps, lo, hi, thr, scale, on
+                dev,
+                name,
+                rows_config(rows),
+                ai.ptr,
+                xi.as_ref().map_or(ai.ptr, |x| x.ptr),
+                i32::from(xi.is_some()),
+                wbi.ptr,
+                wbi.ptr + (cols * 4) as u64,
+                address(&y, 0)?,
+                rows as i32,
+                cols as i32,
+                self.eps,
+                lo,
+                hi,
+                thr,
+                scale,
+                on
             );
             Ok((y, a.1.shape().clone()))
         }
@@ -355,10 +387,10 @@ mod imp {
         fn check(&self, a: &Input, x: Option<&Input>, wb: &Input) -> Result<usize> {
             let cols = wb.len / 2;
             let bad = wb.dtype != DType::F32
-                || wb.len % 2 != 0
+                || !wb.len.is_multiple_of(2)
                 || cols == 0
                 || cols > MAX_ROW
-                || a.len % cols != 0
+                || !a.len.is_multiple_of(cols)
                 || x.is_some_and(|x| x.len != a.len || x.dtype != a.dtype);
             if bad {
                 candle_core::bail!(
@@ -397,7 +429,10 @@ mod imp {
                         let rows = self.check(&ai, xi.as_ref(), &wbi)?;
                         let cols = wbi.len / 2;
                         if gi.len != ai.len || gi.dtype != ai.dtype {
-                            candle_core::bail!("wick cuda layer norm: gradient of {} values", gi.len)
+                            candle_core::bail!(
+                                "wick cuda layer norm: gradient of {} values",
+                                gi.len
+                            )
                         }
                         let gx = alloc(&dev, ai.dtype, ai.len)?;
                         let ga = match self.drop.0 {
@@ -415,13 +450,26 @@ mod imp {
                         let (lo, hi, thr, scale, on) = self.drop.args();
                         let gx_ptr = address(&gx, 0)?;
                         launch!(
-                            dev, name, rows_config(warps),
-                            ai.ptr, xi.as_ref().map_or(ai.ptr, |x| x.ptr), i32::from(xi.is_some()),
-                            wbi.ptr, gi.ptr, gx_ptr,
+                            dev,
+                            name,
+                            rows_config(warps),
+                            ai.ptr,
+                            xi.as_ref().map_or(ai.ptr, |x| x.ptr),
+                            i32::from(xi.is_some()),
+                            wbi.ptr,
+                            gi.ptr,
+                            gx_ptr,
                             ga.as_ref().map_or(Ok(gx_ptr), |g| address(g, 0))?,
                             address(&partials, 0)?,
-                            rows as i32, cols as i32, LN_BWD_ROWS as i32, self.eps,
-                            lo, hi, thr, scale, on
+                            rows as i32,
+                            cols as i32,
+                            LN_BWD_ROWS as i32,
+                            self.eps,
+                            lo,
+                            hi,
+                            thr,
+                            scale,
+                            on
                         );
                         sum_partials(&dev, &partials, warps, 2 * cols, &gwb)?;
                         let gx = tensor(gx, a.shape());
@@ -448,13 +496,27 @@ mod imp {
     }
 
     /// [`sum_partials`] between device addresses.
-    fn sum_partials_to(dev: &CudaDevice, partials: u64, n: usize, width: usize, out: u64) -> Result<()> {
+    fn sum_partials_to(
+        dev: &CudaDevice,
+        partials: u64,
+        n: usize,
+        width: usize,
+        out: u64,
+    ) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: ((width as u32).div_ceil(32), 1, 1),
             block_dim: (32, 32, 1),
             shared_mem_bytes: 0,
         };
-        launch!(dev, "wick_sum_partials", cfg, partials, n as i32, width as i32, out);
+        launch!(
+            dev,
+            "wick_sum_partials",
+            cfg,
+            partials,
+            n as i32,
+            width as i32,
+            out
+        );
         Ok(())
     }
 
@@ -576,7 +638,11 @@ mod imp {
         fn dims(&self, scores: &Input, shape: &Shape) -> Result<(usize, usize, usize)> {
             let k = *shape.dims().last().unwrap_or(&0);
             let batch = self.bias.dim(0)?;
-            if k == 0 || k > MAX_ROW || self.bias.elem_count() != batch * k || scores.len % (batch * k) != 0 {
+            if k == 0
+                || k > MAX_ROW
+                || self.bias.elem_count() != batch * k
+                || !scores.len.is_multiple_of(batch * k)
+            {
                 candle_core::bail!(
                     "wick cuda attention: scores {shape:?} with mask bias {:?}",
                     self.bias.shape()
@@ -606,12 +672,28 @@ mod imp {
             let (rows, k, per_batch) = self.dims(&si, layout.shape())?;
             let out = alloc(&dev, si.dtype, si.len)?;
             with_input(&self.bias, "attention mask bias", |_, bias| {
-                let name = format!("wick_softmax_fwd_{}_k{}", suffix(si.dtype)?, width(k, "attention row")?);
+                let name = format!(
+                    "wick_softmax_fwd_{}_k{}",
+                    suffix(si.dtype)?,
+                    width(k, "attention row")?
+                );
                 let (lo, hi, thr, scale, on) = self.drop.args();
                 launch!(
-                    dev, name, rows_config(rows),
-                    si.ptr, bias.ptr, address(&out, 0)?, rows as i32, k as i32, per_batch as i32,
-                    self.scale, lo, hi, thr, scale, on
+                    dev,
+                    name,
+                    rows_config(rows),
+                    si.ptr,
+                    bias.ptr,
+                    address(&out, 0)?,
+                    rows as i32,
+                    k as i32,
+                    per_batch as i32,
+                    self.scale,
+                    lo,
+                    hi,
+                    thr,
+                    scale,
+                    on
                 );
                 Ok(())
             })?;
@@ -632,12 +714,29 @@ mod imp {
                 with_input(grad, "attention gradient", |_, gi| {
                     with_input(&self.bias, "attention mask bias", |_, bias| {
                         let out = alloc(&dev, si.dtype, si.len)?;
-                        let name = format!("wick_softmax_bwd_{}_k{}", suffix(si.dtype)?, width(k, "attention row")?);
+                        let name = format!(
+                            "wick_softmax_bwd_{}_k{}",
+                            suffix(si.dtype)?,
+                            width(k, "attention row")?
+                        );
                         let (lo, hi, thr, scale, on) = self.drop.args();
                         launch!(
-                            dev, name, rows_config(rows),
-                            si.ptr, bias.ptr, gi.ptr, address(&out, 0)?, rows as i32, k as i32,
-                            per_batch as i32, self.scale, lo, hi, thr, scale, on
+                            dev,
+                            name,
+                            rows_config(rows),
+                            si.ptr,
+                            bias.ptr,
+                            gi.ptr,
+                            address(&out, 0)?,
+                            rows as i32,
+                            k as i32,
+                            per_batch as i32,
+                            self.scale,
+                            lo,
+                            hi,
+                            thr,
+                            scale,
+                            on
                         );
                         Ok(tensor(out, scores.shape()))
                     })
@@ -678,7 +777,19 @@ mod imp {
             Some(drop) => {
                 check_u32(xi.len, "dropout input")?;
                 let (lo, hi, thr, scale, on) = drop.args();
-                launch!(dev, name, cfg, xi.ptr, address(&out, 0)?, xi.len, lo, hi, thr, scale, on);
+                launch!(
+                    dev,
+                    name,
+                    cfg,
+                    xi.ptr,
+                    address(&out, 0)?,
+                    xi.len,
+                    lo,
+                    hi,
+                    thr,
+                    scale,
+                    on
+                );
             }
             None => launch!(dev, name, cfg, xi.ptr, address(&out, 0)?, xi.len),
         }
@@ -708,12 +819,24 @@ mod imp {
             with_input(x, "gelu input", |storage, xi| {
                 with_input(grad, "gelu gradient", |_, gi| {
                     if gi.len != xi.len || gi.dtype != xi.dtype {
-                        candle_core::bail!("wick cuda gelu: gradient of {} values for {}", gi.len, xi.len)
+                        candle_core::bail!(
+                            "wick cuda gelu: gradient of {} values for {}",
+                            gi.len,
+                            xi.len
+                        )
                     }
                     let dev = storage.device().clone();
                     let out = alloc(&dev, xi.dtype, xi.len)?;
                     let name = format!("wick_gelu_bwd_{}", suffix(xi.dtype)?);
-                    launch!(dev, name, elementwise_config(xi.len), xi.ptr, gi.ptr, address(&out, 0)?, xi.len);
+                    launch!(
+                        dev,
+                        name,
+                        elementwise_config(xi.len),
+                        xi.ptr,
+                        gi.ptr,
+                        address(&out, 0)?,
+                        xi.len
+                    );
                     Ok(Some(tensor(out, x.shape())))
                 })
             })
@@ -746,13 +869,18 @@ mod imp {
 
         /// The same mask multiplies the gradient.
         fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-            Ok(Some(grad.detach().contiguous()?.apply_op1_no_bwd(&Dropout(self.0))?))
+            Ok(Some(
+                grad.detach()
+                    .contiguous()?
+                    .apply_op1_no_bwd(&Dropout(self.0))?,
+            ))
         }
     }
 
     /// Inverted dropout with drop probability `p`, the mask keyed by `key` (the CPU's mask).
     pub fn dropout(xs: &Tensor, p: f64, key: u64) -> Result<Tensor> {
-        xs.contiguous()?.apply_op1(Dropout(DropMask::new(Some((p, key)))))
+        xs.contiguous()?
+            .apply_op1(Dropout(DropMask::new(Some((p, key)))))
     }
 
     /// `word[ids] + type[type_ids] + position[position_ids]`, f32 tables `(rows, hidden)`, the
@@ -768,7 +896,11 @@ mod imp {
                 with_input(&self.ids[which], "ids", |_, ids| {
                     let dev = storage.device().clone();
                     if gi.len != ids.len * hidden || gi.dtype != DType::F32 {
-                        candle_core::bail!("wick cuda embeddings: gradient of {} values for {} ids", gi.len, ids.len)
+                        candle_core::bail!(
+                            "wick cuda embeddings: gradient of {} values for {} ids",
+                            gi.len,
+                            ids.len
+                        )
                     }
                     let out = alloc(&dev, DType::F32, vocab * hidden)?;
                     if vocab < 64 {
@@ -777,12 +909,29 @@ mod imp {
                             block_dim: (32, 8, 1),
                             shared_mem_bytes: 0,
                         };
-                        launch!(dev, "wick_embed_bwd_cols", cfg, gi.ptr, ids.ptr, ids.len as i32, hidden as i32, address(&out, 0)?);
-                    } else {
-                        let name = format!("wick_embed_bwd_rows_k{}", width(hidden, "embedding row")?);
                         launch!(
-                            dev, name, rows_config(vocab),
-                            gi.ptr, ids.ptr, ids.len as i32, hidden as i32, vocab as i32, address(&out, 0)?
+                            dev,
+                            "wick_embed_bwd_cols",
+                            cfg,
+                            gi.ptr,
+                            ids.ptr,
+                            ids.len as i32,
+                            hidden as i32,
+                            address(&out, 0)?
+                        );
+                    } else {
+                        let name =
+                            format!("wick_embed_bwd_rows_k{}", width(hidden, "embedding row")?);
+                        launch!(
+                            dev,
+                            name,
+                            rows_config(vocab),
+                            gi.ptr,
+                            ids.ptr,
+                            ids.len as i32,
+                            hidden as i32,
+                            vocab as i32,
+                            address(&out, 0)?
                         );
                     }
                     Ok(tensor(out, table.shape()))
@@ -825,9 +974,14 @@ mod imp {
             let n = self.ids[0].elem_count();
             let same = [&word, &pos, &typ].iter().all(|t| t.dtype == DType::F32)
                 && [l2, l3].iter().all(|l| l.dims().last() == Some(&hidden))
-                && self.ids.iter().all(|i| i.elem_count() == n && i.dtype() == DType::U32);
+                && self
+                    .ids
+                    .iter()
+                    .all(|i| i.elem_count() == n && i.dtype() == DType::U32);
             if !same || hidden == 0 {
-                candle_core::bail!("wick cuda embeddings: f32 tables of one width and n u32 ids each")
+                candle_core::bail!(
+                    "wick cuda embeddings: f32 tables of one width and n u32 ids each"
+                )
             }
             check_u32(n * hidden, "embeddings")?;
             let out = alloc(&dev, DType::F32, n * hidden)?;
@@ -835,9 +989,18 @@ mod imp {
                 with_input(&self.ids[1], "position ids", |_, pid| {
                     with_input(&self.ids[2], "token type ids", |_, tid| {
                         launch!(
-                            dev, "wick_embed_fwd", elementwise_config(n * hidden),
-                            word.ptr, pos.ptr, typ.ptr, wid.ptr, pid.ptr, tid.ptr, address(&out, 0)?,
-                            n as i32, hidden as i32
+                            dev,
+                            "wick_embed_fwd",
+                            elementwise_config(n * hidden),
+                            word.ptr,
+                            pos.ptr,
+                            typ.ptr,
+                            wid.ptr,
+                            pid.ptr,
+                            tid.ptr,
+                            address(&out, 0)?,
+                            n as i32,
+                            hidden as i32
                         );
                         Ok(())
                     })
@@ -891,7 +1054,15 @@ mod imp {
                 shared_mem_bytes: 0,
             };
             let name = format!("wick_col_sum_partial_{}", suffix(ti.dtype)?);
-            launch!(dev, name, cfg, ti.ptr, rows as i32, cols as i32, address(&partials, 0)?);
+            launch!(
+                dev,
+                name,
+                cfg,
+                ti.ptr,
+                rows as i32,
+                cols as i32,
+                address(&partials, 0)?
+            );
             sum_partials(&dev, &partials, chunks, cols, &out)?;
             Ok(tensor(out, &Shape::from(cols)))
         })
@@ -937,23 +1108,43 @@ mod imp {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
-                .ok_or_else(|| candle_core::Error::Msg("wick cuda linear: forward ran twice".into()))?;
+                .ok_or_else(|| {
+                    candle_core::Error::Msg("wick cuda linear: forward ran twice".into())
+                })?;
             let bi = input(b, bl, "bias")?;
             let shape = product.shape().clone();
             let cols = bi.len;
             with_input(&product, "product", |storage, yi| {
                 let dev = storage.device().clone();
-                if bi.dtype != DType::F32 || cols == 0 || yi.len % cols != 0 || shape.dims().last() != Some(&cols) {
-                    candle_core::bail!("wick cuda linear: product {shape:?} with {cols} {} bias values", bi.dtype.as_str())
+                if bi.dtype != DType::F32
+                    || cols == 0
+                    || yi.len % cols != 0
+                    || shape.dims().last() != Some(&cols)
+                {
+                    candle_core::bail!(
+                        "wick cuda linear: product {shape:?} with {cols} {} bias values",
+                        bi.dtype.as_str()
+                    )
                 }
                 let out = alloc(&dev, yi.dtype, yi.len)?;
-                let pre = if self.gelu { Some(alloc(&dev, yi.dtype, yi.len)?) } else { None };
+                let pre = if self.gelu {
+                    Some(alloc(&dev, yi.dtype, yi.len)?)
+                } else {
+                    None
+                };
                 let out_ptr = address(&out, 0)?;
                 let name = format!("wick_bias_act_{}", suffix(yi.dtype)?);
                 launch!(
-                    dev, name, elementwise_config(yi.len),
-                    yi.ptr, bi.ptr, pre.as_ref().map_or(Ok(out_ptr), |p| address(p, 0))?, out_ptr,
-                    yi.len, cols as i32, i32::from(self.gelu)
+                    dev,
+                    name,
+                    elementwise_config(yi.len),
+                    yi.ptr,
+                    bi.ptr,
+                    pre.as_ref().map_or(Ok(out_ptr), |p| address(p, 0))?,
+                    out_ptr,
+                    yi.len,
+                    cols as i32,
+                    i32::from(self.gelu)
                 );
                 if let Some(pre) = pre {
                     self.pre.put(tensor(pre, &shape));
@@ -1011,12 +1202,24 @@ mod imp {
             let xi = input(s1, l1, "gelu input")?;
             let gi = input(s2, l2, "gelu gradient")?;
             if gi.len != xi.len || gi.dtype != xi.dtype {
-                candle_core::bail!("wick cuda gelu: gradient of {} values for {}", gi.len, xi.len)
+                candle_core::bail!(
+                    "wick cuda gelu: gradient of {} values for {}",
+                    gi.len,
+                    xi.len
+                )
             }
             let dev = s1.device().clone();
             let out = alloc(&dev, xi.dtype, xi.len)?;
             let name = format!("wick_gelu_bwd_{}", suffix(xi.dtype)?);
-            launch!(dev, name, elementwise_config(xi.len), xi.ptr, gi.ptr, address(&out, 0)?, xi.len);
+            launch!(
+                dev,
+                name,
+                elementwise_config(xi.len),
+                xi.ptr,
+                gi.ptr,
+                address(&out, 0)?,
+                xi.len
+            );
             Ok((out, l1.shape().clone()))
         }
     }
@@ -1053,12 +1256,25 @@ mod imp {
     ) -> Result<()> {
         let n = batch * seq * heads * head;
         check_u32(n, "attention heads")?;
-        let (input, output) = if to_heads { (rows, split) } else { (split, rows) };
+        let (input, output) = if to_heads {
+            (rows, split)
+        } else {
+            (split, rows)
+        };
         let name = format!("wick_heads_{}", suffix(dtype)?);
         launch!(
-            dev, name, elementwise_config(n),
-            input, output, batch as i32, seq as i32, heads as i32, head as i32,
-            stride as i32, offset as i32, i32::from(to_heads)
+            dev,
+            name,
+            elementwise_config(n),
+            input,
+            output,
+            batch as i32,
+            seq as i32,
+            heads as i32,
+            head as i32,
+            stride as i32,
+            offset as i32,
+            i32::from(to_heads)
         );
         Ok(())
     }
@@ -1069,15 +1285,26 @@ mod imp {
             with_input(b, "bias", |_, bi| {
                 let cols = bi.len;
                 if bi.dtype != DType::F32 || cols == 0 || y.dims().last() != Some(&cols) {
-                    candle_core::bail!("wick cuda bias: product {:?} with {cols} bias values", y.shape())
+                    candle_core::bail!(
+                        "wick cuda bias: product {:?} with {cols} bias values",
+                        y.shape()
+                    )
                 }
                 let dev = storage.device().clone();
                 let out = alloc(&dev, yi.dtype, yi.len)?;
                 let out_ptr = address(&out, 0)?;
                 let name = format!("wick_bias_act_{}", suffix(yi.dtype)?);
                 launch!(
-                    dev, name, elementwise_config(yi.len),
-                    yi.ptr, bi.ptr, out_ptr, out_ptr, yi.len, cols as i32, 0i32
+                    dev,
+                    name,
+                    elementwise_config(yi.len),
+                    yi.ptr,
+                    bi.ptr,
+                    out_ptr,
+                    out_ptr,
+                    yi.len,
+                    cols as i32,
+                    0i32
                 );
                 Ok(tensor(out, y.shape()))
             })
@@ -1109,11 +1336,23 @@ mod imp {
             with_input(t, "attention input", |storage, si| {
                 let stride = t.dim(1)?;
                 if si.len != batch * seq * stride || (part + 1) * self.hidden() > stride {
-                    candle_core::bail!("wick cuda attention: input {:?} for {:?}", t.shape(), self.dims)
+                    candle_core::bail!(
+                        "wick cuda attention: input {:?} for {:?}",
+                        t.shape(),
+                        self.dims
+                    )
                 }
                 let dev = storage.device().clone();
                 let out = alloc(&dev, si.dtype, batch * seq * self.hidden())?;
-                launch_heads(&dev, si.dtype, (si.ptr, address(&out, 0)?), self.dims, stride, part * self.hidden(), true)?;
+                launch_heads(
+                    &dev,
+                    si.dtype,
+                    (si.ptr, address(&out, 0)?),
+                    self.dims,
+                    stride,
+                    part * self.hidden(),
+                    true,
+                )?;
                 Ok(tensor(out, &Shape::from((batch, heads, seq, head))))
             })
         }
@@ -1123,7 +1362,9 @@ mod imp {
         fn merge(&self, parts: &[&Tensor]) -> Result<CudaStorage> {
             let (batch, seq, _, _) = self.dims;
             let stride = parts.len() * self.hidden();
-            let first = parts.first().ok_or_else(|| candle_core::Error::Msg("nothing to merge".into()))?;
+            let first = parts
+                .first()
+                .ok_or_else(|| candle_core::Error::Msg("nothing to merge".into()))?;
             let candle_core::Device::Cuda(dev) = first.device() else {
                 candle_core::bail!("wick cuda attention: not on a CUDA device")
             };
@@ -1132,9 +1373,21 @@ mod imp {
             for (i, part) in parts.iter().enumerate() {
                 with_input(part, "attention heads", |_, pi| {
                     if pi.len != batch * seq * self.hidden() || pi.dtype != first.dtype() {
-                        candle_core::bail!("wick cuda attention: heads {:?} for {:?}", part.shape(), self.dims)
+                        candle_core::bail!(
+                            "wick cuda attention: heads {:?} for {:?}",
+                            part.shape(),
+                            self.dims
+                        )
                     }
-                    launch_heads(dev, pi.dtype, (out_ptr, pi.ptr), self.dims, stride, i * self.hidden(), false)
+                    launch_heads(
+                        dev,
+                        pi.dtype,
+                        (out_ptr, pi.ptr),
+                        self.dims,
+                        stride,
+                        i * self.hidden(),
+                        false,
+                    )
                 })?;
             }
             Ok(out)
@@ -1172,7 +1425,9 @@ mod imp {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
-                .ok_or_else(|| candle_core::Error::Msg("wick cuda attention: forward ran twice".into()))?;
+                .ok_or_else(|| {
+                    candle_core::Error::Msg("wick cuda attention: forward ran twice".into())
+                })?;
             let out = self.merge(&[&context])?;
             Ok((out, xl.shape().clone()))
         }
@@ -1197,7 +1452,10 @@ mod imp {
             let g_k = g_scores.t()?.matmul(&q)?;
             drop(g_scores);
             let rows = x.dim(0)?;
-            let g_qkv = tensor(self.merge(&[&g_q, &g_k, &g_v])?, &Shape::from((rows, 3 * self.hidden())));
+            let g_qkv = tensor(
+                self.merge(&[&g_q, &g_k, &g_v])?,
+                &Shape::from((rows, 3 * self.hidden())),
+            );
             drop((g_q, g_k, g_v));
             let gx = g_qkv.matmul(&w.detach().to_dtype(x.dtype())?)?;
             let gw = g_qkv.t()?.matmul(&x.detach())?.to_dtype(w.dtype())?;
@@ -1223,7 +1481,9 @@ mod imp {
         let (rows, hidden) = x.dims2()?;
         let batch = bias.dim(0)?;
         if heads == 0 || hidden % heads != 0 || batch == 0 || rows % batch != 0 {
-            candle_core::bail!("wick cuda attention: {rows} x {hidden} with {heads} heads, batch {batch}")
+            candle_core::bail!(
+                "wick cuda attention: {rows} x {hidden} with {heads} heads, batch {batch}"
+            )
         }
         let w = Tensor::cat(&weights, 0)?;
         let b = Tensor::cat(&biases, 0)?;
@@ -1267,7 +1527,11 @@ mod imp {
 
         /// Runs `f` on the f32 device input of `t`, which must already be contiguous (the
         /// address is then that of `t`'s own storage).
-        fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&CudaStorage, Input) -> Result<R>) -> Result<R> {
+        fn with_f32<R>(
+            t: &Tensor,
+            what: &str,
+            f: impl FnOnce(&CudaStorage, Input) -> Result<R>,
+        ) -> Result<R> {
             if !t.is_contiguous() {
                 candle_core::bail!("wick cuda AdamW: {what} is not contiguous")
             }
@@ -1303,7 +1567,11 @@ mod imp {
                     with_f32(m, "first moment", |_, mi| {
                         with_f32(v, "second moment", |_, vi| {
                             with_f32(scale, "gradient scale", |_, si| {
-                                if gi.len != pi.len || mi.len != pi.len || vi.len != pi.len || si.len != 1 {
+                                if gi.len != pi.len
+                                    || mi.len != pi.len
+                                    || vi.len != pi.len
+                                    || si.len != 1
+                                {
                                     candle_core::bail!(
                                         "wick cuda AdamW: {} parameters, {} gradient, {} and {} moment, {} scale values",
                                         pi.len, gi.len, mi.len, vi.len, si.len
@@ -1311,9 +1579,21 @@ mod imp {
                                 }
                                 let dev = storage.device().clone();
                                 launch!(
-                                    dev, "wick_adamw", elementwise_config(pi.len),
-                                    pi.ptr, mi.ptr, vi.ptr, gi.ptr, si.ptr, pi.len as i32,
-                                    beta1, beta2, decay, step, inv_bias2_sqrt, eps
+                                    dev,
+                                    "wick_adamw",
+                                    elementwise_config(pi.len),
+                                    pi.ptr,
+                                    mi.ptr,
+                                    vi.ptr,
+                                    gi.ptr,
+                                    si.ptr,
+                                    pi.len as i32,
+                                    beta1,
+                                    beta2,
+                                    decay,
+                                    step,
+                                    inv_bias2_sqrt,
+                                    eps
                                 );
                                 Ok(())
                             })

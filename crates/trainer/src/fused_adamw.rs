@@ -106,7 +106,6 @@ impl InplaceOp3 for Moment {
             .for_each(|(m, g)| pass(m, g, beta, scale));
         Ok(())
     }
-
 }
 
 struct Update {
@@ -158,7 +157,6 @@ impl InplaceOp3 for Update {
             .for_each(|((p, m), v)| apply_update(p, m, v, self));
         Ok(())
     }
-
 }
 
 /// Whether the fused path applies: f32 tensors on the CPU (or on CUDA in a build with the
@@ -248,7 +246,6 @@ impl candle_core::CustomOp1 for SumOfSquares {
             Shape::from(()),
         ))
     }
-
 }
 
 /// The CPU, or a CUDA device when this build has the kernels.
