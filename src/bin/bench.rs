@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
-use wick_trainer::budget::MemoryBudget;
+use wick_trainer::budget::{Kernels, MemoryBudget};
 use wick_trainer::device::{self, device_name, Chosen};
 
 use bench::cli::{Args, Plan};
@@ -305,7 +305,7 @@ fn estimate(
         params,
         (plan.batch as u64, plan.seq as u64),
         dtype.size_in_bytes() as u64,
-        device.is_cpu() && dtype == DType::F32,
+        Kernels::on(device, dtype),
     );
     match bench {
         ModelBench::Forward => budget.weights + budget.activations,

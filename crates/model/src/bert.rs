@@ -191,7 +191,8 @@ impl SelfAttention {
     }
 
     /// Scaled dot-product attention over `(batch * seq, hidden)` hidden states. The fused kernel
-    /// of [`crate::attention`] for f32 on the CPU, primitive ops elsewhere.
+    /// of [`crate::attention`] for f32 on the CPU, [`cuda::self_attention`] on CUDA, primitive
+    /// ops elsewhere.
     fn forward(
         &self,
         xs: &Tensor,

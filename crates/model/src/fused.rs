@@ -7,8 +7,9 @@
 //! Candle's backward accumulates the gradient of every input of every graph node into a freshly
 //! zeroed buffer, so each activation-sized node costs an allocation, a memset and an add pass in
 //! backward; written from primitive ops, a layer norm alone is about eight such nodes. These
-//! kernels are one node each and keep only what their backward needs. Other devices and dtypes
-//! use the primitive-op versions in [`crate::ops`], which the tests compare these kernels
+//! kernels are one node each and keep only what their backward needs. CUDA has its own kernels
+//! ([`crate::cuda`]); other devices and dtypes use the primitive-op versions in [`crate::ops`],
+//! which the tests compare these kernels
 //! against, forward and gradients. Reductions run in a fixed order (fixed row chunks, summed in
 //! sequence), so results do not depend on thread scheduling: resumed runs stay bitwise identical.
 

@@ -5,8 +5,11 @@
 //! them instead of candle-nn's fused fast paths, which record no gradient). For f32 on the CPU a
 //! transformer layer runs as three fused kernels with hand-written backward
 //! ([`attention::self_attention`], [`fused::feed_forward`], [`fused::residual_layer_norm`]), built
-//! on [`matmul`] and the vectorised math of [`simd`] and tested against the primitive ops.
-//! Dropout is real and seeded (see [`rng`]).
+//! on [`matmul`] and the vectorised math of [`simd`] and tested against the primitive ops. On
+//! CUDA (the `cuda` feature) the layer runs wick's own kernels with their backward ([`cuda`]:
+//! layer norm, attention softmax, GELU, dropout, embeddings; linear layers and the attention block
+//! as one graph node each). Dropout is real and seeded (see [`rng`]), with the same masks on the
+//! CPU and CUDA paths.
 
 pub mod attention;
 pub mod bert;

@@ -1,7 +1,7 @@
 //! Branch-free scalar math that the compiler vectorises, compiled for the CPU it runs on.
 //!
 //! Release builds target baseline x86-64 (SSE2), so a loop over `f32::exp` or libm's `erff` runs
-//! one element at a time. [`multiversion!`] compiles a kernel body three times (AVX-512, AVX2+FMA,
+//! one element at a time. [`multiversion!`](crate::multiversion!) compiles a kernel body three times (AVX-512, AVX2+FMA,
 //! baseline) and picks the best the CPU has at run time; the functions here ([`exp`], [`erf`],
 //! [`keep_hash`]) are written without branches or calls so that those copies vectorise.
 //! On other architectures (aarch64: NEON is baseline) the plain body runs.
@@ -42,7 +42,7 @@ macro_rules! multiversion {
     };
 }
 
-/// The instruction-set level [`multiversion!`] dispatches on.
+/// The instruction-set level [`multiversion!`](crate::multiversion!) dispatches on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     /// AVX-512 F/BW/DQ/VL (x86-64-v4).

@@ -12,36 +12,66 @@ pub struct MemoryBudget {
     pub activations: u64,
 }
 
+/// Which kernels a step runs, for what it keeps for backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fused CPU kernels (f32 on the CPU).
+    FusedCpu,
+    /// wick's CUDA kernels (any dtype on CUDA).
+    FusedCuda,
+    /// Candle's primitive ops (other devices and dtypes).
+    Primitive,
+}
+
+impl Kernels {
+    /// The kernels a model in `dtype` runs on `device`.
+    pub fn on(device: &candle_core::Device, dtype: candle_core::DType) -> Self {
+        if device.is_cpu() && dtype == candle_core::DType::F32 {
+            Self::FusedCpu
+        } else if device.is_cuda() {
+            Self::FusedCuda
+        } else {
+            Self::Primitive
+        }
+    }
+}
+
 impl MemoryBudget {
     /// `params` f32 master weights, of which `trainable` get f32 gradients and two f32 moments;
     /// activations for a `(batch, seq)` step at `act_bytes` per element.
     ///
     /// The activation count follows what this encoder keeps for backward per layer. With the fused
-    /// CPU kernels (`fused_cpu`: f32 on the CPU) that is 7 `(batch, seq, hidden)` tensors (the
-    /// layer input, the stacked query/key/value projections, the attention context, the attention
-    /// output, the first layer norm's output, the feed-forward output) and 2
-    /// `(batch, seq, intermediate)` ones (pre-activation and GELU); nothing attention-sized, as the
-    /// probabilities are recomputed in backward. With primitive ops (other devices and dtypes):
-    /// about 24 `(batch, seq, hidden)` tensors (projections, residuals, the composite layer norms'
-    /// intermediates, dropout masks), 3 `(batch, seq, intermediate)` tensors (input, GELU, mask)
-    /// and 6 `(batch, heads, seq, seq)` tensors (scores, shifted, exp, probabilities, mask,
-    /// dropped), the attention-sized ones in f32 whatever the compute dtype. It is an estimate:
-    /// compare it with the measured peak.
+    /// CPU kernels that is 7 `(batch, seq, hidden)` tensors (the layer input, the stacked
+    /// query/key/value projections, the attention context, the attention output, the first layer
+    /// norm's output, the feed-forward output) and 2 `(batch, seq, intermediate)` ones
+    /// (pre-activation and GELU); nothing attention-sized, as the probabilities are recomputed in
+    /// backward. With the CUDA kernels: 8 `(batch, seq, hidden)` tensors (the same, with the
+    /// query, key and value split into heads) and 2 `(batch, seq, intermediate)` ones, plus the
+    /// attention scores `(batch, heads, seq, seq)` (the probabilities are recomputed from them).
+    /// With primitive ops: about 24 `(batch, seq, hidden)` tensors (projections, residuals, the
+    /// composite layer norms' intermediates, dropout masks), 3 `(batch, seq, intermediate)`
+    /// tensors (input, GELU, mask) and 6 `(batch, heads, seq, seq)` tensors (scores, shifted, exp,
+    /// probabilities, mask, dropped), the attention-sized ones in f32 whatever the compute dtype.
+    /// It is an estimate: compare it with the measured peak.
     pub fn estimate(
         config: &BertConfig,
         params: u64,
         trainable: u64,
         (batch, seq): (u64, u64),
         act_bytes: u64,
-        fused_cpu: bool,
+        kernels: Kernels,
     ) -> Self {
         let h = config.hidden_size as u64;
         let i = config.intermediate_size as u64;
         let heads = config.num_attention_heads as u64;
-        let per_layer = if fused_cpu {
-            batch * seq * (7 * h + 2 * i) * act_bytes
-        } else {
-            batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4
+        let per_layer = match kernels {
+            Kernels::FusedCpu => batch * seq * (7 * h + 2 * i) * act_bytes,
+            Kernels::FusedCuda => {
+                batch * seq * (8 * h + 2 * i) * act_bytes + batch * heads * seq * seq * act_bytes
+            }
+            Kernels::Primitive => {
+                batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4
+            }
         };
         let embeddings = batch * seq * h * 8 * 4;
         Self {

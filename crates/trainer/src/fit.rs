@@ -402,7 +402,7 @@ impl Trainer {
                 trainable as u64,
                 (t.batch_size as u64, config.data.max_len as u64),
                 act_bytes,
-                device.is_cpu() && config.train.precision.dtype() == DType::F32,
+                crate::budget::Kernels::on(&device, config.train.precision.dtype()),
             ),
         };
         std::fs::create_dir_all(&options.out_dir).map_err(TrainError::io(&options.out_dir))?;
