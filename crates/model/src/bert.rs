@@ -237,7 +237,12 @@ impl SelfAttention {
             param(&self.key.bias, train),
             param(&self.value.bias, train),
         );
-        if cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias]) && seq <= cuda::MAX_ROW {
+        if cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias])
+            && [&bq, &bk, &bv, &mask.bias]
+                .iter()
+                .all(|t| t.dtype() == DType::F32)
+            && seq <= cuda::MAX_ROW
+        {
             let dropout = (train && p > 0.0).then(|| (p, rng.draw_key()));
             return cuda::self_attention(
                 xs,
@@ -318,7 +323,11 @@ impl Layer {
                 .output_norm
                 .forward_residual(&out, &xs, self.hidden_p, rng, train);
         }
-        if self.act == HiddenAct::Gelu && cuda::applies(&[&xs, &ffn.0, &ffn.1, &ffn.2, &ffn.3]) {
+        if self.act == HiddenAct::Gelu
+            && cuda::applies(&[&xs, &ffn.0, &ffn.1, &ffn.2, &ffn.3])
+            && ffn.1.dtype() == DType::F32
+            && ffn.3.dtype() == DType::F32
+        {
             let inner = cuda::linear(&xs, &ffn.0, &ffn.1, true)?;
             let out = cuda::linear(&inner, &ffn.2, &ffn.3, false)?;
             return self

@@ -640,6 +640,7 @@ mod imp {
             let batch = self.bias.dim(0)?;
             if k == 0
                 || k > MAX_ROW
+                || self.bias.dtype() != DType::F32
                 || self.bias.elem_count() != batch * k
                 || !scores.len.is_multiple_of(batch * k)
             {

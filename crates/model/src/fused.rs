@@ -418,7 +418,7 @@ impl<T> Saved<T> {
             .and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take());
         value.ok_or_else(|| {
             candle_core::Error::Msg(format!(
-                "{op}: a second backward through the same graph (the fused CPU kernels free what \
+                "{op}: a second backward through the same graph (the fused kernels free what \
                  they saved for backward after the first, as PyTorch does without retain_graph; \
                  run the forward again)"
             ))

@@ -71,7 +71,10 @@ pub fn attention_probs(
     rng: &DropoutRng,
     train: bool,
 ) -> Result<Tensor> {
-    if cuda::applies(&[scores, bias]) && scores.dim(D::Minus1)? <= cuda::MAX_ROW {
+    if cuda::applies(&[scores, bias])
+        && bias.dtype() == DType::F32
+        && scores.dim(D::Minus1)? <= cuda::MAX_ROW
+    {
         let dropout = (train && p > 0.0).then(|| (p, rng.draw_key()));
         return cuda::attention_probs(scores, bias, scale, dropout);
     }
@@ -97,7 +100,9 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
         if let Some(bias) = bias.filter(|b| fused::applies(&[xs, weight, b])) {
             return fused::linear(xs, weight, bias);
         }
-        if let Some(bias) = bias.filter(|b| cuda::applies(&[xs, weight, b])) {
+        if let Some(bias) =
+            bias.filter(|b| b.dtype() == DType::F32 && cuda::applies(&[xs, weight, b]))
+        {
             return cuda::linear(xs, weight, bias, false);
         }
     }
