@@ -293,11 +293,7 @@ fn op_matches_cpu(
                     || name == "embeddings"
                     || (name == "linear" && i == 1)
                     || (name == "self-attention" && i > 0);
-                let t = if param {
-                    t
-                } else {
-                    t.to_dtype(dtype).unwrap()
-                };
+                let t = if param { t } else { t.to_dtype(dtype).unwrap() };
                 candle_core::Var::from_tensor(&t).unwrap()
             })
             .collect();
@@ -385,11 +381,19 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
             let mask = Tensor::from_vec(mask, (batch, seq), &Device::Cpu).unwrap();
             let scores = [(random(&[batch, heads, seq, seq], 6) * 4.0).unwrap()];
             for p in [0.0, 0.1] {
-                op_matches_cpu("attention probabilities", &accel, dtype, &scores, tol, |t| {
-                    let bias = ops::attention_bias(&mask.to_device(t[0].device()).unwrap()).unwrap();
-                    let rng = DropoutRng::new(8);
-                    ops::attention_probs(&t[0], &bias, 0.125, p, &rng, true).unwrap()
-                });
+                op_matches_cpu(
+                    "attention probabilities",
+                    &accel,
+                    dtype,
+                    &scores,
+                    tol,
+                    |t| {
+                        let bias =
+                            ops::attention_bias(&mask.to_device(t[0].device()).unwrap()).unwrap();
+                        let rng = DropoutRng::new(8);
+                        ops::attention_probs(&t[0], &bias, 0.125, p, &rng, true).unwrap()
+                    },
+                );
             }
         }
         for gelu in [false, true] {
@@ -472,14 +476,23 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
         // Repeated ids (a padding id most of all) and both token types.
         let ids = |modulo: u32, seed: u32| {
             let v: Vec<u32> = (0..n as u32)
-                .map(|i| if i % 3 == 0 { 0 } else { (i * 7919 + seed) % modulo })
+                .map(|i| {
+                    if i % 3 == 0 {
+                        0
+                    } else {
+                        (i * 7919 + seed) % modulo
+                    }
+                })
                 .collect();
             Tensor::from_vec(v, n, &Device::Cpu).unwrap()
         };
         let id_sets = [ids(1000, 1), ids(512, 2), ids(2, 3)];
         op_matches_cpu("embeddings", &accel, dtype, &tables, 1e-5, |t| {
             let device = t[0].device();
-            let ids: Vec<Tensor> = id_sets.iter().map(|i| i.to_device(device).unwrap()).collect();
+            let ids: Vec<Tensor> = id_sets
+                .iter()
+                .map(|i| i.to_device(device).unwrap())
+                .collect();
             if device.is_cpu() {
                 let gather = |table: &Tensor, ids: &Tensor| table.index_select(ids, 0).unwrap();
                 ((gather(&t[0], &ids[0]) + gather(&t[2], &ids[2])).unwrap()
