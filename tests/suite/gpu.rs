@@ -504,3 +504,55 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
         });
     }
 }
+
+#[test]
+fn cuda_adamw_skip_flag_leaves_a_skipped_step_unchanged() {
+    let Some(accel) =
+        accelerator("cuda_adamw_skip_flag_leaves_a_skipped_step_unchanged").filter(|d| d.is_cuda())
+    else {
+        return;
+    };
+    let start = random(&[64, 48], 1);
+    let target = random(&[64, 48], 2);
+    // One AdamW step of `sum((w * t)^2)` with loss scaling's skip flag (`None`: no flag).
+    let run = |flag: Option<u8>| {
+        let var = candle_core::Var::from_tensor(&start.to_device(&accel).unwrap()).unwrap();
+        let mut optimizer = AdamW::new(
+            vec![ParamSpec {
+                name: "w".into(),
+                var: var.clone(),
+                weight_decay: 0.01,
+                lr_scale: 1.0,
+            }],
+            0.9,
+            0.999,
+            1e-8,
+        )
+        .unwrap();
+        let loss = (var.as_tensor() * target.to_device(&accel).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = optimizer.collect(&loss.backward().unwrap());
+        let flag = flag.map(|f| Tensor::new(f, &accel).unwrap());
+        optimizer.step_if(&grads, 1e-2, flag.as_ref()).unwrap();
+        on_cpu(var.as_tensor())
+    };
+    assert_eq!(
+        max_diff(&run(Some(0)), &start),
+        0.0,
+        "a skipped step moved the weights"
+    );
+    let applied = run(Some(1));
+    assert!(
+        max_diff(&applied, &start) > 1e-3,
+        "an applied step did not move the weights"
+    );
+    assert_eq!(
+        max_diff(&applied, &run(None)),
+        0.0,
+        "the flag changed an applied step"
+    );
+}

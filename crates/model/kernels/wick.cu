@@ -434,9 +434,13 @@ extern "C" __global__ void wick_embed_bwd_cols(const float* grad, const uint32_t
 // one: both moments with the gradient scaled by the device scalar `gscale` (the clipping factor),
 // then the parameter, all in place.
 
+// With `has_apply`, a 0 in the device scalar `apply` (a step skipped by loss scaling) leaves
+// everything as it was.
 extern "C" __global__ void wick_adamw(float* p, float* m, float* v, const float* g,
-                                      const float* gscale, int n, float beta1, float beta2,
-                                      float decay, float step, float inv_bias2_sqrt, float eps) {
+                                      const float* gscale, const float* apply, int has_apply,
+                                      int n, float beta1, float beta2, float decay, float step,
+                                      float inv_bias2_sqrt, float eps) {
+    if (has_apply && *apply == 0.0f) return;
     float s = *gscale;
     GRID_STRIDE(i, (size_t)n) {
         float gi = g[i] * s;

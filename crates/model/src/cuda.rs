@@ -91,7 +91,7 @@ mod imp {
             _param: &Tensor,
             _grad: &Tensor,
             _moments: (&Tensor, &Tensor),
-            _scale: &Tensor,
+            _scale: (&Tensor, Option<&Tensor>),
             _betas: (f32, f32),
             _decay: f32,
             _step: f32,
@@ -1546,7 +1546,8 @@ mod imp {
             }
         }
 
-        /// One AdamW update of `param` with `grad` times the one-value `scale`, in one kernel:
+        /// One AdamW update of `param` with `grad` times the one-value `scale`, in one kernel
+        /// (none at all where the one-value f32 `apply` is 0: a step skipped by loss scaling):
         /// `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
         /// `p = p decay - step m / (sqrt(v) inv_bias2_sqrt + eps)`. The parameter and both
         /// moments are written in place: the kernel is queued on the device's one stream, after
@@ -1556,47 +1557,53 @@ mod imp {
             param: &Tensor,
             grad: &Tensor,
             (m, v): (&Tensor, &Tensor),
-            scale: &Tensor,
+            (scale, apply): (&Tensor, Option<&Tensor>),
             (beta1, beta2): (f32, f32),
             decay: f32,
             step: f32,
             inv_bias2_sqrt: f32,
             eps: f32,
         ) -> Result<()> {
+            let flag = apply.unwrap_or(scale);
             with_f32(param, "parameter", |storage, pi| {
                 with_f32(grad, "gradient", |_, gi| {
                     with_f32(m, "first moment", |_, mi| {
                         with_f32(v, "second moment", |_, vi| {
                             with_f32(scale, "gradient scale", |_, si| {
-                                if gi.len != pi.len
-                                    || mi.len != pi.len
-                                    || vi.len != pi.len
-                                    || si.len != 1
-                                {
-                                    candle_core::bail!(
+                                with_f32(flag, "apply flag", |_, fi| {
+                                    if gi.len != pi.len
+                                        || mi.len != pi.len
+                                        || vi.len != pi.len
+                                        || si.len != 1
+                                        || fi.len != 1
+                                    {
+                                        candle_core::bail!(
                                         "wick cuda AdamW: {} parameters, {} gradient, {} and {} moment, {} scale values",
                                         pi.len, gi.len, mi.len, vi.len, si.len
                                     )
-                                }
-                                let dev = storage.device().clone();
-                                launch!(
-                                    dev,
-                                    "wick_adamw",
-                                    elementwise_config(pi.len),
-                                    pi.ptr,
-                                    mi.ptr,
-                                    vi.ptr,
-                                    gi.ptr,
-                                    si.ptr,
-                                    pi.len as i32,
-                                    beta1,
-                                    beta2,
-                                    decay,
-                                    step,
-                                    inv_bias2_sqrt,
-                                    eps
-                                );
-                                Ok(())
+                                    }
+                                    let dev = storage.device().clone();
+                                    launch!(
+                                        dev,
+                                        "wick_adamw",
+                                        elementwise_config(pi.len),
+                                        pi.ptr,
+                                        mi.ptr,
+                                        vi.ptr,
+                                        gi.ptr,
+                                        si.ptr,
+                                        fi.ptr,
+                                        i32::from(apply.is_some()),
+                                        pi.len as i32,
+                                        beta1,
+                                        beta2,
+                                        decay,
+                                        step,
+                                        inv_bias2_sqrt,
+                                        eps
+                                    );
+                                    Ok(())
+                                })
                             })
                         })
                     })

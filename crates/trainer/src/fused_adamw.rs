@@ -168,7 +168,8 @@ pub fn applies(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor) -> bool {
             .all(|t| t.dtype() == candle_core::DType::F32 && t.is_contiguous())
 }
 
-/// One AdamW update in place. `decay = 1 - lr * wd`, `step = lr / (1 - beta1^t)`.
+/// One AdamW update in place. `decay = 1 - lr * wd`, `step = lr / (1 - beta1^t)`. `apply`, a
+/// one-value f32 device scalar (CUDA only), skips the update where it is 0.
 #[allow(clippy::too_many_arguments)]
 pub fn update(
     param: &Tensor,
@@ -179,7 +180,7 @@ pub fn update(
     decay: f64,
     step: f64,
     bias2_sqrt: f64,
-    grad_scale: &Tensor,
+    (grad_scale, apply): (&Tensor, Option<&Tensor>),
 ) -> Result<()> {
     let grad_scale = grad_scale.to_dtype(candle_core::DType::F32)?;
     if param.device().is_cuda() {
@@ -187,13 +188,16 @@ pub fn update(
             param,
             grad,
             (m, v),
-            &grad_scale,
+            (&grad_scale, apply),
             (beta1 as f32, beta2 as f32),
             decay as f32,
             step as f32,
             (1.0 / bias2_sqrt) as f32,
             eps as f32,
         );
+    }
+    if apply.is_some() {
+        bail!("fused AdamW: a skip flag is for the CUDA kernel only")
     }
     m.inplace_op3(
         grad,

@@ -239,13 +239,15 @@ impl AdamW {
         let factor = grads.factor.as_ref();
         // The fused update's scale input when nothing is pending, made once.
         let mut unit: Option<Tensor> = None;
+        // The skip flag as the CUDA kernel reads it (the CPU's fused passes take none).
+        let apply_f32 = apply.map(|a| a.to_dtype(DType::F32)).transpose()?;
         for (slot, grad) in self.slots.iter_mut().zip(&grads.grads) {
             let Some(grad) = grad else { continue };
             let lr = lr * slot.spec.lr_scale;
             let grad = grad.to_dtype(DType::F32)?;
             let param = slot.spec.var.as_tensor();
             let decay = 1.0 - lr * slot.spec.weight_decay;
-            if apply.is_none()
+            if (apply.is_none() || param.device().is_cuda())
                 && crate::fused_adamw::applies(param, &grad, &slot.exp_avg, &slot.exp_avg_sq)
             {
                 let scale = match (factor, &unit) {
@@ -262,7 +264,7 @@ impl AdamW {
                     decay,
                     lr / bias1,
                     bias2_sqrt,
-                    &scale,
+                    (&scale, apply_f32.as_ref()),
                 )?;
                 continue;
             }
