@@ -317,7 +317,7 @@ mod tests {
             1.0 - lr * wd,
             lr / bias1,
             bias2_sqrt,
-            &Tensor::new(1f32, d).unwrap(),
+            (&Tensor::new(1f32, d).unwrap(), None),
         )
         .unwrap();
         for (got, want) in [(&p, &expected), (&m, &m2), (&v, &v2)] {
