@@ -1,17 +1,19 @@
-//! Fused CUDA kernels with their backward (`kernels/wick.cu`, compiled to PTX by `build.rs` when
-//! the `cuda` feature is on): dropout + residual + layer norm, the attention probabilities
-//! (scale, mask, softmax and dropout in one pass), exact GELU, dropout, and the embedding sum
-//! with a gather-free backward.
+//! wick's CUDA path (`kernels/wick.cu`, compiled to PTX by `build.rs` when the `cuda` feature is
+//! on): one-pass kernels with their backward for dropout + residual + layer norm, the attention
+//! probabilities (scale, mask, softmax and dropout in one pass), exact GELU, dropout and the
+//! embedding sum; each linear layer ([`linear`]) and each attention block with its projections
+//! ([`self_attention`]) as one graph node whose products run on detached tensors (cuBLAS through
+//! Candle); and AdamW and the gradient norm for the trainer ([`optim`]).
 //!
 //! Written from primitive ops, each of these is a handful of Candle kernels forward and several
 //! times that backward, where Candle also adds every input gradient into a freshly zeroed buffer;
 //! on a GPU most of a BERT training step went to those small kernels and their launches (an H100
-//! profile of the MiniLM step: 3,524 kernels, 57 ms, of which 8 ms matrix products). Each op here
-//! is one kernel forward and one or two backward, for f32, bf16 and f16 activations with f32
-//! parameters, statistics and parameter gradients. Dropout masks are counter-based and the same
-//! as the CPU's for the same key ([`crate::simd::keep_hash`]); reductions run in a fixed order.
-//! [`crate::fused::without_fused`] turns these off too: the primitive ops are the reference the
-//! GPU tests compare them with.
+//! profile of the MiniLM step: 3,524 kernels, 57 ms, of which 8 ms matrix products). Activations
+//! are f32, bf16 or f16; parameters, statistics and parameter gradients f32. Dropout masks are
+//! counter-based and the same as the CPU's for the same key ([`crate::simd::keep_hash`]), so a
+//! CUDA run draws the CPU run's masks; reductions run in a fixed order (no atomics).
+//! [`crate::fused::without_fused`] turns these off too (primitive ops everywhere). The GPU tests
+//! compare every op with the CPU, forward and gradients.
 //!
 //! Without the `cuda` feature [`applies`] is always false and nothing here is reachable.
 
