@@ -284,6 +284,51 @@ mod imp {
         }};
     }
 
+    /// The `cpu_fwd` of an op that runs only on CUDA (the dispatch never sends it CPU tensors).
+    macro_rules! cuda_only {
+        (1, $what:literal) => {
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &Layout,
+            ) -> Result<(candle_core::CpuStorage, Shape)> {
+                candle_core::bail!($what)
+            }
+        };
+        (2, $what:literal) => {
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &Layout,
+                _: &candle_core::CpuStorage,
+                _: &Layout,
+            ) -> Result<(candle_core::CpuStorage, Shape)> {
+                candle_core::bail!($what)
+            }
+        };
+        (3, $what:literal) => {
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &Layout,
+                _: &candle_core::CpuStorage,
+                _: &Layout,
+                _: &candle_core::CpuStorage,
+                _: &Layout,
+            ) -> Result<(candle_core::CpuStorage, Shape)> {
+                candle_core::bail!($what)
+            }
+        };
+    }
+
+    /// Takes what an op's forward computed before the op ran (its products on detached tensors).
+    fn take_stashed(slot: &std::sync::Mutex<Option<Tensor>>, op: &str) -> Result<Tensor> {
+        slot.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: forward ran twice")))
+    }
+
     fn rows_config(rows: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: ((rows as u32).div_ceil(ROW_BLOCK / 32), 1, 1),
@@ -529,17 +574,7 @@ mod imp {
             "wick-cuda-residual-layer-norm"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("wick cuda layer norm called on CPU tensors")
-        }
+        cuda_only!(3, "wick cuda layer norm called on CPU tensors");
 
         fn cuda_fwd(
             &self,
@@ -573,15 +608,7 @@ mod imp {
             "wick-cuda-layer-norm"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("wick cuda layer norm called on CPU tensors")
-        }
+        cuda_only!(2, "wick cuda layer norm called on CPU tensors");
 
         fn cuda_fwd(
             &self,
@@ -661,13 +688,7 @@ mod imp {
             "wick-cuda-attention-probs"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("wick cuda attention called on CPU tensors")
-        }
+        cuda_only!(1, "wick cuda attention called on CPU tensors");
 
         fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
             let dev = storage.device().clone();
@@ -806,13 +827,7 @@ mod imp {
             "wick-cuda-gelu"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("wick cuda gelu called on CPU tensors")
-        }
+        cuda_only!(1, "wick cuda gelu called on CPU tensors");
 
         fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
             pointwise(storage, layout, "gelu_fwd", None)
@@ -858,13 +873,7 @@ mod imp {
             "wick-cuda-dropout"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("wick cuda dropout called on CPU tensors")
-        }
+        cuda_only!(1, "wick cuda dropout called on CPU tensors");
 
         fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
             pointwise(storage, layout, "dropout", Some(self.0))
@@ -948,17 +957,7 @@ mod imp {
             "wick-cuda-embeddings"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("wick cuda embeddings called on CPU tensors")
-        }
+        cuda_only!(3, "wick cuda embeddings called on CPU tensors");
 
         fn cuda_fwd(
             &self,
@@ -1085,17 +1084,7 @@ mod imp {
             "wick-cuda-linear"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("wick cuda linear called on CPU tensors")
-        }
+        cuda_only!(3, "wick cuda linear called on CPU tensors");
 
         fn cuda_fwd(
             &self,
@@ -1106,14 +1095,7 @@ mod imp {
             b: &CudaStorage,
             bl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let product = self
-                .product
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .ok_or_else(|| {
-                    candle_core::Error::Msg("wick cuda linear: forward ran twice".into())
-                })?;
+            let product = take_stashed(&self.product, "wick cuda linear")?;
             let bi = input(b, bl, "bias")?;
             let shape = product.shape().clone();
             let cols = bi.len;
@@ -1185,15 +1167,7 @@ mod imp {
             "wick-cuda-gelu-backward"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("wick cuda gelu called on CPU tensors")
-        }
+        cuda_only!(2, "wick cuda gelu called on CPU tensors");
 
         fn cuda_fwd(
             &self,
@@ -1402,17 +1376,7 @@ mod imp {
             "wick-cuda-self-attention"
         }
 
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<(candle_core::CpuStorage, Shape)> {
-            candle_core::bail!("wick cuda attention called on CPU tensors")
-        }
+        cuda_only!(3, "wick cuda attention called on CPU tensors");
 
         fn cuda_fwd(
             &self,
@@ -1423,14 +1387,7 @@ mod imp {
             _b: &CudaStorage,
             _bl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let context = self
-                .context
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .ok_or_else(|| {
-                    candle_core::Error::Msg("wick cuda attention: forward ran twice".into())
-                })?;
+            let context = take_stashed(&self.context, "wick cuda attention")?;
             let out = self.merge(&[&context])?;
             Ok((out, xl.shape().clone()))
         }
