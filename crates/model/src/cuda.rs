@@ -834,30 +834,12 @@ mod imp {
         }
 
         fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-            with_input(x, "gelu input", |storage, xi| {
-                with_input(grad, "gelu gradient", |_, gi| {
-                    if gi.len != xi.len || gi.dtype != xi.dtype {
-                        candle_core::bail!(
-                            "wick cuda gelu: gradient of {} values for {}",
-                            gi.len,
-                            xi.len
-                        )
-                    }
-                    let dev = storage.device().clone();
-                    let out = alloc(&dev, xi.dtype, xi.len)?;
-                    let name = format!("wick_gelu_bwd_{}", suffix(xi.dtype)?);
-                    launch!(
-                        dev,
-                        name,
-                        elementwise_config(xi.len),
-                        xi.ptr,
-                        gi.ptr,
-                        address(&out, 0)?,
-                        xi.len
-                    );
-                    Ok(Some(tensor(out, x.shape())))
-                })
-            })
+            let g = grad.detach().contiguous()?;
+            Ok(Some(
+                x.detach()
+                    .contiguous()?
+                    .apply_op2_no_bwd(&g, &GeluBackward)?,
+            ))
         }
     }
 
