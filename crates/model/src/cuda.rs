@@ -145,7 +145,8 @@ mod imp {
     /// waited on around every launch, order nothing the stream does not order already, and cost
     /// host time at each of the thousand launches of a step), and the memory pool that Candle's
     /// stream-ordered allocations come from told to keep freed memory (its default returns it to
-    /// the driver at every synchronization, so each step mapped its memory afresh).
+    /// the driver at every synchronization, so each step mapped its memory afresh). Where the
+    /// driver has no memory pools, it warns on stderr and goes on.
     pub fn configure(device: &candle_core::Device) -> Result<()> {
         use candle_core::cuda_backend::cudarc::driver::sys;
         let candle_core::Device::Cuda(cuda) = device else {
@@ -158,17 +159,24 @@ mod imp {
         let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
         let mut keep = u64::MAX;
         // SAFETY: plain driver calls with valid out-pointers for the context's own device.
-        unsafe {
+        let kept = unsafe {
             sys::cuDeviceGetDefaultMemPool(&mut pool, stream.context().cu_device())
                 .result()
-                .w()?;
-            sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut keep as *mut u64).cast(),
-            )
-            .result()
-            .w()?;
+                .and_then(|()| {
+                    sys::cuMemPoolSetAttribute(
+                        pool,
+                        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                        (&mut keep as *mut u64).cast(),
+                    )
+                    .result()
+                })
+        };
+        if let Err(err) = kept {
+            // A driver without memory pools allocates synchronously anyway: say so and go on.
+            eprintln!(
+                "warning: the CUDA memory pool cannot keep freed memory ({err:?}); each step may \
+                 map its memory afresh"
+            );
         }
         Ok(())
     }
