@@ -292,37 +292,14 @@ mod imp {
         }};
     }
 
-    /// The `cpu_fwd` of an op that runs only on CUDA (the dispatch never sends it CPU tensors).
+    /// The `cpu_fwd` of an op that runs only on CUDA (the dispatch never sends it CPU tensors):
+    /// `cuda_only!("message", s1 l1, s2 l2)` for an op of two inputs.
     macro_rules! cuda_only {
-        (1, $what:literal) => {
+        ($what:literal, $($storage:ident $layout:ident),+) => {
+            #[allow(unused_variables)]
             fn cpu_fwd(
                 &self,
-                _: &candle_core::CpuStorage,
-                _: &Layout,
-            ) -> Result<(candle_core::CpuStorage, Shape)> {
-                candle_core::bail!($what)
-            }
-        };
-        (2, $what:literal) => {
-            fn cpu_fwd(
-                &self,
-                _: &candle_core::CpuStorage,
-                _: &Layout,
-                _: &candle_core::CpuStorage,
-                _: &Layout,
-            ) -> Result<(candle_core::CpuStorage, Shape)> {
-                candle_core::bail!($what)
-            }
-        };
-        (3, $what:literal) => {
-            fn cpu_fwd(
-                &self,
-                _: &candle_core::CpuStorage,
-                _: &Layout,
-                _: &candle_core::CpuStorage,
-                _: &Layout,
-                _: &candle_core::CpuStorage,
-                _: &Layout,
+                $($storage: &candle_core::CpuStorage, $layout: &Layout),+
             ) -> Result<(candle_core::CpuStorage, Shape)> {
                 candle_core::bail!($what)
             }
@@ -582,7 +559,7 @@ mod imp {
             "wick-cuda-residual-layer-norm"
         }
 
-        cuda_only!(3, "wick cuda layer norm called on CPU tensors");
+        cuda_only!("wick cuda layer norm called on CPU tensors", s1 l1, s2 l2, s3 l3);
 
         fn cuda_fwd(
             &self,
@@ -616,7 +593,7 @@ mod imp {
             "wick-cuda-layer-norm"
         }
 
-        cuda_only!(2, "wick cuda layer norm called on CPU tensors");
+        cuda_only!("wick cuda layer norm called on CPU tensors", s1 l1, s2 l2);
 
         fn cuda_fwd(
             &self,
@@ -696,7 +673,7 @@ mod imp {
             "wick-cuda-attention-probs"
         }
 
-        cuda_only!(1, "wick cuda attention called on CPU tensors");
+        cuda_only!("wick cuda attention called on CPU tensors", s1 l1);
 
         fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
             let dev = storage.device().clone();
@@ -835,7 +812,7 @@ mod imp {
             "wick-cuda-gelu"
         }
 
-        cuda_only!(1, "wick cuda gelu called on CPU tensors");
+        cuda_only!("wick cuda gelu called on CPU tensors", s1 l1);
 
         fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
             pointwise(storage, layout, "gelu_fwd", None)
@@ -863,7 +840,7 @@ mod imp {
             "wick-cuda-dropout"
         }
 
-        cuda_only!(1, "wick cuda dropout called on CPU tensors");
+        cuda_only!("wick cuda dropout called on CPU tensors", s1 l1);
 
         fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
             pointwise(storage, layout, "dropout", Some(self.0))
@@ -947,7 +924,7 @@ mod imp {
             "wick-cuda-embeddings"
         }
 
-        cuda_only!(3, "wick cuda embeddings called on CPU tensors");
+        cuda_only!("wick cuda embeddings called on CPU tensors", s1 l1, s2 l2, s3 l3);
 
         fn cuda_fwd(
             &self,
@@ -1074,7 +1051,7 @@ mod imp {
             "wick-cuda-linear"
         }
 
-        cuda_only!(3, "wick cuda linear called on CPU tensors");
+        cuda_only!("wick cuda linear called on CPU tensors", s1 l1, s2 l2, s3 l3);
 
         fn cuda_fwd(
             &self,
@@ -1157,7 +1134,7 @@ mod imp {
             "wick-cuda-gelu-backward"
         }
 
-        cuda_only!(2, "wick cuda gelu called on CPU tensors");
+        cuda_only!("wick cuda gelu called on CPU tensors", s1 l1, s2 l2);
 
         fn cuda_fwd(
             &self,
@@ -1366,7 +1343,7 @@ mod imp {
             "wick-cuda-self-attention"
         }
 
-        cuda_only!(3, "wick cuda attention called on CPU tensors");
+        cuda_only!("wick cuda attention called on CPU tensors", s1 l1, s2 l2, s3 l3);
 
         fn cuda_fwd(
             &self,
@@ -1514,50 +1491,61 @@ mod imp {
             eps: f32,
         ) -> Result<()> {
             let flag = apply.unwrap_or(scale);
-            with_f32(param, "parameter", |storage, pi| {
-                with_f32(grad, "gradient", |_, gi| {
-                    with_f32(m, "first moment", |_, mi| {
-                        with_f32(v, "second moment", |_, vi| {
-                            with_f32(scale, "gradient scale", |_, si| {
-                                with_f32(flag, "apply flag", |_, fi| {
-                                    if gi.len != pi.len
-                                        || mi.len != pi.len
-                                        || vi.len != pi.len
-                                        || si.len != 1
-                                        || fi.len != 1
-                                    {
-                                        candle_core::bail!(
-                                        "wick cuda AdamW: {} parameters, {} gradient, {} and {} moment, {} scale values",
-                                        pi.len, gi.len, mi.len, vi.len, si.len
-                                    )
-                                    }
-                                    let dev = storage.device().clone();
-                                    launch!(
-                                        dev,
-                                        "wick_adamw",
-                                        elementwise_config(pi.len),
-                                        pi.ptr,
-                                        mi.ptr,
-                                        vi.ptr,
-                                        gi.ptr,
-                                        si.ptr,
-                                        fi.ptr,
-                                        i32::from(apply.is_some()),
-                                        pi.len as i32,
-                                        beta1,
-                                        beta2,
-                                        decay,
-                                        step,
-                                        inv_bias2_sqrt,
-                                        eps
-                                    );
-                                    Ok(())
-                                })
-                            })
-                        })
-                    })
-                })
-            })
+            let tensors = [param, grad, m, v, scale, flag];
+            let names = [
+                "parameter",
+                "gradient",
+                "first moment",
+                "second moment",
+                "gradient scale",
+                "apply flag",
+            ];
+            let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+            let mut inputs = Vec::with_capacity(guards.len());
+            for ((storage, layout), what) in guards.iter().zip(names) {
+                if !layout.is_contiguous() {
+                    candle_core::bail!("wick cuda AdamW: {what} is not contiguous")
+                }
+                let Storage::Cuda(cuda) = &**storage else {
+                    candle_core::bail!("wick cuda AdamW: {what} is not on a CUDA device")
+                };
+                inputs.push((cuda, f32_input(cuda, layout, what)?));
+            }
+            let [(storage, pi), (_, gi), (_, mi), (_, vi), (_, si), (_, fi)] = &inputs[..] else {
+                unreachable!("six tensors give six inputs")
+            };
+            if gi.len != pi.len
+                || mi.len != pi.len
+                || vi.len != pi.len
+                || si.len != 1
+                || fi.len != 1
+            {
+                candle_core::bail!(
+                    "wick cuda AdamW: {} parameters, {} gradient, {} and {} moment, {} scale, {} flag values",
+                    pi.len, gi.len, mi.len, vi.len, si.len, fi.len
+                )
+            }
+            let dev = storage.device().clone();
+            launch!(
+                dev,
+                "wick_adamw",
+                elementwise_config(pi.len),
+                pi.ptr,
+                mi.ptr,
+                vi.ptr,
+                gi.ptr,
+                si.ptr,
+                fi.ptr,
+                i32::from(apply.is_some()),
+                pi.len as i32,
+                beta1,
+                beta2,
+                decay,
+                step,
+                inv_bias2_sqrt,
+                eps
+            );
+            Ok(())
         }
 
         /// `sum(g^2)` over every element of every tensor, as a one-value f32 tensor: one kernel
