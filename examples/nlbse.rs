@@ -4,10 +4,14 @@
 //! project and overall (the mean of the five project scores).
 //!
 //!     cargo run --release --example nlbse -- [--test issues_test.csv] [--device auto]
-//!         [--config configs/nlbse.toml] [--out runs/nlbse] [--set key=value ...] [--json]
+//!         [--config configs/nlbse.toml] [--out runs/nlbse] [--ensemble N] [--set key=value ...]
+//!         [--json]
 //!
 //! Without --test it reports on each project's own validation split; with it, also on that
-//! project's rows of the test file (any CSV of the competition's schema).
+//! project's rows of the test file (any CSV of the competition's schema). `--ensemble N` trains
+//! N classifiers per project on the same split (`data.split_seed`), seeds `train.seed`,
+//! `train.seed + 1`, ..., and scores the mean of their probabilities; each member's own
+//! validation macro-F1 is reported beside it.
 
 use std::path::PathBuf;
 
@@ -17,7 +21,8 @@ use wick_trainer::checkpoint;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::fit::{LogRecord, Reporter, RunOptions, Trainer};
-use wick_trainer::infer::Predictor;
+use wick_trainer::eval;
+use wick_trainer::infer::Ensemble;
 use wick_trainer::metrics::ClassificationReport;
 
 const PROJECTS: [&str; 5] = [
@@ -34,6 +39,7 @@ struct Args {
     out: PathBuf,
     device: DeviceRequest,
     overrides: Vec<String>,
+    ensemble: usize,
     json: bool,
 }
 
@@ -44,6 +50,7 @@ fn parse_args() -> Result<Args> {
         out: "runs/nlbse".into(),
         device: DeviceRequest::Auto,
         overrides: Vec::new(),
+        ensemble: 1,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -55,6 +62,12 @@ fn parse_args() -> Result<Args> {
             "--out" => args.out = value()?.into(),
             "--device" => args.device = value()?.parse()?,
             "--set" => args.overrides.push(value()?),
+            "--ensemble" => {
+                args.ensemble = value()?.parse().context("--ensemble takes a count")?;
+                if args.ensemble == 0 {
+                    bail!("--ensemble needs at least 1 member");
+                }
+            }
             "--json" => args.json = true,
             other => bail!("unknown argument {other}"),
         }
@@ -106,32 +119,73 @@ fn rows(project: &str, split: &str, report: &ClassificationReport) -> Vec<String
     out
 }
 
-fn main() -> Result<()> {
-    let args = parse_args()?;
-    let mut results: Vec<(String, &str, ClassificationReport)> = Vec::new();
-    for project in PROJECTS {
-        let slug = project.replace('/', "__");
-        let mut overrides = args.overrides.clone();
-        overrides.push(format!("data.filter.equals=\"{project}\""));
-        let config = RunConfig::load(&args.config, &overrides)?;
-        let out_dir = args.out.join(&slug);
+/// One project's members trained and scored: the ensemble's validation (and test) reports and
+/// each member's own validation macro-F1.
+fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
+    let slug = project.replace('/', "__");
+    let mut overrides = args.overrides.clone();
+    overrides.push(format!("data.filter.equals=\"{project}\""));
+    let base = RunConfig::load(&args.config, &overrides)?;
+    let split_seed = base.split_seed();
+    let mut member_probs = Vec::new();
+    let mut member_f1 = Vec::new();
+    let mut bests = Vec::new();
+    let mut targets = None;
+    for k in 0..args.ensemble {
+        let mut config = base.clone();
+        config.train.seed = base.train.seed + k as u64;
+        config.data.split_seed = Some(split_seed);
+        let (out_dir, name) = if args.ensemble == 1 {
+            (args.out.join(&slug), project.to_string())
+        } else {
+            let seed = config.train.seed;
+            (args.out.join(&slug).join(format!("seed-{seed}")), format!("{project} seed {seed}"))
+        };
         let options = RunOptions {
             device: args.device,
             out_dir: out_dir.clone(),
             resume: None,
         };
-        let mut reporter = Lines(project.to_string());
+        let mut reporter = Lines(name);
         let mut trainer = Trainer::new(config, &options, &mut reporter)?;
         trainer.fit(&mut reporter)?;
         // Score best/ (not the last weights) on the validation split.
         let best = out_dir.join("best");
         checkpoint::read(&best)?.load_weights(trainer.varmap())?;
-        let valid = trainer.evaluate()?.context("no validation split")?;
-        results.push((project.to_string(), "valid", valid));
-        if let Some(test) = &args.test {
-            let report = Predictor::open(&best, args.device)?.evaluate_file(test)?;
-            results.push((project.to_string(), "test", report));
-        }
+        let (predictions, valid_targets) =
+            trainer.predict_valid()?.context("no validation split")?;
+        let report = eval::report(&base.data.labels, valid_targets, &predictions)?;
+        eprintln!("[{project}] member {k}: validation macro-F1 {:.4}", report.macro_f1);
+        member_f1.push(report.macro_f1);
+        member_probs.push(predictions);
+        targets = Some(valid_targets.clone());
+        bests.push(best);
+    }
+    let targets = targets.context("no members")?;
+    let mean = eval::average(&member_probs, &targets)?;
+    let mut scored = vec![(
+        project.to_string(),
+        "valid",
+        eval::report(&base.data.labels, &targets, &mean)?,
+    )];
+    if let Some(test) = &args.test {
+        let report = Ensemble::open(&bests, args.device)?.evaluate_file(test)?;
+        scored.push((project.to_string(), "test", report));
+    }
+    Ok((scored, member_f1))
+}
+
+/// A report of one project on one split.
+type Scored = (String, &'static str, ClassificationReport);
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let mut results: Vec<Scored> = Vec::new();
+    let mut members: Vec<(&str, Vec<f64>)> = Vec::new();
+    for project in PROJECTS {
+        let (scored, member_f1) = run_project(&args, project)?;
+        results.extend(scored);
+        members.push((project, member_f1));
     }
     let splits: Vec<&str> = if args.test.is_some() {
         vec!["valid", "test"]
@@ -178,6 +232,25 @@ fn main() -> Result<()> {
             "projects": results.iter().filter(|r| r.1 == split).map(|r| (r.0.clone(), r.2.to_json())).collect::<serde_json::Map<_, _>>(),
         }));
     }
+    // What one member scores alone, averaged over the members: the ensemble's gain is the
+    // difference to the validation protocol score above.
+    let member_overall = members
+        .iter()
+        .map(|(_, f1)| f1.iter().sum::<f64>() / f1.len() as f64)
+        .sum::<f64>()
+        / members.len() as f64;
+    if args.ensemble > 1 {
+        println!(
+            "{:<22} valid {:<9} {member_overall:>22.4}   <- one member alone (mean over {} seeds)",
+            "overall", "macro-F1", args.ensemble
+        );
+    }
+    summary.insert("ensemble".into(), json!(args.ensemble));
+    summary.insert(
+        "member_valid_f1".into(),
+        members.iter().map(|(p, f1)| (p.to_string(), json!(f1))).collect(),
+    );
+    summary.insert("member_mean_overall_f1".into(), json!(member_overall));
     if args.json {
         let path = args.out.join("nlbse.json");
         std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;

@@ -1,4 +1,5 @@
-//! `evaluate`: score a checkpoint on its validation file or any file of the same schema.
+//! `evaluate`: score a checkpoint (or an ensemble of several, their probabilities averaged) on
+//! its validation file or any file of the same schema.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,15 +7,16 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::infer::Predictor;
+use wick_trainer::infer::Ensemble;
 
 /// Score a checkpoint on labelled data.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// A checkpoint directory (or a run directory, meaning its best/).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    /// A checkpoint directory (or a run directory, meaning its best/). Repeat it to score an
+    /// ensemble: the mean of the checkpoints' class probabilities.
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
     /// Labelled JSONL or CSV with the checkpoint's field mapping (default: its data.valid, else
     /// data.test).
     #[arg(long)]
@@ -27,29 +29,31 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    let predictor = Predictor::open(&args.checkpoint, args.device)?;
-    let data = &predictor.checkpoint.config.data;
+    let ensemble = Ensemble::open(&args.checkpoint, args.device)?;
+    let first = ensemble.first();
+    let data = &first.checkpoint.config.data;
     let path = args
         .data
         .clone()
         .or_else(|| data.valid.clone())
         .or_else(|| data.test.clone())
         .context("the checkpoint's config names no validation or test file: pass --data FILE")?;
-    let report = predictor.evaluate_file(&path).with_context(|| {
-        format!(
-            "evaluating {} on {}",
-            predictor.checkpoint.dir.display(),
-            path.display()
-        )
-    })?;
+    let scored = args
+        .checkpoint
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let report = ensemble
+        .evaluate_file(&path)
+        .with_context(|| format!("evaluating {scored} on {}", path.display()))?;
     if args.json {
         println!("{}", report.to_json());
     } else {
         println!(
-            "{} on {} ({}):\n{}",
-            predictor.checkpoint.dir.display(),
+            "{scored} on {} ({}):\n{}",
             path.display(),
-            predictor.device_name,
+            first.device_name,
             report.table()
         );
     }

@@ -1,5 +1,6 @@
-//! `predict`: label texts with a checkpoint. Texts come from the arguments, or as JSONL with a
-//! `text` field on stdin; one JSON line per input goes to stdout, other input fields passed through.
+//! `predict`: label texts with a checkpoint (or an ensemble of several). Texts come from the
+//! arguments, or as JSONL with a `text` field on stdin; one JSON line per input goes to stdout,
+//! other input fields passed through.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -10,15 +11,16 @@ use clap::Parser;
 use serde_json::{Map, Value};
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::eval::argmax;
-use wick_trainer::infer::Predictor;
+use wick_trainer::infer::Ensemble;
 
 /// Label texts with a trained checkpoint.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// A checkpoint directory (or a run directory, meaning its best/).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    /// A checkpoint directory (or a run directory, meaning its best/). Repeat it to predict with
+    /// an ensemble: the mean of the checkpoints' class probabilities.
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
     /// Texts to label; without any, JSONL objects with a "text" field are read from stdin.
@@ -47,7 +49,7 @@ fn read_stdin() -> Result<Vec<Map<String, Value>>> {
 }
 
 fn run(args: Args) -> Result<()> {
-    let predictor = Predictor::open(&args.checkpoint, args.device)?;
+    let predictor = Ensemble::open(&args.checkpoint, args.device)?;
     let rows: Vec<Map<String, Value>> = if args.texts.is_empty() {
         read_stdin()?
     } else {
@@ -62,7 +64,7 @@ fn run(args: Args) -> Result<()> {
         .collect();
     let probs = predictor.predict_texts(&texts)?;
     let labels = predictor.labels();
-    let multi = predictor.checkpoint.config.data.multi_label;
+    let multi = predictor.first().checkpoint.config.data.multi_label;
     let mut out = std::io::stdout().lock();
     for ((mut row, p), best) in rows.into_iter().zip(&probs).zip(argmax(&probs)) {
         let label = if multi {

@@ -127,6 +127,76 @@ fn evaluate_json_has_the_documented_schema_and_predict_is_deterministic() {
     assert!(row.get("label").is_some());
 }
 
+/// `predict` output lines' probabilities, in label order.
+fn predicted_probs(output: &std::process::Output) -> Vec<Vec<f64>> {
+    text(&output.stdout)
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            ["needs_docs", "needs_test", "needs_review"]
+                .iter()
+                .map(|l| row["probs"][l].as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn an_ensemble_predicts_the_mean_of_its_members_and_refuses_another_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    assert_ok(&train_tiny(&a, &["train.seed=1"]), "train a");
+    assert_ok(&train_tiny(&b, &["train.seed=2"]), "train b");
+    let texts = ["please add a regression test", "the README is wrong", "ptal"];
+    let predict = |checkpoints: &[&Path]| {
+        let mut args = Vec::new();
+        for c in checkpoints {
+            args.extend(["--checkpoint", path_str(c)]);
+        }
+        args.extend(texts);
+        let output = run_bin("predict", &args);
+        assert_ok(&output, "predict");
+        predicted_probs(&output)
+    };
+    let (pa, pb, both) = (predict(&[&a]), predict(&[&b]), predict(&[&a, &b]));
+    assert_ne!(pa, pb, "two seeds gave the same model");
+    for ((ra, rb), rm) in pa.iter().zip(&pb).zip(&both) {
+        for ((x, y), m) in ra.iter().zip(rb).zip(rm) {
+            assert!((m - (x + y) / 2.0).abs() < 1e-6, "{m} is not the mean of {x} and {y}");
+        }
+    }
+    let output = run_bin(
+        "evaluate",
+        &["--checkpoint", path_str(&a), "--checkpoint", path_str(&b), "--json"],
+    );
+    assert_ok(&output, "evaluate ensemble");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["examples"], 9);
+    assert!(json["loss"].as_f64().unwrap().is_finite());
+
+    // A checkpoint of another label order is another task: refused, naming it and the key.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    for entry in std::fs::read_dir(b.join("best")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), other.join(entry.file_name())).unwrap();
+    }
+    for file in ["config.toml", "trainer_state.json"] {
+        let path = other.join(file);
+        let swapped = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("needs_docs", "SWAP")
+            .replace("needs_test", "needs_docs")
+            .replace("SWAP", "needs_test");
+        std::fs::write(&path, swapped).unwrap();
+    }
+    let output = run_bin(
+        "evaluate",
+        &["--checkpoint", path_str(&a), "--checkpoint", path_str(&other)],
+    );
+    assert_fails_naming(&output, &["other", "data.labels"]);
+}
+
 /// A slower shape of the tiny config, so a kill can land mid-run.
 const SLOW: [&str; 6] = [
     "train.epochs=30",

@@ -68,6 +68,10 @@ pub struct DataConfig {
     /// Share of each label held out for validation when `valid` is absent; in (0, 1).
     #[serde(default = "default_valid_fraction")]
     pub valid_fraction: f64,
+    /// Seed of that held-out split; when absent the run's `train.seed` seeds it. Setting it keeps
+    /// one validation split while `train.seed` varies (the members of an ensemble, say).
+    #[serde(default)]
+    pub split_seed: Option<u64>,
     /// Length-bucketing window in examples (0 = off): shuffled examples are sorted by length
     /// within windows of this size so batches hold similar lengths and pad less.
     #[serde(default)]
@@ -109,6 +113,7 @@ impl DataConfig {
             filter: None,
             max_len: default_max_len(),
             valid_fraction: default_valid_fraction(),
+            split_seed: None,
             bucket_window: 0,
         }
     }

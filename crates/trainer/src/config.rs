@@ -264,6 +264,11 @@ impl Default for EvalConfig {
 }
 
 impl RunConfig {
+    /// The seed of the held-out validation split: `data.split_seed`, else `train.seed`.
+    pub fn split_seed(&self) -> u64 {
+        self.data.split_seed.unwrap_or(self.train.seed)
+    }
+
     /// Reads a TOML config, applies `key=value` overrides (dotted keys, TOML-typed values; a
     /// value that is not valid TOML is taken as a string) and deserializes it.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -509,6 +514,15 @@ labels = ["a", "b"]
             Some(Path::new("data/valid.jsonl"))
         );
         assert_eq!(config.model.id.as_deref(), Some("org/model"));
+    }
+
+    #[test]
+    fn the_split_follows_train_seed_unless_split_seed_is_set() {
+        let config = RunConfig::from_toml(BASE, "base.toml", &["train.seed=3".into()]).unwrap();
+        assert_eq!(config.split_seed(), 3);
+        let overrides = ["train.seed=3".to_string(), "data.split_seed=11".to_string()];
+        let config = RunConfig::from_toml(BASE, "base.toml", &overrides).unwrap();
+        assert_eq!((config.train.seed, config.split_seed()), (3, 11));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use wick_model::classifier::LossOptions;
 use wick_model::Classifier;
 
 use crate::device::ensure_same_device;
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::metrics::ClassificationReport;
 
 /// Model outputs for every example, in dataset order.
@@ -99,7 +99,17 @@ pub fn evaluate(
     loss_options: &LossOptions,
 ) -> Result<ClassificationReport> {
     let predictions = predict(model, dataset, batch_size, device, loss_options)?;
-    Ok(match dataset.targets() {
+    report(labels, dataset.targets(), &predictions)
+}
+
+/// The classification report of `predictions` against `targets`: argmax for single-label data,
+/// each probability above 0.5 for multi-label data.
+pub fn report(
+    labels: &[String],
+    targets: &Targets,
+    predictions: &Predictions,
+) -> Result<ClassificationReport> {
+    Ok(match targets {
         Targets::Multi { values, num_labels } => {
             let truth: Vec<Vec<bool>> = values
                 .chunks(*num_labels)
@@ -119,10 +129,108 @@ pub fn evaluate(
             predictions.loss,
         ),
         Targets::None => {
-            return Err(crate::error::TrainError::config(
-                "data",
-                "evaluation needs labelled data",
-            ));
+            return Err(TrainError::config("data", "evaluation needs labelled data"));
         }
     })
+}
+
+/// Smallest probability the ensemble loss takes a logarithm of, so that one confident member
+/// that is wrong gives a large finite loss instead of infinity.
+const MIN_PROB: f64 = 1e-12;
+
+/// An ensemble's prediction: the mean of its members' probabilities for the same examples.
+/// Its loss, when `targets` has labels, is the plain loss of those mean probabilities:
+/// cross-entropy for single-label targets, binary cross-entropy averaged over every (example,
+/// label) for multi-label ones.
+pub fn average(members: &[Predictions], targets: &Targets) -> Result<Predictions> {
+    let Some(first) = members.first() else {
+        return Err(TrainError::Ensemble("no members".into()));
+    };
+    let rows = first.probs.len();
+    let width = first.probs.first().map_or(0, Vec::len);
+    for (i, member) in members.iter().enumerate() {
+        let shape_ok = member.probs.len() == rows && member.probs.iter().all(|r| r.len() == width);
+        if !shape_ok {
+            return Err(TrainError::Ensemble(format!(
+                "member {i} predicted {} rows of {} labels, member 0 {rows} rows of {width}",
+                member.probs.len(),
+                member.probs.first().map_or(0, Vec::len)
+            )));
+        }
+    }
+    let n = members.len() as f32;
+    let probs: Vec<Vec<f32>> = (0..rows)
+        .map(|r| {
+            (0..width)
+                .map(|c| members.iter().map(|m| m.probs[r][c]).sum::<f32>() / n)
+                .collect()
+        })
+        .collect();
+    let nll = |p: f32| -(f64::from(p).max(MIN_PROB)).ln();
+    let loss = match targets {
+        Targets::Single(truth) if rows > 0 => Some(
+            truth
+                .iter()
+                .zip(&probs)
+                .map(|(&t, row)| nll(row[t as usize]))
+                .sum::<f64>()
+                / rows as f64,
+        ),
+        Targets::Multi { values, .. } if rows > 0 && width > 0 => Some(
+            values
+                .iter()
+                .zip(probs.iter().flatten())
+                .map(|(&t, &p)| f64::from(t) * nll(p) + f64::from(1.0 - t) * nll(1.0 - p))
+                .sum::<f64>()
+                / (rows * width) as f64,
+        ),
+        _ => None,
+    };
+    Ok(Predictions { probs, loss })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probs(rows: &[[f32; 2]]) -> Predictions {
+        Predictions {
+            probs: rows.iter().map(|r| r.to_vec()).collect(),
+            loss: None,
+        }
+    }
+
+    #[test]
+    fn an_ensemble_is_the_mean_of_its_members_and_its_loss_is_that_of_the_mean() {
+        let a = probs(&[[0.9, 0.1], [0.2, 0.8]]);
+        let b = probs(&[[0.5, 0.5], [0.6, 0.4]]);
+        let single = average(&[a.clone(), b.clone()], &Targets::Single(vec![0, 1])).unwrap();
+        assert_eq!(single.probs, vec![vec![0.7, 0.3], vec![0.4, 0.6]]);
+        // -(ln 0.7 + ln 0.6) / 2
+        let expected = -(0.7f64.ln() + 0.6f64.ln()) / 2.0;
+        assert!((single.loss.unwrap() - expected).abs() < 1e-6);
+
+        // Multi-label: BCE over every (example, label) of the mean probabilities.
+        let targets = Targets::Multi {
+            values: vec![1.0, 0.0, 0.0, 1.0],
+            num_labels: 2,
+        };
+        let multi = average(&[a.clone(), b], &targets).unwrap();
+        let expected = -(0.7f64.ln() + 0.7f64.ln() + 0.6f64.ln() + 0.6f64.ln()) / 4.0;
+        assert!((multi.loss.unwrap() - expected).abs() < 1e-6);
+
+        // No labels, no loss; a wrong member shape is an error, not a silent truncation.
+        assert_eq!(average(&[a.clone()], &Targets::None).unwrap().loss, None);
+        let short = probs(&[[1.0, 0.0]]);
+        let err = average(&[a, short], &Targets::None).unwrap_err().to_string();
+        assert!(err.contains("member 1"), "{err}");
+        assert!(average(&[], &Targets::None).is_err());
+    }
+
+    #[test]
+    fn a_member_certain_of_the_wrong_label_gives_a_finite_loss() {
+        let wrong = probs(&[[0.0, 1.0]]);
+        let loss = average(&[wrong], &Targets::Single(vec![0])).unwrap().loss.unwrap();
+        assert!(loss.is_finite() && loss > 20.0, "{loss}");
+    }
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_data::{
-    epoch_order, read_examples, split_train_valid, DataSummary, Dataset, TensorBatch, TextTokenizer,
+    epoch_order, read_examples, split_train_valid, DataSummary, Dataset, Targets, TensorBatch, TextTokenizer,
 };
 use wick_model::classifier::LossOptions;
 use wick_model::weights::{init_all, init_head, is_head, load_safetensors, named_vars};
@@ -21,7 +21,7 @@ use crate::checkpoint::{self, Checkpoint, Contents, Provenance, TrainState};
 use crate::config::{ClassWeights, Init, Precision, RunConfig, WeightRule};
 use crate::device::{self, ensure_same_device, DeviceRequest};
 use crate::error::{Result, TrainError};
-use crate::eval;
+use crate::eval::{self, Predictions};
 use crate::metrics::{ClassificationReport, MetricsLog};
 use crate::optim::{exempt_from_decay, AdamW, Gradients, ParamSpec};
 use crate::scaler::LossScaler;
@@ -192,7 +192,7 @@ fn load_data(
         }
         None => {
             let (train_idx, valid_idx) =
-                split_train_valid(&read.examples, data.valid_fraction, config.train.seed);
+                split_train_valid(&read.examples, data.valid_fraction, config.split_seed());
             (all.subset(&train_idx), Some(all.subset(&valid_idx)))
         }
     };
@@ -454,21 +454,33 @@ impl Trainer {
     /// Scores the model on the validation split, if there is one. The loss is plain
     /// cross-entropy (or BCE), without training-time label smoothing or class weights.
     pub fn evaluate(&self) -> Result<Option<ClassificationReport>> {
+        match self.predict_valid()? {
+            None => Ok(None),
+            Some((predictions, targets)) => Ok(Some(eval::report(
+                &self.config.data.labels,
+                targets,
+                &predictions,
+            )?)),
+        }
+    }
+
+    /// The model's probabilities and plain loss on the validation split, with its targets (in
+    /// the split's order), if there is one: what an ensemble averages.
+    pub fn predict_valid(&self) -> Result<Option<(Predictions, &Targets)>> {
         let Some(valid) = &self.valid else {
             return Ok(None);
         };
-        let report = device::with_autorelease_pool(|| {
-            eval::evaluate(
+        let predictions = device::with_autorelease_pool(|| {
+            eval::predict(
                 &self.model,
                 valid,
-                &self.config.data.labels,
                 self.eval_batch_size(),
                 &self.device,
                 // The plain loss, as `evaluate` reports it for the same checkpoint.
                 &LossOptions::default(),
             )
         })?;
-        Ok(Some(report))
+        Ok(Some((predictions, valid.targets())))
     }
 
     /// One optimizer step over `micro_batches` (example indices), dropout seeded by the step.

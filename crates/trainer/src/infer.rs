@@ -9,7 +9,7 @@ use wick_model::{Classifier, Task};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::device::{self, DeviceRequest};
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::eval::{self, Predictions};
 use crate::metrics::ClassificationReport;
 
@@ -82,18 +82,14 @@ impl Predictor {
 
     /// Class probabilities for raw texts, in input order.
     pub fn predict_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let examples: Vec<wick_data::Example> = texts
-            .iter()
-            .enumerate()
-            .map(|(i, text)| wick_data::Example {
-                text: (*text).to_string(),
-                target: wick_data::Target::None,
-                line: i + 1,
-                fields: Default::default(),
-            })
-            .collect();
-        let dataset = Dataset::new(&examples, &self.tokenizer)?;
-        Ok(self.predict_dataset(&dataset)?.probs)
+        Ok(self.predict_examples(&text_examples(texts))?.probs)
+    }
+
+    /// Probabilities (and, for labelled examples, the plain loss) for examples read with this
+    /// checkpoint's field mapping, tokenized by its own tokenizer and `max_len`.
+    pub fn predict_examples(&self, examples: &[wick_data::Example]) -> Result<Predictions> {
+        let dataset = Dataset::new(examples, &self.tokenizer)?;
+        self.predict_dataset(&dataset)
     }
 
     fn predict_dataset(&self, dataset: &Dataset) -> Result<Predictions> {
@@ -118,15 +114,123 @@ impl Predictor {
     pub fn evaluate_file(&self, path: &Path) -> Result<ClassificationReport> {
         let read = read_examples(path, &self.checkpoint.config.data)?;
         let dataset = Dataset::new(&read.examples, &self.tokenizer)?;
-        device::with_autorelease_pool(|| {
-            eval::evaluate(
-                &self.model,
-                &dataset,
-                self.labels(),
-                self.batch_size(),
-                &self.device,
-                &LossOptions::default(),
-            )
+        let predictions = self.predict_dataset(&dataset)?;
+        eval::report(self.labels(), dataset.targets(), &predictions)
+    }
+}
+
+/// Unlabelled examples holding `texts`, numbered from line 1.
+fn text_examples(texts: &[&str]) -> Vec<wick_data::Example> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| wick_data::Example {
+            text: (*text).to_string(),
+            target: wick_data::Target::None,
+            line: i + 1,
+            fields: Default::default(),
         })
+        .collect()
+}
+
+/// Several checkpoints of one task voting together: their class probabilities are averaged.
+/// Members may differ in anything but the task (labels, multi-label or not) and the way a row
+/// becomes text (text fields, separator, label field); each tokenizes with its own tokenizer
+/// and `max_len`. One member behaves exactly like its [`Predictor`].
+#[derive(Debug)]
+pub struct Ensemble {
+    members: Vec<Predictor>,
+}
+
+impl Ensemble {
+    /// Opens every checkpoint in `dirs` (run directories mean their `best/`) on one device.
+    pub fn open(dirs: &[impl AsRef<Path>], request: DeviceRequest) -> Result<Self> {
+        let mut members: Vec<Predictor> = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            let member = Predictor::open(dir.as_ref(), request)?;
+            if let Some(first) = members.first() {
+                check_compatible(first, &member)?;
+            }
+            members.push(member);
+        }
+        if members.is_empty() {
+            return Err(TrainError::Ensemble("no checkpoints given".into()));
+        }
+        Ok(Self { members })
+    }
+
+    pub fn members(&self) -> &[Predictor] {
+        &self.members
+    }
+
+    /// The first member: its labels, data mapping and device stand for the ensemble's.
+    pub fn first(&self) -> &Predictor {
+        &self.members[0]
+    }
+
+    pub fn labels(&self) -> &[String] {
+        self.first().labels()
+    }
+
+    /// Mean class probabilities of the members for raw texts, in input order.
+    pub fn predict_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .predict_examples(&text_examples(texts), &wick_data::Targets::None)?
+            .probs)
+    }
+
+    /// The members' mean probabilities for `examples`, and the loss of those means against
+    /// `targets` (the examples' own, in order; `Targets::None` for no loss).
+    pub fn predict_examples(
+        &self,
+        examples: &[wick_data::Example],
+        targets: &wick_data::Targets,
+    ) -> Result<Predictions> {
+        if let [only] = self.members.as_slice() {
+            return only.predict_examples(examples);
+        }
+        let each = self
+            .members
+            .iter()
+            .map(|m| m.predict_examples(examples))
+            .collect::<Result<Vec<_>>>()?;
+        eval::average(&each, targets)
+    }
+
+    /// Scores a labelled file (the first member's field mapping and filter) with the mean
+    /// probabilities of the members.
+    pub fn evaluate_file(&self, path: &Path) -> Result<ClassificationReport> {
+        if let [only] = self.members.as_slice() {
+            return only.evaluate_file(path);
+        }
+        let first = self.first();
+        let read = read_examples(path, &first.checkpoint.config.data)?;
+        let targets = Dataset::new(&read.examples, &first.tokenizer)?
+            .targets()
+            .clone();
+        let predictions = self.predict_examples(&read.examples, &targets)?;
+        eval::report(self.labels(), &targets, &predictions)
+    }
+}
+
+/// Errors unless `other` solves the same task as `first` and reads rows the same way.
+fn check_compatible(first: &Predictor, other: &Predictor) -> Result<()> {
+    let (a, b) = (&first.checkpoint.config.data, &other.checkpoint.config.data);
+    let keys = [
+        ("labels", format!("{:?}", b.labels), format!("{:?}", a.labels)),
+        ("multi_label", b.multi_label.to_string(), a.multi_label.to_string()),
+        ("text_fields", format!("{:?}", b.text_fields), format!("{:?}", a.text_fields)),
+        ("text_separator", format!("{:?}", b.text_separator), format!("{:?}", a.text_separator)),
+        ("label_field", format!("{:?}", b.label_field), format!("{:?}", a.label_field)),
+    ];
+    match keys.into_iter().find(|(_, theirs, ours)| theirs != ours) {
+        None => Ok(()),
+        Some((key, theirs, ours)) => Err(TrainError::Checkpoint {
+            path: other.checkpoint.dir.clone(),
+            reason: format!(
+                "data.{key} is {theirs} but {ours} in {}, the ensemble's first member",
+                first.checkpoint.dir.display()
+            ),
+        }),
     }
 }
