@@ -20,8 +20,8 @@ use serde_json::json;
 use wick_trainer::checkpoint;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::fit::{LogRecord, Reporter, RunOptions, Trainer};
 use wick_trainer::eval;
+use wick_trainer::fit::{LogRecord, Reporter, RunOptions, Trainer};
 use wick_trainer::infer::Ensemble;
 use wick_trainer::metrics::ClassificationReport;
 
@@ -139,7 +139,10 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
             (args.out.join(&slug), project.to_string())
         } else {
             let seed = config.train.seed;
-            (args.out.join(&slug).join(format!("seed-{seed}")), format!("{project} seed {seed}"))
+            (
+                args.out.join(&slug).join(format!("seed-{seed}")),
+                format!("{project} seed {seed}"),
+            )
         };
         let options = RunOptions {
             device: args.device,
@@ -155,7 +158,10 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
         let (predictions, valid_targets) =
             trainer.predict_valid()?.context("no validation split")?;
         let report = eval::report(&base.data.labels, valid_targets, &predictions)?;
-        eprintln!("[{project}] member {k}: validation macro-F1 {:.4}", report.macro_f1);
+        eprintln!(
+            "[{project}] member {k}: validation macro-F1 {:.4}",
+            report.macro_f1
+        );
         member_f1.push(report.macro_f1);
         member_probs.push(predictions);
         targets = Some(valid_targets.clone());
@@ -248,7 +254,10 @@ fn main() -> Result<()> {
     summary.insert("ensemble".into(), json!(args.ensemble));
     summary.insert(
         "member_valid_f1".into(),
-        members.iter().map(|(p, f1)| (p.to_string(), json!(f1))).collect(),
+        members
+            .iter()
+            .map(|(p, f1)| (p.to_string(), json!(f1)))
+            .collect(),
     );
     summary.insert("member_mean_overall_f1".into(), json!(member_overall));
     if args.json {

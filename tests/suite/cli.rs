@@ -147,7 +147,11 @@ fn an_ensemble_predicts_the_mean_of_its_members_and_refuses_another_task() {
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     assert_ok(&train_tiny(&a, &["train.seed=1"]), "train a");
     assert_ok(&train_tiny(&b, &["train.seed=2"]), "train b");
-    let texts = ["please add a regression test", "the README is wrong", "ptal"];
+    let texts = [
+        "please add a regression test",
+        "the README is wrong",
+        "ptal",
+    ];
     let predict = |checkpoints: &[&Path]| {
         let mut args = Vec::new();
         for c in checkpoints {
@@ -162,12 +166,21 @@ fn an_ensemble_predicts_the_mean_of_its_members_and_refuses_another_task() {
     assert_ne!(pa, pb, "two seeds gave the same model");
     for ((ra, rb), rm) in pa.iter().zip(&pb).zip(&both) {
         for ((x, y), m) in ra.iter().zip(rb).zip(rm) {
-            assert!((m - (x + y) / 2.0).abs() < 1e-6, "{m} is not the mean of {x} and {y}");
+            assert!(
+                (m - (x + y) / 2.0).abs() < 1e-6,
+                "{m} is not the mean of {x} and {y}"
+            );
         }
     }
     let output = run_bin(
         "evaluate",
-        &["--checkpoint", path_str(&a), "--checkpoint", path_str(&b), "--json"],
+        &[
+            "--checkpoint",
+            path_str(&a),
+            "--checkpoint",
+            path_str(&b),
+            "--json",
+        ],
     );
     assert_ok(&output, "evaluate ensemble");
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -192,7 +205,12 @@ fn an_ensemble_predicts_the_mean_of_its_members_and_refuses_another_task() {
     }
     let output = run_bin(
         "evaluate",
-        &["--checkpoint", path_str(&a), "--checkpoint", path_str(&other)],
+        &[
+            "--checkpoint",
+            path_str(&a),
+            "--checkpoint",
+            path_str(&other),
+        ],
     );
     assert_fails_naming(&output, &["other", "data.labels"]);
 }

@@ -222,7 +222,9 @@ mod tests {
         // No labels, no loss; a wrong member shape is an error, not a silent truncation.
         assert_eq!(average(&[a.clone()], &Targets::None).unwrap().loss, None);
         let short = probs(&[[1.0, 0.0]]);
-        let err = average(&[a, short], &Targets::None).unwrap_err().to_string();
+        let err = average(&[a, short], &Targets::None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("member 1"), "{err}");
         assert!(average(&[], &Targets::None).is_err());
     }
@@ -230,7 +232,10 @@ mod tests {
     #[test]
     fn a_member_certain_of_the_wrong_label_gives_a_finite_loss() {
         let wrong = probs(&[[0.0, 1.0]]);
-        let loss = average(&[wrong], &Targets::Single(vec![0])).unwrap().loss.unwrap();
+        let loss = average(&[wrong], &Targets::Single(vec![0]))
+            .unwrap()
+            .loss
+            .unwrap();
         assert!(loss.is_finite() && loss > 20.0, "{loss}");
     }
 }

@@ -10,7 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_data::{
-    epoch_order, read_examples, split_train_valid, DataSummary, Dataset, Targets, TensorBatch, TextTokenizer,
+    epoch_order, read_examples, split_train_valid, DataSummary, Dataset, Targets, TensorBatch,
+    TextTokenizer,
 };
 use wick_model::classifier::LossOptions;
 use wick_model::weights::{init_all, init_head, is_head, load_safetensors, named_vars};

@@ -217,11 +217,31 @@ impl Ensemble {
 fn check_compatible(first: &Predictor, other: &Predictor) -> Result<()> {
     let (a, b) = (&first.checkpoint.config.data, &other.checkpoint.config.data);
     let keys = [
-        ("labels", format!("{:?}", b.labels), format!("{:?}", a.labels)),
-        ("multi_label", b.multi_label.to_string(), a.multi_label.to_string()),
-        ("text_fields", format!("{:?}", b.text_fields), format!("{:?}", a.text_fields)),
-        ("text_separator", format!("{:?}", b.text_separator), format!("{:?}", a.text_separator)),
-        ("label_field", format!("{:?}", b.label_field), format!("{:?}", a.label_field)),
+        (
+            "labels",
+            format!("{:?}", b.labels),
+            format!("{:?}", a.labels),
+        ),
+        (
+            "multi_label",
+            b.multi_label.to_string(),
+            a.multi_label.to_string(),
+        ),
+        (
+            "text_fields",
+            format!("{:?}", b.text_fields),
+            format!("{:?}", a.text_fields),
+        ),
+        (
+            "text_separator",
+            format!("{:?}", b.text_separator),
+            format!("{:?}", a.text_separator),
+        ),
+        (
+            "label_field",
+            format!("{:?}", b.label_field),
+            format!("{:?}", a.label_field),
+        ),
     ];
     match keys.into_iter().find(|(_, theirs, ours)| theirs != ours) {
         None => Ok(()),
