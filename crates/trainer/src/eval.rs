@@ -220,7 +220,12 @@ mod tests {
         assert!((multi.loss.unwrap() - expected).abs() < 1e-6);
 
         // No labels, no loss; a wrong member shape is an error, not a silent truncation.
-        assert_eq!(average(&[a.clone()], &Targets::None).unwrap().loss, None);
+        assert_eq!(
+            average(std::slice::from_ref(&a), &Targets::None)
+                .unwrap()
+                .loss,
+            None
+        );
         let short = probs(&[[1.0, 0.0]]);
         let err = average(&[a, short], &Targets::None)
             .unwrap_err()
