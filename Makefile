@@ -57,10 +57,11 @@ data/nlbse/issues_train.csv:
 	else curl -fsSL -o $@ https://raw.githubusercontent.com/nlbse2024/issue-report-classification/$(NLBSE_COMMIT)/data/issues_train.csv; fi
 
 ## nlbse: the whole NLBSE'24 protocol (5 projects); TEST=path/to/issues_test.csv scores a test file too,
-## ENSEMBLE=5 trains five seeds per project and scores the mean of their probabilities
+## ENSEMBLE=5 trains five seeds per project and scores the mean of their probabilities, REFIT=1
+## (with TEST) scores the test file with members trained again on all of a project's rows
 ENSEMBLE ?= 1
 nlbse: model nlbse-data
-	$(CARGO) run --release --example nlbse -- --json --ensemble $(ENSEMBLE) $(if $(TEST),--test $(TEST))
+	$(CARGO) run --release --example nlbse -- --json --ensemble $(ENSEMBLE) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit)
 
 ## triage-score: score runs/default/best on data/triage/test.jsonl into data/triage/model_score.json
 triage-score:

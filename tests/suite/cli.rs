@@ -215,6 +215,53 @@ fn an_ensemble_predicts_the_mean_of_its_members_and_refuses_another_task() {
     assert_fails_naming(&output, &["other", "data.labels"]);
 }
 
+#[test]
+fn valid_fraction_zero_trains_on_every_row_without_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = std::fs::read_to_string(super::common::repo_root().join(TINY)).unwrap();
+    // The tiny config without its validation file and nothing held out of the training file
+    // (relative paths resolve from the repository root, where `run_bin` runs).
+    let config: String = tiny
+        .lines()
+        .filter(|l| !l.starts_with("valid ="))
+        .map(|l| {
+            if l.starts_with("train = ") {
+                format!("{l}\nvalid_fraction = 0.0")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = dir.path().join("all_rows.toml");
+    std::fs::write(&path, config).unwrap();
+    let run = dir.path().join("run");
+    let output = run_bin(
+        "train",
+        &[
+            "--config",
+            path_str(&path),
+            "--out",
+            path_str(&run),
+            "--quiet",
+        ],
+    );
+    assert_ok(&output, "train");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records.iter().all(|r| r["kind"] != "eval"),
+        "an evaluation ran"
+    );
+    // 27 training texts in batches of 8: 4 steps an epoch, 3 epochs.
+    let last_step = records.iter().filter_map(|r| r["step"].as_u64()).max();
+    assert_eq!(last_step, Some(12));
+    assert!(run.join("best/model.safetensors").is_file());
+}
+
 /// A slower shape of the tiny config, so a kill can land mid-run.
 const SLOW: [&str; 6] = [
     "train.epochs=30",

@@ -65,7 +65,8 @@ pub struct DataConfig {
     /// Maximum tokens per example, `[CLS]` and `[SEP]` included; longer texts are truncated.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
-    /// Share of each label held out for validation when `valid` is absent; in (0, 1).
+    /// Share of each label held out for validation when `valid` is absent; in [0, 1). 0 holds
+    /// nothing out: every row trains and there is no validation (a refit on all the data).
     #[serde(default = "default_valid_fraction")]
     pub valid_fraction: f64,
     /// Seed of that held-out split; when absent the run's `train.seed` seeds it. Setting it keeps
@@ -151,11 +152,11 @@ impl DataConfig {
                 format!("must be at least {MIN_MAX_LEN}, got {}", self.max_len),
             ));
         }
-        if !(self.valid_fraction > 0.0 && self.valid_fraction < 1.0) {
+        if !(self.valid_fraction >= 0.0 && self.valid_fraction < 1.0) {
             return Err(bad(
                 "valid_fraction",
                 format!(
-                    "must be strictly between 0 and 1, got {}",
+                    "must be at least 0 and below 1, got {}",
                     self.valid_fraction
                 ),
             ));

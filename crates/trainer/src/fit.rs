@@ -178,7 +178,7 @@ fn locate_model(config: &RunConfig, resume: Option<&Path>) -> Result<ModelFiles>
 }
 
 /// Reads and tokenizes the training and validation data (a seeded stratified split of the
-/// training file when no validation file is given).
+/// training file when no validation file is given, none when `valid_fraction` is 0).
 fn load_data(
     config: &RunConfig,
     tokenizer: &TextTokenizer,
@@ -191,6 +191,7 @@ fn load_data(
             let valid = read_examples(path, data)?;
             (all, Some(Dataset::new(&valid.examples, tokenizer)?))
         }
+        None if data.valid_fraction == 0.0 => (all, None),
         None => {
             let (train_idx, valid_idx) =
                 split_train_valid(&read.examples, data.valid_fraction, config.split_seed());
@@ -427,6 +428,11 @@ impl Trainer {
             scaler,
             plan,
         })
+    }
+
+    /// The run's config, as validated.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
     }
 
     pub fn plan(&self) -> &Plan {

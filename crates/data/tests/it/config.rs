@@ -56,7 +56,7 @@ fn validate_names_the_offending_key() {
     assert_eq!(rejected_key(|c| c.labels.push("a".into())), "data.labels");
     assert_eq!(rejected_key(|c| c.max_len = 7), "data.max_len");
     assert_eq!(
-        rejected_key(|c| c.valid_fraction = 0.0),
+        rejected_key(|c| c.valid_fraction = -0.1),
         "data.valid_fraction"
     );
     assert_eq!(
