@@ -11,10 +11,11 @@
 //! project's rows of the test file (any CSV of the competition's schema). `--ensemble N` trains
 //! N classifiers per project on the same split (`data.split_seed`), seeds `train.seed`,
 //! `train.seed + 1`, ..., and scores the mean of their probabilities; each member's own
-//! validation macro-F1 is reported beside it. `--refit` (with `--test`) then trains each member
+//! validation macro-F1 is reported beside it. `--refit` (with `--test`) also trains each member
 //! again on all of the project's rows, with its seed, for as many epochs as its best
-//! validation checkpoint had, and scores the test file with those: the protocol allows every
-//! training row, and the validation scores stay those of the members that held rows out.
+//! validation checkpoint had, and scores the test file with those too (split `refit` in the
+//! table, beside `test` for the members that held rows out): the protocol allows every training
+//! row, and validation can only choose the epochs.
 
 use std::path::{Path, PathBuf};
 
@@ -139,6 +140,7 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
     let mut member_probs = Vec::new();
     let mut member_f1 = Vec::new();
     let mut bests = Vec::new();
+    let mut refits = Vec::new();
     let mut targets = None;
     for k in 0..args.ensemble {
         let mut config = base.clone();
@@ -175,10 +177,9 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
         member_probs.push(predictions);
         targets = Some(valid_targets.clone());
         if args.refit {
-            bests.push(refit(args, &trainer, &best, &out_dir)?);
-        } else {
-            bests.push(best);
+            refits.push(refit(args, &trainer, &best, &out_dir)?);
         }
+        bests.push(best);
     }
     let targets = targets.context("no members")?;
     let mean = eval::average(&member_probs, &targets)?;
@@ -190,6 +191,10 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
     if let Some(test) = &args.test {
         let report = Ensemble::open(&bests, args.device)?.evaluate_file(test)?;
         scored.push((project.to_string(), "test", report));
+        if args.refit {
+            let report = Ensemble::open(&refits, args.device)?.evaluate_file(test)?;
+            scored.push((project.to_string(), "refit", report));
+        }
     }
     Ok((scored, member_f1))
 }
@@ -234,10 +239,10 @@ fn main() -> Result<()> {
         results.extend(scored);
         members.push((project, member_f1));
     }
-    let splits: Vec<&str> = if args.test.is_some() {
-        vec!["valid", "test"]
-    } else {
-        vec!["valid"]
+    let splits: Vec<&str> = match (&args.test, args.refit) {
+        (None, _) => vec!["valid"],
+        (Some(_), false) => vec!["valid", "test"],
+        (Some(_), true) => vec!["valid", "test", "refit"],
     };
     let mut summary = serde_json::Map::new();
     println!(
