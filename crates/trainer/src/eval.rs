@@ -158,6 +158,17 @@ pub fn average(members: &[Predictions], targets: &Targets) -> Result<Predictions
             )));
         }
     }
+    let labelled = match targets {
+        Targets::Single(truth) => Some(truth.len()),
+        Targets::Multi { values, .. } => Some(values.len() / width.max(1)),
+        Targets::None => None,
+    };
+    if labelled.is_some_and(|n| n != rows) {
+        return Err(TrainError::Ensemble(format!(
+            "{rows} predictions for {} labelled examples",
+            labelled.unwrap_or(0)
+        )));
+    }
     let n = members.len() as f32;
     let probs: Vec<Vec<f32>> = (0..rows)
         .map(|r| {
@@ -232,6 +243,10 @@ mod tests {
             .to_string();
         assert!(err.contains("member 1"), "{err}");
         assert!(average(&[], &Targets::None).is_err());
+        let err = average(&[probs(&[[0.5, 0.5]])], &Targets::Single(vec![0, 1]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 predictions for 2 labelled"), "{err}");
     }
 
     #[test]
