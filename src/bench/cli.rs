@@ -154,12 +154,12 @@ impl Plan {
                 .collect::<Result<Vec<_>>>()?
         };
         for spec in &models {
-            if args.seq > spec.config.max_position_embeddings {
+            if args.seq > spec.config.max_tokens() {
                 bail!(
-                    "--seq {} exceeds {}'s max_position_embeddings {}",
+                    "--seq {} exceeds the {} tokens {}'s position table covers",
                     args.seq,
+                    spec.config.max_tokens(),
                     spec.label,
-                    spec.config.max_position_embeddings
                 );
             }
         }

@@ -1,16 +1,18 @@
 """Reference numbers for wick's parity tests, computed with PyTorch.
 
-Run once (the outputs are committed beside the tests):
+Run once per model (the outputs are committed beside the tests):
 
-    python tests/reference/make_reference.py MODEL_DIR
+    python tests/reference/make_reference.py MODEL_DIR            # MiniLM
+    python tests/reference/make_reference.py MODEL_DIR mpnet      # all-mpnet-base-v2
 
-MODEL_DIR holds sentence-transformers/all-MiniLM-L6-v2 (config.json, tokenizer.json,
-model.safetensors; `make model` lays it out in the Hub cache). Needs torch, transformers and
-sentence-transformers. Writes:
+MODEL_DIR holds sentence-transformers/all-MiniLM-L6-v2 (`make model` lays it out in the Hub
+cache) or sentence-transformers/all-mpnet-base-v2 (`make model-mpnet`): config.json,
+tokenizer.json, model.safetensors. Needs torch, transformers and sentence-transformers. Writes
+(with the `mpnet_` prefix for MPNet):
 
 - minilm_pooled.json: token ids and the sentence-transformers pooled embeddings (Transformer +
   mean Pooling, before the Normalize module) of a few fixed sentences.
-- adamw_step.json + adamw_head.safetensors: one training step of BERT -> masked mean -> Linear on
+- adamw_step.json + adamw_head.safetensors: one training step of the encoder -> masked mean -> Linear on
   a fixed batch, dropout off, cross-entropy, global grad-norm clipping at 1.0, then torch AdamW
   with decoupled weight decay 0.01 except on biases and LayerNorm weights. Records the loss before
   and after, the pre-clip gradient norm and a few updated weights (largest gradients, where the
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from sentence_transformers import SentenceTransformer
-from transformers import AutoTokenizer, BertModel
+from transformers import AutoModel, AutoTokenizer
 
 HERE = Path(__file__).resolve().parent
 torch.manual_seed(0)
@@ -52,13 +54,13 @@ def masked_mean(hidden, mask):
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-def pooled_reference(model_dir):
+def pooled_reference(model_dir, model_id):
     st = SentenceTransformer(model_dir, device="cpu")
     features = st.tokenize(SENTENCES)
     with torch.no_grad():
         out = st[1](st[0](dict(features)))
     return {
-        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "model": model_id,
         "sentences": SENTENCES,
         "input_ids": [[int(t) for t, m in zip(ids, mask) if m] for ids, mask in
                       zip(features["input_ids"], features["attention_mask"])],
@@ -66,9 +68,9 @@ def pooled_reference(model_dir):
     }
 
 
-def adamw_reference(model_dir):
+def adamw_reference(model_dir, prefix, probe_names):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    bert = BertModel.from_pretrained(model_dir, hidden_dropout_prob=0.0,
+    bert = AutoModel.from_pretrained(model_dir, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0, add_pooling_layer=False)
     bert.train()
     hidden = bert.config.hidden_size
@@ -78,15 +80,17 @@ def adamw_reference(model_dir):
         head.bias.zero_()
     save_file({"classifier.weight": head.weight.detach().contiguous(),
                "classifier.bias": head.bias.detach().contiguous()},
-              str(HERE / "adamw_head.safetensors"))
+              str(HERE / f"{prefix}adamw_head.safetensors"))
 
     enc = tokenizer([t for t, _ in BATCH], padding=True, truncation=True, max_length=128,
                     return_tensors="pt")
     labels = torch.tensor([y for _, y in BATCH])
+    # MPNet takes no segment ids; wick's batches carry zeros for them.
+    types = {"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {}
 
     def loss_fn():
         out = bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                   token_type_ids=enc["token_type_ids"]).last_hidden_state
+                   **types).last_hidden_state
         return torch.nn.functional.cross_entropy(head(masked_mean(out, enc["attention_mask"])), labels)
 
     named = [(n, p) for n, p in bert.named_parameters()] + \
@@ -102,9 +106,7 @@ def adamw_reference(model_dir):
     loss_before.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in named], MAX_NORM)
     probes = {}
-    for name in ["classifier.weight", "classifier.bias", "embeddings.word_embeddings.weight",
-                 "embeddings.LayerNorm.bias", "encoder.layer.0.attention.self.query.weight",
-                 "encoder.layer.3.intermediate.dense.weight", "encoder.layer.5.output.LayerNorm.weight"]:
+    for name in probe_names:
         p = dict(named)[name]
         flat = p.grad.flatten().abs()
         idx = torch.topk(flat, 3).indices.tolist()
@@ -120,7 +122,8 @@ def adamw_reference(model_dir):
         "labels": labels.tolist(),
         "input_ids": enc["input_ids"].tolist(),
         "attention_mask": enc["attention_mask"].tolist(),
-        "token_type_ids": enc["token_type_ids"].tolist(),
+        "token_type_ids": torch.zeros_like(enc["input_ids"]).tolist() if not types
+        else enc["token_type_ids"].tolist(),
         "lr": LR, "weight_decay": WD, "betas": list(BETAS), "eps": EPS, "max_grad_norm": MAX_NORM,
         "loss_before": float(loss_before),
         "grad_norm": float(grad_norm),
@@ -130,10 +133,27 @@ def adamw_reference(model_dir):
     }
 
 
+HEAD_PROBES = ["classifier.weight", "classifier.bias", "embeddings.word_embeddings.weight",
+               "embeddings.LayerNorm.bias"]
+MODELS = {
+    # name: (Hub id, output prefix, probed encoder weights besides HEAD_PROBES)
+    "minilm": ("sentence-transformers/all-MiniLM-L6-v2", "", [
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.3.intermediate.dense.weight", "encoder.layer.5.output.LayerNorm.weight"]),
+    "mpnet": ("sentence-transformers/all-mpnet-base-v2", "mpnet_", [
+        "embeddings.position_embeddings.weight", "encoder.relative_attention_bias.weight",
+        "encoder.layer.0.attention.attn.q.weight", "encoder.layer.6.attention.LayerNorm.weight",
+        "encoder.layer.11.intermediate.dense.weight"]),
+}
+
+
 def main():
     model_dir = sys.argv[1]
-    (HERE / "minilm_pooled.json").write_text(json.dumps(pooled_reference(model_dir), indent=1))
-    (HERE / "adamw_step.json").write_text(json.dumps(adamw_reference(model_dir), indent=1))
+    model_id, prefix, probes = MODELS[sys.argv[2] if len(sys.argv) > 2 else "minilm"]
+    pooled_name = f"{prefix}pooled.json" if prefix else "minilm_pooled.json"
+    (HERE / pooled_name).write_text(json.dumps(pooled_reference(model_dir, model_id), indent=1))
+    (HERE / f"{prefix}adamw_step.json").write_text(
+        json.dumps(adamw_reference(model_dir, prefix, HEAD_PROBES + probes), indent=1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-//! One AdamW step of MiniLM + pooling + head on a fixed batch against PyTorch
+//! One AdamW step of MiniLM (and of MPNet) + pooling + head on a fixed batch against PyTorch
 //! (tests/reference/make_reference.py wrote the numbers; dropout off, clipping at 1.0,
 //! no weight decay on biases and layer-norm weights).
 
@@ -19,6 +19,7 @@ struct Probe {
 
 #[derive(Deserialize)]
 struct Reference {
+    texts: Vec<String>,
     labels: Vec<u32>,
     input_ids: Vec<Vec<u32>>,
     attention_mask: Vec<Vec<u32>>,
@@ -40,14 +41,36 @@ fn matrix(rows: &[Vec<u32>]) -> Tensor {
 
 #[test]
 fn one_adamw_step_matches_pytorch() {
+    adamw_step_matches_pytorch("sentence-transformers/all-MiniLM-L6-v2", "", "make model");
+}
+
+/// MPNet: its relative position bias table and position embeddings are among the probed weights.
+#[test]
+fn one_mpnet_adamw_step_matches_pytorch() {
+    adamw_step_matches_pytorch(
+        "sentence-transformers/all-mpnet-base-v2",
+        "mpnet_",
+        "make model-mpnet",
+    );
+}
+
+fn adamw_step_matches_pytorch(model_id: &str, prefix: &str, setup: &str) {
     let dir = super::common::repo_root().join("tests/reference");
-    let reference: Reference =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("adamw_step.json")).unwrap())
-            .unwrap();
-    let model = resolve(&ModelSource::from_id(
-        "sentence-transformers/all-MiniLM-L6-v2",
-    ))
-    .unwrap_or_else(|e| panic!("{e}\nrun `make model` first"));
+    let reference: Reference = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("{prefix}adamw_step.json"))).unwrap(),
+    )
+    .unwrap();
+    let model = resolve(&ModelSource::from_id(model_id))
+        .unwrap_or_else(|e| panic!("{e}\nrun `{setup}` first"));
+    // wick's tokenizer gives the ids PyTorch's did (wick pads with the same pad id).
+    let tokenizer = wick_data::TextTokenizer::from_file(&model.tokenizer, 128).unwrap();
+    let texts: Vec<&str> = reference.texts.iter().map(String::as_str).collect();
+    let encodings = tokenizer.encode(&texts).unwrap();
+    for ((text, row), encoding) in texts.iter().zip(&reference.input_ids).zip(encodings) {
+        let ids = encoding.ids;
+        assert_eq!(ids, row[..ids.len()], "{text}");
+        assert!(row[ids.len()..].iter().all(|&id| id == tokenizer.pad_id()));
+    }
     let mut config = BertConfig::from_file(&model.config).unwrap();
     config.hidden_dropout_prob = 0.0;
     config.attention_probs_dropout_prob = 0.0;
@@ -62,8 +85,11 @@ fn one_adamw_step_matches_pytorch() {
     )
     .unwrap();
     load_safetensors(&varmap, &model.weights, false).unwrap();
-    let head =
-        candle_core::safetensors::load(dir.join("adamw_head.safetensors"), &Device::Cpu).unwrap();
+    let head = candle_core::safetensors::load(
+        dir.join(format!("{prefix}adamw_head.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap();
     for (name, var) in named_vars(&varmap) {
         if let Some(value) = head.get(&name) {
             var.set(value).unwrap();

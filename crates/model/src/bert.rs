@@ -1,18 +1,20 @@
 //! The BERT encoder, ported from Hugging Face's `modeling_bert.py`:
 //! <https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py>
+//! and its MPNet variant (`modeling_mpnet.py`: the same layer stack with other embeddings, a
+//! relative position bias in attention and other variable names; see [`ModelType::Mpnet`]).
 //!
-//! Variable names match the Hugging Face checkpoint keys without the `bert.` prefix
-//! (`encoder.layer.0.attention.self.query.weight`), so a `VarMap` of this model saves to a file
-//! that Hugging Face tools read. Unlike candle-transformers' port, dropout is real and every op
+//! Variable names match the Hugging Face checkpoint keys without the `bert.` (or `mpnet.`)
+//! prefix (`encoder.layer.0.attention.self.query.weight`), so a `VarMap` of this model saves to
+//! a file that Hugging Face tools read. Unlike candle-transformers' port, dropout is real and every op
 //! records its backward (see [`crate::ops`]).
 
 use std::sync::Arc;
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::attention::{self, AttentionDropout, HostMask};
-use crate::config::{BertConfig, HiddenAct};
+use crate::config::{BertConfig, HiddenAct, ModelType};
 use crate::rng::DropoutRng;
 use crate::{cuda, fused, ops};
 
@@ -106,8 +108,11 @@ impl LayerNorm {
 struct Embeddings {
     word: Tensor,
     position: Tensor,
-    token_type: Tensor,
+    /// BERT's segment table; MPNet has none.
+    token_type: Option<Tensor>,
     layer_norm: LayerNorm,
+    model_type: ModelType,
+    pad_token_id: usize,
 }
 
 impl Embeddings {
@@ -120,35 +125,67 @@ impl Embeddings {
                 "position_embeddings.weight",
                 PLACEHOLDER,
             )?,
-            token_type: vb.get_with_hints(
-                (cfg.type_vocab_size, h),
-                "token_type_embeddings.weight",
-                PLACEHOLDER,
-            )?,
+            token_type: match cfg.model_type {
+                ModelType::Bert => Some(vb.get_with_hints(
+                    (cfg.type_vocab_size, h),
+                    "token_type_embeddings.weight",
+                    PLACEHOLDER,
+                )?),
+                ModelType::Mpnet => None,
+            },
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            model_type: cfg.model_type,
+            pad_token_id: cfg.pad_token_id,
         })
+    }
+
+    /// `(batch, seq)` u32 position ids: `0..seq` for BERT; for MPNet, Hugging Face's
+    /// `create_position_ids_from_input_ids`: `pad + cumsum(ids != pad)` on real tokens, `pad` on
+    /// padding.
+    fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        match self.model_type {
+            ModelType::Bert => Tensor::arange(0u32, seq as u32, input_ids.device())?
+                .unsqueeze(0)?
+                .repeat((batch, 1)),
+            ModelType::Mpnet => {
+                let pad = Tensor::new(self.pad_token_id as u32, input_ids.device())?;
+                // Counts below 2^24 are exact in f32.
+                let real = input_ids.broadcast_ne(&pad)?.to_dtype(DType::F32)?;
+                let counts = (real.cumsum(1)? * &real)?;
+                (counts + self.pad_token_id as f64)?.to_dtype(DType::U32)
+            }
+        }
     }
 
     /// `(batch, seq)` ids -> `(batch * seq, hidden)` in f32, before dropout.
     fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Result<Tensor> {
-        let (batch, seq) = input_ids.dims2()?;
         let gather = |table: &Tensor, ids: &Tensor| table.index_select(&ids.flatten_all()?, 0);
-        let position_ids = Tensor::arange(0u32, seq as u32, input_ids.device())?
-            .unsqueeze(0)?
-            .repeat((batch, 1))?;
-        let tables = [&self.word, &self.position, &self.token_type].map(|t| param(t, train));
-        let summed = if cuda::applies(&[&tables[0], &tables[1], &tables[2]])
+        let position_ids = self.position_ids(input_ids)?;
+        let (word, position) = (param(&self.word, train), param(&self.position, train));
+        // MPNet has no segment table: the CUDA kernel sums three tables, so it gets a constant
+        // row of zeros (no variable, so no gradient) and all-zero ids.
+        let (token_type, type_ids) = match &self.token_type {
+            Some(table) => (param(table, train), token_type_ids.clone()),
+            None => (
+                Tensor::zeros((1, word.dim(1)?), word.dtype(), word.device())?,
+                input_ids.zeros_like()?,
+            ),
+        };
+        let summed = if cuda::applies(&[&word, &position, &token_type])
             && self.word.dim(1)? <= cuda::MAX_ROW
         {
             cuda::embeddings(
-                [&tables[0], &tables[1], &tables[2]],
-                [input_ids, &position_ids, token_type_ids],
+                [&word, &position, &token_type],
+                [input_ids, &position_ids, &type_ids],
             )?
         } else {
-            let words = gather(&tables[0], input_ids)?;
-            let types = gather(&tables[2], token_type_ids)?;
-            let positions = gather(&tables[1], &position_ids)?;
-            ((words + types)? + positions)?
+            let words = gather(&word, input_ids)?;
+            let positions = gather(&position, &position_ids)?;
+            match self.token_type {
+                Some(_) => ((words + gather(&token_type, &type_ids)?)? + positions)?,
+                None => (words + positions)?,
+            }
         };
         self.layer_norm.forward(&summed, train)
     }
@@ -156,10 +193,56 @@ impl Embeddings {
 
 /// The attention mask of one forward pass: the f32 additive bias `(batch, 1, 1, seq)` of
 /// [`ops::attention_bias`] and, where the fused CPU kernels run, its host values, read once and
-/// shared by every layer.
+/// shared by every layer; for MPNet also the relative position bias `(1, heads, seq, seq)` in
+/// the compute dtype, shared by every layer too.
 struct Mask {
     bias: Tensor,
     host: Option<HostMask>,
+    position: Option<Tensor>,
+}
+
+/// T5's bucket of the relative position `key - query`, as MPNet computes it
+/// (`MPNetEncoder.relative_position_bucket`, `max_distance` 128): half the buckets for keys
+/// after the query, half for keys before; within each half, exact distances below a quarter of
+/// the buckets and logarithmically wider ones up to `max_distance`. The logarithm is taken in f32
+/// and truncated, as PyTorch does, so the buckets agree at every distance.
+pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance: usize) -> usize {
+    let half = num_buckets / 2;
+    let n = -relative;
+    let mut bucket = if n < 0 { half } else { 0 };
+    let n = n.unsigned_abs() as usize;
+    let max_exact = half / 2;
+    bucket += if n < max_exact {
+        n
+    } else {
+        let ratio = (n as f32 / max_exact as f32).ln()
+            / ((max_distance as f64 / max_exact as f64).ln() as f32);
+        let large = max_exact + (ratio * (half - max_exact) as f32) as usize;
+        large.min(half - 1)
+    };
+    bucket
+}
+
+/// MPNet's relative position bias: the learned `(buckets, heads)` table looked up at the bucket
+/// of every (query, key) pair, as `(1, heads, seq, seq)`. The lookup is a product with a one-hot
+/// matrix built on the device, so its backward is a product too (an `index_add` over
+/// `seq * seq` ids would serialise on CUDA).
+fn position_bias(table: &Tensor, seq: usize, device: &Device) -> Result<Tensor> {
+    let (buckets, heads) = table.dims2()?;
+    let ids: Vec<u32> = (0..seq as i64)
+        .flat_map(|q| {
+            (0..seq as i64).map(move |k| relative_position_bucket(k - q, buckets, 128) as u32)
+        })
+        .collect();
+    let ids = Tensor::from_vec(ids, (seq * seq, 1), device)?;
+    let one_hot = ids
+        .broadcast_eq(&Tensor::arange(0u32, buckets as u32, device)?.unsqueeze(0)?)?
+        .to_dtype(table.dtype())?;
+    one_hot
+        .matmul(table)?
+        .reshape((seq, seq, heads))?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)
 }
 
 #[derive(Debug, Clone)]
@@ -171,13 +254,36 @@ struct SelfAttention {
     head_size: usize,
 }
 
+/// The variable names of one layer's attention block, by encoder family: query, key, value,
+/// output projection, layer norm.
+fn attention_names(model_type: ModelType) -> [&'static str; 5] {
+    match model_type {
+        ModelType::Bert => [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "attention.output.LayerNorm",
+        ],
+        ModelType::Mpnet => [
+            "attention.attn.q",
+            "attention.attn.k",
+            "attention.attn.v",
+            "attention.attn.o",
+            "attention.LayerNorm",
+        ],
+    }
+}
+
 impl SelfAttention {
+    /// `vb` is the layer's builder.
     fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
         let h = cfg.hidden_size;
+        let [query, key, value, ..] = attention_names(cfg.model_type);
         Ok(Self {
-            query: Linear::load(vb.pp("query"), h, h)?,
-            key: Linear::load(vb.pp("key"), h, h)?,
-            value: Linear::load(vb.pp("value"), h, h)?,
+            query: Linear::load(vb.pp(query), h, h)?,
+            key: Linear::load(vb.pp(key), h, h)?,
+            value: Linear::load(vb.pp(value), h, h)?,
             heads: cfg.num_attention_heads,
             head_size: cfg.head_size(),
         })
@@ -192,7 +298,8 @@ impl SelfAttention {
 
     /// Scaled dot-product attention over `(batch * seq, hidden)` hidden states. The fused kernel
     /// of [`crate::attention`] for f32 on the CPU, [`cuda::self_attention`] on CUDA, primitive
-    /// ops elsewhere.
+    /// ops elsewhere and wherever a relative position bias is added (MPNet: neither fused
+    /// kernel takes one; [`BertModel::kernel_notes`] says so).
     fn forward(
         &self,
         xs: &Tensor,
@@ -204,7 +311,8 @@ impl SelfAttention {
     ) -> Result<Tensor> {
         let hidden = xs.dim(1)?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
-        if let Some(host) = mask.host.as_ref().filter(|_| fused::applies(&[xs])) {
+        let fused_host = mask.host.as_ref().filter(|_| mask.position.is_none());
+        if let Some(host) = fused_host.filter(|_| fused::applies(&[xs])) {
             let dropout = (train && p > 0.0).then(|| AttentionDropout {
                 p,
                 key: rng.draw_key(),
@@ -237,7 +345,8 @@ impl SelfAttention {
             param(&self.key.bias, train),
             param(&self.value.bias, train),
         );
-        if cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias])
+        if mask.position.is_none()
+            && cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias])
             && [&bq, &bk, &bv, &mask.bias]
                 .iter()
                 .all(|t| t.dtype() == DType::F32)
@@ -258,7 +367,15 @@ impl SelfAttention {
         let q = self.split_heads(&self.query.forward(xs, train)?, dims)?;
         let k = self.split_heads(&self.key.forward(xs, train)?, dims)?;
         let v = self.split_heads(&self.value.forward(xs, train)?, dims)?;
-        let probs = ops::attention_probs(&q.matmul(&k.t()?)?, &mask.bias, scale, p, rng, train)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = match &mask.position {
+            // MPNet: `scores * scale + position`, then the padding mask, softmax and dropout.
+            Some(position) => {
+                let scores = (scores * scale)?.broadcast_add(position)?;
+                ops::attention_probs(&scores, &mask.bias, 1.0, p, rng, train)?
+            }
+            None => ops::attention_probs(&scores, &mask.bias, scale, p, rng, train)?,
+        };
         probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -282,10 +399,11 @@ struct Layer {
 impl Layer {
     fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        let [.., out, norm] = attention_names(cfg.model_type);
         Ok(Self {
-            attention: SelfAttention::load(vb.pp("attention.self"), cfg)?,
-            attention_out: Linear::load(vb.pp("attention.output.dense"), h, h)?,
-            attention_norm: LayerNorm::load(vb.pp("attention.output.LayerNorm"), h, eps)?,
+            attention: SelfAttention::load(vb.clone(), cfg)?,
+            attention_out: Linear::load(vb.pp(out), h, h)?,
+            attention_norm: LayerNorm::load(vb.pp(norm), h, eps)?,
             intermediate: Linear::load(vb.pp("intermediate.dense"), h, i)?,
             output: Linear::load(vb.pp("output.dense"), i, h)?,
             output_norm: LayerNorm::load(vb.pp("output.LayerNorm"), h, eps)?,
@@ -351,6 +469,8 @@ impl Layer {
 pub struct BertModel {
     embeddings: Embeddings,
     layers: Vec<Layer>,
+    /// MPNet's `(buckets, heads)` relative position bias table.
+    relative_bias: Option<Tensor>,
     config: BertConfig,
     dtype: DType,
     rng: Arc<DropoutRng>,
@@ -368,9 +488,21 @@ impl BertModel {
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
             .collect::<Result<Vec<_>>>()?;
+        let relative_bias = match config.model_type {
+            ModelType::Bert => None,
+            ModelType::Mpnet => Some(vb.get_with_hints(
+                (
+                    config.relative_attention_num_buckets,
+                    config.num_attention_heads,
+                ),
+                "encoder.relative_attention_bias.weight",
+                PLACEHOLDER,
+            )?),
+        };
         Ok(Self {
             embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
             layers,
+            relative_bias,
             config: config.clone(),
             dtype,
             rng,
@@ -379,6 +511,20 @@ impl BertModel {
 
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// Where this encoder leaves wick's fused kernels for Candle's primitive ops, whatever the
+    /// device: one line per case, for the run log. Empty for BERT.
+    pub fn kernel_notes(&self) -> Vec<String> {
+        match self.config.model_type {
+            ModelType::Bert => Vec::new(),
+            ModelType::Mpnet => vec![
+                "mpnet: attention with the relative position bias runs as primitive ops \
+                 (wick's fused CPU and CUDA attention kernels take no position bias); \
+                 embeddings, linear layers, GELU and layer norms stay fused"
+                    .to_string(),
+            ],
+        }
     }
 
     /// The device the variables live on.
@@ -420,10 +566,66 @@ impl BertModel {
         } else {
             None
         };
-        let mask = Mask { bias, host };
+        let position = match &self.relative_bias {
+            Some(table) => Some(
+                position_bias(&param(table, train), seq, input_ids.device())?
+                    .to_dtype(self.dtype)?,
+            ),
+            None => None,
+        };
+        let mask = Mask {
+            bias,
+            host,
+            position,
+        };
         for layer in &self.layers {
             xs = layer.forward(&xs, &mask, &self.rng, train, (batch, seq))?;
         }
         xs.reshape((batch, seq, self.config.hidden_size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_position_bucket;
+
+    /// Buckets of `key - query` from PyTorch (transformers' `MPNetEncoder.relative_position_bucket`,
+    /// 32 buckets, max distance 128), at every boundary of the exact and logarithmic ranges.
+    #[test]
+    fn relative_position_buckets_match_pytorch() {
+        let expected = [
+            (-129, 15),
+            (-128, 15),
+            (-127, 15),
+            (-64, 14),
+            (-16, 10),
+            (-9, 8),
+            (-8, 8),
+            (-7, 7),
+            (0, 0),
+            (7, 23),
+            (8, 24),
+            (9, 24),
+            (15, 25),
+            (16, 26),
+            (17, 26),
+            (31, 27),
+            (32, 28),
+            (33, 28),
+            (63, 29),
+            (64, 30),
+            (65, 30),
+            (127, 31),
+            (128, 31),
+            (129, 31),
+            (300, 31),
+        ];
+        for (relative, bucket) in expected {
+            assert_eq!(
+                relative_position_bucket(relative, 32, 128),
+                bucket,
+                "relative position {relative}"
+            );
+        }
     }
 }

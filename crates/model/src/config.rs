@@ -18,10 +18,29 @@ pub enum HiddenAct {
     Relu,
 }
 
+/// The encoder family, `model_type` in `config.json`: the layer stack is the same, the
+/// embeddings, attention and variable names differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelType {
+    /// BERT (and checkpoints of its shape: MiniLM, bert-base-uncased): learned absolute
+    /// positions from 0 and token-type embeddings.
+    #[default]
+    Bert,
+    /// MPNet (`sentence-transformers/all-mpnet-base-v2`): no token types, positions counted from
+    /// `pad_token_id + 1` with padding at `pad_token_id`, and a learned relative position bias
+    /// (T5-style buckets, shared by every layer) added to the attention scores.
+    /// <https://github.com/huggingface/transformers/blob/main/src/transformers/models/mpnet/modeling_mpnet.py>
+    Mpnet,
+}
+
 /// BERT hyper-parameters; unknown keys of `config.json` are ignored on purpose (the file carries
 /// many fields about other frameworks).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct BertConfig {
+    /// The encoder family; absent means BERT. Other families are refused when the file is read.
+    #[serde(default)]
+    pub model_type: ModelType,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -42,6 +61,9 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub pad_token_id: usize,
+    /// MPNet's number of relative position buckets (half for keys before the query, half after).
+    #[serde(default = "default_buckets")]
+    pub relative_attention_num_buckets: usize,
 }
 
 fn default_act() -> HiddenAct {
@@ -58,6 +80,9 @@ fn default_init_range() -> f64 {
 }
 fn default_eps() -> f64 {
     1e-12
+}
+fn default_buckets() -> usize {
+    32
 }
 
 impl BertConfig {
@@ -81,6 +106,7 @@ impl BertConfig {
     /// A 2-layer, 32-wide BERT for tests and smoke runs.
     pub fn tiny(vocab_size: usize) -> Self {
         Self {
+            model_type: ModelType::Bert,
             vocab_size,
             hidden_size: 32,
             num_hidden_layers: 2,
@@ -94,6 +120,18 @@ impl BertConfig {
             initializer_range: 0.02,
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
+            relative_attention_num_buckets: 32,
+        }
+    }
+
+    /// The longest input the position table covers: `max_position_embeddings` for BERT, two
+    /// fewer for MPNet (its positions start after the padding row, at `pad_token_id + 1`).
+    pub fn max_tokens(&self) -> usize {
+        match self.model_type {
+            ModelType::Bert => self.max_position_embeddings,
+            ModelType::Mpnet => self
+                .max_position_embeddings
+                .saturating_sub(self.pad_token_id + 1),
         }
     }
 
@@ -109,6 +147,12 @@ impl BertConfig {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.model_type == ModelType::Mpnet && self.relative_attention_num_buckets < 4 {
+            return Err(format!(
+                "relative_attention_num_buckets {} is below 4",
+                self.relative_attention_num_buckets
             ));
         }
         Ok(())

@@ -29,7 +29,7 @@ pub mod weights;
 
 pub use bert::BertModel;
 pub use classifier::{Classifier, Task};
-pub use config::BertConfig;
+pub use config::{BertConfig, ModelType};
 pub use error::{ModelError, Result};
 pub use rng::DropoutRng;
 

@@ -1,6 +1,6 @@
-//! The encoder against references: sentence-transformers' pooled embeddings (numbers computed by
-//! tests/reference/make_reference.py), candle-transformers' BERT in eval mode, gradient coverage
-//! of every variable, and padding-invariant pooling.
+//! The encoder against references: sentence-transformers' pooled embeddings of MiniLM and MPNet
+//! (numbers computed by tests/reference/make_reference.py), candle-transformers' BERT in eval
+//! mode, gradient coverage of every variable, and padding-invariant pooling.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -11,9 +11,10 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::Deserialize;
 use wick_model::hub::{resolve, ModelSource, ResolvedModel};
 use wick_model::weights::{init_all, init_head, load_safetensors, named_vars};
-use wick_model::{BertConfig, Classifier, Task};
+use wick_model::{BertConfig, Classifier, ModelType, Task};
 
 const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+const MPNET: &str = "sentence-transformers/all-mpnet-base-v2";
 
 fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference")
@@ -25,8 +26,15 @@ fn minilm() -> ResolvedModel {
 }
 
 fn minilm_classifier(num_labels: usize, dtype: DType) -> (VarMap, Classifier, BertConfig) {
-    let model = minilm();
-    let config = BertConfig::from_file(&model.config).expect("MiniLM config.json parses");
+    pretrained_classifier(&minilm(), num_labels, dtype)
+}
+
+fn pretrained_classifier(
+    model: &ResolvedModel,
+    num_labels: usize,
+    dtype: DType,
+) -> (VarMap, Classifier, BertConfig) {
+    let config = BertConfig::from_file(&model.config).expect("config.json parses");
     let (varmap, classifier) = Classifier::build(
         &config,
         num_labels,
@@ -37,13 +45,18 @@ fn minilm_classifier(num_labels: usize, dtype: DType) -> (VarMap, Classifier, Be
         7,
     )
     .expect("classifier builds");
-    load_safetensors(&varmap, &model.weights, false).expect("MiniLM weights load");
+    load_safetensors(&varmap, &model.weights, false).expect("pretrained weights load");
     init_head(&varmap, config.initializer_range, 7).expect("head init");
     (varmap, classifier, config)
 }
 
 /// `(ids, type ids, mask)` tensors, right-padded with 0 to the longest row.
 fn batch(rows: &[Vec<u32>]) -> (Tensor, Tensor, Tensor) {
+    padded_batch(rows, 0)
+}
+
+/// `(ids, type ids, mask)` tensors, right-padded with `pad` to the longest row.
+fn padded_batch(rows: &[Vec<u32>], pad: u32) -> (Tensor, Tensor, Tensor) {
     let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::new();
     let mut mask = Vec::new();
@@ -51,7 +64,7 @@ fn batch(rows: &[Vec<u32>]) -> (Tensor, Tensor, Tensor) {
         ids.extend(
             row.iter()
                 .copied()
-                .chain(std::iter::repeat_n(0, seq - row.len())),
+                .chain(std::iter::repeat_n(pad, seq - row.len())),
         );
         mask.extend((0..seq).map(|i| u32::from(i < row.len())));
     }
@@ -79,7 +92,11 @@ struct PooledReference {
 }
 
 fn pooled_reference() -> PooledReference {
-    let text = std::fs::read_to_string(reference_dir().join("minilm_pooled.json")).unwrap();
+    read_pooled("minilm_pooled.json")
+}
+
+fn read_pooled(file: &str) -> PooledReference {
+    let text = std::fs::read_to_string(reference_dir().join(file)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -98,6 +115,82 @@ fn pooled_embeddings_match_sentence_transformers() {
     .unwrap();
     let diff = max_abs_diff(&pooled, &expected);
     assert!(diff < 1e-4, "max |ours - sentence-transformers| = {diff}");
+}
+
+fn mpnet() -> ResolvedModel {
+    resolve(&ModelSource::from_id(MPNET)).unwrap_or_else(|e| {
+        panic!("{e}\nThese tests need all-mpnet-base-v2: run `make model-mpnet`.")
+    })
+}
+
+/// MPNet (relative position bias, positions after the padding row, no token types) against
+/// sentence-transformers on the real all-mpnet-base-v2 weights, padded with its pad id 1, both
+/// on the fused CPU path and on primitive ops.
+#[test]
+fn mpnet_pooled_embeddings_match_sentence_transformers() {
+    let reference = read_pooled("mpnet_pooled.json");
+    let (_varmap, classifier, config) = pretrained_classifier(&mpnet(), 3, DType::F32);
+    assert_eq!(config.model_type, ModelType::Mpnet);
+    assert_eq!(config.max_tokens(), 512);
+    let (ids, types, mask) = padded_batch(&reference.input_ids, config.pad_token_id as u32);
+    let rows = reference.pooled.len();
+    let expected = Tensor::from_vec(
+        reference.pooled.concat(),
+        (rows, reference.pooled[0].len()),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let pooled = classifier.pooled(&ids, &types, &mask, false).unwrap();
+    let diff = max_abs_diff(&pooled, &expected);
+    assert!(diff < 1e-4, "max |ours - sentence-transformers| = {diff}");
+    let plain =
+        wick_model::fused::without_fused(|| classifier.pooled(&ids, &types, &mask, false).unwrap());
+    let diff = max_abs_diff(&plain, &expected);
+    assert!(
+        diff < 1e-4,
+        "primitive ops: max |ours - sentence-transformers| = {diff}"
+    );
+}
+
+/// A 2-layer MPNet of random weights: every variable (the relative position bias table
+/// included) gets a finite, non-zero gradient, on the fused path and on primitive ops alike.
+#[test]
+fn every_parameter_of_a_tiny_mpnet_gets_a_gradient() {
+    let config = BertConfig {
+        model_type: ModelType::Mpnet,
+        pad_token_id: 1,
+        max_position_embeddings: 66,
+        ..BertConfig::tiny(100)
+    };
+    let (varmap, classifier) = Classifier::build(
+        &config,
+        3,
+        Task::SingleLabel,
+        0.1,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    assert!(
+        named_vars(&varmap)
+            .iter()
+            .all(|(name, _)| !name.contains("token_type")),
+        "MPNet has no token-type table"
+    );
+    init_all(&varmap, 0.02, 1).unwrap();
+    // Distances up to 63 reach every bucket but the far ones (>= 128).
+    let long: Vec<u32> = (0..64).map(|i| 2 + i % 90).collect();
+    let (ids, types, mask) = padded_batch(&[vec![0, 5, 9, 11, 2], vec![0, 7, 2], long], 1);
+    let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    let loss = || {
+        let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+        classifier
+            .loss(&logits, &labels, &Default::default())
+            .unwrap()
+    };
+    assert_every_variable_has_a_gradient(&varmap, &loss());
+    wick_model::fused::without_fused(|| assert_every_variable_has_a_gradient(&varmap, &loss()));
 }
 
 #[test]

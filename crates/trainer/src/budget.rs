@@ -1,7 +1,7 @@
 //! The memory a training step needs, estimated from shapes: weights, gradients, optimizer
 //! moments and activations. Printed before training so a run that will not fit says so first.
 
-use wick_model::BertConfig;
+use wick_model::{BertConfig, ModelType};
 
 /// Bytes by category.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,16 @@ impl MemoryBudget {
                 batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4
             }
         };
+        // MPNet's attention leaves the fused kernels (the position bias): on their paths add the
+        // split query/key/value and about four attention-sized f32 tensors (scores, scaled,
+        // biased, probabilities).
+        let per_layer = per_layer
+            + match (config.model_type, kernels) {
+                (ModelType::Mpnet, Kernels::FusedCpu | Kernels::FusedCuda) => {
+                    batch * seq * 3 * h * act_bytes + batch * heads * seq * seq * 4 * 4
+                }
+                _ => 0,
+            };
         let embeddings = batch * seq * h * 8 * 4;
         Self {
             weights: params * 4,

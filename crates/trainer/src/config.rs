@@ -438,12 +438,15 @@ impl RunConfig {
 
     /// Checks the values that depend on the encoder's `config.json`.
     pub fn validate_against(&self, bert: &BertConfig) -> Result<()> {
-        if self.data.max_len > bert.max_position_embeddings {
+        if self.data.max_len > bert.max_tokens() {
             return Err(TrainError::config(
                 "data.max_len",
                 format!(
-                    "{} exceeds the model's max_position_embeddings {}",
-                    self.data.max_len, bert.max_position_embeddings
+                    "{} exceeds the {} tokens the model's position table covers \
+                     (max_position_embeddings {})",
+                    self.data.max_len,
+                    bert.max_tokens(),
+                    bert.max_position_embeddings
                 ),
             ));
         }
