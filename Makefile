@@ -9,7 +9,7 @@ FEATURES ?= metal,accelerate
 endif
 FEATURE_FLAGS = $(if $(FEATURES),--features $(FEATURES))
 
-.PHONY: all model model-mpnet train test lint fmt clean-runs nlbse-data nlbse triage-score
+.PHONY: all model model-mpnet train test lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score
 
 all: test
 
@@ -64,8 +64,14 @@ data/nlbse/issues_train.csv:
 ## ENSEMBLE=5 trains five seeds per project and scores the mean of their probabilities, REFIT=1
 ## (with TEST) scores the test file with members trained again on all of a project's rows
 ENSEMBLE ?= 1
+NLBSE_FLAGS = --json --ensemble $(ENSEMBLE) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit)
 nlbse: model nlbse-data
-	$(CARGO) run --release --example nlbse -- --json --ensemble $(ENSEMBLE) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit)
+	$(CARGO) run --release $(FEATURE_FLAGS) --example nlbse -- $(NLBSE_FLAGS)
+
+## nlbse-mpnet: the same protocol with all-mpnet-base-v2 (configs/nlbse-mpnet.toml; 5x MiniLM's
+## compute: build with FEATURES=cuda or on a Mac's Metal)
+nlbse-mpnet: model-mpnet nlbse-data
+	$(CARGO) run --release $(FEATURE_FLAGS) --example nlbse -- --config configs/nlbse-mpnet.toml $(NLBSE_FLAGS)
 
 ## triage-score: score runs/default/best on data/triage/test.jsonl into data/triage/model_score.json
 triage-score:
