@@ -445,3 +445,70 @@ fn the_logged_loss_is_a_mean_over_micro_batches_with_gradient_accumulation() {
         "first logged loss {first}, expected about ln 3"
     );
 }
+
+/// MPNet end to end: the tiny shape with all-mpnet-base-v2's tokenizer and config (random
+/// weights), trained, then read back by `evaluate` and `predict`. The checkpoint keeps MPNet's
+/// names and model type: `evaluate` on `last/` reproduces the last evaluation record's loss.
+#[test]
+fn a_tiny_mpnet_trains_and_its_checkpoint_evaluates_and_predicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mpnet = "model.id=\"sentence-transformers/all-mpnet-base-v2\"";
+    let output = run_bin(
+        "train",
+        &[
+            "--config",
+            TINY,
+            "--out",
+            path_str(&run),
+            "--set",
+            mpnet,
+            "--set",
+            "train.epochs=15",
+            "--set",
+            "train.log_every=4",
+        ],
+    );
+    assert_ok(&output, "train");
+    let log = text(&output.stderr) + &text(&output.stdout);
+    assert!(log.contains("mpnet: attention"), "no kernel note:\n{log}");
+    let losses = train_losses(&run);
+    let head: f64 = losses[..2].iter().sum::<f64>() / 2.0;
+    let tail: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
+    assert!(tail < head * 0.8, "loss did not fall: {losses:?}");
+
+    let weights =
+        candle_core::safetensors::load(run.join("last/model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(weights.contains_key("encoder.relative_attention_bias.weight"));
+    assert!(weights.contains_key("encoder.layer.1.attention.attn.q.weight"));
+    assert!(!weights.keys().any(|k| k.contains("token_type")));
+
+    let last_eval: serde_json::Value = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "eval")
+        .last()
+        .expect("eval records");
+    let output = run_bin(
+        "evaluate",
+        &["--checkpoint", path_str(&run.join("last")), "--json"],
+    );
+    assert_ok(&output, "evaluate");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (ours, logged) = (
+        json["loss"].as_f64().unwrap(),
+        last_eval["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (ours - logged).abs() < 1e-5,
+        "evaluate gives loss {ours}, training logged {logged}"
+    );
+    let output = run_bin(
+        "predict",
+        &["--checkpoint", path_str(&run), "the README is wrong"],
+    );
+    assert_ok(&output, "predict");
+    assert!(text(&output.stdout).contains("\"probs\""));
+}
