@@ -477,9 +477,11 @@ fn a_tiny_mpnet_trains_and_its_checkpoint_evaluates_and_predicts() {
     let tail: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
     assert!(tail < head * 0.8, "loss did not fall: {losses:?}");
 
-    let weights =
-        candle_core::safetensors::load(run.join("last/model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap();
+    let weights = candle_core::safetensors::load(
+        run.join("last/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     assert!(weights.contains_key("encoder.relative_attention_bias.weight"));
     assert!(weights.contains_key("encoder.layer.1.attention.attn.q.weight"));
     assert!(!weights.keys().any(|k| k.contains("token_type")));
