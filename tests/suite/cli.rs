@@ -490,8 +490,7 @@ fn a_tiny_mpnet_trains_and_its_checkpoint_evaluates_and_predicts() {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["kind"] == "eval")
-        .last()
+        .rfind(|r| r["kind"] == "eval")
         .expect("eval records");
     let output = run_bin(
         "evaluate",
