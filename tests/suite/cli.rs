@@ -513,3 +513,28 @@ fn a_tiny_mpnet_trains_and_its_checkpoint_evaluates_and_predicts() {
     assert_ok(&output, "predict");
     assert!(text(&output.stdout).contains("\"probs\""));
 }
+
+/// `train.save_optimizer = false`: checkpoints hold weights only, `evaluate` reads them, and a
+/// resume is refused naming the key.
+#[test]
+fn weights_only_checkpoints_evaluate_and_refuse_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(&train_tiny(&run, &["train.save_optimizer=false"]), "train");
+    for checkpoint in ["best", "last"] {
+        assert!(run.join(checkpoint).join("model.safetensors").is_file());
+        assert!(
+            !run.join(checkpoint).join("optimizer.safetensors").exists(),
+            "{checkpoint}/ holds optimizer state"
+        );
+    }
+    assert_ok(
+        &run_bin(
+            "evaluate",
+            &["--checkpoint", path_str(&run.join("best")), "--json"],
+        ),
+        "evaluate",
+    );
+    let output = run_bin("train", &["--resume", path_str(&run), "--quiet"]);
+    assert_fails_naming(&output, &["train.save_optimizer", "optimizer.safetensors"]);
+}

@@ -164,13 +164,15 @@ pub fn save(dir: &Path, contents: &Contents) -> Result<()> {
     let weights = staged.join(WEIGHTS);
     wick_model::weights::save_safetensors(contents.varmap, &weights)?;
     sync_file(&weights)?;
-    let optimizer = staged.join(OPTIMIZER);
-    let mut state = contents.optimizer.state();
-    if let Some(scaler) = contents.scaler {
-        state.extend(scaler.state());
+    if contents.config.train.save_optimizer {
+        let optimizer = staged.join(OPTIMIZER);
+        let mut state = contents.optimizer.state();
+        if let Some(scaler) = contents.scaler {
+            state.extend(scaler.state());
+        }
+        candle_core::safetensors::save(&state, &optimizer)?;
+        sync_file(&optimizer)?;
     }
-    candle_core::safetensors::save(&state, &optimizer)?;
-    sync_file(&optimizer)?;
     write_synced(
         &staged.join(BERT_CONFIG),
         to_json(contents.bert)?.as_bytes(),
@@ -281,6 +283,15 @@ impl Checkpoint {
         scaler: Option<&mut LossScaler>,
     ) -> Result<()> {
         let path = self.dir.join(OPTIMIZER);
+        if !path.exists() && !self.config.train.save_optimizer {
+            return Err(bad(
+                &self.dir,
+                format!(
+                    "no {OPTIMIZER}: the run saved weights only (train.save_optimizer = false), \
+                     so it cannot be resumed; evaluate and predict read it as usual"
+                ),
+            ));
+        }
         let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu)
             .map_err(|e| bad(&self.dir, format!("{OPTIMIZER}: {e}")))?;
         if let Some(scaler) = scaler {

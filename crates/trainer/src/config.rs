@@ -199,6 +199,10 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// How many `checkpoint-<step>/` directories to keep besides `last/` and `best/` (0: none).
     pub keep_last: usize,
+    /// Write the AdamW moments (twice the weights' size) into every checkpoint, so a run can
+    /// resume from it. false: weights only (Hugging Face's `save_only_model`), for evaluation,
+    /// prediction and ensembles of large models; resuming from such a checkpoint is refused.
+    pub save_optimizer: bool,
     pub precision: Precision,
     /// Shuffle the training order every epoch (seeded).
     pub shuffle: bool,
@@ -228,6 +232,7 @@ impl Default for TrainConfig {
             log_every: 10,
             checkpoint_every: 0,
             keep_last: 1,
+            save_optimizer: true,
             precision: Precision::F32,
             shuffle: true,
         }
