@@ -163,28 +163,29 @@ impl Embeddings {
         let gather = |table: &Tensor, ids: &Tensor| table.index_select(&ids.flatten_all()?, 0);
         let position_ids = self.position_ids(input_ids)?;
         let (word, position) = (param(&self.word, train), param(&self.position, train));
-        // MPNet has no segment table: the CUDA kernel sums three tables, so it gets a constant
-        // row of zeros (no variable, so no gradient) and all-zero ids.
-        let (token_type, type_ids) = match &self.token_type {
-            Some(table) => (param(table, train), token_type_ids.clone()),
-            None => (
-                Tensor::zeros((1, word.dim(1)?), word.dtype(), word.device())?,
-                input_ids.zeros_like()?,
-            ),
-        };
-        let summed = if cuda::applies(&[&word, &position, &token_type])
+        let token_type = self.token_type.as_ref().map(|t| param(t, train));
+        let summed = if cuda::applies(&[&word, &position])
+            && token_type.as_ref().is_none_or(|t| cuda::applies(&[t]))
             && self.word.dim(1)? <= cuda::MAX_ROW
         {
+            // MPNet has no segment table: the kernel sums three tables, so it gets a constant row
+            // of zeros (no variable, so no gradient) and all-zero ids.
+            let (token_type, type_ids) = match token_type {
+                Some(table) => (table, token_type_ids.clone()),
+                None => (
+                    Tensor::zeros((1, word.dim(1)?), word.dtype(), word.device())?,
+                    input_ids.zeros_like()?,
+                ),
+            };
             cuda::embeddings(
                 [&word, &position, &token_type],
                 [input_ids, &position_ids, &type_ids],
             )?
         } else {
-            let words = gather(&word, input_ids)?;
-            let positions = gather(&position, &position_ids)?;
-            match self.token_type {
-                Some(_) => ((words + gather(&token_type, &type_ids)?)? + positions)?,
-                None => (words + positions)?,
+            let summed = (gather(&word, input_ids)? + gather(&position, &position_ids)?)?;
+            match token_type {
+                Some(table) => (summed + gather(&table, token_type_ids)?)?,
+                None => summed,
             }
         };
         self.layer_norm.forward(&summed, train)
@@ -229,10 +230,12 @@ pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance:
 /// `seq * seq` ids would serialise on CUDA).
 fn position_bias(table: &Tensor, seq: usize, device: &Device) -> Result<Tensor> {
     let (buckets, heads) = table.dims2()?;
-    let ids: Vec<u32> = (0..seq as i64)
-        .flat_map(|q| {
-            (0..seq as i64).map(move |k| relative_position_bucket(k - q, buckets, 128) as u32)
-        })
+    // One bucket per distance `k - q` in `-(seq - 1)..seq`, then one id per (query, key) pair.
+    let by_distance: Vec<u32> = (1 - seq as i64..seq as i64)
+        .map(|relative| relative_position_bucket(relative, buckets, 128) as u32)
+        .collect();
+    let ids: Vec<u32> = (0..seq)
+        .flat_map(|q| by_distance[seq - 1 - q..2 * seq - 1 - q].iter().copied())
         .collect();
     let ids = Tensor::from_vec(ids, (seq * seq, 1), device)?;
     let one_hot = ids
@@ -561,7 +564,9 @@ impl BertModel {
             .to_dtype(self.dtype)?;
         let mut xs = ops::dropout(&xs, hidden_p, &self.rng, train)?;
         let bias = ops::attention_bias(attention_mask)?;
-        let host = if fused::applies(&[&bias]) {
+        // The fused CPU attention kernel reads the mask from the host; MPNet's attention does
+        // not run it.
+        let host = if fused::applies(&[&bias]) && self.relative_bias.is_none() {
             Some(HostMask::new(&bias)?)
         } else {
             None
