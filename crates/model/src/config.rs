@@ -158,3 +158,46 @@ impl BertConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{BertConfig, ModelType};
+
+    fn read(json: &str) -> Result<BertConfig, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json).map_err(|e| e.to_string())?;
+        BertConfig::from_file(&path).map_err(|e| e.to_string())
+    }
+
+    const SHAPE: &str = r#""vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 514"#;
+
+    #[test]
+    fn model_type_selects_the_family_and_its_position_budget() {
+        let bert = read(&format!(r#"{{"model_type": "bert", {SHAPE}}}"#)).unwrap();
+        assert_eq!((bert.model_type, bert.max_tokens()), (ModelType::Bert, 514));
+        let untyped = read(&format!("{{{SHAPE}}}")).unwrap();
+        assert_eq!(untyped.model_type, ModelType::Bert);
+        let mpnet = read(&format!(
+            r#"{{"model_type": "mpnet", "pad_token_id": 1, {SHAPE}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                mpnet.model_type,
+                mpnet.max_tokens(),
+                mpnet.relative_attention_num_buckets
+            ),
+            (ModelType::Mpnet, 512, 32)
+        );
+    }
+
+    #[test]
+    fn another_model_family_is_refused_naming_the_file_and_the_known_ones() {
+        let err = read(&format!(r#"{{"model_type": "roberta", {SHAPE}}}"#)).unwrap_err();
+        for needle in ["config.json", "roberta", "bert", "mpnet"] {
+            assert!(err.contains(needle), "{needle} not in: {err}");
+        }
+    }
+}
