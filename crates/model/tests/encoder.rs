@@ -50,6 +50,21 @@ fn pretrained_classifier(
     (varmap, classifier, config)
 }
 
+/// A single-label f32 CPU classifier of `config`'s shape (dropout 0.1, head seed 1), its
+/// variables unset.
+fn tiny_f32(config: &BertConfig, num_labels: usize) -> (VarMap, Classifier) {
+    Classifier::build(
+        config,
+        num_labels,
+        Task::SingleLabel,
+        0.1,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap()
+}
+
 /// `(ids, type ids, mask)` tensors, right-padded with 0 to the longest row.
 fn batch(rows: &[Vec<u32>]) -> (Tensor, Tensor, Tensor) {
     padded_batch(rows, 0)
@@ -162,16 +177,7 @@ fn every_parameter_of_a_tiny_mpnet_gets_a_gradient() {
         max_position_embeddings: 66,
         ..BertConfig::tiny(100)
     };
-    let (varmap, classifier) = Classifier::build(
-        &config,
-        3,
-        Task::SingleLabel,
-        0.1,
-        DType::F32,
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let (varmap, classifier) = tiny_f32(&config, 3);
     assert!(
         named_vars(&varmap)
             .iter()
@@ -250,16 +256,7 @@ fn assert_every_variable_has_a_gradient(varmap: &VarMap, loss: &Tensor) {
 #[test]
 fn every_parameter_of_a_tiny_bert_gets_a_gradient() {
     let config = BertConfig::tiny(100);
-    let (varmap, classifier) = Classifier::build(
-        &config,
-        3,
-        Task::SingleLabel,
-        0.1,
-        DType::F32,
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let (varmap, classifier) = tiny_f32(&config, 3);
     init_all(&varmap, 0.02, 1).unwrap();
     let (ids, _, mask) = batch(&[
         vec![2, 5, 9, 11, 3],
@@ -311,16 +308,7 @@ fn every_parameter_of_minilm_gets_a_gradient() {
 #[test]
 fn masked_mean_ignores_padding() {
     let config = BertConfig::tiny(100);
-    let (varmap, classifier) = Classifier::build(
-        &config,
-        3,
-        Task::SingleLabel,
-        0.1,
-        DType::F32,
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let (varmap, classifier) = tiny_f32(&config, 3);
     init_all(&varmap, 0.02, 3).unwrap();
     let text = vec![2u32, 17, 18, 19, 3];
     let (ids, types, mask) = batch(std::slice::from_ref(&text));
@@ -355,16 +343,7 @@ fn low_precision_forward_with_padding_stays_finite() {
 #[test]
 fn dropout_is_active_in_training_and_reproducible_per_step() {
     let config = BertConfig::tiny(100);
-    let (varmap, classifier) = Classifier::build(
-        &config,
-        3,
-        Task::SingleLabel,
-        0.1,
-        DType::F32,
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let (varmap, classifier) = tiny_f32(&config, 3);
     init_all(&varmap, 0.02, 3).unwrap();
     let (ids, types, mask) = batch(&[vec![2, 5, 6, 7, 3]]);
     let rng = classifier.encoder().rng().clone();
@@ -394,16 +373,7 @@ fn dropout_is_active_in_training_and_reproducible_per_step() {
 #[test]
 fn weights_with_bert_prefix_and_gamma_beta_names_load() {
     let config = BertConfig::tiny(50);
-    let (source, _) = Classifier::build(
-        &config,
-        2,
-        Task::SingleLabel,
-        0.1,
-        DType::F32,
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let (source, _) = tiny_f32(&config, 2);
     init_all(&source, 0.02, 9).unwrap();
     let mut renamed = std::collections::HashMap::new();
     for (name, var) in named_vars(&source) {
@@ -415,16 +385,7 @@ fn weights_with_bert_prefix_and_gamma_beta_names_load() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     candle_core::safetensors::save(&renamed, &path).unwrap();
-    let (target, _) = Classifier::build(
-        &config,
-        2,
-        Task::SingleLabel,
-        0.1,
-        DType::F32,
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let (target, _) = tiny_f32(&config, 2);
     let report = load_safetensors(&target, &path, true).unwrap();
     assert_eq!(report.loaded, named_vars(&source).len());
     for ((name, a), (_, b)) in named_vars(&source).iter().zip(named_vars(&target).iter()) {
@@ -439,16 +400,7 @@ fn weights_with_bert_prefix_and_gamma_beta_names_load() {
 #[test]
 fn a_file_missing_encoder_weights_is_an_error_naming_them() {
     let config = BertConfig::tiny(50);
-    let (varmap, _) = Classifier::build(
-        &config,
-        2,
-        Task::SingleLabel,
-        0.1,
-        DType::F32,
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let (varmap, _) = tiny_f32(&config, 2);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("partial.safetensors");
     let only = std::collections::HashMap::from([(
