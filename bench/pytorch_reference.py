@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch reference for wick's `bench` binary: the same model, batch and measurements.
 
-The model is transformers' `BertModel` (no pooler, as wick) + masked mean pooling + dropout +
+The model is transformers' `BertModel` (or `MPNetModel`, from the checkpoint's `model_type`;
+no pooler, as wick) + masked mean pooling + dropout +
 `nn.Linear(hidden, 3)`, trained with cross-entropy, `torch.optim.AdamW(lr=2e-5,
 weight_decay=0.01)` (biases and LayerNorm weights exempt, as wick) and global-norm clipping 1.0.
 Dropout rates come from the model's config in both tools.
@@ -112,8 +113,9 @@ def bert_base_config():
 
 
 def load_encoder(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """BertModel without pooler, and where its weights came from."""
-    from transformers import BertConfig, BertModel
+    """The encoder without pooler (BertModel, or MPNetModel for an MPNet checkpoint), and where
+    its weights came from."""
+    from transformers import AutoConfig, AutoModel, BertModel
     torch.manual_seed(args.seed)
     if args.model == "bert-base":
         config = bert_base_config()
@@ -123,10 +125,10 @@ def load_encoder(args: argparse.Namespace) -> tuple[nn.Module, str]:
     if not source.is_dir():
         source = cached_snapshot(args.model) or args.model  # a Hub id: cache, else download
     if args.random_init:
-        config = BertConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source)
         config._attn_implementation = args.attn
-        return BertModel(config, add_pooling_layer=False), "seeded random init"
-    model = BertModel.from_pretrained(source, add_pooling_layer=False, attn_implementation=args.attn)
+        return AutoModel.from_config(config, add_pooling_layer=False), "seeded random init"
+    model = AutoModel.from_pretrained(source, add_pooling_layer=False, attn_implementation=args.attn)
     return model, f"pretrained from {source}"
 
 
@@ -142,8 +144,10 @@ class Classifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids, token_type_ids, attention_mask):
-        hidden = self.encoder(input_ids=input_ids, token_type_ids=token_type_ids,
-                              attention_mask=attention_mask).last_hidden_state
+        # MPNet has no segment embeddings and takes no token_type_ids.
+        types = {} if self.encoder.config.model_type == "mpnet" else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              **types).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return self.head(self.dropout(pooled))

@@ -37,6 +37,9 @@ struct SelfAttention {
     /// The additive mask, `batch * seq` values (0 for a real key, a large negative number for
     /// padding).
     bias: HostMask,
+    /// A constant additive bias per head, query and key, `heads * seq * seq` values (MPNet's
+    /// relative position bias in evaluation); no gradient flows to it.
+    position: Option<HostMask>,
     dropout: Option<AttentionDropout>,
     /// The projections `(batch * seq, 3 * hidden)` of the forward pass, kept for backward when
     /// a gradient will be asked for.
@@ -52,11 +55,17 @@ struct HeadMask {
 }
 
 multiversion! {
-    /// Rows of `scale * scores + bias` -> softmax, in place (`k` columns per row).
-    fn softmax_rows(scores: &mut [f32], k: usize, bias: &[f32], scale: f32) {
-        for row in scores.chunks_exact_mut(k) {
+    /// Rows of `scale * scores + bias (+ position)` -> softmax, in place (`k` columns per row;
+    /// `position`, when given, holds one `k`-wide row per score row).
+    fn softmax_rows(scores: &mut [f32], k: usize, bias: &[f32], scale: f32, position: Option<&[f32]>) {
+        for (r, row) in scores.chunks_exact_mut(k).enumerate() {
             for (v, b) in row.iter_mut().zip(bias) {
                 *v = v.mul_add(scale, *b);
+            }
+            if let Some(position) = position {
+                for (v, p) in row.iter_mut().zip(&position[r * k..(r + 1) * k]) {
+                    *v += *p;
+                }
             }
             let max = simd::max(row);
             for v in row.iter_mut() {
@@ -118,6 +127,8 @@ fn head_gemm(
 /// Where one head of one batch row lives in the projections.
 #[derive(Clone, Copy)]
 struct Head {
+    /// Its index among the heads.
+    index: usize,
     /// Offsets of its query, key and value columns of its first row in the projections.
     q: usize,
     k: usize,
@@ -138,6 +149,7 @@ impl SelfAttention {
         let dh = hidden / self.heads;
         let row = b * self.seq * 3 * hidden;
         Head {
+            index: h,
             q: row + h * dh,
             k: row + hidden + h * dh,
             v: row + 2 * hidden + h * dh,
@@ -162,7 +174,17 @@ impl SelfAttention {
             probs,
             seq,
         )?;
-        softmax_rows(probs, seq, &self.bias[b * seq..(b + 1) * seq], self.scale);
+        let position = self
+            .position
+            .as_ref()
+            .map(|p| &p[head.index * seq * seq..(head.index + 1) * seq * seq]);
+        softmax_rows(
+            probs,
+            seq,
+            &self.bias[b * seq..(b + 1) * seq],
+            self.scale,
+            position,
+        );
         Ok(())
     }
 
@@ -191,6 +213,17 @@ impl SelfAttention {
                 "fused attention: {} mask values for {rows} rows",
                 self.bias.len()
             )
+        }
+        if let Some(position) = &self.position {
+            if position.len() != self.heads * self.seq * self.seq {
+                candle_core::bail!(
+                    "fused attention: {} position bias values for {} heads x seq {} x seq {}",
+                    position.len(),
+                    self.heads,
+                    self.seq,
+                    self.seq
+                )
+            }
         }
         if (self.batch * self.heads * self.seq * self.seq) > u32::MAX as usize {
             candle_core::bail!(
@@ -336,13 +369,14 @@ impl CustomOp3 for SelfAttention {
     }
 }
 
-/// The additive attention mask of [`crate::ops::attention_bias`] as host values, `batch * seq`
-/// of them: read once per forward pass and shared by every layer's attention.
+/// An additive attention bias as host values, read once per forward pass and shared by every
+/// layer's attention: the mask of [`crate::ops::attention_bias`] (`batch * seq` values) or a
+/// position bias (`heads * seq * seq`).
 #[derive(Debug, Clone)]
 pub struct HostMask(std::sync::Arc<[f32]>);
 
 impl HostMask {
-    /// The values of a `(batch, 1, 1, seq)` f32 CPU mask (a copy within host memory).
+    /// The values of an f32 CPU tensor, row-major (a copy within host memory).
     pub fn new(bias: &Tensor) -> Result<Self> {
         if bias.dtype() != DType::F32 || !bias.device().is_cpu() {
             candle_core::bail!(
@@ -365,13 +399,16 @@ impl std::ops::Deref for HostMask {
 
 /// Multi-head self-attention of f32 CPU hidden states `(batch * seq, hidden)` -> the context in
 /// the same layout. The query, key and value weights `(hidden, hidden)` and biases are stacked
-/// into one projection here; `mask` is the additive mask.
+/// into one projection here; `mask` is the additive mask and `position`, if any, a constant
+/// additive bias `(heads, seq, seq)` on the scaled scores (it receives no gradient: pass one only
+/// when none is wanted, as in evaluation).
 #[allow(clippy::too_many_arguments)]
 pub fn self_attention(
     xs: &Tensor,
     (wq, wk, wv): (&Tensor, &Tensor, &Tensor),
     (bq, bk, bv): (&Tensor, &Tensor, &Tensor),
     mask: &HostMask,
+    position: Option<&HostMask>,
     (batch, seq, heads): (usize, usize, usize),
     scale: f64,
     dropout: Option<AttentionDropout>,
@@ -385,6 +422,7 @@ pub fn self_attention(
         heads,
         scale: scale as f32,
         bias: mask.clone(),
+        position: position.cloned(),
         dropout,
         saved: Saved::new(tracked),
     };
@@ -439,7 +477,7 @@ mod tests {
             .unwrap()
     }
 
-    fn case(dropout_p: Option<f64>) {
+    fn case(dropout_p: Option<f64>, with_position: bool) {
         let (batch, seq, _) = DIMS;
         let dev = Device::Cpu;
         let var = |shape: (usize, usize)| {
@@ -458,8 +496,15 @@ mod tests {
         for j in [seq + 4, seq + 5, seq + 6, 2 * seq + 6] {
             mask[j] = 0.0;
         }
-        let bias =
+        let mask_bias =
             ops::attention_bias(&Tensor::from_vec(mask, (batch, seq), &dev).unwrap()).unwrap();
+        // A constant bias per head, query and key (MPNet's position bias in evaluation).
+        let position =
+            with_position.then(|| Tensor::randn(0f32, 1.0, (1, DIMS.2, seq, seq), &dev).unwrap());
+        let bias = match &position {
+            Some(position) => mask_bias.broadcast_add(position).unwrap(),
+            None => mask_bias.clone(),
+        };
         let r = Tensor::randn(0f32, 1.0, (batch * seq, HIDDEN), &dev).unwrap();
         let scale = 0.7;
         let (rng_fused, rng_plain) = (DropoutRng::new(5), DropoutRng::new(5));
@@ -467,7 +512,11 @@ mod tests {
             &xs,
             (&wq, &wk, &wv),
             (&bq, &bk, &bv),
-            &HostMask::new(&bias).unwrap(),
+            &HostMask::new(&mask_bias).unwrap(),
+            position
+                .as_ref()
+                .map(|p| HostMask::new(p).unwrap())
+                .as_ref(),
             DIMS,
             scale,
             dropout_p.map(|p| AttentionDropout {
@@ -551,12 +600,18 @@ mod tests {
 
     #[test]
     fn fused_attention_matches_primitive_ops_forward_and_backward() {
-        case(None);
+        case(None, false);
     }
 
     #[test]
     fn fused_attention_with_dropout_matches_the_primitive_mask() {
-        case(Some(0.2));
+        case(Some(0.2), false);
+    }
+
+    #[test]
+    fn fused_attention_with_a_constant_position_bias_matches_primitive_ops() {
+        case(None, true);
+        case(Some(0.2), true);
     }
 
     #[test]
@@ -567,7 +622,7 @@ mod tests {
         let b = Tensor::zeros(HIDDEN, DType::F32, &dev).unwrap();
         let bias = Tensor::zeros((3, 1, 1, 7), DType::F32, &dev).unwrap();
         let mask = HostMask::new(&bias).unwrap();
-        let err = self_attention(&x, (&w, &w, &w), (&b, &b, &b), &mask, DIMS, 1.0, None)
+        let err = self_attention(&x, (&w, &w, &w), (&b, &b, &b), &mask, None, DIMS, 1.0, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("batch 3 x seq 7"), "{err}");

@@ -195,11 +195,26 @@ impl Embeddings {
 /// The attention mask of one forward pass: the f32 additive bias `(batch, 1, 1, seq)` of
 /// [`ops::attention_bias`] and, where the fused CPU kernels run, its host values, read once and
 /// shared by every layer; for MPNet also the relative position bias `(1, heads, seq, seq)` in
-/// the compute dtype, shared by every layer too.
+/// the compute dtype, shared by every layer too, and its host values where the fused CPU kernel
+/// takes it (evaluation: no gradient is wanted for it there).
 struct Mask {
     bias: Tensor,
     host: Option<HostMask>,
     position: Option<Tensor>,
+    position_host: Option<HostMask>,
+}
+
+impl Mask {
+    /// The host mask and position bias for the fused CPU attention kernel, if it applies: it
+    /// takes a position bias only as a constant.
+    fn fused_cpu(&self) -> Option<(&HostMask, Option<&HostMask>)> {
+        let host = self.host.as_ref()?;
+        match (&self.position, &self.position_host) {
+            (None, _) => Some((host, None)),
+            (Some(_), Some(position)) => Some((host, Some(position))),
+            (Some(_), None) => None,
+        }
+    }
 }
 
 /// T5's bucket of the relative position `key - query`, as MPNet computes it
@@ -301,8 +316,8 @@ impl SelfAttention {
 
     /// Scaled dot-product attention over `(batch * seq, hidden)` hidden states. The fused kernel
     /// of [`crate::attention`] for f32 on the CPU, [`cuda::self_attention`] on CUDA, primitive
-    /// ops elsewhere and wherever a relative position bias is added (MPNet: neither fused
-    /// kernel takes one; [`BertModel::kernel_notes`] says so).
+    /// ops elsewhere and wherever a relative position bias needs its gradient (MPNet in training:
+    /// neither fused kernel returns one; [`BertModel::kernel_notes`] says so).
     fn forward(
         &self,
         xs: &Tensor,
@@ -314,8 +329,7 @@ impl SelfAttention {
     ) -> Result<Tensor> {
         let hidden = xs.dim(1)?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
-        let fused_host = mask.host.as_ref().filter(|_| mask.position.is_none());
-        if let Some(host) = fused_host.filter(|_| fused::applies(&[xs])) {
+        if let Some((host, position)) = mask.fused_cpu().filter(|_| fused::applies(&[xs])) {
             let dropout = (train && p > 0.0).then(|| AttentionDropout {
                 p,
                 key: rng.draw_key(),
@@ -333,6 +347,7 @@ impl SelfAttention {
                     &param(&self.value.bias, train),
                 ),
                 host,
+                position,
                 (batch, seq, self.heads),
                 scale,
                 dropout,
@@ -522,8 +537,9 @@ impl BertModel {
         match self.config.model_type {
             ModelType::Bert => Vec::new(),
             ModelType::Mpnet => vec![
-                "mpnet: attention with the relative position bias runs as primitive ops \
-                 (wick's fused CPU and CUDA attention kernels take no position bias); \
+                "mpnet: in training, attention with the relative position bias runs as \
+                 primitive ops (wick's fused CPU and CUDA attention kernels return no gradient \
+                 for the bias; evaluation on the CPU uses the fused kernel, the bias a constant); \
                  embeddings, linear layers, GELU and layer norms stay fused"
                     .to_string(),
             ],
@@ -564,13 +580,10 @@ impl BertModel {
             .to_dtype(self.dtype)?;
         let mut xs = ops::dropout(&xs, hidden_p, &self.rng, train)?;
         let bias = ops::attention_bias(attention_mask)?;
-        // The fused CPU attention kernel reads the mask from the host; MPNet's attention does
-        // not run it.
-        let host = if fused::applies(&[&bias]) && self.relative_bias.is_none() {
-            Some(HostMask::new(&bias)?)
-        } else {
-            None
-        };
+        // The fused CPU attention kernel reads the mask (and MPNet's position bias, as a
+        // constant, so only in evaluation) from the host.
+        let fused_cpu = fused::applies(&[&bias]) && (self.relative_bias.is_none() || !train);
+        let host = fused_cpu.then(|| HostMask::new(&bias)).transpose()?;
         let position = match &self.relative_bias {
             Some(table) => Some(
                 position_bias(&param(table, train), seq, input_ids.device())?
@@ -578,10 +591,17 @@ impl BertModel {
             ),
             None => None,
         };
+        let position_host = match &position {
+            Some(position) if fused_cpu && position.dtype() == DType::F32 => {
+                Some(HostMask::new(position)?)
+            }
+            _ => None,
+        };
         let mask = Mask {
             bias,
             host,
             position,
+            position_host,
         };
         for layer in &self.layers {
             xs = layer.forward(&xs, &mask, &self.rng, train, (batch, seq))?;

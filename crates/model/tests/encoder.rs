@@ -325,18 +325,30 @@ fn masked_mean_ignores_padding() {
 
 #[test]
 fn low_precision_forward_with_padding_stays_finite() {
-    let config = BertConfig::tiny(100);
-    for dtype in [DType::F16, DType::BF16] {
+    let mpnet = BertConfig {
+        model_type: ModelType::Mpnet,
+        pad_token_id: 1,
+        ..BertConfig::tiny(100)
+    };
+    for (config, dtype) in [
+        (BertConfig::tiny(100), DType::F16),
+        (BertConfig::tiny(100), DType::BF16),
+        (mpnet.clone(), DType::F16),
+        (mpnet, DType::BF16),
+    ] {
         let (varmap, classifier) =
             Classifier::build(&config, 3, Task::SingleLabel, 0.1, dtype, &Device::Cpu, 1).unwrap();
         init_all(&varmap, 0.02, 3).unwrap();
         let (ids, types, mask) = batch(&[vec![2, 5, 3], vec![2, 5, 6, 7, 8, 9, 3]]);
-        let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
-        let total = logits.sum_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(
-            total.is_finite(),
-            "{dtype:?} logits are not finite: {total}"
-        );
+        for train in [true, false] {
+            let logits = classifier.forward(&ids, &types, &mask, train).unwrap();
+            let total = logits.sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(
+                total.is_finite(),
+                "{:?} {dtype:?} (train {train}) logits are not finite: {total}",
+                config.model_type
+            );
+        }
     }
 }
 
