@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use wick_data::TensorBatch;
 use wick_model::weights::{init_all, named_vars};
-use wick_model::{BertConfig, Classifier, Task};
+use wick_model::{BertConfig, Classifier, ModelType, Task};
 use wick_trainer::device::{choose, DeviceRequest};
 use wick_trainer::fit::optimizer_step;
 use wick_trainer::optim::{AdamW, ParamSpec};
@@ -41,7 +41,19 @@ fn model(device: &Device, dtype: DType) -> (VarMap, Classifier) {
 
 /// A tiny BERT with dropout `p` everywhere, seeded weights and dropout keys.
 fn model_with_dropout(device: &Device, dtype: DType, p: f64) -> (VarMap, Classifier) {
+    tiny_model(device, dtype, p, ModelType::Bert)
+}
+
+/// A tiny encoder of the family `model_type` (MPNet pads with id 0 here, as [`batch`] does),
+/// dropout `p` everywhere, seeded weights and dropout keys.
+fn tiny_model(
+    device: &Device,
+    dtype: DType,
+    p: f64,
+    model_type: ModelType,
+) -> (VarMap, Classifier) {
     let config = BertConfig {
+        model_type,
         hidden_dropout_prob: p,
         attention_probs_dropout_prob: p,
         ..BertConfig::tiny(100)
@@ -109,9 +121,43 @@ fn cuda_dropout_masks_are_the_cpu_masks_through_the_whole_model() {
     forward_loss_and_gradients_match(&accel, 0.3);
 }
 
+/// MPNet (relative position bias, its positions, no token types), with and without dropout:
+/// training on the accelerator against the CPU, and evaluation too (the CPU's fused attention
+/// takes the position bias as a constant there, the accelerator runs primitive ops).
+#[test]
+fn accelerator_mpnet_matches_the_cpu_in_training_and_evaluation() {
+    let Some(accel) = accelerator("accelerator_mpnet_matches_the_cpu_in_training_and_evaluation")
+    else {
+        return;
+    };
+    forward_loss_and_gradients_match_for(&accel, 0.0, ModelType::Mpnet);
+    if accel.is_cuda() {
+        forward_loss_and_gradients_match_for(&accel, 0.3, ModelType::Mpnet);
+    }
+    let eval = |device: &Device| {
+        let (_, classifier) = tiny_model(device, DType::F32, 0.1, ModelType::Mpnet);
+        let b = batch(device);
+        on_cpu(
+            &classifier
+                .forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, false)
+                .unwrap(),
+        )
+    };
+    let (cpu, acc) = (eval(&Device::Cpu), eval(&accel));
+    assert!(
+        max_diff(&cpu, &acc) < 1e-5,
+        "evaluation logits differ by {}",
+        max_diff(&cpu, &acc)
+    );
+}
+
 fn forward_loss_and_gradients_match(accel: &Device, p: f64) {
+    forward_loss_and_gradients_match_for(accel, p, ModelType::Bert)
+}
+
+fn forward_loss_and_gradients_match_for(accel: &Device, p: f64, model_type: ModelType) {
     let run = |device: &Device| {
-        let (varmap, classifier) = model_with_dropout(device, DType::F32, p);
+        let (varmap, classifier) = tiny_model(device, DType::F32, p, model_type);
         let b = batch(device);
         let logits = classifier
             .forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, true)
