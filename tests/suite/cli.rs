@@ -541,3 +541,39 @@ fn weights_only_checkpoints_evaluate_and_refuse_to_resume() {
     let output = run_bin("train", &["--resume", path_str(&run), "--quiet"]);
     assert_fails_naming(&output, &["train.save_optimizer", "optimizer.safetensors"]);
 }
+
+/// Every config in `configs/` parses (no unknown key, every value typed) and passes the checks
+/// made before training, against its model's `config.json` too where the model is in the cache
+/// (`make test` provides MiniLM and MPNet; bert-base-uncased needs the Hub).
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let dir = super::common::repo_root().join("configs");
+    let (mut seen, mut against_model) = (0, 0);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = wick_trainer::config::RunConfig::from_toml(&text, path_str(&path), &[])
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        config
+            .validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+        if let Ok(model) = wick_model::hub::resolve(&config.model.source()) {
+            let bert = config
+                .model
+                .apply(wick_model::BertConfig::from_file(&model.config).unwrap());
+            config
+                .validate_against(&bert)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            against_model += 1;
+        }
+    }
+    assert!(seen >= 5, "only {seen} configs in {}", dir.display());
+    assert!(
+        against_model >= 4,
+        "only {against_model} configs checked against their model"
+    );
+}
