@@ -18,6 +18,14 @@ pub enum Targets {
     None,
 }
 
+impl Targets {
+    /// The targets of `examples`, which must all be of one kind (all single, all multi with the
+    /// same length, or all unlabelled); no tokenizing.
+    pub fn of(examples: &[Example]) -> Result<Self> {
+        collect_targets(examples)
+    }
+}
+
 /// One padded batch in host memory. All token vectors are `(batch_size * seq_len,)`, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -87,7 +95,7 @@ impl Dataset {
     pub fn new(examples: &[Example], tokenizer: &TextTokenizer) -> Result<Self> {
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
         let encodings = tokenizer.encode(&texts)?;
-        let targets = collect_targets(examples)?;
+        let targets = Targets::of(examples)?;
         Ok(Self {
             encodings,
             targets,

@@ -203,11 +203,8 @@ impl Ensemble {
         if let [only] = self.members.as_slice() {
             return only.evaluate_file(path);
         }
-        let first = self.first();
-        let read = read_examples(path, &first.checkpoint.config.data)?;
-        let targets = Dataset::new(&read.examples, &first.tokenizer)?
-            .targets()
-            .clone();
+        let read = read_examples(path, &self.first().checkpoint.config.data)?;
+        let targets = wick_data::Targets::of(&read.examples)?;
         let predictions = self.predict_examples(&read.examples, &targets)?;
         eval::report(self.labels(), &targets, &predictions)
     }
