@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::{assert_fails_naming, assert_ok, path_str, run_bin, text, train_losses};
+use super::common::{
+    assert_fails_naming, assert_loss_falls, assert_ok, path_str, run_bin, text, train_losses,
+};
 
 const TINY: &str = "configs/tiny.toml";
 
@@ -26,9 +28,7 @@ fn tiny_config_trains_and_the_loss_falls() {
     assert_ok(&output, "train");
     let losses = train_losses(&run);
     assert!(losses.len() >= 5, "too few loss records: {losses:?}");
-    let head: f64 = losses[..2].iter().sum::<f64>() / 2.0;
-    let tail: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
-    assert!(tail < head * 0.8, "loss did not fall: {losses:?}");
+    assert_loss_falls(&losses, 0.8, "tiny config");
     for file in [
         "best/model.safetensors",
         "last/model.safetensors",
@@ -410,9 +410,7 @@ fn f16_training_with_loss_scaling_lowers_the_loss() {
         losses.iter().all(|l| l.is_finite()),
         "non-finite loss: {losses:?}"
     );
-    let head: f64 = losses[..2].iter().sum::<f64>() / 2.0;
-    let tail: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
-    assert!(tail < head * 0.9, "f16 loss did not fall: {losses:?}");
+    assert_loss_falls(&losses, 0.9, "f16");
     let state = candle_core::safetensors::load(
         run.join("last/optimizer.safetensors"),
         &candle_core::Device::Cpu,
@@ -476,9 +474,7 @@ fn a_tiny_mpnet_trains_and_its_checkpoint_evaluates_and_predicts() {
         "no kernel note:\n{log}"
     );
     let losses = train_losses(&run);
-    let head: f64 = losses[..2].iter().sum::<f64>() / 2.0;
-    let tail: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
-    assert!(tail < head * 0.8, "loss did not fall: {losses:?}");
+    assert_loss_falls(&losses, 0.8, "tiny MPNet");
 
     let weights = candle_core::safetensors::load(
         run.join("last/model.safetensors"),

@@ -70,3 +70,18 @@ pub fn train_losses(run: &Path) -> Vec<f64> {
         .filter_map(|v| v["loss"].as_f64())
         .collect()
 }
+
+/// Asserts the mean of the last two logged losses is below `factor` times the mean of the
+/// first two.
+pub fn assert_loss_falls(losses: &[f64], factor: f64, what: &str) {
+    assert!(
+        losses.len() >= 4,
+        "{what}: too few loss records: {losses:?}"
+    );
+    let head: f64 = losses[..2].iter().sum::<f64>() / 2.0;
+    let tail: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
+    assert!(
+        tail < head * factor,
+        "{what}: loss did not fall: {losses:?}"
+    );
+}

@@ -115,12 +115,8 @@ fn read_pooled(file: &str) -> PooledReference {
     serde_json::from_str(&text).unwrap()
 }
 
-#[test]
-fn pooled_embeddings_match_sentence_transformers() {
-    let reference = pooled_reference();
-    let (_varmap, classifier, _) = minilm_classifier(3, DType::F32);
-    let (ids, types, mask) = batch(&reference.input_ids);
-    let pooled = classifier.pooled(&ids, &types, &mask, false).unwrap();
+/// Pooled embeddings within 1e-4 of the reference's.
+fn assert_pooled_match(pooled: &Tensor, reference: &PooledReference, path: &str) {
     let rows = reference.pooled.len();
     let expected = Tensor::from_vec(
         reference.pooled.concat(),
@@ -128,8 +124,20 @@ fn pooled_embeddings_match_sentence_transformers() {
         &Device::Cpu,
     )
     .unwrap();
-    let diff = max_abs_diff(&pooled, &expected);
-    assert!(diff < 1e-4, "max |ours - sentence-transformers| = {diff}");
+    let diff = max_abs_diff(pooled, &expected);
+    assert!(
+        diff < 1e-4,
+        "{path}: max |ours - sentence-transformers| = {diff}"
+    );
+}
+
+#[test]
+fn pooled_embeddings_match_sentence_transformers() {
+    let reference = pooled_reference();
+    let (_varmap, classifier, _) = minilm_classifier(3, DType::F32);
+    let (ids, types, mask) = batch(&reference.input_ids);
+    let pooled = classifier.pooled(&ids, &types, &mask, false).unwrap();
+    assert_pooled_match(&pooled, &reference, "fused path");
 }
 
 fn mpnet() -> ResolvedModel {
@@ -148,23 +156,11 @@ fn mpnet_pooled_embeddings_match_sentence_transformers() {
     assert_eq!(config.model_type, ModelType::Mpnet);
     assert_eq!(config.max_tokens(), 512);
     let (ids, types, mask) = padded_batch(&reference.input_ids, config.pad_token_id as u32);
-    let rows = reference.pooled.len();
-    let expected = Tensor::from_vec(
-        reference.pooled.concat(),
-        (rows, reference.pooled[0].len()),
-        &Device::Cpu,
-    )
-    .unwrap();
     let pooled = classifier.pooled(&ids, &types, &mask, false).unwrap();
-    let diff = max_abs_diff(&pooled, &expected);
-    assert!(diff < 1e-4, "max |ours - sentence-transformers| = {diff}");
+    assert_pooled_match(&pooled, &reference, "fused path");
     let plain =
         wick_model::fused::without_fused(|| classifier.pooled(&ids, &types, &mask, false).unwrap());
-    let diff = max_abs_diff(&plain, &expected);
-    assert!(
-        diff < 1e-4,
-        "primitive ops: max |ours - sentence-transformers| = {diff}"
-    );
+    assert_pooled_match(&plain, &reference, "primitive ops");
 }
 
 /// A 2-layer MPNet of random weights: every variable (the relative position bias table
