@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::attention::{self, AttentionDropout, HostMask};
@@ -239,28 +239,66 @@ pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance:
     bucket
 }
 
-/// MPNet's relative position bias: the learned `(buckets, heads)` table looked up at the bucket
-/// of every (query, key) pair, as `(1, heads, seq, seq)`. The lookup is a product with a one-hot
-/// matrix built on the device, so its backward is a product too (an `index_add` over
-/// `seq * seq` ids would serialise on CUDA).
-fn position_bias(table: &Tensor, seq: usize, device: &Device) -> Result<Tensor> {
-    let (buckets, heads) = table.dims2()?;
-    // One bucket per distance `k - q` in `-(seq - 1)..seq`, then one id per (query, key) pair.
-    let by_distance: Vec<u32> = (1 - seq as i64..seq as i64)
-        .map(|relative| relative_position_bucket(relative, buckets, 128) as u32)
-        .collect();
-    let ids: Vec<u32> = (0..seq)
-        .flat_map(|q| by_distance[seq - 1 - q..2 * seq - 1 - q].iter().copied())
-        .collect();
-    let ids = Tensor::from_vec(ids, (seq * seq, 1), device)?;
-    let one_hot = ids
-        .broadcast_eq(&Tensor::arange(0u32, buckets as u32, device)?.unsqueeze(0)?)?
-        .to_dtype(table.dtype())?;
-    one_hot
-        .matmul(table)?
-        .reshape((seq, seq, heads))?
-        .permute((2, 0, 1))?
-        .unsqueeze(0)
+/// MPNet's relative position bias: the learned `(buckets, heads)` table, and the bucket ids of
+/// the (query, key) pairs on the table's device.
+#[derive(Debug, Clone)]
+struct RelativeBias {
+    table: Tensor,
+    /// Bucket ids `(n, n)` u32 for the longest sequence so far, and `0..buckets` as `(1,
+    /// buckets)`: uploaded once, not at every step. A shorter sequence's ids are the top-left
+    /// block, since a pair's bucket depends only on `key - query`.
+    ids: Arc<std::sync::Mutex<Option<(Tensor, Tensor)>>>,
+}
+
+impl RelativeBias {
+    fn new(table: Tensor) -> Self {
+        Self {
+            table,
+            ids: Arc::default(),
+        }
+    }
+
+    /// The `(seq * seq, 1)` bucket ids and the `(1, buckets)` bucket numbers on the device.
+    fn ids(&self, seq: usize) -> Result<(Tensor, Tensor)> {
+        let mut cached = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let (ids, numbers) = match cached.as_ref() {
+            Some((ids, numbers)) if ids.dim(0)? >= seq => (ids.clone(), numbers.clone()),
+            _ => {
+                let buckets = self.table.dim(0)?;
+                let device = self.table.device();
+                // One bucket per distance `k - q` in `-(seq - 1)..seq`, then one per pair.
+                let by_distance: Vec<u32> = (1 - seq as i64..seq as i64)
+                    .map(|relative| relative_position_bucket(relative, buckets, 128) as u32)
+                    .collect();
+                let ids: Vec<u32> = (0..seq)
+                    .flat_map(|q| by_distance[seq - 1 - q..2 * seq - 1 - q].iter().copied())
+                    .collect();
+                let built = (
+                    Tensor::from_vec(ids, (seq, seq), device)?,
+                    Tensor::arange(0u32, buckets as u32, device)?.unsqueeze(0)?,
+                );
+                *cached = Some(built.clone());
+                built
+            }
+        };
+        let block = ids.narrow(0, 0, seq)?.narrow(1, 0, seq)?.contiguous()?;
+        Ok((block.reshape((seq * seq, 1))?, numbers))
+    }
+
+    /// The table looked up at the bucket of every (query, key) pair, as `(1, heads, seq, seq)`.
+    /// The lookup is a product with a one-hot matrix built on the device, so its backward is a
+    /// product too (an `index_add` over `seq * seq` ids would serialise on CUDA).
+    fn forward(&self, seq: usize, train: bool) -> Result<Tensor> {
+        let table = param(&self.table, train);
+        let heads = table.dim(1)?;
+        let (ids, numbers) = self.ids(seq)?;
+        ids.broadcast_eq(&numbers)?
+            .to_dtype(table.dtype())?
+            .matmul(&table)?
+            .reshape((seq, seq, heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -487,8 +525,8 @@ impl Layer {
 pub struct BertModel {
     embeddings: Embeddings,
     layers: Vec<Layer>,
-    /// MPNet's `(buckets, heads)` relative position bias table.
-    relative_bias: Option<Tensor>,
+    /// MPNet's relative position bias.
+    relative_bias: Option<RelativeBias>,
     config: BertConfig,
     dtype: DType,
     rng: Arc<DropoutRng>,
@@ -508,14 +546,14 @@ impl BertModel {
             .collect::<Result<Vec<_>>>()?;
         let relative_bias = match config.model_type {
             ModelType::Bert => None,
-            ModelType::Mpnet => Some(vb.get_with_hints(
+            ModelType::Mpnet => Some(RelativeBias::new(vb.get_with_hints(
                 (
                     config.relative_attention_num_buckets,
                     config.num_attention_heads,
                 ),
                 "encoder.relative_attention_bias.weight",
                 PLACEHOLDER,
-            )?),
+            )?)),
         };
         Ok(Self {
             embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
@@ -585,10 +623,7 @@ impl BertModel {
         let fused_cpu = fused::applies(&[&bias]) && (self.relative_bias.is_none() || !train);
         let host = fused_cpu.then(|| HostMask::new(&bias)).transpose()?;
         let position = match &self.relative_bias {
-            Some(table) => Some(
-                position_bias(&param(table, train), seq, input_ids.device())?
-                    .to_dtype(self.dtype)?,
-            ),
+            Some(relative) => Some(relative.forward(seq, train)?.to_dtype(self.dtype)?),
             None => None,
         };
         let position_host = match &position {

@@ -476,3 +476,38 @@ fn fused_cpu_kernels_match_primitive_ops_on_a_minilm_training_step() {
         worst.0
     );
 }
+
+/// MPNet keeps the bucket ids of its longest sequence so far on the device and serves shorter
+/// ones from their top-left block: after a long batch, a short one gives exactly what a fresh
+/// model gives it.
+#[test]
+fn mpnet_bucket_ids_of_a_longer_sequence_serve_a_shorter_one() {
+    let config = BertConfig {
+        model_type: ModelType::Mpnet,
+        ..BertConfig::tiny(100)
+    };
+    let fresh = || {
+        let (varmap, classifier) = tiny_f32(&config, 3);
+        init_all(&varmap, 0.02, 4).unwrap();
+        classifier
+    };
+    let long: Vec<u32> = (0..40).map(|i| 2 + i % 90).collect();
+    let short = [vec![2u32, 5, 9, 11, 3], vec![2, 7, 3]];
+    let used = fresh();
+    let (ids, types, mask) = batch(&[long]);
+    used.forward(&ids, &types, &mask, true).unwrap();
+    let (ids, types, mask) = batch(&short);
+    for train in [false, true] {
+        let rng = used.encoder().rng().clone();
+        rng.reseed(1, 1, &Device::Cpu).unwrap();
+        let after_long = used.forward(&ids, &types, &mask, train).unwrap();
+        let other = fresh();
+        other.encoder().rng().reseed(1, 1, &Device::Cpu).unwrap();
+        let alone = other.forward(&ids, &types, &mask, train).unwrap();
+        assert_eq!(
+            max_abs_diff(&after_long, &alone),
+            0.0,
+            "train {train}: the cached ids changed the output"
+        );
+    }
+}
