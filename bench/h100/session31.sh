@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# GPU session 31: the two runs session 30 left out, on session 24's held-out splits (60 issues per
+# project never used for training or selection) with configs/nlbse-mpnet.toml (max_len 512, lr
+# 2e-5, bf16, weights-only checkpoints): five-member ensembles (`--ensemble 5`, seeds 42-46), and
+# each member refit on all 240 rows of its split for the epochs its best checkpoint had
+# (`--refit`: the "refit" rows, what a submission trained on every training row would be). The
+# three splits run side by side in a process of their own session (setsid), so that they outlive
+# this call: later calls of the same warm machine run `bench/h100/poll.sh`, which waits and
+# brings back /root/s31/results. A project's checkpoints are deleted once the next project of
+# its split has started (its ensemble has been scored by then): 5 members x (best + last + refit)
+# of 436 MB each, per project and split, stay in /dev/shm at a time. The weights are in /root/mp
+# from four earlier calls of this machine (see session25.sh).
+set -u
+export HF_HUB_OFFLINE=1
+W=/root/s31; R=$W/results; mkdir -p $R $W/bin
+for f in .carry/bin/*.xz; do xz -dc "$f" > "$W/bin/$(basename "$f" .xz)"; done; chmod +x $W/bin/*
+M=$W/mpnet; mkdir -p $M; cp .carry/mpnet/config.json .carry/mpnet/tokenizer.json $M/
+cat /root/mp/part0? | xz -dc > $M/model.safetensors
+sha256sum $M/model.safetensors > $R/weights_sha256.txt
+cp configs/nlbse-mpnet.toml $W/
+xz -dc .carry/nlbse/issues_train.csv.xz > $W/issues_train.csv
+H=$W/heldout; mkdir -p $H
+python3 - "$W/issues_train.csv" "$H" <<'PY'
+import csv, random, sys, collections
+csv.field_size_limit(sys.maxsize)
+rows = list(csv.DictReader(open(sys.argv[1], newline="")))
+for s in (1, 2, 3):
+    groups = collections.defaultdict(list)
+    for i, r in enumerate(rows):
+        groups[(r["repo"], r["label"])].append(i)
+    test = set()
+    for key in sorted(groups):
+        members = groups[key][:]
+        random.Random(f"{s}/{key[0]}/{key[1]}").shuffle(members)
+        test.update(members[:20])
+    for name, keep in (("train", lambda i: i not in test), ("test", lambda i: i in test)):
+        with open(f"{sys.argv[2]}/{name}_{s}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            w.writeheader()
+            w.writerows(r for i, r in enumerate(rows) if keep(i))
+PY
+wc -l $H/*.csv > $R/heldout_files.txt
+rm -rf /dev/shm/nl_*
+cat > $W/run.sh <<RUN
+#!/usr/bin/env bash
+export HF_HUB_OFFLINE=1
+cd $W
+for split in ${SPLITS:-1 2 3}; do
+  ( t0=\$SECONDS
+    $W/bin/nlbse --device cuda --config $W/nlbse-mpnet.toml --ensemble 5 --refit --test $H/test_\$split.csv \
+      --set model.path=$M --set data.train=\"$H/train_\$split.csv\" --set data.split_seed=\$split --set train.seed=42 \
+      --set train.lr=2e-5 --set train.precision=bf16 --set data.max_len=512 \
+      --out /dev/shm/nl_\$split --json > $R/heldout_split\$split.txt 2> $R/heldout_split\$split.log
+    echo "rc \$? wall \$((SECONDS - t0)) s" >> $R/heldout_split\$split.txt
+    cp /dev/shm/nl_\$split/nlbse.json $R/heldout_split\$split.json ) &
+done
+projects="facebook__react tensorflow__tensorflow microsoft__vscode bitcoin__bitcoin opencv__opencv"
+while [ -n "\$(jobs -r)" ]; do
+  sleep 20
+  for d in /dev/shm/nl_*; do
+    prev=""
+    for p in \$projects; do [ -d \$d/\$p ] && [ -n "\$prev" ] && rm -rf \$d/\$prev; prev=\$p; done
+  done
+  echo "\$(date +%T) \$(df -h /dev/shm | tail -1) \$(nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader)" >> $R/timeline.txt
+done
+echo "\$(date +%T) done" >> $R/timeline.txt
+touch $R/DONE
+RUN
+chmod +x $W/run.sh
+nvidia-smi -L > $R/nvidia-smi.txt 2>&1
+setsid nohup $W/run.sh > $W/run.out 2>&1 < /dev/null &
+echo "started $(date +%T)" >> $R/timeline.txt
