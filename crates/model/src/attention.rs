@@ -236,7 +236,7 @@ impl SelfAttention {
     /// The context `(rows, hidden)` from the projections.
     fn context(&self, qkv: &[f32], hidden: usize) -> Result<Vec<f32>> {
         let seq = self.seq;
-        let mut out = vec![0f32; self.batch * seq * hidden];
+        let mut out = pointwise::zeros(self.batch * seq * hidden);
         out.par_chunks_mut(seq * hidden)
             .enumerate()
             .try_for_each(|(b, out)| -> Result<()> {
@@ -262,7 +262,7 @@ impl SelfAttention {
     /// The gradient of the projections `(rows, 3 hidden)` given the context gradient `g`.
     fn projections_backward(&self, qkv: &[f32], g: &[f32], hidden: usize) -> Result<Vec<f32>> {
         let (seq, dh) = (self.seq, hidden / self.heads);
-        let mut gqkv = vec![0f32; qkv.len()];
+        let mut gqkv = pointwise::zeros(qkv.len());
         gqkv.par_chunks_mut(seq * 3 * hidden)
             .enumerate()
             .try_for_each(|(b, gqkv)| -> Result<()> {

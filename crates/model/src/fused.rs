@@ -169,7 +169,7 @@ impl CustomOp3 for LayerNorm {
                 b.len()
             )
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = pointwise::zeros(x.len());
         y.par_chunks_mut(n * CHUNK_ROWS)
             .zip(x.par_chunks(n * CHUNK_ROWS))
             .for_each(|(out, rows)| layer_norm_rows(out, rows, w, b, self.eps));
@@ -188,7 +188,7 @@ impl CustomOp3 for LayerNorm {
             with_values(w, "weight", |ws| {
                 with_values(grad_y, "output gradient", |gys| {
                     let n = ws.len();
-                    let mut gx = vec![0f32; xs.len()];
+                    let mut gx = pointwise::zeros(xs.len());
                     // Per chunk of rows: gx for those rows, and that chunk's partial sums of gw
                     // and gb, added up in chunk order below.
                     let partials: Vec<(Vec<f32>, Vec<f32>)> = gx
@@ -266,7 +266,7 @@ impl CustomOp3 for ResidualLayerNorm {
         let n = self.check(a.len(), x.len(), wb.len())?;
         let (w, b) = wb.split_at(n);
         let step = n * CHUNK_ROWS;
-        let mut y = vec![0f32; a.len()];
+        let mut y = pointwise::zeros(a.len());
         y.par_chunks_mut(step)
             .zip(a.par_chunks(step))
             .zip(x.par_chunks(step))
@@ -339,7 +339,7 @@ impl ResidualLayerNorm {
         let n = self.check(a.len(), x.len(), wb.len())?;
         let w = &wb[..n];
         let step = n * CHUNK_ROWS;
-        let mut gx = vec![0f32; a.len()];
+        let mut gx = pointwise::zeros(a.len());
         let partials: Vec<(Vec<f32>, Vec<f32>)> = gx
             .par_chunks_mut(step)
             .zip(a.par_chunks(step))
@@ -360,7 +360,7 @@ impl ResidualLayerNorm {
             gwb[n..].iter_mut().zip(pb).for_each(|(t, v)| *t += v);
         }
         let ga = self.dropout.map(|mask| {
-            let mut ga = vec![0f32; gx.len()];
+            let mut ga = pointwise::zeros(gx.len());
             ga.par_chunks_mut(step)
                 .zip(gx.par_chunks(step))
                 .enumerate()
@@ -490,7 +490,7 @@ impl CustomOp2 for FeedForward {
             )
         }
         let pre = linear_forward(x, w1, b1, self.hidden, self.inter)?;
-        let mut act = vec![0f32; pre.len()];
+        let mut act = pointwise::zeros(pre.len());
         act.par_chunks_mut(pointwise::CHUNK)
             .zip(pre.par_chunks(pointwise::CHUNK))
             .for_each(|(a, p)| pointwise::gelu_chunk(a, p));
@@ -513,7 +513,7 @@ impl CustomOp2 for FeedForward {
                     let FeedForwardParams { w1, w2, .. } = self.params(p)?;
                     let (g_act, gw2, gb2) = linear_backward(&act, w2, g, self.inter, self.hidden)?;
                     drop(act);
-                    let mut g_pre = vec![0f32; pre.len()];
+                    let mut g_pre = pointwise::zeros(pre.len());
                     g_pre
                         .par_chunks_mut(pointwise::CHUNK)
                         .zip(pre.par_chunks(pointwise::CHUNK))
@@ -634,10 +634,7 @@ pub(crate) fn linear_forward(
 ) -> Result<Vec<f32>> {
     let rows = x.len() / inner.max(1);
     // Every row starts as the bias; the product is accumulated onto it.
-    let mut y = Vec::with_capacity(rows * out);
-    for _ in 0..rows {
-        y.extend_from_slice(b);
-    }
+    let mut y = pointwise::repeat_rows(b, rows);
     gemm(
         (rows, out, inner),
         View::rows(x, inner),

@@ -293,7 +293,10 @@ pub fn product(
     b: View<'_>,
     threads: Threads,
 ) -> Result<Vec<f32>> {
-    let mut c = vec![0f32; m * n];
+    let mut c = match threads {
+        Threads::Pool => crate::pointwise::zeros(m * n),
+        Threads::Caller => vec![0f32; m * n],
+    };
     gemm((m, n, k), a, b, &mut c, n, 0.0, 1.0, threads)?;
     Ok(c)
 }

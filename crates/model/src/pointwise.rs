@@ -2,6 +2,8 @@
 //! recomputed from its key, never stored) and the exact (erf) GELU. Both are compared with the
 //! primitive ops in the tests, forward and gradients.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -11,6 +13,45 @@ use crate::simd;
 
 /// Elements per parallel work item.
 pub(crate) const CHUNK: usize = 1 << 14;
+
+/// `rows` copies of `row`, one after another, written by rayon's pool. Kernel outputs start
+/// this way (the bias of a linear layer) or as [`zeros`]: filled on the calling thread, as
+/// `vec!` and `extend_from_slice` do, the pool would wait for one core to write them.
+pub(crate) fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
+    let n = row.len().max(1);
+    filled(rows * row.len(), (CHUNK / n).max(1) * n, |chunk| {
+        for dst in chunk.chunks_exact_mut(n) {
+            dst.iter_mut().zip(row).for_each(|(d, &v)| {
+                d.write(v);
+            });
+        }
+    })
+}
+
+/// `len` zeros, written by rayon's pool (see [`repeat_rows`]).
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    filled(len, CHUNK, |chunk| {
+        chunk.iter_mut().for_each(|d| {
+            d.write(0.0);
+        })
+    })
+}
+
+/// A vector of `len` values whose slots `fill` writes, `step` slots per parallel call (the last
+/// call may get fewer). `fill` must write every slot it is given.
+fn filled(len: usize, step: usize, fill: impl Fn(&mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(step.max(1))
+        .for_each(&fill);
+    #[allow(unsafe_code)]
+    // SAFETY: the chunks cover the first `len` slots and both callers write every slot of each
+    // (repeat_rows: chunks are whole rows, `len` a whole number of rows).
+    unsafe {
+        out.set_len(len)
+    };
+    out
+}
 
 /// Inverted dropout with the mask of [`crate::rng::DropoutRng::keep_mask`] for the same key.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +76,7 @@ impl CustomOp1 for Dropout {
         if xs.len() > u32::MAX as usize {
             candle_core::bail!("fused dropout: more than 2^32 elements")
         }
-        let mut out = vec![0f32; xs.len()];
+        let mut out = zeros(xs.len());
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .enumerate()
@@ -87,7 +128,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = contiguous(storage, layout, "gelu input")?;
-        let mut out = vec![0f32; xs.len()];
+        let mut out = zeros(xs.len());
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .for_each(|(out, xs)| gelu_chunk(out, xs));
@@ -125,7 +166,7 @@ impl CustomOp2 for GeluBackward {
                 grad.len()
             )
         }
-        let mut out = vec![0f32; xs.len()];
+        let mut out = zeros(xs.len());
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .zip(grad.par_chunks(CHUNK))
@@ -146,6 +187,25 @@ mod tests {
 
     use super::*;
     use crate::rng::DropoutRng;
+
+    #[test]
+    fn parallel_fills_write_every_value() {
+        // Row widths that divide the chunk and that do not; row counts below, at and past one
+        // chunk; the empty cases.
+        for n in [1usize, 3, 384, 1000] {
+            let row: Vec<f32> = (0..n).map(|j| j as f32 + 0.5).collect();
+            for rows in [0usize, 1, 7, CHUNK / n, CHUNK / n + 1, 3 * CHUNK / n + 5] {
+                let got = repeat_rows(&row, rows);
+                assert_eq!(got, row.repeat(rows), "{rows} rows of {n}");
+            }
+        }
+        assert!(repeat_rows(&[], 5).is_empty());
+        for len in [0usize, 1, CHUNK - 1, CHUNK, 2 * CHUNK + 3] {
+            let got = zeros(len);
+            assert_eq!(got.len(), len);
+            assert!(got.iter().all(|&v| v == 0.0), "{len}");
+        }
+    }
 
     #[test]
     fn fused_gelu_matches_candle_forward_and_backward() {
