@@ -14,25 +14,7 @@ for f in .carry/bin/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; done; chmo
 M=/tmp/minilm-f16; mkdir -p $M; cp .carry/minilm-f16/config.json .carry/minilm-f16/tokenizer.json $M/; xz -dc .carry/minilm-f16/model.safetensors.xz > $M/model.safetensors
 mkdir -p data/nlbse; xz -dc .carry/nlbse/issues_train.csv.xz > data/nlbse/issues_train.csv
 H=/tmp/heldout; mkdir -p $H
-python3 - <<'PY'
-import csv, random, sys, collections
-csv.field_size_limit(sys.maxsize)
-rows = list(csv.DictReader(open("data/nlbse/issues_train.csv", newline="")))
-for s in (1, 2, 3):
-    groups = collections.defaultdict(list)
-    for i, r in enumerate(rows):
-        groups[(r["repo"], r["label"])].append(i)
-    test = set()
-    for key in sorted(groups):
-        members = groups[key][:]
-        random.Random(f"{s}/{key[0]}/{key[1]}").shuffle(members)
-        test.update(members[:20])
-    for name, keep in (("train", lambda i: i not in test), ("test", lambda i: i in test)):
-        with open(f"/tmp/heldout/{name}_{s}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-            w.writeheader()
-            w.writerows(r for i, r in enumerate(rows) if keep(i))
-PY
+python3 bench/h100/heldout.py data/nlbse/issues_train.csv $H
 log() { echo "== $(date +%T) $*" | tee -a $R/timeline.txt; tar czf $OUT/results.tgz -C /tmp results; }
 wc -l $H/*.csv > $R/heldout_files.txt
 for split in 1 2 3; do

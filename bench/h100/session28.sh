@@ -14,25 +14,7 @@ M=/tmp/mpnet; mkdir -p $M; cp .carry/mpnet/config.json .carry/mpnet/tokenizer.js
 mkdir -p data/nlbse; xz -dc .carry/nlbse/issues_train.csv.xz > data/nlbse/issues_train.csv
 rm -rf /dev/shm/nl_*   # a previous run's directories (up to 2.6 GB per member and project)
 H=/tmp/heldout; mkdir -p $H
-python3 - <<'PY'
-import csv, random, sys, collections
-csv.field_size_limit(sys.maxsize)
-rows = list(csv.DictReader(open("data/nlbse/issues_train.csv", newline="")))
-for s in (1, 2, 3):
-    groups = collections.defaultdict(list)
-    for i, r in enumerate(rows):
-        groups[(r["repo"], r["label"])].append(i)
-    test = set()
-    for key in sorted(groups):
-        members = groups[key][:]
-        random.Random(f"{s}/{key[0]}/{key[1]}").shuffle(members)
-        test.update(members[:20])
-    for name, keep in (("train", lambda i: i not in test), ("test", lambda i: i in test)):
-        with open(f"/tmp/heldout/{name}_{s}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-            w.writeheader()
-            w.writerows(r for i, r in enumerate(rows) if keep(i))
-PY
+python3 bench/h100/heldout.py data/nlbse/issues_train.csv $H
 log() { echo "== $(date +%T) $*" | tee -a $R/timeline.txt; tar czf $OUT/results.tgz -C /tmp results; }
 wc -l $H/*.csv > $R/heldout_files.txt
 for split in ${SPLITS:-1 2 3}; do

@@ -20,25 +20,7 @@ sha256sum $M/model.safetensors > $R/weights_sha256.txt
 cp configs/nlbse-mpnet.toml $W/
 xz -dc .carry/nlbse/issues_train.csv.xz > $W/issues_train.csv
 H=$W/heldout; mkdir -p $H
-python3 - "$W/issues_train.csv" "$H" <<'PY'
-import csv, random, sys, collections
-csv.field_size_limit(sys.maxsize)
-rows = list(csv.DictReader(open(sys.argv[1], newline="")))
-for s in (1, 2, 3):
-    groups = collections.defaultdict(list)
-    for i, r in enumerate(rows):
-        groups[(r["repo"], r["label"])].append(i)
-    test = set()
-    for key in sorted(groups):
-        members = groups[key][:]
-        random.Random(f"{s}/{key[0]}/{key[1]}").shuffle(members)
-        test.update(members[:20])
-    for name, keep in (("train", lambda i: i not in test), ("test", lambda i: i in test)):
-        with open(f"{sys.argv[2]}/{name}_{s}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-            w.writeheader()
-            w.writerows(r for i, r in enumerate(rows) if keep(i))
-PY
+python3 bench/h100/heldout.py "$W/issues_train.csv" "$H"
 wc -l $H/*.csv > $R/heldout_files.txt
 rm -rf /dev/shm/nl_*
 cat > $W/run.sh <<RUN

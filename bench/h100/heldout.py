@@ -1,0 +1,28 @@
+"""The held-out splits of the NLBSE runs (sessions 24 to 31): for each split seed 1, 2, 3, twenty
+issues per project and label (60 per project) go to test_<seed>.csv, chosen by a Python-seeded
+shuffle, and the rest to train_<seed>.csv.
+
+    python3 bench/h100/heldout.py ISSUES_TRAIN_CSV OUT_DIR
+"""
+import collections
+import csv
+import random
+import sys
+
+csv.field_size_limit(sys.maxsize)
+source, out_dir = sys.argv[1], sys.argv[2]
+rows = list(csv.DictReader(open(source, newline="")))
+for s in (1, 2, 3):
+    groups = collections.defaultdict(list)
+    for i, r in enumerate(rows):
+        groups[(r["repo"], r["label"])].append(i)
+    test = set()
+    for key in sorted(groups):
+        members = groups[key][:]
+        random.Random(f"{s}/{key[0]}/{key[1]}").shuffle(members)
+        test.update(members[:20])
+    for name, keep in (("train", lambda i: i not in test), ("test", lambda i: i in test)):
+        with open(f"{out_dir}/{name}_{s}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            w.writeheader()
+            w.writerows(r for i, r in enumerate(rows) if keep(i))
