@@ -123,7 +123,7 @@ fn cuda_dropout_masks_are_the_cpu_masks_through_the_whole_model() {
 
 /// MPNet (relative position bias, its positions, no token types), with and without dropout:
 /// training on the accelerator against the CPU, and evaluation too (the CPU's fused attention
-/// takes the position bias as a constant there, the accelerator runs primitive ops).
+/// takes the position bias and returns its gradient, the accelerator runs primitive ops).
 #[test]
 fn accelerator_mpnet_matches_the_cpu_in_training_and_evaluation() {
     let Some(accel) = accelerator("accelerator_mpnet_matches_the_cpu_in_training_and_evaluation")

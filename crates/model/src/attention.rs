@@ -11,7 +11,9 @@
 //! [`crate::simd::keep_hash`]). The mask is the one [`crate::rng::DropoutRng`] draws for the
 //! `(batch, heads, seq, seq)` probabilities under the same key, so this kernel and the
 //! primitive-op attention in [`crate::bert`] agree exactly; the tests compare them, forward and
-//! gradients. The per-head work is split by batch row (each worker owns whole rows of every
+//! gradients. MPNet's relative position bias `(heads, seq, seq)` is an input of its own op
+//! ([`self_attention`] with a position bias) and gets its gradient, summed over batch rows in
+//! fixed pairs and then over the pairs in order. The per-head work is split by batch row (each worker owns whole rows of every
 //! output) and each element is computed by a fixed sequence of operations, so results do not
 //! depend on thread scheduling.
 
@@ -37,9 +39,6 @@ struct SelfAttention {
     /// The additive mask, `batch * seq` values (0 for a real key, a large negative number for
     /// padding).
     bias: HostMask,
-    /// A constant additive bias per head, query and key, `heads * seq * seq` values (MPNet's
-    /// relative position bias in evaluation); no gradient flows to it.
-    position: Option<HostMask>,
     dropout: Option<AttentionDropout>,
     /// The projections `(batch * seq, 3 * hidden)` of the forward pass, kept for backward when
     /// a gradient will be asked for.
@@ -121,8 +120,24 @@ fn head_gemm(
     c: &mut [f32],
     ldc: usize,
 ) -> Result<()> {
-    gemm(dims, a, b, c, ldc, 0.0, 1.0, Threads::Caller)
+    scaled_head_gemm(dims, a, b, c, ldc, 1.0)
 }
+
+/// `c = alpha * a @ b`, as [`head_gemm`].
+fn scaled_head_gemm(
+    dims: (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+) -> Result<()> {
+    gemm(dims, a, b, c, ldc, 0.0, alpha, Threads::Caller)
+}
+
+/// Batch rows whose position-bias gradients one worker sums before the partial sums are added
+/// in order: a fixed grouping, so the sum does not depend on the thread count.
+const POSITION_GRAD_ROWS: usize = 2;
 
 /// Where one head of one batch row lives in the projections.
 #[derive(Clone, Copy)]
@@ -164,6 +179,7 @@ impl SelfAttention {
         hidden: usize,
         b: usize,
         head: Head,
+        position: Option<&[f32]>,
         probs: &mut [f32],
     ) -> Result<()> {
         let seq = self.seq;
@@ -174,10 +190,7 @@ impl SelfAttention {
             probs,
             seq,
         )?;
-        let position = self
-            .position
-            .as_ref()
-            .map(|p| &p[head.index * seq * seq..(head.index + 1) * seq * seq]);
+        let position = position.map(|p| &p[head.index * seq * seq..(head.index + 1) * seq * seq]);
         softmax_rows(
             probs,
             seq,
@@ -188,16 +201,20 @@ impl SelfAttention {
         Ok(())
     }
 
-    /// Shapes: hidden states `(rows, hidden)`, weight `(3 hidden, hidden)`, bias `3 hidden`.
-    fn check(&self, x: &Layout, w: &Layout, b: &Layout) -> Result<usize> {
-        let (rows, hidden) = x.shape().dims2()?;
-        let (out, inner) = w.shape().dims2()?;
-        if out != 3 * hidden || inner != hidden || b.shape().elem_count() != 3 * hidden {
+    /// Shapes: hidden states `(rows, hidden)`, weight `(3 hidden, hidden)`, bias `3 hidden`,
+    /// position bias (if any) `heads * seq * seq` values.
+    fn check(
+        &self,
+        x: &Shape,
+        (out, inner): (usize, usize),
+        bias: usize,
+        position: Option<usize>,
+    ) -> Result<usize> {
+        let (rows, hidden) = x.dims2()?;
+        if out != 3 * hidden || inner != hidden || bias != 3 * hidden {
             candle_core::bail!(
-                "fused attention: hidden states {:?}, stacked projection weight {:?}, bias {:?}",
-                x.shape(),
-                w.shape(),
-                b.shape()
+                "fused attention: hidden states {x:?}, stacked projection weight ({out}, {inner}), \
+                 bias of {bias}"
             )
         }
         if rows != self.batch * self.seq || hidden % self.heads != 0 {
@@ -214,11 +231,10 @@ impl SelfAttention {
                 self.bias.len()
             )
         }
-        if let Some(position) = &self.position {
-            if position.len() != self.heads * self.seq * self.seq {
+        if let Some(position) = position {
+            if position != self.heads * self.seq * self.seq {
                 candle_core::bail!(
-                    "fused attention: {} position bias values for {} heads x seq {} x seq {}",
-                    position.len(),
+                    "fused attention: {position} position bias values for {} heads x seq {} x seq {}",
                     self.heads,
                     self.seq,
                     self.seq
@@ -234,7 +250,7 @@ impl SelfAttention {
     }
 
     /// The context `(rows, hidden)` from the projections.
-    fn context(&self, qkv: &[f32], hidden: usize) -> Result<Vec<f32>> {
+    fn context(&self, qkv: &[f32], hidden: usize, position: Option<&[f32]>) -> Result<Vec<f32>> {
         let seq = self.seq;
         let mut out = pointwise::zeros(self.batch * seq * hidden);
         out.par_chunks_mut(seq * hidden)
@@ -244,7 +260,7 @@ impl SelfAttention {
                 let mut dropped = vec![0f32; seq * seq];
                 for h in 0..self.heads {
                     let head = self.head(hidden, b, h);
-                    self.probabilities(qkv, hidden, b, head, &mut probs)?;
+                    self.probabilities(qkv, hidden, b, head, position, &mut probs)?;
                     let used = after_dropout(self.head_mask(b, h), &probs, &mut dropped);
                     head_gemm(
                         (seq, hidden / self.heads, seq),
@@ -259,61 +275,127 @@ impl SelfAttention {
         Ok(out)
     }
 
-    /// The gradient of the projections `(rows, 3 hidden)` given the context gradient `g`.
-    fn projections_backward(&self, qkv: &[f32], g: &[f32], hidden: usize) -> Result<Vec<f32>> {
-        let (seq, dh) = (self.seq, hidden / self.heads);
+    /// The gradient of the projections `(rows, 3 hidden)` given the context gradient `g`, and
+    /// with `position_grad` that of the position bias `(heads, seq, seq)` (the sum over batch
+    /// rows of the gradient of the biased scores).
+    fn projections_backward(
+        &self,
+        qkv: &[f32],
+        g: &[f32],
+        hidden: usize,
+        position: Option<&[f32]>,
+        position_grad: bool,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let (seq, ld) = (self.seq, 3 * hidden);
         let mut gqkv = pointwise::zeros(qkv.len());
-        gqkv.par_chunks_mut(seq * 3 * hidden)
+        if !position_grad {
+            gqkv.par_chunks_mut(seq * ld)
+                .enumerate()
+                .try_for_each(|(b, gqkv)| {
+                    self.row_backward(qkv, g, hidden, position, b, gqkv, None)
+                })?;
+            return Ok((gqkv, None));
+        }
+        // Each group of rows sums its own partial gradient of the position bias.
+        let per_head = self.heads * seq * seq;
+        let groups = self.batch.div_ceil(POSITION_GRAD_ROWS);
+        let mut partial = pointwise::zeros(groups * per_head);
+        gqkv.par_chunks_mut(POSITION_GRAD_ROWS * seq * ld)
+            .zip(partial.par_chunks_mut(per_head))
             .enumerate()
-            .try_for_each(|(b, gqkv)| -> Result<()> {
-                let mut probs = vec![0f32; seq * seq];
-                let mut dropped = vec![0f32; seq * seq];
-                let mut grad_probs = vec![0f32; seq * seq];
-                let ld = 3 * hidden;
-                for h in 0..self.heads {
-                    let head = self.head(hidden, b, h);
-                    // Offsets within this batch row's block of the projections' gradient.
-                    let row = b * seq * ld;
-                    let (gq, gk, gv) = (head.q - row, head.k - row, head.v - row);
-                    let go = b * seq * hidden + head.out;
-                    self.probabilities(qkv, hidden, b, head, &mut probs)?;
-                    let mask = self.head_mask(b, h);
-                    let used = after_dropout(mask, &probs, &mut dropped);
-                    // d(value) = dropped^T g; d(dropped) = g value^T.
-                    head_gemm(
-                        (seq, dh, seq),
-                        View::transposed(used, seq),
-                        View::rows(&g[go..], hidden),
-                        &mut gqkv[gv..],
-                        ld,
-                    )?;
-                    head_gemm(
-                        (seq, seq, dh),
-                        View::rows(&g[go..], hidden),
-                        View::transposed(&qkv[head.v..], ld),
-                        &mut grad_probs,
-                        seq,
-                    )?;
-                    softmax_backward_rows(&mut grad_probs, &probs, seq, self.scale, mask);
-                    // scores = q k^T: d(query) = ds k, d(key) = ds^T q.
-                    head_gemm(
-                        (seq, dh, seq),
-                        View::rows(&grad_probs, seq),
-                        View::rows(&qkv[head.k..], ld),
-                        &mut gqkv[gq..],
-                        ld,
-                    )?;
-                    head_gemm(
-                        (seq, dh, seq),
-                        View::transposed(&grad_probs, seq),
-                        View::rows(&qkv[head.q..], ld),
-                        &mut gqkv[gk..],
-                        ld,
-                    )?;
+            .try_for_each(|(group, (gqkv, partial))| -> Result<()> {
+                for (i, gqkv) in gqkv.chunks_mut(seq * ld).enumerate() {
+                    let b = group * POSITION_GRAD_ROWS + i;
+                    self.row_backward(qkv, g, hidden, position, b, gqkv, Some(&mut *partial))?;
                 }
                 Ok(())
             })?;
-        Ok(gqkv)
+        let mut gposition = pointwise::zeros(per_head);
+        gposition
+            .par_chunks_mut(pointwise::CHUNK)
+            .enumerate()
+            .for_each(|(c, out)| {
+                let at = c * pointwise::CHUNK;
+                for group in partial.chunks_exact(per_head) {
+                    fused::add_rows(out, &group[at..at + out.len()]);
+                }
+            });
+        Ok((gqkv, Some(gposition)))
+    }
+
+    /// Backward of batch row `b` into its block `gqkv` of the projections' gradient; with
+    /// `position_grad`, the gradient of the biased scores of each head is added to it.
+    #[allow(clippy::too_many_arguments)]
+    fn row_backward(
+        &self,
+        qkv: &[f32],
+        g: &[f32],
+        hidden: usize,
+        position: Option<&[f32]>,
+        b: usize,
+        gqkv: &mut [f32],
+        mut position_grad: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let (seq, dh, ld) = (self.seq, hidden / self.heads, 3 * hidden);
+        let mut probs = vec![0f32; seq * seq];
+        let mut dropped = vec![0f32; seq * seq];
+        let mut grad_probs = vec![0f32; seq * seq];
+        for h in 0..self.heads {
+            let head = self.head(hidden, b, h);
+            // Offsets within this batch row's block of the projections' gradient.
+            let row = b * seq * ld;
+            let (gq, gk, gv) = (head.q - row, head.k - row, head.v - row);
+            let go = b * seq * hidden + head.out;
+            self.probabilities(qkv, hidden, b, head, position, &mut probs)?;
+            let mask = self.head_mask(b, h);
+            let used = after_dropout(mask, &probs, &mut dropped);
+            // d(value) = dropped^T g; d(dropped) = g value^T.
+            head_gemm(
+                (seq, dh, seq),
+                View::transposed(used, seq),
+                View::rows(&g[go..], hidden),
+                &mut gqkv[gv..],
+                ld,
+            )?;
+            head_gemm(
+                (seq, seq, dh),
+                View::rows(&g[go..], hidden),
+                View::transposed(&qkv[head.v..], ld),
+                &mut grad_probs,
+                seq,
+            )?;
+            // The scores' gradient: scaled here, or (when the position bias wants the unscaled
+            // one) scaled by the two products below.
+            let scale = match position_grad.as_deref_mut() {
+                Some(sums) => {
+                    softmax_backward_rows(&mut grad_probs, &probs, seq, 1.0, mask);
+                    fused::add_rows(&mut sums[h * seq * seq..(h + 1) * seq * seq], &grad_probs);
+                    self.scale
+                }
+                None => {
+                    softmax_backward_rows(&mut grad_probs, &probs, seq, self.scale, mask);
+                    1.0
+                }
+            };
+            // scores = q k^T: d(query) = ds k, d(key) = ds^T q.
+            scaled_head_gemm(
+                (seq, dh, seq),
+                View::rows(&grad_probs, seq),
+                View::rows(&qkv[head.k..], ld),
+                &mut gqkv[gq..],
+                ld,
+                scale,
+            )?;
+            scaled_head_gemm(
+                (seq, dh, seq),
+                View::transposed(&grad_probs, seq),
+                View::rows(&qkv[head.q..], ld),
+                &mut gqkv[gk..],
+                ld,
+                scale,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -331,12 +413,17 @@ impl CustomOp3 for SelfAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let hidden = self.check(l1, l2, l3)?;
+        let hidden = self.check(
+            l1.shape(),
+            l2.shape().dims2()?,
+            l3.shape().elem_count(),
+            None,
+        )?;
         let x = contiguous(s1, l1, "hidden states")?;
         let w = contiguous(s2, l2, "projection weight")?;
         let b = contiguous(s3, l3, "projection bias")?;
         let qkv = fused::linear_forward(x, w, b, hidden, 3 * hidden)?;
-        let out = self.context(&qkv, hidden)?;
+        let out = self.context(&qkv, hidden, None)?;
         self.saved.put(qkv);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -354,7 +441,7 @@ impl CustomOp3 for SelfAttention {
         let (gx, gw, gb) = with_values(x, "hidden states", |xs| {
             with_values(w, "projection weight", |ws| {
                 with_values(grad, "context gradient", |g| {
-                    let gqkv = self.projections_backward(&qkv, g, hidden)?;
+                    let (gqkv, _) = self.projections_backward(&qkv, g, hidden, None, false)?;
                     drop(qkv);
                     fused::linear_backward(xs, ws, &gqkv, hidden, 3 * hidden)
                 })
@@ -365,6 +452,88 @@ impl CustomOp3 for SelfAttention {
             Some(Tensor::from_vec(gx, x.shape(), device)?),
             Some(Tensor::from_vec(gw, w.shape(), device)?),
             Some(Tensor::from_vec(gb, 3 * hidden, device)?),
+        ))
+    }
+}
+
+/// The attention with a position bias that can take a gradient (MPNet's relative position
+/// bias): the op's inputs are the hidden states, the stacked weight and bias packed into one
+/// flat tensor (`3 hidden * hidden` then `3 hidden` values), and the bias `(heads, seq, seq)`.
+struct WithPosition(SelfAttention);
+
+impl WithPosition {
+    /// The hidden size, after checking the three inputs.
+    fn check(&self, x: &Shape, packed: usize, position: usize) -> Result<usize> {
+        let hidden = x.dims2()?.1;
+        if packed != 3 * hidden * (hidden + 1) {
+            candle_core::bail!(
+                "fused attention: {packed} packed projection values for hidden size {hidden}"
+            )
+        }
+        self.0
+            .check(x, (3 * hidden, hidden), 3 * hidden, Some(position))
+    }
+}
+
+impl CustomOp3 for WithPosition {
+    fn name(&self) -> &'static str {
+        "fused-self-attention-position-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let hidden = self.check(l1.shape(), l2.shape().elem_count(), l3.shape().elem_count())?;
+        let x = contiguous(s1, l1, "hidden states")?;
+        let (w, b) =
+            contiguous(s2, l2, "projection weight and bias")?.split_at(3 * hidden * hidden);
+        let position = contiguous(s3, l3, "position bias")?;
+        let qkv = fused::linear_forward(x, w, b, hidden, 3 * hidden)?;
+        let out = self.0.context(&qkv, hidden, Some(position))?;
+        self.0.saved.put(qkv);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        position: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let hidden = x.dim(1)?;
+        let qkv = self.0.saved.take("fused attention")?;
+        let position_grad = position.track_op();
+        let (gx, gpacked, gposition) = with_values(x, "hidden states", |xs| {
+            with_values(packed, "projection weight and bias", |wb| {
+                with_values(position, "position bias", |p| {
+                    with_values(grad, "context gradient", |g| {
+                        let (gqkv, gposition) =
+                            self.0
+                                .projections_backward(&qkv, g, hidden, Some(p), position_grad)?;
+                        let w = &wb[..3 * hidden * hidden];
+                        let (gx, mut gw, gb) =
+                            fused::linear_backward(xs, w, &gqkv, hidden, 3 * hidden)?;
+                        gw.extend_from_slice(&gb);
+                        Ok((gx, gw, gposition))
+                    })
+                })
+            })
+        })?;
+        let device = x.device();
+        Ok((
+            Some(Tensor::from_vec(gx, x.shape(), device)?),
+            Some(Tensor::from_vec(gpacked, packed.shape(), device)?),
+            gposition
+                .map(|gp| Tensor::from_vec(gp, position.shape(), device))
+                .transpose()?,
         ))
     }
 }
@@ -399,34 +568,41 @@ impl std::ops::Deref for HostMask {
 
 /// Multi-head self-attention of f32 CPU hidden states `(batch * seq, hidden)` -> the context in
 /// the same layout. The query, key and value weights `(hidden, hidden)` and biases are stacked
-/// into one projection here; `mask` is the additive mask and `position`, if any, a constant
-/// additive bias `(heads, seq, seq)` on the scaled scores (it receives no gradient: pass one only
-/// when none is wanted, as in evaluation).
+/// into one projection here; `mask` is the additive mask and `position`, if any, an f32 CPU
+/// additive bias of `heads * seq * seq` values on the scaled scores (MPNet's relative position
+/// bias), which receives its gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn self_attention(
     xs: &Tensor,
     (wq, wk, wv): (&Tensor, &Tensor, &Tensor),
     (bq, bk, bv): (&Tensor, &Tensor, &Tensor),
     mask: &HostMask,
-    position: Option<&HostMask>,
+    position: Option<&Tensor>,
     (batch, seq, heads): (usize, usize, usize),
     scale: f64,
     dropout: Option<AttentionDropout>,
 ) -> Result<Tensor> {
     let w = Tensor::cat(&[wq, wk, wv], 0)?;
     let b = Tensor::cat(&[bq, bk, bv], 0)?;
-    let tracked = [xs, &w, &b].iter().any(|t| t.track_op());
+    let tracked =
+        [xs, &w, &b].iter().any(|t| t.track_op()) || position.is_some_and(|p| p.track_op());
     let op = SelfAttention {
         batch,
         seq,
         heads,
         scale: scale as f32,
         bias: mask.clone(),
-        position: position.cloned(),
         dropout,
         saved: Saved::new(tracked),
     };
-    xs.contiguous()?.apply_op3(&w, &b, op)
+    match position {
+        None => xs.contiguous()?.apply_op3(&w, &b, op),
+        Some(position) => {
+            let packed = Tensor::cat(&[&w.flatten_all()?, &b], 0)?;
+            xs.contiguous()?
+                .apply_op3(&packed, &position.contiguous()?, WithPosition(op))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -498,11 +674,13 @@ mod tests {
         }
         let mask_bias =
             ops::attention_bias(&Tensor::from_vec(mask, (batch, seq), &dev).unwrap()).unwrap();
-        // A constant bias per head, query and key (MPNet's position bias in evaluation).
-        let position =
-            with_position.then(|| Tensor::randn(0f32, 1.0, (1, DIMS.2, seq, seq), &dev).unwrap());
+        // A bias per head, query and key (MPNet's relative position bias), with its gradient.
+        let position = with_position.then(|| {
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, DIMS.2, seq, seq), &dev).unwrap())
+                .unwrap()
+        });
         let bias = match &position {
-            Some(position) => mask_bias.broadcast_add(position).unwrap(),
+            Some(position) => mask_bias.broadcast_add(position.as_tensor()).unwrap(),
             None => mask_bias.clone(),
         };
         let r = Tensor::randn(0f32, 1.0, (batch * seq, HIDDEN), &dev).unwrap();
@@ -513,10 +691,7 @@ mod tests {
             (&wq, &wk, &wv),
             (&bq, &bk, &bv),
             &HostMask::new(&mask_bias).unwrap(),
-            position
-                .as_ref()
-                .map(|p| HostMask::new(p).unwrap())
-                .as_ref(),
+            position.as_ref().map(|p| p.as_tensor()),
             DIMS,
             scale,
             dropout_p.map(|p| AttentionDropout {
@@ -561,14 +736,16 @@ mod tests {
         );
         let grads_fused = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let grads_plain = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, x) in [
+        let mut compared = vec![
             ("hidden states", &xs),
             ("query weight", &wq),
             ("key weight", &wk),
             ("value weight", &wv),
             ("query bias", &bq),
             ("value bias", &bv),
-        ] {
+        ];
+        compared.extend(position.as_ref().map(|p| ("position bias", p)));
+        for (name, x) in compared {
             let (a, b) = (grads_fused.get(x).unwrap(), grads_plain.get(x).unwrap());
             let norm = b
                 .sqr()
@@ -609,9 +786,80 @@ mod tests {
     }
 
     #[test]
-    fn fused_attention_with_a_constant_position_bias_matches_primitive_ops() {
+    fn fused_attention_with_a_position_bias_matches_primitive_ops_and_its_gradient() {
         case(None, true);
         case(Some(0.2), true);
+    }
+
+    /// The position bias's gradient sums over batch rows in fixed groups: a batch that is not a
+    /// multiple of the group, and one of a single row, against primitive ops.
+    #[test]
+    fn position_bias_gradient_sums_every_batch_row() {
+        let dev = Device::Cpu;
+        for batch in [1usize, 2 * POSITION_GRAD_ROWS + 1] {
+            let (seq, heads) = (5, 2);
+            let randn = |shape: &[usize]| Tensor::randn(0f32, 0.5, shape, &dev).unwrap();
+            let xs = randn(&[batch * seq, HIDDEN]);
+            let (w, b) = (randn(&[HIDDEN, HIDDEN]), randn(&[HIDDEN]));
+            let position = Var::from_tensor(&randn(&[1, heads, seq, seq])).unwrap();
+            let mask = Tensor::ones((batch, seq), DType::F32, &dev).unwrap();
+            let mask_bias = ops::attention_bias(&mask).unwrap();
+            let fused = self_attention(
+                &xs,
+                (&w, &w, &w),
+                (&b, &b, &b),
+                &HostMask::new(&mask_bias).unwrap(),
+                Some(position.as_tensor()),
+                (batch, seq, heads),
+                0.5,
+                None,
+            )
+            .unwrap();
+            let split = |x: &Tensor| {
+                x.reshape((batch, seq, heads, HIDDEN / heads))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let p = xs
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let bias = mask_bias.broadcast_add(position.as_tensor()).unwrap();
+            let scores = split(&p).matmul(&split(&p).t().unwrap()).unwrap();
+            let plain = ops::attention_softmax_primitive(&scores, &bias, 0.5)
+                .unwrap()
+                .matmul(&split(&p))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((batch * seq, HIDDEN))
+                .unwrap();
+            let r = randn(&[batch * seq, HIDDEN]);
+            let grad = |out: Tensor| {
+                (out * &r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+                    .remove(&position)
+                    .unwrap()
+            };
+            let (a, b) = (grad(fused), grad(plain));
+            assert!(
+                max_diff(&b, &b.zeros_like().unwrap()) > 1e-3,
+                "zero reference gradient"
+            );
+            assert!(
+                max_diff(&a, &b) < 1e-5,
+                "batch {batch}: differs by {}",
+                max_diff(&a, &b)
+            );
+        }
     }
 
     #[test]
@@ -626,5 +874,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("batch 3 x seq 7"), "{err}");
+        let x = Tensor::zeros((21, HIDDEN), DType::F32, &dev).unwrap();
+        let position = Tensor::zeros((1, 2, 7, 6), DType::F32, &dev).unwrap();
+        let err = self_attention(
+            &x,
+            (&w, &w, &w),
+            (&b, &b, &b),
+            &mask,
+            Some(&position),
+            DIMS,
+            1.0,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("84 position bias values"), "{err}");
     }
 }

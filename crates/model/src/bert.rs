@@ -195,26 +195,12 @@ impl Embeddings {
 /// The attention mask of one forward pass: the f32 additive bias `(batch, 1, 1, seq)` of
 /// [`ops::attention_bias`] and, where the fused CPU kernels run, its host values, read once and
 /// shared by every layer; for MPNet also the relative position bias `(1, heads, seq, seq)` in
-/// the compute dtype, shared by every layer too, and its host values where the fused CPU kernel
-/// takes it (evaluation: no gradient is wanted for it there).
+/// the compute dtype, contiguous, shared by every layer too.
 struct Mask {
     bias: Tensor,
+    /// The mask's values for the fused CPU attention kernel, where it applies.
     host: Option<HostMask>,
     position: Option<Tensor>,
-    position_host: Option<HostMask>,
-}
-
-impl Mask {
-    /// The host mask and position bias for the fused CPU attention kernel, if it applies: it
-    /// takes a position bias only as a constant.
-    fn fused_cpu(&self) -> Option<(&HostMask, Option<&HostMask>)> {
-        let host = self.host.as_ref()?;
-        match (&self.position, &self.position_host) {
-            (None, _) => Some((host, None)),
-            (Some(_), Some(position)) => Some((host, Some(position))),
-            (Some(_), None) => None,
-        }
-    }
 }
 
 /// T5's bucket of the relative position `key - query`, as MPNet computes it
@@ -353,9 +339,9 @@ impl SelfAttention {
     }
 
     /// Scaled dot-product attention over `(batch * seq, hidden)` hidden states. The fused kernel
-    /// of [`crate::attention`] for f32 on the CPU, [`cuda::self_attention`] on CUDA, primitive
-    /// ops elsewhere and wherever a relative position bias needs its gradient (MPNet in training:
-    /// neither fused kernel returns one; [`BertModel::kernel_notes`] says so).
+    /// of [`crate::attention`] for f32 on the CPU (MPNet's position bias included, with its
+    /// gradient), [`cuda::self_attention`] on CUDA (without a position bias:
+    /// [`BertModel::kernel_notes`] says so), primitive ops elsewhere.
     fn forward(
         &self,
         xs: &Tensor,
@@ -367,7 +353,7 @@ impl SelfAttention {
     ) -> Result<Tensor> {
         let hidden = xs.dim(1)?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
-        if let Some((host, position)) = mask.fused_cpu().filter(|_| fused::applies(&[xs])) {
+        if let Some(host) = mask.host.as_ref().filter(|_| fused::applies(&[xs])) {
             let dropout = (train && p > 0.0).then(|| AttentionDropout {
                 p,
                 key: rng.draw_key(),
@@ -385,7 +371,7 @@ impl SelfAttention {
                     &param(&self.value.bias, train),
                 ),
                 host,
-                position,
+                mask.position.as_ref(),
                 (batch, seq, self.heads),
                 scale,
                 dropout,
@@ -569,18 +555,19 @@ impl BertModel {
         &self.config
     }
 
-    /// Where this encoder leaves wick's fused kernels for Candle's primitive ops, whatever the
-    /// device: one line per case, for the run log. Empty for BERT.
+    /// Where this encoder, on its device, leaves wick's fused kernels for Candle's primitive ops
+    /// although the device has them: one line per case, for the run log. Empty for BERT, and
+    /// on the CPU.
     pub fn kernel_notes(&self) -> Vec<String> {
         match self.config.model_type {
-            ModelType::Bert => Vec::new(),
-            ModelType::Mpnet => vec![
-                "mpnet: in training, attention with the relative position bias runs as \
-                 primitive ops (wick's fused CPU and CUDA attention kernels return no gradient \
-                 for the bias; evaluation on the CPU uses the fused kernel, the bias a constant); \
-                 embeddings, linear layers, GELU and layer norms stay fused"
+            ModelType::Mpnet if self.device().is_cuda() => vec![
+                "mpnet: attention with the relative position bias runs as primitive ops on CUDA \
+                 (wick's CUDA attention kernel takes no position bias; the fused CPU kernel \
+                 does, with its gradient); embeddings, linear layers, GELU and layer norms stay \
+                 fused"
                     .to_string(),
             ],
+            _ => Vec::new(),
         }
     }
 
@@ -618,25 +605,24 @@ impl BertModel {
             .to_dtype(self.dtype)?;
         let mut xs = ops::dropout(&xs, hidden_p, &self.rng, train)?;
         let bias = ops::attention_bias(attention_mask)?;
-        // The fused CPU attention kernel reads the mask (and MPNet's position bias, as a
-        // constant, so only in evaluation) from the host.
-        let fused_cpu = fused::applies(&[&bias]) && (self.relative_bias.is_none() || !train);
-        let host = fused_cpu.then(|| HostMask::new(&bias)).transpose()?;
+        // The fused CPU attention kernel reads the mask from the host; MPNet's position bias is
+        // one contiguous tensor shared by every layer (and the gradients of all layers).
+        let host = fused::applies(&[&bias])
+            .then(|| HostMask::new(&bias))
+            .transpose()?;
         let position = match &self.relative_bias {
-            Some(relative) => Some(relative.forward(seq, train)?.to_dtype(self.dtype)?),
+            Some(relative) => Some(
+                relative
+                    .forward(seq, train)?
+                    .to_dtype(self.dtype)?
+                    .contiguous()?,
+            ),
             None => None,
-        };
-        let position_host = match &position {
-            Some(position) if fused_cpu && position.dtype() == DType::F32 => {
-                Some(HostMask::new(position)?)
-            }
-            _ => None,
         };
         let mask = Mask {
             bias,
             host,
             position,
-            position_host,
         };
         for layer in &self.layers {
             xs = layer.forward(&xs, &mask, &self.rng, train, (batch, seq))?;

@@ -674,7 +674,7 @@ pub(crate) fn linear_backward(
 }
 
 multiversion! {
-    fn add_rows(acc: &mut [f32], rows: &[f32]) {
+    pub(crate) fn add_rows(acc: &mut [f32], rows: &[f32]) {
         for row in rows.chunks_exact(acc.len()) {
             acc.iter_mut().zip(row).for_each(|(a, r)| *a += r);
         }

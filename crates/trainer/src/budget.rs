@@ -73,12 +73,12 @@ impl MemoryBudget {
                 batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4
             }
         };
-        // MPNet's attention leaves the fused kernels (the position bias): on their paths add the
-        // split query/key/value and about four attention-sized f32 tensors (scores, scaled,
-        // biased, probabilities).
+        // On CUDA MPNet's attention leaves the fused kernels (the position bias): add the split
+        // query/key/value and about four attention-sized f32 tensors (scores, scaled, biased,
+        // probabilities). The fused CPU kernel takes the bias.
         let per_layer = per_layer
             + match (config.model_type, kernels) {
-                (ModelType::Mpnet, Kernels::FusedCpu | Kernels::FusedCuda) => {
+                (ModelType::Mpnet, Kernels::FusedCuda) => {
                     batch * seq * 3 * h * act_bytes + batch * heads * seq * seq * 4 * 4
                 }
                 _ => 0,
