@@ -1,6 +1,7 @@
 //! `predict`: label texts with a checkpoint (or an ensemble of several). Texts come from the
-//! arguments, or as JSONL with a `text` field on stdin; one JSON line per input goes to stdout,
-//! other input fields passed through.
+//! arguments, as JSONL with a `text` field on stdin, or from a file of the schema the checkpoint
+//! was trained on (`--data`: JSONL or CSV, its text fields and filter, labels not needed); one
+//! JSON line per input goes to stdout, other input fields passed through.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -23,7 +24,13 @@ struct Args {
     checkpoint: Vec<PathBuf>,
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
-    /// Texts to label; without any, JSONL objects with a "text" field are read from stdin.
+    /// A JSONL or CSV file of the schema the checkpoint was trained on: each kept row (the
+    /// checkpoint's `data.filter` applies) is labelled, its fields passed through. A label
+    /// column, if present, is not read.
+    #[arg(long, conflicts_with = "texts")]
+    data: Option<PathBuf>,
+    /// Texts to label; without any (and without --data), JSONL objects with a "text" field are
+    /// read from stdin.
     texts: Vec<String>,
 }
 
@@ -50,19 +57,32 @@ fn read_stdin() -> Result<Vec<Map<String, Value>>> {
 
 fn run(args: Args) -> Result<()> {
     let predictor = Ensemble::open(&args.checkpoint, args.device)?;
-    let rows: Vec<Map<String, Value>> = if args.texts.is_empty() {
-        read_stdin()?
-    } else {
-        args.texts
-            .iter()
-            .map(|t| Map::from_iter([("text".to_string(), Value::String(t.clone()))]))
-            .collect()
+    let (rows, probs) = match &args.data {
+        Some(path) => {
+            let examples = predictor.first().read_unlabelled(path)?;
+            let probs = predictor
+                .predict_examples(&examples, &wick_data::Targets::None)?
+                .probs;
+            let rows: Vec<Map<String, Value>> = examples.into_iter().map(|e| e.fields).collect();
+            (rows, probs)
+        }
+        None => {
+            let rows: Vec<Map<String, Value>> = if args.texts.is_empty() {
+                read_stdin()?
+            } else {
+                args.texts
+                    .iter()
+                    .map(|t| Map::from_iter([("text".to_string(), Value::String(t.clone()))]))
+                    .collect()
+            };
+            let texts: Vec<&str> = rows
+                .iter()
+                .filter_map(|r| r.get("text").and_then(Value::as_str))
+                .collect();
+            let probs = predictor.predict_texts(&texts)?;
+            (rows, probs)
+        }
     };
-    let texts: Vec<&str> = rows
-        .iter()
-        .filter_map(|r| r.get("text").and_then(Value::as_str))
-        .collect();
-    let probs = predictor.predict_texts(&texts)?;
     let labels = predictor.labels();
     let multi = predictor.first().checkpoint.config.data.multi_label;
     let mut out = std::io::stdout().lock();
@@ -79,6 +99,16 @@ fn run(args: Args) -> Result<()> {
         } else {
             Value::from(labels[best as usize].clone())
         };
+        // An input field named like an output one is kept under `input_<name>`.
+        for key in ["label", "probs"] {
+            if let Some(value) = row.remove(key) {
+                let mut name = format!("input_{key}");
+                while row.contains_key(&name) {
+                    name.insert_str(0, "input_");
+                }
+                row.insert(name, value);
+            }
+        }
         row.insert("label".into(), label);
         row.insert(
             "probs".into(),

@@ -127,6 +127,58 @@ fn evaluate_json_has_the_documented_schema_and_predict_is_deterministic() {
     assert!(row.get("label").is_some());
 }
 
+/// `predict --data`: a file of the training schema (here CSV, a quoted multi-line text) is
+/// labelled row by row with the probabilities the same texts get as arguments; other columns pass
+/// through, and the file's own label is kept beside the prediction. A row without the text
+/// field is refused naming the file and line.
+#[test]
+fn predict_labels_a_file_of_the_training_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(&train_tiny(&run, &[]), "train");
+    let texts = ["please add a test\nfor the parser", "ptal"];
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "id,text,label\n7,\"{}\",needs_test\n8,{},needs_review\n",
+            texts[0], texts[1]
+        ),
+    )
+    .unwrap();
+    let from_file = run_bin(
+        "predict",
+        &["--checkpoint", path_str(&run), "--data", path_str(&csv)],
+    );
+    assert_ok(&from_file, "predict --data");
+    let mut args = vec!["--checkpoint", path_str(&run)];
+    args.extend(texts);
+    let from_args = run_bin("predict", &args);
+    assert_ok(&from_args, "predict");
+    assert_eq!(predicted_probs(&from_file), predicted_probs(&from_args));
+    let rows: Vec<serde_json::Value> = text(&from_file.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for (row, (id, label)) in rows
+        .iter()
+        .zip([("7", "needs_test"), ("8", "needs_review")])
+    {
+        assert_eq!(row["id"], id);
+        assert_eq!(row["input_label"], label);
+        assert!(row["probs"].get(row["label"].as_str().unwrap()).is_some());
+    }
+
+    let jsonl = dir.path().join("rows.jsonl");
+    std::fs::write(&jsonl, "{\"text\": \"ok\"}\n{\"title\": \"no text\"}\n").unwrap();
+    let output = run_bin(
+        "predict",
+        &["--checkpoint", path_str(&run), "--data", path_str(&jsonl)],
+    );
+    assert_fails_naming(&output, &["rows.jsonl:2", "missing field `text`"]);
+}
+
 /// `predict` output lines' probabilities, in label order.
 fn predicted_probs(output: &std::process::Output) -> Vec<Vec<f64>> {
     text(&output.stdout)

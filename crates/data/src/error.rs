@@ -1,5 +1,7 @@
 //! The one error type of `wick-data`: every variant says which file, line, field or config key
-//! went wrong, so a user can fix the input without reading the source.
+//! went wrong, so a user can fix the input without reading the source. A variant wrapping
+//! another error returns it from `source()` and leaves it out of its own message: print the
+//! chain (`{:#}` with anyhow) for the whole story, each cause once.
 
 use std::path::PathBuf;
 
@@ -14,7 +16,7 @@ pub enum Error {
     Config { key: String, reason: String },
 
     /// The file could not be opened or read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -34,7 +36,7 @@ pub enum Error {
     InvalidUtf8 { path: PathBuf, line: usize },
 
     /// A JSONL line is not valid JSON.
-    #[error("{}:{line}: malformed JSON: {source}", path.display())]
+    #[error("{}:{line}: malformed JSON", path.display())]
     Json {
         path: PathBuf,
         line: usize,
@@ -121,7 +123,7 @@ pub enum Error {
     },
 
     /// The `tokenizers` crate failed to load or run the tokenizer in `path`.
-    #[error("tokenizer {}: {source}", path.display())]
+    #[error("tokenizer {}", path.display())]
     Tokenizer {
         path: PathBuf,
         #[source]

@@ -22,7 +22,7 @@ pub enum ModelError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
-    #[error("cannot read weights file {path}: {source}")]
+    #[error("cannot read weights file {path}")]
     Weights {
         path: PathBuf,
         source: candle_core::Error,

@@ -81,7 +81,7 @@ pub enum HubError {
         content: String,
     },
     /// Reading a cache file failed for a reason other than its absence.
-    #[error("cannot read Hub cache file {path}: {source}")]
+    #[error("cannot read Hub cache file {path}")]
     CacheIo {
         /// The file.
         path: PathBuf,

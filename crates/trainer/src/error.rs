@@ -13,7 +13,7 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("ensemble: {0}")]
     Ensemble(String),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
