@@ -122,8 +122,8 @@ fn cuda_dropout_masks_are_the_cpu_masks_through_the_whole_model() {
 }
 
 /// MPNet (relative position bias, its positions, no token types), with and without dropout:
-/// training on the accelerator against the CPU, and evaluation too (the CPU's fused attention
-/// takes the position bias and returns its gradient, the accelerator runs primitive ops).
+/// training on the accelerator against the CPU, and evaluation too (the fused attention of the
+/// CPU and of CUDA takes the position bias and returns its gradient; Metal runs primitive ops).
 #[test]
 fn accelerator_mpnet_matches_the_cpu_in_training_and_evaluation() {
     let Some(accel) = accelerator("accelerator_mpnet_matches_the_cpu_in_training_and_evaluation")
@@ -505,6 +505,7 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
                         [&t[1], &t[2], &t[3]],
                         [&t[4], &t[5], &t[6]],
                         &bias,
+                        None,
                         heads,
                         scale,
                         dropout,

@@ -338,10 +338,9 @@ impl SelfAttention {
             .contiguous()
     }
 
-    /// Scaled dot-product attention over `(batch * seq, hidden)` hidden states. The fused kernel
-    /// of [`crate::attention`] for f32 on the CPU (MPNet's position bias included, with its
-    /// gradient), [`cuda::self_attention`] on CUDA (without a position bias:
-    /// [`BertModel::kernel_notes`] says so), primitive ops elsewhere.
+    /// Scaled dot-product attention over `(batch * seq, hidden)` hidden states: the fused kernel
+    /// of [`crate::attention`] for f32 on the CPU, [`cuda::self_attention`] on CUDA (both take
+    /// MPNet's position bias and return its gradient), primitive ops elsewhere.
     fn forward(
         &self,
         xs: &Tensor,
@@ -387,8 +386,8 @@ impl SelfAttention {
             param(&self.key.bias, train),
             param(&self.value.bias, train),
         );
-        if mask.position.is_none()
-            && cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias])
+        if cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias])
+            && mask.position.as_ref().is_none_or(|p| cuda::applies(&[p]))
             && [&bq, &bk, &bv, &mask.bias]
                 .iter()
                 .all(|t| t.dtype() == DType::F32)
@@ -400,6 +399,7 @@ impl SelfAttention {
                 [&wq, &wk, &wv],
                 [&bq, &bk, &bv],
                 &mask.bias,
+                mask.position.as_ref(),
                 self.heads,
                 scale,
                 dropout,
@@ -553,22 +553,6 @@ impl BertModel {
 
     pub fn config(&self) -> &BertConfig {
         &self.config
-    }
-
-    /// Where this encoder, on its device, leaves wick's fused kernels for Candle's primitive ops
-    /// although the device has them: one line per case, for the run log. Empty for BERT, and
-    /// on the CPU.
-    pub fn kernel_notes(&self) -> Vec<String> {
-        match self.config.model_type {
-            ModelType::Mpnet if self.device().is_cuda() => vec![
-                "mpnet: attention with the relative position bias runs as primitive ops on CUDA \
-                 (wick's CUDA attention kernel takes no position bias; the fused CPU kernel \
-                 does, with its gradient); embeddings, linear layers, GELU and layer norms stay \
-                 fused"
-                    .to_string(),
-            ],
-            _ => Vec::new(),
-        }
     }
 
     /// The device the variables live on.

@@ -108,11 +108,13 @@ mod imp {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn self_attention(
         _x: &Tensor,
         _weights: [&Tensor; 3],
         _biases: [&Tensor; 3],
         _bias: &Tensor,
+        _position: Option<&Tensor>,
         _heads: usize,
         _scale: f64,
         _dropout: Option<(f64, u64)>,
@@ -1263,6 +1265,9 @@ mod imp {
     /// `x` one gradient (Candle would add three projections' and zero a buffer for each).
     struct SelfAttention {
         probs: AttentionProbs,
+        /// The scores' scale: applied by `probs`, or (with a position bias, which is added to
+        /// the scaled scores) before it, `probs` then scaling by 1.
+        scale: f32,
         dims: (usize, usize, usize, usize),
         context: std::sync::Mutex<Option<Tensor>>,
         saved: crate::fused::Saved<[Tensor; 4]>,
@@ -1354,9 +1359,7 @@ mod imp {
             _b: &CudaStorage,
             _bl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let context = take_stashed(&self.context, "wick cuda attention")?;
-            let out = self.merge(&[&context])?;
-            Ok((out, xl.shape().clone()))
+            self.output(xl)
         }
 
         fn bwd(
@@ -1367,14 +1370,46 @@ mod imp {
             _out: &Tensor,
             grad: &Tensor,
         ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let (gx, gw, gb, _) = self.backward(x, w, b.dtype(), grad, false)?;
+            Ok((Some(gx), Some(gw), Some(gb)))
+        }
+    }
+
+    impl SelfAttention {
+        /// The context as the op's output (computed before the op ran).
+        fn output(&self, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+            let context = take_stashed(&self.context, "wick cuda attention")?;
+            let out = self.merge(&[&context])?;
+            Ok((out, xl.shape().clone()))
+        }
+
+        /// Gradients of the input, the stacked weight `w` `(3 hidden, hidden)`, the stacked bias
+        /// (in `b_dtype`) and, with `position`, of the position bias `(1, heads, seq, seq)`.
+        fn backward(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            b_dtype: DType,
+            grad: &Tensor,
+            position: bool,
+        ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
             let [q, k, v, scores] = self.saved.take("wick cuda attention")?;
             let g_context = self.split(&grad.detach().contiguous()?, 0)?;
             let probs = scores.apply_op1_no_bwd(&self.probs)?;
             let g_probs = g_context.matmul(&v.t()?)?;
             let g_v = probs.t()?.matmul(&g_context)?;
             drop((probs, g_context));
-            let g_scores = self.probs.backward(&scores, &g_probs)?;
+            let mut g_scores = self.probs.backward(&scores, &g_probs)?;
             drop(g_probs);
+            // With a position bias, `probs` saw the scaled, biased scores: their gradient is the
+            // bias's (summed over the batch), and times the scale the raw scores'.
+            let g_position = if position {
+                let g = g_scores.sum_keepdim(0)?;
+                g_scores = (g_scores * self.scale as f64)?;
+                Some(g)
+            } else {
+                None
+            };
             let g_q = g_scores.matmul(&k)?;
             let g_k = g_scores.t()?.matmul(&q)?;
             drop(g_scores);
@@ -1386,8 +1421,54 @@ mod imp {
             drop((g_q, g_k, g_v));
             let gx = g_qkv.matmul(&w.detach().to_dtype(x.dtype())?)?;
             let gw = g_qkv.t()?.matmul(&x.detach())?.to_dtype(w.dtype())?;
-            let gb = col_sum(&g_qkv)?.to_dtype(b.dtype())?;
-            Ok((Some(gx), Some(gw), Some(gb)))
+            let gb = col_sum(&g_qkv)?.to_dtype(b_dtype)?;
+            Ok((gx, gw, gb, g_position))
+        }
+    }
+
+    /// [`SelfAttention`] with a position bias that takes its gradient (MPNet's relative position
+    /// bias): the op's inputs are the input, the stacked f32 weight and bias packed into one
+    /// flat tensor (`3 hidden * hidden`, then `3 hidden` values), and the bias `(1, heads, seq,
+    /// seq)` in the compute dtype.
+    struct WithPosition(SelfAttention);
+
+    impl CustomOp3 for WithPosition {
+        fn name(&self) -> &'static str {
+            "wick-cuda-self-attention-position-bias"
+        }
+
+        cuda_only!("wick cuda attention called on CPU tensors", s1 l1, s2 l2, s3 l3);
+
+        fn cuda_fwd(
+            &self,
+            _x: &CudaStorage,
+            xl: &Layout,
+            _wb: &CudaStorage,
+            _wbl: &Layout,
+            _p: &CudaStorage,
+            _pl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            self.0.output(xl)
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            packed: &Tensor,
+            position: &Tensor,
+            _out: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let hidden = self.0.hidden();
+            let w = packed
+                .narrow(0, 0, 3 * hidden * hidden)?
+                .reshape((3 * hidden, hidden))?;
+            let (gx, gw, gb, gp) =
+                self.0
+                    .backward(x, &w, packed.dtype(), grad, position.track_op())?;
+            let g_packed = Tensor::cat(&[&gw.flatten_all()?, &gb], 0)?;
+            let gp = gp.map(|g| g.to_dtype(position.dtype())).transpose()?;
+            Ok((Some(gx), Some(g_packed), gp))
         }
     }
 
@@ -1395,12 +1476,15 @@ mod imp {
     /// `(rows, hidden)` context: the query, key and value projections (f32 weights `(hidden,
     /// hidden)` and biases, stacked in the graph), `softmax(scale q k^T + bias)` with dropout,
     /// times `v`, per head; the f32 `bias` `(batch, 1, 1, seq)` from
-    /// [`crate::ops::attention_bias`].
+    /// [`crate::ops::attention_bias`], and `position`, if any, a bias `(1, heads, seq, seq)` in
+    /// the compute dtype added to the scaled scores (MPNet's), which takes its gradient.
+    #[allow(clippy::too_many_arguments)]
     pub fn self_attention(
         x: &Tensor,
         weights: [&Tensor; 3],
         biases: [&Tensor; 3],
         bias: &Tensor,
+        position: Option<&Tensor>,
         heads: usize,
         scale: f64,
         dropout: Option<(f64, u64)>,
@@ -1414,15 +1498,22 @@ mod imp {
         }
         let w = Tensor::cat(&weights, 0)?;
         let b = Tensor::cat(&biases, 0)?;
+        let tracked =
+            x.track_op() || w.track_op() || b.track_op() || position.is_some_and(|p| p.track_op());
         let mut op = SelfAttention {
             probs: AttentionProbs {
                 bias: bias.detach().contiguous()?,
-                scale: scale as f32,
+                scale: if position.is_some() {
+                    1.0
+                } else {
+                    scale as f32
+                },
                 drop: DropMask::new(dropout),
             },
+            scale: scale as f32,
             dims: (batch, rows / batch, heads, hidden / heads),
             context: std::sync::Mutex::new(None),
-            saved: crate::fused::Saved::new(x.track_op() || w.track_op() || b.track_op()),
+            saved: crate::fused::Saved::new(tracked),
         };
         let x = x.contiguous()?;
         let product = x.detach().matmul(&w.detach().to_dtype(x.dtype())?.t()?)?;
@@ -1430,13 +1521,22 @@ mod imp {
         drop(product);
         let (qs, ks, vs) = (op.split(&qkv, 0)?, op.split(&qkv, 1)?, op.split(&qkv, 2)?);
         drop(qkv);
-        let scores = qs.matmul(&ks.t()?)?;
+        let mut scores = qs.matmul(&ks.t()?)?;
+        if let Some(position) = position {
+            scores = (scores * scale)?.broadcast_add(&position.detach())?;
+        }
         let probs = scores.apply_op1_no_bwd(&op.probs)?;
         let context = probs.matmul(&vs)?;
         drop(probs);
         op.context = std::sync::Mutex::new(Some(context));
         op.saved.put([qs, ks, vs, scores]);
-        x.apply_op3(&w, &b, op)
+        match position {
+            None => x.apply_op3(&w, &b, op),
+            Some(position) => {
+                let packed = Tensor::cat(&[&w.flatten_all()?, &b], 0)?;
+                x.apply_op3(&packed, position, WithPosition(op))
+            }
+        }
     }
 
     /// The trainer's AdamW and gradient norm (`crates/trainer`) over contiguous f32 tensors.

@@ -1,7 +1,7 @@
 //! The memory a training step needs, estimated from shapes: weights, gradients, optimizer
 //! moments and activations. Printed before training so a run that will not fit says so first.
 
-use wick_model::{BertConfig, ModelType};
+use wick_model::BertConfig;
 
 /// Bytes by category.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,16 +73,6 @@ impl MemoryBudget {
                 batch * seq * (24 * h + 3 * i) * act_bytes + batch * heads * seq * seq * 6 * 4
             }
         };
-        // On CUDA MPNet's attention leaves the fused kernels (the position bias): add the split
-        // query/key/value and about four attention-sized f32 tensors (scores, scaled, biased,
-        // probabilities). The fused CPU kernel takes the bias.
-        let per_layer = per_layer
-            + match (config.model_type, kernels) {
-                (ModelType::Mpnet, Kernels::FusedCuda) => {
-                    batch * seq * 3 * h * act_bytes + batch * heads * seq * seq * 4 * 4
-                }
-                _ => 0,
-            };
         let embeddings = batch * seq * h * 8 * 4;
         Self {
             weights: params * 4,

@@ -324,9 +324,6 @@ impl Trainer {
             _ => init_all(&varmap, bert.initializer_range, config.train.seed)?,
         }
         model.set_frozen_encoder(config.train.freeze_encoder);
-        for note in model.encoder().kernel_notes() {
-            reporter.message(&format!("note: {note}"));
-        }
 
         let t = &config.train;
         let head_scale = t.head_lr.map_or(1.0, |head| head / t.lr);
