@@ -1,8 +1,8 @@
-"""The held-out splits of the NLBSE runs (sessions 24 to 31): for each split seed 1, 2, 3, twenty
-issues per project and label (60 per project) go to test_<seed>.csv, chosen by a Python-seeded
-shuffle, and the rest to train_<seed>.csv.
+"""The held-out splits of the NLBSE runs (sessions 24 to 33): for each split seed (1, 2, 3 unless
+given), twenty issues per project and label (60 per project) go to test_<seed>.csv, chosen by a
+Python-seeded shuffle, and the rest to train_<seed>.csv.
 
-    python3 bench/h100/heldout.py ISSUES_TRAIN_CSV OUT_DIR
+    python3 bench/h100/heldout.py ISSUES_TRAIN_CSV OUT_DIR [SEED ...]
 """
 import collections
 import csv
@@ -11,8 +11,9 @@ import sys
 
 csv.field_size_limit(sys.maxsize)
 source, out_dir = sys.argv[1], sys.argv[2]
+seeds = [int(a) for a in sys.argv[3:]] or [1, 2, 3]
 rows = list(csv.DictReader(open(source, newline="")))
-for s in (1, 2, 3):
+for s in seeds:
     groups = collections.defaultdict(list)
     for i, r in enumerate(rows):
         groups[(r["repo"], r["label"])].append(i)
