@@ -538,9 +538,8 @@ impl CustomOp3 for WithPosition {
     }
 }
 
-/// An additive attention bias as host values, read once per forward pass and shared by every
-/// layer's attention: the mask of [`crate::ops::attention_bias`] (`batch * seq` values) or a
-/// position bias (`heads * seq * seq`).
+/// The additive attention mask as host values, read once per forward pass and shared by every
+/// layer's attention: the mask of [`crate::ops::attention_bias`], `batch * seq` values.
 #[derive(Debug, Clone)]
 pub struct HostMask(std::sync::Arc<[f32]>);
 
