@@ -429,7 +429,10 @@ fn a_corrupt_checkpoint_is_named() {
     let best = run.join("best");
     std::fs::write(best.join("model.safetensors"), b"not safetensors").unwrap();
     let output = run_bin("evaluate", &["--checkpoint", path_str(&best)]);
-    assert_fails_naming(&output, &["model.safetensors"]);
+    // The file and the reader's reason, once.
+    assert_fails_naming(&output, &["model.safetensors: header too large"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.matches("header too large").count(), 1, "{stderr}");
     let output = run_bin(
         "predict",
         &["--checkpoint", path_str(&dir.path().join("nowhere")), "x"],

@@ -1,7 +1,7 @@
 //! The one error type of `wick-data`: every variant says which file, line, field or config key
 //! went wrong, so a user can fix the input without reading the source. A variant wrapping
-//! another error returns it from `source()` and leaves it out of its own message: print the
-//! chain (`{:#}` with anyhow) for the whole story, each cause once.
+//! another error says it in its own message (its `cause`, which is not also a `source()`), so
+//! printing the chain (`{:#}` with anyhow) shows each cause once.
 
 use std::path::PathBuf;
 
@@ -16,11 +16,10 @@ pub enum Error {
     Config { key: String, reason: String },
 
     /// The file could not be opened or read.
-    #[error("cannot read {}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// `data.format` is unset and the extension does not say which format the file is in.
@@ -36,12 +35,11 @@ pub enum Error {
     InvalidUtf8 { path: PathBuf, line: usize },
 
     /// A JSONL line is not valid JSON.
-    #[error("{}:{line}: malformed JSON", path.display())]
+    #[error("{}:{line}: malformed JSON: {cause}", path.display())]
     Json {
         path: PathBuf,
         line: usize,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 
     /// A row is well-formed but unusable (not a JSON object, a stray quote, a duplicate column...).
@@ -123,11 +121,10 @@ pub enum Error {
     },
 
     /// The `tokenizers` crate failed to load or run the tokenizer in `path`.
-    #[error("tokenizer {}", path.display())]
+    #[error("tokenizer {}: {cause}", path.display())]
     Tokenizer {
         path: PathBuf,
-        #[source]
-        source: tokenizers::Error,
+        cause: tokenizers::Error,
     },
 
     /// A dataset was built from examples whose targets are not all of one kind.

@@ -43,7 +43,7 @@ impl TextTokenizer {
     pub fn from_file(path: &Path, max_len: usize) -> Result<Self> {
         let wrap = |source| Error::Tokenizer {
             path: path.to_owned(),
-            source,
+            cause: source,
         };
         let mut untruncated = Tokenizer::from_file(path).map_err(wrap)?;
         // Read before padding is disabled: the file's padding section names the pad token.
@@ -76,7 +76,7 @@ impl TextTokenizer {
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Encoding>> {
         let wrap = |source| Error::Tokenizer {
             path: self.path.clone(),
-            source,
+            cause: source,
         };
         let encodings = self
             .truncating

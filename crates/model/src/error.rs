@@ -22,10 +22,10 @@ pub enum ModelError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
-    #[error("cannot read weights file {path}")]
+    #[error("cannot read weights file {path}: {cause}")]
     Weights {
         path: PathBuf,
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),

@@ -81,12 +81,12 @@ pub enum HubError {
         content: String,
     },
     /// Reading a cache file failed for a reason other than its absence.
-    #[error("cannot read Hub cache file {path}")]
+    #[error("cannot read Hub cache file {path}: {cause}")]
     CacheIo {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not also a `source()`: printed once in a chain).
+        cause: std::io::Error,
     },
     /// The model is neither fully cached nor downloadable. Boxed: it is by far the largest
     /// variant, and every `Result<_, HubError>` would otherwise carry its size.
@@ -523,7 +523,7 @@ fn read_ref(path: &Path) -> Result<Option<String>, HubError> {
         Err(source) => {
             return Err(HubError::CacheIo {
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             })
         }
     };

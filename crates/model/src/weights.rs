@@ -58,7 +58,7 @@ pub fn is_head(name: &str) -> bool {
 pub fn load_safetensors(varmap: &VarMap, path: &Path, include_head: bool) -> Result<LoadReport> {
     let weights_error = |source| ModelError::Weights {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(weights_error)?;
     let mut tensors: HashMap<String, Tensor> = file
@@ -157,6 +157,6 @@ pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
         .collect::<Result<_>>()?;
     candle_core::safetensors::save(&tensors, path).map_err(|source| ModelError::Weights {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }

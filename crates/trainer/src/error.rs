@@ -13,10 +13,10 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("ensemble: {0}")]
     Ensemble(String),
-    #[error("{path}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Data(#[from] wick_data::Error),
@@ -35,7 +35,7 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 impl TrainError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { path, source }
+        move |cause| Self::Io { path, cause }
     }
 
     pub(crate) fn config(key: &str, reason: impl Into<String>) -> Self {

@@ -60,7 +60,7 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     let format = cfg.format_of(path)?;
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_owned(),
-        source,
+        cause: source,
     })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| Error::InvalidUtf8 {
         path: path.to_owned(),
@@ -140,7 +140,7 @@ fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
         let value: Value = serde_json::from_str(raw).map_err(|source| Error::Json {
             path: path.to_owned(),
             line,
-            source,
+            cause: source,
         })?;
         let Value::Object(fields) = value else {
             return Err(Error::BadRow {
