@@ -41,9 +41,9 @@ impl std::fmt::Debug for TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json` and sets truncation to `max_len` tokens (longest-first).
     pub fn from_file(path: &Path, max_len: usize) -> Result<Self> {
-        let wrap = |source| Error::Tokenizer {
+        let wrap = |cause| Error::Tokenizer {
             path: path.to_owned(),
-            cause: source,
+            cause,
         };
         let mut untruncated = Tokenizer::from_file(path).map_err(wrap)?;
         // Read before padding is disabled: the file's padding section names the pad token.
@@ -74,9 +74,9 @@ impl TextTokenizer {
 
     /// Encodes `texts` in parallel; the result has one [`Encoding`] per text, in order.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Encoding>> {
-        let wrap = |source| Error::Tokenizer {
+        let wrap = |cause| Error::Tokenizer {
             path: self.path.clone(),
-            cause: source,
+            cause,
         };
         let encodings = self
             .truncating

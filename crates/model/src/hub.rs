@@ -520,10 +520,10 @@ fn read_ref(path: &Path) -> Result<Option<String>, HubError> {
     let content = match std::fs::read_to_string(path) {
         Ok(content) => content,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+        Err(cause) => {
             return Err(HubError::CacheIo {
                 path: path.to_path_buf(),
-                cause: source,
+                cause,
             })
         }
     };

@@ -56,9 +56,9 @@ pub fn is_head(name: &str) -> bool {
 /// Fills variables from a safetensors file. With `include_head` false, only encoder variables are
 /// required (a pretrained encoder); with true, every variable is (a wick checkpoint).
 pub fn load_safetensors(varmap: &VarMap, path: &Path, include_head: bool) -> Result<LoadReport> {
-    let weights_error = |source| ModelError::Weights {
+    let weights_error = |cause| ModelError::Weights {
         path: path.to_path_buf(),
-        cause: source,
+        cause,
     };
     let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(weights_error)?;
     let mut tensors: HashMap<String, Tensor> = file
@@ -155,8 +155,8 @@ pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
         .into_iter()
         .map(|(name, var)| Ok((name, var.as_tensor().to_dtype(DType::F32)?)))
         .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&tensors, path).map_err(|source| ModelError::Weights {
+    candle_core::safetensors::save(&tensors, path).map_err(|cause| ModelError::Weights {
         path: path.to_path_buf(),
-        cause: source,
+        cause,
     })
 }

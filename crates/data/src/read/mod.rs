@@ -58,9 +58,9 @@ pub fn read_unlabelled(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
 
 fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     let format = cfg.format_of(path)?;
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    let bytes = std::fs::read(path).map_err(|cause| Error::Io {
         path: path.to_owned(),
-        cause: source,
+        cause,
     })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| Error::InvalidUtf8 {
         path: path.to_owned(),
@@ -137,10 +137,10 @@ fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
         if raw.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(raw).map_err(|source| Error::Json {
+        let value: Value = serde_json::from_str(raw).map_err(|cause| Error::Json {
             path: path.to_owned(),
             line,
-            cause: source,
+            cause,
         })?;
         let Value::Object(fields) = value else {
             return Err(Error::BadRow {
