@@ -11,14 +11,8 @@
 # of 436 MB each, per project and split, stay in /dev/shm at a time. The weights are in /root/mp
 # from four earlier calls of this machine (see session25.sh).
 set -u
-export HF_HUB_OFFLINE=1
-W=/root/s31; R=$W/results; mkdir -p $R $W/bin
-for f in .carry/bin/*.xz; do xz -dc "$f" > "$W/bin/$(basename "$f" .xz)"; done; chmod +x $W/bin/*
-M=$W/mpnet; mkdir -p $M; cp .carry/mpnet/config.json .carry/mpnet/tokenizer.json $M/
-cat /root/mp/part0? | xz -dc > $M/model.safetensors
-sha256sum $M/model.safetensors > $R/weights_sha256.txt
+W=/root/s31; . bench/h100/mpnet_setup.sh
 cp configs/nlbse-mpnet.toml $W/
-xz -dc .carry/nlbse/issues_train.csv.xz > $W/issues_train.csv
 H=$W/heldout; mkdir -p $H
 python3 bench/h100/heldout.py "$W/issues_train.csv" "$H"
 wc -l $H/*.csv > $R/heldout_files.txt

@@ -6,18 +6,11 @@
 # this commit's nlbse (CUDA attention with MPNet's position bias). The weights are in /root/mp
 # from four earlier calls of this machine (see session25.sh). Results -> $OUT/results.tgz
 set -u
-export HF_HUB_OFFLINE=1
-W=/root/s33; R=$W/results; mkdir -p $R $W/bin
-for f in .carry/bin/*.xz; do xz -dc "$f" > "$W/bin/$(basename "$f" .xz)"; done; chmod +x $W/bin/*
-M=$W/mpnet; mkdir -p $M; cp .carry/mpnet/config.json .carry/mpnet/tokenizer.json $M/
-cat /root/mp/part0? | xz -dc > $M/model.safetensors
-sha256sum $M/model.safetensors > $R/weights_sha256.txt
-xz -dc .carry/nlbse/issues_train.csv.xz > $W/issues_train.csv
+W=/root/s33; . bench/h100/mpnet_setup.sh
 H=$W/heldout; mkdir -p $H
 python3 bench/h100/heldout.py "$W/issues_train.csv" "$H" 4 5 6
 wc -l $H/*.csv > $R/heldout_files.txt
 rm -rf /dev/shm/nl_*
-log() { echo "== $(date +%T) $*" | tee -a $R/timeline.txt; tar czf $OUT/results.tgz -C $W results; }
 log start
 for split in 4 5 6; do
   ( t0=$SECONDS
