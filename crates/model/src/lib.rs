@@ -11,6 +11,8 @@
 //! as one graph node each). Dropout is real and seeded (see [`rng`]), with the same masks on the
 //! CPU and CUDA paths.
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod amx;
 pub mod attention;
 pub mod bert;
 pub mod classifier;

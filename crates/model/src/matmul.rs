@@ -90,6 +90,11 @@ pub fn gemm(
     let (a_rs, a_cs) = a.strides(m, k, "left operand")?;
     let (b_rs, b_cs) = b.strides(k, n, "right operand")?;
     check_fits(c.len(), m, n, ldc, "output")?;
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if crate::amx::worth((m, n, k)) && crate::amx::available() {
+        crate::amx::gemm((m, n, k), a, b, c, ldc, beta, alpha, threads);
+        return Ok(());
+    }
     backend::gemm(
         (m, n, k),
         a,
@@ -284,6 +289,34 @@ mod backend {
             call((count, n, k), a, b, c, ldc, beta, alpha);
         });
     }
+}
+
+/// [`gemm`] through the build's own backend, never AMX: the reference the tile product is
+/// tested against.
+#[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
+pub(crate) fn reference_gemm(
+    (m, n, k): (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    beta: f32,
+    alpha: f32,
+) {
+    let a_strides = a.strides(m, k, "left operand").unwrap();
+    let b_strides = b.strides(k, n, "right operand").unwrap();
+    backend::gemm(
+        (m, n, k),
+        a,
+        a_strides,
+        b,
+        b_strides,
+        c,
+        ldc,
+        beta,
+        alpha,
+        Threads::Caller,
+    );
 }
 
 /// `a @ b` (`m x k` times `k x n`) as a new row-major `m x n` matrix.

@@ -1,0 +1,555 @@
+//! f32 matrix products on Intel AMX tiles (Xeon Sapphire Rapids and later), to f32 accuracy.
+//!
+//! AMX multiplies bf16 tiles into f32 accumulators at 16 times the multiply-add rate of AVX-512
+//! f32. bf16 alone would give up 16 of f32's 24 significand bits, so each f32 is split into three
+//! bf16 pieces, `x = x0 + x1 + x2`, each rounded to nearest (`|x1| <= 2^-8 |x|`,
+//! `|x2| <= 2^-16 |x|`), and `a b` is the sum of the six piece products `a_i b_j` with
+//! `i + j <= 2`. A product of two bf16 is exact in f32 and the tiles accumulate in f32; the dropped
+//! products (`a1 b2`, `a2 b1`, `a2 b2`) are at most about `2^-23 |a b|`, the size of f32's own
+//! rounding. The tests hold the error against an f64 reference to that of the `gemm` crate's f32
+//! product. A product costs six bf16 tile products: up to 2.7 times the AVX-512 f32 rate.
+//!
+//! Used by [`crate::matmul::gemm`] for products large enough to pay for the packing, when the CPU
+//! has AMX-BF16, Linux grants the process the tile state, and `WICK_AMX=0` is not set. Values
+//! beyond bf16's range (above about 3.39e38 in magnitude) and non-finite values come out
+//! non-finite, and pieces below f32's normal range are flushed to zero, as AMX does.
+
+use std::arch::asm;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::matmul::{Threads, View};
+
+/// bf16 values along the reduction in one tile row (64 bytes).
+const TILE_K: usize = 32;
+/// Rows of a tile; also the output columns of a tile (16 f32 = 64 bytes).
+const TILE_ROWS: usize = 16;
+/// The output block of one kernel call: 2 x 2 tiles.
+const BLOCK: usize = 2 * TILE_ROWS;
+/// bf16 pieces per f32.
+const PIECES: usize = 3;
+/// Bytes of one tile and of one k-block's three piece tiles.
+const TILE_BYTES: usize = 1024;
+const KBLOCK_BYTES: usize = PIECES * TILE_BYTES;
+/// Bytes of packed left operand a task aims to keep in the L2 cache.
+const PANEL_BYTES: usize = 640 << 10;
+
+/// One 16 x 32 bf16 tile (or 16 x 16 pairs in the right operand's layout), 64-byte aligned as
+/// tile loads want.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Tile([u16; TILE_ROWS * TILE_K]);
+
+const ZERO_TILE: Tile = Tile([0; TILE_ROWS * TILE_K]);
+
+/// The 64-byte tile configuration `ldtilecfg` reads.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Whether products run on AMX here: the CPU has AMX-BF16, the kernel granted this process the
+/// tile state, and `WICK_AMX=0` is not set. Decided once.
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| std::env::var("WICK_AMX").as_deref() != Ok("0") && supported())
+}
+
+/// AMX-BF16 on this CPU and the tile state granted by Linux (`arch_prctl(ARCH_REQ_XCOMP_PERM)`).
+pub fn supported() -> bool {
+    // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE (the standard library's
+    // detection of these is not stable yet).
+    let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+    if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    #[allow(unsafe_code)]
+    // SAFETY: a request for a process permission; it reads and writes no memory of ours.
+    let granted =
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+    granted == 0
+}
+
+/// Whether a `m x k` by `k x n` product is large enough for the tiles to beat the `gemm` crate
+/// after packing both operands.
+pub(crate) fn worth((m, n, k): (usize, usize, usize)) -> bool {
+    m >= BLOCK && n >= BLOCK && k >= TILE_K && m * n * k >= 1 << 21
+}
+
+/// `c = beta * c + alpha * a @ b` (`beta` 0 or 1) on AMX tiles; extents checked by the caller
+/// and [`available`] true. The right operand is packed once (in parallel with
+/// [`Threads::Pool`]); then each task packs a panel of rows of `a` and computes those rows of
+/// `c`. Every output element is one kernel's sum over all of `k`, whatever the thread count.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    (m, n, k): (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    beta: f32,
+    alpha: f32,
+    threads: Threads,
+) {
+    let kblocks = k.div_ceil(TILE_K);
+    let per_block = kblocks * PIECES;
+    let tiles = n.div_ceil(BLOCK) * 2 * per_block;
+    let rows = panel_rows(kblocks);
+    let c = &mut c[..(m - 1) * ldc + n];
+    with_buffer(&PACKED, tiles, |packed| {
+        let pack = |(block, t): (usize, &mut [Tile])| pack_right(b, (n, k), block, t);
+        match threads {
+            Threads::Pool => packed.par_chunks_mut(per_block).enumerate().for_each(pack),
+            Threads::Caller => packed.chunks_mut(per_block).enumerate().for_each(pack),
+        }
+        let packed = &*packed;
+        let task = |(i, c): (usize, &mut [f32])| {
+            let first = i * rows;
+            let shape = (first, rows.min(m - first), n, k);
+            panel_task(shape, a, packed, c, ldc, (beta, alpha));
+        };
+        match threads {
+            Threads::Pool => c.par_chunks_mut(rows * ldc).enumerate().for_each(task),
+            Threads::Caller => c.chunks_mut(rows * ldc).enumerate().for_each(task),
+        }
+    });
+}
+
+/// Rows `first .. first + count` of the product into `c` (those rows, leading dimension `ldc`):
+/// packs them from `a` into this thread's panel, then runs the kernel for every 32 x 32 block.
+fn panel_task(
+    (first, count, n, k): (usize, usize, usize, usize),
+    a: View<'_>,
+    packed: &[Tile],
+    c: &mut [f32],
+    ldc: usize,
+    (beta, alpha): (f32, f32),
+) {
+    let per_block = k.div_ceil(TILE_K) * PIECES;
+    let pair = 2 * per_block;
+    with_buffer(&PANEL, count.div_ceil(BLOCK) * pair, |panel| {
+        pack_left(a, (first, count, k), panel);
+        let tiles = TileState::load();
+        let mut out = Block([0.0; BLOCK * BLOCK]);
+        for (nb, right) in packed.chunks_exact(pair).enumerate() {
+            let cols = BLOCK.min(n - nb * BLOCK);
+            for (mb, left) in panel.chunks_exact(pair).enumerate() {
+                tiles.product(left, right, &mut out);
+                for (i, src) in out.0.chunks_exact(BLOCK).take(count - mb * BLOCK).enumerate() {
+                    let dst = &mut c[(mb * BLOCK + i) * ldc + nb * BLOCK..][..cols];
+                    if beta == 0.0 {
+                        dst.iter_mut().zip(src).for_each(|(d, s)| *d = alpha * s);
+                    } else {
+                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += alpha * s);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// A 32 x 32 f32 output block, 64-byte aligned for tile stores.
+#[repr(C, align(64))]
+struct Block([f32; BLOCK * BLOCK]);
+
+/// This thread's tile configuration, loaded for the lifetime of the value and released (the
+/// tile state returned to its initial, cheap-to-switch state) when dropped.
+struct TileState(());
+
+impl TileState {
+    fn load() -> Self {
+        // Palette 1 has eight tiles; the entries of the other eight must be zero.
+        let mut config = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        config.colsb[..8].fill((TILE_K * 2) as u16);
+        config.rows[..8].fill(TILE_ROWS as u8);
+        #[allow(unsafe_code)]
+        // SAFETY: `available()` established that the CPU has AMX and that the process may use
+        // the tile state; the instruction reads the 64-byte configuration it is given.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly));
+        }
+        Self(())
+    }
+
+    /// `out = left @ right` for one 32 x 32 block: `left` holds two 16-row blocks and `right`
+    /// two 16-column blocks, each `k-blocks x pieces` tiles as packed by [`pack_left`] and
+    /// [`pack_right`]. Per k-block the six piece products accumulate into four f32 tiles
+    /// (tmm0..3), with the left pieces in tmm4/5 and the right in tmm6/7.
+    fn product(&self, left: &[Tile], right: &[Tile], out: &mut Block) {
+        let per_block = left.len() / 2;
+        assert!(per_block % PIECES == 0 && right.len() == left.len());
+        let (a0, a1) = left.split_at(per_block);
+        let (b0, b1) = right.split_at(per_block);
+        let stride = TILE_K * 2;
+        #[allow(unsafe_code)]
+        // SAFETY: the tile configuration is loaded (`self`); every load reads one 1 KiB tile
+        // (16 rows of `stride` bytes) at offset `kb * 3 KiB + piece * 1 KiB` of a slice of
+        // `k-blocks * 3` tiles, so inside it; the stores write the four 1 KiB quarters of `out`.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            for kb in 0..per_block / PIECES {
+                let at = kb * PIECES;
+                asm!(
+                    // a0 with b0, b1, b2
+                    "tileloadd tmm4, [{a0} + {s}*1]",
+                    "tileloadd tmm5, [{a1} + {s}*1]",
+                    "tileloadd tmm6, [{b0} + {s}*1]",
+                    "tileloadd tmm7, [{b1} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "tileloadd tmm6, [{b0} + {s}*1 + 1024]",
+                    "tileloadd tmm7, [{b1} + {s}*1 + 1024]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "tileloadd tmm6, [{b0} + {s}*1 + 2048]",
+                    "tileloadd tmm7, [{b1} + {s}*1 + 2048]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    // a1 with b0, b1
+                    "tileloadd tmm4, [{a0} + {s}*1 + 1024]",
+                    "tileloadd tmm5, [{a1} + {s}*1 + 1024]",
+                    "tileloadd tmm6, [{b0} + {s}*1]",
+                    "tileloadd tmm7, [{b1} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "tileloadd tmm6, [{b0} + {s}*1 + 1024]",
+                    "tileloadd tmm7, [{b1} + {s}*1 + 1024]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    // a2 with b0
+                    "tileloadd tmm4, [{a0} + {s}*1 + 2048]",
+                    "tileloadd tmm5, [{a1} + {s}*1 + 2048]",
+                    "tileloadd tmm6, [{b0} + {s}*1]",
+                    "tileloadd tmm7, [{b1} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.as_ptr().add(at),
+                    a1 = in(reg) a1.as_ptr().add(at),
+                    b0 = in(reg) b0.as_ptr().add(at),
+                    b1 = in(reg) b1.as_ptr().add(at),
+                    s = in(reg) stride,
+                    options(nostack, readonly)
+                );
+            }
+            let o = out.0.as_mut_ptr();
+            asm!(
+                "tilestored [{o} + {s}*1], tmm0",
+                "tilestored [{o} + {s}*1 + 64], tmm1",
+                "tilestored [{o} + {s}*1 + 2048], tmm2",
+                "tilestored [{o} + {s}*1 + 2112], tmm3",
+                o = in(reg) o,
+                s = in(reg) BLOCK * 4,
+                options(nostack)
+            );
+        }
+    }
+}
+
+impl Drop for TileState {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: returns this thread's tile registers and configuration to their initial state;
+        // no tile value is used after this.
+        unsafe {
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+}
+
+/// Runs `f` on the first `tiles` tiles of this thread's buffer in `key` (grown as needed), or of
+/// a fresh one if that buffer is in use.
+fn with_buffer(
+    key: &'static std::thread::LocalKey<RefCell<Vec<Tile>>>,
+    tiles: usize,
+    f: impl FnOnce(&mut [Tile]),
+) {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < tiles {
+                buffer.resize(tiles, ZERO_TILE);
+            }
+            f(&mut buffer[..tiles])
+        }
+        Err(_) => f(&mut vec![ZERO_TILE; tiles]),
+    })
+}
+
+thread_local! {
+    /// The packed right operand of the calling thread's product, kept between calls.
+    static PACKED: RefCell<Vec<Tile>> = const { RefCell::new(Vec::new()) };
+    /// The packed left panel of the task a thread runs, kept between tasks.
+    static PANEL: RefCell<Vec<Tile>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rows of the left operand per task: a multiple of [`BLOCK`] whose packed panel fits
+/// [`PANEL_BYTES`], between one block and 256 rows.
+fn panel_rows(kblocks: usize) -> usize {
+    let per_row = kblocks * KBLOCK_BYTES / TILE_ROWS;
+    (PANEL_BYTES / per_row / BLOCK * BLOCK).clamp(BLOCK, 256)
+}
+
+/// The nearest bf16 (ties to even), as its bits; NaN stays NaN.
+#[inline(always)]
+fn bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() {
+        0x7fc0
+    } else {
+        rounded
+    }
+}
+
+#[inline(always)]
+fn widen(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+/// `x` as three bf16 pieces whose sum is `x` to within f32 rounding.
+#[inline(always)]
+fn split(x: f32) -> [u16; PIECES] {
+    let x0 = bf16(x);
+    let r = x - widen(x0);
+    let x1 = bf16(r);
+    [x0, x1, bf16(r - widen(x1))]
+}
+
+/// A run of 32 values along the reduction and its three piece runs.
+type Run = [f32; TILE_K];
+type Pieces = [[u16; TILE_K]; PIECES];
+
+/// Splits a run into its pieces (fixed sizes, so the loop vectorises).
+#[inline(always)]
+fn split_run(run: &Run, out: &mut Pieces) {
+    for (p, &x) in run.iter().enumerate() {
+        let [x0, x1, x2] = split(x);
+        out[0][p] = x0;
+        out[1][p] = x1;
+        out[2][p] = x2;
+    }
+}
+
+/// Reads `width` values from `data` starting at `at`, `step` apart, into a zero-padded run.
+#[inline(always)]
+fn gather(data: &[f32], at: usize, step: usize, width: usize) -> Run {
+    if step == 1 && width == TILE_K {
+        // A fixed-size copy: inlined, where a slice copy of run-time length calls memmove.
+        return *<&Run>::try_from(&data[at..at + TILE_K]).expect("32 values");
+    }
+    let mut run = [0f32; TILE_K];
+    if step == 1 {
+        run[..width].copy_from_slice(&data[at..at + width]);
+    } else {
+        for (p, r) in run.iter_mut().take(width).enumerate() {
+            *r = data[at + p * step];
+        }
+    }
+    run
+}
+
+crate::multiversion! {
+    /// Packs columns `16 block ..` of the `k x n` right operand `b` into `tiles` (one per k-block
+    /// and piece, in that order), each in AMX's pair layout: element `(2 r + q, j)` of the tile
+    /// at `r * 32 + 2 j + q`. Columns and rows past the matrix are zero.
+    fn pack_right(b: View<'_>, shape: (usize, usize), block: usize, tiles: &mut [Tile]) {
+        let (n, k) = shape;
+        // Element (p, col) of b is data[p * along + col * across].
+        let (along, across) = if b.trans { (1, b.ld) } else { (b.ld, 1) };
+        let first = block * TILE_ROWS;
+        let cols = TILE_ROWS.min(n.saturating_sub(first));
+        let mut pieces: Pieces = [[0; TILE_K]; PIECES];
+        for (kb, out) in tiles.chunks_exact_mut(PIECES).enumerate() {
+            let k0 = kb * TILE_K;
+            let width = TILE_K.min(k - k0);
+            for t in out.iter_mut() {
+                *t = ZERO_TILE;
+            }
+            for j in 0..cols {
+                let run = gather(b.data, k0 * along + (first + j) * across, along, width);
+                split_run(&run, &mut pieces);
+                for (tile, piece) in out.iter_mut().zip(&pieces) {
+                    for r in 0..TILE_K / 2 {
+                        tile.0[r * TILE_K + 2 * j] = piece[2 * r];
+                        tile.0[r * TILE_K + 2 * j + 1] = piece[2 * r + 1];
+                    }
+                }
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// Packs rows `first .. first + count` of the `m x k` left operand `a` into `tiles`: for each
+    /// 16-row block, per k-block, its three piece tiles (element `(i, p)` at `i * 32 + p`). Rows
+    /// past `count` (up to a multiple of 32) and columns past `k` are zero.
+    fn pack_left(a: View<'_>, rows: (usize, usize, usize), tiles: &mut [Tile]) {
+        let (first, count, k) = rows;
+        let kblocks = k.div_ceil(TILE_K);
+        // Element (row, p) of a is data[row * down + p * along].
+        let (down, along) = if a.trans { (1, a.ld) } else { (a.ld, 1) };
+        let mut pieces: Pieces = [[0; TILE_K]; PIECES];
+        for (rb, blocks) in tiles.chunks_exact_mut(kblocks * PIECES).enumerate() {
+            for (kb, out) in blocks.chunks_exact_mut(PIECES).enumerate() {
+                let k0 = kb * TILE_K;
+                let width = TILE_K.min(k - k0);
+                for i in 0..TILE_ROWS {
+                    let row = rb * TILE_ROWS + i;
+                    let at = i * TILE_K;
+                    if row < count {
+                        let run = gather(a.data, (first + row) * down + k0 * along, along, width);
+                        split_run(&run, &mut pieces);
+                    } else {
+                        pieces = [[0; TILE_K]; PIECES];
+                    }
+                    for (tile, piece) in out.iter_mut().zip(&pieces) {
+                        tile.0[at..at + TILE_K].copy_from_slice(piece);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeded values spread over several orders of magnitude, both signs.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let unit = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                unit * 2f32.powi((state % 7) as i32 - 3)
+            })
+            .collect()
+    }
+
+    fn element(v: &View<'_>, i: usize, j: usize) -> f32 {
+        if v.trans {
+            v.data[j * v.ld + i]
+        } else {
+            v.data[i * v.ld + j]
+        }
+    }
+
+    /// The largest error of `c` against the f64 product, relative to the largest `|a| |b|` sum
+    /// of its row and column (the scale f32 rounding errors are measured on).
+    fn error(
+        (m, n, k): (usize, usize, usize),
+        a: &View<'_>,
+        b: &View<'_>,
+        c: &[f32],
+        ldc: usize,
+        base: &[f32],
+        (beta, alpha): (f32, f32),
+    ) -> f64 {
+        let mut worst = 0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut scale) = (0f64, 0f64);
+                for p in 0..k {
+                    let term = f64::from(element(a, i, p)) * f64::from(element(b, p, j));
+                    exact += term;
+                    scale += term.abs();
+                }
+                let want = f64::from(beta) * f64::from(base[i * ldc + j]) + f64::from(alpha) * exact;
+                let got = f64::from(c[i * ldc + j]);
+                worst = worst.max((got - want).abs() / scale.max(f64::MIN_POSITIVE));
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn tile_products_are_as_accurate_as_f32_products() {
+        if !available() {
+            eprintln!("AMX not available on this machine: the tile product is not tested here");
+            return;
+        }
+        // Edges in every dimension (rows, columns and k not multiples of 32), both operand
+        // layouts, overwrite and accumulate.
+        let cases = [
+            (37, 45, 70, false, true, 0.0, 1.0, Threads::Caller),
+            (300, 64, 384, false, true, 1.0, 1.0, Threads::Pool),
+            (64, 96, 200, true, false, 1.0, 2.0, Threads::Pool),
+            (33, 129, 31 + 32, true, true, 0.0, -1.0, Threads::Caller),
+        ];
+        for (seed, &(m, n, k, at, bt, beta, alpha, threads)) in cases.iter().enumerate() {
+            let a_data = values(m * k, seed as u64 * 3 + 1);
+            let b_data = values(k * n, seed as u64 * 3 + 2);
+            let a = if at {
+                View::transposed(&a_data, m)
+            } else {
+                View::rows(&a_data, k)
+            };
+            let b = if bt {
+                View::transposed(&b_data, k)
+            } else {
+                View::rows(&b_data, n)
+            };
+            let ldc = n + 3;
+            let base = values(m * ldc, seed as u64 * 3 + 3);
+            let mut tiles = base.clone();
+            gemm((m, n, k), a, b, &mut tiles, ldc, beta, alpha, threads);
+            // Columns past n are not written.
+            for i in 0..m {
+                assert_eq!(&tiles[i * ldc + n..i * ldc + ldc], &base[i * ldc + n..i * ldc + ldc]);
+            }
+            let mut reference = base.clone();
+            crate::matmul::reference_gemm((m, n, k), a, b, &mut reference, ldc, beta, alpha);
+            let (shape, scale) = ((m, n, k), (beta, alpha));
+            let tile_error = error(shape, &a, &b, &tiles, ldc, &base, scale);
+            let f32_error = error(shape, &a, &b, &reference, ldc, &base, scale);
+            eprintln!("case {seed}: tiles {tile_error:e} vs f32 {f32_error:e}");
+            assert!(
+                tile_error <= 2.0 * f32_error + 1e-7,
+                "case {seed}: tiles {tile_error:e} vs f32 {f32_error:e}"
+            );
+        }
+    }
+
+    #[test]
+    fn split_pieces_sum_to_the_value() {
+        for x in values(10_000, 9) {
+            let [x0, x1, x2] = split(x);
+            let sum = f64::from(widen(x0)) + f64::from(widen(x1)) + f64::from(widen(x2));
+            assert!((sum - f64::from(x)).abs() <= f64::from(x.abs()) * 2f64.powi(-24), "{x}");
+        }
+        assert!(widen(split(f32::NAN)[0]).is_nan());
+    }
+}
