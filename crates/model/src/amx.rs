@@ -32,6 +32,8 @@ const PIECES: usize = 3;
 /// Bytes of one tile and of one k-block's three piece tiles.
 const TILE_BYTES: usize = 1024;
 const KBLOCK_BYTES: usize = PIECES * TILE_BYTES;
+/// The longest reduction one pass packs: 1.5 MiB of right operand per 256 columns.
+const CHUNK_K: usize = 1024;
 /// Bytes of packed left operand a task aims to keep in the L2 cache.
 const PANEL_BYTES: usize = 640 << 10;
 
@@ -87,8 +89,43 @@ pub(crate) fn worth((m, n, k): (usize, usize, usize)) -> bool {
 /// and [`available`] true. The right operand is packed once (in parallel with
 /// [`Threads::Pool`]); then each task packs a panel of rows of `a` and computes those rows of
 /// `c`. Every output element is one kernel's sum over all of `k`, whatever the thread count.
+///
+/// A long reduction (more than [`CHUNK_K`]) runs as products over consecutive chunks of `k`,
+/// each added to `c`: the packed right operand of a chunk stays in the cache while every panel
+/// of rows uses it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
+    (m, n, k): (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    beta: f32,
+    alpha: f32,
+    threads: Threads,
+) {
+    let mut beta = beta;
+    for k0 in (0..k).step_by(CHUNK_K) {
+        // Column k0 of `a` and row k0 of `b`.
+        let a_at = if a.trans { k0 * a.ld } else { k0 };
+        let b_at = if b.trans { k0 } else { k0 * b.ld };
+        let a = View {
+            data: &a.data[a_at..],
+            ..a
+        };
+        let b = View {
+            data: &b.data[b_at..],
+            ..b
+        };
+        let dims = (m, n, CHUNK_K.min(k - k0));
+        chunk_gemm(dims, a, b, c, ldc, beta, alpha, threads);
+        beta = 1.0;
+    }
+}
+
+/// [`gemm`] for a reduction of at most [`CHUNK_K`].
+#[allow(clippy::too_many_arguments)]
+fn chunk_gemm(
     (m, n, k): (usize, usize, usize),
     a: View<'_>,
     b: View<'_>,
@@ -345,13 +382,9 @@ fn split(x: f32) -> [u16; PIECES] {
     [x0, x1, bf16(r - widen(x1))]
 }
 
-/// A run of 32 values along the reduction and its three piece runs.
-type Run = [f32; TILE_K];
-type Pieces = [[u16; TILE_K]; PIECES];
-
-/// Splits a run into its pieces (fixed sizes, so the loop vectorises).
+/// Splits `N` values into their pieces (fixed sizes, so the loop vectorises).
 #[inline(always)]
-fn split_run(run: &Run, out: &mut Pieces) {
+fn split_run<const N: usize>(run: &[f32; N], out: &mut [[u16; N]; PIECES]) {
     for (p, &x) in run.iter().enumerate() {
         let [x0, x1, x2] = split(x);
         out[0][p] = x0;
@@ -360,20 +393,17 @@ fn split_run(run: &Run, out: &mut Pieces) {
     }
 }
 
-/// Reads `width` values from `data` starting at `at`, `step` apart, into a zero-padded run.
+/// `width` contiguous values of `data` from `at`, zero-padded to `N` (`at` is not read when
+/// `width` is 0: it may lie past the end).
 #[inline(always)]
-fn gather(data: &[f32], at: usize, step: usize, width: usize) -> Run {
-    if step == 1 && width == TILE_K {
+fn load<const N: usize>(data: &[f32], at: usize, width: usize) -> [f32; N] {
+    if width == N {
         // A fixed-size copy: inlined, where a slice copy of run-time length calls memmove.
-        return *<&Run>::try_from(&data[at..at + TILE_K]).expect("32 values");
+        return *<&[f32; N]>::try_from(&data[at..at + N]).expect("N values");
     }
-    let mut run = [0f32; TILE_K];
-    if step == 1 {
+    let mut run = [0f32; N];
+    if width > 0 {
         run[..width].copy_from_slice(&data[at..at + width]);
-    } else {
-        for (p, r) in run.iter_mut().take(width).enumerate() {
-            *r = data[at + p * step];
-        }
     }
     run
 }
@@ -384,24 +414,46 @@ crate::multiversion! {
     /// at `r * 32 + 2 j + q`. Columns and rows past the matrix are zero.
     fn pack_right(b: View<'_>, shape: (usize, usize), block: usize, tiles: &mut [Tile]) {
         let (n, k) = shape;
-        // Element (p, col) of b is data[p * along + col * across].
-        let (along, across) = if b.trans { (1, b.ld) } else { (b.ld, 1) };
         let first = block * TILE_ROWS;
         let cols = TILE_ROWS.min(n.saturating_sub(first));
-        let mut pieces: Pieces = [[0; TILE_K]; PIECES];
         for (kb, out) in tiles.chunks_exact_mut(PIECES).enumerate() {
             let k0 = kb * TILE_K;
             let width = TILE_K.min(k - k0);
-            for t in out.iter_mut() {
-                *t = ZERO_TILE;
-            }
-            for j in 0..cols {
-                let run = gather(b.data, k0 * along + (first + j) * across, along, width);
-                split_run(&run, &mut pieces);
-                for (tile, piece) in out.iter_mut().zip(&pieces) {
-                    for r in 0..TILE_K / 2 {
-                        tile.0[r * TILE_K + 2 * j] = piece[2 * r];
-                        tile.0[r * TILE_K + 2 * j + 1] = piece[2 * r + 1];
+            if b.trans {
+                // Column j of b is contiguous: split it along k, then deal the pairs out.
+                let mut pieces = [[0; TILE_K]; PIECES];
+                for t in out.iter_mut() {
+                    *t = ZERO_TILE;
+                }
+                for j in 0..cols {
+                    let run: [f32; TILE_K] = load(b.data, (first + j) * b.ld + k0, width);
+                    split_run(&run, &mut pieces);
+                    for (tile, piece) in out.iter_mut().zip(&pieces) {
+                        for r in 0..TILE_K / 2 {
+                            tile.0[r * TILE_K + 2 * j] = piece[2 * r];
+                            tile.0[r * TILE_K + 2 * j + 1] = piece[2 * r + 1];
+                        }
+                    }
+                }
+            } else {
+                // Rows of b are contiguous: split rows 2r and 2r + 1, then interleave them.
+                let (mut even, mut odd) = ([[0; TILE_ROWS]; PIECES], [[0; TILE_ROWS]; PIECES]);
+                for r in 0..TILE_K / 2 {
+                    for (q, pieces) in [&mut even, &mut odd].into_iter().enumerate() {
+                        let p = 2 * r + q;
+                        let run: [f32; TILE_ROWS] = if p < width {
+                            load(b.data, (k0 + p) * b.ld + first, cols)
+                        } else {
+                            [0.0; TILE_ROWS]
+                        };
+                        split_run(&run, pieces);
+                    }
+                    for ((tile, e), o) in out.iter_mut().zip(&even).zip(&odd) {
+                        let row = &mut tile.0[r * TILE_K..(r + 1) * TILE_K];
+                        for j in 0..TILE_ROWS {
+                            row[2 * j] = e[j];
+                            row[2 * j + 1] = o[j];
+                        }
                     }
                 }
             }
@@ -416,24 +468,41 @@ crate::multiversion! {
     fn pack_left(a: View<'_>, rows: (usize, usize, usize), tiles: &mut [Tile]) {
         let (first, count, k) = rows;
         let kblocks = k.div_ceil(TILE_K);
-        // Element (row, p) of a is data[row * down + p * along].
-        let (down, along) = if a.trans { (1, a.ld) } else { (a.ld, 1) };
-        let mut pieces: Pieces = [[0; TILE_K]; PIECES];
         for (rb, blocks) in tiles.chunks_exact_mut(kblocks * PIECES).enumerate() {
+            let r0 = rb * TILE_ROWS;
+            let valid = TILE_ROWS.min(count.saturating_sub(r0));
             for (kb, out) in blocks.chunks_exact_mut(PIECES).enumerate() {
                 let k0 = kb * TILE_K;
                 let width = TILE_K.min(k - k0);
-                for i in 0..TILE_ROWS {
-                    let row = rb * TILE_ROWS + i;
-                    let at = i * TILE_K;
-                    if row < count {
-                        let run = gather(a.data, (first + row) * down + k0 * along, along, width);
+                if a.trans {
+                    // Column p of a is contiguous along the rows: split 16 rows of each of the
+                    // 32 columns, then transpose the pieces into the tiles.
+                    let mut pieces = [[0; TILE_ROWS]; PIECES];
+                    for p in 0..TILE_K {
+                        let run: [f32; TILE_ROWS] = if p < width {
+                            load(a.data, (k0 + p) * a.ld + first + r0, valid)
+                        } else {
+                            [0.0; TILE_ROWS]
+                        };
                         split_run(&run, &mut pieces);
-                    } else {
-                        pieces = [[0; TILE_K]; PIECES];
+                        for (tile, piece) in out.iter_mut().zip(&pieces) {
+                            for i in 0..TILE_ROWS {
+                                tile.0[i * TILE_K + p] = piece[i];
+                            }
+                        }
                     }
-                    for (tile, piece) in out.iter_mut().zip(&pieces) {
-                        tile.0[at..at + TILE_K].copy_from_slice(piece);
+                } else {
+                    let mut pieces = [[0; TILE_K]; PIECES];
+                    for i in 0..TILE_ROWS {
+                        let run: [f32; TILE_K] = if i < valid {
+                            load(a.data, (first + r0 + i) * a.ld + k0, width)
+                        } else {
+                            [0.0; TILE_K]
+                        };
+                        split_run(&run, &mut pieces);
+                        for (tile, piece) in out.iter_mut().zip(&pieces) {
+                            tile.0[i * TILE_K..(i + 1) * TILE_K].copy_from_slice(piece);
+                        }
                     }
                 }
             }
@@ -508,6 +577,8 @@ mod tests {
             (300, 64, 384, false, true, 1.0, 1.0, Threads::Pool),
             (64, 96, 200, true, false, 1.0, 2.0, Threads::Pool),
             (33, 129, 31 + 32, true, true, 0.0, -1.0, Threads::Caller),
+            // A reduction longer than one chunk.
+            (40, 48, CHUNK_K + 76, false, false, 1.0, 1.0, Threads::Pool),
         ];
         for (seed, &(m, n, k, at, bt, beta, alpha, threads)) in cases.iter().enumerate() {
             let a_data = values(m * k, seed as u64 * 3 + 1);
