@@ -16,6 +16,7 @@
 
 use std::arch::asm;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -33,7 +34,7 @@ const PIECES: usize = 3;
 const TILE_BYTES: usize = 1024;
 const KBLOCK_BYTES: usize = PIECES * TILE_BYTES;
 /// The longest reduction one pass packs: 1.5 MiB of right operand per 256 columns.
-const CHUNK_K: usize = 1024;
+pub(crate) const CHUNK_K: usize = 1024;
 /// Bytes of packed left operand a task aims to keep in the L2 cache.
 const PANEL_BYTES: usize = 640 << 10;
 
@@ -118,28 +119,66 @@ pub(crate) fn gemm(
             ..b
         };
         let dims = (m, n, CHUNK_K.min(k - k0));
-        chunk_gemm(dims, a, b, c, ldc, beta, alpha, threads);
+        let c = &mut c[..(m - 1) * ldc + n];
+        if beta == 0.0 {
+            chunk_gemm(dims, a, b, c, ldc, threads, |d: &mut [f32], s: &[f32], _| {
+                d.iter_mut().zip(s).for_each(|(d, s)| *d = alpha * s)
+            });
+        } else {
+            chunk_gemm(dims, a, b, c, ldc, threads, |d: &mut [f32], s: &[f32], _| {
+                d.iter_mut().zip(s).for_each(|(d, s)| *d += alpha * s)
+            });
+        }
         beta = 1.0;
     }
 }
 
-/// [`gemm`] for a reduction of at most [`CHUNK_K`].
-#[allow(clippy::too_many_arguments)]
-fn chunk_gemm(
+/// `a @ b` plus `bias` (one value per column; none: zero) as a new row-major `m x n` matrix,
+/// every element written once by the kernels' write-back (no zero or bias fill before); `k` at
+/// most [`CHUNK_K`].
+pub(crate) fn fresh(
     (m, n, k): (usize, usize, usize),
     a: View<'_>,
     b: View<'_>,
-    c: &mut [f32],
-    ldc: usize,
-    beta: f32,
-    alpha: f32,
+    bias: Option<&[f32]>,
     threads: Threads,
+) -> Vec<f32> {
+    assert!(k <= CHUNK_K && bias.is_none_or(|b| b.len() == n));
+    let mut out = Vec::with_capacity(m * n);
+    let slots = &mut out.spare_capacity_mut()[..m * n];
+    let write = |d: &mut [MaybeUninit<f32>], s: &[f32], col: usize| match bias {
+        Some(bias) => d.iter_mut().zip(s).zip(&bias[col..]).for_each(|((d, s), b)| {
+            d.write(s + b);
+        }),
+        None => d.iter_mut().zip(s).for_each(|(d, &s)| {
+            d.write(s);
+        }),
+    };
+    chunk_gemm((m, n, k), a, b, slots, n, threads, write);
+    #[allow(unsafe_code)]
+    // SAFETY: with `ldc == n` the `m x n` output is the whole of `slots`, and `panel_task`
+    // writes every element of it: every row of its panel, for every block of columns.
+    unsafe {
+        out.set_len(m * n)
+    };
+    out
+}
+
+/// [`gemm`] for a reduction of at most [`CHUNK_K`], storing each output row segment with
+/// `store(destination, product values, first column)`.
+fn chunk_gemm<T: Send>(
+    (m, n, k): (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    c: &mut [T],
+    ldc: usize,
+    threads: Threads,
+    store: impl Fn(&mut [T], &[f32], usize) + Sync,
 ) {
     let kblocks = k.div_ceil(TILE_K);
     let per_block = kblocks * PIECES;
     let tiles = n.div_ceil(BLOCK) * 2 * per_block;
     let rows = panel_rows(kblocks);
-    let c = &mut c[..(m - 1) * ldc + n];
     with_buffer(&PACKED, tiles, |packed| {
         let pack = |(block, t): (usize, &mut [Tile])| pack_right(b, (n, k), block, t);
         match threads {
@@ -147,10 +186,10 @@ fn chunk_gemm(
             Threads::Caller => packed.chunks_mut(per_block).enumerate().for_each(pack),
         }
         let packed = &*packed;
-        let task = |(i, c): (usize, &mut [f32])| {
+        let task = |(i, c): (usize, &mut [T])| {
             let first = i * rows;
             let shape = (first, rows.min(m - first), n, k);
-            panel_task(shape, a, packed, c, ldc, (beta, alpha));
+            panel_task(shape, a, packed, c, ldc, &store);
         };
         match threads {
             Threads::Pool => c.par_chunks_mut(rows * ldc).enumerate().for_each(task),
@@ -160,14 +199,15 @@ fn chunk_gemm(
 }
 
 /// Rows `first .. first + count` of the product into `c` (those rows, leading dimension `ldc`):
-/// packs them from `a` into this thread's panel, then runs the kernel for every 32 x 32 block.
-fn panel_task(
+/// packs them from `a` into this thread's panel, then runs the kernel for every 32 x 32 block
+/// and stores each of its rows: every column `< n` of every one of the `count` rows.
+fn panel_task<T>(
     (first, count, n, k): (usize, usize, usize, usize),
     a: View<'_>,
     packed: &[Tile],
-    c: &mut [f32],
+    c: &mut [T],
     ldc: usize,
-    (beta, alpha): (f32, f32),
+    store: &impl Fn(&mut [T], &[f32], usize),
 ) {
     let per_block = k.div_ceil(TILE_K) * PIECES;
     let pair = 2 * per_block;
@@ -176,16 +216,12 @@ fn panel_task(
         let tiles = TileState::load();
         let mut out = Block([0.0; BLOCK * BLOCK]);
         for (nb, right) in packed.chunks_exact(pair).enumerate() {
-            let cols = BLOCK.min(n - nb * BLOCK);
+            let col = nb * BLOCK;
+            let cols = BLOCK.min(n - col);
             for (mb, left) in panel.chunks_exact(pair).enumerate() {
                 tiles.product(left, right, &mut out);
                 for (i, src) in out.0.chunks_exact(BLOCK).take(count - mb * BLOCK).enumerate() {
-                    let dst = &mut c[(mb * BLOCK + i) * ldc + nb * BLOCK..][..cols];
-                    if beta == 0.0 {
-                        dst.iter_mut().zip(src).for_each(|(d, s)| *d = alpha * s);
-                    } else {
-                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += alpha * s);
-                    }
+                    store(&mut c[(mb * BLOCK + i) * ldc + col..][..cols], &src[..cols], col);
                 }
             }
         }

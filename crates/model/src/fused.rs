@@ -20,7 +20,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::matmul::{gemm, product, Threads, View};
+use crate::matmul::{biased_product, product, Threads, View};
 use crate::{multiversion, pointwise, simd};
 
 /// Rows per parallel work item: fixed, so the reduction order is too.
@@ -633,19 +633,13 @@ pub(crate) fn linear_forward(
     out: usize,
 ) -> Result<Vec<f32>> {
     let rows = x.len() / inner.max(1);
-    // Every row starts as the bias; the product is accumulated onto it.
-    let mut y = pointwise::repeat_rows(b, rows);
-    gemm(
+    biased_product(
         (rows, out, inner),
         View::rows(x, inner),
         View::transposed(w, inner),
-        &mut y,
-        out,
-        1.0,
-        1.0,
+        b,
         Threads::Pool,
-    )?;
-    Ok(y)
+    )
 }
 
 /// Gradients of input, weight and bias of [`linear_forward`] given the output gradient `g`.

@@ -321,16 +321,55 @@ pub(crate) fn reference_gemm(
 
 /// `a @ b` (`m x k` times `k x n`) as a new row-major `m x n` matrix.
 pub fn product(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     a: View<'_>,
     b: View<'_>,
     threads: Threads,
 ) -> Result<Vec<f32>> {
-    let mut c = match threads {
-        Threads::Pool => crate::pointwise::zeros(m * n),
-        Threads::Caller => vec![0f32; m * n],
+    new_product(dims, a, b, None, threads)
+}
+
+/// `a @ b + bias` with `bias` (`n` values) added to every row, as a new row-major `m x n`
+/// matrix: a linear layer's output.
+pub fn biased_product(
+    dims: (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    bias: &[f32],
+    threads: Threads,
+) -> Result<Vec<f32>> {
+    if bias.len() != dims.1 {
+        candle_core::bail!(
+            "matmul: a bias of {} values for {} output columns",
+            bias.len(),
+            dims.1
+        )
+    }
+    new_product(dims, a, b, Some(bias), threads)
+}
+
+fn new_product(
+    (m, n, k): (usize, usize, usize),
+    a: View<'_>,
+    b: View<'_>,
+    bias: Option<&[f32]>,
+    threads: Threads,
+) -> Result<Vec<f32>> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if crate::amx::worth((m, n, k)) && k <= crate::amx::CHUNK_K && crate::amx::available() {
+        a.strides(m, k, "left operand")?;
+        b.strides(k, n, "right operand")?;
+        // The tiles' write-back stores every element once: no fill first.
+        return Ok(crate::amx::fresh((m, n, k), a, b, bias, threads));
+    }
+    let pool = threads == Threads::Pool;
+    let (mut c, beta) = match bias {
+        Some(bias) if pool => (crate::pointwise::repeat_rows(bias, m), 1.0),
+        Some(bias) => (bias.repeat(m), 1.0),
+        None if pool => (crate::pointwise::zeros(m * n), 0.0),
+        None => (vec![0f32; m * n], 0.0),
     };
-    gemm((m, n, k), a, b, &mut c, n, 0.0, 1.0, threads)?;
+    gemm((m, n, k), a, b, &mut c, n, beta, 1.0, threads)?;
     Ok(c)
 }
 
