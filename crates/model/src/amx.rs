@@ -33,8 +33,11 @@ const PIECES: usize = 3;
 /// Bytes of one tile and of one k-block's three piece tiles.
 const TILE_BYTES: usize = 1024;
 const KBLOCK_BYTES: usize = PIECES * TILE_BYTES;
-/// The longest reduction one pass packs: 1.5 MiB of right operand per 256 columns.
-pub(crate) const CHUNK_K: usize = 1024;
+/// The longest reduction the tiles take. Beyond it (a weight gradient summed over 4096 tokens,
+/// bert-base's 3072-wide feed-forward output) the panels of rows get thin, each re-reads the
+/// whole packed right operand from memory, and the `gemm` crate was faster here (a 384 x 1536
+/// weight gradient over 4096 tokens: 196 against 272 GFLOP/s).
+const MAX_K: usize = 2048;
 /// Bytes of packed left operand a task aims to keep in the L2 cache.
 const PANEL_BYTES: usize = 640 << 10;
 
@@ -71,6 +74,11 @@ pub fn supported() -> bool {
     if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
         return false;
     }
+    // The packing splits values with AVX512-BF16 (every CPU with AMX has it).
+    use std::arch::is_x86_feature_detected as has;
+    if !(has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16")) {
+        return false;
+    }
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     #[allow(unsafe_code)]
@@ -83,17 +91,13 @@ pub fn supported() -> bool {
 /// Whether a `m x k` by `k x n` product is large enough for the tiles to beat the `gemm` crate
 /// after packing both operands.
 pub(crate) fn worth((m, n, k): (usize, usize, usize)) -> bool {
-    m >= BLOCK && n >= BLOCK && k >= TILE_K && m * n * k >= 1 << 21
+    m >= BLOCK && n >= BLOCK && (TILE_K..=MAX_K).contains(&k) && m * n * k >= 1 << 21
 }
 
 /// `c = beta * c + alpha * a @ b` (`beta` 0 or 1) on AMX tiles; extents checked by the caller
 /// and [`available`] true. The right operand is packed once (in parallel with
 /// [`Threads::Pool`]); then each task packs a panel of rows of `a` and computes those rows of
 /// `c`. Every output element is one kernel's sum over all of `k`, whatever the thread count.
-///
-/// A long reduction (more than [`CHUNK_K`]) runs as products over consecutive chunks of `k`,
-/// each added to `c`: the packed right operand of a chunk stays in the cache while every panel
-/// of rows uses it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     (m, n, k): (usize, usize, usize),
@@ -105,37 +109,21 @@ pub(crate) fn gemm(
     alpha: f32,
     threads: Threads,
 ) {
-    let mut beta = beta;
-    for k0 in (0..k).step_by(CHUNK_K) {
-        // Column k0 of `a` and row k0 of `b`.
-        let a_at = if a.trans { k0 * a.ld } else { k0 };
-        let b_at = if b.trans { k0 } else { k0 * b.ld };
-        let a = View {
-            data: &a.data[a_at..],
-            ..a
-        };
-        let b = View {
-            data: &b.data[b_at..],
-            ..b
-        };
-        let dims = (m, n, CHUNK_K.min(k - k0));
-        let c = &mut c[..(m - 1) * ldc + n];
-        if beta == 0.0 {
-            chunk_gemm(dims, a, b, c, ldc, threads, |d: &mut [f32], s: &[f32], _| {
-                d.iter_mut().zip(s).for_each(|(d, s)| *d = alpha * s)
-            });
-        } else {
-            chunk_gemm(dims, a, b, c, ldc, threads, |d: &mut [f32], s: &[f32], _| {
-                d.iter_mut().zip(s).for_each(|(d, s)| *d += alpha * s)
-            });
-        }
-        beta = 1.0;
+    let c = &mut c[..(m - 1) * ldc + n];
+    if beta == 0.0 {
+        tile_gemm((m, n, k), a, b, c, ldc, threads, |d: &mut [f32], s: &[f32], _| {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d = alpha * s)
+        });
+    } else {
+        tile_gemm((m, n, k), a, b, c, ldc, threads, |d: &mut [f32], s: &[f32], _| {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += alpha * s)
+        });
     }
 }
 
 /// `a @ b` plus `bias` (one value per column; none: zero) as a new row-major `m x n` matrix,
 /// every element written once by the kernels' write-back (no zero or bias fill before); `k` at
-/// most [`CHUNK_K`].
+/// most [`MAX_K`].
 pub(crate) fn fresh(
     (m, n, k): (usize, usize, usize),
     a: View<'_>,
@@ -143,7 +131,7 @@ pub(crate) fn fresh(
     bias: Option<&[f32]>,
     threads: Threads,
 ) -> Vec<f32> {
-    assert!(k <= CHUNK_K && bias.is_none_or(|b| b.len() == n));
+    assert!(worth((m, n, k)) && bias.is_none_or(|b| b.len() == n));
     let mut out = Vec::with_capacity(m * n);
     let slots = &mut out.spare_capacity_mut()[..m * n];
     let write = |d: &mut [MaybeUninit<f32>], s: &[f32], col: usize| match bias {
@@ -154,7 +142,7 @@ pub(crate) fn fresh(
             d.write(s);
         }),
     };
-    chunk_gemm((m, n, k), a, b, slots, n, threads, write);
+    tile_gemm((m, n, k), a, b, slots, n, threads, write);
     #[allow(unsafe_code)]
     // SAFETY: with `ldc == n` the `m x n` output is the whole of `slots`, and `panel_task`
     // writes every element of it: every row of its panel, for every block of columns.
@@ -164,9 +152,9 @@ pub(crate) fn fresh(
     out
 }
 
-/// [`gemm`] for a reduction of at most [`CHUNK_K`], storing each output row segment with
-/// `store(destination, product values, first column)`.
-fn chunk_gemm<T: Send>(
+/// The product into `c`, storing each output row segment with `store(destination, product
+/// values, first column)`.
+fn tile_gemm<T: Send>(
     (m, n, k): (usize, usize, usize),
     a: View<'_>,
     b: View<'_>,
@@ -180,9 +168,11 @@ fn chunk_gemm<T: Send>(
     let tiles = n.div_ceil(BLOCK) * 2 * per_block;
     let rows = panel_rows(kblocks);
     with_buffer(&PACKED, tiles, |packed| {
-        let pack = |(block, t): (usize, &mut [Tile])| pack_right(b, (n, k), block, t);
+        #[allow(unsafe_code)]
+        // SAFETY: `available()` checked that the CPU has AVX512-BF16 (and AVX-512 F/BW/VL).
+        let pack = |(block, t): (usize, &mut [Tile])| unsafe { pack_right(b, (n, k), block, t) };
         match threads {
-            Threads::Pool => packed.par_chunks_mut(per_block).enumerate().for_each(pack),
+            Threads::Pool => packed.par_chunks_mut(per_block).enumerate().for_each(&pack),
             Threads::Caller => packed.chunks_mut(per_block).enumerate().for_each(pack),
         }
         let packed = &*packed;
@@ -212,7 +202,9 @@ fn panel_task<T>(
     let per_block = k.div_ceil(TILE_K) * PIECES;
     let pair = 2 * per_block;
     with_buffer(&PANEL, count.div_ceil(BLOCK) * pair, |panel| {
-        pack_left(a, (first, count, k), panel);
+        #[allow(unsafe_code)]
+        // SAFETY: `available()` checked that the CPU has AVX512-BF16 (and AVX-512 F/BW/VL).
+        unsafe { pack_left(a, (first, count, k), panel) };
         let tiles = TileState::load();
         let mut out = Block([0.0; BLOCK * BLOCK]);
         for (nb, right) in packed.chunks_exact(pair).enumerate() {
@@ -392,8 +384,9 @@ fn panel_rows(kblocks: usize) -> usize {
     (PANEL_BYTES / per_row / BLOCK * BLOCK).clamp(BLOCK, 256)
 }
 
-/// The nearest bf16 (ties to even), as its bits; NaN stays NaN.
-#[inline(always)]
+/// The nearest bf16 (ties to even), as its bits; NaN stays NaN. The scalar reference for
+/// [`split_run`].
+#[cfg(test)]
 fn bf16(x: f32) -> u16 {
     let bits = x.to_bits();
     let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
@@ -404,13 +397,13 @@ fn bf16(x: f32) -> u16 {
     }
 }
 
-#[inline(always)]
+#[cfg(test)]
 fn widen(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
 /// `x` as three bf16 pieces whose sum is `x` to within f32 rounding.
-#[inline(always)]
+#[cfg(test)]
 fn split(x: f32) -> [u16; PIECES] {
     let x0 = bf16(x);
     let r = x - widen(x0);
@@ -418,14 +411,33 @@ fn split(x: f32) -> [u16; PIECES] {
     [x0, x1, bf16(r - widen(x1))]
 }
 
-/// Splits `N` values into their pieces (fixed sizes, so the loop vectorises).
-#[inline(always)]
+/// Splits `N` values (a multiple of 16) into their pieces, 16 at a time with AVX512-BF16's
+/// `vcvtneps2bf16` (round to nearest even, as [`split`]; it also flushes values below f32's
+/// normal range to zero).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
 fn split_run<const N: usize>(run: &[f32; N], out: &mut [[u16; N]; PIECES]) {
-    for (p, &x) in run.iter().enumerate() {
-        let [x0, x1, x2] = split(x);
-        out[0][p] = x0;
-        out[1][p] = x1;
-        out[2][p] = x2;
+    use std::arch::x86_64::*;
+    const { assert!(N % 16 == 0) };
+    #[allow(unsafe_code)]
+    // SAFETY: `__m256bh` and `__m256i` are both 16 packed 16-bit values.
+    let bits = |h: __m256bh| unsafe { std::mem::transmute::<__m256bh, __m256i>(h) };
+    // bf16 bits in the high half of each f32.
+    let widen = |h| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits(h))));
+    for c in 0..N / 16 {
+        #[allow(unsafe_code)]
+        // SAFETY: `c * 16 + 16 <= N`: the load reads 16 values of `run`, each store writes 16
+        // of a piece.
+        unsafe {
+            let x = _mm512_loadu_ps(run.as_ptr().add(c * 16));
+            let x0 = _mm512_cvtneps_pbh(x);
+            let r = _mm512_sub_ps(x, widen(x0));
+            let x1 = _mm512_cvtneps_pbh(r);
+            let x2 = _mm512_cvtneps_pbh(_mm512_sub_ps(r, widen(x1)));
+            for (piece, h) in out.iter_mut().zip([x0, x1, x2]) {
+                _mm256_storeu_si256(piece.as_mut_ptr().add(c * 16).cast(), bits(h));
+            }
+        }
     }
 }
 
@@ -444,52 +456,51 @@ fn load<const N: usize>(data: &[f32], at: usize, width: usize) -> [f32; N] {
     run
 }
 
-crate::multiversion! {
-    /// Packs columns `16 block ..` of the `k x n` right operand `b` into `tiles` (one per k-block
-    /// and piece, in that order), each in AMX's pair layout: element `(2 r + q, j)` of the tile
-    /// at `r * 32 + 2 j + q`. Columns and rows past the matrix are zero.
-    fn pack_right(b: View<'_>, shape: (usize, usize), block: usize, tiles: &mut [Tile]) {
-        let (n, k) = shape;
-        let first = block * TILE_ROWS;
-        let cols = TILE_ROWS.min(n.saturating_sub(first));
-        for (kb, out) in tiles.chunks_exact_mut(PIECES).enumerate() {
-            let k0 = kb * TILE_K;
-            let width = TILE_K.min(k - k0);
-            if b.trans {
-                // Column j of b is contiguous: split it along k, then deal the pairs out.
-                let mut pieces = [[0; TILE_K]; PIECES];
-                for t in out.iter_mut() {
-                    *t = ZERO_TILE;
-                }
-                for j in 0..cols {
-                    let run: [f32; TILE_K] = load(b.data, (first + j) * b.ld + k0, width);
-                    split_run(&run, &mut pieces);
-                    for (tile, piece) in out.iter_mut().zip(&pieces) {
-                        for r in 0..TILE_K / 2 {
-                            tile.0[r * TILE_K + 2 * j] = piece[2 * r];
-                            tile.0[r * TILE_K + 2 * j + 1] = piece[2 * r + 1];
-                        }
+/// Packs columns `16 block ..` of the `k x n` right operand `b` into `tiles` (one per k-block
+/// and piece, in that order), each in AMX's pair layout: element `(2 r + q, j)` of the tile
+/// at `r * 32 + 2 j + q`. Columns and rows past the matrix are zero.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+fn pack_right(b: View<'_>, shape: (usize, usize), block: usize, tiles: &mut [Tile]) {
+    let (n, k) = shape;
+    let first = block * TILE_ROWS;
+    let cols = TILE_ROWS.min(n.saturating_sub(first));
+    for (kb, out) in tiles.chunks_exact_mut(PIECES).enumerate() {
+        let k0 = kb * TILE_K;
+        let width = TILE_K.min(k - k0);
+        if b.trans {
+            // Column j of b is contiguous: split it along k, then deal the pairs out.
+            let mut pieces = [[0; TILE_K]; PIECES];
+            for t in out.iter_mut() {
+                *t = ZERO_TILE;
+            }
+            for j in 0..cols {
+                let run: [f32; TILE_K] = load(b.data, (first + j) * b.ld + k0, width);
+                split_run(&run, &mut pieces);
+                for (tile, piece) in out.iter_mut().zip(&pieces) {
+                    for r in 0..TILE_K / 2 {
+                        tile.0[r * TILE_K + 2 * j] = piece[2 * r];
+                        tile.0[r * TILE_K + 2 * j + 1] = piece[2 * r + 1];
                     }
                 }
-            } else {
-                // Rows of b are contiguous: split rows 2r and 2r + 1, then interleave them.
-                let (mut even, mut odd) = ([[0; TILE_ROWS]; PIECES], [[0; TILE_ROWS]; PIECES]);
-                for r in 0..TILE_K / 2 {
-                    for (q, pieces) in [&mut even, &mut odd].into_iter().enumerate() {
-                        let p = 2 * r + q;
-                        let run: [f32; TILE_ROWS] = if p < width {
-                            load(b.data, (k0 + p) * b.ld + first, cols)
-                        } else {
-                            [0.0; TILE_ROWS]
-                        };
-                        split_run(&run, pieces);
-                    }
-                    for ((tile, e), o) in out.iter_mut().zip(&even).zip(&odd) {
-                        let row = &mut tile.0[r * TILE_K..(r + 1) * TILE_K];
-                        for j in 0..TILE_ROWS {
-                            row[2 * j] = e[j];
-                            row[2 * j + 1] = o[j];
-                        }
+            }
+        } else {
+            // Rows of b are contiguous: split rows 2r and 2r + 1, then interleave them.
+            let (mut even, mut odd) = ([[0; TILE_ROWS]; PIECES], [[0; TILE_ROWS]; PIECES]);
+            for r in 0..TILE_K / 2 {
+                for (q, pieces) in [&mut even, &mut odd].into_iter().enumerate() {
+                    let p = 2 * r + q;
+                    let run: [f32; TILE_ROWS] = if p < width {
+                        load(b.data, (k0 + p) * b.ld + first, cols)
+                    } else {
+                        [0.0; TILE_ROWS]
+                    };
+                    split_run(&run, pieces);
+                }
+                for ((tile, e), o) in out.iter_mut().zip(&even).zip(&odd) {
+                    let row = &mut tile.0[r * TILE_K..(r + 1) * TILE_K];
+                    for j in 0..TILE_ROWS {
+                        row[2 * j] = e[j];
+                        row[2 * j + 1] = o[j];
                     }
                 }
             }
@@ -497,48 +508,47 @@ crate::multiversion! {
     }
 }
 
-crate::multiversion! {
-    /// Packs rows `first .. first + count` of the `m x k` left operand `a` into `tiles`: for each
-    /// 16-row block, per k-block, its three piece tiles (element `(i, p)` at `i * 32 + p`). Rows
-    /// past `count` (up to a multiple of 32) and columns past `k` are zero.
-    fn pack_left(a: View<'_>, rows: (usize, usize, usize), tiles: &mut [Tile]) {
-        let (first, count, k) = rows;
-        let kblocks = k.div_ceil(TILE_K);
-        for (rb, blocks) in tiles.chunks_exact_mut(kblocks * PIECES).enumerate() {
-            let r0 = rb * TILE_ROWS;
-            let valid = TILE_ROWS.min(count.saturating_sub(r0));
-            for (kb, out) in blocks.chunks_exact_mut(PIECES).enumerate() {
-                let k0 = kb * TILE_K;
-                let width = TILE_K.min(k - k0);
-                if a.trans {
-                    // Column p of a is contiguous along the rows: split 16 rows of each of the
-                    // 32 columns, then transpose the pieces into the tiles.
-                    let mut pieces = [[0; TILE_ROWS]; PIECES];
-                    for p in 0..TILE_K {
-                        let run: [f32; TILE_ROWS] = if p < width {
-                            load(a.data, (k0 + p) * a.ld + first + r0, valid)
-                        } else {
-                            [0.0; TILE_ROWS]
-                        };
-                        split_run(&run, &mut pieces);
-                        for (tile, piece) in out.iter_mut().zip(&pieces) {
-                            for i in 0..TILE_ROWS {
-                                tile.0[i * TILE_K + p] = piece[i];
-                            }
+/// Packs rows `first .. first + count` of the `m x k` left operand `a` into `tiles`: for each
+/// 16-row block, per k-block, its three piece tiles (element `(i, p)` at `i * 32 + p`). Rows
+/// past `count` (up to a multiple of 32) and columns past `k` are zero.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+fn pack_left(a: View<'_>, rows: (usize, usize, usize), tiles: &mut [Tile]) {
+    let (first, count, k) = rows;
+    let kblocks = k.div_ceil(TILE_K);
+    for (rb, blocks) in tiles.chunks_exact_mut(kblocks * PIECES).enumerate() {
+        let r0 = rb * TILE_ROWS;
+        let valid = TILE_ROWS.min(count.saturating_sub(r0));
+        for (kb, out) in blocks.chunks_exact_mut(PIECES).enumerate() {
+            let k0 = kb * TILE_K;
+            let width = TILE_K.min(k - k0);
+            if a.trans {
+                // Column p of a is contiguous along the rows: split 16 rows of each of the
+                // 32 columns, then transpose the pieces into the tiles.
+                let mut pieces = [[0; TILE_ROWS]; PIECES];
+                for p in 0..TILE_K {
+                    let run: [f32; TILE_ROWS] = if p < width {
+                        load(a.data, (k0 + p) * a.ld + first + r0, valid)
+                    } else {
+                        [0.0; TILE_ROWS]
+                    };
+                    split_run(&run, &mut pieces);
+                    for (tile, piece) in out.iter_mut().zip(&pieces) {
+                        for i in 0..TILE_ROWS {
+                            tile.0[i * TILE_K + p] = piece[i];
                         }
                     }
-                } else {
-                    let mut pieces = [[0; TILE_K]; PIECES];
-                    for i in 0..TILE_ROWS {
-                        let run: [f32; TILE_K] = if i < valid {
-                            load(a.data, (first + r0 + i) * a.ld + k0, width)
-                        } else {
-                            [0.0; TILE_K]
-                        };
-                        split_run(&run, &mut pieces);
-                        for (tile, piece) in out.iter_mut().zip(&pieces) {
-                            tile.0[i * TILE_K..(i + 1) * TILE_K].copy_from_slice(piece);
-                        }
+                }
+            } else {
+                let mut pieces = [[0; TILE_K]; PIECES];
+                for i in 0..TILE_ROWS {
+                    let run: [f32; TILE_K] = if i < valid {
+                        load(a.data, (first + r0 + i) * a.ld + k0, width)
+                    } else {
+                        [0.0; TILE_K]
+                    };
+                    split_run(&run, &mut pieces);
+                    for (tile, piece) in out.iter_mut().zip(&pieces) {
+                        tile.0[i * TILE_K..(i + 1) * TILE_K].copy_from_slice(piece);
                     }
                 }
             }
@@ -613,8 +623,8 @@ mod tests {
             (300, 64, 384, false, true, 1.0, 1.0, Threads::Pool),
             (64, 96, 200, true, false, 1.0, 2.0, Threads::Pool),
             (33, 129, 31 + 32, true, true, 0.0, -1.0, Threads::Caller),
-            // A reduction longer than one chunk.
-            (40, 48, CHUNK_K + 76, false, false, 1.0, 1.0, Threads::Pool),
+            // The longest reduction, not a multiple of 32.
+            (40, 48, MAX_K - 20, false, false, 1.0, 1.0, Threads::Pool),
         ];
         for (seed, &(m, n, k, at, bt, beta, alpha, threads)) in cases.iter().enumerate() {
             let a_data = values(m * k, seed as u64 * 3 + 1);
@@ -658,5 +668,31 @@ mod tests {
             assert!((sum - f64::from(x)).abs() <= f64::from(x.abs()) * 2f64.powi(-24), "{x}");
         }
         assert!(widen(split(f32::NAN)[0]).is_nan());
+    }
+
+    #[test]
+    fn vector_split_matches_the_scalar_split() {
+        if !available() {
+            eprintln!("AMX not available on this machine: the vector split is not tested here");
+            return;
+        }
+        let mut xs = values(32, 11);
+        xs[3] = f32::NAN;
+        xs[4] = 0.0;
+        let run: [f32; 32] = xs.clone().try_into().unwrap();
+        let mut pieces = [[0u16; 32]; PIECES];
+        #[allow(unsafe_code)]
+        // SAFETY: `available()` checked AVX512-BF16.
+        unsafe {
+            split_run(&run, &mut pieces)
+        };
+        for (p, &x) in xs.iter().enumerate() {
+            let got = [pieces[0][p], pieces[1][p], pieces[2][p]];
+            if x.is_nan() {
+                assert!(widen(got[0]).is_nan());
+            } else {
+                assert_eq!(got, split(x), "{x}");
+            }
+        }
     }
 }

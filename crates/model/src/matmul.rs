@@ -356,7 +356,7 @@ fn new_product(
     threads: Threads,
 ) -> Result<Vec<f32>> {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if crate::amx::worth((m, n, k)) && k <= crate::amx::CHUNK_K && crate::amx::available() {
+    if crate::amx::worth((m, n, k)) && crate::amx::available() {
         a.strides(m, k, "left operand")?;
         b.strides(k, n, "right operand")?;
         // The tiles' write-back stores every element once: no fill first.
