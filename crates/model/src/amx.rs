@@ -83,8 +83,13 @@ pub fn supported() -> bool {
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     #[allow(unsafe_code)]
     // SAFETY: a request for a process permission; it reads and writes no memory of ours.
-    let granted =
-        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+    let granted = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
     granted == 0
 }
 
@@ -111,13 +116,25 @@ pub(crate) fn gemm(
 ) {
     let c = &mut c[..(m - 1) * ldc + n];
     if beta == 0.0 {
-        tile_gemm((m, n, k), a, b, c, ldc, threads, |d: &mut [f32], s: &[f32], _| {
-            d.iter_mut().zip(s).for_each(|(d, s)| *d = alpha * s)
-        });
+        tile_gemm(
+            (m, n, k),
+            a,
+            b,
+            c,
+            ldc,
+            threads,
+            |d: &mut [f32], s: &[f32], _| d.iter_mut().zip(s).for_each(|(d, s)| *d = alpha * s),
+        );
     } else {
-        tile_gemm((m, n, k), a, b, c, ldc, threads, |d: &mut [f32], s: &[f32], _| {
-            d.iter_mut().zip(s).for_each(|(d, s)| *d += alpha * s)
-        });
+        tile_gemm(
+            (m, n, k),
+            a,
+            b,
+            c,
+            ldc,
+            threads,
+            |d: &mut [f32], s: &[f32], _| d.iter_mut().zip(s).for_each(|(d, s)| *d += alpha * s),
+        );
     }
 }
 
@@ -135,9 +152,13 @@ pub(crate) fn fresh(
     let mut out = Vec::with_capacity(m * n);
     let slots = &mut out.spare_capacity_mut()[..m * n];
     let write = |d: &mut [MaybeUninit<f32>], s: &[f32], col: usize| match bias {
-        Some(bias) => d.iter_mut().zip(s).zip(&bias[col..]).for_each(|((d, s), b)| {
-            d.write(s + b);
-        }),
+        Some(bias) => d
+            .iter_mut()
+            .zip(s)
+            .zip(&bias[col..])
+            .for_each(|((d, s), b)| {
+                d.write(s + b);
+            }),
         None => d.iter_mut().zip(s).for_each(|(d, &s)| {
             d.write(s);
         }),
@@ -172,7 +193,7 @@ fn tile_gemm<T: Send>(
         // SAFETY: `available()` checked that the CPU has AVX512-BF16 (and AVX-512 F/BW/VL).
         let pack = |(block, t): (usize, &mut [Tile])| unsafe { pack_right(b, (n, k), block, t) };
         match threads {
-            Threads::Pool => packed.par_chunks_mut(per_block).enumerate().for_each(&pack),
+            Threads::Pool => packed.par_chunks_mut(per_block).enumerate().for_each(pack),
             Threads::Caller => packed.chunks_mut(per_block).enumerate().for_each(pack),
         }
         let packed = &*packed;
@@ -204,7 +225,9 @@ fn panel_task<T>(
     with_buffer(&PANEL, count.div_ceil(BLOCK) * pair, |panel| {
         #[allow(unsafe_code)]
         // SAFETY: `available()` checked that the CPU has AVX512-BF16 (and AVX-512 F/BW/VL).
-        unsafe { pack_left(a, (first, count, k), panel) };
+        unsafe {
+            pack_left(a, (first, count, k), panel)
+        };
         let tiles = TileState::load();
         let mut out = Block([0.0; BLOCK * BLOCK]);
         for (nb, right) in packed.chunks_exact(pair).enumerate() {
@@ -212,8 +235,17 @@ fn panel_task<T>(
             let cols = BLOCK.min(n - col);
             for (mb, left) in panel.chunks_exact(pair).enumerate() {
                 tiles.product(left, right, &mut out);
-                for (i, src) in out.0.chunks_exact(BLOCK).take(count - mb * BLOCK).enumerate() {
-                    store(&mut c[(mb * BLOCK + i) * ldc + col..][..cols], &src[..cols], col);
+                for (i, src) in out
+                    .0
+                    .chunks_exact(BLOCK)
+                    .take(count - mb * BLOCK)
+                    .enumerate()
+                {
+                    store(
+                        &mut c[(mb * BLOCK + i) * ldc + col..][..cols],
+                        &src[..cols],
+                        col,
+                    );
                 }
             }
         }
@@ -255,7 +287,7 @@ impl TileState {
     /// (tmm0..3), with the left pieces in tmm4/5 and the right in tmm6/7.
     fn product(&self, left: &[Tile], right: &[Tile], out: &mut Block) {
         let per_block = left.len() / 2;
-        assert!(per_block % PIECES == 0 && right.len() == left.len());
+        assert!(per_block.is_multiple_of(PIECES) && right.len() == left.len());
         let (a0, a1) = left.split_at(per_block);
         let (b0, b1) = right.split_at(per_block);
         let stride = TILE_K * 2;
@@ -418,7 +450,7 @@ fn split(x: f32) -> [u16; PIECES] {
 #[inline]
 fn split_run<const N: usize>(run: &[f32; N], out: &mut [[u16; N]; PIECES]) {
     use std::arch::x86_64::*;
-    const { assert!(N % 16 == 0) };
+    const { assert!(N.is_multiple_of(16)) };
     #[allow(unsafe_code)]
     // SAFETY: `__m256bh` and `__m256i` are both 16 packed 16-bit values.
     let bits = |h: __m256bh| unsafe { std::mem::transmute::<__m256bh, __m256i>(h) };
@@ -533,8 +565,8 @@ fn pack_left(a: View<'_>, rows: (usize, usize, usize), tiles: &mut [Tile]) {
                     };
                     split_run(&run, &mut pieces);
                     for (tile, piece) in out.iter_mut().zip(&pieces) {
-                        for i in 0..TILE_ROWS {
-                            tile.0[i * TILE_K + p] = piece[i];
+                        for (i, &x) in piece.iter().enumerate() {
+                            tile.0[i * TILE_K + p] = x;
                         }
                     }
                 }
@@ -602,7 +634,8 @@ mod tests {
                     exact += term;
                     scale += term.abs();
                 }
-                let want = f64::from(beta) * f64::from(base[i * ldc + j]) + f64::from(alpha) * exact;
+                let want =
+                    f64::from(beta) * f64::from(base[i * ldc + j]) + f64::from(alpha) * exact;
                 let got = f64::from(c[i * ldc + j]);
                 worst = worst.max((got - want).abs() / scale.max(f64::MIN_POSITIVE));
             }
@@ -645,14 +678,17 @@ mod tests {
             gemm((m, n, k), a, b, &mut tiles, ldc, beta, alpha, threads);
             // Columns past n are not written.
             for i in 0..m {
-                assert_eq!(&tiles[i * ldc + n..i * ldc + ldc], &base[i * ldc + n..i * ldc + ldc]);
+                assert_eq!(
+                    &tiles[i * ldc + n..i * ldc + ldc],
+                    &base[i * ldc + n..i * ldc + ldc]
+                );
             }
             let mut reference = base.clone();
-            crate::matmul::reference_gemm((m, n, k), a, b, &mut reference, ldc, beta, alpha);
+            crate::matmul::reference_gemm((m, n, k), a, b, &mut reference, ldc, beta, alpha)
+                .unwrap();
             let (shape, scale) = ((m, n, k), (beta, alpha));
             let tile_error = error(shape, &a, &b, &tiles, ldc, &base, scale);
             let f32_error = error(shape, &a, &b, &reference, ldc, &base, scale);
-            eprintln!("case {seed}: tiles {tile_error:e} vs f32 {f32_error:e}");
             assert!(
                 tile_error <= 2.0 * f32_error + 1e-7,
                 "case {seed}: tiles {tile_error:e} vs f32 {f32_error:e}"
@@ -665,7 +701,10 @@ mod tests {
         for x in values(10_000, 9) {
             let [x0, x1, x2] = split(x);
             let sum = f64::from(widen(x0)) + f64::from(widen(x1)) + f64::from(widen(x2));
-            assert!((sum - f64::from(x)).abs() <= f64::from(x.abs()) * 2f64.powi(-24), "{x}");
+            assert!(
+                (sum - f64::from(x)).abs() <= f64::from(x.abs()) * 2f64.powi(-24),
+                "{x}"
+            );
         }
         assert!(widen(split(f32::NAN)[0]).is_nan());
     }

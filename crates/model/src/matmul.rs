@@ -302,9 +302,9 @@ pub(crate) fn reference_gemm(
     ldc: usize,
     beta: f32,
     alpha: f32,
-) {
-    let a_strides = a.strides(m, k, "left operand").unwrap();
-    let b_strides = b.strides(k, n, "right operand").unwrap();
+) -> Result<()> {
+    let a_strides = a.strides(m, k, "left operand")?;
+    let b_strides = b.strides(k, n, "right operand")?;
     backend::gemm(
         (m, n, k),
         a,
@@ -317,6 +317,7 @@ pub(crate) fn reference_gemm(
         alpha,
         Threads::Caller,
     );
+    Ok(())
 }
 
 /// `a @ b` (`m x k` times `k x n`) as a new row-major `m x n` matrix.
