@@ -49,6 +49,9 @@ pub struct Record {
     /// `ceiling`: a matmul run only to give a model its MFU denominator.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
+    /// The matmul's kernel (see `matmul::kernel`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<&'static str>,
 }
 
 impl Record {
@@ -87,6 +90,7 @@ impl Record {
             peak_scope,
             threads,
             role: None,
+            kernel: None,
         }
     }
 }
@@ -134,7 +138,7 @@ impl Report {
     fn matmul_row(&mut self, r: &Record) {
         if !self.matmul_header_shown {
             println!(
-                "  {:<8} {:<5} {:>5} {:>10}  {:<22} {:>9} {:>11} {:>7}",
+                "  {:<8} {:<5} {:>5} {:>10}  {:<22} {:>9} {:>11} {:>7}  {:<6}",
                 "device",
                 "dtype",
                 "size",
@@ -142,12 +146,13 @@ impl Report {
                 "[min .. max] s",
                 "GFLOP/s",
                 "first use s",
-                "vs cpu"
+                "vs cpu",
+                "kernel"
             );
             self.matmul_header_shown = true;
         }
         println!(
-            "  {:<8} {:<5} {:>5} {:>10.4}  {:<22} {:>9.1} {:>11.4} {:>7}{}",
+            "  {:<8} {:<5} {:>5} {:>10.4}  {:<22} {:>9.1} {:>11.4} {:>7}  {:<6}{}",
             r.device,
             r.dtype,
             r.size.unwrap_or(0),
@@ -157,6 +162,7 @@ impl Report {
             r.first_use_seconds,
             r.speedup_vs_cpu
                 .map_or("-".to_string(), |x| format!("{x:.1}x")),
+            r.kernel.unwrap_or("-"),
             if r.role.is_some() {
                 "  (MFU ceiling)"
             } else {

@@ -70,9 +70,14 @@ fn header(plan: &Plan, chosen: &Chosen, threads: usize) -> String {
     let t = plan.timing;
     format!(
         "wick bench on {} ({}), {threads} CPU threads\n\
+         cpu f32 products (wick's kernels): {}\n\
          timing: first call timed alone (first use), {} warm-up call(s), then median \
          [min .. max] of {} timed calls; device synchronized before every clock read",
-        chosen.name, chosen.reason, t.warmup, t.repeats
+        chosen.name,
+        chosen.reason,
+        wick_model::matmul::describe(),
+        t.warmup,
+        t.repeats
     )
 }
 
@@ -182,6 +187,7 @@ impl<'a> Session<'a> {
         record.peak_bytes = memory::peak_rss(device);
         record.device_used_bytes = memory::device_used(device);
         record.role = role;
+        record.kernel = Some(matmul::kernel(device, dtype, size));
         Ok(record)
     }
 
@@ -216,7 +222,7 @@ impl<'a> Session<'a> {
             .with_context(|| format!("building {}", spec.label))?;
         self.report.note(&format!(
             "\nmodel {}: {:.1}M params ({}), batch {} x seq {}, {} on {}\n  \
-             mfu ceiling: best {} {} matmul in this process, size {}: {:.1} GFLOP/s\n{}",
+             mfu ceiling: best {} {} matmul in this process, size {}: {:.1} GFLOP/s ({})\n{}",
             spec.label,
             harness.params() as f64 / 1e6,
             if spec.weights.is_some() {
@@ -232,6 +238,7 @@ impl<'a> Session<'a> {
             dtype.as_str(),
             ceiling.size,
             ceiling.gflops,
+            matmul::kernel(&self.device, dtype, ceiling.size),
             model_header()
         ));
         for &bench in &plan.model_benches {

@@ -34,6 +34,7 @@ struct Report {
     memory: MemoryFacts,
     threads: usize,
     cpu_features: [(&'static str, bool); 3],
+    cpu_matmul: String,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +82,7 @@ fn gather() -> anyhow::Result<Report> {
             ("neon", candle_core::utils::with_neon()),
             ("f16c", candle_core::utils::with_f16c()),
         ],
+        cpu_matmul: wick_model::matmul::describe(),
     })
 }
 
@@ -105,7 +107,11 @@ fn to_json(report: &Report) -> serde_json::Value {
         "auto": { "device": report.auto_name, "reason": report.auto_reason },
         "op_checks": op_checks,
         "memory": { "device": report.memory_device, "facts": report.memory },
-        "cpu": { "candle_threads": report.threads, "features": cpu_features },
+        "cpu": {
+            "candle_threads": report.threads,
+            "features": cpu_features,
+            "f32_products": report.cpu_matmul,
+        },
     })
 }
 
@@ -164,9 +170,10 @@ fn to_text(report: &Report) -> String {
         .map(|(name, on)| format!("{name} {}", yes_no(*on)))
         .collect();
     out += &format!(
-        "\ncpu: candle uses {} threads; {}\n",
+        "\ncpu: candle uses {} threads; {}\ncpu f32 products (wick's kernels): {}\n",
         report.threads,
-        features.join(", ")
+        features.join(", "),
+        report.cpu_matmul
     );
     out
 }

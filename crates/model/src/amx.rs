@@ -37,7 +37,7 @@ const KBLOCK_BYTES: usize = PIECES * TILE_BYTES;
 /// bert-base's 3072-wide feed-forward output) the panels of rows get thin, each re-reads the
 /// whole packed right operand from memory, and the `gemm` crate was faster here (a 384 x 1536
 /// weight gradient over 4096 tokens: 196 against 272 GFLOP/s).
-const MAX_K: usize = 2048;
+pub(crate) const MAX_K: usize = 2048;
 /// Bytes of packed left operand a task aims to keep in the L2 cache.
 const PANEL_BYTES: usize = 640 << 10;
 
@@ -62,22 +62,33 @@ struct TileConfig {
 /// Whether products run on AMX here: the CPU has AMX-BF16, the kernel granted this process the
 /// tile state, and `WICK_AMX=0` is not set. Decided once.
 pub fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| std::env::var("WICK_AMX").as_deref() != Ok("0") && supported())
+    status().is_ok()
 }
 
-/// AMX-BF16 on this CPU and the tile state granted by Linux (`arch_prctl(ARCH_REQ_XCOMP_PERM)`).
-pub fn supported() -> bool {
+/// [`available`], or why not.
+pub fn status() -> Result<(), &'static str> {
+    static STATUS: std::sync::OnceLock<Result<(), &'static str>> = std::sync::OnceLock::new();
+    *STATUS.get_or_init(|| {
+        if std::env::var("WICK_AMX").as_deref() == Ok("0") {
+            return Err("turned off by WICK_AMX=0");
+        }
+        supported()
+    })
+}
+
+/// AMX-BF16 and AVX512-BF16 on this CPU and the tile state granted by Linux
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), or which is missing.
+pub fn supported() -> Result<(), &'static str> {
     // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE (the standard library's
     // detection of these is not stable yet).
     let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
     if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
-        return false;
+        return Err("the CPU has no AMX-BF16");
     }
     // The packing splits values with AVX512-BF16 (every CPU with AMX has it).
     use std::arch::is_x86_feature_detected as has;
     if !(has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16")) {
-        return false;
+        return Err("the CPU has no AVX512-BF16");
     }
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
@@ -90,11 +101,15 @@ pub fn supported() -> bool {
             XFEATURE_XTILEDATA,
         )
     };
-    granted == 0
+    if granted == 0 {
+        Ok(())
+    } else {
+        Err("the kernel did not grant the AMX tile state")
+    }
 }
 
 /// Whether a `m x k` by `k x n` product is large enough for the tiles to beat the `gemm` crate
-/// after packing both operands.
+/// after packing both operands, and its reduction short enough (32 to [`MAX_K`]).
 pub(crate) fn worth((m, n, k): (usize, usize, usize)) -> bool {
     m >= BLOCK && n >= BLOCK && (TILE_K..=MAX_K).contains(&k) && m * n * k >= 1 << 21
 }

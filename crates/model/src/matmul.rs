@@ -64,6 +64,38 @@ fn check_fits(len: usize, rows: usize, cols: usize, ld: usize, what: &str) -> Re
     Ok(())
 }
 
+/// The kernel an f32 product of `(m, n, k)` runs on the CPU in this build on this machine:
+/// `"amx"` (tiles, f32 as three bf16 pieces; see [`crate::amx`]), else the build's backend
+/// (`"gemm"`, `"mkl"` or `"accelerate"`).
+pub fn kernel((m, n, k): (usize, usize, usize)) -> &'static str {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if crate::amx::worth((m, n, k)) && crate::amx::available() {
+        return "amx";
+    }
+    let _ = (m, n, k);
+    backend::NAME
+}
+
+/// What f32 products on the CPU run on in this build on this machine, in words.
+pub fn describe() -> String {
+    let backend = match backend::NAME {
+        "gemm" => "the gemm crate",
+        "mkl" => "Intel MKL",
+        _ => "Apple Accelerate",
+    };
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    return match crate::amx::status() {
+        Ok(()) => format!(
+            "AMX tiles (each f32 as three bf16 pieces, f32 accuracy) for reductions of 32 to {}, \
+             {backend} otherwise",
+            crate::amx::MAX_K
+        ),
+        Err(why) => format!("{backend} (AMX not used: {why})"),
+    };
+    #[allow(unreachable_code)]
+    backend.to_string()
+}
+
 /// Whether the product runs on rayon's pool or on the calling thread (inside a parallel loop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {
@@ -113,6 +145,8 @@ pub fn gemm(
 #[cfg(not(any(feature = "mkl", feature = "accelerate")))]
 mod backend {
     use super::{Threads, View};
+
+    pub(super) const NAME: &str = "gemm";
 
     /// The product through the `gemm` crate; extents already checked by the caller.
     #[allow(clippy::too_many_arguments)]
@@ -168,6 +202,11 @@ mod backend {
     use rayon::prelude::*;
 
     use super::{Threads, View};
+
+    #[cfg(feature = "mkl")]
+    pub(super) const NAME: &str = "mkl";
+    #[cfg(not(feature = "mkl"))]
+    pub(super) const NAME: &str = "accelerate";
 
     extern "C" {
         /// Column-major BLAS `sgemm` (Fortran calling convention), from MKL or Accelerate as
