@@ -43,7 +43,7 @@ pub fn measure(device: &Device, dtype: DType, size: usize, timing: Timing) -> Re
 /// (`amx` or the build's BLAS backend), else Candle's.
 pub fn kernel(device: &Device, dtype: DType, size: usize) -> &'static str {
     if device.is_cpu() && dtype == DType::F32 {
-        matmul::kernel((size, size, size))
+        matmul::kernel((size, size, size), false)
     } else {
         "candle"
     }

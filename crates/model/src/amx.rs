@@ -33,11 +33,14 @@ const PIECES: usize = 3;
 /// Bytes of one tile and of one k-block's three piece tiles.
 const TILE_BYTES: usize = 1024;
 const KBLOCK_BYTES: usize = PIECES * TILE_BYTES;
-/// The longest reduction the tiles take. Beyond it (a weight gradient summed over 4096 tokens,
-/// bert-base's 3072-wide feed-forward output) the panels of rows get thin, each re-reads the
-/// whole packed right operand from memory, and the `gemm` crate was faster here (a 384 x 1536
-/// weight gradient over 4096 tokens: 196 against 272 GFLOP/s).
-pub(crate) const MAX_K: usize = 2048;
+/// The longest reduction the tiles take. Beyond it the panels of rows that fit the L2 cache get
+/// thin and each re-reads the whole packed right operand: a square 2048 product ran at 317
+/// GFLOP/s against 343 for the `gemm` crate, a 384 x 1536 weight gradient over 4096 tokens at
+/// 196 against 272.
+pub(crate) const MAX_K: usize = 1536;
+/// k-blocks per pass over a panel's rows: the right operand's tiles of a pass (2 x 4 x 3 KiB)
+/// stay in the L1 cache.
+const KBLOCKS_PER_PASS: usize = 4;
 /// Bytes of packed left operand a task aims to keep in the L2 cache.
 const PANEL_BYTES: usize = 640 << 10;
 
@@ -109,9 +112,17 @@ pub fn supported() -> Result<(), &'static str> {
 }
 
 /// Whether a `m x k` by `k x n` product is large enough for the tiles to beat the `gemm` crate
-/// after packing both operands, and its reduction short enough (32 to [`MAX_K`]).
-pub(crate) fn worth((m, n, k): (usize, usize, usize)) -> bool {
-    m >= BLOCK && n >= BLOCK && (TILE_K..=MAX_K).contains(&k) && m * n * k >= 1 << 21
+/// after packing both operands (at least 2^21 multiply-adds, 32 rows and columns), its
+/// reduction short enough (32 to [`MAX_K`]), and its left operand stored row by row. A
+/// transposed left operand (a weight gradient, `g^T x`) is packed through a transposition that
+/// costs about as much as its share of the products: 261 against 270 to 298 GFLOP/s for the
+/// `gemm` crate on MiniLM's weight gradients over 1024 tokens.
+pub(crate) fn worth((m, n, k): (usize, usize, usize), left_transposed: bool) -> bool {
+    !left_transposed
+        && m >= BLOCK
+        && n >= BLOCK
+        && (TILE_K..=MAX_K).contains(&k)
+        && m * n * k >= 1 << 21
 }
 
 /// `c = beta * c + alpha * a @ b` (`beta` 0 or 1) on AMX tiles; extents checked by the caller
@@ -163,7 +174,7 @@ pub(crate) fn fresh(
     bias: Option<&[f32]>,
     threads: Threads,
 ) -> Vec<f32> {
-    assert!(worth((m, n, k)) && bias.is_none_or(|b| b.len() == n));
+    assert!(worth((m, n, k), a.trans) && bias.is_none_or(|b| b.len() == n));
     let mut out = Vec::with_capacity(m * n);
     let slots = &mut out.spare_capacity_mut()[..m * n];
     let write = |d: &mut [MaybeUninit<f32>], s: &[f32], col: usize| match bias {
@@ -244,23 +255,34 @@ fn panel_task<T>(
             pack_left(a, (first, count, k), panel)
         };
         let tiles = TileState::load();
-        let mut out = Block([0.0; BLOCK * BLOCK]);
+        let kblocks = per_block / PIECES;
+        // Per block of 32 rows, its sums over the k-blocks done so far.
+        let mut partial = vec![Block([0.0; BLOCK * BLOCK]); count.div_ceil(BLOCK)];
         for (nb, right) in packed.chunks_exact(pair).enumerate() {
             let col = nb * BLOCK;
             let cols = BLOCK.min(n - col);
-            for (mb, left) in panel.chunks_exact(pair).enumerate() {
-                tiles.product(left, right, &mut out);
-                for (i, src) in out
-                    .0
-                    .chunks_exact(BLOCK)
-                    .take(count - mb * BLOCK)
-                    .enumerate()
-                {
-                    store(
-                        &mut c[(mb * BLOCK + i) * ldc + col..][..cols],
-                        &src[..cols],
-                        col,
-                    );
+            // A few k-blocks of this pair of column blocks (24 KiB) stay in L1 while every block
+            // of rows uses them; the rows' tiles stream from L2.
+            for first_kb in (0..kblocks).step_by(KBLOCKS_PER_PASS) {
+                let kbs = first_kb..(first_kb + KBLOCKS_PER_PASS).min(kblocks);
+                let last = kbs.end == kblocks;
+                for (mb, (left, sums)) in panel.chunks_exact(pair).zip(&mut partial).enumerate() {
+                    tiles.product(left, right, kbs.clone(), first_kb > 0, sums);
+                    if !last {
+                        continue;
+                    }
+                    for (i, src) in sums
+                        .0
+                        .chunks_exact(BLOCK)
+                        .take(count - mb * BLOCK)
+                        .enumerate()
+                    {
+                        store(
+                            &mut c[(mb * BLOCK + i) * ldc + col..][..cols],
+                            &src[..cols],
+                            col,
+                        );
+                    }
                 }
             }
         }
@@ -269,6 +291,7 @@ fn panel_task<T>(
 
 /// A 32 x 32 f32 output block, 64-byte aligned for tile stores.
 #[repr(C, align(64))]
+#[derive(Clone, Copy)]
 struct Block([f32; BLOCK * BLOCK]);
 
 /// This thread's tile configuration, loaded for the lifetime of the value and released (the
@@ -296,29 +319,54 @@ impl TileState {
         Self(())
     }
 
-    /// `out = left @ right` for one 32 x 32 block: `left` holds two 16-row blocks and `right`
+    /// `out = left @ right` over the k-blocks `kbs` for one 32 x 32 block, plus `out` itself if
+    /// `resume` (the sums of the k-blocks before): `left` holds two 16-row blocks and `right`
     /// two 16-column blocks, each `k-blocks x pieces` tiles as packed by [`pack_left`] and
     /// [`pack_right`]. Per k-block the six piece products accumulate into four f32 tiles
-    /// (tmm0..3), with the left pieces in tmm4/5 and the right in tmm6/7.
-    fn product(&self, left: &[Tile], right: &[Tile], out: &mut Block) {
+    /// (tmm0..3), with the left pieces in tmm4/5 and the right in tmm6/7. Stored and reloaded
+    /// f32 sums are exact, so the result does not depend on how the k-blocks are split.
+    fn product(
+        &self,
+        left: &[Tile],
+        right: &[Tile],
+        kbs: std::ops::Range<usize>,
+        resume: bool,
+        out: &mut Block,
+    ) {
         let per_block = left.len() / 2;
         assert!(per_block.is_multiple_of(PIECES) && right.len() == left.len());
+        assert!(kbs.end <= per_block / PIECES);
+        let o = out.0.as_mut_ptr();
+        let row_bytes = BLOCK * 4;
         let (a0, a1) = left.split_at(per_block);
         let (b0, b1) = right.split_at(per_block);
         let stride = TILE_K * 2;
         #[allow(unsafe_code)]
-        // SAFETY: the tile configuration is loaded (`self`); every load reads one 1 KiB tile
-        // (16 rows of `stride` bytes) at offset `kb * 3 KiB + piece * 1 KiB` of a slice of
-        // `k-blocks * 3` tiles, so inside it; the stores write the four 1 KiB quarters of `out`.
+        // SAFETY: the tile configuration is loaded (`self`); every operand load reads one 1 KiB
+        // tile (16 rows of `stride` bytes) at offset `kb * 3 KiB + piece * 1 KiB` of a slice of
+        // `k-blocks * 3` tiles with `kb < k-blocks`, so inside it; the loads and stores of the
+        // sums read and write the four 1 KiB quarters of `out` (16 rows of 128 bytes each).
         unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
-            for kb in 0..per_block / PIECES {
+            if resume {
+                asm!(
+                    "tileloadd tmm0, [{o} + {s}*1]",
+                    "tileloadd tmm1, [{o} + {s}*1 + 64]",
+                    "tileloadd tmm2, [{o} + {s}*1 + 2048]",
+                    "tileloadd tmm3, [{o} + {s}*1 + 2112]",
+                    o = in(reg) o,
+                    s = in(reg) row_bytes,
+                    options(nostack, readonly)
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
+            for kb in kbs {
                 let at = kb * PIECES;
                 asm!(
                     // a0 with b0, b1, b2
@@ -374,14 +422,13 @@ impl TileState {
                     options(nostack, readonly)
                 );
             }
-            let o = out.0.as_mut_ptr();
             asm!(
                 "tilestored [{o} + {s}*1], tmm0",
                 "tilestored [{o} + {s}*1 + 64], tmm1",
                 "tilestored [{o} + {s}*1 + 2048], tmm2",
                 "tilestored [{o} + {s}*1 + 2112], tmm3",
                 o = in(reg) o,
-                s = in(reg) BLOCK * 4,
+                s = in(reg) row_bytes,
                 options(nostack)
             );
         }

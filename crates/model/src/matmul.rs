@@ -64,15 +64,16 @@ fn check_fits(len: usize, rows: usize, cols: usize, ld: usize, what: &str) -> Re
     Ok(())
 }
 
-/// The kernel an f32 product of `(m, n, k)` runs on the CPU in this build on this machine:
+/// The kernel an f32 product of `(m, n, k)` (the left operand transposed or not) runs on the CPU
+/// in this build on this machine:
 /// `"amx"` (tiles, f32 as three bf16 pieces; see [`crate::amx`]), else the build's backend
 /// (`"gemm"`, `"mkl"` or `"accelerate"`).
-pub fn kernel((m, n, k): (usize, usize, usize)) -> &'static str {
+pub fn kernel((m, n, k): (usize, usize, usize), left_transposed: bool) -> &'static str {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if crate::amx::worth((m, n, k)) && crate::amx::available() {
+    if crate::amx::worth((m, n, k), left_transposed) && crate::amx::available() {
         return "amx";
     }
-    let _ = (m, n, k);
+    let _ = (m, n, k, left_transposed);
     backend::NAME
 }
 
@@ -86,8 +87,8 @@ pub fn describe() -> String {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     return match crate::amx::status() {
         Ok(()) => format!(
-            "AMX tiles (each f32 as three bf16 pieces, f32 accuracy) for reductions of 32 to {}, \
-             {backend} otherwise",
+            "AMX tiles (each f32 as three bf16 pieces, f32 accuracy) for products of 2^21 \
+             multiply-adds or more over 32 to {} with a row-major left operand, {backend} otherwise",
             crate::amx::MAX_K
         ),
         Err(why) => format!("{backend} (AMX not used: {why})"),
@@ -123,7 +124,7 @@ pub fn gemm(
     let (b_rs, b_cs) = b.strides(k, n, "right operand")?;
     check_fits(c.len(), m, n, ldc, "output")?;
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if crate::amx::worth((m, n, k)) && crate::amx::available() {
+    if crate::amx::worth((m, n, k), a.trans) && crate::amx::available() {
         crate::amx::gemm((m, n, k), a, b, c, ldc, beta, alpha, threads);
         return Ok(());
     }
@@ -396,7 +397,7 @@ fn new_product(
     threads: Threads,
 ) -> Result<Vec<f32>> {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if crate::amx::worth((m, n, k)) && crate::amx::available() {
+    if crate::amx::worth((m, n, k), a.trans) && crate::amx::available() {
         a.strides(m, k, "left operand")?;
         b.strides(k, n, "right operand")?;
         // The tiles' write-back stores every element once: no fill first.
