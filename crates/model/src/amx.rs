@@ -9,10 +9,14 @@
 //! rounding. The tests hold the error against an f64 reference to that of the `gemm` crate's f32
 //! product. A product costs six bf16 tile products: up to 2.7 times the AVX-512 f32 rate.
 //!
-//! Used by [`crate::matmul::gemm`] for products large enough to pay for the packing, when the CPU
-//! has AMX-BF16, Linux grants the process the tile state, and `WICK_AMX=0` is not set. Values
-//! beyond bf16's range (above about 3.39e38 in magnitude) and non-finite values come out
-//! non-finite, and pieces below f32's normal range are flushed to zero, as AMX does.
+//! Used by [`crate::matmul`]'s products where `worth` says so (large enough to pay for the
+//! packing, a reduction of at most 1536, a row-major left operand), when the CPU has
+//! AMX-BF16, Linux grants the process the tile state, and `WICK_AMX=0` is not set. Values beyond
+//! bf16's range (above about 3.39e38 in magnitude) and non-finite values come out non-finite,
+//! and pieces below f32's normal range are flushed to zero, as AMX does. Each thread keeps its
+//! packing buffers between calls: the calling thread the largest packed right operand it has
+//! seen (`6 k n` bytes: 3.4 MiB for MiniLM's feed-forward weights, 13.5 MiB for bert-base's),
+//! each worker a panel of at most 640 KiB.
 
 use std::arch::asm;
 use std::cell::RefCell;

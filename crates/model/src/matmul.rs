@@ -481,6 +481,40 @@ mod tests {
     }
 
     #[test]
+    fn biased_products_add_the_bias_to_every_row() {
+        // Large enough for AMX where the CPU has it (the output is then written once by the
+        // tiles' write-back, with no fill before); rows and columns not multiples of 32.
+        let (m, n, k) = (300, 100, 384);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 3.0).collect();
+        eprintln!("{m}x{n}x{k} products run on: {}", kernel((m, n, k), false));
+        let want = naive(m, n, k, |i, p| a[i * k + p], |p, j| bt[j * k + p]);
+        let (a_view, b_view) = (View::rows(&a, k), View::transposed(&bt, k));
+        let biased = biased_product((m, n, k), a_view, b_view, &bias, Threads::Pool).unwrap();
+        let plain = product((m, n, k), a_view, b_view, Threads::Pool).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let (w, at) = (want[i * n + j], i * n + j);
+                assert!(
+                    (plain[at] - w).abs() < 1e-4,
+                    "({i}, {j}): {} vs {w}",
+                    plain[at]
+                );
+                let with_bias = w + bias[j];
+                assert!((biased[at] - with_bias).abs() < 1e-4, "({i}, {j})");
+            }
+        }
+        let err = biased_product((m, n, k), a_view, b_view, &bias[1..], Threads::Pool)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a bias of 99 values for 100 output columns"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn operands_that_do_not_fit_are_an_error() {
         let a = vec![0f32; 10];
         let mut c = vec![0f32; 4];
