@@ -490,10 +490,7 @@ impl CustomOp2 for FeedForward {
             )
         }
         let pre = linear_forward(x, w1, b1, self.hidden, self.inter)?;
-        let mut act = pointwise::zeros(pre.len());
-        act.par_chunks_mut(pointwise::CHUNK)
-            .zip(pre.par_chunks(pointwise::CHUNK))
-            .for_each(|(a, p)| pointwise::gelu_chunk(a, p));
+        let act = pointwise::gelu_values(&pre);
         let out = linear_forward(&act, w2, b2, self.inter, self.hidden)?;
         self.saved.put(Activations { pre, act });
         Ok((CpuStorage::F32(out), l1.shape().clone()))

@@ -40,13 +40,24 @@ pub(crate) fn zeros(len: usize) -> Vec<f32> {
 /// A vector of `len` values whose slots `fill` writes, `step` slots per parallel call (the last
 /// call may get fewer). `fill` must write every slot it is given.
 fn filled(len: usize, step: usize, fill: impl Fn(&mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    filled_at(len, step, |_, chunk| fill(chunk))
+}
+
+/// [`filled`], with the index of each chunk of `step` slots passed to `fill`.
+fn filled_at(
+    len: usize,
+    step: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(step.max(1))
-        .for_each(&fill);
+        .enumerate()
+        .for_each(|(i, chunk)| fill(i, chunk));
     #[allow(unsafe_code)]
-    // SAFETY: the chunks cover the first `len` slots and both callers write every slot of each
-    // (repeat_rows: chunks are whole rows, `len` a whole number of rows).
+    // SAFETY: the chunks cover the first `len` slots and every caller writes every slot of each
+    // (repeat_rows: chunks are whole rows, `len` a whole number of rows; gelu: chunk `i` holds
+    // the values of `xs[i * CHUNK..]`, which has at least as many).
     unsafe {
         out.set_len(len)
     };
@@ -100,11 +111,17 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 multiversion! {
-    pub(crate) fn gelu_chunk(out: &mut [f32], xs: &[f32]) {
+    /// Writes every slot of `out` (as long as `xs`).
+    fn gelu_chunk(out: &mut [MaybeUninit<f32>], xs: &[f32]) {
         for (o, &x) in out.iter_mut().zip(xs) {
-            *o = 0.5 * x * (1.0 + simd::erf(x * FRAC_1_SQRT_2));
+            o.write(0.5 * x * (1.0 + simd::erf(x * FRAC_1_SQRT_2)));
         }
     }
+}
+
+/// The exact GELU of every value, written once by rayon's pool (no fill first).
+pub(crate) fn gelu_values(xs: &[f32]) -> Vec<f32> {
+    filled_at(xs.len(), CHUNK, |i, out| gelu_chunk(out, &xs[i * CHUNK..]))
 }
 
 multiversion! {
@@ -128,11 +145,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = contiguous(storage, layout, "gelu input")?;
-        let mut out = zeros(xs.len());
-        out.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK))
-            .for_each(|(out, xs)| gelu_chunk(out, xs));
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        Ok((CpuStorage::F32(gelu_values(xs)), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
