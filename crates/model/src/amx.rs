@@ -230,7 +230,11 @@ fn tile_gemm<T: Send>(
         let task = |(i, c): (usize, &mut [T])| {
             let first = i * rows;
             let shape = (first, rows.min(m - first), n, k);
-            panel_task(shape, a, packed, c, ldc, &store);
+            #[allow(unsafe_code)]
+            // SAFETY: `available()` checked that the CPU has AVX512-BF16 (and AVX-512 F/BW/VL).
+            unsafe {
+                panel_task(shape, a, packed, c, ldc, &store)
+            };
         };
         match threads {
             Threads::Pool => c.par_chunks_mut(rows * ldc).enumerate().for_each(task),
@@ -241,7 +245,9 @@ fn tile_gemm<T: Send>(
 
 /// Rows `first .. first + count` of the product into `c` (those rows, leading dimension `ldc`):
 /// packs them from `a` into this thread's panel, then runs the kernel for every 32 x 32 block
-/// and stores each of its rows: every column `< n` of every one of the `count` rows.
+/// and stores each of its rows: every column `< n` of every one of the `count` rows. Compiled
+/// for AVX-512 so that `store` (inlined) writes 16 values at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 fn panel_task<T>(
     (first, count, n, k): (usize, usize, usize, usize),
     a: View<'_>,
@@ -253,11 +259,7 @@ fn panel_task<T>(
     let per_block = k.div_ceil(TILE_K) * PIECES;
     let pair = 2 * per_block;
     with_buffer(&PANEL, count.div_ceil(BLOCK) * pair, |panel| {
-        #[allow(unsafe_code)]
-        // SAFETY: `available()` checked that the CPU has AVX512-BF16 (and AVX-512 F/BW/VL).
-        unsafe {
-            pack_left(a, (first, count, k), panel)
-        };
+        pack_left(a, (first, count, k), panel);
         let tiles = TileState::load();
         let kblocks = per_block / PIECES;
         // Per block of 32 rows, its sums over the k-blocks done so far.
