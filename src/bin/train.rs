@@ -80,6 +80,12 @@ impl Reporter for Bars {
             plan.device_reason,
             plan.compiled.join(", ")
         ));
+        if plan.device == "cpu" {
+            self.line(&format!(
+                "cpu f32 products: {}",
+                wick_model::matmul::describe()
+            ));
+        }
         self.line(&format!(
             "model: {}; {} parameters, {} trainable",
             plan.model, plan.parameters, plan.trainable_parameters
