@@ -275,6 +275,41 @@ impl SelfAttention {
         Ok(out)
     }
 
+    /// The op's forward pass: the stacked projections of `x` (kept for backward), then the
+    /// context.
+    fn forward(
+        &self,
+        x: &[f32],
+        (w, b): (&[f32], &[f32]),
+        hidden: usize,
+        position: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let qkv = fused::linear_forward(x, w, b, hidden, 3 * hidden)?;
+        let out = self.context(&qkv, hidden, position)?;
+        self.saved.put(qkv);
+        Ok(out)
+    }
+
+    /// The op's backward pass from the kept projections: the gradients of the hidden states, the
+    /// stacked weight and bias, and (with a position bias whose gradient is wanted) of the
+    /// position bias.
+    #[allow(clippy::type_complexity)]
+    fn backward(
+        &self,
+        xs: &[f32],
+        w: &[f32],
+        g: &[f32],
+        hidden: usize,
+        position: Option<(&[f32], bool)>,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>)> {
+        let qkv = self.saved.take("fused attention")?;
+        let (values, wanted) = position.map_or((None, false), |(p, wanted)| (Some(p), wanted));
+        let (gqkv, gposition) = self.projections_backward(&qkv, g, hidden, values, wanted)?;
+        drop(qkv);
+        let (gx, gw, gb) = fused::linear_backward(xs, w, &gqkv, hidden, 3 * hidden)?;
+        Ok((gx, gw, gb, gposition))
+    }
+
     /// The gradient of the projections `(rows, 3 hidden)` given the context gradient `g`, and
     /// with `position_grad` that of the position bias `(heads, seq, seq)` (the sum over batch
     /// rows of the gradient of the biased scores).
@@ -422,9 +457,7 @@ impl CustomOp3 for SelfAttention {
         let x = contiguous(s1, l1, "hidden states")?;
         let w = contiguous(s2, l2, "projection weight")?;
         let b = contiguous(s3, l3, "projection bias")?;
-        let qkv = fused::linear_forward(x, w, b, hidden, 3 * hidden)?;
-        let out = self.context(&qkv, hidden, None)?;
-        self.saved.put(qkv);
+        let out = self.forward(x, (w, b), hidden, None)?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -437,13 +470,10 @@ impl CustomOp3 for SelfAttention {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let hidden = x.dim(1)?;
-        let qkv = self.saved.take("fused attention")?;
-        let (gx, gw, gb) = with_values(x, "hidden states", |xs| {
+        let (gx, gw, gb, _) = with_values(x, "hidden states", |xs| {
             with_values(w, "projection weight", |ws| {
                 with_values(grad, "context gradient", |g| {
-                    let (gqkv, _) = self.projections_backward(&qkv, g, hidden, None, false)?;
-                    drop(qkv);
-                    fused::linear_backward(xs, ws, &gqkv, hidden, 3 * hidden)
+                    self.backward(xs, ws, g, hidden, None)
                 })
             })
         })?;
@@ -494,9 +524,7 @@ impl CustomOp3 for WithPosition {
         let (w, b) =
             contiguous(s2, l2, "projection weight and bias")?.split_at(3 * hidden * hidden);
         let position = contiguous(s3, l3, "position bias")?;
-        let qkv = fused::linear_forward(x, w, b, hidden, 3 * hidden)?;
-        let out = self.0.context(&qkv, hidden, Some(position))?;
-        self.0.saved.put(qkv);
+        let out = self.0.forward(x, (w, b), hidden, Some(position))?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -509,18 +537,15 @@ impl CustomOp3 for WithPosition {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let hidden = x.dim(1)?;
-        let qkv = self.0.saved.take("fused attention")?;
         let position_grad = position.track_op();
         let (gx, gpacked, gposition) = with_values(x, "hidden states", |xs| {
             with_values(packed, "projection weight and bias", |wb| {
                 with_values(position, "position bias", |p| {
                     with_values(grad, "context gradient", |g| {
-                        let (gqkv, gposition) =
-                            self.0
-                                .projections_backward(&qkv, g, hidden, Some(p), position_grad)?;
                         let w = &wb[..3 * hidden * hidden];
-                        let (gx, mut gw, gb) =
-                            fused::linear_backward(xs, w, &gqkv, hidden, 3 * hidden)?;
+                        let position = Some((p, position_grad));
+                        let (gx, mut gw, gb, gposition) =
+                            self.0.backward(xs, w, g, hidden, position)?;
                         gw.extend_from_slice(&gb);
                         Ok((gx, gw, gposition))
                     })
@@ -581,8 +606,7 @@ pub fn self_attention(
     scale: f64,
     dropout: Option<AttentionDropout>,
 ) -> Result<Tensor> {
-    let w = Tensor::cat(&[wq, wk, wv], 0)?;
-    let b = Tensor::cat(&[bq, bk, bv], 0)?;
+    let (w, b, packed) = fused::stacked_projection([wq, wk, wv], [bq, bk, bv], position.is_some())?;
     let tracked =
         [xs, &w, &b].iter().any(|t| t.track_op()) || position.is_some_and(|p| p.track_op());
     let op = SelfAttention {
@@ -594,13 +618,12 @@ pub fn self_attention(
         dropout,
         saved: Saved::new(tracked),
     };
-    match position {
-        None => xs.contiguous()?.apply_op3(&w, &b, op),
-        Some(position) => {
-            let packed = Tensor::cat(&[&w.flatten_all()?, &b], 0)?;
+    match (position, packed) {
+        (Some(position), Some(packed)) => {
             xs.contiguous()?
                 .apply_op3(&packed, &position.contiguous()?, WithPosition(op))
         }
+        _ => xs.contiguous()?.apply_op3(&w, &b, op),
     }
 }
 

@@ -1496,8 +1496,7 @@ mod imp {
                 "wick cuda attention: {rows} x {hidden} with {heads} heads, batch {batch}"
             )
         }
-        let w = Tensor::cat(&weights, 0)?;
-        let b = Tensor::cat(&biases, 0)?;
+        let (w, b, packed) = crate::fused::stacked_projection(weights, biases, position.is_some())?;
         let tracked =
             x.track_op() || w.track_op() || b.track_op() || position.is_some_and(|p| p.track_op());
         let mut op = SelfAttention {
@@ -1530,12 +1529,9 @@ mod imp {
         drop(probs);
         op.context = std::sync::Mutex::new(Some(context));
         op.saved.put([qs, ks, vs, scores]);
-        match position {
-            None => x.apply_op3(&w, &b, op),
-            Some(position) => {
-                let packed = Tensor::cat(&[&w.flatten_all()?, &b], 0)?;
-                x.apply_op3(&packed, position, WithPosition(op))
-            }
+        match (position, packed) {
+            (Some(position), Some(packed)) => x.apply_op3(&packed, position, WithPosition(op)),
+            _ => x.apply_op3(&w, &b, op),
         }
     }
 

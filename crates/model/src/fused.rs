@@ -394,6 +394,34 @@ pub fn residual_layer_norm(
     )
 }
 
+/// The query, key and value projections stacked into one: the weight `(3 hidden, hidden)` and
+/// the bias `3 hidden`, and with `flat` both in one flat tensor too (weight then bias: the
+/// second input of an attention op that also takes a position bias), the weight and bias then
+/// views of it. Either way the parameters are copied once.
+pub(crate) fn stacked_projection(
+    weights: [&Tensor; 3],
+    biases: [&Tensor; 3],
+    flat: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    if !flat {
+        return Ok((Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?, None));
+    }
+    let (out, inner) = weights[0].dims2()?;
+    let (rows, size) = (3 * out, 3 * out * inner);
+    let parts = [
+        weights[0].flatten_all()?,
+        weights[1].flatten_all()?,
+        weights[2].flatten_all()?,
+        biases[0].flatten_all()?,
+        biases[1].flatten_all()?,
+        biases[2].flatten_all()?,
+    ];
+    let packed = Tensor::cat(&parts, 0)?;
+    let w = packed.narrow(0, 0, size)?.reshape((rows, inner))?;
+    let b = packed.narrow(0, size, rows)?;
+    Ok((w, b, Some(packed)))
+}
+
 /// What a fused op keeps from its forward pass for its backward: nothing unless a gradient can be
 /// asked for (an input tracks the graph). Backward takes it, freeing it as soon as the op's
 /// backward is done; a second backward through the same graph is an error, as in PyTorch without
