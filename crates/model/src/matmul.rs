@@ -79,11 +79,7 @@ pub fn kernel((m, n, k): (usize, usize, usize), left_transposed: bool) -> &'stat
 
 /// What f32 products on the CPU run on in this build on this machine, in words.
 pub fn describe() -> String {
-    let backend = match backend::NAME {
-        "gemm" => "the gemm crate",
-        "mkl" => "Intel MKL",
-        _ => "Apple Accelerate",
-    };
+    let backend = backend::DESCRIPTION;
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     return match crate::amx::status() {
         Ok(()) => format!(
@@ -148,6 +144,7 @@ mod backend {
     use super::{Threads, View};
 
     pub(super) const NAME: &str = "gemm";
+    pub(super) const DESCRIPTION: &str = "the gemm crate";
 
     /// The product through the `gemm` crate; extents already checked by the caller.
     #[allow(clippy::too_many_arguments)]
@@ -206,8 +203,12 @@ mod backend {
 
     #[cfg(feature = "mkl")]
     pub(super) const NAME: &str = "mkl";
+    #[cfg(feature = "mkl")]
+    pub(super) const DESCRIPTION: &str = "Intel MKL";
     #[cfg(not(feature = "mkl"))]
     pub(super) const NAME: &str = "accelerate";
+    #[cfg(not(feature = "mkl"))]
+    pub(super) const DESCRIPTION: &str = "Apple Accelerate";
 
     extern "C" {
         /// Column-major BLAS `sgemm` (Fortran calling convention), from MKL or Accelerate as
