@@ -178,6 +178,10 @@ pub struct TrainConfig {
     /// Peak learning rate of the encoder (and of the head unless `head_lr` is set).
     pub lr: f64,
     pub head_lr: Option<f64>,
+    /// Layer-wise learning-rate decay (ELECTRA's, ULMFiT's discriminative rates): the top
+    /// encoder layer learns at `lr`, each layer below at this factor times the one above, the
+    /// embeddings (and MPNet's shared position bias) one step below the lowest layer. 1: off.
+    pub layer_lr_decay: f64,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -217,6 +221,7 @@ impl Default for TrainConfig {
             grad_accum_steps: 1,
             lr: 5e-5,
             head_lr: None,
+            layer_lr_decay: 1.0,
             weight_decay: 0.01,
             beta1: 0.9,
             beta2: 0.999,
@@ -343,6 +348,11 @@ impl RunConfig {
                 "must be a positive number",
             )?;
         }
+        positive(
+            "train.layer_lr_decay",
+            t.layer_lr_decay > 0.0 && t.layer_lr_decay <= 1.0,
+            "must be in (0, 1] (1 turns it off)",
+        )?;
         positive("train.weight_decay", t.weight_decay >= 0.0, "must be >= 0")?;
         positive(
             "train.beta1",

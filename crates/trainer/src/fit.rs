@@ -24,7 +24,7 @@ use crate::device::{self, ensure_same_device, DeviceRequest};
 use crate::error::{Result, TrainError};
 use crate::eval::{self, Predictions};
 use crate::metrics::{ClassificationReport, MetricsLog};
-use crate::optim::{exempt_from_decay, AdamW, Gradients, ParamSpec};
+use crate::optim::{encoder_layer, exempt_from_decay, layer_lr_scale, AdamW, Gradients, ParamSpec};
 use crate::scaler::LossScaler;
 use crate::schedule::Schedule;
 
@@ -327,7 +327,22 @@ impl Trainer {
 
         let t = &config.train;
         let head_scale = t.head_lr.map_or(1.0, |head| head / t.lr);
-        let params: Vec<ParamSpec> = named_vars(&varmap)
+        let vars = named_vars(&varmap);
+        let layers = vars
+            .iter()
+            .filter_map(|(name, _)| encoder_layer(name))
+            .max()
+            .map_or(0, |top| top + 1);
+        if t.layer_lr_decay < 1.0 && !t.freeze_encoder {
+            reporter.message(&format!(
+                "layer-wise lr decay {}: encoder layer {} at lr x 1, layer 0 at x {:.3}, embeddings at x {:.3}",
+                t.layer_lr_decay,
+                layers.saturating_sub(1),
+                layer_lr_scale("encoder.layer.0.", layers, t.layer_lr_decay),
+                layer_lr_scale("embeddings.", layers, t.layer_lr_decay),
+            ));
+        }
+        let params: Vec<ParamSpec> = vars
             .into_iter()
             .filter(|(name, _)| !t.freeze_encoder || is_head(name))
             .map(|(name, var)| ParamSpec {
@@ -336,7 +351,11 @@ impl Trainer {
                 } else {
                     t.weight_decay
                 },
-                lr_scale: if is_head(&name) { head_scale } else { 1.0 },
+                lr_scale: if is_head(&name) {
+                    head_scale
+                } else {
+                    layer_lr_scale(&name, layers, t.layer_lr_decay)
+                },
                 name,
                 var,
             })

@@ -19,6 +19,28 @@ pub fn exempt_from_decay(name: &str) -> bool {
         || name.contains("layer_norm.weight")
 }
 
+/// The encoder layer a parameter belongs to (`encoder.layer.<i>.…`); `None` for the
+/// embeddings, encoder-wide tensors (MPNet's shared position bias) and the head.
+pub fn encoder_layer(name: &str) -> Option<usize> {
+    name.strip_prefix("encoder.layer.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The learning-rate scale of an encoder parameter under layer-wise decay `decay` in an encoder
+/// of `layers` layers: `decay^(layers - 1 - i)` for layer `i` (the top layer learns at the full
+/// rate), `decay^layers` for everything below the layers (embeddings, MPNet's position bias,
+/// which every layer reads). With `decay` 1 every scale is 1.
+pub fn layer_lr_scale(name: &str, layers: usize, decay: f64) -> f64 {
+    let depth_below_top = match encoder_layer(name) {
+        Some(i) => layers.saturating_sub(i + 1),
+        None => layers,
+    };
+    decay.powi(depth_below_top as i32)
+}
+
 /// One trainable tensor and its group settings.
 #[derive(Debug, Clone)]
 pub struct ParamSpec {
@@ -344,5 +366,40 @@ impl AdamW {
         }
         self.steps = steps;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_scales_follow_depth() {
+        assert_eq!(
+            encoder_layer("encoder.layer.11.attention.q.weight"),
+            Some(11)
+        );
+        assert_eq!(
+            encoder_layer("encoder.relative_attention_bias.weight"),
+            None
+        );
+        assert_eq!(encoder_layer("embeddings.word_embeddings.weight"), None);
+        assert_eq!(encoder_layer("classifier.weight"), None);
+        let scale = |name| layer_lr_scale(name, 12, 0.5);
+        assert_eq!(scale("encoder.layer.11.output.dense.weight"), 1.0);
+        assert_eq!(scale("encoder.layer.10.output.dense.weight"), 0.5);
+        assert_eq!(
+            scale("encoder.layer.0.output.dense.weight"),
+            0.5f64.powi(11)
+        );
+        assert_eq!(scale("embeddings.LayerNorm.weight"), 0.5f64.powi(12));
+        assert_eq!(
+            scale("encoder.relative_attention_bias.weight"),
+            0.5f64.powi(12)
+        );
+        assert_eq!(
+            layer_lr_scale("embeddings.word_embeddings.weight", 12, 1.0),
+            1.0
+        );
     }
 }
