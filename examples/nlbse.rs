@@ -85,9 +85,13 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// One line per logging boundary on stderr.
+/// One line per logging boundary, and the trainer's messages (warnings, weights loaded, learning
+/// rates), on stderr.
 struct Lines(String);
 impl Reporter for Lines {
+    fn message(&mut self, text: &str) {
+        eprintln!("[{}] {text}", self.0);
+    }
     fn log(&mut self, r: &LogRecord) {
         eprintln!(
             "[{}] step {} loss {:.4} {:.1} ex/s",

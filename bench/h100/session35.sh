@@ -14,14 +14,14 @@ set -u
 W=/root/s35; . bench/h100/mpnet_setup.sh
 cp configs/nlbse-mpnet.toml $W/
 H=$W/heldout; mkdir -p $H
-python3 bench/h100/heldout.py "$W/issues_train.csv" "$H" 4 5 6
+python3 bench/h100/heldout.py "$W/issues_train.csv" "$H" ${SPLITS:-4 5 6}
 wc -l $H/*.csv > $R/heldout_files.txt
 rm -rf /dev/shm/nl_*
 cat > $W/run.sh <<RUN
 #!/usr/bin/env bash
 export HF_HUB_OFFLINE=1
 cd $W
-for v in "a 0.9 5e-5" "b 0.8 1e-4"; do
+for v in ${VARIANTS:-"a 0.9 5e-5" "b 0.8 1e-4"}; do
   set -- \$v
   for split in ${SPLITS:-4 5 6}; do
     ( t0=\$SECONDS; name=\$1_\$split
