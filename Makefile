@@ -21,9 +21,9 @@ model:
 model-mpnet:
 	bash scripts/get-model.sh mpnet
 
-## train: fine-tune the default config into $(RUN) and print its evaluation report
+## train: fine-tune the default config into $(RUN) (replacing a run there) and print its evaluation report
 train: model
-	$(CARGO) run --release $(FEATURE_FLAGS) --bin train -- --config $(CONFIG) --out $(RUN)
+	$(CARGO) run --release $(FEATURE_FLAGS) --bin train -- --config $(CONFIG) --out $(RUN) --overwrite
 
 ## test: every test (unit, integration, reference parity, examples, data checks)
 test: model model-mpnet

@@ -49,6 +49,7 @@ fn main() -> Result<()> {
         device: DeviceRequest::Auto,
         out_dir: out_dir.clone(),
         resume: None,
+        overwrite: false,
     };
 
     let mut reporter = CurveReporter::default();

@@ -16,6 +16,9 @@
 //! validation checkpoint had, and scores the test file with those too (split `refit` in the
 //! table, beside `test` for the members that held rows out): the protocol allows every training
 //! row, and validation can only choose the epochs.
+//!
+//! Each run of the protocol starts over: the runs it finds under `--out` from an earlier run
+//! (its own project and member directories) are replaced.
 
 use std::path::{Path, PathBuf};
 
@@ -163,6 +166,7 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
             device: args.device,
             out_dir: out_dir.clone(),
             resume: None,
+            overwrite: true,
         };
         let mut reporter = Lines(name);
         let mut trainer = Trainer::new(config, &options, &mut reporter)?;
@@ -222,6 +226,7 @@ fn refit(args: &Args, trainer: &Trainer, best: &Path, out_dir: &Path) -> Result<
         device: args.device,
         out_dir: out.clone(),
         resume: None,
+        overwrite: true,
     };
     let mut reporter = Lines(format!(
         "{} refit on all rows, {epochs} epochs",

@@ -33,6 +33,10 @@ struct Args {
     /// Continue from a run directory or checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Replace a previous run in the run directory (its checkpoints, metrics and plot are
+    /// deleted once the new run is ready to start); without it such a directory is refused.
+    #[arg(long)]
+    overwrite: bool,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -183,6 +187,7 @@ fn run(args: Args) -> Result<()> {
         device: args.device,
         out_dir: out_dir.clone(),
         resume: args.resume.clone(),
+        overwrite: args.overwrite,
     };
     let mut bars = Bars::new(args.quiet);
     let mut trainer = Trainer::new(config.clone(), &options, &mut bars)?;

@@ -623,3 +623,65 @@ fn every_shipped_config_parses_and_validates() {
         "only {against_model} configs checked against their model"
     );
 }
+
+/// A fresh run into a directory that holds another run is refused, naming the directory, and
+/// leaves that run as it was; with `--overwrite` the old run's checkpoints, metrics and plot are
+/// replaced (the stale `best/` of a run with validation would otherwise outlive a run without),
+/// and files that are not the run's are kept.
+#[test]
+fn a_fresh_run_refuses_a_previous_run_unless_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(&train_tiny(&run, &[]), "first train");
+    std::fs::write(run.join("notes.txt"), "mine").unwrap();
+    let best_before = std::fs::read(run.join("best/model.safetensors")).unwrap();
+    let metrics_before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+
+    let refused = train_tiny(&run, &["eval.every_epoch=false"]);
+    assert_fails_naming(&refused, &[path_str(&run), "previous run", "--overwrite"]);
+    assert_eq!(
+        std::fs::read(run.join("best/model.safetensors")).unwrap(),
+        best_before,
+        "a refused run changed best/"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
+        metrics_before
+    );
+
+    let mut args = vec!["--config", TINY, "--out", path_str(&run), "--quiet"];
+    args.extend(["--overwrite", "--set", "eval.every_epoch=false"]);
+    args.extend(["--set", "train.epochs=1"]);
+    let output = run_bin("train", &args);
+    assert_ok(&output, "train --overwrite");
+    assert!(text(&output.stderr).contains("overwriting the previous run"));
+    let mut names: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // One epoch is 4 steps: checkpoint-4 is the new run's; the old run's 8 and 12 are gone.
+    assert_eq!(
+        names,
+        [
+            "best",
+            "checkpoint-4",
+            "config.toml",
+            "last",
+            "metrics.jsonl",
+            "notes.txt",
+            "plot.svg"
+        ]
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        !metrics.contains("\"kind\":\"eval\""),
+        "the old run's evaluations are still in metrics.jsonl:\n{metrics}"
+    );
+    let state = std::fs::read_to_string(run.join("best/trainer_state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert!(
+        state["state"]["best_metric"].is_null(),
+        "best/ is not the new run's: {state}"
+    );
+}

@@ -226,6 +226,38 @@ pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// What a run writes into its directory, found in `run_dir`: `best/`, `last/`,
+/// `checkpoint-<step>/` (with their `.<name>.tmp` / `.<name>.old` stand-ins from an interrupted
+/// write), `metrics.jsonl`, `plot.svg` and the resolved `config.toml`. Other files are not listed.
+pub fn run_entries(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(run_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::io(run_dir)(e)),
+    };
+    let checkpoint_dir = |name: &str| {
+        matches!(name, "best" | "last")
+            || name
+                .strip_prefix("checkpoint-")
+                .is_some_and(|step| step.parse::<u64>().is_ok())
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stand_in = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".tmp").or_else(|| n.strip_suffix(".old")));
+            matches!(name.as_str(), "metrics.jsonl" | "plot.svg" | RUN_CONFIG)
+                || checkpoint_dir(&name)
+                || stand_in.is_some_and(checkpoint_dir)
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
 fn read_text(dir: &Path, name: &str) -> Result<String> {
     let path = dir.join(name);
     fs::read_to_string(&path).map_err(|e| bad(dir, format!("cannot read {name}: {e}")))

@@ -11,6 +11,8 @@ pub enum TrainError {
     Config { key: String, reason: String },
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
+    #[error("run directory {path}: {reason}")]
+    RunDir { path: PathBuf, reason: String },
     #[error("ensemble: {0}")]
     Ensemble(String),
     #[error("{path}: {cause}")]

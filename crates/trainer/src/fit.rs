@@ -36,6 +36,57 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     /// A checkpoint directory (or a run directory, meaning its `last/`) to continue from.
     pub resume: Option<PathBuf>,
+    /// A fresh run into a directory that holds another run (checkpoints, `metrics.jsonl`) is
+    /// refused unless this is set; then that run's entries are deleted once the new run is ready
+    /// to start (its data read, its model built). A run continued in its own directory keeps
+    /// everything either way.
+    pub overwrite: bool,
+}
+
+/// The entries of a previous run in `options.out_dir` that a fresh run replaces; an error if
+/// there is one and `options.overwrite` is not set. Empty when the run continues a checkpoint
+/// inside that directory.
+fn previous_run(options: &RunOptions) -> Result<Vec<PathBuf>> {
+    if let Some(resume) = &options.resume {
+        if let (Ok(from), Ok(out)) = (resume.canonicalize(), options.out_dir.canonicalize()) {
+            if from.starts_with(out) {
+                return Ok(Vec::new());
+            }
+        }
+    }
+    let entries = checkpoint::run_entries(&options.out_dir)?;
+    let holds_run = entries
+        .iter()
+        .any(|path| path.file_name() != Some(checkpoint::RUN_CONFIG.as_ref()));
+    if holds_run && !options.overwrite {
+        let names: Vec<String> = entries
+            .iter()
+            .filter_map(|path| path.file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        return Err(TrainError::RunDir {
+            path: options.out_dir.clone(),
+            reason: format!(
+                "holds a previous run ({}): continue it (--resume), write elsewhere (--out) \
+                 or replace it (--overwrite deletes those entries)",
+                names.join(", ")
+            ),
+        });
+    }
+    Ok(entries)
+}
+
+/// Deletes a previous run's entries (see [`previous_run`]).
+fn clear_previous_run(entries: &[PathBuf]) -> Result<()> {
+    for path in entries {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        removed.map_err(TrainError::io(path))?;
+    }
+    Ok(())
 }
 
 /// What a run is about to do, reported once before the first step.
@@ -289,6 +340,7 @@ impl Trainer {
         reporter: &mut dyn Reporter,
     ) -> Result<Self> {
         config.validate()?;
+        let previous = previous_run(options)?;
         let files = locate_model(&config, options.resume.as_deref())?;
         config.validate_against(&files.bert)?;
         let bert = files.bert;
@@ -426,6 +478,16 @@ impl Trainer {
                 crate::budget::Kernels::on(&device, config.train.precision.dtype()),
             ),
         };
+        if previous
+            .iter()
+            .any(|path| path.file_name() != Some(checkpoint::RUN_CONFIG.as_ref()))
+        {
+            reporter.message(&format!(
+                "overwriting the previous run in {}",
+                options.out_dir.display()
+            ));
+        }
+        clear_previous_run(&previous)?;
         std::fs::create_dir_all(&options.out_dir).map_err(TrainError::io(&options.out_dir))?;
         let resolved = options.out_dir.join(checkpoint::RUN_CONFIG);
         std::fs::write(&resolved, config.to_toml()?).map_err(TrainError::io(&resolved))?;
