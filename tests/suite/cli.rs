@@ -685,3 +685,94 @@ fn a_fresh_run_refuses_a_previous_run_unless_overwrite() {
         "best/ is not the new run's: {state}"
     );
 }
+
+/// `sweep` trains every combination once per seed, ranks the combinations by their mean best
+/// validation metric (each trial's value is the one its `best/` checkpoint recorded), and run
+/// again reuses finished trials unless their resolved config changed.
+#[test]
+fn sweep_ranks_combinations_and_reuses_finished_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let sweep = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            TINY,
+            "--out",
+            path_str(&out),
+            "--quiet",
+            "--json",
+        ];
+        args.extend(["--grid", "train.lr=1e-3,3e-3", "--seeds", "1,2"]);
+        args.extend(extra);
+        let output = run_bin("sweep", &args);
+        assert_ok(&output, "sweep");
+        serde_json::from_str::<serde_json::Value>(&text(&output.stdout)).unwrap()
+    };
+    let first = sweep(&[]);
+    assert_eq!(first["reused_trials"], 0);
+    let ranking = first["ranking"].as_array().unwrap();
+    assert_eq!(ranking.len(), 2);
+    let means: Vec<f64> = ranking
+        .iter()
+        .map(|r| r["mean"].as_f64().unwrap())
+        .collect();
+    assert!(means[0] >= means[1], "not best first: {means:?}");
+    for row in ranking {
+        let values: Vec<f64> = row["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(values.len(), 2);
+        assert!((row["mean"].as_f64().unwrap() - (values[0] + values[1]) / 2.0).abs() < 1e-12);
+    }
+    let trials = first["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    for (trial, name) in trials.iter().zip([
+        "lr=1e-3,seed=1",
+        "lr=1e-3,seed=2",
+        "lr=3e-3,seed=1",
+        "lr=3e-3,seed=2",
+    ]) {
+        let state = std::fs::read_to_string(out.join(name).join("best/trainer_state.json"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+        assert_eq!(trial["value"], state["state"]["best_metric"], "{name}");
+        assert_eq!(trial["best_step"], state["state"]["best_step"], "{name}");
+    }
+    let metrics = out.join("lr=1e-3,seed=1/metrics.jsonl");
+    let before = std::fs::read_to_string(&metrics).unwrap();
+
+    let again = sweep(&[]);
+    assert_eq!(again["reused_trials"], 4);
+    assert_eq!(again["ranking"], first["ranking"]);
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), before);
+
+    let changed = sweep(&["--set", "train.epochs=1"]);
+    assert_eq!(changed["reused_trials"], 0);
+    assert_eq!(changed["trials"][0]["steps"], 4, "one epoch of 4 steps");
+}
+
+/// Every trial's config is resolved before any trains: a bad key in the grid fails at once,
+/// naming it, and leaves no directory behind.
+#[test]
+fn sweep_checks_every_trial_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let output = run_bin(
+        "sweep",
+        &[
+            "--config",
+            TINY,
+            "--out",
+            path_str(&out),
+            "--grid",
+            "train.lr=1e-3,3e-3",
+            "--grid",
+            "train.warmup_ratio=0.1,1.5",
+        ],
+    );
+    assert_fails_naming(&output, &["train.warmup_ratio", "must be in [0, 1]"]);
+    assert!(!out.exists(), "a trial was started");
+}

@@ -14,6 +14,7 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
         "evaluate" => env!("CARGO_BIN_EXE_evaluate"),
         "predict" => env!("CARGO_BIN_EXE_predict"),
         "doctor" => env!("CARGO_BIN_EXE_doctor"),
+        "sweep" => env!("CARGO_BIN_EXE_sweep"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(exe)
