@@ -224,6 +224,16 @@ fn plan(args: &Args, axes: &[Axis], seeds: &[u64]) -> Result<Vec<Trial>> {
             });
         }
     }
+    let mut names = std::collections::HashSet::new();
+    for trial in &trials {
+        if !names.insert(trial.name.as_str()) {
+            bail!(
+                "two trials would share the directory `{}`: give grid values that differ in \
+                 letters, digits or `.+-`, and distinct seeds",
+                trial.name
+            );
+        }
+    }
     let first = &trials[0].config;
     if first.data.valid.is_none() && first.data.valid_fraction <= 0.0 {
         bail!(

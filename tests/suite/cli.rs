@@ -754,8 +754,8 @@ fn sweep_ranks_combinations_and_reuses_finished_trials() {
     assert_eq!(changed["trials"][0]["steps"], 4, "one epoch of 4 steps");
 }
 
-/// Every trial's config is resolved before any trains: a bad key in the grid fails at once,
-/// naming it, and leaves no directory behind.
+/// Every trial's config is resolved before any trains: a bad value in the grid, or two trials
+/// that would share a directory, fail at once, naming it, and leave no directory behind.
 #[test]
 fn sweep_checks_every_trial_before_training() {
     let dir = tempfile::tempdir().unwrap();
@@ -774,5 +774,12 @@ fn sweep_checks_every_trial_before_training() {
         ],
     );
     assert_fails_naming(&output, &["train.warmup_ratio", "must be in [0, 1]"]);
+    assert!(!out.exists(), "a trial was started");
+    let args = ["--config", TINY, "--out", path_str(&out)];
+    let output = run_bin(
+        "sweep",
+        &[&args[..], &["--grid", "train.lr=1e-3", "--seeds", "1,1"]].concat(),
+    );
+    assert_fails_naming(&output, &["lr=1e-3,seed=1", "share the directory"]);
     assert!(!out.exists(), "a trial was started");
 }
