@@ -783,3 +783,71 @@ fn sweep_checks_every_trial_before_training() {
     assert_fails_naming(&output, &["lr=1e-3,seed=1", "share the directory"]);
     assert!(!out.exists(), "a trial was started");
 }
+
+/// `lr_find` runs the real training step in the real data order: its first two losses (at 1e-5,
+/// then 2e-5) equal those `train` logs for two steps whose first update is at 1e-5; and a longer
+/// ramp is geometric from `--min-lr` to `--max-lr` with one loss per step.
+#[test]
+fn lr_find_ramps_the_rate_over_real_training_steps() {
+    let output = run_bin(
+        "lr_find",
+        &[
+            "--config", TINY, "--steps", "2", "--min-lr", "1e-5", "--max-lr", "2e-5", "--json",
+        ],
+    );
+    assert_ok(&output, "lr_find");
+    let curve: serde_json::Value = serde_json::from_str(&text(&output.stdout)).unwrap();
+    let found: Vec<f64> = curve["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let output = train_tiny(
+        &run,
+        &[
+            "train.max_steps=2",
+            "train.lr=1e-5",
+            "train.warmup_ratio=0.0",
+            "train.decay=\"constant\"",
+            "train.log_every=1",
+        ],
+    );
+    assert_ok(&output, "train");
+    let trained = train_losses(&run);
+    assert_eq!(found.len(), 2);
+    assert_eq!(trained.len(), 2);
+    for (a, b) in found.iter().zip(&trained) {
+        assert!(
+            (a - b).abs() < 1e-6,
+            "lr_find {found:?} vs train {trained:?}"
+        );
+    }
+
+    let output = run_bin(
+        "lr_find",
+        &[
+            "--config", TINY, "--steps", "30", "--min-lr", "1e-5", "--max-lr", "10", "--json",
+        ],
+    );
+    assert_ok(&output, "lr_find");
+    let curve: serde_json::Value = serde_json::from_str(&text(&output.stdout)).unwrap();
+    let lrs: Vec<f64> = curve["lrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(lrs.len(), 30);
+    assert_eq!(curve["losses"].as_array().unwrap().len(), 30);
+    assert!((lrs[0] - 1e-5).abs() < 1e-18 && (lrs[29] - 10.0).abs() < 1e-9);
+    let ratio = lrs[1] / lrs[0];
+    for pair in lrs.windows(2) {
+        assert!((pair[1] / pair[0] - ratio).abs() < 1e-9);
+    }
+    let steepest = curve["steepest"].as_f64().expect("a suggestion");
+    assert!((1e-5..=10.0).contains(&steepest));
+}

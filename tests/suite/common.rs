@@ -15,6 +15,7 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
         "predict" => env!("CARGO_BIN_EXE_predict"),
         "doctor" => env!("CARGO_BIN_EXE_doctor"),
         "sweep" => env!("CARGO_BIN_EXE_sweep"),
+        "lr_find" => env!("CARGO_BIN_EXE_lr_find"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(exe)

@@ -23,6 +23,7 @@ use crate::config::{ClassWeights, Init, Precision, RunConfig, WeightRule};
 use crate::device::{self, ensure_same_device, DeviceRequest};
 use crate::error::{Result, TrainError};
 use crate::eval::{self, Predictions};
+use crate::lr_find;
 use crate::metrics::{ClassificationReport, MetricsLog};
 use crate::optim::{encoder_layer, exempt_from_decay, layer_lr_scale, AdamW, Gradients, ParamSpec};
 use crate::scaler::LossScaler;
@@ -673,6 +674,57 @@ impl Trainer {
         log.write(&record).map_err(TrainError::io(log.path()))?;
         reporter.evaluated(self.state.step as usize, &report);
         Ok(Some((report, better)))
+    }
+
+    /// The learning-rate range test ([`crate::lr_find`]): `steps` optimizer steps in the
+    /// configured data order, the rate of step `i` [`lr_find::ramp`]`(min_lr, max_lr, steps, i)`
+    /// (times the head's and layers' scales, as in training), and the mean training loss of each.
+    /// The losses stay on the device until the last step, then come back in one read. The
+    /// weights and optimizer moments are left trained by the ramp: use a trainer made for the
+    /// test, and no checkpoint is written.
+    pub fn lr_range_test(
+        &mut self,
+        min_lr: f64,
+        max_lr: f64,
+        steps: usize,
+    ) -> Result<lr_find::LrCurve> {
+        if !(min_lr > 0.0 && max_lr > min_lr && max_lr.is_finite()) || steps < 2 {
+            return Err(TrainError::config(
+                "lr_range_test",
+                format!(
+                    "needs 0 < min < max and 2 or more steps (got {min_lr:e}, {max_lr:e}, {steps})"
+                ),
+            ));
+        }
+        let t = self.config.train.clone();
+        let lengths = self.train.lengths();
+        let mut lrs = Vec::with_capacity(steps);
+        let mut losses = Vec::with_capacity(steps);
+        let mut epoch = 0;
+        while lrs.len() < steps {
+            let order = epoch_order(
+                self.train.len(),
+                &lengths,
+                t.batch_size,
+                t.seed,
+                epoch,
+                t.shuffle,
+                self.config.data.bucket_window,
+            );
+            for group in order.chunks(t.grad_accum_steps) {
+                if lrs.len() == steps {
+                    break;
+                }
+                let lr = lr_find::ramp(min_lr, max_lr, steps, lrs.len());
+                let out = device::with_autorelease_pool(|| self.train_step(group, lr))?;
+                self.state.step += 1;
+                losses.push(out.loss_sum.affine(1.0 / group.len() as f64, 0.0)?);
+                lrs.push(lr);
+            }
+            epoch += 1;
+        }
+        let losses: Vec<f64> = Tensor::stack(&losses, 0)?.to_dtype(DType::F64)?.to_vec1()?;
+        Ok(lr_find::LrCurve::new(lrs, losses, 0.98))
     }
 
     /// Runs until the configured epochs or steps are done, or early stopping triggers.

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod fit;
 mod fused_adamw;
 pub mod infer;
+pub mod lr_find;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
