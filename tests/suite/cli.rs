@@ -1,7 +1,7 @@
 //! The binaries end to end on the tiny config: training, evaluation, prediction, exact resume
 //! after SIGKILL, and clean errors for bad input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -850,4 +850,160 @@ fn lr_find_ramps_the_rate_over_real_training_steps() {
     }
     let steepest = curve["steepest"].as_f64().expect("a suggestion");
     assert!((1e-5..=10.0).contains(&steepest));
+}
+
+/// Reads a protobuf varint at `*at`.
+fn read_varint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut value = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = bytes[*at];
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return value;
+        }
+        shift += 7;
+    }
+}
+
+/// The fields of a protobuf message: (field number, wire type, the value's bytes or varint).
+fn proto_fields(bytes: &[u8]) -> Vec<(u64, u64, Vec<u8>, u64)> {
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let key = read_varint(bytes, &mut at);
+        let (number, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => {
+                let v = read_varint(bytes, &mut at);
+                fields.push((number, wire, Vec::new(), v));
+            }
+            1 | 5 => {
+                let n = if wire == 1 { 8 } else { 4 };
+                fields.push((number, wire, bytes[at..at + n].to_vec(), 0));
+                at += n;
+            }
+            2 => {
+                let n = read_varint(bytes, &mut at) as usize;
+                fields.push((number, wire, bytes[at..at + n].to_vec(), 0));
+                at += n;
+            }
+            other => panic!("unexpected wire type {other}"),
+        }
+    }
+    fields
+}
+
+/// The scalars of a TensorBoard event file as (tag, step, value), every TFRecord's two CRCs
+/// checked, and the file-version string of its first event.
+fn read_event_file(path: &Path) -> (String, Vec<(String, i64, f32)>) {
+    use wick_trainer::tensorboard::masked_crc32c;
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = 0;
+    let mut version = String::new();
+    let mut scalars = Vec::new();
+    while at < bytes.len() {
+        let length = &bytes[at..at + 8];
+        let n = u64::from_le_bytes(length.try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+        assert_eq!(crc, masked_crc32c(length), "length CRC at byte {at}");
+        let data = &bytes[at + 12..at + 12 + n];
+        let crc = u32::from_le_bytes(bytes[at + 12 + n..at + 16 + n].try_into().unwrap());
+        assert_eq!(crc, masked_crc32c(data), "data CRC at byte {at}");
+        at += 16 + n;
+        let event = proto_fields(data);
+        let step = event.iter().find(|f| f.0 == 2).map_or(0, |f| f.3 as i64);
+        for (number, _, value, _) in &event {
+            match number {
+                3 => version = String::from_utf8(value.clone()).unwrap(),
+                5 => {
+                    for entry in proto_fields(value).into_iter().filter(|f| f.0 == 1) {
+                        let entry = proto_fields(&entry.2);
+                        let tag = entry.iter().find(|f| f.0 == 1).unwrap();
+                        let value = entry.iter().find(|f| f.0 == 2 && f.1 == 5).unwrap();
+                        scalars.push((
+                            String::from_utf8(tag.2.clone()).unwrap(),
+                            step,
+                            f32::from_le_bytes(value.2[..].try_into().unwrap()),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    (version, scalars)
+}
+
+/// With `train.tensorboard`, every metrics record also lands in a TensorBoard event file as
+/// `<kind>/<field>` scalars at its step (read back here with the TFRecord CRCs checked), and a
+/// resumed run adds a file of its own.
+#[test]
+fn tensorboard_event_files_hold_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let output = train_tiny(
+        &run,
+        &[
+            "train.tensorboard=true",
+            "train.log_every=1",
+            "train.epochs=2",
+        ],
+    );
+    assert_ok(&output, "train");
+    let files = |run: &Path| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(run.join("tensorboard"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    };
+    let first = files(&run);
+    assert_eq!(first.len(), 1);
+    let (version, scalars) = read_event_file(&first[0]);
+    assert_eq!(version, "brain.Event:2");
+    let losses: Vec<(i64, f32)> = scalars
+        .iter()
+        .filter(|s| s.0 == "train/loss")
+        .map(|s| (s.1, s.2))
+        .collect();
+    let expected: Vec<(i64, f32)> = train_losses(&run)
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as i64 + 1, l as f32))
+        .collect();
+    assert_eq!(losses, expected);
+    let f1_steps: Vec<i64> = scalars
+        .iter()
+        .filter(|s| s.0 == "eval/macro_f1")
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(f1_steps, [4, 8]);
+    for tag in ["train/lr", "train/grad_norm", "eval/loss", "eval/accuracy"] {
+        assert!(scalars.iter().any(|s| s.0 == tag), "no {tag}");
+    }
+
+    let output = run_bin(
+        "train",
+        &[
+            "--resume",
+            path_str(&run),
+            "--quiet",
+            "--set",
+            "train.epochs=3",
+        ],
+    );
+    assert_ok(&output, "resume");
+    let both = files(&run);
+    assert_eq!(both.len(), 2, "{both:?}");
+    let added = both.iter().find(|p| **p != first[0]).unwrap();
+    let (_, resumed) = read_event_file(added);
+    let steps: Vec<i64> = resumed
+        .iter()
+        .filter(|s| s.0 == "train/loss")
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(steps, [9, 10, 11, 12]);
 }

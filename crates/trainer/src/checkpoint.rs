@@ -228,7 +228,8 @@ pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
 
 /// What a run writes into its directory, found in `run_dir`: `best/`, `last/`,
 /// `checkpoint-<step>/` (with their `.<name>.tmp` / `.<name>.old` stand-ins from an interrupted
-/// write), `metrics.jsonl`, `plot.svg` and the resolved `config.toml`. Other files are not listed.
+/// write), `metrics.jsonl`, `plot.svg`, `tensorboard/` and the resolved `config.toml`. Other files
+/// are not listed.
 pub fn run_entries(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(run_dir) {
         Ok(entries) => entries,
@@ -248,8 +249,10 @@ pub fn run_entries(run_dir: &Path) -> Result<Vec<PathBuf>> {
             let stand_in = name
                 .strip_prefix('.')
                 .and_then(|n| n.strip_suffix(".tmp").or_else(|| n.strip_suffix(".old")));
-            matches!(name.as_str(), "metrics.jsonl" | "plot.svg" | RUN_CONFIG)
-                || checkpoint_dir(&name)
+            matches!(
+                name.as_str(),
+                "metrics.jsonl" | "plot.svg" | "tensorboard" | RUN_CONFIG
+            ) || checkpoint_dir(&name)
                 || stand_in.is_some_and(checkpoint_dir)
         })
         .map(|e| e.path())

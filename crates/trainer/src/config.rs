@@ -210,6 +210,9 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Shuffle the training order every epoch (seeded).
     pub shuffle: bool,
+    /// Also write the metrics as TensorBoard event files in `<run>/tensorboard/`
+    /// (`tensorboard --logdir runs/`).
+    pub tensorboard: bool,
 }
 
 impl Default for TrainConfig {
@@ -240,6 +243,7 @@ impl Default for TrainConfig {
             save_optimizer: true,
             precision: Precision::F32,
             shuffle: true,
+            tensorboard: false,
         }
     }
 }

@@ -732,6 +732,10 @@ impl Trainer {
         reporter.start(&self.plan);
         let metrics_path = self.out_dir.join("metrics.jsonl");
         let mut log = MetricsLog::create(&metrics_path).map_err(TrainError::io(&metrics_path))?;
+        if self.config.train.tensorboard {
+            let dir = self.out_dir.join("tensorboard");
+            log = log.with_tensorboard(&dir).map_err(TrainError::io(&dir))?;
+        }
         let t = self.config.train.clone();
         let total_steps = self.plan.total_steps;
         let lengths = self.train.lengths();

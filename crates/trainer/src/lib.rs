@@ -18,5 +18,6 @@ pub mod plot;
 pub mod scaler;
 pub mod schedule;
 pub mod sync;
+pub mod tensorboard;
 
 pub use error::{Result, TrainError};

@@ -426,6 +426,8 @@ fn pad_chars_left(text: &str, width: usize) -> String {
 pub struct MetricsLog {
     file: File,
     path: PathBuf,
+    /// Where the records also go as TensorBoard scalars, when asked.
+    tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
 impl MetricsLog {
@@ -448,7 +450,16 @@ impl MetricsLog {
         Ok(Self {
             file,
             path: path.to_path_buf(),
+            tensorboard: None,
         })
+    }
+
+    /// Also writes every record to a new TensorBoard event file in `dir`: each numeric field of
+    /// a record but `step` and `epoch` becomes the scalar `<kind>/<field>` at the record's step
+    /// (`train/loss`, `eval/macro_f1`, ...).
+    pub fn with_tensorboard(mut self, dir: &Path) -> io::Result<Self> {
+        self.tensorboard = Some(crate::tensorboard::EventWriter::create(dir)?);
+        Ok(self)
     }
 
     /// Appends `record` as one line and flushes it, so a crash loses at most the record being
@@ -458,7 +469,24 @@ impl MetricsLog {
         line.push('\n');
         // One write call per record: with O_APPEND the line lands whole at the end of the file.
         self.file.write_all(line.as_bytes())?;
-        self.file.flush()
+        self.file.flush()?;
+        if let Some(events) = &mut self.tensorboard {
+            let (Some(kind), Some(step), Some(fields)) = (
+                record["kind"].as_str(),
+                record["step"].as_i64(),
+                record.as_object(),
+            ) else {
+                return Ok(());
+            };
+            let scalars: Vec<(String, f64)> = fields
+                .iter()
+                .filter(|(key, _)| !matches!(key.as_str(), "kind" | "step" | "epoch"))
+                .filter_map(|(key, value)| Some((format!("{kind}/{key}"), value.as_f64()?)))
+                .collect();
+            let scalars: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            events.scalars(step, &scalars)?;
+        }
+        Ok(())
     }
 
     /// The file this log appends to.
