@@ -234,20 +234,24 @@ fn plan(args: &Args, axes: &[Axis], seeds: &[u64]) -> Result<Vec<Trial>> {
             );
         }
     }
-    let first = &trials[0].config;
-    if first.data.valid.is_none() && first.data.valid_fraction <= 0.0 {
-        bail!(
-            "{}: a sweep ranks trials on validation data, but there is none: set `data.valid` \
-             or `data.valid_fraction`",
-            args.config.display()
-        );
-    }
-    if !first.eval.every_epoch && first.eval.every_steps == 0 {
-        bail!(
-            "{}: a sweep ranks trials by their evaluations, but none is scheduled: set \
-             `eval.every_epoch = true` or `eval.every_steps`",
-            args.config.display()
-        );
+    for trial in &trials {
+        let config = &trial.config;
+        if config.data.valid.is_none() && config.data.valid_fraction <= 0.0 {
+            bail!(
+                "{} (trial {}): a sweep ranks trials on validation data, but there is none: set \
+                 `data.valid` or `data.valid_fraction`",
+                args.config.display(),
+                trial.name
+            );
+        }
+        if !config.eval.every_epoch && config.eval.every_steps == 0 {
+            bail!(
+                "{} (trial {}): a sweep ranks trials by their evaluations, but none is \
+                 scheduled: set `eval.every_epoch = true` or `eval.every_steps`",
+                args.config.display(),
+                trial.name
+            );
+        }
     }
     Ok(trials)
 }
