@@ -28,14 +28,7 @@ const CEILING_SIZE_CPU: usize = 2048;
 const CEILING_SIZE_ACCELERATOR: usize = 4096;
 
 fn main() -> ExitCode {
-    wick_trainer::alloc::keep_freed_memory();
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    wick_trainer::cli::run_main(|| run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<()> {

@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod budget;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod device;
 pub mod error;
