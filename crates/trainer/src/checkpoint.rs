@@ -28,6 +28,10 @@ pub const BERT_CONFIG: &str = "config.json";
 pub const RUN_CONFIG: &str = "config.toml";
 pub const TOKENIZER: &str = "tokenizer.json";
 pub const STATE: &str = "trainer_state.json";
+/// A run directory's metrics log, its plot and its TensorBoard event files.
+pub const METRICS: &str = "metrics.jsonl";
+pub const PLOT: &str = "plot.svg";
+pub const TENSORBOARD: &str = "tensorboard";
 
 /// Where the loop stands: enough to continue exactly.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -249,10 +253,8 @@ pub fn run_entries(run_dir: &Path) -> Result<Vec<PathBuf>> {
             let stand_in = name
                 .strip_prefix('.')
                 .and_then(|n| n.strip_suffix(".tmp").or_else(|| n.strip_suffix(".old")));
-            matches!(
-                name.as_str(),
-                "metrics.jsonl" | "plot.svg" | "tensorboard" | RUN_CONFIG
-            ) || checkpoint_dir(&name)
+            [METRICS, PLOT, TENSORBOARD, RUN_CONFIG].contains(&name.as_str())
+                || checkpoint_dir(&name)
                 || stand_in.is_some_and(checkpoint_dir)
         })
         .map(|e| e.path())

@@ -45,8 +45,8 @@ pub struct RunOptions {
 }
 
 /// The entries of a previous run in `options.out_dir` that a fresh run replaces; an error if
-/// there is one and `options.overwrite` is not set. Empty when the run continues a checkpoint
-/// inside that directory.
+/// there is one and `options.overwrite` is not set. Empty when there is none (a lone
+/// `config.toml` is rewritten anyway) or the run continues a checkpoint inside that directory.
 fn previous_run(options: &RunOptions) -> Result<Vec<PathBuf>> {
     if let Some(resume) = &options.resume {
         if let (Ok(from), Ok(out)) = (resume.canonicalize(), options.out_dir.canonicalize()) {
@@ -59,7 +59,10 @@ fn previous_run(options: &RunOptions) -> Result<Vec<PathBuf>> {
     let holds_run = entries
         .iter()
         .any(|path| path.file_name() != Some(checkpoint::RUN_CONFIG.as_ref()));
-    if holds_run && !options.overwrite {
+    if !holds_run {
+        return Ok(Vec::new());
+    }
+    if !options.overwrite {
         let names: Vec<String> = entries
             .iter()
             .filter_map(|path| path.file_name())
@@ -479,10 +482,7 @@ impl Trainer {
                 crate::budget::Kernels::on(&device, config.train.precision.dtype()),
             ),
         };
-        if previous
-            .iter()
-            .any(|path| path.file_name() != Some(checkpoint::RUN_CONFIG.as_ref()))
-        {
+        if !previous.is_empty() {
             reporter.message(&format!(
                 "overwriting the previous run in {}",
                 options.out_dir.display()
@@ -730,10 +730,10 @@ impl Trainer {
     /// Runs until the configured epochs or steps are done, or early stopping triggers.
     pub fn fit(&mut self, reporter: &mut dyn Reporter) -> Result<Outcome> {
         reporter.start(&self.plan);
-        let metrics_path = self.out_dir.join("metrics.jsonl");
+        let metrics_path = self.out_dir.join(checkpoint::METRICS);
         let mut log = MetricsLog::create(&metrics_path).map_err(TrainError::io(&metrics_path))?;
         if self.config.train.tensorboard {
-            let dir = self.out_dir.join("tensorboard");
+            let dir = self.out_dir.join(checkpoint::TENSORBOARD);
             log = log.with_tensorboard(&dir).map_err(TrainError::io(&dir))?;
         }
         let t = self.config.train.clone();
@@ -850,7 +850,7 @@ impl Trainer {
         }
         let records =
             crate::metrics::read_records(&metrics_path).map_err(TrainError::io(&metrics_path))?;
-        let plot = self.out_dir.join("plot.svg");
+        let plot = self.out_dir.join(checkpoint::PLOT);
         crate::plot::write_svg(&plot, &records).map_err(TrainError::io(&plot))?;
         reporter.finish();
         Ok(Outcome {
