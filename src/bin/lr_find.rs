@@ -46,15 +46,9 @@ impl Reporter for Messages {
 }
 
 fn run(args: Args) -> Result<()> {
-    if args.steps < 2 {
-        bail!("--steps must be at least 2");
-    }
-    if !(args.min_lr > 0.0 && args.max_lr > args.min_lr && args.max_lr.is_finite()) {
-        bail!(
-            "--min-lr and --max-lr must satisfy 0 < min < max (got {:e}, {:e})",
-            args.min_lr,
-            args.max_lr
-        );
+    // Checked before the model is loaded: the trainer would refuse the range only after.
+    if let Some(reason) = wick_trainer::lr_find::check_range(args.min_lr, args.max_lr, args.steps) {
+        bail!("--min-lr, --max-lr, --steps: {reason}");
     }
     let config = RunConfig::load(&args.config, &args.overrides)?;
     // The trainer writes its resolved config into a run directory; the test needs none of it.

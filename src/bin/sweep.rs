@@ -6,7 +6,6 @@
 //! trials and trains the rest, so an interrupted sweep continues where it stopped; a trial whose
 //! resolved config changed (another `--set`, an edited config file) is trained again.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -318,43 +317,38 @@ struct Row {
 }
 
 fn summarize(results: &[TrialResult], higher_is_better: bool) -> Vec<Row> {
-    let mut groups: BTreeMap<usize, Row> = BTreeMap::new();
-    let mut order: Vec<Vec<String>> = Vec::new();
+    // One row per combination, in the order the combinations first appear.
+    let mut rows: Vec<Row> = Vec::new();
     for r in results {
-        let index = match order.iter().position(|g| *g == r.grid) {
-            Some(i) => i,
+        let at = match rows.iter().position(|row| row.grid == r.grid) {
+            Some(at) => at,
             None => {
-                order.push(r.grid.clone());
-                order.len() - 1
+                rows.push(Row {
+                    grid: r.grid.clone(),
+                    values: Vec::new(),
+                    mean: 0.0,
+                    sd: None,
+                    seconds: 0.0,
+                });
+                rows.len() - 1
             }
         };
-        let row = groups.entry(index).or_insert_with(|| Row {
-            grid: r.grid.clone(),
-            values: Vec::new(),
-            mean: 0.0,
-            sd: None,
-            seconds: 0.0,
-        });
-        row.values.push(r.value);
-        row.seconds += r.seconds;
+        rows[at].values.push(r.value);
+        rows[at].seconds += r.seconds;
     }
-    let mut rows: Vec<Row> = groups
-        .into_values()
-        .map(|mut row| {
-            let n = row.values.len() as f64;
-            row.mean = row.values.iter().sum::<f64>() / n;
-            if row.values.len() > 1 {
-                let var = row
-                    .values
-                    .iter()
-                    .map(|v| (v - row.mean).powi(2))
-                    .sum::<f64>()
-                    / (n - 1.0);
-                row.sd = Some(var.sqrt());
-            }
-            row
-        })
-        .collect();
+    for row in &mut rows {
+        let n = row.values.len() as f64;
+        row.mean = row.values.iter().sum::<f64>() / n;
+        if row.values.len() > 1 {
+            let var = row
+                .values
+                .iter()
+                .map(|v| (v - row.mean).powi(2))
+                .sum::<f64>()
+                / (n - 1.0);
+            row.sd = Some(var.sqrt());
+        }
+    }
     // Best first; a stable sort keeps grid order among ties.
     rows.sort_by(|a, b| {
         let order = a.mean.total_cmp(&b.mean);

@@ -688,13 +688,8 @@ impl Trainer {
         max_lr: f64,
         steps: usize,
     ) -> Result<lr_find::LrCurve> {
-        if !(min_lr > 0.0 && max_lr > min_lr && max_lr.is_finite()) || steps < 2 {
-            return Err(TrainError::config(
-                "lr_range_test",
-                format!(
-                    "needs 0 < min < max and 2 or more steps (got {min_lr:e}, {max_lr:e}, {steps})"
-                ),
-            ));
+        if let Some(reason) = lr_find::check_range(min_lr, max_lr, steps) {
+            return Err(TrainError::config("lr_range_test", reason));
         }
         let t = self.config.train.clone();
         let lengths = self.train.lengths();

@@ -7,6 +7,17 @@
 
 use serde::Serialize;
 
+/// Why a ramp from `min` to `max` over `steps` steps cannot run, if it cannot: it needs
+/// `0 < min < max` (finite) and at least two steps.
+pub fn check_range(min: f64, max: f64, steps: usize) -> Option<String> {
+    if !(min > 0.0 && max > min && max.is_finite()) {
+        return Some(format!(
+            "the rates must satisfy 0 < min < max (got {min:e} and {max:e})"
+        ));
+    }
+    (steps < 2).then(|| format!("a ramp needs at least 2 steps (got {steps})"))
+}
+
 /// The rate of step `step` of `steps`: `min * (max / min)^(step / (steps - 1))`, so the first
 /// step runs at `min` and the last at `max`.
 pub fn ramp(min: f64, max: f64, steps: usize, step: usize) -> f64 {
@@ -90,6 +101,11 @@ mod tests {
             assert!((pair[1] / pair[0] - 10.0).abs() < 1e-9, "{lrs:?}");
         }
         assert_eq!(ramp(3e-4, 1.0, 1, 0), 3e-4);
+        assert!(check_range(1e-7, 1.0, 100).is_none());
+        assert!(check_range(0.0, 1.0, 100).is_some());
+        assert!(check_range(1.0, 1.0, 100).is_some());
+        assert!(check_range(1e-7, f64::INFINITY, 100).is_some());
+        assert!(check_range(1e-7, 1.0, 1).is_some());
     }
 
     /// A curve flat at 1.0, falling fastest around 1e-3, bottoming out at 1e-2 and then

@@ -483,7 +483,6 @@ impl MetricsLog {
                 .filter(|(key, _)| !matches!(key.as_str(), "kind" | "step" | "epoch"))
                 .filter_map(|(key, value)| Some((format!("{kind}/{key}"), value.as_f64()?)))
                 .collect();
-            let scalars: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             events.scalars(step, &scalars).map_err(|e| {
                 io::Error::new(e.kind(), format!("{}: {e}", events.path().display()))
             })?;

@@ -71,11 +71,11 @@ fn event_header(wall_time: f64, step: i64) -> Vec<u8> {
 }
 
 /// A serialized `Event` holding one `Summary` of scalars.
-pub fn scalar_event(wall_time: f64, step: i64, scalars: &[(&str, f32)]) -> Vec<u8> {
+pub fn scalar_event<T: AsRef<str>>(wall_time: f64, step: i64, scalars: &[(T, f32)]) -> Vec<u8> {
     let mut summary = Vec::new();
     for (tag, value) in scalars {
         let mut entry = Vec::new();
-        bytes_field(1, tag.as_bytes(), &mut entry);
+        bytes_field(1, tag.as_ref().as_bytes(), &mut entry);
         entry.push(2 << 3 | 5);
         entry.extend_from_slice(&value.to_le_bytes());
         bytes_field(1, &entry, &mut summary);
@@ -142,11 +142,11 @@ impl EventWriter {
 
     /// Writes `scalars` at `step`; non-finite values are left out (TensorBoard would draw them
     /// as gaps or break its axis).
-    pub fn scalars(&mut self, step: i64, scalars: &[(&str, f64)]) -> io::Result<()> {
+    pub fn scalars<T: AsRef<str>>(&mut self, step: i64, scalars: &[(T, f64)]) -> io::Result<()> {
         let finite: Vec<(&str, f32)> = scalars
             .iter()
             .filter(|(_, v)| v.is_finite())
-            .map(|&(tag, v)| (tag, v as f32))
+            .map(|(tag, v)| (tag.as_ref(), *v as f32))
             .collect();
         if finite.is_empty() {
             return Ok(());
