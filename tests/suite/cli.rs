@@ -789,20 +789,22 @@ fn sweep_checks_every_trial_before_training() {
 /// ramp is geometric from `--min-lr` to `--max-lr` with one loss per step.
 #[test]
 fn lr_find_ramps_the_rate_over_real_training_steps() {
-    let output = run_bin(
-        "lr_find",
-        &[
-            "--config", TINY, "--steps", "2", "--min-lr", "1e-5", "--max-lr", "2e-5", "--json",
-        ],
-    );
-    assert_ok(&output, "lr_find");
-    let curve: serde_json::Value = serde_json::from_str(&text(&output.stdout)).unwrap();
-    let found: Vec<f64> = curve["losses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    // `lr_find --json` on the tiny config over `steps` from `min` to `max`.
+    let curve = |steps: &str, min: &str, max: &str| -> serde_json::Value {
+        let output = run_bin(
+            "lr_find",
+            &[
+                "--config", TINY, "--steps", steps, "--min-lr", min, "--max-lr", max, "--json",
+            ],
+        );
+        assert_ok(&output, "lr_find");
+        serde_json::from_str(&text(&output.stdout)).unwrap()
+    };
+    let numbers = |value: &serde_json::Value| -> Vec<f64> {
+        let array = value.as_array().unwrap();
+        array.iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    let found = numbers(&curve("2", "1e-5", "2e-5")["losses"]);
 
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
@@ -827,28 +829,16 @@ fn lr_find_ramps_the_rate_over_real_training_steps() {
         );
     }
 
-    let output = run_bin(
-        "lr_find",
-        &[
-            "--config", TINY, "--steps", "30", "--min-lr", "1e-5", "--max-lr", "10", "--json",
-        ],
-    );
-    assert_ok(&output, "lr_find");
-    let curve: serde_json::Value = serde_json::from_str(&text(&output.stdout)).unwrap();
-    let lrs: Vec<f64> = curve["lrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let long = curve("30", "1e-5", "10");
+    let lrs = numbers(&long["lrs"]);
     assert_eq!(lrs.len(), 30);
-    assert_eq!(curve["losses"].as_array().unwrap().len(), 30);
+    assert_eq!(numbers(&long["losses"]).len(), 30);
     assert!((lrs[0] - 1e-5).abs() < 1e-18 && (lrs[29] - 10.0).abs() < 1e-9);
     let ratio = lrs[1] / lrs[0];
     for pair in lrs.windows(2) {
         assert!((pair[1] / pair[0] - ratio).abs() < 1e-9);
     }
-    let steepest = curve["steepest"].as_f64().expect("a suggestion");
+    let steepest = long["steepest"].as_f64().expect("a suggestion");
     assert!((1e-5..=10.0).contains(&steepest));
 }
 
