@@ -3,8 +3,10 @@
 //!
 //! Every trial is a whole run in `<out>/<trial>/` (checkpoints, `metrics.jsonl`, `plot.svg`) plus
 //! `trial.json` once it has finished. Run again with the same settings, a sweep reuses finished
-//! trials and trains the rest, so an interrupted sweep continues where it stopped; a trial whose
-//! resolved config changed (another `--set`, an edited config file) is trained again.
+//! trials, continues an unfinished one from its `last/` checkpoint, and trains the rest, so an
+//! interrupted sweep continues where it stopped; a trial whose resolved config changed (another
+//! `--set`, an edited config file) is trained again. Ctrl-C or SIGTERM stops the trial in progress
+//! after its current step, saved in its `last/`, and ends the sweep (exit code 130).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use wick_trainer::checkpoint::{OPTIMIZER, RUN_CONFIG};
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::fit::{LogRecord, Reporter, RunOptions, Trainer};
@@ -153,6 +156,7 @@ struct TrialResult {
     best_step: u64,
     steps: usize,
     stopped_early: bool,
+    /// Wall time of the call that finished the trial (from its resume point if it continued).
     seconds: f64,
     /// The resolved config, to tell a finished trial of these settings from one of others.
     config: String,
@@ -165,6 +169,14 @@ fn finished(dir: &Path, config: &str) -> Option<TrialResult> {
     let text = std::fs::read_to_string(dir.join(TRIAL_FILE)).ok()?;
     let result: TrialResult = serde_json::from_str(&text).ok()?;
     (result.config == config).then_some(result)
+}
+
+/// The `last/` checkpoint of an unfinished trial in `dir` trained with exactly `config`, when it
+/// can be continued (it holds the optimizer moments).
+fn unfinished(dir: &Path, config: &str) -> Option<PathBuf> {
+    let last = dir.join("last");
+    let saved = std::fs::read_to_string(last.join(RUN_CONFIG)).ok()?;
+    (saved == config && last.join(OPTIMIZER).is_file()).then_some(last)
 }
 
 /// Step and evaluation lines on stderr, each led by the trial's name.
@@ -255,17 +267,18 @@ fn plan(args: &Args, axes: &[Axis], seeds: &[u64]) -> Result<Vec<Trial>> {
     Ok(trials)
 }
 
-/// Trains `trial` in `dir` (or reuses its finished result) and returns the result.
-fn run_trial(args: &Args, trial: &Trial, dir: &Path) -> Result<(TrialResult, bool)> {
+/// Trains `trial` in `dir` (or reuses its finished result, or continues its unfinished run) and
+/// returns the result and whether it was reused; `None` when a stop was requested mid-trial.
+fn run_trial(args: &Args, trial: &Trial, dir: &Path) -> Result<Option<(TrialResult, bool)>> {
     if let Some(result) = finished(dir, &trial.resolved) {
-        return Ok((result, true));
+        return Ok(Some((result, true)));
     }
     let started = Instant::now();
     let options = RunOptions {
         device: args.device,
         out_dir: dir.to_path_buf(),
-        resume: None,
-        // The directory is the sweep's own: an unfinished or outdated trial there starts over.
+        resume: unfinished(dir, &trial.resolved),
+        // The directory is the sweep's own: an outdated trial there starts over.
         overwrite: true,
     };
     let mut reporter = Lines {
@@ -279,7 +292,12 @@ fn run_trial(args: &Args, trial: &Trial, dir: &Path) -> Result<(TrialResult, boo
             .with_context(|| format!("removing {}", trial_file.display()))?;
     }
     let mut trainer = Trainer::new(trial.config.clone(), &options, &mut reporter)?;
+    wick_trainer::cli::stop_on_signal(trainer.stop_flag())
+        .context("installing the Ctrl-C handler")?;
     let outcome = trainer.fit(&mut reporter)?;
+    if outcome.interrupted {
+        return Ok(None);
+    }
     let (value, best_step) = outcome
         .best
         .with_context(|| format!("trial {}: no evaluation was made", trial.name))?;
@@ -303,7 +321,7 @@ fn run_trial(args: &Args, trial: &Trial, dir: &Path) -> Result<(TrialResult, boo
         .with_context(|| format!("writing {}", staged.display()))?;
     std::fs::rename(&staged, &trial_file)
         .with_context(|| format!("writing {}", trial_file.display()))?;
-    Ok((result, false))
+    Ok(Some((result, false)))
 }
 
 /// A combination's results over its seeds.
@@ -361,7 +379,7 @@ fn summarize(results: &[TrialResult], higher_is_better: bool) -> Vec<Row> {
     rows
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(args: Args) -> Result<ExitCode> {
     let axes: Vec<Axis> = args
         .grid
         .iter()
@@ -404,8 +422,20 @@ fn run(args: Args) -> Result<()> {
     let mut reused = 0;
     for (i, trial) in trials.iter().enumerate() {
         let dir = out.join(&trial.name);
-        let (result, was_reused) = run_trial(&args, trial, &dir)
-            .with_context(|| format!("trial {} ({})", i + 1, trial.name))?;
+        let Some((result, was_reused)) = run_trial(&args, trial, &dir)
+            .with_context(|| format!("trial {} ({})", i + 1, trial.name))?
+        else {
+            eprintln!(
+                "sweep stopped in trial {}/{} ({}), saved in {}: run the same command again to \
+                 continue from there ({} trials finished)",
+                i + 1,
+                trials.len(),
+                trial.name,
+                dir.join("last").display(),
+                results.len()
+            );
+            return Ok(ExitCode::from(wick_trainer::cli::INTERRUPTED));
+        };
         eprintln!(
             "[{}] trial {}/{}: best {metric} {:.4} at step {}{}",
             trial.name,
@@ -447,7 +477,7 @@ fn run(args: Args) -> Result<()> {
         .with_context(|| format!("writing {}", summary_path.display()))?;
     if args.json {
         println!("{summary}");
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let width = rows
         .iter()
@@ -493,7 +523,7 @@ fn run(args: Args) -> Result<()> {
         out.display(),
         summary_path.display()
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

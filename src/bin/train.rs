@@ -153,7 +153,7 @@ impl Reporter for Bars {
     }
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(args: Args) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let config_path = match (&args.config, &args.resume) {
         (Some(path), _) => path.clone(),
@@ -191,8 +191,20 @@ fn run(args: Args) -> Result<()> {
     };
     let mut bars = Bars::new(args.quiet);
     let mut trainer = Trainer::new(config.clone(), &options, &mut bars)?;
+    wick_trainer::cli::stop_on_signal(trainer.stop_flag())
+        .context("installing the Ctrl-C handler")?;
     let outcome = trainer.fit(&mut bars)?;
     let train_seconds = started.elapsed().as_secs_f64();
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted after {} steps in {train_seconds:.1} s; {} holds that step: continue with\n  \
+             train --resume {}",
+            outcome.steps,
+            out_dir.join("last").display(),
+            out_dir.display()
+        );
+        return Ok(ExitCode::from(wick_trainer::cli::INTERRUPTED));
+    }
 
     let best = out_dir.join("best");
     let predictor = Predictor::open(&best, args.device)
@@ -240,7 +252,7 @@ fn run(args: Args) -> Result<()> {
     if let Some(peak) = facts.peak_rss_bytes {
         println!("peak process memory (RSS): {}", human_bytes(peak));
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

@@ -1,5 +1,5 @@
 //! The binaries end to end on the tiny config: training, evaluation, prediction, exact resume
-//! after SIGKILL, and clean errors for bad input.
+//! after SIGKILL and after Ctrl-C, and clean errors for bad input.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -384,6 +384,160 @@ fn resume_after_sigkill_ends_with_bitwise_the_same_weights() {
         a == b,
         "resumed optimizer moments differ from the uninterrupted run's"
     );
+}
+
+/// The tiny config one example per step (27 a epoch, 270 in all) with a checkpoint only at each
+/// epoch's end, so a stop lands between checkpoints.
+const STEPWISE: [&str; 7] = [
+    "train.epochs=10",
+    "train.batch_size=1",
+    "train.checkpoint_every=0",
+    "model.layers=3",
+    "model.hidden_size=96",
+    "model.intermediate_size=192",
+    "train.keep_last=0",
+];
+
+/// The highest training step logged in `metrics` so far (a partly written line is skipped).
+fn logged_step(metrics: &Path) -> u64 {
+    std::fs::read_to_string(metrics)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "train")
+        .filter_map(|r| r["step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs `bin` with `args`, sends it SIGINT (Ctrl-C) once `metrics` logs step 10, and returns its
+/// exit code, its stderr and the step it says it stopped at.
+#[allow(clippy::zombie_processes)] // every path waits; a failed unwrap aborts the test anyway
+fn interrupt(bin: &str, args: &[&str], metrics: &Path) -> (Option<i32>, String, u64) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(bin)
+        .args(args)
+        .current_dir(super::common::repo_root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log.reopen().unwrap()))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while logged_step(metrics) < 10 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{bin} ended before step 10"
+        );
+        assert!(Instant::now() < deadline, "{bin}: no step 10 within 120 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let code = child.wait().unwrap().code();
+    let stderr = std::fs::read_to_string(log.path()).unwrap();
+    let stopped_at = stderr
+        .split("stopped on request at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stop reported by {bin}:\n{stderr}"));
+    (code, stderr, stopped_at)
+}
+
+fn same_file(a: &Path, b: &Path, what: &str) {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert!(a == b, "{what} differ from the uninterrupted run's");
+}
+
+/// Ctrl-C saves the step in progress (with the optimizer moments) and exits with 130; `train
+/// --resume` and a rerun of the same `sweep` both continue from that step and end with bitwise
+/// the weights and moments of a run that was never stopped.
+#[test]
+fn ctrl_c_saves_the_step_in_progress_and_both_train_and_sweep_continue_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    assert_ok(&train_tiny(&straight, &STEPWISE), "uninterrupted train");
+    let total = step_of(&straight).expect("uninterrupted run saved last/");
+    assert_eq!(total, 270);
+
+    let stopped = dir.path().join("stopped");
+    let mut args = vec!["--config", TINY, "--out", path_str(&stopped), "--quiet"];
+    for set in STEPWISE {
+        args.extend(["--set", set]);
+    }
+    let (code, stderr, at) = interrupt(
+        env!("CARGO_BIN_EXE_train"),
+        &args,
+        &stopped.join("metrics.jsonl"),
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!((10..total).contains(&at), "stopped at {at}");
+    assert_eq!(
+        step_of(&stopped),
+        Some(at),
+        "last/ does not hold the stop step"
+    );
+    assert!(
+        stderr.contains(&format!("train --resume {}", stopped.display())),
+        "{stderr}"
+    );
+    let output = run_bin("train", &["--resume", path_str(&stopped), "--quiet"]);
+    assert_ok(&output, "resumed train");
+    assert_eq!(step_of(&stopped), Some(total));
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let (a, b) = (
+            straight.join("last").join(file),
+            stopped.join("last").join(file),
+        );
+        same_file(&a, &b, file);
+    }
+
+    // A sweep of one trial with the same settings: train.lr and train.seed are tiny.toml's own.
+    let out = dir.path().join("sweep");
+    let mut args = vec![
+        "--config",
+        TINY,
+        "--out",
+        path_str(&out),
+        "--quiet",
+        "--json",
+    ];
+    args.extend(["--grid", "train.lr=1e-3", "--seeds", "7"]);
+    for set in STEPWISE {
+        args.extend(["--set", set]);
+    }
+    let trial = out.join("lr=1e-3,seed=7");
+    let (code, stderr, at) = interrupt(
+        env!("CARGO_BIN_EXE_sweep"),
+        &args,
+        &trial.join("metrics.jsonl"),
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("sweep stopped in trial 1/1"), "{stderr}");
+    assert_eq!(step_of(&trial), Some(at));
+    assert!(
+        !trial.join("trial.json").exists(),
+        "an unfinished trial has a result"
+    );
+    let output = run_bin("sweep", &args);
+    assert_ok(&output, "sweep run again");
+    assert!(
+        text(&output.stderr).contains(&format!("at step {at}")),
+        "the trial did not continue from step {at}: {}",
+        text(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&text(&output.stdout)).unwrap();
+    assert_eq!(summary["trials"][0]["steps"], total);
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let (a, b) = (
+            straight.join("last").join(file),
+            trial.join("last").join(file),
+        );
+        same_file(&a, &b, file);
+    }
 }
 
 #[test]

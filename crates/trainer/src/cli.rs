@@ -2,17 +2,74 @@
 
 use std::fmt::Display;
 use std::process::ExitCode;
+use std::sync::{Mutex, Once};
+
+use crate::stop::StopFlag;
+
+/// The exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention).
+pub const INTERRUPTED: u8 = 130;
+
+/// What a command's `run` returns on success: nothing (exit code 0) or a code of its own.
+pub trait Completion {
+    fn exit_code(self) -> ExitCode;
+}
+
+impl Completion for () {
+    fn exit_code(self) -> ExitCode {
+        ExitCode::SUCCESS
+    }
+}
+
+impl Completion for ExitCode {
+    fn exit_code(self) -> ExitCode {
+        self
+    }
+}
 
 /// Tunes the allocator ([`crate::alloc::keep_freed_memory`]), runs the command, and turns an
 /// error into `error: <message>` on stderr (with its causes, for `anyhow`'s alternate form) and
 /// a failing exit code.
-pub fn run_main<E: Display>(run: impl FnOnce() -> Result<(), E>) -> ExitCode {
+pub fn run_main<T: Completion, E: Display>(run: impl FnOnce() -> Result<T, E>) -> ExitCode {
     crate::alloc::keep_freed_memory();
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(done) => done.exit_code(),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The flag Ctrl-C and SIGTERM raise; `None` until [`stop_on_signal`] names one.
+static TARGET: Mutex<Option<StopFlag>> = Mutex::new(None);
+static INSTALL: Once = Once::new();
+
+/// Makes Ctrl-C and SIGTERM raise `flag` while a `fit` reads it: the run stops after its current
+/// step with that step saved in `last/`. A second signal, or one while no `fit` is running (set-up,
+/// the final evaluation), ends the process at once with [`INTERRUPTED`], as without a handler.
+/// Calling it again (a sweep's next trial) moves the signal to the new flag.
+pub fn stop_on_signal(flag: &StopFlag) -> Result<(), ctrlc::Error> {
+    *TARGET
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(flag.clone());
+    let mut installed = Ok(());
+    INSTALL.call_once(|| installed = ctrlc::set_handler(on_signal));
+    installed
+}
+
+fn on_signal() {
+    let target = TARGET
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    match target {
+        Some(flag) if flag.is_running() && !flag.is_requested() => {
+            flag.request();
+            eprintln!(
+                "\nstopping after this step, which is saved in last/ for --resume \
+                 (interrupt again to quit at once)"
+            );
+        }
+        _ => std::process::exit(i32::from(INTERRUPTED)),
     }
 }

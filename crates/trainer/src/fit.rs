@@ -28,6 +28,7 @@ use crate::metrics::{ClassificationReport, MetricsLog};
 use crate::optim::{encoder_layer, exempt_from_decay, layer_lr_scale, AdamW, Gradients, ParamSpec};
 use crate::scaler::LossScaler;
 use crate::schedule::Schedule;
+use crate::stop::StopFlag;
 
 /// Where a run writes and what it continues from.
 #[derive(Debug, Clone)]
@@ -157,6 +158,9 @@ impl Reporter for Silent {}
 pub struct Outcome {
     pub steps: usize,
     pub stopped_early: bool,
+    /// Stopped on request ([`Trainer::stop_flag`]) before its last step; `last/` holds the
+    /// step it stopped at, and `best/` is not filled in from `last/`.
+    pub interrupted: bool,
     pub best: Option<(f64, u64)>,
     pub last_eval: Option<ClassificationReport>,
     pub run_dir: PathBuf,
@@ -181,6 +185,7 @@ pub struct Trainer {
     /// Dynamic loss scaling, for f16 only.
     scaler: Option<LossScaler>,
     plan: Plan,
+    stop: StopFlag,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -509,12 +514,18 @@ impl Trainer {
             loss_options,
             scaler,
             plan,
+            stop: StopFlag::new(),
         })
     }
 
     /// The run's config, as validated.
     pub fn config(&self) -> &RunConfig {
         &self.config
+    }
+
+    /// The flag that stops [`Trainer::fit`] after its current step, with that step saved.
+    pub fn stop_flag(&self) -> &StopFlag {
+        &self.stop
     }
 
     pub fn plan(&self) -> &Plan {
@@ -737,7 +748,9 @@ impl Trainer {
         let mut window = LogWindow::start(&self.device)?;
         let mut last_eval = None;
         let mut stopped_early = false;
+        let mut interrupted = false;
         let mut saved_at = None;
+        let _running = self.stop.enter();
 
         'epochs: while (self.state.epoch as usize) < t.epochs.max(1) || t.max_steps > 0 {
             if self.state.step as usize >= total_steps {
@@ -831,6 +844,13 @@ impl Trainer {
                     stopped_early = true;
                     break 'epochs;
                 }
+                if self.stop.is_requested() && !finished {
+                    reporter.message(&format!(
+                        "stopped on request at step {step} of {total_steps}"
+                    ));
+                    interrupted = true;
+                    break 'epochs;
+                }
                 if finished || epoch_done {
                     continue 'epochs;
                 }
@@ -839,7 +859,7 @@ impl Trainer {
         if saved_at != Some(self.state.step as usize) {
             self.save_checkpoint(last_eval.as_ref(), false, reporter)?;
         }
-        if !self.out_dir.join("best").exists() {
+        if !interrupted && !self.out_dir.join("best").exists() {
             // No validation data: the last weights are the best we know.
             checkpoint::snapshot(&self.out_dir.join("last"), &self.out_dir.join("best"))?;
         }
@@ -851,6 +871,7 @@ impl Trainer {
         Ok(Outcome {
             steps: self.state.step as usize,
             stopped_early,
+            interrupted,
             best: self.state.best_metric.zip(self.state.best_step),
             last_eval,
             run_dir: self.out_dir.clone(),

@@ -18,6 +18,7 @@ pub mod optim;
 pub mod plot;
 pub mod scaler;
 pub mod schedule;
+pub mod stop;
 pub mod sync;
 pub mod tensorboard;
 
