@@ -17,6 +17,11 @@
 //! table, beside `test` for the members that held rows out): the protocol allows every training
 //! row, and validation can only choose the epochs.
 //!
+//! With `--test`, each project's test rows and the ensemble's probabilities for them are also
+//! written to `<out>/<project>/test_predictions.jsonl` (`{"line", "label", "probs": {label: p}}`,
+//! `refit_predictions.jsonl` for the refit members): the material for error analysis, or for
+//! combining the predictions of two protocol runs (other encoders, other settings).
+//!
 //! Each run of the protocol starts over: the runs it finds under `--out` from an earlier run
 //! (its own project and member directories) are replaced.
 
@@ -197,14 +202,52 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
         eval::report(&base.data.labels, &targets, &mean)?,
     )];
     if let Some(test) = &args.test {
-        let report = Ensemble::open(&bests, args.device)?.evaluate_file(test)?;
+        let project_dir = args.out.join(&slug);
+        let report = score_test(
+            &bests,
+            args,
+            test,
+            &project_dir.join("test_predictions.jsonl"),
+        )?;
         scored.push((project.to_string(), "test", report));
         if args.refit {
-            let report = Ensemble::open(&refits, args.device)?.evaluate_file(test)?;
+            let file = project_dir.join("refit_predictions.jsonl");
+            let report = score_test(&refits, args, test, &file)?;
             scored.push((project.to_string(), "refit", report));
         }
     }
     Ok((scored, member_f1))
+}
+
+/// Scores the checkpoints' mean probabilities on the test file's rows of their project and writes
+/// those rows' line, label and probabilities to `predictions`.
+fn score_test(
+    checkpoints: &[PathBuf],
+    args: &Args,
+    test: &Path,
+    predictions: &Path,
+) -> Result<ClassificationReport> {
+    let ensemble = Ensemble::open(checkpoints, args.device)?;
+    let (examples, targets, predicted) = ensemble.predict_file(test)?;
+    let labels = ensemble.labels();
+    let label_field = &ensemble.first().checkpoint.config.data.label_field;
+    let mut lines = String::new();
+    for (example, probs) in examples.iter().zip(&predicted.probs) {
+        let probs: serde_json::Map<_, _> = labels
+            .iter()
+            .zip(probs)
+            .map(|(label, p)| (label.clone(), json!(p)))
+            .collect();
+        let row = json!({
+            "line": example.line,
+            "label": example.fields.get(label_field),
+            "probs": probs,
+        });
+        lines.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(predictions, lines)
+        .with_context(|| format!("writing {}", predictions.display()))?;
+    Ok(eval::report(labels, &targets, &predicted)?)
 }
 
 /// Trains `trainer`'s config again on every row (no validation split) for the epochs its `best`

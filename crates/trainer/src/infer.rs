@@ -203,10 +203,20 @@ impl Ensemble {
         if let [only] = self.members.as_slice() {
             return only.evaluate_file(path);
         }
+        let (_, targets, predictions) = self.predict_file(path)?;
+        eval::report(self.labels(), &targets, &predictions)
+    }
+
+    /// The rows of a labelled file that the first member's filter keeps (in file order), their
+    /// targets, and the members' mean probabilities for them with the loss of those means.
+    pub fn predict_file(
+        &self,
+        path: &Path,
+    ) -> Result<(Vec<wick_data::Example>, wick_data::Targets, Predictions)> {
         let read = read_examples(path, &self.first().checkpoint.config.data)?;
         let targets = wick_data::Targets::of(&read.examples)?;
         let predictions = self.predict_examples(&read.examples, &targets)?;
-        eval::report(self.labels(), &targets, &predictions)
+        Ok((read.examples, targets, predictions))
     }
 }
 
