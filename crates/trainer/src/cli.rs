@@ -6,7 +6,7 @@ use std::sync::{Mutex, Once};
 
 use crate::stop::StopFlag;
 
-/// The exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention).
+/// The exit code of a run stopped by a signal (128 + SIGINT, the shell's convention for Ctrl-C).
 pub const INTERRUPTED: u8 = 130;
 
 /// What a command's `run` returns on success: nothing (exit code 0) or a code of its own.
@@ -40,14 +40,14 @@ pub fn run_main<T: Completion, E: Display>(run: impl FnOnce() -> Result<T, E>) -
     }
 }
 
-/// The flag Ctrl-C and SIGTERM raise; `None` until [`stop_on_signal`] names one.
+/// The flag the signals raise; `None` until [`stop_on_signal`] names one.
 static TARGET: Mutex<Option<StopFlag>> = Mutex::new(None);
 static INSTALL: Once = Once::new();
 
-/// Makes Ctrl-C and SIGTERM raise `flag` while a `fit` reads it: the run stops after its current
-/// step with that step saved in `last/`. A second signal, or one while no `fit` is running (set-up,
-/// the final evaluation), ends the process at once with [`INTERRUPTED`], as without a handler.
-/// Calling it again (a sweep's next trial) moves the signal to the new flag.
+/// Makes Ctrl-C (SIGINT), SIGTERM and SIGHUP raise `flag` while a `fit` reads it: the run stops
+/// after its current step with that step saved in `last/`. A second signal, or one while no `fit`
+/// is running (set-up, the final evaluation), ends the process at once with [`INTERRUPTED`], as
+/// without a handler. Calling it again (a sweep's next trial) moves the signals to the new flag.
 pub fn stop_on_signal(flag: &StopFlag) -> Result<(), ctrlc::Error> {
     *TARGET
         .lock()

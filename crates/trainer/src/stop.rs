@@ -1,8 +1,8 @@
 //! Stopping a run between steps. [`crate::fit::Trainer::fit`] reads its [`StopFlag`] after every
 //! optimizer step; once it is raised the loop saves a checkpoint of that step in `last/` (with
 //! the optimizer moments) and returns, so `--resume` continues without losing a step. The
-//! commands raise it on Ctrl-C or SIGTERM ([`crate::cli::stop_on_signal`]); a library user
-//! raises it from any thread.
+//! commands raise it on Ctrl-C, SIGTERM or SIGHUP ([`crate::cli::stop_on_signal`]); a library
+//! user raises it from any thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
