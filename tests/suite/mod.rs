@@ -3,3 +3,4 @@ mod cli;
 mod common;
 mod gpu;
 mod minilm_training;
+mod stop;
