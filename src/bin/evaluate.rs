@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use serde_json::json;
 use wick_trainer::device::DeviceRequest;
+use wick_trainer::eval;
 use wick_trainer::infer::Ensemble;
 
 /// Score a checkpoint on labelled data.
@@ -24,6 +26,10 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also list the N most confident mistakes (file line, truth, prediction, probabilities,
+    /// the start of the text); in JSON under "errors".
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    errors: usize,
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
 }
@@ -44,18 +50,72 @@ fn run(args: Args) -> Result<()> {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" + ");
-    let report = ensemble
-        .evaluate_file(&path)
-        .with_context(|| format!("evaluating {scored} on {}", path.display()))?;
+    let context = || format!("evaluating {scored} on {}", path.display());
+    let (examples, targets, predictions) = ensemble.predict_file(&path).with_context(context)?;
+    let labels = ensemble.labels();
+    let report = eval::report(labels, &targets, &predictions).with_context(context)?;
+    let mistakes = eval::mistakes(&targets, &predictions);
+    let shown = &mistakes[..args.errors.min(mistakes.len())];
+    // A single-label task names one label, a multi-label one a list.
+    let names = |ids: &[usize]| match (data.multi_label, ids) {
+        (false, [id]) => json!(labels[*id]),
+        _ => json!(ids.iter().map(|&id| &labels[id]).collect::<Vec<_>>()),
+    };
     if args.json {
-        println!("{}", report.to_json());
-    } else {
+        let mut out = report.to_json();
+        if args.errors > 0 {
+            out["errors"] = shown
+                .iter()
+                .map(|m| {
+                    let example = &examples[m.index];
+                    let probs: serde_json::Map<_, _> = labels
+                        .iter()
+                        .zip(&predictions.probs[m.index])
+                        .map(|(label, p)| (label.clone(), json!(p)))
+                        .collect();
+                    json!({
+                        "line": example.line, "label": names(&m.truth),
+                        "predicted": names(&m.predicted), "confidence": m.confidence,
+                        "probs": probs, "text": example.text,
+                    })
+                })
+                .collect();
+        }
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "{scored} on {} ({}):\n{}",
+        path.display(),
+        first.device_name,
+        report.table()
+    );
+    if args.errors > 0 {
         println!(
-            "{scored} on {} ({}):\n{}",
-            path.display(),
-            first.device_name,
-            report.table()
+            "\nmost confident mistakes ({} of {}):",
+            shown.len(),
+            mistakes.len()
         );
+        for m in shown {
+            let example = &examples[m.index];
+            let words: Vec<&str> = example.text.split_whitespace().collect();
+            let mut start = words.join(" ");
+            if let Some((cut, _)) = start.char_indices().nth(100) {
+                start.truncate(cut);
+                start.push_str("...");
+            }
+            let plain = |ids: &[usize]| match names(ids) {
+                serde_json::Value::String(name) => name,
+                list => list.to_string(),
+            };
+            println!(
+                "  line {}: {} predicted as {} ({:.3})  {start}",
+                example.line,
+                plain(&m.truth),
+                plain(&m.predicted),
+                m.confidence
+            );
+        }
     }
     Ok(())
 }

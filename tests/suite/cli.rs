@@ -10,6 +10,8 @@ use super::common::{
 };
 
 const TINY: &str = "configs/tiny.toml";
+/// The tiny config's validation file.
+const TINY_VALID: &str = "tests/fixtures/tiny/valid.jsonl";
 
 /// Trains the tiny config into `out` with extra overrides.
 fn train_tiny(out: &Path, extra: &[&str]) -> std::process::Output {
@@ -77,6 +79,61 @@ fn evaluate_json_has_the_documented_schema_and_predict_is_deterministic() {
             assert!(class.get(key).is_some(), "per_class.{label} lacks {key}");
         }
     }
+
+    // --errors: the mistakes, most confident first, each one a row of the file as it reads.
+    let best = run.join("best");
+    let checkpoint = path_str(&best);
+    let output = run_bin(
+        "evaluate",
+        &["--checkpoint", checkpoint, "--json", "--errors", "3"],
+    );
+    assert_ok(&output, "evaluate --errors");
+    let with_errors: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(with_errors["accuracy"], json["accuracy"]);
+    let wrong = (9.0 * (1.0 - json["accuracy"].as_f64().unwrap())).round() as usize;
+    assert!(
+        wrong > 0,
+        "the tiny model makes no mistake: nothing to list"
+    );
+    let errors = with_errors["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), wrong.min(3));
+    let valid = std::fs::read_to_string(super::common::repo_root().join(TINY_VALID)).unwrap();
+    let rows: Vec<serde_json::Value> = valid
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut previous = f64::INFINITY;
+    for error in errors {
+        let row = &rows[error["line"].as_u64().unwrap() as usize - 1];
+        assert_eq!(error["label"], row["label"], "{error}");
+        assert_eq!(error["text"], row["text"], "{error}");
+        let predicted = error["predicted"].as_str().unwrap();
+        assert_ne!(error["label"], predicted);
+        let confidence = error["confidence"].as_f64().unwrap();
+        assert_eq!(confidence, error["probs"][predicted].as_f64().unwrap());
+        let top = error["probs"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_f64().unwrap());
+        assert_eq!(
+            top.fold(0.0, f64::max),
+            confidence,
+            "not the argmax: {error}"
+        );
+        assert!(confidence <= previous, "not most confident first");
+        previous = confidence;
+    }
+    let output = run_bin("evaluate", &["--checkpoint", checkpoint, "--errors", "3"]);
+    assert_ok(&output, "evaluate --errors (table)");
+    let table = text(&output.stdout);
+    assert!(
+        table.contains(&format!(
+            "most confident mistakes ({} of {wrong})",
+            wrong.min(3)
+        )),
+        "{table}"
+    );
 
     let texts = [
         "please add a regression test",

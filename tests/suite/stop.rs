@@ -43,7 +43,10 @@ fn train_stopping_at(out: &Path, at: usize) -> Outcome {
         flag: trainer.stop_flag().clone(),
     };
     let outcome = trainer.fit(&mut reporter).unwrap();
-    assert!(!trainer.stop_flag().is_running(), "fit left the flag running");
+    assert!(
+        !trainer.stop_flag().is_running(),
+        "fit left the flag running"
+    );
     outcome
 }
 

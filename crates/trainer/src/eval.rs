@@ -134,6 +134,71 @@ pub fn report(
     })
 }
 
+/// An example the predictions get wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mistake {
+    /// Position of the example in the predictions (and the examples they were made for).
+    pub index: usize,
+    /// Label ids of the truth and of the prediction (one each for single-label targets; the
+    /// labels above 0.5 for multi-label ones).
+    pub truth: Vec<usize>,
+    pub predicted: Vec<usize>,
+    /// How sure the mistake was: the probability of the wrong predicted label (single-label), or
+    /// the largest gap between a probability on the wrong side of 0.5 and its target
+    /// (multi-label).
+    pub confidence: f32,
+}
+
+/// The examples `predictions` get wrong against `targets`, the most confident mistakes first
+/// (ties in example order): the material for reading what a classifier confuses.
+pub fn mistakes(targets: &Targets, predictions: &Predictions) -> Vec<Mistake> {
+    let mut out: Vec<Mistake> = match targets {
+        Targets::Single(truth) => {
+            let predicted = argmax(&predictions.probs);
+            truth
+                .iter()
+                .zip(&predicted)
+                .enumerate()
+                .filter(|(_, (t, p))| t != p)
+                .map(|(index, (&t, &p))| Mistake {
+                    index,
+                    truth: vec![t as usize],
+                    predicted: vec![p as usize],
+                    confidence: predictions.probs[index][p as usize],
+                })
+                .collect()
+        }
+        Targets::Multi { values, num_labels } => values
+            .chunks(*num_labels)
+            .zip(&predictions.probs)
+            .enumerate()
+            .filter_map(|(index, (truth, probs))| {
+                let above = |row: &[f32]| -> Vec<usize> {
+                    (0..row.len()).filter(|&c| row[c] > 0.5).collect()
+                };
+                let (truth_set, predicted) = (above(truth), above(probs));
+                let confidence = truth
+                    .iter()
+                    .zip(probs)
+                    .filter(|(&t, &p)| (t > 0.5) != (p > 0.5))
+                    .map(|(&t, &p)| (t - p).abs())
+                    .fold(None, |worst: Option<f32>, gap| {
+                        Some(worst.map_or(gap, |w| w.max(gap)))
+                    })?;
+                Some(Mistake {
+                    index,
+                    truth: truth_set,
+                    predicted,
+                    confidence,
+                })
+            })
+            .collect(),
+        Targets::None => Vec::new(),
+    };
+    out.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+    out
+}
+
 /// Smallest probability the ensemble loss takes a logarithm of, so that one confident member
 /// that is wrong gives a large finite loss instead of infinity.
 const MIN_PROB: f64 = 1e-12;
@@ -209,6 +274,41 @@ mod tests {
             probs: rows.iter().map(|r| r.to_vec()).collect(),
             loss: None,
         }
+    }
+
+    #[test]
+    fn mistakes_come_most_confident_first() {
+        let single = Predictions {
+            probs: vec![
+                vec![0.6, 0.3, 0.1], // truth 1: wrong at 0.6
+                vec![0.1, 0.8, 0.1], // truth 1: right
+                vec![0.1, 0.1, 0.8], // truth 0: wrong at 0.8
+            ],
+            loss: None,
+        };
+        let found = mistakes(&Targets::Single(vec![1, 1, 0]), &single);
+        let summary: Vec<(usize, Vec<usize>, Vec<usize>, f32)> = found
+            .into_iter()
+            .map(|m| (m.index, m.truth, m.predicted, m.confidence))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![(2, vec![0], vec![2], 0.8), (0, vec![1], vec![0], 0.6)]
+        );
+
+        let multi = Targets::Multi {
+            values: vec![1.0, 0.0, 1.0, 1.0, 0.0, 0.0],
+            num_labels: 2,
+        };
+        let found = mistakes(&multi, &probs(&[[0.9, 0.2], [0.7, 0.4], [0.1, 0.3]]));
+        // Row 1 misses its second label by 0.6; rows 0 and 2 are right.
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].index, &found[0].truth, &found[0].predicted),
+            (1, &vec![0, 1], &vec![0])
+        );
+        assert!((found[0].confidence - 0.6).abs() < 1e-6);
+        assert!(mistakes(&Targets::None, &single).is_empty());
     }
 
     #[test]
