@@ -197,7 +197,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let train_seconds = started.elapsed().as_secs_f64();
     if outcome.interrupted {
         eprintln!(
-            "interrupted after {} steps in {train_seconds:.1} s; {} holds that step: continue with\n  \
+            "stopped at step {} after {train_seconds:.1} s; {} holds that step: continue with\n  \
              train --resume {}",
             outcome.steps,
             out_dir.join("last").display(),

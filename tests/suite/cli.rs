@@ -429,18 +429,7 @@ fn resume_after_sigkill_ends_with_bitwise_the_same_weights() {
     let output = run_bin("train", &["--resume", path_str(&killed), "--quiet"]);
     assert_ok(&output, "resumed train");
     assert_eq!(step_of(&killed), Some(total));
-    let a = std::fs::read(straight.join("last/model.safetensors")).unwrap();
-    let b = std::fs::read(killed.join("last/model.safetensors")).unwrap();
-    assert!(
-        a == b,
-        "resumed weights differ from the uninterrupted run's"
-    );
-    let a = std::fs::read(straight.join("last/optimizer.safetensors")).unwrap();
-    let b = std::fs::read(killed.join("last/optimizer.safetensors")).unwrap();
-    assert!(
-        a == b,
-        "resumed optimizer moments differ from the uninterrupted run's"
-    );
+    same_last_files(&straight, &killed);
 }
 
 /// The tiny config one example per step (27 a epoch, 270 in all) with a checkpoint only at each
@@ -504,9 +493,17 @@ fn interrupt(bin: &str, args: &[&str], metrics: &Path) -> (Option<i32>, String, 
     (code, stderr, stopped_at)
 }
 
-fn same_file(a: &Path, b: &Path, what: &str) {
-    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-    assert!(a == b, "{what} differ from the uninterrupted run's");
+/// Asserts that the weights and AdamW moments in `resumed`'s `last/` are bitwise those of
+/// `straight`'s.
+fn same_last_files(straight: &Path, resumed: &Path) {
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let read = |run: &Path| std::fs::read(run.join("last").join(file)).unwrap();
+        assert!(
+            read(straight) == read(resumed),
+            "{file} of {} differs from the uninterrupted run's",
+            resumed.display()
+        );
+    }
 }
 
 /// Ctrl-C saves the step in progress (with the optimizer moments) and exits with 130; `train
@@ -544,13 +541,7 @@ fn ctrl_c_saves_the_step_in_progress_and_both_train_and_sweep_continue_from_it()
     let output = run_bin("train", &["--resume", path_str(&stopped), "--quiet"]);
     assert_ok(&output, "resumed train");
     assert_eq!(step_of(&stopped), Some(total));
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let (a, b) = (
-            straight.join("last").join(file),
-            stopped.join("last").join(file),
-        );
-        same_file(&a, &b, file);
-    }
+    same_last_files(&straight, &stopped);
 
     // A sweep of one trial with the same settings: train.lr and train.seed are tiny.toml's own.
     let out = dir.path().join("sweep");
@@ -588,12 +579,59 @@ fn ctrl_c_saves_the_step_in_progress_and_both_train_and_sweep_continue_from_it()
     );
     let summary: serde_json::Value = serde_json::from_str(&text(&output.stdout)).unwrap();
     assert_eq!(summary["trials"][0]["steps"], total);
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let (a, b) = (
-            straight.join("last").join(file),
-            trial.join("last").join(file),
+    same_last_files(&straight, &trial);
+}
+
+/// A checkpoint keeps its `data.truncation`, and `predict` cuts long texts the way training did:
+/// under "tail" a long text scores as its last tokens alone, under "head_tail" as its first and
+/// last (every word here is one token of MiniLM's vocabulary).
+#[test]
+fn predict_truncates_long_texts_as_the_checkpoint_was_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "one two three four five six seven eight nine ten eleven twelve";
+    for (truncation, kept) in [
+        ("\"head\"", "one two three four five six"),
+        ("\"tail\"", "seven eight nine ten eleven twelve"),
+        ("\"head_tail\"", "one two nine ten eleven twelve"),
+    ] {
+        let run = dir.path().join(truncation.trim_matches('"'));
+        let set = format!("data.truncation={truncation}");
+        let output = train_tiny(
+            &run,
+            &[
+                &set,
+                "data.head_tokens=2",
+                "data.max_len=8",
+                "train.epochs=1",
+            ],
         );
-        same_file(&a, &b, file);
+        assert_ok(&output, "train");
+        let config = std::fs::read_to_string(run.join("best/config.toml")).unwrap();
+        assert!(
+            config.contains(&format!("truncation = {truncation}")),
+            "{config}"
+        );
+        let other = "seven one two three nine twelve";
+        let output = run_bin(
+            "predict",
+            &["--checkpoint", path_str(&run), long, kept, other],
+        );
+        assert_ok(&output, "predict");
+        let probs = predicted_probs(&output);
+        let gap = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max)
+        };
+        assert!(
+            gap(&probs[0], &probs[1]) < 1e-6,
+            "{truncation}: the long text is not read as {kept:?}: {probs:?}"
+        );
+        assert!(
+            gap(&probs[0], &probs[2]) > 1e-4,
+            "{truncation}: the model cannot tell texts apart: {probs:?}"
+        );
     }
 }
 

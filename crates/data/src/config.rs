@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::tokenize::Truncation;
 
 /// On-disk format of a data file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +28,19 @@ pub struct Filter {
     pub column: String,
     /// Value a row must hold in `column` to be kept, e.g. `facebook/react`.
     pub equals: String,
+}
+
+/// `data.truncation`: which part of a text longer than `max_len` is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncationSide {
+    /// The first tokens.
+    #[default]
+    Head,
+    /// The last tokens.
+    Tail,
+    /// `data.head_tokens` from the start, the rest from the end.
+    HeadTail,
 }
 
 /// The `[data]` section of a run config.
@@ -65,6 +79,13 @@ pub struct DataConfig {
     /// Maximum tokens per example, `[CLS]` and `[SEP]` included; longer texts are truncated.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// Which tokens of a longer text are kept: `"head"` (the start), `"tail"` (the end) or
+    /// `"head_tail"` (`head_tokens` from the start and the rest from the end).
+    #[serde(default)]
+    pub truncation: TruncationSide,
+    /// Tokens kept from the start of a long text under `truncation = "head_tail"`.
+    #[serde(default = "default_head_tokens")]
+    pub head_tokens: usize,
     /// Share of each label held out for validation when `valid` is absent; in [0, 1). 0 holds
     /// nothing out: every row trains and there is no validation (a refit on all the data).
     #[serde(default = "default_valid_fraction")]
@@ -91,6 +112,9 @@ fn default_label_field() -> String {
 fn default_max_len() -> usize {
     128
 }
+fn default_head_tokens() -> usize {
+    128
+}
 fn default_valid_fraction() -> f64 {
     0.1
 }
@@ -113,6 +137,8 @@ impl DataConfig {
             multi_label: false,
             filter: None,
             max_len: default_max_len(),
+            truncation: TruncationSide::Head,
+            head_tokens: default_head_tokens(),
             valid_fraction: default_valid_fraction(),
             split_seed: None,
             bucket_window: 0,
@@ -152,6 +178,20 @@ impl DataConfig {
                 format!("must be at least {MIN_MAX_LEN}, got {}", self.max_len),
             ));
         }
+        // `[CLS]` and `[SEP]` take two places; the tail must keep at least one token.
+        if self.truncation == TruncationSide::HeadTail
+            && !(1..self.max_len.saturating_sub(2)).contains(&self.head_tokens)
+        {
+            return Err(bad(
+                "head_tokens",
+                format!(
+                    "with truncation = \"head_tail\" it must be at least 1 and below max_len - 2 \
+                     = {}, got {}",
+                    self.max_len.saturating_sub(2),
+                    self.head_tokens
+                ),
+            ));
+        }
         if !(self.valid_fraction >= 0.0 && self.valid_fraction < 1.0) {
             return Err(bad(
                 "valid_fraction",
@@ -180,6 +220,17 @@ impl DataConfig {
             }
         }
         Ok(())
+    }
+
+    /// How the tokenizer truncates long texts under this config.
+    pub fn truncation(&self) -> Truncation {
+        match self.truncation {
+            TruncationSide::Head => Truncation::Head,
+            TruncationSide::Tail => Truncation::Tail,
+            TruncationSide::HeadTail => Truncation::HeadTail {
+                head: self.head_tokens,
+            },
+        }
     }
 
     /// The format of `path`: `format` when set, else from the extension.

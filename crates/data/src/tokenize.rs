@@ -1,5 +1,6 @@
-//! Wraps a Hugging Face `tokenizer.json`: truncation to `max_len` (special tokens included), no
-//! padding (batches pad dynamically), and the untruncated length of every text for the summary.
+//! Wraps a Hugging Face `tokenizer.json`: truncation to `max_len` (special tokens included) that
+//! keeps the head of a long text, its tail, or both ([`Truncation`]); no padding (batches pad
+//! dynamically); and the untruncated length of every text for the summary.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,21 @@ pub struct Encoding {
     pub full_len: usize,
 }
 
+/// Which tokens of a text longer than `max_len` are kept. The special tokens around the text
+/// (`[CLS]` ... `[SEP]`, `<s>` ... `</s>`) always stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Truncation {
+    /// The first tokens (the end is cut): titles and opening lines carry the most.
+    #[default]
+    Head,
+    /// The last tokens (the start is cut), e.g. for logs whose error comes last.
+    Tail,
+    /// `head` tokens from the start and the rest from the end (the middle is cut): a title with
+    /// the end of a long body, such as its stack trace or closing question (Sun et al. 2019, "How
+    /// to Fine-Tune BERT for Text Classification?", found 128 + 382 best on long reviews).
+    HeadTail { head: usize },
+}
+
 /// A tokenizer that truncates to a fixed maximum length.
 pub struct TextTokenizer {
     truncating: Tokenizer,
@@ -25,6 +41,7 @@ pub struct TextTokenizer {
     untruncated: Tokenizer,
     path: PathBuf,
     max_len: usize,
+    truncation: Truncation,
     pad_id: u32,
 }
 
@@ -33,13 +50,15 @@ impl std::fmt::Debug for TextTokenizer {
         f.debug_struct("TextTokenizer")
             .field("path", &self.path)
             .field("max_len", &self.max_len)
+            .field("truncation", &self.truncation)
             .field("pad_id", &self.pad_id)
             .finish_non_exhaustive()
     }
 }
 
 impl TextTokenizer {
-    /// Loads `tokenizer.json` and sets truncation to `max_len` tokens (longest-first).
+    /// Loads `tokenizer.json` and sets truncation to `max_len` tokens, keeping the head of a long
+    /// text ([`TextTokenizer::with_truncation`] chooses otherwise).
     pub fn from_file(path: &Path, max_len: usize) -> Result<Self> {
         let wrap = |cause| Error::Tokenizer {
             path: path.to_owned(),
@@ -68,8 +87,15 @@ impl TextTokenizer {
             untruncated,
             path: path.to_owned(),
             max_len,
+            truncation: Truncation::Head,
             pad_id,
         })
+    }
+
+    /// Which tokens of a long text to keep.
+    pub fn with_truncation(mut self, truncation: Truncation) -> Self {
+        self.truncation = truncation;
+        self
     }
 
     /// Encodes `texts` in parallel; the result has one [`Encoding`] per text, in order.
@@ -90,7 +116,8 @@ impl TextTokenizer {
                 full_len: e.len(),
             })
             .collect();
-        // Only a text that fills max_len can have been cut; measure just those a second time.
+        // Only a text that fills max_len can have been cut; encode just those a second time,
+        // whole, to measure them and (unless the head is kept) to take the tokens to keep.
         let cut: Vec<usize> = (0..out.len())
             .filter(|&i| out[i].ids.len() >= self.max_len)
             .collect();
@@ -102,6 +129,15 @@ impl TextTokenizer {
                 .map_err(wrap)?;
             for (&i, encoding) in cut.iter().zip(&full) {
                 out[i].full_len = encoding.len();
+                if self.truncation != Truncation::Head {
+                    let keep = kept_positions(
+                        encoding.get_special_tokens_mask(),
+                        self.max_len,
+                        self.truncation,
+                    );
+                    out[i].ids = keep.iter().map(|&k| encoding.get_ids()[k]).collect();
+                    out[i].type_ids = keep.iter().map(|&k| encoding.get_type_ids()[k]).collect();
+                }
             }
         }
         Ok(out)
@@ -121,4 +157,32 @@ impl TextTokenizer {
     pub fn max_len(&self) -> usize {
         self.max_len
     }
+
+    pub fn truncation(&self) -> Truncation {
+        self.truncation
+    }
+}
+
+/// The positions of a whole encoding (given by its special-tokens mask) that a cut to `max_len`
+/// keeps: the special tokens leading and closing it, and between them the content tokens that
+/// `truncation` chooses, in order. All positions when the encoding fits.
+pub fn kept_positions(special: &[u32], max_len: usize, truncation: Truncation) -> Vec<usize> {
+    let n = special.len();
+    if n <= max_len {
+        return (0..n).collect();
+    }
+    let lead = special.iter().take_while(|&&s| s == 1).count();
+    let trail = special[lead..]
+        .iter()
+        .rev()
+        .take_while(|&&s| s == 1)
+        .count();
+    let room = max_len.saturating_sub(lead + trail);
+    let head = match truncation {
+        Truncation::Head => room,
+        Truncation::Tail => 0,
+        Truncation::HeadTail { head } => head.min(room),
+    };
+    let tail = room - head;
+    (0..lead + head).chain(n - trail - tail..n).collect()
 }

@@ -353,7 +353,8 @@ impl Trainer {
         let files = locate_model(&config, options.resume.as_deref())?;
         config.validate_against(&files.bert)?;
         let bert = files.bert;
-        let tokenizer = TextTokenizer::from_file(&files.tokenizer, config.data.max_len)?;
+        let tokenizer = TextTokenizer::from_file(&files.tokenizer, config.data.max_len)?
+            .with_truncation(config.data.truncation());
         let (train, valid, train_summary) = load_data(&config, &tokenizer)?;
 
         let chosen = device::choose(options.device)?;

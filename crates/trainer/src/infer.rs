@@ -57,7 +57,8 @@ impl Predictor {
             config.train.seed,
         )?;
         checkpoint.load_weights(&varmap)?;
-        let tokenizer = TextTokenizer::from_file(&checkpoint.tokenizer(), config.data.max_len)?;
+        let tokenizer = TextTokenizer::from_file(&checkpoint.tokenizer(), config.data.max_len)?
+            .with_truncation(config.data.truncation());
         Ok(Self {
             checkpoint,
             model,

@@ -1,4 +1,4 @@
-use wick_data::{DataConfig, Error, Format};
+use wick_data::{DataConfig, Error, Format, Truncation};
 
 use crate::common::TestResult;
 
@@ -13,7 +13,44 @@ fn defaults_fill_every_optional_key() -> TestResult {
         (128, 0.1, 0)
     );
     assert!(!cfg.multi_label && cfg.valid.is_none() && cfg.filter.is_none());
+    assert_eq!(cfg.truncation(), Truncation::Head);
     cfg.validate()?;
+    Ok(())
+}
+
+#[test]
+fn head_tail_truncation_reads_its_head_and_rejects_one_that_leaves_no_tail() -> TestResult {
+    let read = |extra: &str| -> Result<DataConfig, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"train": "t.csv", "labels": ["a"], "max_len": 64, {extra}}}"#
+        ))
+    };
+    let cfg = read(r#""truncation": "head_tail", "head_tokens": 16"#)?;
+    assert_eq!(cfg.truncation(), Truncation::HeadTail { head: 16 });
+    cfg.validate()?;
+    assert_eq!(
+        read(r#""truncation": "tail""#)?.truncation(),
+        Truncation::Tail
+    );
+    for head in [0, 62, 100] {
+        let cfg = read(&format!(
+            r#""truncation": "head_tail", "head_tokens": {head}"#
+        ))?;
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("data.head_tokens") && err.contains("62"),
+            "{head}: {err}"
+        );
+    }
+    let err = read(r#""truncation": "middle""#)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("middle") && err.contains("head_tail"), "{err}");
     Ok(())
 }
 
