@@ -87,7 +87,7 @@ impl Predictor {
     }
 
     /// Probabilities (and, for labelled examples, the plain loss) for examples read with this
-    /// checkpoint's field mapping, tokenized by its own tokenizer and `max_len`.
+    /// checkpoint's field mapping, tokenized by its own tokenizer, `max_len` and truncation.
     pub fn predict_examples(&self, examples: &[wick_data::Example]) -> Result<Predictions> {
         let dataset = Dataset::new(examples, &self.tokenizer)?;
         self.predict_dataset(&dataset)
@@ -136,8 +136,8 @@ fn text_examples(texts: &[&str]) -> Vec<wick_data::Example> {
 
 /// Several checkpoints of one task voting together: their class probabilities are averaged.
 /// Members may differ in anything but the task (labels, multi-label or not) and the way a row
-/// becomes text (text fields, separator, label field); each tokenizes with its own tokenizer
-/// and `max_len`. One member behaves exactly like its [`Predictor`].
+/// becomes text (text fields, separator, label field); each tokenizes with its own tokenizer,
+/// `max_len` and truncation. One member behaves exactly like its [`Predictor`].
 #[derive(Debug)]
 pub struct Ensemble {
     members: Vec<Predictor>,
