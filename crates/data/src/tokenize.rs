@@ -23,7 +23,7 @@ pub struct Encoding {
 /// (`[CLS]` ... `[SEP]`, `<s>` ... `</s>`) always stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Truncation {
-    /// The first tokens (the end is cut): titles and opening lines carry the most.
+    /// The first tokens (the end is cut), as the tokenizers library cuts by default.
     #[default]
     Head,
     /// The last tokens (the start is cut), e.g. for logs whose error comes last.
