@@ -233,11 +233,7 @@ fn score_test(
     let label_field = &ensemble.first().checkpoint.config.data.label_field;
     let mut lines = String::new();
     for (example, probs) in examples.iter().zip(&predicted.probs) {
-        let probs: serde_json::Map<_, _> = labels
-            .iter()
-            .zip(probs)
-            .map(|(label, p)| (label.clone(), json!(p)))
-            .collect();
+        let probs = eval::label_probs(labels, probs);
         let row = json!({
             "line": example.line,
             "label": example.fields.get(label_field),

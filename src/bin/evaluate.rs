@@ -68,11 +68,7 @@ fn run(args: Args) -> Result<()> {
                 .iter()
                 .map(|m| {
                     let example = &examples[m.index];
-                    let probs: serde_json::Map<_, _> = labels
-                        .iter()
-                        .zip(&predictions.probs[m.index])
-                        .map(|(label, p)| (label.clone(), json!(p)))
-                        .collect();
+                    let probs = eval::label_probs(labels, &predictions.probs[m.index]);
                     json!({
                         "line": example.line, "label": names(&m.truth),
                         "predicted": names(&m.predicted), "confidence": m.confidence,

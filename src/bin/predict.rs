@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::{Map, Value};
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::eval::argmax;
+use wick_trainer::eval::{argmax, label_probs};
 use wick_trainer::infer::Ensemble;
 
 /// Label texts with a trained checkpoint.
@@ -110,16 +110,7 @@ fn run(args: Args) -> Result<()> {
             }
         }
         row.insert("label".into(), label);
-        row.insert(
-            "probs".into(),
-            Value::Object(
-                labels
-                    .iter()
-                    .zip(p)
-                    .map(|(l, &q)| (l.clone(), Value::from(q)))
-                    .collect(),
-            ),
-        );
+        row.insert("probs".into(), Value::Object(label_probs(labels, p)));
         writeln!(out, "{}", Value::Object(row))?;
     }
     Ok(())

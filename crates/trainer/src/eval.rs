@@ -134,6 +134,16 @@ pub fn report(
     })
 }
 
+/// `{label: probability}` for one example's probabilities, in label order: the form `predict`,
+/// `evaluate --errors` and the NLBSE example write.
+pub fn label_probs(labels: &[String], probs: &[f32]) -> serde_json::Map<String, serde_json::Value> {
+    labels
+        .iter()
+        .zip(probs)
+        .map(|(label, &p)| (label.clone(), serde_json::Value::from(p)))
+        .collect()
+}
+
 /// An example the predictions get wrong.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mistake {
