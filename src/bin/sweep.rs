@@ -38,6 +38,11 @@ struct Args {
     /// is set. Default: the config's seed.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
+    /// K-fold cross-validation: every combination and seed is trained K times, with fold
+    /// 0..K-1 of `data.train` held out for validation (`data.folds`, `data.fold`), and scored
+    /// by the mean over all of them. For small datasets, where one validation split is noise.
+    #[arg(long, value_name = "K")]
+    folds: Option<usize>,
     /// Override a key of every trial: `--set train.epochs=3` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -118,7 +123,7 @@ fn combinations(axes: &[Axis]) -> Vec<Vec<(String, String)>> {
 
 /// A directory name for a trial: the keys' last segments (whole keys where two axes share one)
 /// and values, with characters other than letters, digits and `.+-` replaced by `_`.
-fn trial_name(combo: &[(String, String)], seed: u64) -> String {
+fn trial_name(combo: &[(String, String)], seed: u64, fold: Option<usize>) -> String {
     let short = |key: &str| key.rsplit('.').next().unwrap_or(key).to_string();
     let mut parts = Vec::new();
     for (key, value) in combo {
@@ -131,6 +136,9 @@ fn trial_name(combo: &[(String, String)], seed: u64) -> String {
         parts.push(format!("{name}={value}"));
     }
     parts.push(format!("seed={seed}"));
+    if let Some(fold) = fold {
+        parts.push(format!("fold={fold}"));
+    }
     parts
         .join(",")
         .chars()
@@ -150,6 +158,9 @@ struct TrialResult {
     /// The grid's `key=value` pairs of this trial.
     grid: Vec<String>,
     seed: u64,
+    /// The held-out fold under `--folds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fold: Option<usize>,
     metric: String,
     /// The best validation value of the metric and the step it was reached at.
     value: f64,
@@ -209,6 +220,7 @@ impl Reporter for Lines {
 struct Trial {
     combo: Vec<(String, String)>,
     seed: u64,
+    fold: Option<usize>,
     name: String,
     config: RunConfig,
     resolved: String,
@@ -217,22 +229,33 @@ struct Trial {
 /// Resolves and validates every trial before any trains, so a bad key or value in the last
 /// combination fails at once instead of hours in.
 fn plan(args: &Args, axes: &[Axis], seeds: &[u64]) -> Result<Vec<Trial>> {
+    let folds: Vec<Option<usize>> = match args.folds {
+        Some(k) => (0..k).map(Some).collect(),
+        None => vec![None],
+    };
     let mut trials = Vec::new();
     for combo in combinations(axes) {
         for &seed in seeds {
-            let mut overrides = args.overrides.clone();
-            overrides.extend(combo.iter().map(|(k, v)| format!("{k}={v}")));
-            overrides.push(format!("train.seed={seed}"));
-            let config = RunConfig::load(&args.config, &overrides)?;
-            config.validate()?;
-            let resolved = config.to_toml()?;
-            trials.push(Trial {
-                name: trial_name(&combo, seed),
-                combo: combo.clone(),
-                seed,
-                config,
-                resolved,
-            });
+            for &fold in &folds {
+                let mut overrides = args.overrides.clone();
+                overrides.extend(combo.iter().map(|(k, v)| format!("{k}={v}")));
+                overrides.push(format!("train.seed={seed}"));
+                if let (Some(k), Some(fold)) = (args.folds, fold) {
+                    overrides.push(format!("data.folds={k}"));
+                    overrides.push(format!("data.fold={fold}"));
+                }
+                let config = RunConfig::load(&args.config, &overrides)?;
+                config.validate()?;
+                let resolved = config.to_toml()?;
+                trials.push(Trial {
+                    name: trial_name(&combo, seed, fold),
+                    combo: combo.clone(),
+                    seed,
+                    fold,
+                    config,
+                    resolved,
+                });
+            }
         }
     }
     let mut names = std::collections::HashSet::new();
@@ -247,10 +270,10 @@ fn plan(args: &Args, axes: &[Axis], seeds: &[u64]) -> Result<Vec<Trial>> {
     }
     for trial in &trials {
         let config = &trial.config;
-        if config.data.valid.is_none() && config.data.valid_fraction <= 0.0 {
+        if !config.data.has_validation() {
             bail!(
                 "{} (trial {}): a sweep ranks trials on validation data, but there is none: set \
-                 `data.valid` or `data.valid_fraction`",
+                 `data.valid` or `data.valid_fraction`, or give --folds",
                 args.config.display(),
                 trial.name
             );
@@ -308,6 +331,7 @@ fn run_trial(args: &Args, trial: &Trial, dir: &Path) -> Result<Option<(TrialResu
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
         seed: trial.seed,
+        fold: trial.fold,
         metric: trial.config.eval.metric.clone(),
         value,
         best_step,
@@ -329,7 +353,7 @@ struct Row {
     grid: Vec<String>,
     values: Vec<f64>,
     mean: f64,
-    /// Sample standard deviation over the seeds (None with one seed).
+    /// Sample standard deviation over the runs: seeds, and folds under `--folds` (None with one).
     sd: Option<f64>,
     seconds: f64,
 }
@@ -392,6 +416,21 @@ fn run(args: Args) -> Result<ExitCode> {
         if axis.key == "train.seed" {
             bail!("--grid train.seed: give seeds with --seeds");
         }
+        if args.folds.is_some() && (axis.key == "data.folds" || axis.key == "data.fold") {
+            bail!("--grid {}: --folds sets it for every trial", axis.key);
+        }
+    }
+    if let Some(k) = args.folds {
+        if k < 2 {
+            bail!("--folds {k}: cross-validation needs at least 2 folds");
+        }
+        if let Some(o) = args
+            .overrides
+            .iter()
+            .find(|o| o.starts_with("data.folds=") || o.starts_with("data.fold="))
+        {
+            bail!("--set {o}: --folds sets data.folds and data.fold for every trial");
+        }
     }
     let base = RunConfig::load(&args.config, &args.overrides)?;
     let seeds = if args.seeds.is_empty() {
@@ -410,10 +449,13 @@ fn run(args: Args) -> Result<ExitCode> {
             .unwrap_or_else(|| "run".into());
         PathBuf::from("runs").join(format!("sweep-{stem}"))
     });
+    let runs_per_combination = seeds.len() * args.folds.unwrap_or(1);
     eprintln!(
-        "sweep: {} combinations x {} seeds = {} trials in {}, ranked by validation {metric}",
-        trials.len() / seeds.len(),
+        "sweep: {} combinations x {} seeds{} = {} trials in {}, ranked by validation {metric}",
+        trials.len() / runs_per_combination,
         seeds.len(),
+        args.folds
+            .map_or(String::new(), |k| format!(" x {k} folds")),
         trials.len(),
         out.display()
     );
@@ -459,6 +501,7 @@ fn run(args: Args) -> Result<ExitCode> {
         "metric": metric,
         "higher_is_better": higher,
         "seeds": seeds,
+        "folds": args.folds,
         "reused_trials": reused,
         "ranking": rows.iter().map(|row| json!({
             "grid": row.grid,
@@ -468,7 +511,7 @@ fn run(args: Args) -> Result<ExitCode> {
             "seconds": row.seconds,
         })).collect::<Vec<_>>(),
         "trials": results.iter().map(|r| json!({
-            "grid": r.grid, "seed": r.seed, "value": r.value, "best_step": r.best_step,
+            "grid": r.grid, "seed": r.seed, "fold": r.fold, "value": r.value, "best_step": r.best_step,
             "steps": r.steps, "stopped_early": r.stopped_early, "seconds": r.seconds,
         })).collect::<Vec<_>>(),
     });
@@ -485,17 +528,19 @@ fn run(args: Args) -> Result<ExitCode> {
         .max()
         .unwrap_or(0)
         .max(4);
-    println!(
-        "{:<width$}  {:>8}  {:>8}  per seed ({})",
-        "grid",
-        metric,
-        "sd",
-        seeds
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let seed_list = seeds
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let runs = match args.folds {
+        Some(k) => format!(
+            "per seed and fold (seeds {seed_list}; folds 0-{} each)",
+            k - 1
+        ),
+        None => format!("per seed ({seed_list})"),
+    };
+    println!("{:<width$}  {:>8}  {:>8}  {runs}", "grid", metric, "sd");
     for row in &rows {
         println!(
             "{:<width$}  {:>8.4}  {:>8}  {}",
@@ -571,12 +616,16 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            trial_name(&combo(&[("train.lr", "2e-5"), ("data.max_len", "128")]), 7),
+            trial_name(
+                &combo(&[("train.lr", "2e-5"), ("data.max_len", "128")]),
+                7,
+                None
+            ),
             "lr=2e-5,max_len=128,seed=7"
         );
         assert_eq!(
-            trial_name(&combo(&[("a.x", "1"), ("b.x", "\"s/t\"")]), 1),
-            "a.x=1,b.x=_s_t_,seed=1"
+            trial_name(&combo(&[("a.x", "1"), ("b.x", "\"s/t\"")]), 1, Some(3)),
+            "a.x=1,b.x=_s_t_,seed=1,fold=3"
         );
     }
 
@@ -585,6 +634,7 @@ mod tests {
         let result = |grid: &str, value: f64| TrialResult {
             grid: vec![grid.to_string()],
             seed: 0,
+            fold: None,
             metric: String::new(),
             value,
             best_step: 1,

@@ -240,10 +240,15 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     if config.data.valid.is_none() {
         if let Some(report) = outcome.last_eval {
+            let data = &config.data;
+            let held_out = if data.folds >= 2 {
+                format!("fold {} of {}", data.fold, data.folds)
+            } else {
+                format!("held-out {:.0}%", data.valid_fraction * 100.0)
+            };
             println!(
-                "\nvalidation (held-out {:.0}% of {}), last evaluation:\n{}",
-                config.data.valid_fraction * 100.0,
-                config.data.train.display(),
+                "\nvalidation ({held_out} of {}), last evaluation:\n{}",
+                data.train.display(),
                 report.table()
             );
         }

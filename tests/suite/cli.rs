@@ -324,26 +324,31 @@ fn an_ensemble_predicts_the_mean_of_its_members_and_refuses_another_task() {
     assert_fails_naming(&output, &["other", "data.labels"]);
 }
 
-#[test]
-fn valid_fraction_zero_trains_on_every_row_without_validation() {
-    let dir = tempfile::tempdir().unwrap();
+/// The tiny config without its validation file, `data_line` added to its `[data]` section,
+/// written into `dir` (relative paths resolve from the repository root, where `run_bin` runs).
+fn tiny_without_valid(dir: &Path, data_line: &str) -> PathBuf {
     let tiny = std::fs::read_to_string(super::common::repo_root().join(TINY)).unwrap();
-    // The tiny config without its validation file and nothing held out of the training file
-    // (relative paths resolve from the repository root, where `run_bin` runs).
     let config: String = tiny
         .lines()
         .filter(|l| !l.starts_with("valid ="))
         .map(|l| {
             if l.starts_with("train = ") {
-                format!("{l}\nvalid_fraction = 0.0")
+                format!("{l}\n{data_line}")
             } else {
                 l.to_string()
             }
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let path = dir.path().join("all_rows.toml");
+    let path = dir.join("tiny_without_valid.toml");
     std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn valid_fraction_zero_trains_on_every_row_without_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_without_valid(dir.path(), "valid_fraction = 0.0");
     let run = dir.path().join("run");
     let output = run_bin(
         "train",
@@ -1001,6 +1006,98 @@ fn sweep_ranks_combinations_and_reuses_finished_trials() {
     let changed = sweep(&["--set", "train.epochs=1"]);
     assert_eq!(changed["reused_trials"], 0);
     assert_eq!(changed["trials"][0]["steps"], 4, "one epoch of 4 steps");
+}
+
+/// `sweep --folds 3` trains each combination on each of three folds of the training file (the
+/// config has no validation file and holds nothing out by fraction) and scores it by the mean of
+/// the three; each trial's checkpoint records its fold, and its validation set is one third of
+/// the 27 rows.
+#[test]
+fn sweep_cross_validates_over_folds() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_without_valid(dir.path(), "valid_fraction = 0.0");
+    let out = dir.path().join("sweep");
+    let args = [
+        "--config",
+        path_str(&config),
+        "--out",
+        path_str(&out),
+        "--quiet",
+        "--grid",
+        "train.lr=1e-3",
+        "--folds",
+        "3",
+    ];
+    let output = run_bin("sweep", &[&args[..], &["--json"]].concat());
+    assert_ok(&output, "sweep --folds 3");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["folds"], 3);
+    let trials = json["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 3);
+    let mut values = Vec::new();
+    for (fold, trial) in trials.iter().enumerate() {
+        assert_eq!(trial["fold"], fold);
+        let name = format!("lr=1e-3,seed=7,fold={fold}");
+        let saved = std::fs::read_to_string(out.join(&name).join("best/config.toml"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let saved: toml::Value = toml::from_str(&saved).unwrap();
+        assert_eq!(saved["data"]["folds"].as_integer(), Some(3), "{name}");
+        assert_eq!(
+            saved["data"]["fold"].as_integer(),
+            Some(fold as i64),
+            "{name}"
+        );
+        values.push(trial["value"].as_f64().unwrap());
+    }
+    let row = &json["ranking"][0];
+    assert_eq!(row["values"].as_array().unwrap().len(), 3);
+    let mean = values.iter().sum::<f64>() / 3.0;
+    assert!((row["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+
+    // `train` on one fold says which, and scores its 9 rows.
+    let run = dir.path().join("fold1");
+    let output = run_bin(
+        "train",
+        &[
+            "--config",
+            path_str(&config),
+            "--out",
+            path_str(&run),
+            "--quiet",
+            "--set",
+            "data.folds=3",
+            "--set",
+            "data.fold=1",
+        ],
+    );
+    assert_ok(&output, "train on fold 1");
+    let stdout = text(&output.stdout);
+    let table = stdout
+        .split("validation (fold 1 of 3 of ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no fold line in:\n{stdout}"));
+    let examples = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("accuracy"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no accuracy line in:\n{table}"));
+    assert_eq!(examples, "9", "{table}");
+
+    // --folds leaves data.folds and data.fold to itself.
+    let output = run_bin("sweep", &[&args[..], &["--set", "data.fold=1"]].concat());
+    assert_fails_naming(&output, &["data.fold=1", "--folds"]);
+    let output = run_bin(
+        "sweep",
+        &[
+            "--config",
+            path_str(&config),
+            "--grid",
+            "train.lr=1e-3",
+            "--folds",
+            "1",
+        ],
+    );
+    assert_fails_naming(&output, &["--folds 1", "at least 2"]);
 }
 
 /// Every trial's config is resolved before any trains: a bad value in the grid, or two trials

@@ -90,6 +90,14 @@ pub struct DataConfig {
     /// nothing out: every row trains and there is no validation (a refit on all the data).
     #[serde(default = "default_valid_fraction")]
     pub valid_fraction: f64,
+    /// K-fold cross-validation (0 = off, else at least 2): the training file is dealt into this
+    /// many stratified folds and fold `fold` is the validation set, in place of `valid_fraction`
+    /// (`split_seed` seeds the deal). Not with `valid`.
+    #[serde(default)]
+    pub folds: usize,
+    /// The fold held out for validation under `folds`, `0..folds`.
+    #[serde(default)]
+    pub fold: usize,
     /// Seed of that held-out split; when absent the run's `train.seed` seeds it. Setting it keeps
     /// one validation split while `train.seed` varies (the members of an ensemble, say).
     #[serde(default)]
@@ -140,6 +148,8 @@ impl DataConfig {
             truncation: TruncationSide::Head,
             head_tokens: default_head_tokens(),
             valid_fraction: default_valid_fraction(),
+            folds: 0,
+            fold: 0,
             split_seed: None,
             bucket_window: 0,
         }
@@ -201,6 +211,38 @@ impl DataConfig {
                 ),
             ));
         }
+        if self.folds == 1 {
+            return Err(bad(
+                "folds",
+                "must be 0 (no cross-validation) or at least 2, got 1".into(),
+            ));
+        }
+        if self.folds >= 2 {
+            if let Some(valid) = &self.valid {
+                return Err(bad(
+                    "folds",
+                    format!(
+                        "cross-validation folds are cut from data.train, but data.valid is also \
+                         set ({}): remove one of them",
+                        valid.display()
+                    ),
+                ));
+            }
+            if self.fold >= self.folds {
+                return Err(bad(
+                    "fold",
+                    format!(
+                        "must be below data.folds = {} (folds count from 0), got {}",
+                        self.folds, self.fold
+                    ),
+                ));
+            }
+        } else if self.fold != 0 {
+            return Err(bad(
+                "fold",
+                format!("is {}, but data.folds is not set", self.fold),
+            ));
+        }
         if self.text_fields.is_empty() {
             return Err(bad("text_fields", "must list at least one field".into()));
         }
@@ -220,6 +262,12 @@ impl DataConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether a run of this config has validation data: a `valid` file, a fold of `folds`, or a
+    /// held-out `valid_fraction`.
+    pub fn has_validation(&self) -> bool {
+        self.valid.is_some() || self.folds >= 2 || self.valid_fraction > 0.0
     }
 
     /// How the tokenizer truncates long texts under this config.

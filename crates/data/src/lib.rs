@@ -17,7 +17,7 @@ mod tokenize;
 pub use batch::{Batch, Dataset, Targets, TensorBatch};
 pub use config::{DataConfig, Filter, Format, TruncationSide};
 pub use error::{Error, Result};
-pub use order::{epoch_order, split_train_valid};
+pub use order::{epoch_order, split_folds, split_train_valid};
 pub use read::{read_examples, read_unlabelled, Example, ReadOutcome, Target};
 pub use summary::DataSummary;
 pub use tokenize::{kept_positions, Encoding, TextTokenizer, Truncation};

@@ -68,6 +68,65 @@ pub fn split_train_valid(
     fraction: f64,
     seed: u64,
 ) -> (Vec<usize>, Vec<usize>) {
+    let mut train = Vec::with_capacity(examples.len());
+    let mut valid = Vec::new();
+    for members in strata(examples, seed) {
+        let count = members.len();
+        let take = if count >= 2 {
+            ((fraction * count as f64).round() as usize).clamp(1, count - 1)
+        } else {
+            0
+        };
+        valid.extend_from_slice(&members[..take]);
+        train.extend_from_slice(&members[take..]);
+    }
+    train.sort_unstable();
+    valid.sort_unstable();
+    (train, valid)
+}
+
+/// Splits example indices into `(train, valid)` for fold `fold` of a stratified `folds`-fold
+/// cross-validation, both sorted ascending and disjoint; over `fold = 0..folds` every example is
+/// in exactly one validation set.
+///
+/// The examples of each label (label combination for multi-label) are shuffled as in
+/// [`split_train_valid`] and dealt round-robin to the folds, the deal going on from one label to
+/// the next (labels in a fixed order). So each label's count in a fold differs from its count in
+/// any other fold by at most one, and so do the folds' sizes.
+///
+/// # Panics
+/// When `folds < 2` or `fold >= folds` (the config's validation rejects both first).
+pub fn split_folds(
+    examples: &[Example],
+    folds: usize,
+    fold: usize,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    assert!(
+        folds >= 2 && fold < folds,
+        "fold {fold} of {folds}: need folds >= 2 and fold < folds"
+    );
+    let mut train = Vec::with_capacity(examples.len());
+    let mut valid = Vec::with_capacity(examples.len() / folds + 1);
+    let mut dealt = 0;
+    for members in strata(examples, seed) {
+        for (j, &index) in members.iter().enumerate() {
+            if (dealt + j) % folds == fold {
+                valid.push(index);
+            } else {
+                train.push(index);
+            }
+        }
+        dealt += members.len();
+    }
+    train.sort_unstable();
+    valid.sort_unstable();
+    (train, valid)
+}
+
+/// The example indices of each stratum (label or label combination), strata in key order and
+/// each shuffled by an RNG seeded from `seed` and the stratum alone.
+fn strata(examples: &[Example], seed: u64) -> Vec<Vec<usize>> {
     let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (index, example) in examples.iter().enumerate() {
         groups
@@ -75,22 +134,13 @@ pub fn split_train_valid(
             .or_default()
             .push(index);
     }
-    let mut train = Vec::with_capacity(examples.len());
-    let mut valid = Vec::new();
-    for (key, mut members) in groups {
-        let count = members.len();
-        let take = if count >= 2 {
-            ((fraction * count as f64).round() as usize).clamp(1, count - 1)
-        } else {
-            0
-        };
-        members.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ key));
-        valid.extend_from_slice(&members[..take]);
-        train.extend_from_slice(&members[take..]);
-    }
-    train.sort_unstable();
-    valid.sort_unstable();
-    (train, valid)
+    groups
+        .into_iter()
+        .map(|(key, mut members)| {
+            members.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ key));
+            members
+        })
+        .collect()
 }
 
 /// A stable key for the stratum of a target (FNV-1a, so it never changes between builds).

@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_data::{
-    epoch_order, read_examples, split_train_valid, DataSummary, Dataset, Targets, TensorBatch,
-    TextTokenizer,
+    epoch_order, read_examples, split_folds, split_train_valid, DataSummary, Dataset, Targets,
+    TensorBatch, TextTokenizer,
 };
 use wick_model::classifier::LossOptions;
 use wick_model::weights::{init_all, init_head, is_head, load_safetensors, named_vars};
@@ -238,7 +238,8 @@ fn locate_model(config: &RunConfig, resume: Option<&Path>) -> Result<ModelFiles>
 }
 
 /// Reads and tokenizes the training and validation data (a seeded stratified split of the
-/// training file when no validation file is given, none when `valid_fraction` is 0).
+/// training file when no validation file is given: one fold of `folds` or `valid_fraction` of
+/// it; none when `valid_fraction` is 0).
 fn load_data(
     config: &RunConfig,
     tokenizer: &TextTokenizer,
@@ -250,6 +251,11 @@ fn load_data(
         Some(path) => {
             let valid = read_examples(path, data)?;
             (all, Some(Dataset::new(&valid.examples, tokenizer)?))
+        }
+        None if data.folds >= 2 => {
+            let (train_idx, valid_idx) =
+                split_folds(&read.examples, data.folds, data.fold, config.split_seed());
+            (all.subset(&train_idx), Some(all.subset(&valid_idx)))
         }
         None if data.valid_fraction == 0.0 => (all, None),
         None => {

@@ -116,4 +116,20 @@ fn validate_names_the_offending_key() {
         }),
         "data.labels"
     );
+    assert_eq!(rejected_key(|c| c.folds = 1), "data.folds");
+    assert_eq!(
+        rejected_key(|c| {
+            c.folds = 5;
+            c.valid = Some("v.csv".into());
+        }),
+        "data.folds"
+    );
+    assert_eq!(
+        rejected_key(|c| {
+            c.folds = 5;
+            c.fold = 5;
+        }),
+        "data.fold"
+    );
+    assert_eq!(rejected_key(|c| c.fold = 1), "data.fold");
 }

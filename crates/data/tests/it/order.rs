@@ -1,6 +1,6 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use wick_data::{epoch_order, split_train_valid, Example, Target};
+use wick_data::{epoch_order, split_folds, split_train_valid, Example, Target};
 
 use crate::batch::example;
 
@@ -119,4 +119,62 @@ fn split_keeps_singletons_in_train_and_takes_one_of_two() {
     assert!(train.contains(&0));
     assert_eq!(valid.len(), 1);
     assert_eq!(train.len(), 2);
+}
+
+/// K folds partition the rows: each row is held out by exactly one fold, each fold's training
+/// set is the rest, and every label's count (and every fold's size) differs between folds by at
+/// most one.
+#[test]
+fn folds_partition_the_rows_with_balanced_labels() {
+    // 103 rows of three labels, 61 / 29 / 13: no count divides by the 5 folds.
+    let labels: Vec<u32> = (0..103)
+        .map(|i| match i % 8 {
+            0..=4 => 0,
+            5 | 6 => 1,
+            _ => 2,
+        })
+        .collect();
+    let counts: Vec<usize> = (0..3)
+        .map(|l| labels.iter().filter(|&&x| x == l).count())
+        .collect();
+    assert_eq!(counts, [65, 26, 12]);
+    let examples = labelled(&labels);
+    let mut held_out = vec![0usize; labels.len()];
+    let mut sizes = Vec::new();
+    let mut per_label: Vec<Vec<usize>> = vec![Vec::new(); 3];
+    for fold in 0..5 {
+        let (train, valid) = split_folds(&examples, 5, fold, 9);
+        assert_eq!(
+            (train.clone(), valid.clone()),
+            split_folds(&examples, 5, fold, 9)
+        );
+        assert!(train.windows(2).all(|w| w[0] < w[1]));
+        assert!(valid.windows(2).all(|w| w[0] < w[1]));
+        let mut all = [train, valid.clone()].concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..labels.len()).collect::<Vec<_>>(), "fold {fold}");
+        valid.iter().for_each(|&i| held_out[i] += 1);
+        sizes.push(valid.len());
+        for (label, column) in per_label.iter_mut().enumerate() {
+            column.push(valid.iter().filter(|&&i| labels[i] == label as u32).count());
+        }
+    }
+    assert!(held_out.iter().all(|&n| n == 1), "{held_out:?}");
+    let spread = |v: &[usize]| v.iter().max().unwrap() - v.iter().min().unwrap();
+    assert!(spread(&sizes) <= 1, "fold sizes {sizes:?}");
+    for (label, column) in per_label.iter().enumerate() {
+        assert!(spread(column) <= 1, "label {label} per fold: {column:?}");
+        assert_eq!(column.iter().sum::<usize>(), counts[label]);
+    }
+    // Another seed deals other rows to the folds.
+    assert_ne!(
+        split_folds(&examples, 5, 0, 9).1,
+        split_folds(&examples, 5, 0, 10).1
+    );
+}
+
+#[test]
+#[should_panic(expected = "fold 3 of 3")]
+fn a_fold_outside_the_folds_is_refused() {
+    split_folds(&labelled(&[0, 1, 0, 1]), 3, 3, 0);
 }
