@@ -195,7 +195,7 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
         bests.push(best);
     }
     let targets = targets.context("no members")?;
-    let mean = eval::average(&member_probs, &targets)?;
+    let mean = eval::average(&member_probs, &targets, base.data.multi_label)?;
     let mut scored = vec![(
         project.to_string(),
         "valid",

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::json;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::eval;
 use wick_trainer::infer::Ensemble;
+use wick_trainer::{calibration, eval};
 
 /// Score a checkpoint on labelled data.
 #[derive(Debug, Parser)]
@@ -34,6 +34,10 @@ struct Args {
     device: DeviceRequest,
 }
 
+/// The thresholds of the selective-prediction table: predicting only where the top probability
+/// reaches each.
+const THRESHOLDS: [f64; 7] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
+
 fn run(args: Args) -> Result<()> {
     let ensemble = Ensemble::open(&args.checkpoint, args.device)?;
     let first = ensemble.first();
@@ -55,6 +59,17 @@ fn run(args: Args) -> Result<()> {
     let labels = ensemble.labels();
     let report = eval::report(labels, &targets, &predictions).with_context(context)?;
     let mistakes = eval::mistakes(&targets, &predictions);
+    let selective = match &targets {
+        wick_data::Targets::Single(truth) => {
+            calibration::selective_accuracy(&predictions.probs, truth, &THRESHOLDS)
+        }
+        _ => Vec::new(),
+    };
+    let temperatures: Vec<Option<f64>> = ensemble
+        .members()
+        .iter()
+        .map(|m| m.checkpoint.calibration.as_ref().map(|c| c.temperature))
+        .collect();
     let shown = &mistakes[..args.errors.min(mistakes.len())];
     // A single-label task names one label, a multi-label one a list.
     let names = |ids: &[usize]| match (data.multi_label, ids) {
@@ -63,6 +78,15 @@ fn run(args: Args) -> Result<()> {
     };
     if args.json {
         let mut out = report.to_json();
+        out["temperature"] = json!(temperatures);
+        if !selective.is_empty() {
+            out["selective"] = selective
+                .iter()
+                .map(|&(threshold, coverage, accuracy)| {
+                    json!({"threshold": threshold, "coverage": coverage, "accuracy": accuracy})
+                })
+                .collect();
+        }
         if args.errors > 0 {
             out["errors"] = shown
                 .iter()
@@ -86,6 +110,37 @@ fn run(args: Args) -> Result<()> {
         first.device_name,
         report.table()
     );
+    for (dir, member) in args.checkpoint.iter().zip(ensemble.members()) {
+        match &member.checkpoint.calibration {
+            Some(c) => println!(
+                "{}: probabilities calibrated, temperature {:.3} (fitted at step {} on {} \
+                 validation examples: loss {:.4} -> {:.4}, ECE {:.4} -> {:.4})",
+                dir.display(),
+                c.temperature,
+                c.step,
+                c.examples,
+                c.loss_before,
+                c.loss_after,
+                c.ece_before,
+                c.ece_after
+            ),
+            None => println!(
+                "{}: probabilities not calibrated (train with eval.calibrate = true)",
+                dir.display()
+            ),
+        }
+    }
+    if !selective.is_empty() {
+        println!("\npredicting only where the top probability reaches a threshold:");
+        println!("{:>9}  {:>8}  {:>8}", "threshold", "coverage", "accuracy");
+        for (threshold, coverage, accuracy) in &selective {
+            println!(
+                "{threshold:>9.2}  {:>7.1}%  {:>8}",
+                coverage * 100.0,
+                accuracy.map_or("-".to_string(), |a| format!("{a:.4}"))
+            );
+        }
+    }
     if args.errors > 0 {
         println!(
             "\nmost confident mistakes ({} of {}):",

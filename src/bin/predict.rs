@@ -29,9 +29,25 @@ struct Args {
     /// column, if present, is not read.
     #[arg(long, conflicts_with = "texts")]
     data: Option<PathBuf>,
+    /// Single-label: give no label (`"label": null`) when the top probability is below this,
+    /// so that only confident predictions are acted on. Multi-label: the labels whose
+    /// probability is at least this (instead of above 0.5). Train with `eval.calibrate = true`
+    /// for probabilities that mean what they say.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    min_prob: Option<f64>,
     /// Texts to label; without any (and without --data), JSONL objects with a "text" field are
     /// read from stdin.
     texts: Vec<String>,
+}
+
+/// A probability threshold strictly between 0 and 1.
+fn probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
+        _ => Err(format!(
+            "expected a probability between 0 and 1, got {text:?}"
+        )),
+    }
 }
 
 /// Reads stdin JSONL: each line an object with a string `text`.
@@ -88,14 +104,23 @@ fn run(args: Args) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for ((mut row, p), best) in rows.into_iter().zip(&probs).zip(argmax(&probs)) {
         let label = if multi {
+            let chosen = |q: f32| match args.min_prob {
+                Some(min) => f64::from(q) >= min,
+                None => q > 0.5,
+            };
             Value::from(
                 labels
                     .iter()
                     .zip(p)
-                    .filter(|(_, &q)| q > 0.5)
+                    .filter(|(_, &q)| chosen(q))
                     .map(|(l, _)| l.clone())
                     .collect::<Vec<_>>(),
             )
+        } else if args
+            .min_prob
+            .is_some_and(|min| f64::from(p[best as usize]) < min)
+        {
+            Value::Null
         } else {
             Value::from(labels[best as usize].clone())
         };

@@ -640,6 +640,143 @@ fn predict_truncates_long_texts_as_the_checkpoint_was_trained() {
     }
 }
 
+/// `eval.calibrate`: every checkpoint written at an evaluation carries the temperature fitted on
+/// that evaluation; `predict` divides the logits by it and `evaluate` scores the calibrated
+/// probabilities: the same argmax, a loss no higher on the data it was fitted on. `predict
+/// --min-prob` leaves the label out below the threshold.
+#[test]
+fn calibrated_checkpoints_temper_their_probabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(&train_tiny(&run, &["eval.calibrate=true"]), "train");
+    let best = run.join("best");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("trainer_state.json")).unwrap())
+            .unwrap();
+    let calibration = &state["calibration"];
+    let temperature = calibration["temperature"].as_f64().unwrap();
+    assert!(temperature > 0.0 && temperature != 1.0, "{calibration}");
+    assert_eq!(calibration["step"], state["state"]["step"]);
+    assert_eq!(calibration["examples"], 9);
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 3, "one evaluation an epoch");
+    let at_best = evals
+        .iter()
+        .find(|r| r["step"] == state["state"]["step"])
+        .unwrap();
+    assert_eq!(at_best["temperature"], calibration["temperature"]);
+    assert!(evals.iter().all(|r| r["ece"].as_f64().is_some()));
+
+    // The same checkpoint without its temperature: the raw probabilities.
+    let raw = dir.path().join("raw");
+    std::fs::create_dir(&raw).unwrap();
+    for entry in std::fs::read_dir(&best).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), raw.join(entry.file_name())).unwrap();
+    }
+    let mut uncalibrated = state.clone();
+    uncalibrated.as_object_mut().unwrap().remove("calibration");
+    std::fs::write(raw.join("trainer_state.json"), uncalibrated.to_string()).unwrap();
+
+    let texts = ["the README is wrong", "add a test for the parser", "ptal"];
+    let predict = |checkpoint: &Path, extra: &[&str]| {
+        let output = run_bin(
+            "predict",
+            &[&["--checkpoint", path_str(checkpoint)], extra, &texts[..]].concat(),
+        );
+        assert_ok(&output, "predict");
+        output
+    };
+    let raw_probs = predicted_probs(&predict(&raw, &[]));
+    let calibrated = predicted_probs(&predict(&best, &[]));
+    for (p, q) in raw_probs.iter().zip(&calibrated) {
+        // softmax(logits / T) from the raw probabilities: ln p is the logits plus a constant.
+        let scaled: Vec<f64> = p.iter().map(|v| (v.ln() / temperature).exp()).collect();
+        let sum: f64 = scaled.iter().sum();
+        for (expected, got) in scaled.iter().map(|v| v / sum).zip(q) {
+            assert!((expected - got).abs() < 1e-5, "{expected} vs {got}");
+        }
+    }
+
+    let evaluate = |checkpoint: &Path| -> serde_json::Value {
+        let output = run_bin(
+            "evaluate",
+            &["--checkpoint", path_str(checkpoint), "--json"],
+        );
+        assert_ok(&output, "evaluate");
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let (before, after) = (evaluate(&raw), evaluate(&best));
+    assert_eq!(before["confusion"], after["confusion"]);
+    assert_eq!(before["temperature"], serde_json::json!([null]));
+    assert_eq!(after["temperature"][0], calibration["temperature"]);
+    let loss = |r: &serde_json::Value| r["loss"].as_f64().unwrap();
+    assert!(loss(&after) <= loss(&before) + 1e-6, "{after} vs {before}");
+    assert!(
+        (loss(&after) - calibration["loss_after"].as_f64().unwrap()).abs() < 1e-5,
+        "{after} vs {calibration}"
+    );
+    let selective = after["selective"].as_array().unwrap();
+    assert_eq!(selective[0]["threshold"], 0.5);
+    let coverage: Vec<f64> = selective
+        .iter()
+        .map(|r| r["coverage"].as_f64().unwrap())
+        .collect();
+    assert!(coverage.windows(2).all(|w| w[0] >= w[1]), "{coverage:?}");
+
+    // --min-prob: no label where the top probability is below it.
+    let threshold = calibrated
+        .iter()
+        .map(|p| p.iter().copied().fold(0.0, f64::max))
+        .sum::<f64>()
+        / 3.0;
+    let output = predict(&best, &["--min-prob", &threshold.to_string()]);
+    let mut abstained = 0;
+    for (line, p) in text(&output.stdout).lines().zip(&calibrated) {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let top = p.iter().copied().fold(0.0, f64::max);
+        if top < threshold {
+            assert!(row["label"].is_null(), "{row}");
+            abstained += 1;
+        } else {
+            assert!(row["label"].is_string(), "{row}");
+        }
+    }
+    assert!((1..3).contains(&abstained), "{threshold}: {abstained} of 3");
+    let output = run_bin(
+        "predict",
+        &["--checkpoint", path_str(&best), "--min-prob", "1.5", "x"],
+    );
+    assert_fails_naming(&output, &["--min-prob", "between 0 and 1"]);
+
+    // A temperature that is no number of the kind is named with its file.
+    let mut broken = state.clone();
+    broken["calibration"]["temperature"] = serde_json::json!(-1.0);
+    std::fs::write(raw.join("trainer_state.json"), broken.to_string()).unwrap();
+    let output = run_bin("evaluate", &["--checkpoint", path_str(&raw)]);
+    assert_fails_naming(&output, &["trainer_state.json", "calibration.temperature"]);
+
+    // Nothing to fit on: refused before training, naming the key.
+    let config = tiny_without_valid(dir.path(), "valid_fraction = 0.0");
+    let output = run_bin(
+        "train",
+        &[
+            "--config",
+            path_str(&config),
+            "--out",
+            path_str(&dir.path().join("none")),
+            "--set",
+            "eval.calibrate=true",
+        ],
+    );
+    assert_fails_naming(&output, &["eval.calibrate", "validation"]);
+}
+
 #[test]
 fn a_misspelled_config_key_is_named_with_the_valid_ones() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,6 +17,7 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use wick_model::BertConfig;
 
+use crate::calibration::Calibration;
 use crate::config::RunConfig;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
@@ -67,6 +68,9 @@ struct StateFile {
     labels: Vec<String>,
     /// The last evaluation at save time, if any.
     metrics: Option<serde_json::Value>,
+    /// The temperature fitted on that evaluation (`eval.calibrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calibration: Option<Calibration>,
 }
 
 /// What a checkpoint is written from.
@@ -82,6 +86,8 @@ pub struct Contents<'a> {
     /// The loss scaler of an f16 run (saved with the optimizer state).
     pub scaler: Option<&'a LossScaler>,
     pub metrics: Option<serde_json::Value>,
+    /// The temperature fitted on the evaluation of these weights, if any.
+    pub calibration: Option<&'a Calibration>,
 }
 
 /// A checkpoint read back from disk (weights and optimizer are loaded on demand).
@@ -94,6 +100,8 @@ pub struct Checkpoint {
     pub state: TrainState,
     pub provenance: Provenance,
     pub metrics: Option<serde_json::Value>,
+    /// The temperature `evaluate` and `predict` divide the logits by.
+    pub calibration: Option<Calibration>,
 }
 
 fn bad(dir: &Path, reason: impl Into<String>) -> TrainError {
@@ -192,6 +200,7 @@ pub fn save(dir: &Path, contents: &Contents) -> Result<()> {
         provenance: contents.provenance.clone(),
         labels: contents.config.data.labels.clone(),
         metrics: contents.metrics.clone(),
+        calibration: contents.calibration.cloned(),
     };
     write_synced(&staged.join(STATE), to_json(&state)?.as_bytes())?;
     replace_dir(&staged, dir)
@@ -294,6 +303,17 @@ pub fn read(dir: &Path) -> Result<Checkpoint> {
         .map_err(|e| bad(dir, format!("{BERT_CONFIG}: {e}")))?;
     let state: StateFile = serde_json::from_str(&read_text(dir, STATE)?)
         .map_err(|e| bad(dir, format!("{STATE}: {e}")))?;
+    if let Some(c) = &state.calibration {
+        if !(c.temperature.is_finite() && c.temperature > 0.0) {
+            return Err(bad(
+                dir,
+                format!(
+                    "{STATE}: calibration.temperature must be a positive number, got {}",
+                    c.temperature
+                ),
+            ));
+        }
+    }
     Ok(Checkpoint {
         dir: dir.to_path_buf(),
         config,
@@ -302,6 +322,7 @@ pub fn read(dir: &Path) -> Result<Checkpoint> {
         state: state.state,
         provenance: state.provenance,
         metrics: state.metrics,
+        calibration: state.calibration,
     })
 }
 

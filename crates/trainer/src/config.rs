@@ -263,6 +263,10 @@ pub struct EvalConfig {
     pub patience: usize,
     /// Evaluation batch size (0: twice the training batch).
     pub batch_size: usize,
+    /// Fit a temperature to the validation predictions at every evaluation (temperature
+    /// scaling) and store it in the checkpoints of that step, so `evaluate` and `predict` give
+    /// calibrated probabilities. Accuracy and F1 do not change.
+    pub calibrate: bool,
 }
 
 impl Default for EvalConfig {
@@ -273,6 +277,7 @@ impl Default for EvalConfig {
             metric: "macro_f1".to_string(),
             patience: 0,
             batch_size: 0,
+            calibrate: false,
         }
     }
 }
@@ -429,6 +434,13 @@ impl RunConfig {
                     "`{metric}` is not one of macro_f1, accuracy, loss, f1:<label> (labels: {})",
                     self.data.labels.join(", ")
                 ),
+            ));
+        }
+        if self.eval.calibrate && !self.data.has_validation() {
+            return Err(TrainError::config(
+                "eval.calibrate",
+                "fits a temperature on validation data, but the run has none: set data.valid, \
+                 data.valid_fraction above 0 or data.folds",
             ));
         }
         let m = &self.model;

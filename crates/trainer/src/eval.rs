@@ -15,6 +15,10 @@ use crate::metrics::ClassificationReport;
 pub struct Predictions {
     /// `(examples, num_labels)` probabilities (softmax or sigmoid).
     pub probs: Vec<Vec<f32>>,
+    /// `(examples, num_labels)` scores whose softmax (sigmoid) is `probs`: the model's logits,
+    /// divided by the checkpoint's temperature when it has one; for an ensemble, the log of its
+    /// mean probabilities (their log-odds for multi-label).
+    pub logits: Vec<Vec<f32>>,
     /// Mean loss per example, when the dataset has targets.
     pub loss: Option<f64>,
 }
@@ -32,6 +36,7 @@ pub fn predict(
     let lengths = dataset.lengths();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     let mut chunks = Vec::new();
+    let mut logit_chunks = Vec::new();
     let mut loss_sum: Option<Tensor> = None;
     for indices in order.chunks(batch_size.max(1)) {
         let batch = dataset.batch(indices).to_tensors(device)?;
@@ -52,22 +57,63 @@ pub fn predict(
         }
         // Detached: a kept output must not keep its whole forward graph alive.
         chunks.push(model.probabilities(&logits)?.detach());
+        logit_chunks.push(logits.detach());
     }
     let mut probs = vec![Vec::new(); dataset.len()];
+    let mut logits = vec![Vec::new(); dataset.len()];
     if !chunks.is_empty() {
-        // Probabilities and loss as host values: an evaluation sync point.
-        let all = Tensor::cat(&chunks, 0)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
-        for (row, &index) in all.into_iter().zip(&order) {
-            probs[index] = row;
+        // Probabilities, logits and loss as host values: an evaluation sync point.
+        for (parts, out) in [(&chunks, &mut probs), (&logit_chunks, &mut logits)] {
+            let all = Tensor::cat(parts, 0)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            for (row, &index) in all.into_iter().zip(&order) {
+                out[index] = row;
+            }
         }
     }
     let loss = match loss_sum {
         Some(sum) => Some(crate::sync::scalar(&sum)? / dataset.len().max(1) as f64),
         None => None,
     };
-    Ok(Predictions { probs, loss })
+    Ok(Predictions {
+        probs,
+        logits,
+        loss,
+    })
+}
+
+/// Divides `predictions`' logits by `temperature` and recomputes the probabilities from them,
+/// and the loss (plain cross-entropy or BCE) when `targets` has labels.
+pub fn with_temperature(
+    predictions: Predictions,
+    temperature: f64,
+    targets: &Targets,
+    multi_label: bool,
+) -> Predictions {
+    let probs = crate::calibration::scale(&predictions.logits, temperature, multi_label);
+    let logits = predictions
+        .logits
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|&z| (f64::from(z) / temperature) as f32)
+                .collect()
+        })
+        .collect();
+    let loss = match targets {
+        Targets::None => predictions.loss,
+        _ => Some(crate::calibration::mean_loss(
+            &predictions.logits,
+            targets,
+            temperature,
+        )),
+    };
+    Predictions {
+        probs,
+        logits,
+        loss,
+    }
 }
 
 /// The index of the largest probability in each row.
@@ -103,13 +149,13 @@ pub fn evaluate(
 }
 
 /// The classification report of `predictions` against `targets`: argmax for single-label data,
-/// each probability above 0.5 for multi-label data.
+/// each probability above 0.5 for multi-label data; with the probabilities' calibration error.
 pub fn report(
     labels: &[String],
     targets: &Targets,
     predictions: &Predictions,
 ) -> Result<ClassificationReport> {
-    Ok(match targets {
+    let mut report = match targets {
         Targets::Multi { values, num_labels } => {
             let truth: Vec<Vec<bool>> = values
                 .chunks(*num_labels)
@@ -131,7 +177,9 @@ pub fn report(
         Targets::None => {
             return Err(TrainError::config("data", "evaluation needs labelled data"));
         }
-    })
+    };
+    report.ece = crate::calibration::expected_calibration_error(&predictions.probs, targets);
+    Ok(report)
 }
 
 /// `{label: probability}` for one example's probabilities, in label order: the form `predict`,
@@ -216,8 +264,13 @@ const MIN_PROB: f64 = 1e-12;
 /// An ensemble's prediction: the mean of its members' probabilities for the same examples.
 /// Its loss, when `targets` has labels, is the plain loss of those mean probabilities:
 /// cross-entropy for single-label targets, binary cross-entropy averaged over every (example,
-/// label) for multi-label ones.
-pub fn average(members: &[Predictions], targets: &Targets) -> Result<Predictions> {
+/// label) for multi-label ones. Its logits are the log of the mean probabilities (their log-odds
+/// when `multi_label`).
+pub fn average(
+    members: &[Predictions],
+    targets: &Targets,
+    multi_label: bool,
+) -> Result<Predictions> {
     let Some(first) = members.first() else {
         return Err(TrainError::Ensemble("no members".into()));
     };
@@ -272,7 +325,27 @@ pub fn average(members: &[Predictions], targets: &Targets) -> Result<Predictions
         ),
         _ => None,
     };
-    Ok(Predictions { probs, loss })
+    let logits = probs
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|&p| {
+                    let p = f64::from(p).clamp(MIN_PROB, 1.0 - MIN_PROB);
+                    let z = if multi_label {
+                        (p / (1.0 - p)).ln()
+                    } else {
+                        p.ln()
+                    };
+                    z as f32
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Predictions {
+        probs,
+        logits,
+        loss,
+    })
 }
 
 #[cfg(test)]
@@ -282,6 +355,7 @@ mod tests {
     fn probs(rows: &[[f32; 2]]) -> Predictions {
         Predictions {
             probs: rows.iter().map(|r| r.to_vec()).collect(),
+            logits: rows.iter().map(|r| r.map(f32::ln).to_vec()).collect(),
             loss: None,
         }
     }
@@ -294,6 +368,7 @@ mod tests {
                 vec![0.1, 0.8, 0.1], // truth 1: right
                 vec![0.1, 0.1, 0.8], // truth 0: wrong at 0.8
             ],
+            logits: Vec::new(), // not read by `mistakes`
             loss: None,
         };
         let found = mistakes(&Targets::Single(vec![1, 1, 0]), &single);
@@ -325,35 +400,40 @@ mod tests {
     fn an_ensemble_is_the_mean_of_its_members_and_its_loss_is_that_of_the_mean() {
         let a = probs(&[[0.9, 0.1], [0.2, 0.8]]);
         let b = probs(&[[0.5, 0.5], [0.6, 0.4]]);
-        let single = average(&[a.clone(), b.clone()], &Targets::Single(vec![0, 1])).unwrap();
+        let single = average(&[a.clone(), b.clone()], &Targets::Single(vec![0, 1]), false).unwrap();
         assert_eq!(single.probs, vec![vec![0.7, 0.3], vec![0.4, 0.6]]);
         // -(ln 0.7 + ln 0.6) / 2
         let expected = -(0.7f64.ln() + 0.6f64.ln()) / 2.0;
         assert!((single.loss.unwrap() - expected).abs() < 1e-6);
+        // Its logits give its probabilities back: softmax, or a sigmoid each for multi-label.
+        let back = crate::calibration::scale(&single.logits, 1.0, false);
+        assert!((back[1][1] - 0.6).abs() < 1e-6, "{back:?}");
 
         // Multi-label: BCE over every (example, label) of the mean probabilities.
         let targets = Targets::Multi {
             values: vec![1.0, 0.0, 0.0, 1.0],
             num_labels: 2,
         };
-        let multi = average(&[a.clone(), b], &targets).unwrap();
+        let multi = average(&[a.clone(), b], &targets, true).unwrap();
         let expected = -(0.7f64.ln() + 0.7f64.ln() + 0.6f64.ln() + 0.6f64.ln()) / 4.0;
         assert!((multi.loss.unwrap() - expected).abs() < 1e-6);
+        let back = crate::calibration::scale(&multi.logits, 1.0, true);
+        assert!((back[0][1] - 0.3).abs() < 1e-6, "{back:?}");
 
         // No labels, no loss; a wrong member shape is an error, not a silent truncation.
         assert_eq!(
-            average(std::slice::from_ref(&a), &Targets::None)
+            average(std::slice::from_ref(&a), &Targets::None, false)
                 .unwrap()
                 .loss,
             None
         );
         let short = probs(&[[1.0, 0.0]]);
-        let err = average(&[a, short], &Targets::None)
+        let err = average(&[a, short], &Targets::None, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("member 1"), "{err}");
-        assert!(average(&[], &Targets::None).is_err());
-        let err = average(&[probs(&[[0.5, 0.5]])], &Targets::Single(vec![0, 1]))
+        assert!(average(&[], &Targets::None, false).is_err());
+        let err = average(&[probs(&[[0.5, 0.5]])], &Targets::Single(vec![0, 1]), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("1 predictions for 2 labelled"), "{err}");
@@ -362,7 +442,7 @@ mod tests {
     #[test]
     fn a_member_certain_of_the_wrong_label_gives_a_finite_loss() {
         let wrong = probs(&[[0.0, 1.0]]);
-        let loss = average(&[wrong], &Targets::Single(vec![0]))
+        let loss = average(&[wrong], &Targets::Single(vec![0]), false)
             .unwrap()
             .loss
             .unwrap();

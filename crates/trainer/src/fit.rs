@@ -18,6 +18,7 @@ use wick_model::weights::{init_all, init_head, is_head, load_safetensors, named_
 use wick_model::{BertConfig, Classifier, Task};
 
 use crate::budget::MemoryBudget;
+use crate::calibration::Calibration;
 use crate::checkpoint::{self, Checkpoint, Contents, Provenance, TrainState};
 use crate::config::{ClassWeights, Init, Precision, RunConfig, WeightRule};
 use crate::device::{self, ensure_same_device, DeviceRequest};
@@ -186,6 +187,9 @@ pub struct Trainer {
     scaler: Option<LossScaler>,
     plan: Plan,
     stop: StopFlag,
+    /// The temperature fitted at the latest evaluation (`eval.calibrate`), for the checkpoints
+    /// of that step.
+    calibration: Option<Calibration>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -522,6 +526,7 @@ impl Trainer {
             scaler,
             plan,
             stop: StopFlag::new(),
+            calibration: None,
         })
     }
 
@@ -638,6 +643,11 @@ impl Trainer {
                 provenance: &self.provenance,
                 scaler: self.scaler.as_ref(),
                 metrics: metrics.map(ClassificationReport::to_json),
+                // Only the weights it was fitted on get it.
+                calibration: self
+                    .calibration
+                    .as_ref()
+                    .filter(|c| c.step == self.state.step),
             },
         )?;
         reporter.checkpoint(&last);
@@ -663,8 +673,14 @@ impl Trainer {
         log: &mut MetricsLog,
         reporter: &mut dyn Reporter,
     ) -> Result<Option<(ClassificationReport, bool)>> {
-        let Some(report) = self.evaluate()? else {
+        let Some((predictions, targets)) = self.predict_valid()? else {
             return Ok(None);
+        };
+        let report = eval::report(&self.config.data.labels, targets, &predictions)?;
+        let calibration = if self.config.eval.calibrate {
+            Calibration::fit(&predictions.logits, targets, self.state.step)
+        } else {
+            None
         };
         let metric_name = self.config.eval.metric.clone();
         let value = report.metric(&metric_name).unwrap_or(f64::NAN);
@@ -686,9 +702,16 @@ impl Trainer {
             ("loss", report.loss),
             ("accuracy", Some(report.accuracy)),
             ("macro_f1", Some(report.macro_f1)),
+            ("ece", report.ece),
         ] {
             record[key] = json!(value);
         }
+        if let Some(c) = &calibration {
+            record["temperature"] = json!(c.temperature);
+            record["calibrated_loss"] = json!(c.loss_after);
+            record["calibrated_ece"] = json!(c.ece_after);
+        }
+        self.calibration = calibration;
         log.write(&record).map_err(TrainError::io(log.path()))?;
         reporter.evaluated(self.state.step as usize, &report);
         Ok(Some((report, better)))

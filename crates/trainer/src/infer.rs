@@ -87,14 +87,23 @@ impl Predictor {
     }
 
     /// Probabilities (and, for labelled examples, the plain loss) for examples read with this
-    /// checkpoint's field mapping, tokenized by its own tokenizer, `max_len` and truncation.
+    /// checkpoint's field mapping, tokenized by its own tokenizer, `max_len` and truncation;
+    /// calibrated by the checkpoint's temperature when it has one.
     pub fn predict_examples(&self, examples: &[wick_data::Example]) -> Result<Predictions> {
         let dataset = Dataset::new(examples, &self.tokenizer)?;
         self.predict_dataset(&dataset)
     }
 
+    /// The checkpoint's temperature (from `eval.calibrate`), 1 when it has none.
+    pub fn temperature(&self) -> f64 {
+        self.checkpoint
+            .calibration
+            .as_ref()
+            .map_or(1.0, |c| c.temperature)
+    }
+
     fn predict_dataset(&self, dataset: &Dataset) -> Result<Predictions> {
-        device::with_autorelease_pool(|| {
+        let predictions = device::with_autorelease_pool(|| {
             eval::predict(
                 &self.model,
                 dataset,
@@ -102,6 +111,15 @@ impl Predictor {
                 &self.device,
                 &LossOptions::default(),
             )
+        })?;
+        Ok(match &self.checkpoint.calibration {
+            Some(calibration) => eval::with_temperature(
+                predictions,
+                calibration.temperature,
+                dataset.targets(),
+                self.checkpoint.config.data.multi_label,
+            ),
+            None => predictions,
         })
     }
 
@@ -195,7 +213,11 @@ impl Ensemble {
             .iter()
             .map(|m| m.predict_examples(examples))
             .collect::<Result<Vec<_>>>()?;
-        eval::average(&each, targets)
+        eval::average(
+            &each,
+            targets,
+            self.first().checkpoint.config.data.multi_label,
+        )
     }
 
     /// Scores a labelled file (the first member's field mapping and filter) with the mean

@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod budget;
+pub mod calibration;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -80,6 +80,9 @@ pub struct ClassificationReport {
     pub loss: Option<f64>,
     /// Number of examples the statistics were computed on.
     pub examples: usize,
+    /// Expected calibration error of the probabilities
+    /// ([`crate::calibration::expected_calibration_error`]), when the caller had them.
+    pub ece: Option<f64>,
 }
 
 impl ClassificationReport {
@@ -133,6 +136,7 @@ impl ClassificationReport {
             confusion,
             loss,
             examples,
+            ece: None,
         }
     }
 
@@ -185,6 +189,7 @@ impl ClassificationReport {
             confusion: counts,
             loss,
             examples,
+            ece: None,
         }
     }
 
@@ -215,10 +220,10 @@ impl ClassificationReport {
     /// ```json
     /// {"labels": ["bug", ...], "accuracy": 0.8, "macro_f1": 0.78,
     ///  "per_class": {"bug": {"precision": 0.9, "recall": 0.7, "f1": 0.79, "support": 12}, ...},
-    ///  "confusion": [[...], ...], "loss": 0.41, "examples": 60}
+    ///  "confusion": [[...], ...], "loss": 0.41, "ece": 0.05, "examples": 60}
     /// ```
     ///
-    /// `loss` is `null` when absent; a non-finite float is written as `null` (JSON has no NaN).
+    /// `loss` and `ece` are `null` when absent; a non-finite float is written as `null` (JSON has no NaN).
     pub fn to_json(&self) -> Value {
         let per_class: Map<String, Value> = self
             .labels
@@ -241,6 +246,7 @@ impl ClassificationReport {
             "per_class": per_class,
             "confusion": self.confusion,
             "loss": self.loss,
+            "ece": self.ece,
             "examples": self.examples,
         })
     }
@@ -307,6 +313,9 @@ impl ClassificationReport {
         match self.loss {
             Some(loss) => out.push_str(&format!("{:>name_width$}  {:>9.4}\n", "loss", loss)),
             None => out.push_str(&format!("{:>name_width$}  {:>9}\n", "loss", "-")),
+        }
+        if let Some(ece) = self.ece {
+            out.push_str(&format!("{:>name_width$}  {:>9.4}\n", "ECE", ece));
         }
         out.push('\n');
         out.push_str(&self.confusion_table(&names));
@@ -748,6 +757,7 @@ mod tests {
             [
                 "accuracy",
                 "confusion",
+                "ece",
                 "examples",
                 "labels",
                 "loss",
