@@ -62,9 +62,10 @@ data/nlbse/issues_train.csv:
 
 ## nlbse: the whole NLBSE'24 protocol (5 projects); TEST=path/to/issues_test.csv scores a test file too,
 ## ENSEMBLE=5 trains five seeds per project and scores the mean of their probabilities, REFIT=1
-## (with TEST) scores the test file with members trained again on all of a project's rows
+## (with TEST) scores the test file with members trained again on all of a project's rows; FOLDS=5
+## (instead of ENSEMBLE) trains five members, member k holding out fold k (out-of-fold validation)
 ENSEMBLE ?= 1
-NLBSE_FLAGS = --json --ensemble $(ENSEMBLE) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit)
+NLBSE_FLAGS = --json $(if $(FOLDS),--folds $(FOLDS),--ensemble $(ENSEMBLE)) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit)
 nlbse: model nlbse-data
 	$(CARGO) run --release $(FEATURE_FLAGS) --example nlbse -- $(NLBSE_FLAGS)
 

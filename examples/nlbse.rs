@@ -4,7 +4,7 @@
 //! project and overall (the mean of the five project scores).
 //!
 //!     cargo run --release --example nlbse -- [--test issues_test.csv] [--device auto]
-//!         [--config configs/nlbse.toml] [--out runs/nlbse] [--ensemble N] [--refit]
+//!         [--config configs/nlbse.toml] [--out runs/nlbse] [--ensemble N | --folds K] [--refit]
 //!         [--set key=value ...] [--json]
 //!
 //! Without --test it reports on each project's own validation split; with it, also on that
@@ -17,10 +17,17 @@
 //! table, beside `test` for the members that held rows out): the protocol allows every training
 //! row, and validation can only choose the epochs.
 //!
+//! `--folds K` makes the ensemble a cross-validation one: K members, member k trained with fold k
+//! of the project's rows held out for its validation (`data.folds`, `data.fold`), so the members
+//! together learn from every row and each row validates one member. The validation report is
+//! then out-of-fold: every row scored by the member that did not train on it.
+//!
 //! With `--test`, each project's test rows and the ensemble's probabilities for them are also
 //! written to `<out>/<project>/test_predictions.jsonl` (`{"line", "label", "probs": {label: p}}`,
 //! `refit_predictions.jsonl` for the refit members): the material for error analysis, or for
-//! combining the predictions of two protocol runs (other encoders, other settings).
+//! combining the predictions of two protocol runs (other encoders, other settings). With
+//! `eval.calibrate = true` the report of the members' uncalibrated probabilities goes beside it
+//! (`test_predictions.uncalibrated.json`), to see what the temperatures did.
 //!
 //! Each run of the protocol starts over: the runs it finds under `--out` from an earlier run
 //! (its own project and member directories) are replaced.
@@ -52,6 +59,8 @@ struct Args {
     device: DeviceRequest,
     overrides: Vec<String>,
     ensemble: usize,
+    /// Cross-validation members: member k holds fold k out (`--folds`).
+    folds: Option<usize>,
     refit: bool,
     json: bool,
 }
@@ -64,6 +73,7 @@ fn parse_args() -> Result<Args> {
         device: DeviceRequest::Auto,
         overrides: Vec::new(),
         ensemble: 1,
+        folds: None,
         refit: false,
         json: false,
     };
@@ -82,10 +92,23 @@ fn parse_args() -> Result<Args> {
                     bail!("--ensemble needs at least 1 member");
                 }
             }
+            "--folds" => {
+                let k: usize = value()?.parse().context("--folds takes a count")?;
+                if k < 2 {
+                    bail!("--folds needs at least 2 folds, got {k}");
+                }
+                args.folds = Some(k);
+            }
             "--refit" => args.refit = true,
             "--json" => args.json = true,
             other => bail!("unknown argument {other}"),
         }
+    }
+    if let Some(k) = args.folds {
+        if args.ensemble != 1 {
+            bail!("--folds {k} trains {k} members, one per fold: leave out --ensemble");
+        }
+        args.ensemble = k;
     }
     if args.refit && args.test.is_none() {
         bail!("--refit trains on the validation rows too: it needs --test to score anything");
@@ -154,10 +177,21 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
     let mut bests = Vec::new();
     let mut refits = Vec::new();
     let mut targets = None;
+    // Under --folds, the project's rows and which of them each member validated on.
+    let rows = match args.folds {
+        Some(_) => Some(wick_data::read_examples(&base.data.train, &base.data)?.examples),
+        None => None,
+    };
+    let mut held_out = Vec::new();
     for k in 0..args.ensemble {
         let mut config = base.clone();
         config.train.seed = base.train.seed + k as u64;
         config.data.split_seed = Some(split_seed);
+        if let (Some(folds), Some(rows)) = (args.folds, &rows) {
+            config.data.folds = folds;
+            config.data.fold = k;
+            held_out.push(wick_data::split_folds(rows, folds, k, split_seed).1);
+        }
         let (out_dir, name) = if args.ensemble == 1 {
             (args.out.join(&slug), project.to_string())
         } else {
@@ -178,9 +212,19 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
         trainer.fit(&mut reporter)?;
         // Score best/ (not the last weights) on the validation split.
         let best = out_dir.join("best");
-        checkpoint::read(&best)?.load_weights(trainer.varmap())?;
-        let (predictions, valid_targets) =
+        let saved = checkpoint::read(&best)?;
+        saved.load_weights(trainer.varmap())?;
+        let (mut predictions, valid_targets) =
             trainer.predict_valid()?.context("no validation split")?;
+        // With eval.calibrate, as `evaluate` would score best/: its temperature applied.
+        if let Some(c) = &saved.calibration {
+            predictions = eval::with_temperature(
+                predictions,
+                c.temperature,
+                valid_targets,
+                base.data.multi_label,
+            );
+        }
         let report = eval::report(&base.data.labels, valid_targets, &predictions)?;
         eprintln!(
             "[{project}] member {k}: validation macro-F1 {:.4}",
@@ -194,8 +238,39 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
         }
         bests.push(best);
     }
-    let targets = targets.context("no members")?;
-    let mean = eval::average(&member_probs, &targets, base.data.multi_label)?;
+    let (targets, mean) = match &rows {
+        // Out of fold: each row's probabilities from the member that held it out.
+        Some(rows) => {
+            let targets = wick_data::Targets::of(rows)?;
+            let mut probs = vec![Vec::new(); rows.len()];
+            let mut logits = vec![Vec::new(); rows.len()];
+            for (indices, member) in held_out.iter().zip(&member_probs) {
+                if indices.len() != member.probs.len() {
+                    bail!(
+                        "{project}: a member predicted {} validation rows, its fold has {}",
+                        member.probs.len(),
+                        indices.len()
+                    );
+                }
+                for ((&i, p), z) in indices.iter().zip(&member.probs).zip(&member.logits) {
+                    probs[i] = p.clone();
+                    logits[i] = z.clone();
+                }
+            }
+            let loss = Some(wick_trainer::calibration::mean_loss(&logits, &targets, 1.0));
+            let oof = eval::Predictions {
+                probs,
+                logits,
+                loss,
+            };
+            (targets, oof)
+        }
+        None => {
+            let targets = targets.context("no members")?;
+            let mean = eval::average(&member_probs, &targets, base.data.multi_label)?;
+            (targets, mean)
+        }
+    };
     let mut scored = vec![(
         project.to_string(),
         "valid",
@@ -220,7 +295,9 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
 }
 
 /// Scores the checkpoints' mean probabilities on the test file's rows of their project and writes
-/// those rows' line, label and probabilities to `predictions`.
+/// those rows' line, label and probabilities to `predictions`. When the members are calibrated,
+/// the report of their uncalibrated probabilities goes beside it
+/// (`test_predictions.uncalibrated.json`).
 fn score_test(
     checkpoints: &[PathBuf],
     args: &Args,
@@ -230,6 +307,40 @@ fn score_test(
     let ensemble = Ensemble::open(checkpoints, args.device)?;
     let (examples, targets, predicted) = ensemble.predict_file(test)?;
     let labels = ensemble.labels();
+    let calibrated = ensemble
+        .members()
+        .iter()
+        .any(|m| m.checkpoint.calibration.is_some());
+    if calibrated {
+        // What the temperatures did: the same members' own probabilities beside them.
+        let raw = ensemble
+            .members()
+            .iter()
+            .map(|m| m.predict_examples_uncalibrated(&examples))
+            .collect::<wick_trainer::error::Result<Vec<_>>>()?;
+        let multi_label = ensemble.first().checkpoint.config.data.multi_label;
+        let raw = eval::report(
+            labels,
+            &targets,
+            &eval::average(&raw, &targets, multi_label)?,
+        )?;
+        let report = eval::report(labels, &targets, &predicted)?;
+        let number = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+        eprintln!(
+            "{}: test macro-F1 {:.4} / loss {} / ECE {} calibrated, {:.4} / {} / {} without the \
+             temperatures",
+            predictions.display(),
+            report.macro_f1,
+            number(report.loss),
+            number(report.ece),
+            raw.macro_f1,
+            number(raw.loss),
+            number(raw.ece)
+        );
+        let path = predictions.with_extension("uncalibrated.json");
+        std::fs::write(&path, raw.to_json().to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let label_field = &ensemble.first().checkpoint.config.data.label_field;
     let mut lines = String::new();
     for (example, probs) in examples.iter().zip(&predicted.probs) {
@@ -254,6 +365,8 @@ fn refit(args: &Args, trainer: &Trainer, best: &Path, out_dir: &Path) -> Result<
     let mut config = trainer.config().clone();
     config.data.valid_fraction = 0.0;
     config.train.epochs = epochs.max(1);
+    // No validation rows to fit a temperature on: refit members give raw probabilities.
+    config.eval.calibrate = false;
     let out = out_dir.with_file_name(format!(
         "{}-refit",
         out_dir
@@ -341,7 +454,7 @@ fn main() -> Result<()> {
         / members.len() as f64;
     if args.ensemble > 1 {
         println!(
-            "{:<22} valid {:<9} {member_overall:>22.4}   <- one member alone (mean over {} seeds)",
+            "{:<22} valid {:<9} {member_overall:>22.4}   <- one member alone (mean over {} members)",
             "overall", "macro-F1", args.ensemble
         );
     }

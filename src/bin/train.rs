@@ -227,6 +227,19 @@ fn run(args: Args) -> Result<ExitCode> {
             best.display()
         );
     }
+    if let Some(c) = &predictor.checkpoint.calibration {
+        println!(
+            "calibrated: temperature {:.3} on the {} validation examples of step {} (loss {:.4} \
+             -> {:.4}, ECE {:.4} -> {:.4}); the reports below use it",
+            c.temperature,
+            c.examples,
+            c.step,
+            c.loss_before,
+            c.loss_after,
+            c.ece_before,
+            c.ece_after
+        );
+    }
     for (name, path) in [
         ("validation", &config.data.valid),
         ("test", &config.data.test),

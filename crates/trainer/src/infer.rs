@@ -94,6 +94,16 @@ impl Predictor {
         self.predict_dataset(&dataset)
     }
 
+    /// As [`Self::predict_examples`], without the checkpoint's temperature: the model's own
+    /// probabilities, to compare with the calibrated ones.
+    pub fn predict_examples_uncalibrated(
+        &self,
+        examples: &[wick_data::Example],
+    ) -> Result<Predictions> {
+        let dataset = Dataset::new(examples, &self.tokenizer)?;
+        self.predict_raw(&dataset)
+    }
+
     /// The checkpoint's temperature (from `eval.calibrate`), 1 when it has none.
     pub fn temperature(&self) -> f64 {
         self.checkpoint
@@ -102,8 +112,8 @@ impl Predictor {
             .map_or(1.0, |c| c.temperature)
     }
 
-    fn predict_dataset(&self, dataset: &Dataset) -> Result<Predictions> {
-        let predictions = device::with_autorelease_pool(|| {
+    fn predict_raw(&self, dataset: &Dataset) -> Result<Predictions> {
+        device::with_autorelease_pool(|| {
             eval::predict(
                 &self.model,
                 dataset,
@@ -111,7 +121,11 @@ impl Predictor {
                 &self.device,
                 &LossOptions::default(),
             )
-        })?;
+        })
+    }
+
+    fn predict_dataset(&self, dataset: &Dataset) -> Result<Predictions> {
+        let predictions = self.predict_raw(dataset)?;
         Ok(match &self.checkpoint.calibration {
             Some(calibration) => eval::with_temperature(
                 predictions,
