@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::json;
+use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
+use wick_trainer::fit::held_out;
 use wick_trainer::infer::Ensemble;
 use wick_trainer::{calibration, eval};
 
@@ -19,8 +21,8 @@ struct Args {
     /// ensemble: the mean of the checkpoints' class probabilities.
     #[arg(long, required = true)]
     checkpoint: Vec<PathBuf>,
-    /// Labelled JSONL or CSV with the checkpoint's field mapping (default: its data.valid, else
-    /// data.test).
+    /// Labelled JSONL or CSV with the checkpoint's field mapping (default: its run's validation
+    /// data, a data.valid file or the rows it held out of data.train, else data.test).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Print one JSON object instead of a table.
@@ -38,24 +40,109 @@ struct Args {
 /// reaches each.
 const THRESHOLDS: [f64; 7] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
 
+/// The validation rows the checkpoints' run held out of its training file (`valid_fraction` or
+/// `folds`), found again by the same seeded split, and what they are; `None` when the run held
+/// nothing out. Errors when the members held out different rows (one would be scored on rows
+/// it trained on) or when the file no longer gives as many rows as the run evaluated.
+fn held_out_rows(
+    dirs: &[PathBuf],
+    ensemble: &Ensemble,
+) -> Result<Option<(String, Vec<wick_data::Example>)>> {
+    let config = &ensemble.first().checkpoint.config;
+    let data = &config.data;
+    let split = |c: &RunConfig| {
+        let d = &c.data;
+        let fraction = d.valid_fraction.to_bits();
+        (d.train.clone(), fraction, d.folds, d.fold, c.split_seed())
+    };
+    for (dir, member) in dirs.iter().zip(ensemble.members()).skip(1) {
+        if split(&member.checkpoint.config) != split(config) {
+            bail!(
+                "{} held out other rows of its training data than {} (data.train, \
+                 valid_fraction, folds, fold or split seed differ): pass --data FILE",
+                dir.display(),
+                dirs[0].display()
+            );
+        }
+    }
+    let rows = wick_data::read_examples(&data.train, data)
+        .with_context(|| format!("reading {} for its held-out rows", data.train.display()))?
+        .examples;
+    let Some((_, valid)) = held_out(config, &rows) else {
+        return Ok(None);
+    };
+    let name = match data.folds {
+        0 => format!("held-out {:.0}%", data.valid_fraction * 100.0),
+        k => format!("fold {} of {k}", data.fold),
+    };
+    let evaluated = ensemble
+        .first()
+        .checkpoint
+        .metrics
+        .as_ref()
+        .and_then(|m| m["examples"].as_u64());
+    if let Some(n) = evaluated.filter(|&n| n != valid.len() as u64) {
+        bail!(
+            "{} now gives {} rows for the {name}, but {} was evaluated on {n}: the file changed \
+             since training; pass --data FILE",
+            data.train.display(),
+            valid.len(),
+            dirs[0].display()
+        );
+    }
+    let what = format!(
+        "the {name} of {} (split seed {})",
+        data.train.display(),
+        config.split_seed()
+    );
+    Ok(Some((
+        what,
+        valid.iter().map(|&i| rows[i].clone()).collect(),
+    )))
+}
+
 fn run(args: Args) -> Result<()> {
     let ensemble = Ensemble::open(&args.checkpoint, args.device)?;
     let first = ensemble.first();
     let data = &first.checkpoint.config.data;
-    let path = args
-        .data
-        .clone()
-        .or_else(|| data.valid.clone())
-        .or_else(|| data.test.clone())
-        .context("the checkpoint's config names no validation or test file: pass --data FILE")?;
     let scored = args
         .checkpoint
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" + ");
-    let context = || format!("evaluating {scored} on {}", path.display());
-    let (examples, targets, predictions) = ensemble.predict_file(&path).with_context(context)?;
+    // --data, else the run's validation: its file, or the rows it held out of data.train; else
+    // its test file.
+    let held_out = if args.data.is_none() && data.valid.is_none() {
+        held_out_rows(&args.checkpoint, &ensemble)?
+    } else {
+        None
+    };
+    let (what, examples, targets, predictions) = match held_out {
+        Some((what, rows)) => {
+            let targets = wick_data::Targets::of(&rows)?;
+            let predictions = ensemble
+                .predict_examples(&rows, &targets)
+                .with_context(|| format!("evaluating {scored} on {what}"))?;
+            (what, rows, targets, predictions)
+        }
+        None => {
+            let path = args
+                .data
+                .clone()
+                .or_else(|| data.valid.clone())
+                .or_else(|| data.test.clone())
+                .context(
+                    "the checkpoint's run had no validation data and names no test file: pass \
+                     --data FILE",
+                )?;
+            let (examples, targets, predictions) = ensemble
+                .predict_file(&path)
+                .with_context(|| format!("evaluating {scored} on {}", path.display()))?;
+            (path.display().to_string(), examples, targets, predictions)
+        }
+    };
+    let context = || format!("evaluating {scored} on {what}");
     let labels = ensemble.labels();
     let report = eval::report(labels, &targets, &predictions).with_context(context)?;
     let mistakes = eval::mistakes(&targets, &predictions);
@@ -105,8 +192,7 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{scored} on {} ({}):\n{}",
-        path.display(),
+        "{scored} on {what} ({}):\n{}",
         first.device_name,
         report.table()
     );

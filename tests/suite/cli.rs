@@ -12,6 +12,7 @@ use super::common::{
 const TINY: &str = "configs/tiny.toml";
 /// The tiny config's validation file.
 const TINY_VALID: &str = "tests/fixtures/tiny/valid.jsonl";
+const TINY_TRAIN: &str = "tests/fixtures/tiny/train.jsonl";
 
 /// Trains the tiny config into `out` with extra overrides.
 fn train_tiny(out: &Path, extra: &[&str]) -> std::process::Output {
@@ -322,6 +323,79 @@ fn an_ensemble_predicts_the_mean_of_its_members_and_refuses_another_task() {
         ],
     );
     assert_fails_naming(&output, &["other", "data.labels"]);
+}
+
+/// A run that held a fraction of its training file out: `evaluate` with no `--data` finds those
+/// rows again and scores the checkpoint as training did; once the file has changed it refuses,
+/// and an ensemble whose members held out other rows is refused too.
+#[test]
+fn evaluate_finds_the_rows_a_run_held_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_file = dir.path().join("train.jsonl");
+    let rows = std::fs::read_to_string(super::common::repo_root().join(TINY_TRAIN)).unwrap();
+    std::fs::write(&train_file, &rows).unwrap();
+    let config = tiny_without_valid(dir.path(), "valid_fraction = 0.3");
+    let train_at = format!("data.train=\"{}\"", path_str(&train_file));
+    let run = dir.path().join("run");
+    let train = |out: &Path, extra: &str| {
+        let output = run_bin(
+            "train",
+            &[
+                "--config",
+                path_str(&config),
+                "--out",
+                path_str(out),
+                "--quiet",
+                "--set",
+                &train_at,
+                "--set",
+                extra,
+            ],
+        );
+        assert_ok(&output, "train");
+    };
+    train(&run, "train.seed=7");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("best/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    let output = run_bin("evaluate", &["--checkpoint", path_str(&run), "--json"]);
+    assert_ok(&output, "evaluate");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for key in ["examples", "accuracy", "macro_f1", "confusion"] {
+        assert_eq!(report[key], state["metrics"][key], "{key}");
+    }
+    // 30% of each label: 3 of 11, 3 of 10, 2 of 6.
+    assert_eq!(report["examples"], 8);
+    let output = run_bin("evaluate", &["--checkpoint", path_str(&run)]);
+    assert!(
+        text(&output.stdout).contains("held-out 30% of"),
+        "{}",
+        text(&output.stdout)
+    );
+
+    // Another seed holds other rows out: not one ensemble's validation.
+    let other = dir.path().join("other");
+    train(&other, "train.seed=8");
+    let output = run_bin(
+        "evaluate",
+        &[
+            "--checkpoint",
+            path_str(&run),
+            "--checkpoint",
+            path_str(&other),
+        ],
+    );
+    assert_fails_naming(&output, &["other", "held out other rows", "--data"]);
+
+    // Three rows fewer: the split is not the run's any more.
+    let fewer: Vec<&str> = rows.lines().skip(3).collect();
+    std::fs::write(&train_file, fewer.join("\n")).unwrap();
+    let output = run_bin("evaluate", &["--checkpoint", path_str(&run)]);
+    assert_fails_naming(
+        &output,
+        &["train.jsonl", "changed since training", "--data"],
+    );
 }
 
 /// The tiny config without its validation file, `data_line` added to its `[data]` section,
@@ -1186,6 +1260,19 @@ fn sweep_cross_validates_over_folds() {
         );
         values.push(trial["value"].as_f64().unwrap());
     }
+    // `evaluate` with no --data finds a trial's fold again and scores what the trial recorded.
+    let output = run_bin(
+        "evaluate",
+        &[
+            "--checkpoint",
+            path_str(&out.join("lr=1e-3,seed=7,fold=2")),
+            "--json",
+        ],
+    );
+    assert_ok(&output, "evaluate a fold's checkpoint");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["examples"], 9);
+    assert_eq!(report["macro_f1"].as_f64(), Some(values[2]));
     let row = &json["ranking"][0];
     assert_eq!(row["values"].as_array().unwrap().len(), 3);
     let mean = values.iter().sum::<f64>() / 3.0;

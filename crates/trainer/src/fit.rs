@@ -241,6 +241,30 @@ fn locate_model(config: &RunConfig, resume: Option<&Path>) -> Result<ModelFiles>
     })
 }
 
+/// The `(train, valid)` indices into the rows of `data.train` when the run holds validation rows
+/// out of it (no `data.valid`): fold `data.fold` of `data.folds`, or `valid_fraction` of each
+/// label; `None` when it holds nothing out. A pure function of the rows and the config, so
+/// `evaluate` finds a finished run's validation rows again.
+pub fn held_out(
+    config: &RunConfig,
+    examples: &[wick_data::Example],
+) -> Option<(Vec<usize>, Vec<usize>)> {
+    let data = &config.data;
+    if data.valid.is_some() {
+        return None;
+    }
+    if data.folds >= 2 {
+        return Some(split_folds(
+            examples,
+            data.folds,
+            data.fold,
+            config.split_seed(),
+        ));
+    }
+    (data.valid_fraction > 0.0)
+        .then(|| split_train_valid(examples, data.valid_fraction, config.split_seed()))
+}
+
 /// Reads and tokenizes the training and validation data (a seeded stratified split of the
 /// training file when no validation file is given: one fold of `folds` or `valid_fraction` of
 /// it; none when `valid_fraction` is 0).
@@ -256,17 +280,10 @@ fn load_data(
             let valid = read_examples(path, data)?;
             (all, Some(Dataset::new(&valid.examples, tokenizer)?))
         }
-        None if data.folds >= 2 => {
-            let (train_idx, valid_idx) =
-                split_folds(&read.examples, data.folds, data.fold, config.split_seed());
-            (all.subset(&train_idx), Some(all.subset(&valid_idx)))
-        }
-        None if data.valid_fraction == 0.0 => (all, None),
-        None => {
-            let (train_idx, valid_idx) =
-                split_train_valid(&read.examples, data.valid_fraction, config.split_seed());
-            (all.subset(&train_idx), Some(all.subset(&valid_idx)))
-        }
+        None => match held_out(config, &read.examples) {
+            Some((train_idx, valid_idx)) => (all.subset(&train_idx), Some(all.subset(&valid_idx))),
+            None => (all, None),
+        },
     };
     let summary = DataSummary::new(&train, &data.labels, read.filtered_out);
     Ok((train, valid, summary))
