@@ -50,6 +50,9 @@ fn held_out_rows(
 ) -> Result<Option<(String, Vec<wick_data::Example>)>> {
     let config = &ensemble.first().checkpoint.config;
     let data = &config.data;
+    if !data.has_validation() {
+        return Ok(None);
+    }
     let split = |c: &RunConfig| {
         let d = &c.data;
         let fraction = d.valid_fraction.to_bits();
