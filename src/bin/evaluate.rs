@@ -9,7 +9,6 @@ use clap::Parser;
 use serde_json::json;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::fit::held_out;
 use wick_trainer::infer::Ensemble;
 use wick_trainer::{calibration, eval};
 
@@ -40,26 +39,21 @@ struct Args {
 /// reaches each.
 const THRESHOLDS: [f64; 7] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
 
-/// The validation rows the checkpoints' run held out of its training file (`valid_fraction` or
-/// `folds`), found again by the same seeded split, and what they are; `None` when the run held
-/// nothing out. Errors when the members held out different rows (one would be scored on rows
-/// it trained on) or when the file no longer gives as many rows as the run evaluated.
+/// The validation rows the checkpoints' run held out of its training file and what they are
+/// ([`wick_trainer::infer::Predictor::held_out_rows`]); `None` when it held nothing out. Errors
+/// when the members held out different rows: one would be scored on rows it trained on.
 fn held_out_rows(
     dirs: &[PathBuf],
     ensemble: &Ensemble,
 ) -> Result<Option<(String, Vec<wick_data::Example>)>> {
-    let config = &ensemble.first().checkpoint.config;
-    let data = &config.data;
-    if !data.has_validation() {
-        return Ok(None);
-    }
     let split = |c: &RunConfig| {
         let d = &c.data;
         let fraction = d.valid_fraction.to_bits();
         (d.train.clone(), fraction, d.folds, d.fold, c.split_seed())
     };
+    let first = &ensemble.first().checkpoint.config;
     for (dir, member) in dirs.iter().zip(ensemble.members()).skip(1) {
-        if split(&member.checkpoint.config) != split(config) {
+        if split(&member.checkpoint.config) != split(first) {
             bail!(
                 "{} held out other rows of its training data than {} (data.train, \
                  valid_fraction, folds, fold or split seed differ): pass --data FILE",
@@ -68,40 +62,7 @@ fn held_out_rows(
             );
         }
     }
-    let rows = wick_data::read_examples(&data.train, data)
-        .with_context(|| format!("reading {} for its held-out rows", data.train.display()))?
-        .examples;
-    let Some((_, valid)) = held_out(config, &rows) else {
-        return Ok(None);
-    };
-    let name = match data.folds {
-        0 => format!("held-out {:.0}%", data.valid_fraction * 100.0),
-        k => format!("fold {} of {k}", data.fold),
-    };
-    let evaluated = ensemble
-        .first()
-        .checkpoint
-        .metrics
-        .as_ref()
-        .and_then(|m| m["examples"].as_u64());
-    if let Some(n) = evaluated.filter(|&n| n != valid.len() as u64) {
-        bail!(
-            "{} now gives {} rows for the {name}, but {} was evaluated on {n}: the file changed \
-             since training; pass --data FILE",
-            data.train.display(),
-            valid.len(),
-            dirs[0].display()
-        );
-    }
-    let what = format!(
-        "the {name} of {} (split seed {})",
-        data.train.display(),
-        config.split_seed()
-    );
-    Ok(Some((
-        what,
-        valid.iter().map(|&i| rows[i].clone()).collect(),
-    )))
+    Ok(ensemble.first().held_out_rows()?)
 }
 
 fn run(args: Args) -> Result<()> {

@@ -851,6 +851,70 @@ fn calibrated_checkpoints_temper_their_probabilities() {
     assert_fails_naming(&output, &["eval.calibrate", "validation"]);
 }
 
+/// `calibrate` fits an existing checkpoint's temperature: on the run's validation file it finds
+/// the temperature training fitted there. `--remove` takes it out again without touching the
+/// checkpoint that shares the directory's files (`last/` and `checkpoint-12/`, one step).
+#[test]
+fn calibrate_fits_the_temperature_training_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(
+        &train_tiny(&run, &["eval.calibrate=true", "eval.patience=0"]),
+        "train",
+    );
+    let state = |checkpoint: &str| -> serde_json::Value {
+        let path = run.join(checkpoint).join("trainer_state.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let trained = state("best")["calibration"].clone();
+    let shared = run.join("checkpoint-12/trainer_state.json");
+    let before = std::fs::read_to_string(&shared).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        let links = std::fs::metadata(&shared).unwrap().nlink();
+        assert!(links >= 2, "last/ and checkpoint-12/ do not share the file");
+    }
+    assert!(state("last").get("calibration").is_some());
+    let output = run_bin(
+        "calibrate",
+        &["--checkpoint", path_str(&run.join("last")), "--remove"],
+    );
+    assert_ok(&output, "calibrate --remove");
+    assert!(state("last").get("calibration").is_none());
+    assert_eq!(
+        std::fs::read_to_string(&shared).unwrap(),
+        before,
+        "checkpoint-12/ changed with last/"
+    );
+
+    let output = run_bin(
+        "calibrate",
+        &["--checkpoint", path_str(&run.join("best")), "--remove"],
+    );
+    assert_ok(&output, "calibrate --remove");
+    assert!(state("best").get("calibration").is_none());
+
+    let output = run_bin("calibrate", &["--checkpoint", path_str(&run), "--json"]);
+    assert_ok(&output, "calibrate");
+    let fit: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(fit["examples"], 9);
+    assert!(fit["data"].as_str().unwrap().ends_with(TINY_VALID), "{fit}");
+    let refitted = state("best")["calibration"].clone();
+    assert_eq!(refitted["step"], trained["step"]);
+    let (a, b) = (
+        refitted["temperature"].as_f64().unwrap(),
+        trained["temperature"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    assert_eq!(fit["temperature"].as_f64(), Some(a));
+
+    let output = run_bin(
+        "calibrate",
+        &["--checkpoint", path_str(&run), "--data", "no/such.jsonl"],
+    );
+    assert_fails_naming(&output, &["no/such.jsonl"]);
+}
+
 #[test]
 fn a_misspelled_config_key_is_named_with_the_valid_ones() {
     let dir = tempfile::tempdir().unwrap();

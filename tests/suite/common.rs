@@ -16,6 +16,7 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
         "doctor" => env!("CARGO_BIN_EXE_doctor"),
         "sweep" => env!("CARGO_BIN_EXE_sweep"),
         "lr_find" => env!("CARGO_BIN_EXE_lr_find"),
+        "calibrate" => env!("CARGO_BIN_EXE_calibrate"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(exe)

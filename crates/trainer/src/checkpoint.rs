@@ -277,6 +277,21 @@ fn read_text(dir: &Path, name: &str) -> Result<String> {
     fs::read_to_string(&path).map_err(|e| bad(dir, format!("cannot read {name}: {e}")))
 }
 
+/// Sets (or with `None` removes) the temperature `evaluate` and `predict` use for the checkpoint
+/// at `dir`. Only `trainer_state.json` changes, and it is replaced by a rename: a checkpoint that
+/// shares its files with another (`best/` and `last/` of one step) keeps the other one as it was.
+pub fn set_calibration(dir: &Path, calibration: Option<&Calibration>) -> Result<()> {
+    let mut state: StateFile = serde_json::from_str(&read_text(dir, STATE)?)
+        .map_err(|e| bad(dir, format!("{STATE}: {e}")))?;
+    state.calibration = calibration.cloned();
+    let staged = dir.join(format!(".{STATE}.tmp"));
+    write_synced(&staged, to_json(&state)?.as_bytes())?;
+    let target = dir.join(STATE);
+    fs::rename(&staged, &target).map_err(TrainError::io(&target))?;
+    let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+    Ok(())
+}
+
 /// Reads a checkpoint's metadata and checks its files are there.
 pub fn read(dir: &Path) -> Result<Checkpoint> {
     recover(dir)?;

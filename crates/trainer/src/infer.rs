@@ -137,6 +137,52 @@ impl Predictor {
         })
     }
 
+    /// The validation rows this checkpoint's run held out of its training file (`valid_fraction`
+    /// or a fold of `folds`), found again by the same seeded split ([`crate::fit::held_out`]),
+    /// and a description of them; `None` when the run had a `data.valid` file or held nothing
+    /// out. Errors when the file no longer gives as many rows as the run evaluated: it changed
+    /// since training, and the split would not be the run's.
+    pub fn held_out_rows(&self) -> Result<Option<(String, Vec<wick_data::Example>)>> {
+        let config = &self.checkpoint.config;
+        let data = &config.data;
+        if data.valid.is_some() || !data.has_validation() {
+            return Ok(None);
+        }
+        let rows = read_examples(&data.train, data)?.examples;
+        let Some((_, valid)) = crate::fit::held_out(config, &rows) else {
+            return Ok(None);
+        };
+        let name = match data.folds {
+            0 => format!("held-out {:.0}%", data.valid_fraction * 100.0),
+            k => format!("fold {} of {k}", data.fold),
+        };
+        let evaluated = self
+            .checkpoint
+            .metrics
+            .as_ref()
+            .and_then(|m| m["examples"].as_u64());
+        if let Some(n) = evaluated.filter(|&n| n != valid.len() as u64) {
+            return Err(TrainError::Checkpoint {
+                path: self.checkpoint.dir.clone(),
+                reason: format!(
+                    "{} now gives {} rows for the run's {name}, but the run evaluated {n}: the \
+                     file changed since training; pass --data FILE",
+                    data.train.display(),
+                    valid.len()
+                ),
+            });
+        }
+        let what = format!(
+            "the {name} of {} (split seed {})",
+            data.train.display(),
+            config.split_seed()
+        );
+        Ok(Some((
+            what,
+            valid.iter().map(|&i| rows[i].clone()).collect(),
+        )))
+    }
+
     /// Reads an unlabelled file with the checkpoint's field mapping.
     pub fn read_unlabelled(&self, path: &Path) -> Result<Vec<wick_data::Example>> {
         Ok(read_unlabelled(path, &self.checkpoint.config.data)?.examples)

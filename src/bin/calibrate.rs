@@ -1,0 +1,95 @@
+//! `calibrate`: fit the temperature of an existing checkpoint (temperature scaling, as
+//! `eval.calibrate = true` does during training) on labelled data, and store it in the
+//! checkpoint so that `evaluate` and `predict` give calibrated probabilities. Or remove it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::json;
+use wick_trainer::calibration::Calibration;
+use wick_trainer::checkpoint;
+use wick_trainer::device::DeviceRequest;
+use wick_trainer::infer::Predictor;
+
+/// Fit a checkpoint's temperature on labelled data and store it in the checkpoint.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A checkpoint directory (or a run directory, meaning its best/).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Labelled JSONL or CSV with the checkpoint's field mapping (default: its run's validation
+    /// data, a data.valid file or the rows it held out of data.train). Not the test set you
+    /// report on: the temperature is fitted to this data.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Remove the checkpoint's temperature instead (its raw probabilities again).
+    #[arg(long, conflicts_with = "data")]
+    remove: bool,
+    /// Print the fit as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+}
+
+fn run(args: Args) -> Result<()> {
+    let predictor = Predictor::open(&args.checkpoint, args.device)?;
+    let dir = predictor.checkpoint.dir.clone();
+    if args.remove {
+        checkpoint::set_calibration(&dir, None)?;
+        println!("{}: temperature removed", dir.display());
+        return Ok(());
+    }
+    let data = &predictor.checkpoint.config.data;
+    let (what, examples) = match (&args.data, &data.valid) {
+        (Some(path), _) | (None, Some(path)) => (
+            path.display().to_string(),
+            wick_data::read_examples(path, data)?.examples,
+        ),
+        (None, None) => predictor.held_out_rows()?.context(
+            "the checkpoint's run had no validation data to fit a temperature on: pass --data \
+             FILE",
+        )?,
+    };
+    let targets = wick_data::Targets::of(&examples)?;
+    let logits = predictor
+        .predict_examples_uncalibrated(&examples)
+        .with_context(|| format!("predicting {what}"))?
+        .logits;
+    let step = predictor.checkpoint.state.step;
+    let Some(fit) = Calibration::fit(&logits, &targets, step) else {
+        bail!("{what}: no labelled rows to fit a temperature on");
+    };
+    checkpoint::set_calibration(&dir, Some(&fit))?;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "checkpoint": dir, "data": what, "temperature": fit.temperature,
+                "examples": fit.examples, "loss_before": fit.loss_before,
+                "loss_after": fit.loss_after, "ece_before": fit.ece_before,
+                "ece_after": fit.ece_after,
+            })
+        );
+    } else {
+        println!(
+            "{}: temperature {:.3} fitted on {} examples of {what} (loss {:.4} -> {:.4}, ECE \
+             {:.4} -> {:.4}); evaluate and predict now use it",
+            dir.display(),
+            fit.temperature,
+            fit.examples,
+            fit.loss_before,
+            fit.loss_after,
+            fit.ece_before,
+            fit.ece_after
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    wick_trainer::cli::run_main(|| run(Args::parse()))
+}
