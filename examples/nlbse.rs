@@ -190,7 +190,9 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
         if let (Some(folds), Some(rows)) = (args.folds, &rows) {
             config.data.folds = folds;
             config.data.fold = k;
-            held_out.push(wick_data::split_folds(rows, folds, k, split_seed).1);
+            // The rows the trainer holds out for this member, by the same function.
+            let (_, valid) = wick_trainer::fit::held_out(&config, rows).context("no fold")?;
+            held_out.push(valid);
         }
         let (out_dir, name) = if args.ensemble == 1 {
             (args.out.join(&slug), project.to_string())
@@ -307,6 +309,7 @@ fn score_test(
     let ensemble = Ensemble::open(checkpoints, args.device)?;
     let (examples, targets, predicted) = ensemble.predict_file(test)?;
     let labels = ensemble.labels();
+    let report = eval::report(labels, &targets, &predicted)?;
     let calibrated = ensemble
         .members()
         .iter()
@@ -324,7 +327,6 @@ fn score_test(
             &targets,
             &eval::average(&raw, &targets, multi_label)?,
         )?;
-        let report = eval::report(labels, &targets, &predicted)?;
         let number = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
         eprintln!(
             "{}: test macro-F1 {:.4} / loss {} / ECE {} calibrated, {:.4} / {} / {} without the \
@@ -354,7 +356,7 @@ fn score_test(
     }
     std::fs::write(predictions, lines)
         .with_context(|| format!("writing {}", predictions.display()))?;
-    Ok(eval::report(labels, &targets, &predicted)?)
+    Ok(report)
 }
 
 /// Trains `trainer`'s config again on every row (no validation split) for the epochs its `best`

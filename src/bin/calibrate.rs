@@ -76,15 +76,9 @@ fn run(args: Args) -> Result<()> {
         );
     } else {
         println!(
-            "{}: temperature {:.3} fitted on {} examples of {what} (loss {:.4} -> {:.4}, ECE \
-             {:.4} -> {:.4}); evaluate and predict now use it",
+            "{}: fitted on {what}: {}; evaluate and predict now use it",
             dir.display(),
-            fit.temperature,
-            fit.examples,
-            fit.loss_before,
-            fit.loss_after,
-            fit.ece_before,
-            fit.ece_after
+            fit.summary()
         );
     }
     Ok(())

@@ -163,16 +163,9 @@ fn run(args: Args) -> Result<()> {
     for (dir, member) in args.checkpoint.iter().zip(ensemble.members()) {
         match &member.checkpoint.calibration {
             Some(c) => println!(
-                "{}: probabilities calibrated, temperature {:.3} (fitted at step {} on {} \
-                 validation examples: loss {:.4} -> {:.4}, ECE {:.4} -> {:.4})",
+                "{}: probabilities calibrated, {}",
                 dir.display(),
-                c.temperature,
-                c.step,
-                c.examples,
-                c.loss_before,
-                c.loss_after,
-                c.ece_before,
-                c.ece_after
+                c.summary()
             ),
             None => println!(
                 "{}: probabilities not calibrated (train with eval.calibrate = true)",

@@ -229,15 +229,8 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     if let Some(c) = &predictor.checkpoint.calibration {
         println!(
-            "calibrated: temperature {:.3} on the {} validation examples of step {} (loss {:.4} \
-             -> {:.4}, ECE {:.4} -> {:.4}); the reports below use it",
-            c.temperature,
-            c.examples,
-            c.step,
-            c.loss_before,
-            c.loss_after,
-            c.ece_before,
-            c.ece_after
+            "calibrated on the validation data: {}; the reports below use it",
+            c.summary()
         );
     }
     for (name, path) in [
@@ -251,20 +244,12 @@ fn run(args: Args) -> Result<ExitCode> {
             println!("\n{name} ({}):\n{}", path.display(), report.table());
         }
     }
-    if config.data.valid.is_none() {
-        if let Some(report) = outcome.last_eval {
-            let data = &config.data;
-            let held_out = if data.folds >= 2 {
-                format!("fold {} of {}", data.fold, data.folds)
-            } else {
-                format!("held-out {:.0}%", data.valid_fraction * 100.0)
-            };
-            println!(
-                "\nvalidation ({held_out} of {}), last evaluation:\n{}",
-                data.train.display(),
-                report.table()
-            );
-        }
+    if let (Some(held_out), Some(report)) = (config.data.held_out_name(), outcome.last_eval) {
+        println!(
+            "\nvalidation ({held_out} of {}), last evaluation:\n{}",
+            config.data.train.display(),
+            report.table()
+        );
     }
     let facts = wick_trainer::device::memory_facts(trainer.device());
     if let Some(peak) = facts.peak_rss_bytes {

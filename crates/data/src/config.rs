@@ -270,6 +270,19 @@ impl DataConfig {
         self.valid.is_some() || self.folds >= 2 || self.valid_fraction > 0.0
     }
 
+    /// What a run of this config validates on when it holds rows of `train` out: `fold 1 of 5`
+    /// or `held-out 10%`. `None` with a `valid` file or nothing held out.
+    pub fn held_out_name(&self) -> Option<String> {
+        if self.valid.is_some() {
+            None
+        } else if self.folds >= 2 {
+            Some(format!("fold {} of {}", self.fold, self.folds))
+        } else {
+            (self.valid_fraction > 0.0)
+                .then(|| format!("held-out {:.0}%", self.valid_fraction * 100.0))
+        }
+    }
+
     /// How the tokenizer truncates long texts under this config.
     pub fn truncation(&self) -> Truncation {
         match self.truncation {

@@ -39,6 +39,21 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// One line for the commands to print: `temperature 1.246 (step 146, 248 examples: loss
+    /// 0.0509 -> 0.0477, ECE 0.0122 -> 0.0115)`.
+    pub fn summary(&self) -> String {
+        format!(
+            "temperature {:.3} (step {}, {} examples: loss {:.4} -> {:.4}, ECE {:.4} -> {:.4})",
+            self.temperature,
+            self.step,
+            self.examples,
+            self.loss_before,
+            self.loss_after,
+            self.ece_before,
+            self.ece_after
+        )
+    }
+
     /// Fits the temperature of `logits` (one row per example) against `targets`: the `T` in
     /// `[1/20, 20]` that minimizes the mean loss of `logits / T`. `None` without labelled rows.
     ///

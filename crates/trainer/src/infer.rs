@@ -104,14 +104,6 @@ impl Predictor {
         self.predict_raw(&dataset)
     }
 
-    /// The checkpoint's temperature (from `eval.calibrate`), 1 when it has none.
-    pub fn temperature(&self) -> f64 {
-        self.checkpoint
-            .calibration
-            .as_ref()
-            .map_or(1.0, |c| c.temperature)
-    }
-
     fn predict_raw(&self, dataset: &Dataset) -> Result<Predictions> {
         device::with_autorelease_pool(|| {
             eval::predict(
@@ -145,16 +137,12 @@ impl Predictor {
     pub fn held_out_rows(&self) -> Result<Option<(String, Vec<wick_data::Example>)>> {
         let config = &self.checkpoint.config;
         let data = &config.data;
-        if data.valid.is_some() || !data.has_validation() {
+        let Some(name) = data.held_out_name() else {
             return Ok(None);
-        }
+        };
         let rows = read_examples(&data.train, data)?.examples;
         let Some((_, valid)) = crate::fit::held_out(config, &rows) else {
             return Ok(None);
-        };
-        let name = match data.folds {
-            0 => format!("held-out {:.0}%", data.valid_fraction * 100.0),
-            k => format!("fold {} of {k}", data.fold),
         };
         let evaluated = self
             .checkpoint
