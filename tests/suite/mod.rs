@@ -1,6 +1,7 @@
 mod adamw_reference;
 mod cli;
 mod common;
+mod ema;
 mod gpu;
 mod minilm_training;
 mod stop;

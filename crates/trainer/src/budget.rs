@@ -9,6 +9,8 @@ pub struct MemoryBudget {
     pub weights: u64,
     pub gradients: u64,
     pub optimizer: u64,
+    /// The f32 moving average of the trainable weights (`train.ema_decay`), 0 without one.
+    pub average: u64,
     pub activations: u64,
 }
 
@@ -78,12 +80,21 @@ impl MemoryBudget {
             weights: params * 4,
             gradients: trainable * 4,
             optimizer: trainable * 8,
+            average: 0,
             activations: per_layer * config.num_hidden_layers as u64 + embeddings,
         }
     }
 
+    /// The budget with an f32 moving average of `trainable` weights.
+    pub fn with_average(self, trainable: u64) -> Self {
+        Self {
+            average: trainable * 4,
+            ..self
+        }
+    }
+
     pub fn total(&self) -> u64 {
-        self.weights + self.gradients + self.optimizer + self.activations
+        self.weights + self.gradients + self.optimizer + self.average + self.activations
     }
 }
 
@@ -107,10 +118,17 @@ impl std::fmt::Display for MemoryBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "weights {} + gradients {} + optimizer moments {} + activations ~{} = ~{}",
+            "weights {} + gradients {} + optimizer moments {}",
             human_bytes(self.weights),
             human_bytes(self.gradients),
             human_bytes(self.optimizer),
+        )?;
+        if self.average > 0 {
+            write!(f, " + weight average {}", human_bytes(self.average))?;
+        }
+        write!(
+            f,
+            " + activations ~{} = ~{}",
             human_bytes(self.activations),
             human_bytes(self.total())
         )

@@ -19,6 +19,7 @@ use wick_model::BertConfig;
 
 use crate::calibration::Calibration;
 use crate::config::RunConfig;
+use crate::ema::WeightAverage;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use crate::scaler::LossScaler;
@@ -85,6 +86,9 @@ pub struct Contents<'a> {
     pub provenance: &'a Provenance,
     /// The loss scaler of an f16 run (saved with the optimizer state).
     pub scaler: Option<&'a LossScaler>,
+    /// The weight average (`train.ema_decay`), swapped in: the variables, so the model file,
+    /// hold the averages, and the optimizer state gets the trained weights.
+    pub average: Option<&'a WeightAverage>,
     pub metrics: Option<serde_json::Value>,
     /// The temperature fitted on the evaluation of these weights, if any.
     pub calibration: Option<&'a Calibration>,
@@ -181,6 +185,9 @@ pub fn save(dir: &Path, contents: &Contents) -> Result<()> {
         let mut state = contents.optimizer.state();
         if let Some(scaler) = contents.scaler {
             state.extend(scaler.state());
+        }
+        if let Some(average) = contents.average {
+            state.extend(average.state()?);
         }
         candle_core::safetensors::save(&state, &optimizer)?;
         sync_file(&optimizer)?;
@@ -349,11 +356,14 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Restores the optimizer's moments and step count (and the loss scale of an f16 run).
+    /// Restores the optimizer's moments and step count (and the loss scale of an f16 run, and
+    /// the trained weights of a run with a weight average, leaving the average swapped in as the
+    /// model file holds it).
     pub fn load_optimizer(
         &self,
         optimizer: &mut AdamW,
         scaler: Option<&mut LossScaler>,
+        average: Option<&mut WeightAverage>,
     ) -> Result<()> {
         let path = self.dir.join(OPTIMIZER);
         if !path.exists() && !self.config.train.save_optimizer {
@@ -369,6 +379,11 @@ impl Checkpoint {
             .map_err(|e| bad(&self.dir, format!("{OPTIMIZER}: {e}")))?;
         if let Some(scaler) = scaler {
             scaler
+                .load_state(&tensors)
+                .map_err(|reason| bad(&self.dir, reason))?;
+        }
+        if let Some(average) = average {
+            average
                 .load_state(&tensors)
                 .map_err(|reason| bad(&self.dir, reason))?;
         }

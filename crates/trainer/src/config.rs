@@ -196,6 +196,9 @@ pub struct TrainConfig {
     /// Train only the head.
     pub freeze_encoder: bool,
     pub label_smoothing: f64,
+    /// Exponential moving average of the weights ([`crate::ema`]): evaluation and checkpoints
+    /// use the average, with this decay per optimizer step (0: off).
+    pub ema_decay: f64,
     pub class_weights: Option<ClassWeights>,
     /// Read loss and grad norm from the device every this many optimizer steps.
     pub log_every: usize,
@@ -236,6 +239,7 @@ impl Default for TrainConfig {
             seed: 42,
             freeze_encoder: false,
             label_smoothing: 0.0,
+            ema_decay: 0.0,
             class_weights: None,
             log_every: 10,
             checkpoint_every: 0,
@@ -388,6 +392,11 @@ impl RunConfig {
             "train.label_smoothing",
             (0.0..1.0).contains(&t.label_smoothing),
             "must be in [0, 1)",
+        )?;
+        positive(
+            "train.ema_decay",
+            (0.0..1.0).contains(&t.ema_decay),
+            "must be in [0, 1) (0 turns the weight average off)",
         )?;
         positive("train.log_every", t.log_every > 0, "must be > 0")?;
         if t.label_smoothing > 0.0 && self.data.multi_label {

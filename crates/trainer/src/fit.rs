@@ -22,6 +22,7 @@ use crate::calibration::Calibration;
 use crate::checkpoint::{self, Checkpoint, Contents, Provenance, TrainState};
 use crate::config::{ClassWeights, Init, Precision, RunConfig, WeightRule};
 use crate::device::{self, ensure_same_device, DeviceRequest};
+use crate::ema::WeightAverage;
 use crate::error::{Result, TrainError};
 use crate::eval::{self, Predictions};
 use crate::lr_find;
@@ -190,6 +191,8 @@ pub struct Trainer {
     /// The temperature fitted at the latest evaluation (`eval.calibrate`), for the checkpoints
     /// of that step.
     calibration: Option<Calibration>,
+    /// The moving average of the weights (`train.ema_decay`), evaluated and saved in their place.
+    average: Option<WeightAverage>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -450,6 +453,33 @@ impl Trainer {
             })
             .collect();
         let mut optimizer = AdamW::new(params, t.beta1, t.beta2, t.eps)?;
+        let mut average = if t.ema_decay > 0.0 {
+            let params = optimizer.params().map(|p| (p.name.clone(), p.var.clone()));
+            reporter.message(&format!(
+                "weight average: evaluating and saving the moving average of the weights \
+                 (train.ema_decay = {}, horizon about {:.0} steps)",
+                t.ema_decay,
+                1.0 / (1.0 - t.ema_decay)
+            ));
+            Some(WeightAverage::new(params, t.ema_decay)?)
+        } else {
+            None
+        };
+        if let Some(ck) = &files.resume {
+            // The checkpoint's model file holds averages exactly when its run kept them.
+            if (ck.config.train.ema_decay > 0.0) != average.is_some() {
+                return Err(TrainError::config(
+                    "train.ema_decay",
+                    format!(
+                        "is {} but the checkpoint {} was trained with {}: a weight average cannot \
+                         be turned on or off when resuming",
+                        t.ema_decay,
+                        ck.dir.display(),
+                        ck.config.train.ema_decay
+                    ),
+                ));
+            }
+        }
 
         let batches_per_epoch = train.len().div_ceil(t.batch_size);
         let steps_per_epoch = batches_per_epoch.div_ceil(t.grad_accum_steps);
@@ -473,7 +503,7 @@ impl Trainer {
         };
         let state = match &files.resume {
             Some(ck) => {
-                ck.load_optimizer(&mut optimizer, scaler.as_mut())?;
+                ck.load_optimizer(&mut optimizer, scaler.as_mut(), average.as_mut())?;
                 reporter.message(&format!(
                     "resuming from {} at step {}",
                     ck.dir.display(),
@@ -493,7 +523,7 @@ impl Trainer {
             .sum::<usize>();
         let trainable = optimizer.trainable_elements();
         let act_bytes = config.train.precision.dtype().size_in_bytes() as u64;
-        let plan = Plan {
+        let mut plan = Plan {
             device: chosen.name.clone(),
             device_reason: chosen.reason.clone(),
             compiled: device::compiled_backends(),
@@ -515,6 +545,9 @@ impl Trainer {
                 crate::budget::Kernels::on(&device, config.train.precision.dtype()),
             ),
         };
+        if average.is_some() {
+            plan.memory = plan.memory.with_average(trainable as u64);
+        }
         if !previous.is_empty() {
             reporter.message(&format!(
                 "overwriting the previous run in {}",
@@ -544,6 +577,7 @@ impl Trainer {
             plan,
             stop: StopFlag::new(),
             calibration: None,
+            average,
         })
     }
 
@@ -640,13 +674,35 @@ impl Trainer {
         Ok(out)
     }
 
-    /// Writes `last/` (and `checkpoint-<step>/`, `best/` when asked) atomically.
+    /// Puts the weight average (if any) into the model, for evaluation and checkpoints.
+    fn use_average(&mut self) -> Result<()> {
+        if let Some(average) = &mut self.average {
+            average.swap_in()?;
+        }
+        Ok(())
+    }
+
+    /// Puts the trained weights (if averaged) back into the model, for training; true when it
+    /// had to swap them.
+    fn use_trained(&mut self) -> Result<bool> {
+        match &mut self.average {
+            Some(average) if average.is_swapped() => {
+                average.swap_out()?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Writes `last/` (and `checkpoint-<step>/`, `best/` when asked) atomically, with the weight
+    /// average in place of the trained weights when there is one.
     fn save_checkpoint(
-        &self,
+        &mut self,
         metrics: Option<&ClassificationReport>,
         is_best: bool,
         reporter: &mut dyn Reporter,
     ) -> Result<()> {
+        self.use_average()?;
         let last = self.out_dir.join("last");
         checkpoint::save(
             &last,
@@ -659,6 +715,7 @@ impl Trainer {
                 state: &self.state,
                 provenance: &self.provenance,
                 scaler: self.scaler.as_ref(),
+                average: self.average.as_ref(),
                 metrics: metrics.map(ClassificationReport::to_json),
                 // Only the weights it was fitted on get it.
                 calibration: self
@@ -683,13 +740,14 @@ impl Trainer {
         Ok(())
     }
 
-    /// Evaluates, records the result and updates the best metric; returns the report and whether
-    /// it is the best so far.
+    /// Evaluates (the weight average, when there is one), records the result and updates the
+    /// best metric; returns the report and whether it is the best so far.
     fn evaluate_and_track(
         &mut self,
         log: &mut MetricsLog,
         reporter: &mut dyn Reporter,
     ) -> Result<Option<(ClassificationReport, bool)>> {
+        self.use_average()?;
         let Some((predictions, targets)) = self.predict_valid()? else {
             return Ok(None);
         };
@@ -780,8 +838,11 @@ impl Trainer {
         Ok(lr_find::LrCurve::new(lrs, losses, 0.98))
     }
 
-    /// Runs until the configured epochs or steps are done, or early stopping triggers.
+    /// Runs until the configured epochs or steps are done, or early stopping triggers. With a
+    /// weight average (`train.ema_decay`) the model holds the average afterwards, as `last/`
+    /// does.
     pub fn fit(&mut self, reporter: &mut dyn Reporter) -> Result<Outcome> {
+        self.use_trained()?;
         reporter.start(&self.plan);
         let metrics_path = self.out_dir.join(checkpoint::METRICS);
         let mut log = MetricsLog::create(&metrics_path).map_err(TrainError::io(&metrics_path))?;
@@ -819,6 +880,9 @@ impl Trainer {
                 let out = device::with_autorelease_pool(|| self.train_step(group, lr))?;
                 self.state.batch_in_epoch = end;
                 self.state.step += 1;
+                if let Some(average) = &mut self.average {
+                    average.update(self.state.step)?;
+                }
                 window.add(
                     out.loss_sum,
                     group.len(),
@@ -883,6 +947,10 @@ impl Trainer {
                     saved_at = Some(step);
                     window.restart(&self.device)?;
                 }
+                if self.use_trained()? {
+                    // The swap back is no training time either.
+                    window.restart(&self.device)?;
+                }
                 if patience_out {
                     reporter.message(&format!(
                         "early stopping: {} evaluations without improving {}",
@@ -906,6 +974,7 @@ impl Trainer {
         if saved_at != Some(self.state.step as usize) {
             self.save_checkpoint(last_eval.as_ref(), false, reporter)?;
         }
+        self.use_average()?;
         if !interrupted && !self.out_dir.join("best").exists() {
             // No validation data: the last weights are the best we know.
             checkpoint::snapshot(&self.out_dir.join("last"), &self.out_dir.join("best"))?;

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod ema;
 pub mod error;
 pub mod eval;
 pub mod fit;

@@ -225,6 +225,11 @@ impl AdamW {
         self.slots.is_empty()
     }
 
+    /// The parameters this optimizer updates, in its (name-sorted) order.
+    pub fn params(&self) -> impl Iterator<Item = &ParamSpec> {
+        self.slots.iter().map(|slot| &slot.spec)
+    }
+
     /// Number of scalar parameters this optimizer updates.
     pub fn trainable_elements(&self) -> usize {
         self.slots.iter().map(|s| s.spec.var.elem_count()).sum()
