@@ -23,6 +23,11 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Result, Tensor, Var};
 
+/// An f32 copy of a variable's value that records no op (see [`WeightAverage::update`]).
+fn untracked_copy(var: &Var) -> Result<Tensor> {
+    var.as_tensor().detach().to_dtype(DType::F32)?.copy()
+}
+
 #[derive(Debug)]
 struct Slot {
     name: String,
@@ -50,7 +55,7 @@ impl WeightAverage {
         let slots = params
             .into_iter()
             .map(|(name, var)| {
-                let other = var.as_tensor().to_dtype(DType::F32)?.copy()?;
+                let other = untracked_copy(&var)?;
                 Ok(Slot { name, var, other })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -79,7 +84,9 @@ impl WeightAverage {
         }
         let rate = self.rate(step);
         for slot in &mut self.slots {
-            let param = slot.var.as_tensor().to_dtype(DType::F32)?;
+            // Detached: an op on a variable is recorded for backward, and each average would
+            // then hold the one before it, every step's copy alive to the end of the run.
+            let param = slot.var.as_tensor().detach().to_dtype(DType::F32)?;
             slot.other = (&slot.other + ((param - &slot.other)? * rate)?)?;
         }
         Ok(())
@@ -93,7 +100,7 @@ impl WeightAverage {
     /// Exchanges the variables' contents with the averages.
     pub fn swap(&mut self) -> Result<()> {
         for slot in &mut self.slots {
-            let held = slot.var.as_tensor().to_dtype(DType::F32)?.copy()?;
+            let held = untracked_copy(&slot.var)?;
             slot.var.set(&slot.other.to_dtype(slot.var.dtype())?)?;
             slot.other = held;
         }
@@ -194,6 +201,11 @@ mod tests {
         avg.swap_out().unwrap();
         assert_eq!(values(var.as_tensor()), vec![5.0, -6.0]);
         assert!(avg.update(4).is_ok());
+        // Nothing kept is part of a backward graph: each step's average would keep the last.
+        assert!(avg.slots.iter().all(|s| !s.other.track_op()));
+        avg.swap().unwrap();
+        assert!(avg.slots.iter().all(|s| !s.other.track_op()));
+        avg.swap().unwrap();
         avg.swap_in().unwrap();
         assert!(avg.update(5).is_err(), "update while swapped must fail");
     }
