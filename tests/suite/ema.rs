@@ -61,7 +61,11 @@ fn weight_average_is_the_bias_corrected_mean_of_the_trained_weights_and_resumes_
         assert_eq!(average.len(), trained[n - 1].len());
         for (name, w) in &trained[n - 1] {
             // The trained weights and the moments are the plain run's, bit for bit.
-            assert_eq!(values(&state[&format!("online.{name}")]), values(w), "{name}");
+            assert_eq!(
+                values(&state[&format!("online.{name}")]),
+                values(w),
+                "{name}"
+            );
             for moment in ["exp_avg", "exp_avg_sq"] {
                 let key = format!("{moment}.{name}");
                 assert_eq!(values(&state[&key]), values(&plain_state[&key]), "{key}");
@@ -98,9 +102,9 @@ fn weight_average_is_the_bias_corrected_mean_of_the_trained_weights_and_resumes_
     let metrics = std::fs::read_to_string(averaged.join("metrics.jsonl")).unwrap();
     let last_eval: serde_json::Value = metrics
         .lines()
+        .rev()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["kind"] == "eval")
-        .last()
+        .find(|r| r["kind"] == "eval")
         .unwrap();
     assert_eq!(last_eval["step"], 8);
     let output = run_bin(

@@ -1,7 +1,8 @@
 //! The accelerator path against the CPU, on the accelerator `--device auto` picks (Metal, else
 //! CUDA): a tiny BERT with the same seeded weights and the same padded batch on both devices gives
 //! the same logits, loss and gradient for every variable, and five AdamW steps leave the same
-//! losses and weights while reading nothing back from the device. Low precision stays finite with
+//! losses and weights while reading nothing back from the device (and the same weight average).
+//! Low precision stays finite with
 //! padding and close to f32. Built without an accelerator feature, or run where none opens, each
 //! test prints why it skipped and passes: `cargo test --features cuda` runs on any machine.
 //!
@@ -16,6 +17,7 @@ use wick_data::TensorBatch;
 use wick_model::weights::{init_all, named_vars};
 use wick_model::{BertConfig, Classifier, ModelType, Task};
 use wick_trainer::device::{choose, DeviceRequest};
+use wick_trainer::ema::WeightAverage;
 use wick_trainer::fit::optimizer_step;
 use wick_trainer::optim::{AdamW, ParamSpec};
 
@@ -601,5 +603,62 @@ fn cuda_adamw_skip_flag_leaves_a_skipped_step_unchanged() {
         max_diff(&applied, &run(None)),
         0.0,
         "the flag changed an applied step"
+    );
+}
+
+/// The weight average (`train.ema_decay`) on the accelerator: five AdamW steps, the average
+/// updated after each, give the CPU's trained weights and average; swapping the average in and
+/// out leaves the trained weights exactly as they were.
+#[test]
+fn accelerator_weight_average_matches_the_cpu() {
+    let Some(accel) = accelerator("accelerator_weight_average_matches_the_cpu") else {
+        return;
+    };
+    let start = random(&[64, 48], 3);
+    let target = random(&[64, 48], 4);
+    let run = |device: &Device| {
+        let var = candle_core::Var::from_tensor(&start.to_device(device).unwrap()).unwrap();
+        let mut optimizer = AdamW::new(
+            vec![ParamSpec {
+                name: "w".into(),
+                var: var.clone(),
+                weight_decay: 0.01,
+                lr_scale: 1.0,
+            }],
+            0.9,
+            0.999,
+            1e-8,
+        )
+        .unwrap();
+        let mut average = WeightAverage::new([("w".to_string(), var.clone())], 0.8).unwrap();
+        for step in 1..=5 {
+            let loss = (var.as_tensor() * target.to_device(device).unwrap())
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = optimizer.collect(&loss.backward().unwrap());
+            optimizer.step(&grads, 1e-2).unwrap();
+            average.update(step).unwrap();
+        }
+        let trained = on_cpu(var.as_tensor());
+        average.swap_in().unwrap();
+        let averaged = on_cpu(var.as_tensor());
+        average.swap_out().unwrap();
+        assert_eq!(
+            max_diff(var.as_tensor(), &trained),
+            0.0,
+            "{device:?}: swapping in and out changed the trained weights"
+        );
+        (trained, averaged)
+    };
+    let (cpu_trained, cpu_average) = run(&Device::Cpu);
+    let (accel_trained, accel_average) = run(&accel);
+    assert!(max_diff(&cpu_trained, &accel_trained) < 1e-5);
+    assert!(max_diff(&cpu_average, &accel_average) < 1e-5);
+    assert!(
+        max_diff(&cpu_average, &cpu_trained) > 1e-3,
+        "the average is the trained weights"
     );
 }
