@@ -187,9 +187,8 @@ mod tests {
         }
         // Weights 0.25, 0.5, 1 for steps 1, 2, 3, over their sum 1.75; the initial value
         // (0, 10) has no weight.
-        let expect = |j: usize| {
-            (0.25 * steps[0][j] + 0.5 * steps[1][j] + steps[2][j]) as f64 / 1.75
-        };
+        let expect =
+            |j: usize| (0.25 * steps[0][j] + 0.5 * steps[1][j] + steps[2][j]) as f64 / 1.75;
         avg.swap_in().unwrap();
         let got = values(var.as_tensor());
         for j in 0..2 {
