@@ -19,7 +19,7 @@ use wick_model::{BertConfig, Classifier, ModelType, Task};
 use wick_trainer::device::{choose, DeviceRequest};
 use wick_trainer::ema::WeightAverage;
 use wick_trainer::fit::optimizer_step;
-use wick_trainer::optim::{AdamW, ParamSpec};
+use wick_trainer::optim::{AdamW, Gradients, ParamSpec};
 
 /// The accelerator, or `None` after printing why this test skips.
 fn accelerator(test: &str) -> Option<Device> {
@@ -554,6 +554,30 @@ fn cuda_kernels_match_the_cpu_at_model_widths_forward_and_backward() {
     }
 }
 
+/// A parameter `w`, a copy of `start` on `device`, and AdamW over it (weight decay 0.01).
+fn one_param_adamw(start: &Tensor, device: &Device) -> (candle_core::Var, AdamW) {
+    let var = candle_core::Var::from_tensor(&start.to_device(device).unwrap()).unwrap();
+    let spec = ParamSpec {
+        name: "w".into(),
+        var: var.clone(),
+        weight_decay: 0.01,
+        lr_scale: 1.0,
+    };
+    let optimizer = AdamW::new(vec![spec], 0.9, 0.999, 1e-8).unwrap();
+    (var, optimizer)
+}
+
+/// The gradient of `sum((w * target)^2)` at `var`'s value, as `optimizer` takes it.
+fn quadratic_grads(var: &candle_core::Var, target: &Tensor, optimizer: &AdamW) -> Gradients {
+    let loss = (var.as_tensor() * target.to_device(var.device()).unwrap())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    optimizer.collect(&loss.backward().unwrap())
+}
+
 #[test]
 fn cuda_adamw_skip_flag_leaves_a_skipped_step_unchanged() {
     let Some(accel) =
@@ -565,26 +589,8 @@ fn cuda_adamw_skip_flag_leaves_a_skipped_step_unchanged() {
     let target = random(&[64, 48], 2);
     // One AdamW step of `sum((w * t)^2)` with loss scaling's skip flag (`None`: no flag).
     let run = |flag: Option<u8>| {
-        let var = candle_core::Var::from_tensor(&start.to_device(&accel).unwrap()).unwrap();
-        let mut optimizer = AdamW::new(
-            vec![ParamSpec {
-                name: "w".into(),
-                var: var.clone(),
-                weight_decay: 0.01,
-                lr_scale: 1.0,
-            }],
-            0.9,
-            0.999,
-            1e-8,
-        )
-        .unwrap();
-        let loss = (var.as_tensor() * target.to_device(&accel).unwrap())
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let grads = optimizer.collect(&loss.backward().unwrap());
+        let (var, mut optimizer) = one_param_adamw(&start, &accel);
+        let grads = quadratic_grads(&var, &target, &optimizer);
         let flag = flag.map(|f| Tensor::new(f, &accel).unwrap());
         optimizer.step_if(&grads, 1e-2, flag.as_ref()).unwrap();
         on_cpu(var.as_tensor())
@@ -617,28 +623,10 @@ fn accelerator_weight_average_matches_the_cpu() {
     let start = random(&[64, 48], 3);
     let target = random(&[64, 48], 4);
     let run = |device: &Device| {
-        let var = candle_core::Var::from_tensor(&start.to_device(device).unwrap()).unwrap();
-        let mut optimizer = AdamW::new(
-            vec![ParamSpec {
-                name: "w".into(),
-                var: var.clone(),
-                weight_decay: 0.01,
-                lr_scale: 1.0,
-            }],
-            0.9,
-            0.999,
-            1e-8,
-        )
-        .unwrap();
+        let (var, mut optimizer) = one_param_adamw(&start, device);
         let mut average = WeightAverage::new([("w".to_string(), var.clone())], 0.8).unwrap();
         for step in 1..=5 {
-            let loss = (var.as_tensor() * target.to_device(device).unwrap())
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            let grads = optimizer.collect(&loss.backward().unwrap());
+            let grads = quadratic_grads(&var, &target, &optimizer);
             optimizer.step(&grads, 1e-2).unwrap();
             average.update(step).unwrap();
         }
