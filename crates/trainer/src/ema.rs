@@ -9,8 +9,8 @@
 //!
 //! which is Adam's bias-corrected moving average: at step `n` it weighs the weights after step
 //! `k <= n` by `decay^(n - k)`, normalized to sum to one. The first step sets the average to the
-//! weights, so the pretrained starting point never drags it back, and a short run is not
-//! dominated by its first steps the way an average started from the initial weights would be.
+//! weights, so the starting point (the pretrained encoder, the fresh head) carries no weight, as
+//! it would in a plain average started from it: a short run's average is of trained weights.
 //! Everything stays on the device; the averages are f32 whatever the parameters' dtype.
 //!
 //! Evaluation and checkpoints use the averages: [`WeightAverage::swap`] exchanges the contents
@@ -85,7 +85,7 @@ impl WeightAverage {
         let rate = self.rate(step);
         for slot in &mut self.slots {
             // Detached: an op on a variable is recorded for backward, and each average would
-            // then hold the one before it, every step's copy alive to the end of the run.
+            // then hold the one before it, every step's copy alive until the next swap.
             let param = slot.var.as_tensor().detach().to_dtype(DType::F32)?;
             slot.other = (&slot.other + ((param - &slot.other)? * rate)?)?;
         }
@@ -147,7 +147,7 @@ impl WeightAverage {
         for slot in &mut self.slots {
             let key = format!("{ONLINE}{}", slot.name);
             let tensor = state.get(&key).ok_or_else(|| {
-                format!("optimizer state lacks `{key}` (the run had train.ema_decay on?)")
+                format!("optimizer state lacks `{key}`, the trained weight of a run with train.ema_decay")
             })?;
             if tensor.dims() != slot.var.dims() {
                 return Err(format!(
