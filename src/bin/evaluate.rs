@@ -172,6 +172,13 @@ fn run(args: Args) -> Result<()> {
                 dir.display()
             ),
         }
+        let decay = member.checkpoint.config.train.ema_decay;
+        if decay > 0.0 {
+            println!(
+                "{}: weights are the moving average of training (train.ema_decay = {decay})",
+                dir.display()
+            );
+        }
     }
     if !selective.is_empty() {
         println!("\npredicting only where the top probability reaches a threshold:");

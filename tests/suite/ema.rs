@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::common::{assert_fails_naming, assert_ok, path_str, run_bin};
+use super::common::{assert_fails_naming, assert_ok, path_str, run_bin, text};
 
 const TINY: &str = "configs/tiny.toml";
 /// Two epochs of 4 steps, a checkpoint at every step, all of them kept.
@@ -124,6 +124,22 @@ fn weight_average_is_the_bias_corrected_mean_of_the_trained_weights_and_resumes_
         report["loss"].as_f64().unwrap(),
     );
     assert!((logged - scored).abs() < 1e-6, "{logged} vs {scored}");
+    let output = run_bin(
+        "evaluate",
+        &[
+            "--checkpoint",
+            path_str(&averaged.join("last")),
+            "--data",
+            "tests/fixtures/tiny/valid.jsonl",
+        ],
+    );
+    assert_ok(&output, "evaluate");
+    let says = "weights are the moving average of training (train.ema_decay = 0.6)";
+    assert!(
+        text(&output.stdout).contains(says),
+        "{}",
+        text(&output.stdout)
+    );
 
     // Resumed from step 3 into a fresh directory: the same last/ files, bit for bit.
     let resumed = dir.path().join("resumed");
