@@ -43,13 +43,12 @@ fn run(args: Args) -> Result<()> {
         println!("{}: temperature removed", dir.display());
         return Ok(());
     }
-    let data = &predictor.checkpoint.config.data;
-    let (what, examples) = match (&args.data, &data.valid) {
-        (Some(path), _) | (None, Some(path)) => (
+    let (what, examples) = match &args.data {
+        Some(path) => (
             path.display().to_string(),
-            wick_data::read_examples(path, data)?.examples,
+            wick_data::read_examples(path, &predictor.checkpoint.config.data)?.examples,
         ),
-        (None, None) => predictor.held_out_rows()?.context(
+        None => predictor.validation_rows()?.context(
             "the checkpoint's run had no validation data to fit a temperature on: pass --data \
              FILE",
         )?,

@@ -39,13 +39,10 @@ struct Args {
 /// reaches each.
 const THRESHOLDS: [f64; 7] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
 
-/// The validation rows the checkpoints' run held out of its training file and what they are
-/// ([`wick_trainer::infer::Predictor::held_out_rows`]); `None` when it held nothing out. Errors
-/// when the members held out different rows: one would be scored on rows it trained on.
-fn held_out_rows(
-    dirs: &[PathBuf],
-    ensemble: &Ensemble,
-) -> Result<Option<(String, Vec<wick_data::Example>)>> {
+/// Errors unless the members held out the same rows of their training files (data.train,
+/// valid_fraction, folds, fold, split seed): scored on the first one's, another would be scored
+/// on rows it trained on.
+fn check_same_held_out(dirs: &[PathBuf], ensemble: &Ensemble) -> Result<()> {
     let split = |c: &RunConfig| {
         let d = &c.data;
         let fraction = d.valid_fraction.to_bits();
@@ -62,7 +59,7 @@ fn held_out_rows(
             );
         }
     }
-    Ok(ensemble.first().held_out_rows()?)
+    Ok(())
 }
 
 fn run(args: Args) -> Result<()> {
@@ -75,38 +72,36 @@ fn run(args: Args) -> Result<()> {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" + ");
+    let read = |path: &PathBuf| -> Result<(String, Vec<wick_data::Example>)> {
+        let rows = wick_data::read_examples(path, data)
+            .with_context(|| format!("evaluating {scored} on {}", path.display()))?;
+        Ok((path.display().to_string(), rows.examples))
+    };
     // --data, else the run's validation: its file, or the rows it held out of data.train; else
     // its test file.
-    let held_out = if args.data.is_none() && data.valid.is_none() {
-        held_out_rows(&args.checkpoint, &ensemble)?
-    } else {
-        None
-    };
-    let (what, examples, targets, predictions) = match held_out {
-        Some((what, rows)) => {
-            let targets = wick_data::Targets::of(&rows)?;
-            let predictions = ensemble
-                .predict_examples(&rows, &targets)
-                .with_context(|| format!("evaluating {scored} on {what}"))?;
-            (what, rows, targets, predictions)
-        }
+    let (what, examples) = match &args.data {
+        Some(path) => read(path)?,
         None => {
-            let path = args
-                .data
-                .clone()
-                .or_else(|| data.valid.clone())
-                .or_else(|| data.test.clone())
-                .context(
+            if data.valid.is_none() {
+                check_same_held_out(&args.checkpoint, &ensemble)?;
+            }
+            let validation = first
+                .validation_rows()
+                .with_context(|| format!("evaluating {scored} on its run's validation data"))?;
+            match validation {
+                Some(rows) => rows,
+                None => read(data.test.as_ref().context(
                     "the checkpoint's run had no validation data and names no test file: pass \
                      --data FILE",
-                )?;
-            let (examples, targets, predictions) = ensemble
-                .predict_file(&path)
-                .with_context(|| format!("evaluating {scored} on {}", path.display()))?;
-            (path.display().to_string(), examples, targets, predictions)
+                )?)?,
+            }
         }
     };
     let context = || format!("evaluating {scored} on {what}");
+    let targets = wick_data::Targets::of(&examples).with_context(context)?;
+    let predictions = ensemble
+        .predict_examples(&examples, &targets)
+        .with_context(context)?;
     let labels = ensemble.labels();
     let report = eval::report(labels, &targets, &predictions).with_context(context)?;
     let mistakes = eval::mistakes(&targets, &predictions);

@@ -66,10 +66,6 @@ impl WeightAverage {
         })
     }
 
-    pub fn decay(&self) -> f64 {
-        self.decay
-    }
-
     /// The weight the parameters get at update `step` (1-based): `(1 - d) / (1 - d^step)`.
     pub fn rate(&self, step: u64) -> f64 {
         let d = self.decay;
@@ -116,12 +112,14 @@ impl WeightAverage {
         Ok(())
     }
 
-    /// Puts the trained weights back into the variables (no-op when they are there).
-    pub fn swap_out(&mut self) -> Result<()> {
-        if self.swapped {
+    /// Puts the trained weights back into the variables (no-op when they are there); true when
+    /// it had to swap them.
+    pub fn swap_out(&mut self) -> Result<bool> {
+        let swapping = self.swapped;
+        if swapping {
             self.swap()?;
         }
-        Ok(())
+        Ok(swapping)
     }
 
     /// The trained weights by name (`online.<param>`), for a checkpoint whose model file holds

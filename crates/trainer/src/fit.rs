@@ -686,11 +686,8 @@ impl Trainer {
     /// had to swap them.
     fn use_trained(&mut self) -> Result<bool> {
         match &mut self.average {
-            Some(average) if average.is_swapped() => {
-                average.swap_out()?;
-                Ok(true)
-            }
-            _ => Ok(false),
+            Some(average) => Ok(average.swap_out()?),
+            None => Ok(false),
         }
     }
 

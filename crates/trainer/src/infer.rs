@@ -171,6 +171,19 @@ impl Predictor {
         )))
     }
 
+    /// The rows this checkpoint's run validated on, and what they are: its `data.valid` file, or
+    /// the rows it held out of `data.train` ([`Self::held_out_rows`]); `None` when it had none.
+    pub fn validation_rows(&self) -> Result<Option<(String, Vec<wick_data::Example>)>> {
+        let data = &self.checkpoint.config.data;
+        match &data.valid {
+            Some(path) => Ok(Some((
+                path.display().to_string(),
+                read_examples(path, data)?.examples,
+            ))),
+            None => self.held_out_rows(),
+        }
+    }
+
     /// Reads an unlabelled file with the checkpoint's field mapping.
     pub fn read_unlabelled(&self, path: &Path) -> Result<Vec<wick_data::Example>> {
         Ok(read_unlabelled(path, &self.checkpoint.config.data)?.examples)
