@@ -9,7 +9,7 @@ FEATURES ?= metal,accelerate
 endif
 FEATURE_FLAGS = $(if $(FEATURES),--features $(FEATURES))
 
-.PHONY: all model model-mpnet train test lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score
+.PHONY: all model model-mpnet train test lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score export-check
 
 all: test
 
@@ -48,6 +48,18 @@ bench: model
 bench-compare: model
 	$(CARGO) build --release --bin bench
 	python3 bench/compare.py
+
+## export-check: export $(RUN)'s best checkpoint and check that sentence-transformers gives predict's probabilities on CHECK_DATA (EXPORT_PYTHON=<python with sentence-transformers> skips bench/.venv)
+CHECK_DATA ?= data/triage/test.jsonl
+EXPORT_PYTHON ?= bench/.venv/bin/python
+export-check:
+	$(CARGO) build --release $(FEATURE_FLAGS) --bin export --bin predict
+	@if [ "$(EXPORT_PYTHON)" = bench/.venv/bin/python ]; then \
+	  [ -x bench/.venv/bin/python ] || python3 -m venv bench/.venv; \
+	  bench/.venv/bin/python -c "import sentence_transformers" 2>/dev/null || \
+	    bench/.venv/bin/python -m pip install --quiet sentence-transformers; \
+	fi
+	$(EXPORT_PYTHON) scripts/check_export.py --checkpoint $(RUN) --data $(CHECK_DATA)
 
 clean-runs:
 	rm -rf runs

@@ -17,6 +17,7 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
         "sweep" => env!("CARGO_BIN_EXE_sweep"),
         "lr_find" => env!("CARGO_BIN_EXE_lr_find"),
         "calibrate" => env!("CARGO_BIN_EXE_calibrate"),
+        "export" => env!("CARGO_BIN_EXE_export"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(exe)

@@ -148,6 +148,11 @@ impl TextTokenizer {
         self.truncating.get_vocab_size(true)
     }
 
+    /// The id of `token` in the vocabulary (added tokens included), if it is there.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.truncating.token_to_id(token)
+    }
+
     /// Id used to pad batches: the file's padding token, else `[PAD]`, else 0.
     pub fn pad_id(&self) -> u32 {
         self.pad_id

@@ -115,7 +115,7 @@ fn bad(dir: &Path, reason: impl Into<String>) -> TrainError {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = fs::File::create(path).map_err(TrainError::io(path))?;
     file.write_all(bytes).map_err(TrainError::io(path))?;
     file.sync_all().map_err(TrainError::io(path))
@@ -137,7 +137,7 @@ fn aside(dir: &Path, suffix: &str) -> PathBuf {
 
 /// Moves a fully written `staged` directory to `dir`, replacing what was there. A crash between
 /// the two renames leaves the old copy at `.<name>.old`, which [`recover`] puts back.
-fn replace_dir(staged: &Path, dir: &Path) -> Result<()> {
+pub(crate) fn replace_dir(staged: &Path, dir: &Path) -> Result<()> {
     let old = aside(dir, "old");
     if old.exists() {
         fs::remove_dir_all(&old).map_err(TrainError::io(&old))?;
@@ -165,7 +165,7 @@ pub fn recover(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn stage(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn stage(dir: &Path) -> Result<PathBuf> {
     let staged = aside(dir, "tmp");
     if staged.exists() {
         fs::remove_dir_all(&staged).map_err(TrainError::io(&staged))?;
@@ -297,6 +297,15 @@ pub fn set_calibration(dir: &Path, calibration: Option<&Calibration>) -> Result<
     fs::rename(&staged, &target).map_err(TrainError::io(&target))?;
     let _ = fs::File::open(dir).and_then(|d| d.sync_all());
     Ok(())
+}
+
+/// The checkpoint a path names: a checkpoint directory itself, or a run directory's `best/`.
+pub fn resolve(dir: &Path) -> PathBuf {
+    if dir.join(STATE).exists() || !dir.join("best").exists() {
+        dir.to_path_buf()
+    } else {
+        dir.join("best")
+    }
 }
 
 /// Reads a checkpoint's metadata and checks its files are there.

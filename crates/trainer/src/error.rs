@@ -13,6 +13,8 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("run directory {path}: {reason}")]
     RunDir { path: PathBuf, reason: String },
+    #[error("export to {path}: {reason}")]
+    Export { path: PathBuf, reason: String },
     #[error("ensemble: {0}")]
     Ensemble(String),
     #[error("{path}: {cause}")]

@@ -34,12 +34,7 @@ impl std::fmt::Debug for Predictor {
 impl Predictor {
     /// Loads the checkpoint at `dir` (a run directory means its `best/`) on the requested device.
     pub fn open(dir: &Path, request: DeviceRequest) -> Result<Self> {
-        let dir = if dir.join(checkpoint::STATE).exists() || !dir.join("best").exists() {
-            dir.to_path_buf()
-        } else {
-            dir.join("best")
-        };
-        let checkpoint = checkpoint::read(&dir)?;
+        let checkpoint = checkpoint::read(&checkpoint::resolve(dir))?;
         let chosen = device::choose(request)?;
         let config = &checkpoint.config;
         let task = if config.data.multi_label {

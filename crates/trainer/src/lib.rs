@@ -11,6 +11,7 @@ pub mod device;
 pub mod ema;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod fit;
 mod fused_adamw;
 pub mod infer;

@@ -1,0 +1,324 @@
+//! `export`: a checkpoint as a sentence-transformers directory. The exported encoder and Dense
+//! layer, put back into a wick checkpoint, predict what the original (calibrated) checkpoint
+//! predicts; the layout is the one sentence-transformers reads (its loading is checked against
+//! the real library by `scripts/check_export.py`, see the README).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::common::{assert_fails_naming, assert_ok, path_str, run_bin, text};
+
+const TINY: &str = "configs/tiny.toml";
+
+fn train_tiny(out: &Path, extra: &[&str]) {
+    let mut args = vec!["--config", TINY, "--out", path_str(out), "--quiet"];
+    for set in extra {
+        args.extend(["--set", set]);
+    }
+    assert_ok(&run_bin("train", &args), "train");
+}
+
+fn load(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn probs(checkpoint: &Path, texts: &[&str]) -> Vec<Vec<f64>> {
+    let output = run_bin(
+        "predict",
+        &[&["--checkpoint", path_str(checkpoint)], texts].concat(),
+    );
+    assert_ok(&output, "predict");
+    text(&output.stdout)
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            ["needs_docs", "needs_test", "needs_review"]
+                .iter()
+                .map(|l| row["probs"][l].as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn an_export_holds_the_checkpoint_as_sentence_transformers_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train_tiny(&run, &["eval.calibrate=true"]);
+    let best = run.join("best");
+    let state = json(&best.join("trainer_state.json"));
+    let temperature = state["calibration"]["temperature"].as_f64().unwrap();
+    assert!(temperature != 1.0);
+
+    let out = dir.path().join("export");
+    // A run directory means its best/, as for evaluate and predict.
+    let output = run_bin(
+        "export",
+        &[
+            "--checkpoint",
+            path_str(&run),
+            "--out",
+            path_str(&out),
+            "--json",
+        ],
+    );
+    assert_ok(&output, "export");
+    let report: serde_json::Value = serde_json::from_str(text(&output.stdout).trim()).unwrap();
+    assert_eq!(report["temperature_folded"].as_f64(), Some(temperature));
+    let mut files: Vec<&str> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "1_Pooling/config.json",
+            "2_Dense/config.json",
+            "2_Dense/model.safetensors",
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "modules.json",
+            "sentence_bert_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "wick_export.json",
+        ]
+    );
+
+    // Module order and classes; mean pooling; an identity Dense of hidden -> labels.
+    let modules = json(&out.join("modules.json"));
+    let classes: Vec<(&str, &str)> = modules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["path"].as_str().unwrap(), m["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            ("", "sentence_transformers.models.Transformer"),
+            ("1_Pooling", "sentence_transformers.models.Pooling"),
+            ("2_Dense", "sentence_transformers.models.Dense"),
+        ]
+    );
+    let pooling = json(&out.join("1_Pooling/config.json"));
+    assert_eq!(pooling["pooling_mode_mean_tokens"], true);
+    assert_eq!(pooling["pooling_mode_cls_token"], false);
+    assert_eq!(pooling["word_embedding_dimension"], 32);
+    let dense = json(&out.join("2_Dense/config.json"));
+    assert_eq!(
+        (&dense["in_features"], &dense["out_features"]),
+        (&serde_json::json!(32), &serde_json::json!(3))
+    );
+    assert_eq!(
+        dense["activation_function"],
+        "torch.nn.modules.linear.Identity"
+    );
+    assert_eq!(
+        json(&out.join("sentence_bert_config.json"))["max_seq_length"],
+        32
+    );
+    let config = json(&out.join("config.json"));
+    assert_eq!(config["model_type"], "bert");
+    assert_eq!(config["architectures"], serde_json::json!(["BertModel"]));
+    assert_eq!(config["hidden_act"], "gelu");
+    assert_eq!(config["id2label"]["1"], "needs_test");
+    assert_eq!(config["label2id"]["needs_review"], 2);
+    let tokenizer_config = json(&out.join("tokenizer_config.json"));
+    assert_eq!(tokenizer_config["tokenizer_class"], "BertTokenizer");
+    assert_eq!(tokenizer_config["pad_token"], "[PAD]");
+    assert_eq!(
+        std::fs::read(out.join("tokenizer.json")).unwrap(),
+        std::fs::read(best.join("tokenizer.json")).unwrap()
+    );
+    let info = json(&out.join("wick_export.json"));
+    assert_eq!(
+        info["labels"],
+        serde_json::json!(["needs_docs", "needs_test", "needs_review"])
+    );
+    assert_eq!(info["task"], "single_label");
+
+    // The encoder bitwise; the head divided by the temperature.
+    let checkpoint = load(&best.join("model.safetensors"));
+    let encoder = load(&out.join("model.safetensors"));
+    assert_eq!(encoder.len(), checkpoint.len() - 2);
+    assert_eq!(
+        report["encoder_tensors"].as_u64(),
+        Some(encoder.len() as u64)
+    );
+    for (name, tensor) in &encoder {
+        assert_eq!(values(tensor), values(&checkpoint[name]), "{name}");
+    }
+    let head = load(&out.join("2_Dense/model.safetensors"));
+    for (exported, original) in [
+        ("linear.weight", "classifier.weight"),
+        ("linear.bias", "classifier.bias"),
+    ] {
+        assert_eq!(head[exported].dims(), checkpoint[original].dims());
+        for (a, b) in values(&head[exported])
+            .iter()
+            .zip(values(&checkpoint[original]))
+        {
+            let expected = f64::from(b) / temperature;
+            assert!(
+                (f64::from(*a) - expected).abs() <= 1e-6 * expected.abs().max(1e-3),
+                "{exported}: {a} vs {expected}"
+            );
+        }
+    }
+
+    // Put back together from the export alone (its config.json, its encoder, its Dense layer as
+    // the head, no temperature), the classifier predicts the calibrated probabilities.
+    let rebuilt = dir.path().join("rebuilt");
+    std::fs::create_dir(&rebuilt).unwrap();
+    for name in ["config.toml", "tokenizer.json"] {
+        std::fs::copy(best.join(name), rebuilt.join(name)).unwrap();
+    }
+    std::fs::copy(out.join("config.json"), rebuilt.join("config.json")).unwrap();
+    let mut uncalibrated = state.clone();
+    uncalibrated.as_object_mut().unwrap().remove("calibration");
+    std::fs::write(rebuilt.join("trainer_state.json"), uncalibrated.to_string()).unwrap();
+    let mut tensors = encoder;
+    tensors.insert("classifier.weight".into(), head["linear.weight"].clone());
+    tensors.insert("classifier.bias".into(), head["linear.bias"].clone());
+    candle_core::safetensors::save(&tensors, rebuilt.join("model.safetensors")).unwrap();
+    let texts = ["the README is wrong", "add a test for the parser", "ptal"];
+    let original = probs(&best, &texts);
+    let from_export = probs(&rebuilt, &texts);
+    let raw = {
+        // Sanity: without the temperature the checkpoint's probabilities differ visibly, so the
+        // agreement above is the folding's doing.
+        let plain = dir.path().join("plain");
+        std::fs::create_dir(&plain).unwrap();
+        for entry in std::fs::read_dir(&best).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), plain.join(entry.file_name())).unwrap();
+        }
+        std::fs::write(plain.join("trainer_state.json"), uncalibrated.to_string()).unwrap();
+        probs(&plain, &texts)
+    };
+    for (a, b) in original.iter().zip(&from_export) {
+        for (p, q) in a.iter().zip(b) {
+            assert!((p - q).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+    let largest_change = original
+        .iter()
+        .flatten()
+        .zip(raw.iter().flatten())
+        .map(|(p, s)| (p - s).abs())
+        .fold(0.0, f64::max);
+    assert!(largest_change > 1e-3, "{original:?} vs raw {raw:?}");
+
+    // --raw-logits leaves the head as it is and says so.
+    let raw_out = dir.path().join("raw-export");
+    let output = run_bin(
+        "export",
+        &[
+            "--checkpoint",
+            path_str(&best),
+            "--out",
+            path_str(&raw_out),
+            "--raw-logits",
+        ],
+    );
+    assert_ok(&output, "export --raw-logits");
+    assert!(
+        text(&output.stderr).contains("was not folded in"),
+        "{}",
+        text(&output.stderr)
+    );
+    let head = load(&raw_out.join("2_Dense/model.safetensors"));
+    assert_eq!(
+        values(&head["linear.weight"]),
+        values(&checkpoint["classifier.weight"])
+    );
+    assert_eq!(
+        values(&head["linear.bias"]),
+        values(&checkpoint["classifier.bias"])
+    );
+}
+
+#[test]
+fn export_refuses_to_overwrite_or_to_write_into_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train_tiny(
+        &run,
+        &["data.truncation=\"head_tail\"", "data.head_tokens=8"],
+    );
+    let best = run.join("best");
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let args = ["--checkpoint", path_str(&best), "--out", path_str(&out)];
+    assert_fails_naming(
+        &run_bin("export", &args),
+        &["out", "not empty", "--overwrite"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
+
+    let output = run_bin("export", &[&args[..], &["--overwrite"]].concat());
+    assert_ok(&output, "export --overwrite");
+    assert!(!out.join("notes.txt").exists());
+    assert!(out.join("2_Dense/model.safetensors").is_file());
+    // What sentence-transformers cannot do is said, on stderr and in the export.
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("first 8 tokens and the last ones"),
+        "{stderr}"
+    );
+    let notes = json(&out.join("wick_export.json"))["notes"].clone();
+    assert!(
+        notes[0].as_str().unwrap().contains("data.truncation"),
+        "{notes}"
+    );
+    assert!(std::fs::read_to_string(out.join("README.md"))
+        .unwrap()
+        .contains("data.truncation"));
+
+    for into in [best.clone(), run.clone()] {
+        let output = run_bin(
+            "export",
+            &[
+                "--checkpoint",
+                path_str(&best),
+                "--out",
+                path_str(&into),
+                "--overwrite",
+            ],
+        );
+        assert_fails_naming(&output, &["the checkpoint being exported"]);
+    }
+    assert!(best.join("model.safetensors").is_file());
+    let missing = dir.path().join("nothing");
+    let output = run_bin(
+        "export",
+        &[
+            "--checkpoint",
+            path_str(&missing),
+            "--out",
+            path_str(&dir.path().join("o2")),
+        ],
+    );
+    assert_fails_naming(&output, &["nothing", "not a directory"]);
+}
