@@ -47,6 +47,7 @@ fn run(args: Args) -> Result<()> {
                 "checkpoint": checkpoint.dir, "out": done.dir, "files": done.files,
                 "encoder_tensors": done.encoder_tensors, "labels": checkpoint.labels,
                 "temperature_folded": done.temperature, "notes": done.notes,
+                "truncating_module": done.truncating_module,
             })
         );
         return Ok(());
@@ -65,12 +66,24 @@ fn run(args: Args) -> Result<()> {
             "temperature {t:.4} folded into the head: the outputs give calibrated probabilities"
         );
     }
+    if done.truncating_module {
+        println!(
+            "long texts are cut as in training (data.truncation = {}) by wick_transformer.py, the \
+             first module: load it with trust_remote_code=True",
+            serde_json::to_string(&checkpoint.config.data.truncation)?
+        );
+    }
     for note in &done.notes {
         eprintln!("note: {note}");
     }
     println!(
-        "Python: SentenceTransformer({:?}).encode(texts) gives the logits; {}",
+        "Python: SentenceTransformer({:?}{}).encode(texts) gives the logits; {}",
         done.dir.display().to_string(),
+        if done.truncating_module {
+            ", trust_remote_code=True"
+        } else {
+            ""
+        },
         if checkpoint.config.data.multi_label {
             "sigmoid of each is that label's probability"
         } else {

@@ -153,6 +153,20 @@ fn an_export_holds_the_checkpoint_as_sentence_transformers_modules() {
         serde_json::json!(["needs_docs", "needs_test", "needs_review"])
     );
     assert_eq!(info["task"], "single_label");
+    // Head truncation is sentence-transformers' own: its standard module, no code of ours.
+    assert_eq!(info["truncation_module"], false);
+    assert!(!out.join("wick_transformer.py").exists());
+
+    // Both weight files carry PyTorch's header metadata, which older transformers require.
+    for file in ["model.safetensors", "2_Dense/model.safetensors"] {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let format = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("format").cloned());
+        assert_eq!(format.as_deref(), Some("pt"), "{file}");
+    }
 
     // The encoder bitwise; the head divided by the temperature.
     let checkpoint = load(&best.join("model.safetensors"));
@@ -281,20 +295,32 @@ fn export_refuses_to_overwrite_or_to_write_into_the_checkpoint() {
     assert_ok(&output, "export --overwrite");
     assert!(!out.join("notes.txt").exists());
     assert!(out.join("2_Dense/model.safetensors").is_file());
-    // What sentence-transformers cannot do is said, on stderr and in the export.
-    let stderr = text(&output.stderr);
+    // sentence-transformers' own module keeps the first tokens of a long text: the export's
+    // first module is wick's, which keeps the first 8 and the last ones as training did.
     assert!(
-        stderr.contains("first 8 tokens and the last ones"),
-        "{stderr}"
+        text(&output.stdout).contains("wick_transformer.py"),
+        "{}",
+        text(&output.stdout)
     );
-    let notes = json(&out.join("wick_export.json"))["notes"].clone();
+    assert!(out.join("wick_transformer.py").is_file());
+    let modules = json(&out.join("modules.json"));
+    assert_eq!(modules[0]["type"], "wick_transformer.WickTransformer");
+    assert_eq!(modules[1]["type"], "sentence_transformers.models.Pooling");
+    let sentence_config = json(&out.join("sentence_bert_config.json"));
+    assert_eq!(
+        sentence_config["wick_truncation"],
+        serde_json::json!({"max_len": 32, "head": 8})
+    );
+    assert_eq!(
+        json(&out.join("wick_export.json"))["truncation_module"],
+        true
+    );
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("trust_remote_code=True"), "{card}");
     assert!(
-        notes[0].as_str().unwrap().contains("data.truncation"),
-        "{notes}"
+        card.contains("the first 8 tokens and the last ones"),
+        "{card}"
     );
-    assert!(std::fs::read_to_string(out.join("README.md"))
-        .unwrap()
-        .contains("data.truncation"));
 
     for into in [best.clone(), run.clone()] {
         let output = run_bin(

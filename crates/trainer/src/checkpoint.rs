@@ -121,7 +121,7 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     file.sync_all().map_err(TrainError::io(path))
 }
 
-fn sync_file(path: &Path) -> Result<()> {
+pub(crate) fn sync_file(path: &Path) -> Result<()> {
     fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(TrainError::io(path))

@@ -23,9 +23,10 @@
 //!
 //! A checkpoint's fitted temperature (`eval.calibrate`, `calibrate`) is folded into the Dense
 //! layer (`W / T`, `b / T`), so softmax (or sigmoid) of the exported outputs gives the probabilities
-//! `predict` gives. What sentence-transformers cannot express is said, not hidden: it truncates
-//! long texts at the end, so a checkpoint trained with `tail` or `head_tail` truncation scores
-//! texts longer than `max_len` tokens differently there ([`Export::notes`]).
+//! `predict` gives. sentence-transformers' own Transformer module keeps the first tokens of a long
+//! text; for a checkpoint trained with `tail` or `head_tail` truncation the export's first module
+//! is `wick_transformer.WickTransformer` instead (`wick_transformer.py`, written beside the
+//! model, with the rule in `sentence_bert_config.json`), which keeps the tokens wick keeps.
 
 use std::collections::HashMap;
 use std::fs;
@@ -48,6 +49,12 @@ const MODULES: [(&str, &str); 3] = [
     ("2_Dense", "sentence_transformers.models.Dense"),
 ];
 pub const EXPORT_INFO: &str = "wick_export.json";
+/// The Transformer module of a checkpoint trained with `tail` or `head_tail` truncation, which
+/// sentence-transformers' own module cannot do: it tokenizes whole texts and keeps the positions
+/// `wick_data::kept_positions` keeps.
+const TRUNCATING_MODULE: &str = include_str!("wick_transformer.py");
+const TRUNCATING_MODULE_FILE: &str = "wick_transformer.py";
+const TRUNCATING_MODULE_CLASS: &str = "wick_transformer.WickTransformer";
 
 /// What to export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +85,11 @@ pub struct Export {
     pub encoder_tensors: usize,
     /// The temperature folded into the Dense layer, if any.
     pub temperature: Option<f64>,
-    /// Where the exported model behaves differently from the checkpoint in wick.
+    /// Whether the Transformer module is wick's (`wick_transformer.py`), for a checkpoint that
+    /// keeps the end of long texts: code in the export, so sentence-transformers loads it with
+    /// `trust_remote_code=True`.
+    pub truncating_module: bool,
+    /// Where the exported model's outputs differ from what `predict` prints.
     pub notes: Vec<String>,
 }
 
@@ -127,15 +138,14 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
         bias = (bias / t)?;
     }
     let config = &checkpoint.config.data;
+    // Content tokens kept from the start of a long text, the rest from its end; None for the
+    // first tokens only, which sentence-transformers' own module does.
+    let head_kept = match config.truncation {
+        TruncationSide::Head => None,
+        TruncationSide::Tail => Some(0),
+        TruncationSide::HeadTail => Some(config.head_tokens),
+    };
     let mut notes = Vec::new();
-    if config.truncation != TruncationSide::Head {
-        notes.push(format!(
-            "the checkpoint keeps {} of texts over {} tokens (data.truncation); \
-             sentence-transformers keeps their first tokens, so such texts score differently",
-            truncation_words(config.truncation, config.head_tokens),
-            config.max_len
-        ));
-    }
     if let Some(c) = checkpoint
         .calibration
         .as_ref()
@@ -161,7 +171,7 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
         checkpoint::write_synced(&path, format!("{text}\n").as_bytes())
     };
     let encoder_tensors = encoder.len();
-    candle_core::safetensors::save(&encoder, staged.join(checkpoint::WEIGHTS))?;
+    save_for_pytorch(&encoder, &staged.join(checkpoint::WEIGHTS))?;
     write_json(
         checkpoint::BERT_CONFIG,
         &transformers_config(&checkpoint.bert, &checkpoint.labels),
@@ -169,14 +179,23 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
     let tokenizer = checkpoint.tokenizer();
     fs::copy(&tokenizer, staged.join(checkpoint::TOKENIZER)).map_err(TrainError::io(&tokenizer))?;
     write_json("tokenizer_config.json", &tokenizer_config(checkpoint)?)?;
-    write_json(
-        "sentence_bert_config.json",
-        &json!({ "max_seq_length": config.max_len, "do_lower_case": false }),
-    )?;
+    let mut sentence_config = json!({ "max_seq_length": config.max_len, "do_lower_case": false });
+    if let Some(head) = head_kept {
+        sentence_config["wick_truncation"] = json!({ "max_len": config.max_len, "head": head });
+        checkpoint::write_synced(
+            &staged.join(TRUNCATING_MODULE_FILE),
+            TRUNCATING_MODULE.as_bytes(),
+        )?;
+    }
+    write_json("sentence_bert_config.json", &sentence_config)?;
     let modules: Vec<Value> = MODULES
         .iter()
         .enumerate()
         .map(|(idx, (path, class))| {
+            let class = match head_kept {
+                Some(_) if idx == 0 => TRUNCATING_MODULE_CLASS,
+                _ => class,
+            };
             json!({ "idx": idx, "name": idx.to_string(), "path": path, "type": class })
         })
         .collect();
@@ -204,7 +223,7 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
         ("linear.weight".to_string(), weight),
         ("linear.bias".to_string(), bias),
     ]);
-    candle_core::safetensors::save(&dense, staged.join("2_Dense/model.safetensors"))?;
+    save_for_pytorch(&dense, &staged.join("2_Dense/model.safetensors"))?;
     let info = export_info(checkpoint, temperature, &notes);
     write_json(EXPORT_INFO, &info)?;
     checkpoint::write_synced(
@@ -219,8 +238,25 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
         files,
         encoder_tensors,
         temperature,
+        truncating_module: head_kept.is_some(),
         notes,
     })
+}
+
+/// Writes tensors as safetensors with the `{"format": "pt"}` header metadata that PyTorch's
+/// savers write: transformers before 4.4x refuses a file without it ("'NoneType' object has no
+/// attribute 'get'" in 4.40).
+fn save_for_pytorch(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    safetensors::serialize_to_file(sorted, Some(metadata), path).map_err(|e| {
+        TrainError::Export {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })?;
+    checkpoint::sync_file(path)
 }
 
 /// Refuses to write into the checkpoint itself, or over a non-empty directory without
@@ -391,6 +427,7 @@ fn export_info(checkpoint: &Checkpoint, temperature: Option<f64>, notes: &[Strin
         "text_separator": data.text_separator,
         "max_len": data.max_len,
         "truncation": truncation_words(data.truncation, data.head_tokens),
+        "truncation_module": data.truncation != TruncationSide::Head,
         "temperature_folded": temperature,
         "checkpoint": checkpoint.dir,
         "step": checkpoint.state.step,
@@ -433,6 +470,18 @@ fn model_card(checkpoint: &Checkpoint, info: &Value) -> String {
         ),
         None => String::new(),
     };
+    let truncation = if info["truncation_module"].as_bool() == Some(true) {
+        format!(
+            "Texts over {max_len} tokens are cut as in training ({}): the first module is \
+             `wick_transformer.WickTransformer` from `wick_transformer.py` in this directory, \
+             so load the model with `SentenceTransformer(path, trust_remote_code=True)` \
+             (sentence-transformers 3.4.1 loads it from a local directory without).\n\n",
+            info["truncation"].as_str().unwrap_or_default(),
+            max_len = data.max_len
+        )
+    } else {
+        String::new()
+    };
     let notes: String = checkpoint_notes(info);
     format!(
         "---\nlibrary_name: sentence-transformers\nbase_model: {base}\npipeline_tag: \
@@ -442,9 +491,9 @@ fn model_card(checkpoint: &Checkpoint, info: &Value) -> String {
          over the attention mask, and a linear head whose outputs are the logits of the labels \
          {labels}, in that order.\n\n\
          A row becomes text as in training: its non-empty fields {fields} joined by \
-         `{sep:?}`; at most {max_len} tokens.\n\n{temperature}\n\
+         `{sep:?}`; at most {max_len} tokens.\n\n{truncation}{temperature}\n\
          ```python\nimport torch\nfrom sentence_transformers import SentenceTransformer\n\n\
-         model = SentenceTransformer(\"path/to/this/directory\")\n\
+         model = SentenceTransformer(\"path/to/this/directory\"{remote})\n\
          logits = model.encode([\"text to label\"], convert_to_tensor=True)\n\
          {to_probs}\nlabels = model[0].auto_model.config.id2label\n```\n\n\
          The encoder alone loads with `transformers.AutoModel.from_pretrained`. It has no pooler \
@@ -452,6 +501,11 @@ fn model_card(checkpoint: &Checkpoint, info: &Value) -> String {
          is newly initialized; sentence-transformers never calls it.\n\n{metrics}{notes}",
         step = checkpoint.state.step,
         dir = checkpoint.dir.display(),
+        remote = if info["truncation_module"].as_bool() == Some(true) {
+            ", trust_remote_code=True"
+        } else {
+            ""
+        },
         sep = data.text_separator,
         max_len = data.max_len,
     )
