@@ -18,10 +18,11 @@ struct Args {
     /// A checkpoint directory (or a run directory, meaning its best/).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// The directory to write (created; refused if it is not empty, unless --overwrite).
+    /// The directory to write (created; a non-empty one is refused unless it is an earlier export
+    /// and --overwrite is given).
     #[arg(long)]
     out: PathBuf,
-    /// Replace what --out holds.
+    /// Replace an earlier export at --out.
     #[arg(long)]
     overwrite: bool,
     /// Export the raw logits even when the checkpoint has a fitted temperature (by default it

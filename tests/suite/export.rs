@@ -291,10 +291,27 @@ fn export_refuses_to_overwrite_or_to_write_into_the_checkpoint() {
         "mine"
     );
 
-    let output = run_bin("export", &[&args[..], &["--overwrite"]].concat());
-    assert_ok(&output, "export --overwrite");
-    assert!(!out.join("notes.txt").exists());
-    assert!(out.join("2_Dense/model.safetensors").is_file());
+    // --overwrite deletes the directory, so it replaces only an earlier export.
+    let overwrite = [&args[..], &["--overwrite"]].concat();
+    assert_fails_naming(
+        &run_bin("export", &overwrite),
+        &["out", "wick_export.json", "not an earlier export"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
+    assert_ok(&run_bin("export", &args), "export into an empty directory");
+    let first = std::fs::read(out.join("2_Dense/model.safetensors")).unwrap();
+    assert_fails_naming(&run_bin("export", &args), &["not empty", "--overwrite"]);
+    let output = run_bin("export", &overwrite);
+    assert_ok(&output, "export --overwrite over an earlier export");
+    assert_eq!(
+        std::fs::read(out.join("2_Dense/model.safetensors")).unwrap(),
+        first
+    );
+    assert!(!dir.path().join(".out.tmp").exists() && !dir.path().join(".out.old").exists());
     // sentence-transformers' own module keeps the first tokens of a long text: the export's
     // first module is wick's, which keeps the first 8 and the last ones as training did.
     assert!(
@@ -322,7 +339,7 @@ fn export_refuses_to_overwrite_or_to_write_into_the_checkpoint() {
         "{card}"
     );
 
-    for into in [best.clone(), run.clone()] {
+    for into in [best.clone(), run.clone(), best.join("export")] {
         let output = run_bin(
             "export",
             &[
@@ -334,6 +351,7 @@ fn export_refuses_to_overwrite_or_to_write_into_the_checkpoint() {
             ],
         );
         assert_fails_naming(&output, &["the checkpoint being exported"]);
+        assert!(!best.join("export").exists());
     }
     assert!(best.join("model.safetensors").is_file());
     let missing = dir.path().join("nothing");

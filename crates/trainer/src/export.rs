@@ -62,7 +62,7 @@ pub struct ExportOptions {
     /// Fold the checkpoint's temperature into the Dense layer (when it has one). Off, the
     /// exported outputs are the raw logits.
     pub fold_temperature: bool,
-    /// Replace a non-empty output directory.
+    /// Replace an earlier export (a directory holding `wick_export.json`) at the destination.
     pub overwrite: bool,
 }
 
@@ -101,42 +101,12 @@ fn bad(dir: &Path, reason: impl Into<String>) -> TrainError {
 }
 
 /// Writes `checkpoint` as a sentence-transformers directory at `out`, atomically (built aside,
-/// then renamed into place). A non-empty `out` is refused unless `options.overwrite`.
+/// then renamed into place). A non-empty `out` is refused unless it is an earlier export and
+/// `options.overwrite` is set.
 pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> Result<Export> {
     check_destination(checkpoint, out, options.overwrite)?;
-    let weights_path = checkpoint.dir.join(checkpoint::WEIGHTS);
-    let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)
-        .map_err(|e| bad(&checkpoint.dir, format!("{}: {e}", checkpoint::WEIGHTS)))?;
-    let (encoder, mut head) = split_head(tensors);
-    let labels = checkpoint.labels.len();
-    let hidden = checkpoint.bert.hidden_size;
-    let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
-        let key = format!("{}.{name}", wick_model::classifier::HEAD_PREFIX);
-        let tensor = head.remove(&key).ok_or_else(|| {
-            bad(
-                &checkpoint.dir,
-                format!("{}: no {key}", checkpoint::WEIGHTS),
-            )
-        })?;
-        if tensor.dims() != shape {
-            return Err(bad(
-                &checkpoint.dir,
-                format!("{key} has shape {:?}, expected {shape:?}", tensor.dims()),
-            ));
-        }
-        Ok(tensor.to_dtype(DType::F32)?)
-    };
-    let mut weight = take("weight", &[labels, hidden])?;
-    let mut bias = take("bias", &[labels])?;
-    let temperature = checkpoint
-        .calibration
-        .as_ref()
-        .filter(|_| options.fold_temperature)
-        .map(|c| c.temperature);
-    if let Some(t) = temperature {
-        weight = (weight / t)?;
-        bias = (bias / t)?;
-    }
+    let (encoder, weight, bias, temperature) = read_weights(checkpoint, options.fold_temperature)?;
+    let (labels, hidden) = (checkpoint.labels.len(), checkpoint.bert.hidden_size);
     let config = &checkpoint.config.data;
     // Content tokens kept from the start of a long text, the rest from its end; None for the
     // first tokens only, which sentence-transformers' own module does.
@@ -243,6 +213,45 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
     })
 }
 
+/// The checkpoint's encoder tensors, and its head as the Dense layer's weight and bias (divided
+/// by the temperature when `fold` and the checkpoint has one, which is returned).
+type ExportWeights = (HashMap<String, Tensor>, Tensor, Tensor, Option<f64>);
+
+fn read_weights(checkpoint: &Checkpoint, fold: bool) -> Result<ExportWeights> {
+    let weights_path = checkpoint.dir.join(checkpoint::WEIGHTS);
+    let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)
+        .map_err(|e| bad(&checkpoint.dir, format!("{}: {e}", checkpoint::WEIGHTS)))?;
+    let (encoder, mut head) = split_head(tensors);
+    let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let key = format!("{}.{name}", wick_model::classifier::HEAD_PREFIX);
+        let tensor = head.remove(&key).ok_or_else(|| {
+            bad(
+                &checkpoint.dir,
+                format!("{}: no {key}", checkpoint::WEIGHTS),
+            )
+        })?;
+        if tensor.dims() != shape {
+            return Err(bad(
+                &checkpoint.dir,
+                format!("{key} has shape {:?}, expected {shape:?}", tensor.dims()),
+            ));
+        }
+        Ok(tensor.to_dtype(DType::F32)?)
+    };
+    let labels = checkpoint.labels.len();
+    let weight = take("weight", &[labels, checkpoint.bert.hidden_size])?;
+    let bias = take("bias", &[labels])?;
+    let temperature = checkpoint
+        .calibration
+        .as_ref()
+        .filter(|_| fold)
+        .map(|c| c.temperature);
+    Ok(match temperature {
+        Some(t) => (encoder, (weight / t)?, (bias / t)?, temperature),
+        None => (encoder, weight, bias, None),
+    })
+}
+
 /// Writes tensors as safetensors with the `{"format": "pt"}` header metadata that PyTorch's
 /// savers write: transformers before 4.4x refuses a file without it ("'NoneType' object has no
 /// attribute 'get'" in 4.40).
@@ -262,31 +271,48 @@ fn save_for_pytorch(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
 /// Refuses to write into the checkpoint itself, or over a non-empty directory without
 /// `overwrite`; nothing is read or written before this passes.
 fn check_destination(checkpoint: &Checkpoint, out: &Path, overwrite: bool) -> Result<()> {
-    let bad = |out: &Path, reason: &str| TrainError::Export {
+    let bad = |reason: &str| TrainError::Export {
         path: out.to_path_buf(),
         reason: reason.to_string(),
     };
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+    // Absolute, symbolic links resolved: the directory itself where it exists, else its parent.
+    let resolve = |path: &Path| {
+        path.canonicalize().ok().or_else(|| {
+            let absolute = std::path::absolute(path).ok()?;
+            Some(
+                absolute
+                    .parent()?
+                    .canonicalize()
+                    .ok()?
+                    .join(absolute.file_name()?),
+            )
+        })
     };
-    if same(out, &checkpoint.dir) || checkpoint.dir.ancestors().any(|a| same(a, out)) {
+    let (Some(target), Some(source)) = (resolve(out), resolve(&checkpoint.dir)) else {
+        return Err(bad("cannot resolve the path"));
+    };
+    if source.starts_with(&target) || target.starts_with(&source) {
         return Err(bad(
-            out,
-            "is (or holds) the checkpoint being exported: choose another --out",
+            "is, holds or lies inside the checkpoint being exported: choose another --out",
         ));
     }
     if out.exists() && !out.is_dir() {
-        return Err(bad(out, "exists and is not a directory"));
+        return Err(bad("exists and is not a directory"));
     }
     let occupied = fs::read_dir(out)
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false);
     if occupied && !overwrite {
         return Err(bad(
-            out,
-            "is not empty: choose another --out, or --overwrite to replace it",
+            "is not empty: choose another --out, or --overwrite to replace an earlier export",
         ));
+    }
+    // --overwrite deletes the directory: only an earlier export, never a folder of other files.
+    if occupied && !out.join(EXPORT_INFO).is_file() {
+        return Err(bad(&format!(
+            "is not empty and holds no {EXPORT_INFO}, so it is not an earlier export: \
+             --overwrite replaces only those; choose another --out"
+        )));
     }
     Ok(())
 }
