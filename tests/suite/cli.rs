@@ -6,22 +6,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common::{
-    assert_fails_naming, assert_loss_falls, assert_ok, path_str, run_bin, text, train_losses,
+    assert_fails_naming, assert_loss_falls, assert_ok, path_str, predicted_probs, run_bin, text,
+    train_losses, train_tiny, TINY,
 };
 
-const TINY: &str = "configs/tiny.toml";
 /// The tiny config's validation file.
 const TINY_VALID: &str = "tests/fixtures/tiny/valid.jsonl";
 const TINY_TRAIN: &str = "tests/fixtures/tiny/train.jsonl";
-
-/// Trains the tiny config into `out` with extra overrides.
-fn train_tiny(out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["--config", TINY, "--out", path_str(out), "--quiet"];
-    for set in extra {
-        args.extend(["--set", set]);
-    }
-    run_bin("train", &args)
-}
 
 #[test]
 fn tiny_config_trains_and_the_loss_falls() {
@@ -235,20 +226,6 @@ fn predict_labels_a_file_of_the_training_schema() {
         &["--checkpoint", path_str(&run), "--data", path_str(&jsonl)],
     );
     assert_fails_naming(&output, &["rows.jsonl:2", "missing field `text`"]);
-}
-
-/// `predict` output lines' probabilities, in label order.
-fn predicted_probs(output: &std::process::Output) -> Vec<Vec<f64>> {
-    text(&output.stdout)
-        .lines()
-        .map(|line| {
-            let row: serde_json::Value = serde_json::from_str(line).unwrap();
-            ["needs_docs", "needs_test", "needs_review"]
-                .iter()
-                .map(|l| row["probs"][l].as_f64().unwrap())
-                .collect()
-        })
-        .collect()
 }
 
 #[test]

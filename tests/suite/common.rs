@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The 2-layer random BERT on 27 texts that the CLI tests train.
+pub const TINY: &str = "configs/tiny.toml";
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -88,4 +91,38 @@ pub fn assert_loss_falls(losses: &[f64], factor: f64, what: &str) {
         tail < head * factor,
         "{what}: loss did not fall: {losses:?}"
     );
+}
+
+/// Trains the tiny config into `out` with extra `--set` overrides.
+pub fn train_tiny(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--config", TINY, "--out", path_str(out), "--quiet"];
+    for set in extra {
+        args.extend(["--set", set]);
+    }
+    run_bin("train", &args)
+}
+
+/// `predict` output lines' probabilities, in the tiny config's label order.
+pub fn predicted_probs(output: &Output) -> Vec<Vec<f64>> {
+    text(&output.stdout)
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            ["needs_docs", "needs_test", "needs_review"]
+                .iter()
+                .map(|l| row["probs"][l].as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// Every tensor of a safetensors file, on the CPU.
+pub fn load_tensors(path: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A tensor's f32 values, flattened.
+pub fn values(t: &candle_core::Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
 }

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
-use super::common::{assert_fails_naming, assert_ok, path_str, run_bin, text};
+use super::common::{
+    assert_fails_naming, assert_ok, load_tensors, path_str, run_bin, text, train_tiny, values,
+};
 
-const TINY: &str = "configs/tiny.toml";
 /// Two epochs of 4 steps, a checkpoint at every step, all of them kept.
 const EVERY_STEP: [&str; 3] = [
     "train.epochs=2",
@@ -18,25 +19,12 @@ const EVERY_STEP: [&str; 3] = [
 const DECAY: f64 = 0.6;
 
 fn train(out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["--config", TINY, "--out", path_str(out), "--quiet"];
-    for set in EVERY_STEP.iter().chain(extra) {
-        args.extend(["--set", set]);
-    }
-    run_bin("train", &args)
-}
-
-fn load(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
+    train_tiny(out, &[&EVERY_STEP[..], extra].concat())
 }
 
 /// The weights of `run`'s `checkpoint-<step>/`.
 fn weights(run: &Path, step: usize) -> HashMap<String, Tensor> {
-    load(&run.join(format!("checkpoint-{step}/model.safetensors")))
+    load_tensors(&run.join(format!("checkpoint-{step}/model.safetensors")))
 }
 
 /// The weight average leaves training as it was (the trained weights and AdamW moments of every
@@ -55,8 +43,9 @@ fn weight_average_is_the_bias_corrected_mean_of_the_trained_weights_and_resumes_
     let steps = 8;
     let trained: Vec<HashMap<String, Tensor>> = (1..=steps).map(|k| weights(&plain, k)).collect();
     for n in 1..=steps {
-        let state = load(&averaged.join(format!("checkpoint-{n}/optimizer.safetensors")));
-        let plain_state = load(&plain.join(format!("checkpoint-{n}/optimizer.safetensors")));
+        let state = load_tensors(&averaged.join(format!("checkpoint-{n}/optimizer.safetensors")));
+        let plain_state =
+            load_tensors(&plain.join(format!("checkpoint-{n}/optimizer.safetensors")));
         let average = weights(&averaged, n);
         assert_eq!(average.len(), trained[n - 1].len());
         for (name, w) in &trained[n - 1] {

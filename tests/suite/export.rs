@@ -3,30 +3,15 @@
 //! predicts; the layout is the one sentence-transformers reads (its loading is checked against
 //! the real library by `scripts/check_export.py`, see the README).
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use super::common::{
+    assert_fails_naming, assert_ok, load_tensors, path_str, predicted_probs, run_bin, text,
+    train_tiny, values,
+};
 
-use super::common::{assert_fails_naming, assert_ok, path_str, run_bin, text};
-
-const TINY: &str = "configs/tiny.toml";
-
-fn train_tiny(out: &Path, extra: &[&str]) {
-    let mut args = vec!["--config", TINY, "--out", path_str(out), "--quiet"];
-    for set in extra {
-        args.extend(["--set", set]);
-    }
-    assert_ok(&run_bin("train", &args), "train");
-}
-
-fn load(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+fn train(out: &Path, extra: &[&str]) {
+    assert_ok(&train_tiny(out, extra), "train");
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -40,23 +25,14 @@ fn probs(checkpoint: &Path, texts: &[&str]) -> Vec<Vec<f64>> {
         &[&["--checkpoint", path_str(checkpoint)], texts].concat(),
     );
     assert_ok(&output, "predict");
-    text(&output.stdout)
-        .lines()
-        .map(|line| {
-            let row: serde_json::Value = serde_json::from_str(line).unwrap();
-            ["needs_docs", "needs_test", "needs_review"]
-                .iter()
-                .map(|l| row["probs"][l].as_f64().unwrap())
-                .collect()
-        })
-        .collect()
+    predicted_probs(&output)
 }
 
 #[test]
 fn an_export_holds_the_checkpoint_as_sentence_transformers_modules() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    train_tiny(&run, &["eval.calibrate=true"]);
+    train(&run, &["eval.calibrate=true"]);
     let best = run.join("best");
     let state = json(&best.join("trainer_state.json"));
     let temperature = state["calibration"]["temperature"].as_f64().unwrap();
@@ -169,8 +145,8 @@ fn an_export_holds_the_checkpoint_as_sentence_transformers_modules() {
     }
 
     // The encoder bitwise; the head divided by the temperature.
-    let checkpoint = load(&best.join("model.safetensors"));
-    let encoder = load(&out.join("model.safetensors"));
+    let checkpoint = load_tensors(&best.join("model.safetensors"));
+    let encoder = load_tensors(&out.join("model.safetensors"));
     assert_eq!(encoder.len(), checkpoint.len() - 2);
     assert_eq!(
         report["encoder_tensors"].as_u64(),
@@ -179,7 +155,7 @@ fn an_export_holds_the_checkpoint_as_sentence_transformers_modules() {
     for (name, tensor) in &encoder {
         assert_eq!(values(tensor), values(&checkpoint[name]), "{name}");
     }
-    let head = load(&out.join("2_Dense/model.safetensors"));
+    let head = load_tensors(&out.join("2_Dense/model.safetensors"));
     for (exported, original) in [
         ("linear.weight", "classifier.weight"),
         ("linear.bias", "classifier.bias"),
@@ -258,7 +234,7 @@ fn an_export_holds_the_checkpoint_as_sentence_transformers_modules() {
         "{}",
         text(&output.stderr)
     );
-    let head = load(&raw_out.join("2_Dense/model.safetensors"));
+    let head = load_tensors(&raw_out.join("2_Dense/model.safetensors"));
     assert_eq!(
         values(&head["linear.weight"]),
         values(&checkpoint["classifier.weight"])
@@ -273,7 +249,7 @@ fn an_export_holds_the_checkpoint_as_sentence_transformers_modules() {
 fn export_refuses_to_overwrite_or_to_write_into_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    train_tiny(
+    train(
         &run,
         &["data.truncation=\"head_tail\"", "data.head_tokens=8"],
     );
