@@ -4,6 +4,7 @@ Run once per model (the outputs are committed beside the tests):
 
     python tests/reference/make_reference.py MODEL_DIR            # MiniLM
     python tests/reference/make_reference.py MODEL_DIR mpnet      # all-mpnet-base-v2
+    python tests/reference/make_reference.py --tiny-roberta       # a tiny random RoBERTa
 
 MODEL_DIR holds sentence-transformers/all-MiniLM-L6-v2 (`make model` lays it out in the Hub
 cache) or sentence-transformers/all-mpnet-base-v2 (`make model-mpnet`): config.json,
@@ -12,6 +13,11 @@ tokenizer.json, model.safetensors. Needs torch, transformers and sentence-transf
 
 - minilm_pooled.json: token ids and the sentence-transformers pooled embeddings (Transformer +
   mean Pooling, before the Normalize module) of a few fixed sentences.
+- `--tiny-roberta` first writes `roberta_tiny/` (config.json, tokenizer.json, model.safetensors):
+  a 2-layer, 64-wide RobertaModel with transformers' seeded random init and a byte-level BPE
+  tokenizer (vocabulary 600) trained on data/triage/train.jsonl, with RoBERTa's post-processor;
+  no RoBERTa weights are reachable offline, so this checks the family's code against transformers
+  rather than roberta-base's numbers. Then the two files below, with the `roberta_` prefix.
 - adamw_step.json + adamw_head.safetensors: one training step of the encoder -> masked mean -> Linear on
   a fixed batch, dropout off, cross-entropy, global grad-norm clipping at 1.0, then torch AdamW
   with decoupled weight decay 0.01 except on biases and LayerNorm weights. Records the loss before
@@ -65,6 +71,58 @@ def pooled_reference(model_dir, model_id):
         "input_ids": [[int(t) for t, m in zip(ids, mask) if m] for ids, mask in
                       zip(features["input_ids"], features["attention_mask"])],
         "pooled": out["sentence_embedding"].tolist(),
+    }
+
+
+def make_tiny_roberta(out):
+    """A tiny random RoBERTa in `out`, laid out as a Hub snapshot is."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaConfig, RobertaModel
+
+    rows = (HERE.parent.parent / "data/triage/train.jsonl").read_text().splitlines()
+    texts = [json.loads(row)["text"] for row in rows]
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer.post_processor = processors.RobertaProcessing(
+        ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")),
+        trim_offsets=True, add_prefix_space=False)
+    out.mkdir(exist_ok=True)
+    tokenizer.save(str(out / "tokenizer.json"))
+
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=128, max_position_embeddings=130,
+        type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    model = RobertaModel(config, add_pooling_layer=False)
+    # transformers' init leaves LayerNorm at (1, 0) and biases at 0: move them, so that a wrong
+    # bias or norm in wick shows.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(str(out), safe_serialization=True)  # config.json, model.safetensors
+
+
+def plain_pooled_reference(model_dir, model_id):
+    """Mean pooling over transformers' encoder, for a model directory without a
+    sentence-transformers configuration."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+    enc = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    return {
+        "model": model_id,
+        "sentences": SENTENCES,
+        "input_ids": [[int(t) for t, m in zip(ids, mask) if m] for ids, mask in
+                      zip(enc["input_ids"], enc["attention_mask"])],
+        "pooled": masked_mean(hidden, enc["attention_mask"]).tolist(),
     }
 
 
@@ -144,10 +202,22 @@ MODELS = {
         "embeddings.position_embeddings.weight", "encoder.relative_attention_bias.weight",
         "encoder.layer.0.attention.attn.q.weight", "encoder.layer.6.attention.LayerNorm.weight",
         "encoder.layer.11.intermediate.dense.weight"]),
+    "roberta": ("tests/reference/roberta_tiny", "roberta_", [
+        "embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight",
+        "encoder.layer.0.attention.self.key.weight", "encoder.layer.1.output.LayerNorm.weight"]),
 }
 
 
 def main():
+    if sys.argv[1] == "--tiny-roberta":
+        model_dir = HERE / "roberta_tiny"
+        make_tiny_roberta(model_dir)
+        model_id, prefix, probes = MODELS["roberta"]
+        (HERE / f"{prefix}pooled.json").write_text(
+            json.dumps(plain_pooled_reference(str(model_dir), model_id), indent=1))
+        (HERE / f"{prefix}adamw_step.json").write_text(
+            json.dumps(adamw_reference(str(model_dir), prefix, HEAD_PROBES + probes), indent=1))
+        return
     model_dir = sys.argv[1]
     model_id, prefix, probes = MODELS[sys.argv[2] if len(sys.argv) > 2 else "minilm"]
     pooled_name = f"{prefix}pooled.json" if prefix else "minilm_pooled.json"

@@ -1,4 +1,5 @@
-//! One AdamW step of MiniLM (and of MPNet) + pooling + head on a fixed batch against PyTorch
+//! One AdamW step of MiniLM (and of MPNet, and of a tiny random RoBERTa) + pooling + head on a
+//! fixed batch against PyTorch
 //! (tests/reference/make_reference.py wrote the numbers; dropout off, clipping at 1.0,
 //! no weight decay on biases and layer-norm weights).
 
@@ -41,27 +42,42 @@ fn matrix(rows: &[Vec<u32>]) -> Tensor {
 
 #[test]
 fn one_adamw_step_matches_pytorch() {
-    adamw_step_matches_pytorch("sentence-transformers/all-MiniLM-L6-v2", "", "make model");
+    adamw_step_matches_pytorch(
+        ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2"),
+        "",
+        "make model",
+    );
 }
 
 /// MPNet: its relative position bias table and position embeddings are among the probed weights.
 #[test]
 fn one_mpnet_adamw_step_matches_pytorch() {
     adamw_step_matches_pytorch(
-        "sentence-transformers/all-mpnet-base-v2",
+        ModelSource::from_id("sentence-transformers/all-mpnet-base-v2"),
         "mpnet_",
         "make model-mpnet",
     );
 }
 
-fn adamw_step_matches_pytorch(model_id: &str, prefix: &str, setup: &str) {
+/// RoBERTa, on the tiny random model of tests/reference/roberta_tiny: its byte-level BPE ids
+/// and pad id, and its position and token-type tables among the probed weights.
+#[test]
+fn one_roberta_adamw_step_matches_pytorch() {
+    let dir = super::common::repo_root().join("tests/reference/roberta_tiny");
+    adamw_step_matches_pytorch(
+        ModelSource::from_path(dir),
+        "roberta_",
+        "python tests/reference/make_reference.py --tiny-roberta",
+    );
+}
+
+fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, setup: &str) {
     let dir = super::common::repo_root().join("tests/reference");
     let reference: Reference = serde_json::from_str(
         &std::fs::read_to_string(dir.join(format!("{prefix}adamw_step.json"))).unwrap(),
     )
     .unwrap();
-    let model = resolve(&ModelSource::from_id(model_id))
-        .unwrap_or_else(|e| panic!("{e}\nrun `{setup}` first"));
+    let model = resolve(&source).unwrap_or_else(|e| panic!("{e}\nrun `{setup}` first"));
     // wick's tokenizer gives the ids PyTorch's did (wick pads with the same pad id).
     let tokenizer = wick_data::TextTokenizer::from_file(&model.tokenizer, 128).unwrap();
     let texts: Vec<&str> = reference.texts.iter().map(String::as_str).collect();

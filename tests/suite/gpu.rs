@@ -153,6 +153,19 @@ fn accelerator_mpnet_matches_the_cpu_in_training_and_evaluation() {
     );
 }
 
+/// RoBERTa (BERT's layers with positions after the padding row): training on the accelerator
+/// against the CPU, with and without dropout on CUDA.
+#[test]
+fn accelerator_roberta_matches_the_cpu_in_training() {
+    let Some(accel) = accelerator("accelerator_roberta_matches_the_cpu_in_training") else {
+        return;
+    };
+    forward_loss_and_gradients_match_for(&accel, 0.0, ModelType::Roberta);
+    if accel.is_cuda() {
+        forward_loss_and_gradients_match_for(&accel, 0.3, ModelType::Roberta);
+    }
+}
+
 fn forward_loss_and_gradients_match(accel: &Device, p: f64) {
     forward_loss_and_gradients_match_for(accel, p, ModelType::Bert)
 }

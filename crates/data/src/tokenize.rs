@@ -65,11 +65,13 @@ impl TextTokenizer {
             cause,
         };
         let mut untruncated = Tokenizer::from_file(path).map_err(wrap)?;
-        // Read before padding is disabled: the file's padding section names the pad token.
+        // Read before padding is disabled: the file's padding section names the pad token;
+        // without one (roberta-base's file has none), BERT's or RoBERTa's pad token.
         let pad_id = untruncated
             .get_padding()
             .map(|padding| padding.pad_id)
             .or_else(|| untruncated.token_to_id("[PAD]"))
+            .or_else(|| untruncated.token_to_id("<pad>"))
             .unwrap_or(0);
         untruncated.with_padding(None);
         untruncated.with_truncation(None).map_err(wrap)?;

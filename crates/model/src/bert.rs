@@ -1,10 +1,11 @@
 //! The BERT encoder, ported from Hugging Face's `modeling_bert.py`:
 //! <https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py>
 //! and its MPNet variant (`modeling_mpnet.py`: the same layer stack with other embeddings, a
-//! relative position bias in attention and other variable names; see [`ModelType::Mpnet`]).
+//! relative position bias in attention and other variable names; see [`ModelType::Mpnet`]) and
+//! RoBERTa (`modeling_roberta.py`: BERT with MPNet's positions; see [`ModelType::Roberta`]).
 //!
-//! Variable names match the Hugging Face checkpoint keys without the `bert.` (or `mpnet.`)
-//! prefix (`encoder.layer.0.attention.self.query.weight`), so a `VarMap` of this model saves to
+//! Variable names match the Hugging Face checkpoint keys without the `bert.` (`mpnet.`,
+//! `roberta.`) prefix (`encoder.layer.0.attention.self.query.weight`), so a `VarMap` of this model saves to
 //! a file that Hugging Face tools read. Unlike candle-transformers' port, dropout is real and every op
 //! records its backward (see [`crate::ops`]).
 
@@ -125,13 +126,14 @@ impl Embeddings {
                 "position_embeddings.weight",
                 PLACEHOLDER,
             )?,
-            token_type: match cfg.model_type {
-                ModelType::Bert => Some(vb.get_with_hints(
+            token_type: if cfg.model_type.has_token_types() {
+                Some(vb.get_with_hints(
                     (cfg.type_vocab_size, h),
                     "token_type_embeddings.weight",
                     PLACEHOLDER,
-                )?),
-                ModelType::Mpnet => None,
+                )?)
+            } else {
+                None
             },
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             model_type: cfg.model_type,
@@ -139,23 +141,21 @@ impl Embeddings {
         })
     }
 
-    /// `(batch, seq)` u32 position ids: `0..seq` for BERT; for MPNet, Hugging Face's
-    /// `create_position_ids_from_input_ids`: `pad + cumsum(ids != pad)` on real tokens, `pad` on
-    /// padding.
+    /// `(batch, seq)` u32 position ids: `0..seq` for BERT; for MPNet and RoBERTa, Hugging
+    /// Face's `create_position_ids_from_input_ids`: `pad + cumsum(ids != pad)` on real tokens,
+    /// `pad` on padding.
     fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
-        match self.model_type {
-            ModelType::Bert => Tensor::arange(0u32, seq as u32, input_ids.device())?
+        if !self.model_type.positions_after_padding() {
+            return Tensor::arange(0u32, seq as u32, input_ids.device())?
                 .unsqueeze(0)?
-                .repeat((batch, 1)),
-            ModelType::Mpnet => {
-                let pad = Tensor::new(self.pad_token_id as u32, input_ids.device())?;
-                // Counts below 2^24 are exact in f32.
-                let real = input_ids.broadcast_ne(&pad)?.to_dtype(DType::F32)?;
-                let counts = (real.cumsum(1)? * &real)?;
-                (counts + self.pad_token_id as f64)?.to_dtype(DType::U32)
-            }
+                .repeat((batch, 1));
         }
+        let pad = Tensor::new(self.pad_token_id as u32, input_ids.device())?;
+        // Counts below 2^24 are exact in f32.
+        let real = input_ids.broadcast_ne(&pad)?.to_dtype(DType::F32)?;
+        let counts = (real.cumsum(1)? * &real)?;
+        (counts + self.pad_token_id as f64)?.to_dtype(DType::U32)
     }
 
     /// `(batch, seq)` ids -> `(batch * seq, hidden)` in f32, before dropout.
@@ -300,7 +300,7 @@ struct SelfAttention {
 /// output projection, layer norm.
 fn attention_names(model_type: ModelType) -> [&'static str; 5] {
     match model_type {
-        ModelType::Bert => [
+        ModelType::Bert | ModelType::Roberta => [
             "attention.self.query",
             "attention.self.key",
             "attention.self.value",
@@ -531,7 +531,7 @@ impl BertModel {
             .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
             .collect::<Result<Vec<_>>>()?;
         let relative_bias = match config.model_type {
-            ModelType::Bert => None,
+            ModelType::Bert | ModelType::Roberta => None,
             ModelType::Mpnet => Some(RelativeBias::new(vb.get_with_hints(
                 (
                     config.relative_attention_num_buckets,

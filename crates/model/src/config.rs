@@ -32,6 +32,24 @@ pub enum ModelType {
     /// (T5-style buckets, shared by every layer) added to the attention scores.
     /// <https://github.com/huggingface/transformers/blob/main/src/transformers/models/mpnet/modeling_mpnet.py>
     Mpnet,
+    /// RoBERTa (`roberta-base`, `distilroberta-base`, `sentence-transformers/all-distilroberta-v1`):
+    /// BERT's layers and names with MPNet's positions (from `pad_token_id + 1`, padding at
+    /// `pad_token_id`) and a one-row token-type table.
+    /// <https://github.com/huggingface/transformers/blob/main/src/transformers/models/roberta/modeling_roberta.py>
+    Roberta,
+}
+
+impl ModelType {
+    /// Whether positions count from `pad_token_id + 1` (Hugging Face's
+    /// `create_position_ids_from_input_ids`) rather than from 0.
+    pub fn positions_after_padding(self) -> bool {
+        matches!(self, ModelType::Mpnet | ModelType::Roberta)
+    }
+
+    /// Whether the embeddings have a token-type (segment) table.
+    pub fn has_token_types(self) -> bool {
+        matches!(self, ModelType::Bert | ModelType::Roberta)
+    }
 }
 
 /// BERT hyper-parameters; unknown keys of `config.json` are ignored on purpose (the file carries
@@ -124,14 +142,15 @@ impl BertConfig {
         }
     }
 
-    /// The longest input the position table covers: `max_position_embeddings` for BERT, two
-    /// fewer for MPNet (its positions start after the padding row, at `pad_token_id + 1`).
+    /// The longest input the position table covers: `max_position_embeddings` for BERT,
+    /// `pad_token_id + 1` fewer for MPNet and RoBERTa (their positions start after the padding
+    /// row: 512 of 514 rows).
     pub fn max_tokens(&self) -> usize {
-        match self.model_type {
-            ModelType::Bert => self.max_position_embeddings,
-            ModelType::Mpnet => self
-                .max_position_embeddings
-                .saturating_sub(self.pad_token_id + 1),
+        if self.model_type.positions_after_padding() {
+            self.max_position_embeddings
+                .saturating_sub(self.pad_token_id + 1)
+        } else {
+            self.max_position_embeddings
         }
     }
 
@@ -191,12 +210,24 @@ mod tests {
             ),
             (ModelType::Mpnet, 512, 32)
         );
+        let roberta = read(&format!(
+            r#"{{"model_type": "roberta", "pad_token_id": 1, "type_vocab_size": 1, {SHAPE}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                roberta.model_type,
+                roberta.max_tokens(),
+                roberta.type_vocab_size
+            ),
+            (ModelType::Roberta, 512, 1)
+        );
     }
 
     #[test]
     fn another_model_family_is_refused_naming_the_file_and_the_known_ones() {
-        let err = read(&format!(r#"{{"model_type": "roberta", {SHAPE}}}"#)).unwrap_err();
-        for needle in ["config.json", "roberta", "bert", "mpnet"] {
+        let err = read(&format!(r#"{{"model_type": "distilbert", {SHAPE}}}"#)).unwrap_err();
+        for needle in ["config.json", "distilbert", "bert", "mpnet", "roberta"] {
             assert!(err.contains(needle), "{needle} not in: {err}");
         }
     }

@@ -24,13 +24,14 @@ pub struct LoadReport {
     pub unused: Vec<String>,
 }
 
-/// Maps a Hugging Face key to this model's variable name: drops a `bert.` or `mpnet.` prefix
+/// Maps a Hugging Face key to this model's variable name: drops a `bert.`, `mpnet.` or `roberta.` prefix
 /// (the task models' encoder) and renames the TensorFlow-era `gamma`/`beta` of layer norms to
 /// `weight`/`bias`.
 pub fn canonical_name(key: &str) -> String {
     let key = key
         .strip_prefix("bert.")
         .or_else(|| key.strip_prefix("mpnet."))
+        .or_else(|| key.strip_prefix("roberta."))
         .unwrap_or(key);
     if let Some(stem) = key.strip_suffix(".gamma") {
         format!("{stem}.weight")

@@ -1,5 +1,6 @@
-//! The encoder against references: sentence-transformers' pooled embeddings of MiniLM and MPNet
-//! (numbers computed by tests/reference/make_reference.py), candle-transformers' BERT in eval
+//! The encoder against references: sentence-transformers' pooled embeddings of MiniLM and MPNet,
+//! transformers' RobertaModel on a tiny random RoBERTa (numbers computed by
+//! tests/reference/make_reference.py), candle-transformers' BERT in eval
 //! mode, gradient coverage of every variable, and padding-invariant pooling.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
@@ -184,6 +185,51 @@ fn every_parameter_of_a_tiny_mpnet_gets_a_gradient() {
     // Distances up to 63 reach every bucket but the far ones (>= 128).
     let long: Vec<u32> = (0..64).map(|i| 2 + i % 90).collect();
     let (ids, types, mask) = padded_batch(&[vec![0, 5, 9, 11, 2], vec![0, 7, 2], long], 1);
+    let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    let loss = || {
+        let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+        classifier
+            .loss(&logits, &labels, &Default::default())
+            .unwrap()
+    };
+    assert_every_variable_has_a_gradient(&varmap, &loss());
+    wick_model::fused::without_fused(|| assert_every_variable_has_a_gradient(&varmap, &loss()));
+}
+
+/// tests/reference/roberta_tiny: a 2-layer, 64-wide RoBERTa of transformers' seeded random init
+/// (its layer norms and biases moved off 1 and 0) with a byte-level BPE tokenizer; no RoBERTa
+/// weights are reachable offline.
+fn tiny_roberta() -> ResolvedModel {
+    resolve(&ModelSource::from_path(
+        reference_dir().join("roberta_tiny"),
+    ))
+    .unwrap()
+}
+
+/// RoBERTa (BERT's layers, positions after the padding row, a one-row token-type table) against
+/// transformers' `RobertaModel` + masked mean, padded with its pad id 1, on the fused CPU path
+/// and on primitive ops.
+#[test]
+fn roberta_pooled_embeddings_match_transformers() {
+    let reference = read_pooled("roberta_pooled.json");
+    let (_varmap, classifier, config) = pretrained_classifier(&tiny_roberta(), 3, DType::F32);
+    assert_eq!(config.model_type, ModelType::Roberta);
+    assert_eq!((config.max_tokens(), config.type_vocab_size), (128, 1));
+    let (ids, types, mask) = padded_batch(&reference.input_ids, config.pad_token_id as u32);
+    let pooled = classifier.pooled(&ids, &types, &mask, false).unwrap();
+    assert_pooled_match(&pooled, &reference, "fused path");
+    let plain =
+        wick_model::fused::without_fused(|| classifier.pooled(&ids, &types, &mask, false).unwrap());
+    assert_pooled_match(&plain, &reference, "primitive ops");
+}
+
+/// Every variable of the tiny RoBERTa, its position and one-row token-type tables included,
+/// gets a finite, non-zero gradient, on the fused path and on primitive ops.
+#[test]
+fn every_parameter_of_a_tiny_roberta_gets_a_gradient() {
+    let (varmap, classifier, config) = pretrained_classifier(&tiny_roberta(), 3, DType::F32);
+    let reference = read_pooled("roberta_pooled.json");
+    let (ids, types, mask) = padded_batch(&reference.input_ids[..3], config.pad_token_id as u32);
     let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
     let loss = || {
         let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
@@ -380,6 +426,16 @@ fn dropout_is_active_in_training_and_reproducible_per_step() {
 
 #[test]
 fn weights_with_bert_prefix_and_gamma_beta_names_load() {
+    weights_with_prefix_load("bert.");
+}
+
+/// `RobertaForMaskedLM`'s file (roberta-base's) names the encoder `roberta.*`.
+#[test]
+fn weights_with_roberta_prefix_load() {
+    weights_with_prefix_load("roberta.");
+}
+
+fn weights_with_prefix_load(prefix: &str) {
     let config = BertConfig::tiny(50);
     let (source, _) = tiny_f32(&config, 2);
     init_all(&source, 0.02, 9).unwrap();
@@ -388,7 +444,7 @@ fn weights_with_bert_prefix_and_gamma_beta_names_load() {
         let name = name
             .replace("LayerNorm.weight", "LayerNorm.gamma")
             .replace("LayerNorm.bias", "LayerNorm.beta");
-        renamed.insert(format!("bert.{name}"), var.as_tensor().clone());
+        renamed.insert(format!("{prefix}{name}"), var.as_tensor().clone());
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");

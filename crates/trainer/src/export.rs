@@ -379,6 +379,12 @@ fn transformers_config(bert: &BertConfig, labels: &[String]) -> Value {
             "architectures": ["MPNetModel"],
             "relative_attention_num_buckets": bert.relative_attention_num_buckets,
         }),
+        ModelType::Roberta => json!({
+            "model_type": "roberta",
+            "architectures": ["RobertaModel"],
+            "type_vocab_size": bert.type_vocab_size,
+            "position_embedding_type": "absolute",
+        }),
     };
     if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
         config.extend(extra);
@@ -407,6 +413,16 @@ fn tokenizer_config(checkpoint: &Checkpoint) -> Result<Value> {
                 ("sep_token", "</s>"),
                 ("pad_token", "<pad>"),
                 ("unk_token", "[UNK]"),
+                ("mask_token", "<mask>"),
+            ],
+        ),
+        ModelType::Roberta => (
+            "RobertaTokenizer",
+            [
+                ("cls_token", "<s>"),
+                ("sep_token", "</s>"),
+                ("pad_token", "<pad>"),
+                ("unk_token", "<unk>"),
                 ("mask_token", "<mask>"),
             ],
         ),
@@ -624,5 +640,16 @@ mod tests {
         let back: BertConfig = serde_json::from_value(config).unwrap();
         assert_eq!(back.model_type, ModelType::Mpnet);
         assert_eq!(back.relative_attention_num_buckets, 32);
+
+        bert.model_type = ModelType::Roberta;
+        bert.type_vocab_size = 1;
+        let config = transformers_config(&bert, &labels);
+        assert_eq!(config["model_type"], "roberta");
+        assert_eq!(config["architectures"], json!(["RobertaModel"]));
+        assert_eq!(config["type_vocab_size"], 1);
+        assert_eq!(config["pad_token_id"], 1);
+        let back: BertConfig = serde_json::from_value(config).unwrap();
+        assert_eq!(back.model_type, ModelType::Roberta);
+        assert_eq!(back.type_vocab_size, 1);
     }
 }
