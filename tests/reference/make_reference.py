@@ -4,7 +4,8 @@ Run once per model (the outputs are committed beside the tests):
 
     python tests/reference/make_reference.py MODEL_DIR            # MiniLM
     python tests/reference/make_reference.py MODEL_DIR mpnet      # all-mpnet-base-v2
-    python tests/reference/make_reference.py --tiny-roberta       # a tiny random RoBERTa
+    python tests/reference/make_reference.py --tiny roberta       # a tiny random RoBERTa
+    python tests/reference/make_reference.py --tiny distilbert    # a tiny random DistilBERT
 
 MODEL_DIR holds sentence-transformers/all-MiniLM-L6-v2 (`make model` lays it out in the Hub
 cache) or sentence-transformers/all-mpnet-base-v2 (`make model-mpnet`): config.json,
@@ -13,11 +14,14 @@ tokenizer.json, model.safetensors. Needs torch, transformers and sentence-transf
 
 - minilm_pooled.json: token ids and the sentence-transformers pooled embeddings (Transformer +
   mean Pooling, before the Normalize module) of a few fixed sentences.
-- `--tiny-roberta` first writes `roberta_tiny/` (config.json, tokenizer.json, model.safetensors):
-  a 2-layer, 64-wide RobertaModel with transformers' seeded random init and a byte-level BPE
-  tokenizer (vocabulary 600) trained on data/triage/train.jsonl, with RoBERTa's post-processor;
-  no RoBERTa weights are reachable offline, so this checks the family's code against transformers
-  rather than roberta-base's numbers. Then the two files below, with the `roberta_` prefix.
+- `--tiny FAMILY` first writes `FAMILY_tiny/` (config.json, tokenizer.json, model.safetensors):
+  a 2-layer, 64-wide RobertaModel or DistilBertModel with transformers' seeded random init (layer
+  norms and biases moved off 1 and 0) and a tokenizer of the family's kind (byte-level BPE for
+  RoBERTa, lower-cased WordPiece for DistilBERT; vocabulary 600) trained on
+  data/triage/train.jsonl, with the family's post-processor. No weights of these families are
+  reachable offline, so this checks the families' code against transformers rather than
+  roberta-base's or distilbert-base-uncased's numbers. Then the two files below, with the
+  `FAMILY_` prefix; the probed weights are recorded under wick's names.
 - adamw_step.json + adamw_head.safetensors: one training step of the encoder -> masked mean -> Linear on
   a fixed batch, dropout off, cross-entropy, global grad-norm clipping at 1.0, then torch AdamW
   with decoupled weight decay 0.01 except on biases and LayerNorm weights. Records the loss before
@@ -74,32 +78,56 @@ def pooled_reference(model_dir, model_id):
     }
 
 
-def make_tiny_roberta(out):
-    """A tiny random RoBERTa in `out`, laid out as a Hub snapshot is."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import RobertaConfig, RobertaModel
+def tiny_tokenizer(family):
+    """A 600-piece tokenizer of the family's kind, trained on the flagship training texts."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, \
+        trainers
 
     rows = (HERE.parent.parent / "data/triage/train.jsonl").read_text().splitlines()
     texts = [json.loads(row)["text"] for row in rows]
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer.post_processor = processors.RobertaProcessing(
-        ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")),
-        trim_offsets=True, add_prefix_space=False)
+    if family == "roberta":
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tokenizer = Tokenizer(models.BPE(unk_token=None))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+            vocab_size=600, special_tokens=specials, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tokenizer.post_processor = processors.RobertaProcessing(
+            ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")),
+            trim_offsets=True, add_prefix_space=False)
+    else:
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(
+            vocab_size=600, special_tokens=specials, show_progress=False))
+        tokenizer.post_processor = processors.BertProcessing(
+            ("[SEP]", tokenizer.token_to_id("[SEP]")), ("[CLS]", tokenizer.token_to_id("[CLS]")))
+    return tokenizer
+
+
+def make_tiny(family, out):
+    """A tiny random encoder of the family in `out`, laid out as a Hub snapshot is."""
+    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+
+    tokenizer = tiny_tokenizer(family)
     out.mkdir(exist_ok=True)
     tokenizer.save(str(out / "tokenizer.json"))
-
     torch.manual_seed(0)
-    config = RobertaConfig(
-        vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=128, max_position_embeddings=130,
-        type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    model = RobertaModel(config, add_pooling_layer=False)
+    if family == "roberta":
+        config = RobertaConfig(
+            vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=128, max_position_embeddings=130,
+            type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+        model = RobertaModel(config, add_pooling_layer=False)
+    else:
+        config = DistilBertConfig(
+            vocab_size=tokenizer.get_vocab_size(), dim=64, n_layers=2, n_heads=4,
+            hidden_dim=128, max_position_embeddings=128, pad_token_id=0)
+        model = DistilBertModel(config)
     # transformers' init leaves LayerNorm at (1, 0) and biases at 0: move them, so that a wrong
     # bias or norm in wick shows.
     with torch.no_grad():
@@ -113,7 +141,7 @@ def plain_pooled_reference(model_dir, model_id):
     """Mean pooling over transformers' encoder, for a model directory without a
     sentence-transformers configuration."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+    model = AutoModel.from_pretrained(model_dir, **no_pooler(model_dir)).eval()
     enc = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
@@ -126,10 +154,38 @@ def plain_pooled_reference(model_dir, model_id):
     }
 
 
+def is_distilbert(model_dir):
+    return json.loads((Path(model_dir) / "config.json").read_text())["model_type"] == "distilbert"
+
+
+def no_pooler(model_dir):
+    """BERT's and RoBERTa's models take `add_pooling_layer`; DistilBERT's has no pooler."""
+    return {} if is_distilbert(model_dir) else {"add_pooling_layer": False}
+
+
+# DistilBERT's layer names and wick's (BERT's): probes are recorded under wick's.
+DISTILBERT_NAMES = [("attention.q_lin", "attention.self.query"),
+                    ("attention.k_lin", "attention.self.key"),
+                    ("attention.v_lin", "attention.self.value"),
+                    ("attention.out_lin", "attention.output.dense"),
+                    ("sa_layer_norm", "attention.output.LayerNorm"),
+                    ("ffn.lin1", "intermediate.dense"), ("ffn.lin2", "output.dense"),
+                    ("output_layer_norm", "output.LayerNorm")]
+
+
+def wick_name(name):
+    if name.startswith("transformer.layer."):
+        for theirs, ours in DISTILBERT_NAMES:
+            name = name.replace(f".{theirs}.", f".{ours}.")
+        name = name.replace("transformer.layer.", "encoder.layer.", 1)
+    return name
+
+
 def adamw_reference(model_dir, prefix, probe_names):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    bert = AutoModel.from_pretrained(model_dir, hidden_dropout_prob=0.0,
-                                     attention_probs_dropout_prob=0.0, add_pooling_layer=False)
+    dropout_off = dict(dropout=0.0, attention_dropout=0.0) if is_distilbert(model_dir) else \
+        dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    bert = AutoModel.from_pretrained(model_dir, **dropout_off, **no_pooler(model_dir))
     bert.train()
     hidden = bert.config.hidden_size
     head = torch.nn.Linear(hidden, NUM_LABELS)
@@ -151,7 +207,8 @@ def adamw_reference(model_dir, prefix, probe_names):
                    **types).last_hidden_state
         return torch.nn.functional.cross_entropy(head(masked_mean(out, enc["attention_mask"])), labels)
 
-    named = [(n, p) for n, p in bert.named_parameters()] + \
+    # Under wick's names, so that the decay groups and the probes are wick's.
+    named = [(wick_name(n), p) for n, p in bert.named_parameters()] + \
             [("classifier." + n, p) for n, p in head.named_parameters()]
     no_decay = lambda n: n.endswith(".bias") or "LayerNorm.weight" in n
     groups = [
@@ -205,14 +262,19 @@ MODELS = {
     "roberta": ("tests/reference/roberta_tiny", "roberta_", [
         "embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight",
         "encoder.layer.0.attention.self.key.weight", "encoder.layer.1.output.LayerNorm.weight"]),
+    "distilbert": ("tests/reference/distilbert_tiny", "distilbert_", [
+        "embeddings.position_embeddings.weight", "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.0.attention.output.LayerNorm.weight",
+        "encoder.layer.1.intermediate.dense.weight", "encoder.layer.1.output.LayerNorm.bias"]),
 }
 
 
 def main():
-    if sys.argv[1] == "--tiny-roberta":
-        model_dir = HERE / "roberta_tiny"
-        make_tiny_roberta(model_dir)
-        model_id, prefix, probes = MODELS["roberta"]
+    if sys.argv[1] == "--tiny":
+        family = sys.argv[2]
+        model_dir = HERE / f"{family}_tiny"
+        make_tiny(family, model_dir)
+        model_id, prefix, probes = MODELS[family]
         (HERE / f"{prefix}pooled.json").write_text(
             json.dumps(plain_pooled_reference(str(model_dir), model_id), indent=1))
         (HERE / f"{prefix}adamw_step.json").write_text(

@@ -1,5 +1,5 @@
-//! One AdamW step of MiniLM (and of MPNet, and of a tiny random RoBERTa) + pooling + head on a
-//! fixed batch against PyTorch
+//! One AdamW step of MiniLM (and of MPNet, and of tiny random RoBERTa and DistilBERT models) +
+//! pooling + head on a fixed batch against PyTorch
 //! (tests/reference/make_reference.py wrote the numbers; dropout off, clipping at 1.0,
 //! no weight decay on biases and layer-norm weights).
 
@@ -63,11 +63,22 @@ fn one_mpnet_adamw_step_matches_pytorch() {
 /// and pad id, and its position and token-type tables among the probed weights.
 #[test]
 fn one_roberta_adamw_step_matches_pytorch() {
-    let dir = super::common::repo_root().join("tests/reference/roberta_tiny");
+    tiny_family_adamw_step_matches_pytorch("roberta");
+}
+
+/// DistilBERT, on tests/reference/distilbert_tiny: its layer names mapped to BERT's, no
+/// token types, its layer norms exempt from decay as BERT's are.
+#[test]
+fn one_distilbert_adamw_step_matches_pytorch() {
+    tiny_family_adamw_step_matches_pytorch("distilbert");
+}
+
+fn tiny_family_adamw_step_matches_pytorch(family: &str) {
+    let dir = super::common::repo_root().join(format!("tests/reference/{family}_tiny"));
     adamw_step_matches_pytorch(
         ModelSource::from_path(dir),
-        "roberta_",
-        "python tests/reference/make_reference.py --tiny-roberta",
+        &format!("{family}_"),
+        &format!("python tests/reference/make_reference.py --tiny {family}"),
     );
 }
 

@@ -1071,15 +1071,82 @@ fn a_tiny_mpnet_trains_and_its_checkpoint_evaluates_and_predicts() {
 
 /// RoBERTa end to end: the tiny shape with tests/reference/roberta_tiny's byte-level BPE
 /// tokenizer and config (random weights), trained, read back by `evaluate` and `predict`, and
-/// exported with transformers' RoBERTa names. The checkpoint keeps the family: `evaluate` on
-/// `last/` reproduces the last evaluation record's loss.
+/// exported with transformers' RoBERTa names.
 #[test]
 fn a_tiny_roberta_trains_evaluates_predicts_and_exports() {
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let roberta = format!(
+    let (weights, export) = tiny_family_end_to_end("roberta", dir.path());
+    assert_eq!(
+        weights["embeddings.token_type_embeddings.weight"].dims(),
+        [1, 32]
+    );
+    assert!(weights.contains_key("encoder.layer.1.attention.self.query.weight"));
+    let read = |name: &str| json_file(&export.join(name));
+    let config = read("config.json");
+    assert_eq!(config["architectures"], serde_json::json!(["RobertaModel"]));
+    assert_eq!(config["type_vocab_size"], 1);
+    let tokenizer = read("tokenizer_config.json");
+    assert_eq!(tokenizer["tokenizer_class"], "RobertaTokenizer");
+    assert_eq!(tokenizer["pad_token"], "<pad>");
+    assert_eq!(tokenizer["unk_token"], "<unk>");
+}
+
+/// DistilBERT end to end likewise: the checkpoint keeps wick's (BERT's) names, the export
+/// transformers' DistilBERT names in the weights and in config.json.
+#[test]
+fn a_tiny_distilbert_trains_evaluates_predicts_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, export) = tiny_family_end_to_end("distilbert", dir.path());
+    assert!(!weights.keys().any(|k| k.contains("token_type")));
+    assert!(weights.contains_key("encoder.layer.1.attention.self.query.weight"));
+    let exported =
+        candle_core::safetensors::load(export.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    for key in [
+        "transformer.layer.1.attention.q_lin.weight",
+        "transformer.layer.0.sa_layer_norm.bias",
+        "transformer.layer.0.ffn.lin1.weight",
+        "transformer.layer.1.output_layer_norm.weight",
+        "embeddings.position_embeddings.weight",
+    ] {
+        assert!(exported.contains_key(key), "{key} not exported");
+    }
+    assert!(!exported.keys().any(|k| k.starts_with("encoder.")));
+    let config = json_file(&export.join("config.json"));
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["DistilBertModel"])
+    );
+    assert_eq!(
+        (&config["dim"], &config["n_layers"]),
+        (&32.into(), &2.into())
+    );
+    assert_eq!(
+        json_file(&export.join("tokenizer_config.json"))["tokenizer_class"],
+        "DistilBertTokenizer"
+    );
+}
+
+fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The tiny config on tests/reference/<family>_tiny's tokenizer and config (random weights):
+/// the loss falls, `evaluate` on `last/` reproduces the last evaluation record's loss, `predict`
+/// answers, and `export` writes the family's `model_type`. Returns `last/`'s weights and the
+/// export's directory.
+fn tiny_family_end_to_end(
+    family: &str,
+    dir: &Path,
+) -> (
+    std::collections::HashMap<String, candle_core::Tensor>,
+    PathBuf,
+) {
+    let run = dir.join("run");
+    let model = format!(
         "model.path={:?}",
-        path_str(&repo_root().join("tests/reference/roberta_tiny"))
+        path_str(&repo_root().join(format!("tests/reference/{family}_tiny")))
     );
     let output = run_bin(
         "train",
@@ -1089,10 +1156,10 @@ fn a_tiny_roberta_trains_evaluates_predicts_and_exports() {
             "--out",
             path_str(&run),
             "--set",
-            &roberta,
+            &model,
             "--set",
             "train.epochs=15",
-            // Its 600-piece vocabulary cuts words finer than MiniLM's: more steps per word.
+            // A 600-piece vocabulary cuts words finer than MiniLM's: more steps per word.
             "--set",
             "train.lr=3e-3",
             "--set",
@@ -1100,21 +1167,11 @@ fn a_tiny_roberta_trains_evaluates_predicts_and_exports() {
         ],
     );
     assert_ok(&output, "train");
-    assert_loss_falls(&train_losses(&run), 0.8, "tiny RoBERTa");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("last/config.json")).unwrap())
-            .unwrap();
-    assert_eq!(config["model_type"], "roberta");
-    let weights = candle_core::safetensors::load(
-        run.join("last/model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    assert_loss_falls(&train_losses(&run), 0.8, family);
     assert_eq!(
-        weights["embeddings.token_type_embeddings.weight"].dims(),
-        [1, 32]
+        json_file(&run.join("last/config.json"))["model_type"],
+        family
     );
-    assert!(weights.contains_key("encoder.layer.1.attention.self.query.weight"));
 
     let last_eval: serde_json::Value = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -1134,7 +1191,7 @@ fn a_tiny_roberta_trains_evaluates_predicts_and_exports() {
     );
     assert!(
         (ours - logged).abs() < 1e-5,
-        "evaluate gives loss {ours}, training logged {logged}"
+        "{family}: evaluate gives loss {ours}, training logged {logged}"
     );
     let output = run_bin(
         "predict",
@@ -1143,23 +1200,19 @@ fn a_tiny_roberta_trains_evaluates_predicts_and_exports() {
     assert_ok(&output, "predict");
     assert!(text(&output.stdout).contains("\"probs\""));
 
-    let out = dir.path().join("export");
+    let export = dir.join("export");
     let output = run_bin(
         "export",
-        &["--checkpoint", path_str(&run), "--out", path_str(&out)],
+        &["--checkpoint", path_str(&run), "--out", path_str(&export)],
     );
     assert_ok(&output, "export");
-    let read = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap()
-    };
-    let config = read("config.json");
-    assert_eq!(config["model_type"], "roberta");
-    assert_eq!(config["architectures"], serde_json::json!(["RobertaModel"]));
-    assert_eq!(config["type_vocab_size"], 1);
-    let tokenizer = read("tokenizer_config.json");
-    assert_eq!(tokenizer["tokenizer_class"], "RobertaTokenizer");
-    assert_eq!(tokenizer["pad_token"], "<pad>");
-    assert_eq!(tokenizer["unk_token"], "<unk>");
+    assert_eq!(json_file(&export.join("config.json"))["model_type"], family);
+    let weights = candle_core::safetensors::load(
+        run.join("last/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    (weights, export)
 }
 
 /// `train.save_optimizer = false`: checkpoints hold weights only, `evaluate` reads them, and a

@@ -153,16 +153,20 @@ fn accelerator_mpnet_matches_the_cpu_in_training_and_evaluation() {
     );
 }
 
-/// RoBERTa (BERT's layers with positions after the padding row): training on the accelerator
-/// against the CPU, with and without dropout on CUDA.
+/// RoBERTa (BERT's layers with positions after the padding row) and DistilBERT (no token types,
+/// no dropout after the attention's projection): training on the accelerator against the CPU,
+/// with and without dropout on CUDA.
 #[test]
-fn accelerator_roberta_matches_the_cpu_in_training() {
-    let Some(accel) = accelerator("accelerator_roberta_matches_the_cpu_in_training") else {
+fn accelerator_roberta_and_distilbert_match_the_cpu_in_training() {
+    let Some(accel) = accelerator("accelerator_roberta_and_distilbert_match_the_cpu_in_training")
+    else {
         return;
     };
-    forward_loss_and_gradients_match_for(&accel, 0.0, ModelType::Roberta);
-    if accel.is_cuda() {
-        forward_loss_and_gradients_match_for(&accel, 0.3, ModelType::Roberta);
+    for model_type in [ModelType::Roberta, ModelType::DistilBert] {
+        forward_loss_and_gradients_match_for(&accel, 0.0, model_type);
+        if accel.is_cuda() {
+            forward_loss_and_gradients_match_for(&accel, 0.3, model_type);
+        }
     }
 }
 

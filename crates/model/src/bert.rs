@@ -2,7 +2,9 @@
 //! <https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py>
 //! and its MPNet variant (`modeling_mpnet.py`: the same layer stack with other embeddings, a
 //! relative position bias in attention and other variable names; see [`ModelType::Mpnet`]) and
-//! RoBERTa (`modeling_roberta.py`: BERT with MPNet's positions; see [`ModelType::Roberta`]).
+//! RoBERTa (`modeling_roberta.py`: BERT with MPNet's positions; see [`ModelType::Roberta`]) and
+//! DistilBERT (`modeling_distilbert.py`: no token types, other names; see
+//! [`ModelType::DistilBert`]).
 //!
 //! Variable names match the Hugging Face checkpoint keys without the `bert.` (`mpnet.`,
 //! `roberta.`) prefix (`encoder.layer.0.attention.self.query.weight`), so a `VarMap` of this model saves to
@@ -300,7 +302,8 @@ struct SelfAttention {
 /// output projection, layer norm.
 fn attention_names(model_type: ModelType) -> [&'static str; 5] {
     match model_type {
-        ModelType::Bert | ModelType::Roberta => [
+        // DistilBERT's names are mapped to BERT's when its files are read.
+        ModelType::Bert | ModelType::Roberta | ModelType::DistilBert => [
             "attention.self.query",
             "attention.self.key",
             "attention.self.value",
@@ -436,6 +439,8 @@ struct Layer {
     act: HiddenAct,
     hidden_p: f64,
     attention_p: f64,
+    /// Dropout after the attention's output projection: `hidden_p`, 0 for DistilBERT.
+    attention_out_p: f64,
 }
 
 impl Layer {
@@ -452,6 +457,11 @@ impl Layer {
             act: cfg.hidden_act,
             hidden_p: cfg.hidden_dropout_prob,
             attention_p: cfg.attention_probs_dropout_prob,
+            attention_out_p: if cfg.model_type.dropout_after_attention() {
+                cfg.hidden_dropout_prob
+            } else {
+                0.0
+            },
         })
     }
 
@@ -468,9 +478,13 @@ impl Layer {
             .attention
             .forward(xs, mask, self.attention_p, rng, train, dims)?;
         let attended = self.attention_out.forward(&attended, train)?;
-        let xs = self
-            .attention_norm
-            .forward_residual(&attended, xs, self.hidden_p, rng, train)?;
+        let xs = self.attention_norm.forward_residual(
+            &attended,
+            xs,
+            self.attention_out_p,
+            rng,
+            train,
+        )?;
         let ffn = (
             param(&self.intermediate.weight, train),
             param(&self.intermediate.bias, train),
@@ -531,7 +545,7 @@ impl BertModel {
             .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
             .collect::<Result<Vec<_>>>()?;
         let relative_bias = match config.model_type {
-            ModelType::Bert | ModelType::Roberta => None,
+            ModelType::Bert | ModelType::Roberta | ModelType::DistilBert => None,
             ModelType::Mpnet => Some(RelativeBias::new(vb.get_with_hints(
                 (
                     config.relative_attention_num_buckets,

@@ -37,6 +37,14 @@ pub enum ModelType {
     /// `pad_token_id`) and a one-row token-type table.
     /// <https://github.com/huggingface/transformers/blob/main/src/transformers/models/roberta/modeling_roberta.py>
     Roberta,
+    /// DistilBERT (`distilbert-base-uncased`): BERT's positions and layers without token types
+    /// and without dropout after the attention's output projection. Its own names (`dim`,
+    /// `n_layers`, `q_lin`, `sa_layer_norm`, ...) are mapped to BERT's when the files are read
+    /// (see [`BertConfig::from_json`] and [`crate::weights::canonical_name`]), so a checkpoint
+    /// of wick names it as BERT.
+    /// <https://github.com/huggingface/transformers/blob/main/src/transformers/models/distilbert/modeling_distilbert.py>
+    #[serde(rename = "distilbert")]
+    DistilBert,
 }
 
 impl ModelType {
@@ -50,7 +58,23 @@ impl ModelType {
     pub fn has_token_types(self) -> bool {
         matches!(self, ModelType::Bert | ModelType::Roberta)
     }
+
+    /// Whether dropout follows the attention's output projection (all but DistilBERT).
+    pub fn dropout_after_attention(self) -> bool {
+        self != ModelType::DistilBert
+    }
 }
+
+/// DistilBERT's `config.json` names and BERT's, which [`BertConfig`] uses.
+pub const DISTILBERT_NAMES: [(&str, &str); 7] = [
+    ("dim", "hidden_size"),
+    ("n_layers", "num_hidden_layers"),
+    ("n_heads", "num_attention_heads"),
+    ("hidden_dim", "intermediate_size"),
+    ("activation", "hidden_act"),
+    ("dropout", "hidden_dropout_prob"),
+    ("attention_dropout", "attention_probs_dropout_prob"),
+];
 
 /// BERT hyper-parameters; unknown keys of `config.json` are ignored on purpose (the file carries
 /// many fields about other frameworks).
@@ -110,14 +134,37 @@ impl BertConfig {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        config.check().map_err(|reason| ModelError::Config {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Self::from_json(value).map_err(|reason| ModelError::Config {
             path: path.to_path_buf(),
             reason,
-        })?;
+        })
+    }
+
+    /// Reads a parsed `config.json`, DistilBERT's names included, and checks it.
+    pub fn from_json(mut value: serde_json::Value) -> std::result::Result<Self, String> {
+        if value.get("model_type").and_then(|t| t.as_str()) == Some("distilbert") {
+            if let Some(fields) = value.as_object_mut() {
+                if fields.get("sinusoidal_pos_embds") == Some(&serde_json::Value::Bool(true)) {
+                    return Err("sinusoidal_pos_embds = true: wick trains learned position \
+                                embeddings only"
+                        .into());
+                }
+                for (theirs, ours) in DISTILBERT_NAMES {
+                    if !fields.contains_key(ours) {
+                        if let Some(v) = fields.remove(theirs) {
+                            fields.insert(ours.into(), v);
+                        }
+                    }
+                }
+            }
+        }
+        let config: Self = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        config.check()?;
         Ok(config)
     }
 
@@ -224,10 +271,52 @@ mod tests {
         );
     }
 
+    /// distilbert-base-uncased's config.json, its own names.
+    #[test]
+    fn distilbert_names_are_read_as_bert_ones() {
+        let distil = read(
+            r#"{"model_type": "distilbert", "vocab_size": 10, "dim": 8, "n_layers": 1,
+                "n_heads": 2, "hidden_dim": 16, "activation": "gelu", "dropout": 0.1,
+                "attention_dropout": 0.2, "max_position_embeddings": 512, "pad_token_id": 0,
+                "sinusoidal_pos_embds": false, "qa_dropout": 0.1, "seq_classif_dropout": 0.2}"#,
+        )
+        .unwrap();
+        assert_eq!(distil.model_type, ModelType::DistilBert);
+        assert_eq!(
+            (
+                distil.hidden_size,
+                distil.num_hidden_layers,
+                distil.num_attention_heads,
+                distil.intermediate_size,
+                distil.attention_probs_dropout_prob,
+                distil.max_tokens()
+            ),
+            (8, 1, 2, 16, 0.2, 512)
+        );
+        // wick's checkpoint writes BERT's names under the same model type: read back as is.
+        let again: BertConfig =
+            BertConfig::from_json(serde_json::to_value(&distil).unwrap()).unwrap();
+        assert_eq!(again, distil);
+        let err = read(
+            r#"{"model_type": "distilbert", "vocab_size": 10, "dim": 8, "n_layers": 1,
+                "n_heads": 2, "hidden_dim": 16, "max_position_embeddings": 512,
+                "sinusoidal_pos_embds": true}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("sinusoidal_pos_embds"), "{err}");
+    }
+
     #[test]
     fn another_model_family_is_refused_naming_the_file_and_the_known_ones() {
-        let err = read(&format!(r#"{{"model_type": "distilbert", {SHAPE}}}"#)).unwrap_err();
-        for needle in ["config.json", "distilbert", "bert", "mpnet", "roberta"] {
+        let err = read(&format!(r#"{{"model_type": "electra", {SHAPE}}}"#)).unwrap_err();
+        for needle in [
+            "config.json",
+            "electra",
+            "bert",
+            "mpnet",
+            "roberta",
+            "distilbert",
+        ] {
             assert!(err.contains(needle), "{needle} not in: {err}");
         }
     }

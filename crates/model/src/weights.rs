@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::classifier::HEAD_PREFIX;
+use crate::config::ModelType;
 use crate::error::{ModelError, Result};
 
 /// What a load did, for the run log.
@@ -24,22 +25,64 @@ pub struct LoadReport {
     pub unused: Vec<String>,
 }
 
-/// Maps a Hugging Face key to this model's variable name: drops a `bert.`, `mpnet.` or `roberta.` prefix
-/// (the task models' encoder) and renames the TensorFlow-era `gamma`/`beta` of layer norms to
-/// `weight`/`bias`.
+/// DistilBERT's module names within a layer and BERT's, which this model uses.
+const DISTILBERT_LAYER_NAMES: [(&str, &str); 8] = [
+    ("attention.q_lin", "attention.self.query"),
+    ("attention.k_lin", "attention.self.key"),
+    ("attention.v_lin", "attention.self.value"),
+    ("attention.out_lin", "attention.output.dense"),
+    ("sa_layer_norm", "attention.output.LayerNorm"),
+    ("ffn.lin1", "intermediate.dense"),
+    ("ffn.lin2", "output.dense"),
+    ("output_layer_norm", "output.LayerNorm"),
+];
+
+/// Maps a Hugging Face key to this model's variable name: drops a `bert.`, `mpnet.`,
+/// `roberta.` or `distilbert.` prefix (the task models' encoder), renames the TensorFlow-era
+/// `gamma`/`beta` of layer norms to `weight`/`bias`, and DistilBERT's layer names
+/// (`transformer.layer.0.attention.q_lin.weight`) to BERT's
+/// (`encoder.layer.0.attention.self.query.weight`).
 pub fn canonical_name(key: &str) -> String {
-    let key = key
-        .strip_prefix("bert.")
-        .or_else(|| key.strip_prefix("mpnet."))
-        .or_else(|| key.strip_prefix("roberta."))
+    let key = ["bert.", "mpnet.", "roberta.", "distilbert."]
+        .iter()
+        .find_map(|prefix| key.strip_prefix(prefix))
         .unwrap_or(key);
-    if let Some(stem) = key.strip_suffix(".gamma") {
+    let key = if let Some(stem) = key.strip_suffix(".gamma") {
         format!("{stem}.weight")
     } else if let Some(stem) = key.strip_suffix(".beta") {
         format!("{stem}.bias")
     } else {
         key.to_string()
+    };
+    distilbert_layer_key(&key).unwrap_or(key)
+}
+
+/// `transformer.layer.<i>.<module>.<param>` of DistilBERT as BERT's name.
+fn distilbert_layer_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("transformer.layer.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, param) = rest.rsplit_once('.')?;
+    let (_, ours) = DISTILBERT_LAYER_NAMES
+        .iter()
+        .find(|(theirs, _)| *theirs == module)?;
+    Some(format!("encoder.layer.{layer}.{ours}.{param}"))
+}
+
+/// The name transformers gives an encoder variable of the family `model_type`: the variable's
+/// own name, except DistilBERT's layers (the inverse of [`canonical_name`]'s mapping).
+pub fn transformers_name(model_type: ModelType, name: &str) -> String {
+    if model_type != ModelType::DistilBert {
+        return name.to_string();
     }
+    let mapped = name.strip_prefix("encoder.layer.").and_then(|rest| {
+        let (layer, rest) = rest.split_once('.')?;
+        let (module, param) = rest.rsplit_once('.')?;
+        let (theirs, _) = DISTILBERT_LAYER_NAMES
+            .iter()
+            .find(|(_, ours)| *ours == module)?;
+        Some(format!("transformer.layer.{layer}.{theirs}.{param}"))
+    });
+    mapped.unwrap_or_else(|| name.to_string())
 }
 
 fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
@@ -160,4 +203,53 @@ pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         cause,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{canonical_name, transformers_name};
+    use crate::config::ModelType;
+
+    #[test]
+    fn distilbert_names_map_to_bert_names_and_back() {
+        let pairs = [
+            (
+                "distilbert.transformer.layer.3.attention.q_lin.weight",
+                "encoder.layer.3.attention.self.query.weight",
+            ),
+            (
+                "transformer.layer.0.sa_layer_norm.bias",
+                "encoder.layer.0.attention.output.LayerNorm.bias",
+            ),
+            (
+                "transformer.layer.5.ffn.lin2.weight",
+                "encoder.layer.5.output.dense.weight",
+            ),
+            (
+                "transformer.layer.5.output_layer_norm.weight",
+                "encoder.layer.5.output.LayerNorm.weight",
+            ),
+            (
+                "distilbert.embeddings.position_embeddings.weight",
+                "embeddings.position_embeddings.weight",
+            ),
+        ];
+        for (theirs, ours) in pairs {
+            assert_eq!(canonical_name(theirs), ours);
+            assert_eq!(
+                transformers_name(ModelType::DistilBert, ours),
+                theirs.trim_start_matches("distilbert.")
+            );
+            assert_eq!(transformers_name(ModelType::Bert, ours), ours);
+        }
+        // Not DistilBERT's: left alone.
+        assert_eq!(
+            canonical_name("vocab_transform.weight"),
+            "vocab_transform.weight"
+        );
+        assert_eq!(
+            canonical_name("bert.encoder.layer.0.output.LayerNorm.gamma"),
+            "encoder.layer.0.output.LayerNorm.weight"
+        );
+    }
 }

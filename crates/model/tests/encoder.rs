@@ -1,5 +1,5 @@
 //! The encoder against references: sentence-transformers' pooled embeddings of MiniLM and MPNet,
-//! transformers' RobertaModel on a tiny random RoBERTa (numbers computed by
+//! transformers' RobertaModel and DistilBertModel on tiny random ones (numbers computed by
 //! tests/reference/make_reference.py), candle-transformers' BERT in eval
 //! mode, gradient coverage of every variable, and padding-invariant pooling.
 
@@ -196,49 +196,73 @@ fn every_parameter_of_a_tiny_mpnet_gets_a_gradient() {
     wick_model::fused::without_fused(|| assert_every_variable_has_a_gradient(&varmap, &loss()));
 }
 
-/// tests/reference/roberta_tiny: a 2-layer, 64-wide RoBERTa of transformers' seeded random init
-/// (its layer norms and biases moved off 1 and 0) with a byte-level BPE tokenizer; no RoBERTa
-/// weights are reachable offline.
-fn tiny_roberta() -> ResolvedModel {
+/// tests/reference/<family>_tiny: a 2-layer, 64-wide encoder of transformers' seeded random init
+/// (its layer norms and biases moved off 1 and 0) with a tokenizer of the family's kind; no
+/// RoBERTa or DistilBERT weights are reachable offline.
+fn tiny_family(family: &str) -> ResolvedModel {
     resolve(&ModelSource::from_path(
-        reference_dir().join("roberta_tiny"),
+        reference_dir().join(format!("{family}_tiny")),
     ))
     .unwrap()
 }
 
-/// RoBERTa (BERT's layers, positions after the padding row, a one-row token-type table) against
-/// transformers' `RobertaModel` + masked mean, padded with its pad id 1, on the fused CPU path
-/// and on primitive ops.
-#[test]
-fn roberta_pooled_embeddings_match_transformers() {
-    let reference = read_pooled("roberta_pooled.json");
-    let (_varmap, classifier, config) = pretrained_classifier(&tiny_roberta(), 3, DType::F32);
-    assert_eq!(config.model_type, ModelType::Roberta);
-    assert_eq!((config.max_tokens(), config.type_vocab_size), (128, 1));
+/// The tiny model's pooled outputs against transformers' model + masked mean (the reference's
+/// ids padded with the model's pad id), on the fused CPU path and on primitive ops.
+fn tiny_family_pooled_matches_transformers(family: &str) -> BertConfig {
+    let reference = read_pooled(&format!("{family}_pooled.json"));
+    let (_varmap, classifier, config) = pretrained_classifier(&tiny_family(family), 3, DType::F32);
     let (ids, types, mask) = padded_batch(&reference.input_ids, config.pad_token_id as u32);
     let pooled = classifier.pooled(&ids, &types, &mask, false).unwrap();
-    assert_pooled_match(&pooled, &reference, "fused path");
+    assert_pooled_match(&pooled, &reference, &format!("{family}, fused path"));
     let plain =
         wick_model::fused::without_fused(|| classifier.pooled(&ids, &types, &mask, false).unwrap());
-    assert_pooled_match(&plain, &reference, "primitive ops");
+    assert_pooled_match(&plain, &reference, &format!("{family}, primitive ops"));
+    config
 }
 
-/// Every variable of the tiny RoBERTa, its position and one-row token-type tables included,
-/// gets a finite, non-zero gradient, on the fused path and on primitive ops.
+/// RoBERTa (BERT's layers, positions after the padding row, a one-row token-type table) against
+/// transformers' `RobertaModel`, padded with its pad id 1.
 #[test]
-fn every_parameter_of_a_tiny_roberta_gets_a_gradient() {
-    let (varmap, classifier, config) = pretrained_classifier(&tiny_roberta(), 3, DType::F32);
-    let reference = read_pooled("roberta_pooled.json");
-    let (ids, types, mask) = padded_batch(&reference.input_ids[..3], config.pad_token_id as u32);
-    let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
-    let loss = || {
-        let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
-        classifier
-            .loss(&logits, &labels, &Default::default())
-            .unwrap()
-    };
-    assert_every_variable_has_a_gradient(&varmap, &loss());
-    wick_model::fused::without_fused(|| assert_every_variable_has_a_gradient(&varmap, &loss()));
+fn roberta_pooled_embeddings_match_transformers() {
+    let config = tiny_family_pooled_matches_transformers("roberta");
+    assert_eq!(config.model_type, ModelType::Roberta);
+    assert_eq!((config.max_tokens(), config.type_vocab_size), (128, 1));
+}
+
+/// DistilBERT (its own config and layer names, no token types) against transformers'
+/// `DistilBertModel`.
+#[test]
+fn distilbert_pooled_embeddings_match_transformers() {
+    let config = tiny_family_pooled_matches_transformers("distilbert");
+    assert_eq!(config.model_type, ModelType::DistilBert);
+    assert_eq!((config.max_tokens(), config.hidden_size), (128, 64));
+}
+
+/// Every variable of the tiny RoBERTa and DistilBERT (RoBERTa's position and one-row token-type
+/// tables included) gets a finite, non-zero gradient, on the fused path and on primitive ops;
+/// DistilBERT declares no token-type table.
+#[test]
+fn every_parameter_of_a_tiny_roberta_and_distilbert_gets_a_gradient() {
+    for family in ["roberta", "distilbert"] {
+        let (varmap, classifier, config) =
+            pretrained_classifier(&tiny_family(family), 3, DType::F32);
+        let has_types = named_vars(&varmap)
+            .iter()
+            .any(|(name, _)| name.contains("token_type"));
+        assert_eq!(has_types, family == "roberta", "{family}");
+        let reference = read_pooled(&format!("{family}_pooled.json"));
+        let (ids, types, mask) =
+            padded_batch(&reference.input_ids[..3], config.pad_token_id as u32);
+        let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+        let loss = || {
+            let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+            classifier
+                .loss(&logits, &labels, &Default::default())
+                .unwrap()
+        };
+        assert_every_variable_has_a_gradient(&varmap, &loss());
+        wick_model::fused::without_fused(|| assert_every_variable_has_a_gradient(&varmap, &loss()));
+    }
 }
 
 #[test]

@@ -36,7 +36,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use wick_data::TruncationSide;
 use wick_model::config::{HiddenAct, ModelType};
-use wick_model::weights::is_head;
+use wick_model::weights::{is_head, transformers_name};
 use wick_model::BertConfig;
 
 use crate::checkpoint::{self, Checkpoint};
@@ -141,6 +141,11 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
         checkpoint::write_synced(&path, format!("{text}\n").as_bytes())
     };
     let encoder_tensors = encoder.len();
+    let model_type = checkpoint.bert.model_type;
+    let encoder: HashMap<String, Tensor> = encoder
+        .into_iter()
+        .map(|(name, tensor)| (transformers_name(model_type, &name), tensor))
+        .collect();
     save_for_pytorch(&encoder, &staged.join(checkpoint::WEIGHTS))?;
     write_json(
         checkpoint::BERT_CONFIG,
@@ -385,9 +390,22 @@ fn transformers_config(bert: &BertConfig, labels: &[String]) -> Value {
             "type_vocab_size": bert.type_vocab_size,
             "position_embedding_type": "absolute",
         }),
+        ModelType::DistilBert => json!({
+            "model_type": "distilbert",
+            "architectures": ["DistilBertModel"],
+            "sinusoidal_pos_embds": false,
+        }),
     };
     if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
         config.extend(extra);
+        if bert.model_type == ModelType::DistilBert {
+            // DistilBERT's config speaks its own names (`dim`, `n_layers`, ...).
+            for (theirs, ours) in wick_model::config::DISTILBERT_NAMES {
+                if let Some(value) = config.remove(ours) {
+                    config.insert(theirs.into(), value);
+                }
+            }
+        }
     }
     config
 }
@@ -414,6 +432,16 @@ fn tokenizer_config(checkpoint: &Checkpoint) -> Result<Value> {
                 ("pad_token", "<pad>"),
                 ("unk_token", "[UNK]"),
                 ("mask_token", "<mask>"),
+            ],
+        ),
+        ModelType::DistilBert => (
+            "DistilBertTokenizer",
+            [
+                ("cls_token", "[CLS]"),
+                ("sep_token", "[SEP]"),
+                ("pad_token", "[PAD]"),
+                ("unk_token", "[UNK]"),
+                ("mask_token", "[MASK]"),
             ],
         ),
         ModelType::Roberta => (
@@ -651,5 +679,22 @@ mod tests {
         let back: BertConfig = serde_json::from_value(config).unwrap();
         assert_eq!(back.model_type, ModelType::Roberta);
         assert_eq!(back.type_vocab_size, 1);
+
+        bert.model_type = ModelType::DistilBert;
+        bert.pad_token_id = 0;
+        bert.type_vocab_size = 2; // no token types: the field keeps its default
+        let config = transformers_config(&bert, &labels);
+        assert_eq!(config["model_type"], "distilbert");
+        assert_eq!(config["architectures"], json!(["DistilBertModel"]));
+        assert_eq!(
+            (&config["dim"], &config["n_layers"], &config["n_heads"]),
+            (&json!(32), &json!(2), &json!(4))
+        );
+        assert_eq!(
+            (&config["hidden_dim"], &config["activation"]),
+            (&json!(64), &json!("gelu"))
+        );
+        assert!(config.get("hidden_size").is_none());
+        assert_eq!(BertConfig::from_json(config).unwrap(), bert);
     }
 }
