@@ -566,9 +566,8 @@ fn model_card(checkpoint: &Checkpoint, info: &Value) -> String {
          model = SentenceTransformer(\"path/to/this/directory\"{remote})\n\
          logits = model.encode([\"text to label\"], convert_to_tensor=True)\n\
          {to_probs}\nlabels = model[0].auto_model.config.id2label\n```\n\n\
-         The encoder alone loads with `transformers.AutoModel.from_pretrained`. It has no pooler \
-         weights (wick's classifier does not use them), so transformers warns that the pooler \
-         is newly initialized; sentence-transformers never calls it.\n\n{metrics}{notes}",
+         The encoder alone loads with `transformers.AutoModel.from_pretrained`.{pooler}\n\n\
+         {metrics}{notes}",
         step = checkpoint.state.step,
         dir = checkpoint.dir.display(),
         remote = if info["truncation_module"].as_bool() == Some(true) {
@@ -578,6 +577,12 @@ fn model_card(checkpoint: &Checkpoint, info: &Value) -> String {
         },
         sep = data.text_separator,
         max_len = data.max_len,
+        pooler = if checkpoint.bert.model_type == ModelType::DistilBert {
+            ""
+        } else {
+            " It has no pooler weights (wick's classifier does not use them), so transformers \
+             warns that the pooler is newly initialized; sentence-transformers never calls it."
+        },
     )
 }
 
