@@ -1041,6 +1041,12 @@ fn a_tiny_mpnet_trains_and_its_checkpoint_evaluates_and_predicts() {
     assert!(weights.contains_key("encoder.layer.1.attention.attn.q.weight"));
     assert!(!weights.keys().any(|k| k.contains("token_type")));
 
+    last_checkpoint_evaluates_and_predicts(&run, "MPNet");
+}
+
+/// `evaluate` on the run's `last/` reproduces the last evaluation record's loss (the checkpoint
+/// keeps the family's names and model type), and `predict` answers from the run.
+fn last_checkpoint_evaluates_and_predicts(run: &Path, what: &str) {
     let last_eval: serde_json::Value = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -1059,11 +1065,11 @@ fn a_tiny_mpnet_trains_and_its_checkpoint_evaluates_and_predicts() {
     );
     assert!(
         (ours - logged).abs() < 1e-5,
-        "evaluate gives loss {ours}, training logged {logged}"
+        "{what}: evaluate gives loss {ours}, training logged {logged}"
     );
     let output = run_bin(
         "predict",
-        &["--checkpoint", path_str(&run), "the README is wrong"],
+        &["--checkpoint", path_str(run), "the README is wrong"],
     );
     assert_ok(&output, "predict");
     assert!(text(&output.stdout).contains("\"probs\""));
@@ -1173,32 +1179,7 @@ fn tiny_family_end_to_end(
         family
     );
 
-    let last_eval: serde_json::Value = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .rfind(|r| r["kind"] == "eval")
-        .expect("eval records");
-    let output = run_bin(
-        "evaluate",
-        &["--checkpoint", path_str(&run.join("last")), "--json"],
-    );
-    assert_ok(&output, "evaluate");
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let (ours, logged) = (
-        json["loss"].as_f64().unwrap(),
-        last_eval["loss"].as_f64().unwrap(),
-    );
-    assert!(
-        (ours - logged).abs() < 1e-5,
-        "{family}: evaluate gives loss {ours}, training logged {logged}"
-    );
-    let output = run_bin(
-        "predict",
-        &["--checkpoint", path_str(&run), "the README is wrong"],
-    );
-    assert_ok(&output, "predict");
-    assert!(text(&output.stdout).contains("\"probs\""));
+    last_checkpoint_evaluates_and_predicts(&run, family);
 
     let export = dir.join("export");
     let output = run_bin(

@@ -59,13 +59,24 @@ pub fn canonical_name(key: &str) -> String {
 
 /// `transformer.layer.<i>.<module>.<param>` of DistilBERT as BERT's name.
 fn distilbert_layer_key(key: &str) -> Option<String> {
-    let rest = key.strip_prefix("transformer.layer.")?;
+    map_layer_key(key, "transformer.layer.", "encoder.layer.", true)
+}
+
+/// `<from><i>.<module>.<param>` as `<to><i>.<partner>.<param>`, `partner` the module's partner in
+/// [`DISTILBERT_LAYER_NAMES`]: DistilBERT's name to BERT's when `to_bert`, else back.
+fn map_layer_key(key: &str, from: &str, to: &str, to_bert: bool) -> Option<String> {
+    let rest = key.strip_prefix(from)?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, param) = rest.rsplit_once('.')?;
-    let (_, ours) = DISTILBERT_LAYER_NAMES
-        .iter()
-        .find(|(theirs, _)| *theirs == module)?;
-    Some(format!("encoder.layer.{layer}.{ours}.{param}"))
+    let partner = DISTILBERT_LAYER_NAMES.iter().find_map(|&(theirs, ours)| {
+        let (name, partner) = if to_bert {
+            (theirs, ours)
+        } else {
+            (ours, theirs)
+        };
+        (name == module).then_some(partner)
+    })?;
+    Some(format!("{to}{layer}.{partner}.{param}"))
 }
 
 /// The name transformers gives an encoder variable of the family `model_type`: the variable's
@@ -74,15 +85,8 @@ pub fn transformers_name(model_type: ModelType, name: &str) -> String {
     if model_type != ModelType::DistilBert {
         return name.to_string();
     }
-    let mapped = name.strip_prefix("encoder.layer.").and_then(|rest| {
-        let (layer, rest) = rest.split_once('.')?;
-        let (module, param) = rest.rsplit_once('.')?;
-        let (theirs, _) = DISTILBERT_LAYER_NAMES
-            .iter()
-            .find(|(_, ours)| *ours == module)?;
-        Some(format!("transformer.layer.{layer}.{theirs}.{param}"))
-    });
-    mapped.unwrap_or_else(|| name.to_string())
+    map_layer_key(name, "encoder.layer.", "transformer.layer.", false)
+        .unwrap_or_else(|| name.to_string())
 }
 
 fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {

@@ -185,15 +185,25 @@ fn every_parameter_of_a_tiny_mpnet_gets_a_gradient() {
     // Distances up to 63 reach every bucket but the far ones (>= 128).
     let long: Vec<u32> = (0..64).map(|i| 2 + i % 90).collect();
     let (ids, types, mask) = padded_batch(&[vec![0, 5, 9, 11, 2], vec![0, 7, 2], long], 1);
+    assert_gradients_on_both_paths(&varmap, &classifier, (&ids, &types, &mask));
+}
+
+/// [`assert_every_variable_has_a_gradient`] for a 3-row batch labelled 0, 1, 2, on the fused
+/// path and on primitive ops.
+fn assert_gradients_on_both_paths(
+    varmap: &VarMap,
+    classifier: &Classifier,
+    (ids, types, mask): (&Tensor, &Tensor, &Tensor),
+) {
     let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
     let loss = || {
-        let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+        let logits = classifier.forward(ids, types, mask, true).unwrap();
         classifier
             .loss(&logits, &labels, &Default::default())
             .unwrap()
     };
-    assert_every_variable_has_a_gradient(&varmap, &loss());
-    wick_model::fused::without_fused(|| assert_every_variable_has_a_gradient(&varmap, &loss()));
+    assert_every_variable_has_a_gradient(varmap, &loss());
+    wick_model::fused::without_fused(|| assert_every_variable_has_a_gradient(varmap, &loss()));
 }
 
 /// tests/reference/<family>_tiny: a 2-layer, 64-wide encoder of transformers' seeded random init
@@ -253,15 +263,7 @@ fn every_parameter_of_a_tiny_roberta_and_distilbert_gets_a_gradient() {
         let reference = read_pooled(&format!("{family}_pooled.json"));
         let (ids, types, mask) =
             padded_batch(&reference.input_ids[..3], config.pad_token_id as u32);
-        let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
-        let loss = || {
-            let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
-            classifier
-                .loss(&logits, &labels, &Default::default())
-                .unwrap()
-        };
-        assert_every_variable_has_a_gradient(&varmap, &loss());
-        wick_model::fused::without_fused(|| assert_every_variable_has_a_gradient(&varmap, &loss()));
+        assert_gradients_on_both_paths(&varmap, &classifier, (&ids, &types, &mask));
     }
 }
 
