@@ -6,6 +6,7 @@ Run once per model (the outputs are committed beside the tests):
     python tests/reference/make_reference.py MODEL_DIR mpnet      # all-mpnet-base-v2
     python tests/reference/make_reference.py --tiny roberta       # a tiny random RoBERTa
     python tests/reference/make_reference.py --tiny distilbert    # a tiny random DistilBERT
+    python tests/reference/make_reference.py --tiny electra       # a tiny random ELECTRA
 
 MODEL_DIR holds sentence-transformers/all-MiniLM-L6-v2 (`make model` lays it out in the Hub
 cache) or sentence-transformers/all-mpnet-base-v2 (`make model-mpnet`): config.json,
@@ -15,12 +16,13 @@ tokenizer.json, model.safetensors. Needs torch, transformers and sentence-transf
 - minilm_pooled.json: token ids and the sentence-transformers pooled embeddings (Transformer +
   mean Pooling, before the Normalize module) of a few fixed sentences.
 - `--tiny FAMILY` first writes `FAMILY_tiny/` (config.json, tokenizer.json, model.safetensors):
-  a 2-layer, 64-wide RobertaModel or DistilBertModel with transformers' seeded random init (layer
-  norms and biases moved off 1 and 0) and a tokenizer of the family's kind (byte-level BPE for
-  RoBERTa, lower-cased WordPiece for DistilBERT; vocabulary 600) trained on
-  data/triage/train.jsonl, with the family's post-processor. No weights of these families are
-  reachable offline, so this checks the families' code against transformers rather than
-  roberta-base's or distilbert-base-uncased's numbers. Then the two files below, with the
+  a 2-layer, 64-wide RobertaModel, DistilBertModel or ElectraModel (32-wide embeddings, so the
+  projection is there) with transformers' seeded random init (layer norms and biases moved off 1
+  and 0) and a tokenizer of the family's kind (byte-level BPE for RoBERTa, lower-cased WordPiece
+  for the others; vocabulary 600) trained on data/triage/train.jsonl, with the family's
+  post-processor. No weights of these families are reachable offline, so this checks the
+  families' code against transformers rather than roberta-base's, distilbert-base-uncased's or
+  electra-base-discriminator's numbers. Then the two files below, with the
   `FAMILY_` prefix; the probed weights are recorded under wick's names.
 - adamw_step.json + adamw_head.safetensors: one training step of the encoder -> masked mean -> Linear on
   a fixed batch, dropout off, cross-entropy, global grad-norm clipping at 1.0, then torch AdamW
@@ -111,7 +113,8 @@ def tiny_tokenizer(family):
 
 def make_tiny(family, out):
     """A tiny random encoder of the family in `out`, laid out as a Hub snapshot is."""
-    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+    from transformers import (DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
+                              RobertaConfig, RobertaModel)
 
     tokenizer = tiny_tokenizer(family)
     out.mkdir(exist_ok=True)
@@ -123,6 +126,12 @@ def make_tiny(family, out):
             num_attention_heads=4, intermediate_size=128, max_position_embeddings=130,
             type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
         model = RobertaModel(config, add_pooling_layer=False)
+    elif family == "electra":
+        config = ElectraConfig(
+            vocab_size=tokenizer.get_vocab_size(), embedding_size=32, hidden_size=64,
+            num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=128, type_vocab_size=2, pad_token_id=0)
+        model = ElectraModel(config)
     else:
         config = DistilBertConfig(
             vocab_size=tokenizer.get_vocab_size(), dim=64, n_layers=2, n_heads=4,
@@ -154,13 +163,18 @@ def plain_pooled_reference(model_dir, model_id):
     }
 
 
+def model_type(model_dir):
+    return json.loads((Path(model_dir) / "config.json").read_text())["model_type"]
+
+
 def is_distilbert(model_dir):
-    return json.loads((Path(model_dir) / "config.json").read_text())["model_type"] == "distilbert"
+    return model_type(model_dir) == "distilbert"
 
 
 def no_pooler(model_dir):
-    """BERT's and RoBERTa's models take `add_pooling_layer`; DistilBERT's has no pooler."""
-    return {} if is_distilbert(model_dir) else {"add_pooling_layer": False}
+    """BERT's and RoBERTa's models take `add_pooling_layer`; DistilBERT's and ELECTRA's have no
+    pooler."""
+    return {} if model_type(model_dir) in ("distilbert", "electra") else {"add_pooling_layer": False}
 
 
 # DistilBERT's layer names and wick's (BERT's): probes are recorded under wick's.
@@ -266,6 +280,10 @@ MODELS = {
         "embeddings.position_embeddings.weight", "encoder.layer.0.attention.self.query.weight",
         "encoder.layer.0.attention.output.LayerNorm.weight",
         "encoder.layer.1.intermediate.dense.weight", "encoder.layer.1.output.LayerNorm.bias"]),
+    "electra": ("tests/reference/electra_tiny", "electra_", [
+        "embeddings_project.weight", "embeddings_project.bias",
+        "embeddings.token_type_embeddings.weight", "encoder.layer.0.attention.self.value.weight",
+        "encoder.layer.1.attention.output.LayerNorm.weight"]),
 }
 
 

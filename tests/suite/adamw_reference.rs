@@ -1,4 +1,4 @@
-//! One AdamW step of MiniLM (and of MPNet, and of tiny random RoBERTa and DistilBERT models) +
+//! One AdamW step of MiniLM (and of MPNet, and of tiny random RoBERTa, DistilBERT and ELECTRA models) +
 //! pooling + head on a fixed batch against PyTorch
 //! (tests/reference/make_reference.py wrote the numbers; dropout off, clipping at 1.0,
 //! no weight decay on biases and layer-norm weights).
@@ -71,6 +71,13 @@ fn one_roberta_adamw_step_matches_pytorch() {
 #[test]
 fn one_distilbert_adamw_step_matches_pytorch() {
     tiny_family_adamw_step_matches_pytorch("distilbert");
+}
+
+/// ELECTRA, on tests/reference/electra_tiny: the projection of its narrower embeddings among
+/// the probed weights.
+#[test]
+fn one_electra_adamw_step_matches_pytorch() {
+    tiny_family_adamw_step_matches_pytorch("electra");
 }
 
 fn tiny_family_adamw_step_matches_pytorch(family: &str) {

@@ -1081,7 +1081,7 @@ fn last_checkpoint_evaluates_and_predicts(run: &Path, what: &str) {
 #[test]
 fn a_tiny_roberta_trains_evaluates_predicts_and_exports() {
     let dir = tempfile::tempdir().unwrap();
-    let (weights, export) = tiny_family_end_to_end("roberta", dir.path());
+    let (weights, export) = tiny_family_end_to_end("roberta", dir.path(), &[]);
     assert_eq!(
         weights["embeddings.token_type_embeddings.weight"].dims(),
         [1, 32]
@@ -1102,7 +1102,7 @@ fn a_tiny_roberta_trains_evaluates_predicts_and_exports() {
 #[test]
 fn a_tiny_distilbert_trains_evaluates_predicts_and_exports() {
     let dir = tempfile::tempdir().unwrap();
-    let (weights, export) = tiny_family_end_to_end("distilbert", dir.path());
+    let (weights, export) = tiny_family_end_to_end("distilbert", dir.path(), &[]);
     assert!(!weights.keys().any(|k| k.contains("token_type")));
     assert!(weights.contains_key("encoder.layer.1.attention.self.query.weight"));
     let exported =
@@ -1133,6 +1133,29 @@ fn a_tiny_distilbert_trains_evaluates_predicts_and_exports() {
     );
 }
 
+/// ELECTRA end to end likewise: the projection of its narrower embeddings is trained, kept and
+/// exported under transformers' names, with `embedding_size` in config.json.
+#[test]
+fn a_tiny_electra_trains_evaluates_predicts_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tiny config's 32-wide encoder over the model's 32-wide embeddings would need no
+    // projection: widen the encoder.
+    let (weights, export) =
+        tiny_family_end_to_end("electra", dir.path(), &["model.hidden_size=64"]);
+    assert_eq!(weights["embeddings_project.weight"].dims(), [64, 32]);
+    let config = json_file(&export.join("config.json"));
+    assert_eq!(config["architectures"], serde_json::json!(["ElectraModel"]));
+    assert_eq!(config["embedding_size"], 32);
+    let exported =
+        candle_core::safetensors::load(export.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(exported.contains_key("embeddings_project.bias"));
+    assert_eq!(
+        json_file(&export.join("tokenizer_config.json"))["tokenizer_class"],
+        "ElectraTokenizer"
+    );
+}
+
 fn json_file(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -1140,11 +1163,12 @@ fn json_file(path: &Path) -> serde_json::Value {
 
 /// The tiny config on tests/reference/<family>_tiny's tokenizer and config (random weights):
 /// the loss falls, `evaluate` on `last/` reproduces the last evaluation record's loss, `predict`
-/// answers, and `export` writes the family's `model_type`. Returns `last/`'s weights and the
-/// export's directory.
+/// answers, and `export` writes the family's `model_type`. `extra` are more `--set` overrides.
+/// Returns `last/`'s weights and the export's directory.
 fn tiny_family_end_to_end(
     family: &str,
     dir: &Path,
+    extra: &[&str],
 ) -> (
     std::collections::HashMap<String, candle_core::Tensor>,
     PathBuf,
@@ -1154,24 +1178,25 @@ fn tiny_family_end_to_end(
         "model.path={:?}",
         path_str(&repo_root().join(format!("tests/reference/{family}_tiny")))
     );
-    let output = run_bin(
-        "train",
-        &[
-            "--config",
-            TINY,
-            "--out",
-            path_str(&run),
-            "--set",
-            &model,
-            "--set",
-            "train.epochs=15",
-            // A 600-piece vocabulary cuts words finer than MiniLM's: more steps per word.
-            "--set",
-            "train.lr=3e-3",
-            "--set",
-            "train.log_every=4",
-        ],
-    );
+    let mut args = vec![
+        "--config",
+        TINY,
+        "--out",
+        path_str(&run),
+        "--set",
+        &model,
+        "--set",
+        "train.epochs=15",
+        // A 600-piece vocabulary cuts words finer than MiniLM's: more steps per word.
+        "--set",
+        "train.lr=3e-3",
+        "--set",
+        "train.log_every=4",
+    ];
+    for set in extra {
+        args.extend(["--set", set]);
+    }
+    let output = run_bin("train", &args);
     assert_ok(&output, "train");
     assert_loss_falls(&train_losses(&run), 0.8, family);
     assert_eq!(

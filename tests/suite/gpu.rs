@@ -56,6 +56,8 @@ fn tiny_model(
 ) -> (VarMap, Classifier) {
     let config = BertConfig {
         model_type,
+        // ELECTRA's narrower embeddings, so that its projection runs.
+        embedding_size: (model_type == ModelType::Electra).then_some(16),
         hidden_dropout_prob: p,
         attention_probs_dropout_prob: p,
         ..BertConfig::tiny(100)
@@ -153,16 +155,21 @@ fn accelerator_mpnet_matches_the_cpu_in_training_and_evaluation() {
     );
 }
 
-/// RoBERTa (BERT's layers with positions after the padding row) and DistilBERT (no token types,
-/// no dropout after the attention's projection): training on the accelerator against the CPU,
-/// with and without dropout on CUDA.
+/// RoBERTa (BERT's layers with positions after the padding row), DistilBERT (no token types,
+/// no dropout after the attention's projection) and ELECTRA (16-wide embeddings projected to 32):
+/// training on the accelerator against the CPU, with and without dropout on CUDA.
 #[test]
-fn accelerator_roberta_and_distilbert_match_the_cpu_in_training() {
-    let Some(accel) = accelerator("accelerator_roberta_and_distilbert_match_the_cpu_in_training")
+fn accelerator_roberta_distilbert_and_electra_match_the_cpu_in_training() {
+    let Some(accel) =
+        accelerator("accelerator_roberta_distilbert_and_electra_match_the_cpu_in_training")
     else {
         return;
     };
-    for model_type in [ModelType::Roberta, ModelType::DistilBert] {
+    for model_type in [
+        ModelType::Roberta,
+        ModelType::DistilBert,
+        ModelType::Electra,
+    ] {
         forward_loss_and_gradients_match_for(&accel, 0.0, model_type);
         if accel.is_cuda() {
             forward_loss_and_gradients_match_for(&accel, 0.3, model_type);

@@ -4,7 +4,8 @@
 //! relative position bias in attention and other variable names; see [`ModelType::Mpnet`]) and
 //! RoBERTa (`modeling_roberta.py`: BERT with MPNet's positions; see [`ModelType::Roberta`]) and
 //! DistilBERT (`modeling_distilbert.py`: no token types, other names; see
-//! [`ModelType::DistilBert`]).
+//! [`ModelType::DistilBert`]) and ELECTRA (`modeling_electra.py`: narrower embeddings projected
+//! to the hidden width; see [`ModelType::Electra`]).
 //!
 //! Variable names match the Hugging Face checkpoint keys without the `bert.` (`mpnet.`,
 //! `roberta.`) prefix (`encoder.layer.0.attention.self.query.weight`), so a `VarMap` of this model saves to
@@ -120,7 +121,7 @@ struct Embeddings {
 
 impl Embeddings {
     fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
+        let h = cfg.embedding_width();
         Ok(Self {
             word: vb.get_with_hints((cfg.vocab_size, h), "word_embeddings.weight", PLACEHOLDER)?,
             position: vb.get_with_hints(
@@ -303,7 +304,7 @@ struct SelfAttention {
 fn attention_names(model_type: ModelType) -> [&'static str; 5] {
     match model_type {
         // DistilBERT's names are mapped to BERT's when its files are read.
-        ModelType::Bert | ModelType::Roberta | ModelType::DistilBert => [
+        ModelType::Bert | ModelType::Roberta | ModelType::DistilBert | ModelType::Electra => [
             "attention.self.query",
             "attention.self.key",
             "attention.self.value",
@@ -527,6 +528,8 @@ pub struct BertModel {
     layers: Vec<Layer>,
     /// MPNet's relative position bias.
     relative_bias: Option<RelativeBias>,
+    /// ELECTRA's projection of narrower embeddings to the hidden width.
+    project: Option<Linear>,
     config: BertConfig,
     dtype: DType,
     rng: Arc<DropoutRng>,
@@ -545,7 +548,9 @@ impl BertModel {
             .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
             .collect::<Result<Vec<_>>>()?;
         let relative_bias = match config.model_type {
-            ModelType::Bert | ModelType::Roberta | ModelType::DistilBert => None,
+            ModelType::Bert | ModelType::Roberta | ModelType::DistilBert | ModelType::Electra => {
+                None
+            }
             ModelType::Mpnet => Some(RelativeBias::new(vb.get_with_hints(
                 (
                     config.relative_attention_num_buckets,
@@ -555,10 +560,21 @@ impl BertModel {
                 PLACEHOLDER,
             )?)),
         };
+        let width = config.embedding_width();
+        let project = if width != config.hidden_size {
+            Some(Linear::load(
+                vb.pp("embeddings_project"),
+                width,
+                config.hidden_size,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
             layers,
             relative_bias,
+            project,
             config: config.clone(),
             dtype,
             rng,
@@ -602,6 +618,9 @@ impl BertModel {
             .forward(input_ids, token_type_ids, train)?
             .to_dtype(self.dtype)?;
         let mut xs = ops::dropout(&xs, hidden_p, &self.rng, train)?;
+        if let Some(project) = &self.project {
+            xs = project.forward(&xs, train)?;
+        }
         let bias = ops::attention_bias(attention_mask)?;
         // The fused CPU attention kernel reads the mask from the host; MPNet's position bias is
         // one contiguous tensor shared by every layer (and the gradients of all layers).

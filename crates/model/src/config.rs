@@ -45,6 +45,11 @@ pub enum ModelType {
     /// <https://github.com/huggingface/transformers/blob/main/src/transformers/models/distilbert/modeling_distilbert.py>
     #[serde(rename = "distilbert")]
     DistilBert,
+    /// ELECTRA's discriminator (`google/electra-base-discriminator`, `-small-`): BERT's layers,
+    /// names and positions, with embeddings `embedding_size` wide projected to `hidden_size` by
+    /// a linear layer (`embeddings_project`) where the two differ.
+    /// <https://github.com/huggingface/transformers/blob/main/src/transformers/models/electra/modeling_electra.py>
+    Electra,
 }
 
 impl ModelType {
@@ -56,7 +61,10 @@ impl ModelType {
 
     /// Whether the embeddings have a token-type (segment) table.
     pub fn has_token_types(self) -> bool {
-        matches!(self, ModelType::Bert | ModelType::Roberta)
+        matches!(
+            self,
+            ModelType::Bert | ModelType::Roberta | ModelType::Electra
+        )
     }
 
     /// Whether dropout follows the attention's output projection (all but DistilBERT).
@@ -106,6 +114,10 @@ pub struct BertConfig {
     /// MPNet's number of relative position buckets (half for keys before the query, half after).
     #[serde(default = "default_buckets")]
     pub relative_attention_num_buckets: usize,
+    /// ELECTRA's embedding width, projected to `hidden_size` where it differs; read for ELECTRA
+    /// only (see [`BertConfig::embedding_width`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_size: Option<usize>,
 }
 
 fn default_act() -> HiddenAct {
@@ -186,6 +198,16 @@ impl BertConfig {
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
             relative_attention_num_buckets: 32,
+            embedding_size: None,
+        }
+    }
+
+    /// The width of the embedding tables: ELECTRA's `embedding_size`, else `hidden_size`. Where
+    /// it differs from `hidden_size`, a linear layer projects the embeddings.
+    pub fn embedding_width(&self) -> usize {
+        match (self.model_type, self.embedding_size) {
+            (ModelType::Electra, Some(width)) => width,
+            _ => self.hidden_size,
         }
     }
 
@@ -271,6 +293,31 @@ mod tests {
         );
     }
 
+    /// google/electra-small-discriminator's shape: 128-wide embeddings under a 256-wide encoder.
+    #[test]
+    fn electra_embeddings_have_their_own_width() {
+        let electra = read(
+            r#"{"model_type": "electra", "vocab_size": 10, "embedding_size": 128,
+                "hidden_size": 256, "num_hidden_layers": 1, "num_attention_heads": 4,
+                "intermediate_size": 1024, "max_position_embeddings": 512}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                electra.model_type,
+                electra.embedding_width(),
+                electra.max_tokens()
+            ),
+            (ModelType::Electra, 128, 512)
+        );
+        let again: BertConfig =
+            BertConfig::from_json(serde_json::to_value(&electra).unwrap()).unwrap();
+        assert_eq!(again, electra);
+        // Another family's embedding_size is not read.
+        let bert = read(&format!(r#"{{"embedding_size": 4, {SHAPE}}}"#)).unwrap();
+        assert_eq!(bert.embedding_width(), 8);
+    }
+
     /// distilbert-base-uncased's config.json, its own names.
     #[test]
     fn distilbert_names_are_read_as_bert_ones() {
@@ -308,14 +355,15 @@ mod tests {
 
     #[test]
     fn another_model_family_is_refused_naming_the_file_and_the_known_ones() {
-        let err = read(&format!(r#"{{"model_type": "electra", {SHAPE}}}"#)).unwrap_err();
+        let err = read(&format!(r#"{{"model_type": "deberta-v2", {SHAPE}}}"#)).unwrap_err();
         for needle in [
             "config.json",
-            "electra",
+            "deberta-v2",
             "bert",
             "mpnet",
             "roberta",
             "distilbert",
+            "electra",
         ] {
             assert!(err.contains(needle), "{needle} not in: {err}");
         }

@@ -38,12 +38,12 @@ const DISTILBERT_LAYER_NAMES: [(&str, &str); 8] = [
 ];
 
 /// Maps a Hugging Face key to this model's variable name: drops a `bert.`, `mpnet.`,
-/// `roberta.` or `distilbert.` prefix (the task models' encoder), renames the TensorFlow-era
+/// `roberta.`, `distilbert.` or `electra.` prefix (the task models' encoder), renames the TensorFlow-era
 /// `gamma`/`beta` of layer norms to `weight`/`bias`, and DistilBERT's layer names
 /// (`transformer.layer.0.attention.q_lin.weight`) to BERT's
 /// (`encoder.layer.0.attention.self.query.weight`).
 pub fn canonical_name(key: &str) -> String {
-    let key = ["bert.", "mpnet.", "roberta.", "distilbert."]
+    let key = ["bert.", "mpnet.", "roberta.", "distilbert.", "electra."]
         .iter()
         .find_map(|prefix| key.strip_prefix(prefix))
         .unwrap_or(key);

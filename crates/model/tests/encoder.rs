@@ -1,5 +1,5 @@
 //! The encoder against references: sentence-transformers' pooled embeddings of MiniLM and MPNet,
-//! transformers' RobertaModel and DistilBertModel on tiny random ones (numbers computed by
+//! transformers' RobertaModel, DistilBertModel and ElectraModel on tiny random ones (numbers computed by
 //! tests/reference/make_reference.py), candle-transformers' BERT in eval
 //! mode, gradient coverage of every variable, and padding-invariant pooling.
 
@@ -248,18 +248,27 @@ fn distilbert_pooled_embeddings_match_transformers() {
     assert_eq!((config.max_tokens(), config.hidden_size), (128, 64));
 }
 
-/// Every variable of the tiny RoBERTa and DistilBERT (RoBERTa's position and one-row token-type
-/// tables included) gets a finite, non-zero gradient, on the fused path and on primitive ops;
-/// DistilBERT declares no token-type table.
+/// ELECTRA (BERT's layers under 32-wide embeddings projected to 64) against transformers'
+/// `ElectraModel`.
 #[test]
-fn every_parameter_of_a_tiny_roberta_and_distilbert_gets_a_gradient() {
-    for family in ["roberta", "distilbert"] {
+fn electra_pooled_embeddings_match_transformers() {
+    let config = tiny_family_pooled_matches_transformers("electra");
+    assert_eq!(config.model_type, ModelType::Electra);
+    assert_eq!((config.embedding_width(), config.hidden_size), (32, 64));
+}
+
+/// Every variable of the tiny RoBERTa, DistilBERT and ELECTRA (RoBERTa's position and one-row
+/// token-type tables and ELECTRA's projection included) gets a finite, non-zero gradient, on the
+/// fused path and on primitive ops; DistilBERT declares no token-type table.
+#[test]
+fn every_parameter_of_a_tiny_roberta_distilbert_and_electra_gets_a_gradient() {
+    for family in ["roberta", "distilbert", "electra"] {
         let (varmap, classifier, config) =
             pretrained_classifier(&tiny_family(family), 3, DType::F32);
         let has_types = named_vars(&varmap)
             .iter()
             .any(|(name, _)| name.contains("token_type"));
-        assert_eq!(has_types, family == "roberta", "{family}");
+        assert_eq!(has_types, family != "distilbert", "{family}");
         let reference = read_pooled(&format!("{family}_pooled.json"));
         let (ids, types, mask) =
             padded_batch(&reference.input_ids[..3], config.pad_token_id as u32);

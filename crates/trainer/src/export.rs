@@ -390,6 +390,13 @@ fn transformers_config(bert: &BertConfig, labels: &[String]) -> Value {
             "type_vocab_size": bert.type_vocab_size,
             "position_embedding_type": "absolute",
         }),
+        ModelType::Electra => json!({
+            "model_type": "electra",
+            "architectures": ["ElectraModel"],
+            "type_vocab_size": bert.type_vocab_size,
+            "embedding_size": bert.embedding_width(),
+            "position_embedding_type": "absolute",
+        }),
         ModelType::DistilBert => json!({
             "model_type": "distilbert",
             "architectures": ["DistilBertModel"],
@@ -413,17 +420,18 @@ fn transformers_config(bert: &BertConfig, labels: &[String]) -> Value {
 /// `tokenizer_config.json`: the class transformers builds around `tokenizer.json`, and the
 /// family's special tokens, each checked to be in the tokenizer's vocabulary.
 fn tokenizer_config(checkpoint: &Checkpoint) -> Result<Value> {
+    // The special tokens of WordPiece vocabularies (BERT, DistilBERT, ELECTRA).
+    let word_piece = [
+        ("cls_token", "[CLS]"),
+        ("sep_token", "[SEP]"),
+        ("pad_token", "[PAD]"),
+        ("unk_token", "[UNK]"),
+        ("mask_token", "[MASK]"),
+    ];
     let (class, tokens): (&str, [(&str, &str); 5]) = match checkpoint.bert.model_type {
-        ModelType::Bert => (
-            "BertTokenizer",
-            [
-                ("cls_token", "[CLS]"),
-                ("sep_token", "[SEP]"),
-                ("pad_token", "[PAD]"),
-                ("unk_token", "[UNK]"),
-                ("mask_token", "[MASK]"),
-            ],
-        ),
+        ModelType::Bert => ("BertTokenizer", word_piece),
+        ModelType::DistilBert => ("DistilBertTokenizer", word_piece),
+        ModelType::Electra => ("ElectraTokenizer", word_piece),
         ModelType::Mpnet => (
             "MPNetTokenizer",
             [
@@ -432,16 +440,6 @@ fn tokenizer_config(checkpoint: &Checkpoint) -> Result<Value> {
                 ("pad_token", "<pad>"),
                 ("unk_token", "[UNK]"),
                 ("mask_token", "<mask>"),
-            ],
-        ),
-        ModelType::DistilBert => (
-            "DistilBertTokenizer",
-            [
-                ("cls_token", "[CLS]"),
-                ("sep_token", "[SEP]"),
-                ("pad_token", "[PAD]"),
-                ("unk_token", "[UNK]"),
-                ("mask_token", "[MASK]"),
             ],
         ),
         ModelType::Roberta => (
@@ -700,6 +698,17 @@ mod tests {
             (&json!(64), &json!("gelu"))
         );
         assert!(config.get("hidden_size").is_none());
+        assert_eq!(BertConfig::from_json(config).unwrap(), bert);
+
+        bert.model_type = ModelType::Electra;
+        bert.embedding_size = Some(16);
+        let config = transformers_config(&bert, &labels);
+        assert_eq!(config["model_type"], "electra");
+        assert_eq!(config["architectures"], json!(["ElectraModel"]));
+        assert_eq!(
+            (&config["embedding_size"], &config["hidden_size"]),
+            (&json!(16), &json!(32))
+        );
         assert_eq!(BertConfig::from_json(config).unwrap(), bert);
     }
 }
