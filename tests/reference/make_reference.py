@@ -7,6 +7,7 @@ Run once per model (the outputs are committed beside the tests):
     python tests/reference/make_reference.py --tiny roberta       # a tiny random RoBERTa
     python tests/reference/make_reference.py --tiny distilbert    # a tiny random DistilBERT
     python tests/reference/make_reference.py --tiny electra       # a tiny random ELECTRA
+    python tests/reference/make_reference.py --tiny xlm-roberta   # a tiny random XLM-RoBERTa
 
 MODEL_DIR holds sentence-transformers/all-MiniLM-L6-v2 (`make model` lays it out in the Hub
 cache) or sentence-transformers/all-mpnet-base-v2 (`make model-mpnet`): config.json,
@@ -16,10 +17,11 @@ tokenizer.json, model.safetensors. Needs torch, transformers and sentence-transf
 - minilm_pooled.json: token ids and the sentence-transformers pooled embeddings (Transformer +
   mean Pooling, before the Normalize module) of a few fixed sentences.
 - `--tiny FAMILY` first writes `FAMILY_tiny/` (config.json, tokenizer.json, model.safetensors):
-  a 2-layer, 64-wide RobertaModel, DistilBertModel or ElectraModel (32-wide embeddings, so the
-  projection is there) with transformers' seeded random init (layer norms and biases moved off 1
-  and 0) and a tokenizer of the family's kind (byte-level BPE for RoBERTa, lower-cased WordPiece
-  for the others; vocabulary 600) trained on data/triage/train.jsonl, with the family's
+  a 2-layer, 64-wide RobertaModel, XLMRobertaModel, DistilBertModel or ElectraModel (32-wide
+  embeddings, so the projection is there) with transformers' seeded random init (layer norms and
+  biases moved off 1 and 0) and a tokenizer of the family's kind (byte-level BPE for RoBERTa, a
+  SentencePiece-style unigram for XLM-RoBERTa, lower-cased WordPiece for the others; vocabulary
+  600) trained on data/triage/train.jsonl, with the family's
   post-processor. No weights of these families are reachable offline, so this checks the
   families' code against transformers rather than roberta-base's, distilbert-base-uncased's or
   electra-base-discriminator's numbers. Then the two files below, with the
@@ -98,6 +100,19 @@ def tiny_tokenizer(family):
         tokenizer.post_processor = processors.RobertaProcessing(
             ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")),
             trim_offsets=True, add_prefix_space=False)
+    elif family == "xlm-roberta":
+        # As xlm-roberta-base's tokenizer.json: a unigram model over "▁"-prefixed words, and
+        # `<s> $A </s>` around a text.
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        tokenizer.train_from_iterator(texts, trainers.UnigramTrainer(
+            vocab_size=600, special_tokens=specials, unk_token="<unk>", show_progress=False))
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+            special_tokens=[("<s>", tokenizer.token_to_id("<s>")),
+                            ("</s>", tokenizer.token_to_id("</s>"))])
     else:
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -114,7 +129,7 @@ def tiny_tokenizer(family):
 def make_tiny(family, out):
     """A tiny random encoder of the family in `out`, laid out as a Hub snapshot is."""
     from transformers import (DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
-                              RobertaConfig, RobertaModel)
+                              RobertaConfig, RobertaModel, XLMRobertaConfig, XLMRobertaModel)
 
     tokenizer = tiny_tokenizer(family)
     out.mkdir(exist_ok=True)
@@ -126,6 +141,12 @@ def make_tiny(family, out):
             num_attention_heads=4, intermediate_size=128, max_position_embeddings=130,
             type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
         model = RobertaModel(config, add_pooling_layer=False)
+    elif family == "xlm-roberta":
+        config = XLMRobertaConfig(
+            vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=128, max_position_embeddings=130,
+            type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+        model = XLMRobertaModel(config, add_pooling_layer=False)
     elif family == "electra":
         config = ElectraConfig(
             vocab_size=tokenizer.get_vocab_size(), embedding_size=32, hidden_size=64,
@@ -280,6 +301,9 @@ MODELS = {
         "embeddings.position_embeddings.weight", "encoder.layer.0.attention.self.query.weight",
         "encoder.layer.0.attention.output.LayerNorm.weight",
         "encoder.layer.1.intermediate.dense.weight", "encoder.layer.1.output.LayerNorm.bias"]),
+    "xlm-roberta": ("tests/reference/xlm-roberta_tiny", "xlm-roberta_", [
+        "embeddings.position_embeddings.weight", "embeddings.word_embeddings.weight",
+        "encoder.layer.1.attention.self.query.weight"]),
     "electra": ("tests/reference/electra_tiny", "electra_", [
         "embeddings_project.weight", "embeddings_project.bias",
         "embeddings.token_type_embeddings.weight", "encoder.layer.0.attention.self.value.weight",

@@ -1,4 +1,5 @@
-//! One AdamW step of MiniLM (and of MPNet, and of tiny random RoBERTa, DistilBERT and ELECTRA models) +
+//! One AdamW step of MiniLM (and of MPNet, and of tiny random RoBERTa, XLM-RoBERTa, DistilBERT
+//! and ELECTRA models) +
 //! pooling + head on a fixed batch against PyTorch
 //! (tests/reference/make_reference.py wrote the numbers; dropout off, clipping at 1.0,
 //! no weight decay on biases and layer-norm weights).
@@ -64,6 +65,12 @@ fn one_mpnet_adamw_step_matches_pytorch() {
 #[test]
 fn one_roberta_adamw_step_matches_pytorch() {
     tiny_family_adamw_step_matches_pytorch("roberta");
+}
+
+/// XLM-RoBERTa, on tests/reference/xlm-roberta_tiny: its unigram vocabulary's ids.
+#[test]
+fn one_xlm_roberta_adamw_step_matches_pytorch() {
+    tiny_family_adamw_step_matches_pytorch("xlm-roberta");
 }
 
 /// DistilBERT, on tests/reference/distilbert_tiny: its layer names mapped to BERT's, no

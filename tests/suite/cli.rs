@@ -1097,6 +1097,25 @@ fn a_tiny_roberta_trains_evaluates_predicts_and_exports() {
     assert_eq!(tokenizer["unk_token"], "<unk>");
 }
 
+/// XLM-RoBERTa end to end likewise, exported as transformers' XLM-RoBERTa.
+#[test]
+fn a_tiny_xlm_roberta_trains_evaluates_predicts_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, export) = tiny_family_end_to_end("xlm-roberta", dir.path(), &[]);
+    assert_eq!(
+        weights["embeddings.token_type_embeddings.weight"].dims(),
+        [1, 32]
+    );
+    let config = json_file(&export.join("config.json"));
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["XLMRobertaModel"])
+    );
+    let tokenizer = json_file(&export.join("tokenizer_config.json"));
+    assert_eq!(tokenizer["tokenizer_class"], "XLMRobertaTokenizer");
+    assert_eq!(tokenizer["pad_token"], "<pad>");
+}
+
 /// DistilBERT end to end likewise: the checkpoint keeps wick's (BERT's) names, the export
 /// transformers' DistilBERT names in the weights and in config.json.
 #[test]

@@ -2,7 +2,8 @@
 //! <https://github.com/huggingface/transformers/blob/main/src/transformers/models/bert/modeling_bert.py>
 //! and its MPNet variant (`modeling_mpnet.py`: the same layer stack with other embeddings, a
 //! relative position bias in attention and other variable names; see [`ModelType::Mpnet`]) and
-//! RoBERTa (`modeling_roberta.py`: BERT with MPNet's positions; see [`ModelType::Roberta`]) and
+//! RoBERTa and XLM-RoBERTa (`modeling_roberta.py`: BERT with MPNet's positions; see
+//! [`ModelType::Roberta`]) and
 //! DistilBERT (`modeling_distilbert.py`: no token types, other names; see
 //! [`ModelType::DistilBert`]) and ELECTRA (`modeling_electra.py`: narrower embeddings projected
 //! to the hidden width; see [`ModelType::Electra`]).
@@ -304,7 +305,11 @@ struct SelfAttention {
 fn attention_names(model_type: ModelType) -> [&'static str; 5] {
     match model_type {
         // DistilBERT's names are mapped to BERT's when its files are read.
-        ModelType::Bert | ModelType::Roberta | ModelType::DistilBert | ModelType::Electra => [
+        ModelType::Bert
+        | ModelType::Roberta
+        | ModelType::XlmRoberta
+        | ModelType::DistilBert
+        | ModelType::Electra => [
             "attention.self.query",
             "attention.self.key",
             "attention.self.value",
@@ -548,9 +553,11 @@ impl BertModel {
             .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
             .collect::<Result<Vec<_>>>()?;
         let relative_bias = match config.model_type {
-            ModelType::Bert | ModelType::Roberta | ModelType::DistilBert | ModelType::Electra => {
-                None
-            }
+            ModelType::Bert
+            | ModelType::Roberta
+            | ModelType::XlmRoberta
+            | ModelType::DistilBert
+            | ModelType::Electra => None,
             ModelType::Mpnet => Some(RelativeBias::new(vb.get_with_hints(
                 (
                     config.relative_attention_num_buckets,

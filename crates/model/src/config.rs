@@ -37,6 +37,12 @@ pub enum ModelType {
     /// `pad_token_id`) and a one-row token-type table.
     /// <https://github.com/huggingface/transformers/blob/main/src/transformers/models/roberta/modeling_roberta.py>
     Roberta,
+    /// XLM-RoBERTa (`xlm-roberta-base`,
+    /// `sentence-transformers/paraphrase-multilingual-mpnet-base-v2`): RoBERTa's encoder under
+    /// its own `model_type`, with a multilingual SentencePiece vocabulary.
+    /// <https://github.com/huggingface/transformers/blob/main/src/transformers/models/xlm_roberta/modeling_xlm_roberta.py>
+    #[serde(rename = "xlm-roberta")]
+    XlmRoberta,
     /// DistilBERT (`distilbert-base-uncased`): BERT's positions and layers without token types
     /// and without dropout after the attention's output projection. Its own names (`dim`,
     /// `n_layers`, `q_lin`, `sa_layer_norm`, ...) are mapped to BERT's when the files are read
@@ -56,14 +62,17 @@ impl ModelType {
     /// Whether positions count from `pad_token_id + 1` (Hugging Face's
     /// `create_position_ids_from_input_ids`) rather than from 0.
     pub fn positions_after_padding(self) -> bool {
-        matches!(self, ModelType::Mpnet | ModelType::Roberta)
+        matches!(
+            self,
+            ModelType::Mpnet | ModelType::Roberta | ModelType::XlmRoberta
+        )
     }
 
     /// Whether the embeddings have a token-type (segment) table.
     pub fn has_token_types(self) -> bool {
         matches!(
             self,
-            ModelType::Bert | ModelType::Roberta | ModelType::Electra
+            ModelType::Bert | ModelType::Roberta | ModelType::XlmRoberta | ModelType::Electra
         )
     }
 
@@ -291,6 +300,14 @@ mod tests {
             ),
             (ModelType::Roberta, 512, 1)
         );
+        let xlmr = read(&format!(
+            r#"{{"model_type": "xlm-roberta", "pad_token_id": 1, "type_vocab_size": 1, {SHAPE}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (xlmr.model_type, xlmr.max_tokens(), xlmr.type_vocab_size),
+            (ModelType::XlmRoberta, 512, 1)
+        );
     }
 
     /// google/electra-small-discriminator's shape: 128-wide embeddings under a 256-wide encoder.
@@ -364,6 +381,7 @@ mod tests {
             "roberta",
             "distilbert",
             "electra",
+            "xlm-roberta",
         ] {
             assert!(err.contains(needle), "{needle} not in: {err}");
         }

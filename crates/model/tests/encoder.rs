@@ -1,5 +1,6 @@
 //! The encoder against references: sentence-transformers' pooled embeddings of MiniLM and MPNet,
-//! transformers' RobertaModel, DistilBertModel and ElectraModel on tiny random ones (numbers computed by
+//! transformers' RobertaModel, XLMRobertaModel, DistilBertModel and ElectraModel on tiny random
+//! ones (numbers computed by
 //! tests/reference/make_reference.py), candle-transformers' BERT in eval
 //! mode, gradient coverage of every variable, and padding-invariant pooling.
 
@@ -239,6 +240,15 @@ fn roberta_pooled_embeddings_match_transformers() {
     assert_eq!((config.max_tokens(), config.type_vocab_size), (128, 1));
 }
 
+/// XLM-RoBERTa (RoBERTa's encoder under its own `model_type`, a unigram vocabulary) against
+/// transformers' `XLMRobertaModel`.
+#[test]
+fn xlm_roberta_pooled_embeddings_match_transformers() {
+    let config = tiny_family_pooled_matches_transformers("xlm-roberta");
+    assert_eq!(config.model_type, ModelType::XlmRoberta);
+    assert_eq!(config.max_tokens(), 128);
+}
+
 /// DistilBERT (its own config and layer names, no token types) against transformers'
 /// `DistilBertModel`.
 #[test]
@@ -257,12 +267,12 @@ fn electra_pooled_embeddings_match_transformers() {
     assert_eq!((config.embedding_width(), config.hidden_size), (32, 64));
 }
 
-/// Every variable of the tiny RoBERTa, DistilBERT and ELECTRA (RoBERTa's position and one-row
+/// Every variable of the tiny RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA (RoBERTa's position and one-row
 /// token-type tables and ELECTRA's projection included) gets a finite, non-zero gradient, on the
 /// fused path and on primitive ops; DistilBERT declares no token-type table.
 #[test]
 fn every_parameter_of_a_tiny_roberta_distilbert_and_electra_gets_a_gradient() {
-    for family in ["roberta", "distilbert", "electra"] {
+    for family in ["roberta", "xlm-roberta", "distilbert", "electra"] {
         let (varmap, classifier, config) =
             pretrained_classifier(&tiny_family(family), 3, DType::F32);
         let has_types = named_vars(&varmap)

@@ -372,6 +372,10 @@ fn transformers_config(bert: &BertConfig, labels: &[String]) -> Value {
         "id2label": id2label,
         "label2id": label2id,
     });
+    let (roberta_name, roberta_class) = match bert.model_type {
+        ModelType::XlmRoberta => ("xlm-roberta", "XLMRobertaModel"),
+        _ => ("roberta", "RobertaModel"),
+    };
     let extra = match bert.model_type {
         ModelType::Bert => json!({
             "model_type": "bert",
@@ -384,9 +388,9 @@ fn transformers_config(bert: &BertConfig, labels: &[String]) -> Value {
             "architectures": ["MPNetModel"],
             "relative_attention_num_buckets": bert.relative_attention_num_buckets,
         }),
-        ModelType::Roberta => json!({
-            "model_type": "roberta",
-            "architectures": ["RobertaModel"],
+        ModelType::Roberta | ModelType::XlmRoberta => json!({
+            "model_type": roberta_name,
+            "architectures": [roberta_class],
             "type_vocab_size": bert.type_vocab_size,
             "position_embedding_type": "absolute",
         }),
@@ -428,6 +432,14 @@ fn tokenizer_config(checkpoint: &Checkpoint) -> Result<Value> {
         ("unk_token", "[UNK]"),
         ("mask_token", "[MASK]"),
     ];
+    // RoBERTa's, which XLM-RoBERTa's SentencePiece vocabulary shares.
+    let roberta = [
+        ("cls_token", "<s>"),
+        ("sep_token", "</s>"),
+        ("pad_token", "<pad>"),
+        ("unk_token", "<unk>"),
+        ("mask_token", "<mask>"),
+    ];
     let (class, tokens): (&str, [(&str, &str); 5]) = match checkpoint.bert.model_type {
         ModelType::Bert => ("BertTokenizer", word_piece),
         ModelType::DistilBert => ("DistilBertTokenizer", word_piece),
@@ -442,16 +454,8 @@ fn tokenizer_config(checkpoint: &Checkpoint) -> Result<Value> {
                 ("mask_token", "<mask>"),
             ],
         ),
-        ModelType::Roberta => (
-            "RobertaTokenizer",
-            [
-                ("cls_token", "<s>"),
-                ("sep_token", "</s>"),
-                ("pad_token", "<pad>"),
-                ("unk_token", "<unk>"),
-                ("mask_token", "<mask>"),
-            ],
-        ),
+        ModelType::Roberta => ("RobertaTokenizer", roberta),
+        ModelType::XlmRoberta => ("XLMRobertaTokenizer", roberta),
     };
     let tokenizer = wick_data::TextTokenizer::from_file(
         &checkpoint.tokenizer(),
@@ -682,6 +686,11 @@ mod tests {
         let back: BertConfig = serde_json::from_value(config).unwrap();
         assert_eq!(back.model_type, ModelType::Roberta);
         assert_eq!(back.type_vocab_size, 1);
+        bert.model_type = ModelType::XlmRoberta;
+        let config = transformers_config(&bert, &labels);
+        assert_eq!(config["model_type"], "xlm-roberta");
+        assert_eq!(config["architectures"], json!(["XLMRobertaModel"]));
+        assert_eq!(BertConfig::from_json(config).unwrap(), bert);
 
         bert.model_type = ModelType::DistilBert;
         bert.pad_token_id = 0;
