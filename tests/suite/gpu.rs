@@ -155,8 +155,9 @@ fn accelerator_mpnet_matches_the_cpu_in_training_and_evaluation() {
     );
 }
 
-/// RoBERTa (BERT's layers with positions after the padding row), DistilBERT (no token types,
-/// no dropout after the attention's projection) and ELECTRA (16-wide embeddings projected to 32):
+/// RoBERTa and XLM-RoBERTa (BERT's layers with positions after the padding row), DistilBERT (no
+/// token types, no dropout after the attention's projection) and ELECTRA (16-wide embeddings
+/// projected to 32):
 /// training on the accelerator against the CPU, with and without dropout on CUDA.
 #[test]
 fn accelerator_roberta_distilbert_and_electra_match_the_cpu_in_training() {
@@ -167,6 +168,7 @@ fn accelerator_roberta_distilbert_and_electra_match_the_cpu_in_training() {
     };
     for model_type in [
         ModelType::Roberta,
+        ModelType::XlmRoberta,
         ModelType::DistilBert,
         ModelType::Electra,
     ] {
