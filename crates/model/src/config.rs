@@ -288,26 +288,23 @@ mod tests {
             ),
             (ModelType::Mpnet, 512, 32)
         );
-        let roberta = read(&format!(
-            r#"{{"model_type": "roberta", "pad_token_id": 1, "type_vocab_size": 1, {SHAPE}}}"#
-        ))
-        .unwrap();
-        assert_eq!(
-            (
-                roberta.model_type,
-                roberta.max_tokens(),
-                roberta.type_vocab_size
-            ),
-            (ModelType::Roberta, 512, 1)
-        );
-        let xlmr = read(&format!(
-            r#"{{"model_type": "xlm-roberta", "pad_token_id": 1, "type_vocab_size": 1, {SHAPE}}}"#
-        ))
-        .unwrap();
-        assert_eq!(
-            (xlmr.model_type, xlmr.max_tokens(), xlmr.type_vocab_size),
-            (ModelType::XlmRoberta, 512, 1)
-        );
+        for (name, family) in [
+            ("roberta", ModelType::Roberta),
+            ("xlm-roberta", ModelType::XlmRoberta),
+        ] {
+            let roberta = read(&format!(
+                r#"{{"model_type": "{name}", "pad_token_id": 1, "type_vocab_size": 1, {SHAPE}}}"#
+            ))
+            .unwrap();
+            assert_eq!(
+                (
+                    roberta.model_type,
+                    roberta.max_tokens(),
+                    roberta.type_vocab_size
+                ),
+                (family, 512, 1)
+            );
+        }
     }
 
     /// google/electra-small-discriminator's shape: 128-wide embeddings under a 256-wide encoder.
