@@ -155,7 +155,7 @@ impl TextTokenizer {
         self.truncating.token_to_id(token)
     }
 
-    /// Id used to pad batches: the file's padding token, else `[PAD]`, else 0.
+    /// Id used to pad batches: the file's padding token, else `[PAD]`, else `<pad>`, else 0.
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }

@@ -153,16 +153,23 @@ fn mpnet() -> ResolvedModel {
 /// on the fused CPU path and on primitive ops.
 #[test]
 fn mpnet_pooled_embeddings_match_sentence_transformers() {
-    let reference = read_pooled("mpnet_pooled.json");
-    let (_varmap, classifier, config) = pretrained_classifier(&mpnet(), 3, DType::F32);
+    let config = pooled_matches_on_both_paths(&mpnet(), "mpnet_pooled.json");
     assert_eq!(config.model_type, ModelType::Mpnet);
     assert_eq!(config.max_tokens(), 512);
+}
+
+/// `model`'s pooled outputs against a reference file's (its ids padded with the model's pad
+/// id), on the fused CPU path and on primitive ops. Returns the model's config.
+fn pooled_matches_on_both_paths(model: &ResolvedModel, file: &str) -> BertConfig {
+    let reference = read_pooled(file);
+    let (_varmap, classifier, config) = pretrained_classifier(model, 3, DType::F32);
     let (ids, types, mask) = padded_batch(&reference.input_ids, config.pad_token_id as u32);
     let pooled = classifier.pooled(&ids, &types, &mask, false).unwrap();
-    assert_pooled_match(&pooled, &reference, "fused path");
+    assert_pooled_match(&pooled, &reference, &format!("{file}, fused path"));
     let plain =
         wick_model::fused::without_fused(|| classifier.pooled(&ids, &types, &mask, false).unwrap());
-    assert_pooled_match(&plain, &reference, "primitive ops");
+    assert_pooled_match(&plain, &reference, &format!("{file}, primitive ops"));
+    config
 }
 
 /// A 2-layer MPNet of random weights: every variable (the relative position bias table
@@ -209,7 +216,7 @@ fn assert_gradients_on_both_paths(
 
 /// tests/reference/<family>_tiny: a 2-layer, 64-wide encoder of transformers' seeded random init
 /// (its layer norms and biases moved off 1 and 0) with a tokenizer of the family's kind; no
-/// RoBERTa or DistilBERT weights are reachable offline.
+/// RoBERTa, XLM-RoBERTa, DistilBERT or ELECTRA weights are reachable offline.
 fn tiny_family(family: &str) -> ResolvedModel {
     resolve(&ModelSource::from_path(
         reference_dir().join(format!("{family}_tiny")),
@@ -217,18 +224,9 @@ fn tiny_family(family: &str) -> ResolvedModel {
     .unwrap()
 }
 
-/// The tiny model's pooled outputs against transformers' model + masked mean (the reference's
-/// ids padded with the model's pad id), on the fused CPU path and on primitive ops.
+/// The tiny model's pooled outputs against transformers' model + masked mean.
 fn tiny_family_pooled_matches_transformers(family: &str) -> BertConfig {
-    let reference = read_pooled(&format!("{family}_pooled.json"));
-    let (_varmap, classifier, config) = pretrained_classifier(&tiny_family(family), 3, DType::F32);
-    let (ids, types, mask) = padded_batch(&reference.input_ids, config.pad_token_id as u32);
-    let pooled = classifier.pooled(&ids, &types, &mask, false).unwrap();
-    assert_pooled_match(&pooled, &reference, &format!("{family}, fused path"));
-    let plain =
-        wick_model::fused::without_fused(|| classifier.pooled(&ids, &types, &mask, false).unwrap());
-    assert_pooled_match(&plain, &reference, &format!("{family}, primitive ops"));
-    config
+    pooled_matches_on_both_paths(&tiny_family(family), &format!("{family}_pooled.json"))
 }
 
 /// RoBERTa (BERT's layers, positions after the padding row, a one-row token-type table) against
@@ -271,7 +269,7 @@ fn electra_pooled_embeddings_match_transformers() {
 /// token-type tables and ELECTRA's projection included) gets a finite, non-zero gradient, on the
 /// fused path and on primitive ops; DistilBERT declares no token-type table.
 #[test]
-fn every_parameter_of_a_tiny_roberta_distilbert_and_electra_gets_a_gradient() {
+fn every_parameter_of_each_tiny_family_gets_a_gradient() {
     for family in ["roberta", "xlm-roberta", "distilbert", "electra"] {
         let (varmap, classifier, config) =
             pretrained_classifier(&tiny_family(family), 3, DType::F32);
