@@ -1075,45 +1075,31 @@ fn last_checkpoint_evaluates_and_predicts(run: &Path, what: &str) {
     assert!(text(&output.stdout).contains("\"probs\""));
 }
 
-/// RoBERTa end to end: the tiny shape with tests/reference/roberta_tiny's byte-level BPE
-/// tokenizer and config (random weights), trained, read back by `evaluate` and `predict`, and
-/// exported with transformers' RoBERTa names.
+/// RoBERTa and XLM-RoBERTa end to end: the tiny shape with tests/reference/<family>_tiny's
+/// tokenizer (byte-level BPE, unigram) and config (random weights), trained, read back by
+/// `evaluate` and `predict`, and exported with transformers' names for the family.
 #[test]
-fn a_tiny_roberta_trains_evaluates_predicts_and_exports() {
-    let dir = tempfile::tempdir().unwrap();
-    let (weights, export) = tiny_family_end_to_end("roberta", dir.path(), &[]);
-    assert_eq!(
-        weights["embeddings.token_type_embeddings.weight"].dims(),
-        [1, 32]
-    );
-    assert!(weights.contains_key("encoder.layer.1.attention.self.query.weight"));
-    let read = |name: &str| json_file(&export.join(name));
-    let config = read("config.json");
-    assert_eq!(config["architectures"], serde_json::json!(["RobertaModel"]));
-    assert_eq!(config["type_vocab_size"], 1);
-    let tokenizer = read("tokenizer_config.json");
-    assert_eq!(tokenizer["tokenizer_class"], "RobertaTokenizer");
-    assert_eq!(tokenizer["pad_token"], "<pad>");
-    assert_eq!(tokenizer["unk_token"], "<unk>");
-}
-
-/// XLM-RoBERTa end to end likewise, exported as transformers' XLM-RoBERTa.
-#[test]
-fn a_tiny_xlm_roberta_trains_evaluates_predicts_and_exports() {
-    let dir = tempfile::tempdir().unwrap();
-    let (weights, export) = tiny_family_end_to_end("xlm-roberta", dir.path(), &[]);
-    assert_eq!(
-        weights["embeddings.token_type_embeddings.weight"].dims(),
-        [1, 32]
-    );
-    let config = json_file(&export.join("config.json"));
-    assert_eq!(
-        config["architectures"],
-        serde_json::json!(["XLMRobertaModel"])
-    );
-    let tokenizer = json_file(&export.join("tokenizer_config.json"));
-    assert_eq!(tokenizer["tokenizer_class"], "XLMRobertaTokenizer");
-    assert_eq!(tokenizer["pad_token"], "<pad>");
+fn a_tiny_roberta_and_xlm_roberta_train_evaluate_predict_and_export() {
+    for (family, model_class, tokenizer_class) in [
+        ("roberta", "RobertaModel", "RobertaTokenizer"),
+        ("xlm-roberta", "XLMRobertaModel", "XLMRobertaTokenizer"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (weights, export) = tiny_family_end_to_end(family, dir.path(), &[]);
+        assert_eq!(
+            weights["embeddings.token_type_embeddings.weight"].dims(),
+            [1, 32]
+        );
+        assert!(weights.contains_key("encoder.layer.1.attention.self.query.weight"));
+        let read = |name: &str| json_file(&export.join(name));
+        let config = read("config.json");
+        assert_eq!(config["architectures"], serde_json::json!([model_class]));
+        assert_eq!(config["type_vocab_size"], 1);
+        let tokenizer = read("tokenizer_config.json");
+        assert_eq!(tokenizer["tokenizer_class"], tokenizer_class);
+        assert_eq!(tokenizer["pad_token"], "<pad>");
+        assert_eq!(tokenizer["unk_token"], "<unk>");
+    }
 }
 
 /// DistilBERT end to end likewise: the checkpoint keeps wick's (BERT's) names, the export
