@@ -4,6 +4,7 @@ Run once per model (the outputs are committed beside the tests):
 
     python tests/reference/make_reference.py MODEL_DIR            # MiniLM
     python tests/reference/make_reference.py MODEL_DIR mpnet      # all-mpnet-base-v2
+    python tests/reference/make_reference.py MODEL_DIR contrastive  # MiniLM, contrastive term
     python tests/reference/make_reference.py --tiny roberta       # a tiny random RoBERTa
     python tests/reference/make_reference.py --tiny distilbert    # a tiny random DistilBERT
     python tests/reference/make_reference.py --tiny electra       # a tiny random ELECTRA
@@ -31,6 +32,8 @@ tokenizer.json, model.safetensors. Needs torch, transformers and sentence-transf
   with decoupled weight decay 0.01 except on biases and LayerNorm weights. Records the loss before
   and after, the pre-clip gradient norm and a few updated weights (largest gradients, where the
   update does not hinge on eps).
+- contrastive_adamw_step.json (MiniLM, `contrastive`): the same step from the same head with the
+  objective `(1 - w) * cross_entropy + w * supcon(pooled)` of `train.contrastive_weight`.
 """
 
 import json
@@ -38,7 +41,7 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
@@ -60,6 +63,9 @@ BATCH = [
     ("docs: explain HF_HUB_OFFLINE", 0),
 ]
 NUM_LABELS = 3
+# (weight, temperature) of the supervised contrastive term in `contrastive` mode; BATCH's first
+# and last texts share a label, the other two have no positive.
+CONTRASTIVE = (0.5, 0.3)
 LR, WD, BETAS, EPS, MAX_NORM = 1e-3, 0.01, (0.9, 0.999), 1e-8, 1.0
 
 
@@ -213,7 +219,19 @@ def wick_name(name):
     return name
 
 
-def adamw_reference(model_dir, prefix, probe_names):
+def supervised_contrastive(embeddings, labels, temperature):
+    """Khosla et al.'s L_out, anchors without a positive left out of the mean (as wick's)."""
+    z = torch.nn.functional.normalize(embeddings, dim=1)
+    sim = z @ z.T / temperature
+    eye = torch.eye(len(labels), dtype=torch.bool)
+    log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~eye
+    count = positives.sum(1)
+    has = count > 0
+    return -((log_prob * positives).sum(1)[has] / count[has]).mean()
+
+
+def adamw_reference(model_dir, prefix, probe_names, contrastive=None):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dropout_off = dict(dropout=0.0, attention_dropout=0.0) if is_distilbert(model_dir) else \
         dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -221,12 +239,19 @@ def adamw_reference(model_dir, prefix, probe_names):
     bert.train()
     hidden = bert.config.hidden_size
     head = torch.nn.Linear(hidden, NUM_LABELS)
-    with torch.no_grad():
-        head.weight.normal_(0.0, 0.02)
-        head.bias.zero_()
-    save_file({"classifier.weight": head.weight.detach().contiguous(),
-               "classifier.bias": head.bias.detach().contiguous()},
-              str(HERE / f"{prefix}adamw_head.safetensors"))
+    head_file = HERE / f"{prefix}adamw_head.safetensors"
+    if contrastive:
+        # The plain step's head, so that the two steps differ only in the objective.
+        with torch.no_grad():
+            saved = load_file(str(head_file))
+            head.weight.copy_(saved["classifier.weight"])
+            head.bias.copy_(saved["classifier.bias"])
+    else:
+        with torch.no_grad():
+            head.weight.normal_(0.0, 0.02)
+            head.bias.zero_()
+        save_file({"classifier.weight": head.weight.detach().contiguous(),
+                   "classifier.bias": head.bias.detach().contiguous()}, str(head_file))
 
     enc = tokenizer([t for t, _ in BATCH], padding=True, truncation=True, max_length=128,
                     return_tensors="pt")
@@ -237,7 +262,12 @@ def adamw_reference(model_dir, prefix, probe_names):
     def loss_fn():
         out = bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                    **types).last_hidden_state
-        return torch.nn.functional.cross_entropy(head(masked_mean(out, enc["attention_mask"])), labels)
+        pooled = masked_mean(out, enc["attention_mask"])
+        loss = torch.nn.functional.cross_entropy(head(pooled), labels)
+        if contrastive:
+            weight, temperature = contrastive
+            loss = (1 - weight) * loss + weight * supervised_contrastive(pooled, labels, temperature)
+        return loss
 
     # Under wick's names, so that the decay groups and the probes are wick's.
     named = [(wick_name(n), p) for n, p in bert.named_parameters()] + \
@@ -271,6 +301,8 @@ def adamw_reference(model_dir, prefix, probe_names):
         "attention_mask": enc["attention_mask"].tolist(),
         "token_type_ids": torch.zeros_like(enc["input_ids"]).tolist() if not types
         else enc["token_type_ids"].tolist(),
+        **({"contrastive_weight": contrastive[0], "contrastive_temperature": contrastive[1]}
+           if contrastive else {}),
         "lr": LR, "weight_decay": WD, "betas": list(BETAS), "eps": EPS, "max_grad_norm": MAX_NORM,
         "loss_before": float(loss_before),
         "grad_norm": float(grad_norm),
@@ -320,6 +352,12 @@ def main():
             json.dumps(adamw_reference(str(model_dir), prefix, HEAD_PROBES + probes), indent=1))
         return
     model_dir = sys.argv[1]
+    if len(sys.argv) > 2 and sys.argv[2] == "contrastive":
+        _, _, probes = MODELS["minilm"]
+        (HERE / "contrastive_adamw_step.json").write_text(json.dumps(
+            adamw_reference(model_dir, "", HEAD_PROBES + probes, contrastive=CONTRASTIVE),
+            indent=1))
+        return
     model_id, prefix, probes = MODELS[sys.argv[2] if len(sys.argv) > 2 else "minilm"]
     pooled_name = f"{prefix}pooled.json" if prefix else "minilm_pooled.json"
     (HERE / pooled_name).write_text(json.dumps(pooled_reference(model_dir, model_id), indent=1))

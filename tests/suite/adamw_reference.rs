@@ -1,7 +1,6 @@
-//! One AdamW step of MiniLM (and of MPNet, and of tiny random RoBERTa, XLM-RoBERTa, DistilBERT
-//! and ELECTRA models) +
-//! pooling + head on a fixed batch against PyTorch
-//! (tests/reference/make_reference.py wrote the numbers; dropout off, clipping at 1.0,
+//! One AdamW step of MiniLM (plain, and with the contrastive term), of MPNet and of tiny random
+//! RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA models + pooling + head on a fixed batch against
+//! PyTorch (tests/reference/make_reference.py wrote the numbers; dropout off, clipping at 1.0,
 //! no weight decay on biases and layer-norm weights).
 
 use candle_core::{DType, Device, Tensor};
@@ -26,6 +25,10 @@ struct Reference {
     input_ids: Vec<Vec<u32>>,
     attention_mask: Vec<Vec<u32>>,
     token_type_ids: Vec<Vec<u32>>,
+    #[serde(default)]
+    contrastive_weight: f64,
+    #[serde(default)]
+    contrastive_temperature: f64,
     lr: f64,
     weight_decay: f64,
     betas: (f64, f64),
@@ -46,6 +49,17 @@ fn one_adamw_step_matches_pytorch() {
     adamw_step_matches_pytorch(
         ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2"),
         "",
+        "make model",
+    );
+}
+
+/// MiniLM with the supervised contrastive term (`train.contrastive_weight` 0.5, temperature
+/// 0.3) in the objective, from the same head as the plain step.
+#[test]
+fn one_adamw_step_with_the_contrastive_term_matches_pytorch() {
+    adamw_step_matches_pytorch(
+        ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2"),
+        "contrastive_",
         "make model",
     );
 }
@@ -96,6 +110,15 @@ fn tiny_family_adamw_step_matches_pytorch(family: &str) {
     );
 }
 
+/// The contrastive step starts from the plain MiniLM step's head.
+fn head_prefix(prefix: &str) -> &str {
+    if prefix == "contrastive_" {
+        ""
+    } else {
+        prefix
+    }
+}
+
 fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, setup: &str) {
     let dir = super::common::repo_root().join("tests/reference");
     let reference: Reference = serde_json::from_str(
@@ -127,7 +150,7 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, setup: &str) {
     .unwrap();
     load_safetensors(&varmap, &model.weights, false).unwrap();
     let head = candle_core::safetensors::load(
-        dir.join(format!("{prefix}adamw_head.safetensors")),
+        dir.join(format!("{}adamw_head.safetensors", head_prefix(prefix))),
         &Device::Cpu,
     )
     .unwrap();
@@ -141,10 +164,17 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, setup: &str) {
     let mask = matrix(&reference.attention_mask);
     let types = matrix(&reference.token_type_ids);
     let labels = Tensor::new(reference.labels.as_slice(), &Device::Cpu).unwrap();
+    let options = LossOptions {
+        contrastive_weight: reference.contrastive_weight,
+        contrastive_temperature: reference.contrastive_temperature,
+        ..Default::default()
+    };
     let loss_of = || {
-        let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+        let (pooled, logits) = classifier
+            .forward_with_pooled(&ids, &types, &mask, true)
+            .unwrap();
         classifier
-            .loss(&logits, &labels, &LossOptions::default())
+            .objective(&pooled, &logits, &labels, &options)
             .unwrap()
     };
 

@@ -1005,6 +1005,63 @@ fn the_logged_loss_is_a_mean_over_micro_batches_with_gradient_accumulation() {
     );
 }
 
+/// `train.contrastive_weight` changes the objective (the logged training loss differs from a
+/// plain run's from the first step) and the run still learns; evaluations score the plain loss
+/// (`evaluate` reproduces the logged one).
+/// Settings it cannot work with are refused before training, naming the key.
+#[test]
+fn the_contrastive_term_trains_and_refuses_what_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["train.epochs=15", "train.log_every=1"];
+    let plain = dir.path().join("plain");
+    assert_ok(&train_tiny(&plain, &common), "plain train");
+    let run = dir.path().join("run");
+    let with: Vec<&str> = common
+        .iter()
+        .copied()
+        .chain([
+            "train.contrastive_weight=0.5",
+            "train.contrastive_temperature=0.2",
+        ])
+        .collect();
+    assert_ok(&train_tiny(&run, &with), "train with the contrastive term");
+    let (ours, theirs) = (train_losses(&run), train_losses(&plain));
+    assert!(ours.iter().all(|l| l.is_finite()), "{ours:?}");
+    assert!(
+        (ours[0] - theirs[0]).abs() > 1e-3,
+        "the first step's objective equals the plain loss: {} vs {}",
+        ours[0],
+        theirs[0]
+    );
+    assert_loss_falls(&ours, 0.8, "contrastive");
+    last_checkpoint_evaluates_and_predicts(&run, "contrastive");
+
+    for (set, needles) in [
+        (
+            "train.contrastive_weight=1.0",
+            &["train.contrastive_weight", "[0, 1)"][..],
+        ),
+        (
+            "train.contrastive_temperature=0.0",
+            &["train.contrastive_temperature"][..],
+        ),
+    ] {
+        let output = train_tiny(&dir.path().join("bad"), &[set]);
+        assert_fails_naming(&output, needles);
+    }
+    for (other, needle) in [
+        ("train.freeze_encoder=true", "freeze_encoder"),
+        ("train.batch_size=1", "batch_size"),
+        ("data.multi_label=true", "single-label"),
+    ] {
+        let output = train_tiny(
+            &dir.path().join("bad"),
+            &["train.contrastive_weight=0.5", other],
+        );
+        assert_fails_naming(&output, &["train.contrastive_weight", needle]);
+    }
+}
+
 /// MPNet end to end: the tiny shape with all-mpnet-base-v2's tokenizer and config (random
 /// weights), trained, then read back by `evaluate` and `predict`. The checkpoint keeps MPNet's
 /// names and model type: `evaluate` on `last/` reproduces the last evaluation record's loss.

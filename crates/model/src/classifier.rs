@@ -34,6 +34,11 @@ pub struct LossOptions {
     /// Per-class weights `(num_labels,)`, as PyTorch's `weight=` (single-label) or `pos_weight`
     /// scaling of each class's term (multi-label).
     pub class_weights: Option<Tensor>,
+    /// `λ` in `[0, 1)`: with `λ > 0` the training objective is `(1 - λ) * loss + λ *
+    /// supervised_contrastive(pooled)` (Gunel et al. 2021; single-label only). 0: off.
+    pub contrastive_weight: f64,
+    /// The temperature of the contrastive term (used only when its weight is above 0).
+    pub contrastive_temperature: f64,
 }
 
 /// A BERT text classifier.
@@ -133,18 +138,33 @@ impl Classifier {
         attention_mask: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
+        let (_, logits) =
+            self.forward_with_pooled(input_ids, token_type_ids, attention_mask, train)?;
+        Ok(logits)
+    }
+
+    /// The pooled embeddings `(batch, hidden)` f32 (before the head's dropout; detached with a
+    /// frozen encoder) and the logits `(batch, num_labels)` f32, from one encoder pass.
+    pub fn forward_with_pooled(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
         let pooled = self.pooled(input_ids, token_type_ids, attention_mask, train)?;
         let pooled = if self.frozen_encoder {
             pooled.detach()
         } else {
             pooled
         };
-        let pooled = ops::dropout(&pooled, self.dropout, self.encoder.rng(), train)?;
+        let dropped = ops::dropout(&pooled, self.dropout, self.encoder.rng(), train)?;
         let (weight, bias) = (
             param(&self.head_weight, train),
             param(&self.head_bias, train),
         );
-        ops::linear(&pooled, &weight, Some(&bias))
+        let logits = ops::linear(&dropped, &weight, Some(&bias))?;
+        Ok((pooled, logits))
     }
 
     /// The scalar training loss of `logits` against `labels`: `(batch,)` u32 class ids for
@@ -161,6 +181,29 @@ impl Classifier {
                 loss::bce_with_logits(logits, labels, options.class_weights.as_ref())
             }
         }
+    }
+
+    /// The training objective: [`Self::loss`], or with `options.contrastive_weight = λ > 0`
+    /// `(1 - λ) * loss + λ * supervised_contrastive(pooled, labels)` over the batch's pooled
+    /// embeddings (single-label only).
+    pub fn objective(
+        &self,
+        pooled: &Tensor,
+        logits: &Tensor,
+        labels: &Tensor,
+        options: &LossOptions,
+    ) -> Result<Tensor> {
+        let loss = self.loss(logits, labels, options)?;
+        let weight = options.contrastive_weight;
+        if weight <= 0.0 {
+            return Ok(loss);
+        }
+        if self.task == Task::MultiLabel {
+            candle_core::bail!("the contrastive term needs single-label classes, not multi-label");
+        }
+        let contrastive =
+            loss::supervised_contrastive(pooled, labels, options.contrastive_temperature)?;
+        (loss * (1.0 - weight))? + (contrastive * weight)?
     }
 
     /// Class probabilities `(batch, num_labels)`: softmax for single-label, sigmoid for

@@ -69,6 +69,49 @@ pub fn bce_with_logits(
     per_term.mean_all()
 }
 
+/// Supervised contrastive loss (Khosla et al. 2020, the `L_out` form, as added to cross-entropy
+/// for fine-tuning by Gunel et al. 2021) of `embeddings (batch, dim)` with class ids `labels
+/// (batch,)`. The embeddings are L2-normalised (as `torch.nn.functional.normalize`); for an
+/// anchor `i` with positives `P(i)` (the other examples of its class),
+/// `l_i = -mean_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )`,
+/// and the loss is the mean of `l_i` over the anchors that have a positive: 0 (with no gradient)
+/// when none has, as in a batch of distinct classes. All on the device: no host read.
+/// <https://arxiv.org/abs/2004.11362>, <https://arxiv.org/abs/2011.01403>
+pub fn supervised_contrastive(
+    embeddings: &Tensor,
+    labels: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    let z = embeddings.to_dtype(DType::F32)?;
+    let (batch, _) = z.dims2()?;
+    let device = z.device();
+    let norm = z.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12f64)?;
+    let z = z.broadcast_div(&norm)?;
+    let sim = (z.matmul(&z.t()?)? / temperature)?;
+    // Every pair but the anchor with itself; the row maximum (detached: the log-sum-exp does not
+    // depend on it) keeps exp in range.
+    let others = (Tensor::ones((batch, batch), DType::F32, device)?
+        - Tensor::eye(batch, DType::F32, device)?)?;
+    let max = sim.max_keepdim(1)?.detach();
+    let shifted = sim.broadcast_sub(&max)?;
+    let log_denominator = (shifted.exp()? * &others)?.sum_keepdim(1)?.log()?;
+    let log_prob = shifted.broadcast_sub(&log_denominator)?;
+    let labels = labels.to_dtype(DType::F32)?;
+    let positives = (labels
+        .unsqueeze(1)?
+        .broadcast_eq(&labels.unsqueeze(0)?)?
+        .to_dtype(DType::F32)?
+        * &others)?;
+    let count = positives.sum(1)?;
+    let has_positive = count.gt(0f64)?.to_dtype(DType::F32)?;
+    let per_anchor = ((&positives * &log_prob)?.sum(1)? / count.maximum(1f64)?)?;
+    let anchors = has_positive.sum_all()?.maximum(1f64)?;
+    (per_anchor * has_positive)?
+        .sum_all()?
+        .neg()?
+        .broadcast_div(&anchors)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +160,107 @@ mod tests {
                 weights.is_some()
             );
         }
+    }
+
+    // Reference values from PyTorch 2.15 (the reference form: F.normalize, then log-softmax over
+    // the other examples with torch.logsumexp and a -inf diagonal, anchors without a positive
+    // left out of the mean):
+    //   e = [[1, 2, -0.5], [0.9, 1.5, 0], [0.3, -1, 2], [-2, 0.1, 0.4], [0, -0.7, 1.1]]
+    //   y = [0, 1, 1, 2, 0]  (example 3 has no positive)
+    const SUPCON_EMBEDDINGS: [[f32; 3]; 5] = [
+        [1.0, 2.0, -0.5],
+        [0.9, 1.5, 0.0],
+        [0.3, -1.0, 2.0],
+        [-2.0, 0.1, 0.4],
+        [0.0, -0.7, 1.1],
+    ];
+    const SUPCON_CASES: [(f64, f32, [f32; 15]); 2] = [
+        (
+            0.3,
+            4.916_652_7,
+            [
+                -0.143_602_25,
+                -0.016_546_547,
+                -0.353_391_1,
+                -0.336_575_27,
+                0.201_945_07,
+                -1.029_343_7,
+                -0.507_590_2,
+                -0.589_901_2,
+                -0.218_812_11,
+                0.005_739_555_7,
+                -0.012_907_34,
+                0.031_924_609,
+                -0.425_645_26,
+                -0.551_359_9,
+                -0.350_865_36,
+            ],
+        ),
+        (
+            0.07,
+            20.880_52,
+            [
+                -0.608_017_56,
+                -0.077_009_678,
+                -1.524_076_1,
+                -1.459_794_8,
+                0.875_876_9,
+                -4.510_830_4,
+                -2.175_150_2,
+                -2.593_763_4,
+                -0.970_609_2,
+                1.606_879_6e-6,
+                -6.099_610_8e-6,
+                9.559_300_5e-6,
+                -1.662_485_6,
+                -2.390_729,
+                -1.521_372_3,
+            ],
+        ),
+    ];
+
+    #[test]
+    fn supervised_contrastive_loss_and_gradient_match_pytorch() {
+        let d = &Device::Cpu;
+        let labels = Tensor::new(&[0u32, 1, 1, 2, 0], d).unwrap();
+        for (temperature, expected, expected_grad) in SUPCON_CASES {
+            let e = candle_core::Var::new(&SUPCON_EMBEDDINGS, d).unwrap();
+            let loss = supervised_contrastive(e.as_tensor(), &labels, temperature).unwrap();
+            let got = loss.to_scalar::<f32>().unwrap();
+            assert!(
+                (got - expected).abs() < 1e-5 * expected,
+                "temperature {temperature}: {got} vs {expected}"
+            );
+            let grads = loss.backward().unwrap();
+            let grad = grads.get(&e).unwrap().flatten_all().unwrap();
+            for (i, (g, want)) in grad
+                .to_vec1::<f32>()
+                .unwrap()
+                .into_iter()
+                .zip(expected_grad)
+                .enumerate()
+            {
+                assert!(
+                    (g - want).abs() < 1e-5 * (1.0 + want.abs()),
+                    "temperature {temperature}, gradient [{i}]: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn supervised_contrastive_is_zero_when_no_example_shares_a_class() {
+        let d = &Device::Cpu;
+        let e = Tensor::new(&SUPCON_EMBEDDINGS, d).unwrap();
+        let labels = Tensor::new(&[0u32, 1, 2, 3, 4], d).unwrap();
+        let loss = supervised_contrastive(&e, &labels, 0.3).unwrap();
+        assert_eq!(loss.to_scalar::<f32>().unwrap(), 0.0);
+        // Scaling an embedding does not change the loss: it sees directions only.
+        let labels = Tensor::new(&[0u32, 1, 1, 2, 0], d).unwrap();
+        let scaled = (e.clone() * 7.5).unwrap();
+        let a = value(supervised_contrastive(&e, &labels, 0.3).unwrap());
+        let b = value(supervised_contrastive(&scaled, &labels, 0.3).unwrap());
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::Deserialize;
+use wick_model::classifier::LossOptions;
 use wick_model::hub::{resolve, ModelSource, ResolvedModel};
 use wick_model::weights::{init_all, init_head, load_safetensors, named_vars};
 use wick_model::{BertConfig, Classifier, ModelType, Task};
@@ -308,14 +309,22 @@ fn eval_forward_matches_candle_transformers_bert() {
 
 /// Asserts every variable received a finite gradient that is not zero everywhere.
 fn assert_every_variable_has_a_gradient(varmap: &VarMap, loss: &Tensor) {
+    assert_gradients(varmap, loss, |_| true);
+}
+
+/// Asserts the variables `expected` names received a finite gradient that is not zero
+/// everywhere, and the others none.
+fn assert_gradients(varmap: &VarMap, loss: &Tensor, expected: impl Fn(&str) -> bool) {
     let grads = loss.backward().unwrap();
     let vars: Vec<(String, Var)> = named_vars(varmap);
     assert!(!vars.is_empty());
     let mut failures = Vec::new();
     for (name, var) in &vars {
-        match grads.get(var.as_tensor()) {
-            None => failures.push(format!("{name}: no gradient")),
-            Some(grad) => {
+        match (grads.get(var.as_tensor()), expected(name)) {
+            (None, true) => failures.push(format!("{name}: no gradient")),
+            (None, false) => {}
+            (Some(_), false) => failures.push(format!("{name}: a gradient, expected none")),
+            (Some(grad), true) => {
                 let sq = grad
                     .sqr()
                     .unwrap()
@@ -363,6 +372,58 @@ fn every_parameter_of_a_tiny_bert_gets_a_gradient() {
         .loss(&logits, &labels, &Default::default())
         .unwrap();
     assert_every_variable_has_a_gradient(&varmap, &loss);
+}
+
+/// The supervised contrastive term alone reaches every encoder parameter (and not the head,
+/// which it does not use); with weight 0 the objective is the plain loss, bit for bit.
+#[test]
+fn the_contrastive_term_reaches_every_encoder_parameter() {
+    let config = BertConfig::tiny(100);
+    let (varmap, classifier) = tiny_f32(&config, 3);
+    init_all(&varmap, 0.02, 5).unwrap();
+    let (ids, types, mask) = batch(&[
+        vec![2, 5, 9, 11, 3],
+        vec![2, 7, 3],
+        vec![2, 40, 41, 42, 43, 44, 3],
+        vec![2, 12, 13, 3],
+    ]);
+    let types = types.ones_like().unwrap().broadcast_mul(&mask).unwrap();
+    let labels = Tensor::new(&[0u32, 1, 0, 1], &Device::Cpu).unwrap();
+    let (pooled, logits) = classifier
+        .forward_with_pooled(&ids, &types, &mask, true)
+        .unwrap();
+    let contrastive = wick_model::loss::supervised_contrastive(&pooled, &labels, 0.3).unwrap();
+    assert!(contrastive.to_scalar::<f32>().unwrap() > 0.0);
+    assert_gradients(&varmap, &contrastive, |name| {
+        !name.starts_with("classifier.") && !name.starts_with("pooler.")
+    });
+
+    let plain = classifier
+        .loss(&logits, &labels, &Default::default())
+        .unwrap();
+    let off = LossOptions {
+        contrastive_temperature: 0.3,
+        ..Default::default()
+    };
+    let objective = classifier
+        .objective(&pooled, &logits, &labels, &off)
+        .unwrap();
+    assert_eq!(
+        plain.to_scalar::<f32>().unwrap(),
+        objective.to_scalar::<f32>().unwrap()
+    );
+    let half = LossOptions {
+        contrastive_weight: 0.5,
+        ..off
+    };
+    let mixed = classifier
+        .objective(&pooled, &logits, &labels, &half)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let expected =
+        0.5 * plain.to_scalar::<f32>().unwrap() + 0.5 * contrastive.to_scalar::<f32>().unwrap();
+    assert!((mixed - expected).abs() < 1e-6, "{mixed} vs {expected}");
 }
 
 #[test]

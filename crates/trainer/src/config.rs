@@ -199,6 +199,11 @@ pub struct TrainConfig {
     /// Exponential moving average of the weights ([`crate::ema`]): evaluation and checkpoints
     /// use the average, with this decay per optimizer step (0: off).
     pub ema_decay: f64,
+    /// `λ` of the supervised contrastive term on the pooled embeddings: the objective becomes
+    /// `(1 - λ) * cross_entropy + λ * supcon` (0: off; single-label only).
+    pub contrastive_weight: f64,
+    /// Temperature of the contrastive term.
+    pub contrastive_temperature: f64,
     pub class_weights: Option<ClassWeights>,
     /// Read loss and grad norm from the device every this many optimizer steps.
     pub log_every: usize,
@@ -240,6 +245,8 @@ impl Default for TrainConfig {
             freeze_encoder: false,
             label_smoothing: 0.0,
             ema_decay: 0.0,
+            contrastive_weight: 0.0,
+            contrastive_temperature: 0.3,
             class_weights: None,
             log_every: 10,
             checkpoint_every: 0,
@@ -398,12 +405,36 @@ impl RunConfig {
             (0.0..1.0).contains(&t.ema_decay),
             "must be in [0, 1) (0 turns the weight average off)",
         )?;
+        positive(
+            "train.contrastive_weight",
+            (0.0..1.0).contains(&t.contrastive_weight),
+            "must be in [0, 1) (0 turns the contrastive term off)",
+        )?;
+        positive(
+            "train.contrastive_temperature",
+            t.contrastive_temperature > 0.0 && t.contrastive_temperature.is_finite(),
+            "must be > 0",
+        )?;
         positive("train.log_every", t.log_every > 0, "must be > 0")?;
         if t.label_smoothing > 0.0 && self.data.multi_label {
             return Err(TrainError::config(
                 "train.label_smoothing",
                 "applies to single-label data only",
             ));
+        }
+        if t.contrastive_weight > 0.0 {
+            let refuse = |why: &str| Err(TrainError::config("train.contrastive_weight", why));
+            if self.data.multi_label {
+                return refuse("applies to single-label data only (its positives are the examples of the same class)");
+            }
+            if t.freeze_encoder {
+                return refuse("needs the encoder to train: with train.freeze_encoder the pooled embeddings it acts on are fixed");
+            }
+            if t.batch_size < 2 {
+                return refuse(
+                    "needs train.batch_size >= 2: it compares the examples of each micro-batch",
+                );
+            }
         }
         if let Some(ClassWeights::Explicit(weights)) = &t.class_weights {
             if weights.len() != self.data.labels.len() {

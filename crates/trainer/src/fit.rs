@@ -516,6 +516,8 @@ impl Trainer {
         let loss_options = LossOptions {
             label_smoothing: t.label_smoothing,
             class_weights: class_weights(&config, &train, &device)?,
+            contrastive_weight: t.contrastive_weight,
+            contrastive_temperature: t.contrastive_temperature,
         };
         let parameters = named_vars(&varmap)
             .iter()
@@ -1024,13 +1026,13 @@ pub fn optimizer_step(
             .labels
             .as_ref()
             .ok_or_else(|| TrainError::config("data.label_field", "training data has no labels"))?;
-        let logits = model.forward(
+        let (pooled, logits) = model.forward_with_pooled(
             &batch.input_ids,
             &batch.token_type_ids,
             &batch.attention_mask,
             true,
         )?;
-        let loss = model.loss(&logits, labels, loss_options)?;
+        let loss = model.objective(&pooled, &logits, labels, loss_options)?;
         let mut scaled = (&loss / micro_batches.len() as f64)?;
         if let Some(scaler) = scaler.as_deref() {
             scaled = scaled.broadcast_mul(scaler.scale())?;
