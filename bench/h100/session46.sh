@@ -3,13 +3,14 @@
 # carries the fourth piece): the supervised contrastive term (train.contrastive_weight, new) on
 # the shipped MPNet pipeline (configs/nlbse-mpnet.toml: three members holding out the same 48
 # rows, head_tail 128, 512 tokens, bf16), temperature 0.3, with weight 0.5 and 0.9 (Gunel et al.
-# 2021 used 0.9 for few examples), on held-out splits SPLITS (default 1-3) of heldout.py.
+# 2021 used 0.9 for few examples), on held-out splits SPLITS (default 1-3) of heldout.py; a
+# second machine ran WEIGHTS=0.5 TEMPERATURE=0.1 SPLITS="1 2 3 4 5 6".
 # Baseline on splits 1-3 (session 41, the same without the term): test 0.816 / 0.873 / 0.830,
 # validation 0.867 / 0.830 / 0.825. The runs go side by side in a process of their own session;
 # later calls run `DIR=/root/s46/results bench/h100/poll.sh`.
 set -u
 W=/root/s46; . bench/h100/mpnet_setup.sh
-SPLITS=${SPLITS:-1 2 3}; WEIGHTS=${WEIGHTS:-0.5 0.9}
+SPLITS=${SPLITS:-1 2 3}; WEIGHTS=${WEIGHTS:-0.5 0.9}; TEMPERATURE=${TEMPERATURE:-0.3}
 cp configs/nlbse-mpnet.toml $W/
 H=$W/heldout; mkdir -p $H
 python3 bench/h100/heldout.py "$W/issues_train.csv" "$H" $SPLITS
@@ -22,11 +23,11 @@ export HF_HUB_OFFLINE=1
 cd $W
 for weight in $WEIGHTS; do
 for split in $SPLITS; do
-  ( t0=\$SECONDS; name=scl\${weight}_\$split
+  ( t0=\$SECONDS; name=scl\${weight}_t${TEMPERATURE}_\$split
     $W/bin/nlbse --device cuda --config $W/nlbse-mpnet.toml --ensemble 3 --test $H/test_\$split.csv \
       --set model.path=$M --set data.train=\"$H/train_\$split.csv\" --set data.split_seed=\$split \
       --set train.seed=42 --set train.precision=bf16 --set train.contrastive_weight=\$weight \
-      --set train.contrastive_temperature=0.3 \
+      --set train.contrastive_temperature=$TEMPERATURE \
       --out /dev/shm/nl_\$name --json > $R/heldout_\$name.txt 2> $R/heldout_\$name.log
     echo "rc \$? wall \$((SECONDS - t0)) s" >> $R/heldout_\$name.txt
     cp /dev/shm/nl_\$name/nlbse.json $R/heldout_\$name.json
