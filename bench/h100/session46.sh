@@ -2,9 +2,10 @@
 # GPU session 46 (weights joined from /root/mp, three earlier calls of this machine; this call
 # carries the fourth piece): the supervised contrastive term (train.contrastive_weight, new) on
 # the shipped MPNet pipeline (configs/nlbse-mpnet.toml: three members holding out the same 48
-# rows, head_tail 128, 512 tokens, bf16), temperature 0.3, with weight 0.5 and 0.9 (Gunel et al.
-# 2021 used 0.9 for few examples), on held-out splits SPLITS (default 1-3) of heldout.py; a
-# second machine ran WEIGHTS=0.5 TEMPERATURE=0.1 SPLITS="1 2 3 4 5 6".
+# rows, head_tail 128, 512 tokens, bf16), temperature 0.3, with weight 0.5 and 0.9, on held-out
+# splits SPLITS (default 1-3) of heldout.py. Run as: the default, then SPLITS="4 5 6" on the same
+# machine (before the temperature was a variable, so those runs are named scl<weight>_<split>),
+# then on a second machine WEIGHTS=0.5 TEMPERATURE=0.1 SPLITS="1 2 3 4 5 6".
 # Baseline on splits 1-3 (session 41, the same without the term): test 0.816 / 0.873 / 0.830,
 # validation 0.867 / 0.830 / 0.825. The runs go side by side in a process of their own session;
 # later calls run `DIR=/root/s46/results bench/h100/poll.sh`.
