@@ -1,6 +1,7 @@
 //! The accelerator path against the CPU, on the accelerator `--device auto` picks (Metal, else
 //! CUDA): a tiny BERT with the same seeded weights and the same padded batch on both devices gives
-//! the same logits, loss and gradient for every variable, and five AdamW steps leave the same
+//! the same logits, loss (also with the contrastive term) and gradient for every variable, and
+//! five AdamW steps leave the same
 //! losses and weights while reading nothing back from the device (and the same weight average).
 //! Low precision stays finite with
 //! padding and close to f32. Built without an accelerator feature, or run where none opens, each
@@ -14,6 +15,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use wick_data::TensorBatch;
+use wick_model::classifier::LossOptions;
 use wick_model::weights::{init_all, named_vars};
 use wick_model::{BertConfig, Classifier, ModelType, Task};
 use wick_trainer::device::{choose, DeviceRequest};
@@ -184,14 +186,26 @@ fn forward_loss_and_gradients_match(accel: &Device, p: f64) {
 }
 
 fn forward_loss_and_gradients_match_for(accel: &Device, p: f64, model_type: ModelType) {
+    objective_and_gradients_match(accel, p, model_type, &LossOptions::default(), None)
+}
+
+/// The objective of `options` (on [`batch`], with `labels` in place of its own if given): logits,
+/// its value and every variable's gradient on the accelerator against the CPU.
+fn objective_and_gradients_match(
+    accel: &Device,
+    p: f64,
+    model_type: ModelType,
+    options: &LossOptions,
+    labels: Option<&[u32]>,
+) {
     let run = |device: &Device| {
         let (varmap, classifier) = tiny_model(device, DType::F32, p, model_type);
-        let b = batch(device);
-        let logits = classifier
-            .forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, true)
+        let b = relabelled(batch(device), labels);
+        let (pooled, logits) = classifier
+            .forward_with_pooled(&b.input_ids, &b.token_type_ids, &b.attention_mask, true)
             .unwrap();
         let loss = classifier
-            .loss(&logits, b.labels.as_ref().unwrap(), &Default::default())
+            .objective(&pooled, &logits, b.labels.as_ref().unwrap(), options)
             .unwrap();
         let grads = loss.backward().unwrap();
         let grads: Vec<(String, Tensor)> = named_vars(&varmap)
@@ -223,6 +237,80 @@ fn forward_loss_and_gradients_match_for(accel: &Device, p: f64, model_type: Mode
         assert!(
             rel < 1e-3,
             "{name}: gradient differs by {rel} of its largest entry"
+        );
+    }
+}
+
+/// [`batch`] with `labels` in place of its own, if given.
+fn relabelled(mut b: TensorBatch, labels: Option<&[u32]>) -> TensorBatch {
+    if let Some(labels) = labels {
+        b.labels = Some(Tensor::new(labels, b.input_ids.device()).unwrap());
+    }
+    b
+}
+
+/// The supervised contrastive term (`train.contrastive_weight`) on a batch where two texts share
+/// a label: the objective and every gradient on the accelerator against the CPU, with and
+/// without dropout, and three AdamW steps with it give the CPU's losses while reading nothing
+/// back from the device.
+#[test]
+fn accelerator_contrastive_objective_matches_the_cpu() {
+    let Some(accel) = accelerator("accelerator_contrastive_objective_matches_the_cpu") else {
+        return;
+    };
+    let options = LossOptions {
+        contrastive_weight: 0.5,
+        contrastive_temperature: 0.3,
+        ..Default::default()
+    };
+    let labels: &[u32] = &[0, 1, 0];
+    objective_and_gradients_match(&accel, 0.0, ModelType::Bert, &options, Some(labels));
+    if accel.is_cuda() {
+        objective_and_gradients_match(&accel, 0.3, ModelType::Bert, &options, Some(labels));
+    }
+    let run = |device: &Device| {
+        let (varmap, classifier) = model(device, DType::F32);
+        let params = named_vars(&varmap)
+            .into_iter()
+            .map(|(name, var)| ParamSpec {
+                weight_decay: 0.01,
+                lr_scale: 1.0,
+                name,
+                var,
+            })
+            .collect();
+        let mut optimizer = AdamW::new(params, 0.9, 0.999, 1e-8).unwrap();
+        let b = relabelled(batch(device), Some(labels));
+        let reads_before = wick_trainer::sync::reads_on_this_thread();
+        let losses: Vec<Tensor> = (0..3)
+            .map(|_| {
+                let step = optimizer_step(
+                    &classifier,
+                    &mut optimizer,
+                    std::slice::from_ref(&b),
+                    &options,
+                    1.0,
+                    1e-3,
+                    None,
+                );
+                step.unwrap().loss_sum
+            })
+            .collect();
+        let reads = wick_trainer::sync::reads_on_this_thread() - reads_before;
+        let losses: Vec<f32> = losses
+            .iter()
+            .map(|l| on_cpu(l).to_scalar::<f32>().unwrap())
+            .collect();
+        (losses, reads)
+    };
+    let (losses_cpu, _) = run(&Device::Cpu);
+    let (losses_acc, reads) = run(&accel);
+    assert_eq!(reads, 0, "contrastive steps read {reads} values back");
+    for (step, (a, b)) in losses_cpu.iter().zip(&losses_acc).enumerate() {
+        assert!(
+            (a - b).abs() < 1e-4,
+            "step {}: objective {a} on the CPU, {b} on the accelerator",
+            step + 1
         );
     }
 }
