@@ -1012,7 +1012,13 @@ fn the_logged_loss_is_a_mean_over_micro_batches_with_gradient_accumulation() {
 #[test]
 fn the_contrastive_term_trains_and_refuses_what_it_cannot_use() {
     let dir = tempfile::tempdir().unwrap();
-    let common = ["train.epochs=15", "train.log_every=1"];
+    // 27 texts in batches of 13: each epoch ends on a batch of one text, which has no other to
+    // contrast with (the term must then be 0, not NaN).
+    let common = [
+        "train.epochs=15",
+        "train.log_every=1",
+        "train.batch_size=13",
+    ];
     let plain = dir.path().join("plain");
     assert_ok(&train_tiny(&plain, &common), "plain train");
     let run = dir.path().join("run");

@@ -251,8 +251,8 @@ fn relabelled(mut b: TensorBatch, labels: Option<&[u32]>) -> TensorBatch {
 
 /// The supervised contrastive term (`train.contrastive_weight`) on a batch where two texts share
 /// a label: the objective and every gradient on the accelerator against the CPU, with and
-/// without dropout, and three AdamW steps with it give the CPU's losses while reading nothing
-/// back from the device.
+/// without dropout, and three AdamW steps with it give the CPU's losses and weights while
+/// reading nothing back from the device.
 #[test]
 fn accelerator_contrastive_objective_matches_the_cpu() {
     let Some(accel) = accelerator("accelerator_contrastive_objective_matches_the_cpu") else {
@@ -268,43 +268,9 @@ fn accelerator_contrastive_objective_matches_the_cpu() {
     if accel.is_cuda() {
         objective_and_gradients_match(&accel, 0.3, ModelType::Bert, &options, Some(labels));
     }
-    let run = |device: &Device| {
-        let (varmap, classifier) = model(device, DType::F32);
-        let params = named_vars(&varmap)
-            .into_iter()
-            .map(|(name, var)| ParamSpec {
-                weight_decay: 0.01,
-                lr_scale: 1.0,
-                name,
-                var,
-            })
-            .collect();
-        let mut optimizer = AdamW::new(params, 0.9, 0.999, 1e-8).unwrap();
-        let b = relabelled(batch(device), Some(labels));
-        let reads_before = wick_trainer::sync::reads_on_this_thread();
-        let losses: Vec<Tensor> = (0..3)
-            .map(|_| {
-                let step = optimizer_step(
-                    &classifier,
-                    &mut optimizer,
-                    std::slice::from_ref(&b),
-                    &options,
-                    1.0,
-                    1e-3,
-                    None,
-                );
-                step.unwrap().loss_sum
-            })
-            .collect();
-        let reads = wick_trainer::sync::reads_on_this_thread() - reads_before;
-        let losses: Vec<f32> = losses
-            .iter()
-            .map(|l| on_cpu(l).to_scalar::<f32>().unwrap())
-            .collect();
-        (losses, reads)
-    };
-    let (losses_cpu, _) = run(&Device::Cpu);
-    let (losses_acc, reads) = run(&accel);
+    let run = |device: &Device| adamw_steps(device, 3, &options, Some(labels));
+    let (losses_cpu, weights_cpu, _) = run(&Device::Cpu);
+    let (losses_acc, weights_acc, reads) = run(&accel);
     assert_eq!(reads, 0, "contrastive steps read {reads} values back");
     for (step, (a, b)) in losses_cpu.iter().zip(&losses_acc).enumerate() {
         assert!(
@@ -313,6 +279,61 @@ fn accelerator_contrastive_objective_matches_the_cpu() {
             step + 1
         );
     }
+    for ((name, a), (_, b)) in weights_cpu.iter().zip(&weights_acc) {
+        assert!(
+            max_diff(a, b) < 1e-4,
+            "{name}: weights differ by {} after 3 steps",
+            max_diff(a, b)
+        );
+    }
+}
+
+/// `steps` AdamW steps of the tiny BERT on [`batch`] (relabelled with `labels` if given) under
+/// the objective of `options`: each step's loss, the weights after, and the device->host reads
+/// the steps made.
+fn adamw_steps(
+    device: &Device,
+    steps: usize,
+    options: &LossOptions,
+    labels: Option<&[u32]>,
+) -> (Vec<f32>, Vec<(String, Tensor)>, u64) {
+    let (varmap, classifier) = model(device, DType::F32);
+    let params = named_vars(&varmap)
+        .into_iter()
+        .map(|(name, var)| ParamSpec {
+            weight_decay: 0.01,
+            lr_scale: 1.0,
+            name,
+            var,
+        })
+        .collect();
+    let mut optimizer = AdamW::new(params, 0.9, 0.999, 1e-8).unwrap();
+    let b = relabelled(batch(device), labels);
+    let reads_before = wick_trainer::sync::reads_on_this_thread();
+    let losses: Vec<Tensor> = (0..steps)
+        .map(|_| {
+            let step = optimizer_step(
+                &classifier,
+                &mut optimizer,
+                std::slice::from_ref(&b),
+                options,
+                1.0,
+                1e-3,
+                None,
+            );
+            step.unwrap().loss_sum
+        })
+        .collect();
+    let reads = wick_trainer::sync::reads_on_this_thread() - reads_before;
+    let losses: Vec<f32> = losses
+        .iter()
+        .map(|l| on_cpu(l).to_scalar::<f32>().unwrap())
+        .collect();
+    let weights: Vec<(String, Tensor)> = named_vars(&varmap)
+        .into_iter()
+        .map(|(name, var)| (name, on_cpu(var.as_tensor())))
+        .collect();
+    (losses, weights, reads)
 }
 
 #[test]
@@ -322,46 +343,7 @@ fn accelerator_adamw_steps_match_the_cpu_without_reading_the_device() {
     else {
         return;
     };
-    let run = |device: &Device| {
-        let (varmap, classifier) = model(device, DType::F32);
-        let params = named_vars(&varmap)
-            .into_iter()
-            .map(|(name, var)| ParamSpec {
-                weight_decay: 0.01,
-                lr_scale: 1.0,
-                name,
-                var,
-            })
-            .collect();
-        let mut optimizer = AdamW::new(params, 0.9, 0.999, 1e-8).unwrap();
-        let b = batch(device);
-        let reads_before = wick_trainer::sync::reads_on_this_thread();
-        let losses: Vec<Tensor> = (0..5)
-            .map(|_| {
-                optimizer_step(
-                    &classifier,
-                    &mut optimizer,
-                    std::slice::from_ref(&b),
-                    &Default::default(),
-                    1.0,
-                    1e-3,
-                    None,
-                )
-                .unwrap()
-                .loss_sum
-            })
-            .collect();
-        let reads = wick_trainer::sync::reads_on_this_thread() - reads_before;
-        let losses: Vec<f32> = losses
-            .iter()
-            .map(|l| on_cpu(l).to_scalar::<f32>().unwrap())
-            .collect();
-        let weights: Vec<(String, Tensor)> = named_vars(&varmap)
-            .into_iter()
-            .map(|(name, var)| (name, on_cpu(var.as_tensor())))
-            .collect();
-        (losses, weights, reads)
-    };
+    let run = |device: &Device| adamw_steps(device, 5, &LossOptions::default(), None);
     let (losses_cpu, weights_cpu, _) = run(&Device::Cpu);
     let (losses_acc, weights_acc, reads) = run(&accel);
     assert_eq!(

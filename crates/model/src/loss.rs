@@ -88,13 +88,17 @@ pub fn supervised_contrastive(
     let norm = z.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12f64)?;
     let z = z.broadcast_div(&norm)?;
     let sim = (z.matmul(&z.t()?)? / temperature)?;
-    // Every pair but the anchor with itself; the row maximum (detached: the log-sum-exp does not
-    // depend on it) keeps exp in range.
-    let others = (Tensor::ones((batch, batch), DType::F32, device)?
-        - Tensor::eye(batch, DType::F32, device)?)?;
-    let max = sim.max_keepdim(1)?.detach();
-    let shifted = sim.broadcast_sub(&max)?;
-    let log_denominator = (shifted.exp()? * &others)?.sum_keepdim(1)?.log()?;
+    // The anchor with itself is left out of the denominator: its entry is pushed far below the
+    // others (finite, so that no 0 * inf appears) and its exp is 0. The maximum over the others
+    // (detached: the log-sum-exp does not depend on it) is subtracted, so every exp is at most 1
+    // and the largest is 1: the sum cannot underflow to 0 at any temperature. A micro-batch of
+    // one text has no other: its row sums to exp(0), and with no positive it counts for nothing.
+    let eye = Tensor::eye(batch, DType::F32, device)?;
+    let others = (Tensor::ones((batch, batch), DType::F32, device)? - &eye)?;
+    let masked = (sim - (eye * 1e30)?)?;
+    let max = masked.max_keepdim(1)?.detach();
+    let shifted = masked.broadcast_sub(&max)?;
+    let log_denominator = shifted.exp()?.sum_keepdim(1)?.log()?;
     let log_prob = shifted.broadcast_sub(&log_denominator)?;
     let labels = labels.to_dtype(DType::F32)?;
     let positives = (labels
@@ -245,6 +249,48 @@ mod tests {
                     "temperature {temperature}, gradient [{i}]: {g} vs {want}"
                 );
             }
+        }
+    }
+
+    /// A low temperature spreads the logits over hundreds (the old form, which took the row
+    /// maximum over the anchor itself, underflowed to log 0 here), and a micro-batch of one text
+    /// (the last of an epoch, say) has no other text at all: both stay finite.
+    #[test]
+    fn supervised_contrastive_stays_finite_at_low_temperature_and_for_one_text() {
+        let d = &Device::Cpu;
+        let labels = Tensor::new(&[0u32, 1, 1, 2, 0], d).unwrap();
+        let e = candle_core::Var::new(&SUPCON_EMBEDDINGS, d).unwrap();
+        // PyTorch 2.15, as above with t = 0.01: 146.16364; gradient [0..3] below.
+        let loss = supervised_contrastive(e.as_tensor(), &labels, 0.01).unwrap();
+        let got = value(loss.clone());
+        assert!((got - 146.163_64).abs() < 1e-5 * 146.2, "{got}");
+        let grad = loss
+            .backward()
+            .unwrap()
+            .get(&e)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let grad = grad.to_vec1::<f32>().unwrap();
+        for (g, want) in grad
+            .iter()
+            .zip([-4.256_123_5f32, -0.539_068_2, -10.668_531])
+        {
+            assert!(
+                (g - want).abs() < 1e-5 * (1.0 + want.abs()),
+                "{g} vs {want}"
+            );
+        }
+        assert!(grad.iter().all(|g| g.is_finite()), "{grad:?}");
+
+        let one = candle_core::Var::new(&[SUPCON_EMBEDDINGS[0]], d).unwrap();
+        let loss = supervised_contrastive(one.as_tensor(), &Tensor::new(&[0u32], d).unwrap(), 0.3)
+            .unwrap();
+        assert_eq!(value(loss.clone()), 0.0);
+        let grads = loss.backward().unwrap();
+        if let Some(g) = grads.get(&one) {
+            let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(g.iter().all(|v| *v == 0.0), "{g:?}");
         }
     }
 
