@@ -1030,7 +1030,13 @@ fn the_contrastive_term_trains_and_refuses_what_it_cannot_use() {
             "train.contrastive_temperature=0.2",
         ])
         .collect();
-    assert_ok(&train_tiny(&run, &with), "train with the contrastive term");
+    let output = train_tiny(&run, &with);
+    assert_ok(&output, "train with the contrastive term");
+    assert!(
+        text(&output.stderr).contains("0.50 x supervised contrastive"),
+        "train does not say what it optimizes:\n{}",
+        text(&output.stderr)
+    );
     let (ours, theirs) = (train_losses(&run), train_losses(&plain));
     assert!(ours.iter().all(|l| l.is_finite()), "{ours:?}");
     assert!(

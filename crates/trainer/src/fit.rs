@@ -513,6 +513,16 @@ impl Trainer {
             }
             None => TrainState::default(),
         };
+        if t.contrastive_weight > 0.0 {
+            reporter.message(&format!(
+                "objective: {:.2} x cross-entropy + {:.2} x supervised contrastive loss of the \
+                 pooled embeddings (train.contrastive_weight, temperature {}); the logged \
+                 training loss is this objective, evaluations report the plain loss",
+                1.0 - t.contrastive_weight,
+                t.contrastive_weight,
+                t.contrastive_temperature
+            ));
+        }
         let loss_options = LossOptions {
             label_smoothing: t.label_smoothing,
             class_weights: class_weights(&config, &train, &device)?,
