@@ -74,8 +74,8 @@ pub fn bce_with_logits(
 /// (batch,)`. The embeddings are L2-normalised (as `torch.nn.functional.normalize`); for an
 /// anchor `i` with positives `P(i)` (the other examples of its class),
 /// `l_i = -mean_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )`,
-/// and the loss is the mean of `l_i` over the anchors that have a positive: 0 (with no gradient)
-/// when none has, as in a batch of distinct classes. All on the device: no host read.
+/// and the loss is the mean of `l_i` over the anchors that have a positive: 0 (with a zero
+/// gradient) when none has, as in a batch of distinct classes. All on the device: no host read.
 /// <https://arxiv.org/abs/2004.11362>, <https://arxiv.org/abs/2011.01403>
 pub fn supervised_contrastive(
     embeddings: &Tensor,

@@ -425,10 +425,16 @@ impl RunConfig {
         if t.contrastive_weight > 0.0 {
             let refuse = |why: &str| Err(TrainError::config("train.contrastive_weight", why));
             if self.data.multi_label {
-                return refuse("applies to single-label data only (its positives are the examples of the same class)");
+                return refuse(
+                    "applies to single-label data only \
+                     (its positives are the examples of the same class)",
+                );
             }
             if t.freeze_encoder {
-                return refuse("needs the encoder to train: with train.freeze_encoder the pooled embeddings it acts on are fixed");
+                return refuse(
+                    "needs the encoder to train: with train.freeze_encoder \
+                     the pooled embeddings it acts on are fixed",
+                );
             }
             if t.batch_size < 2 {
                 return refuse(
