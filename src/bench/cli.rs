@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, ValueEnum};
+use wick_model::classifier::LossOptions;
 use wick_model::hub::{resolve, ModelSource, DEFAULT_MODEL_ID};
 use wick_model::BertConfig;
 use wick_trainer::device::DeviceRequest;
@@ -59,6 +60,10 @@ pub struct Args {
     /// Seed of the random batch, random weights and dropout.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The training step's objective with the supervised contrastive term of this weight
+    /// (`train.contrastive_weight`, temperature 0.3), to time its cost. Default: off.
+    #[arg(long, default_value_t = 0.0)]
+    contrastive_weight: f64,
     /// One JSON object per measurement per line.
     #[arg(long)]
     json: bool,
@@ -106,6 +111,8 @@ pub struct Plan {
     pub timing: Timing,
     sizes: Option<Vec<usize>>,
     pub seed: u64,
+    /// The objective of forward_backward and train_step.
+    pub loss_options: LossOptions,
     pub json: bool,
 }
 
@@ -125,6 +132,9 @@ impl Plan {
         }
         if args.sizes.contains(&0) {
             bail!("--sizes must all be at least 1");
+        }
+        if !(0.0..1.0).contains(&args.contrastive_weight) {
+            bail!("--contrastive-weight must be in [0, 1)");
         }
         let only = if args.only.is_empty() {
             BenchArg::value_variants().to_vec()
@@ -179,6 +189,11 @@ impl Plan {
             },
             sizes: (!args.sizes.is_empty()).then_some(args.sizes),
             seed: args.seed,
+            loss_options: LossOptions {
+                contrastive_weight: args.contrastive_weight,
+                contrastive_temperature: 0.3,
+                ..LossOptions::default()
+            },
             json: args.json,
         })
     }

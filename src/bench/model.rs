@@ -66,6 +66,7 @@ pub struct Harness {
     batch: TensorBatch,
     device: Device,
     seed: u64,
+    loss_options: LossOptions,
 }
 
 impl Harness {
@@ -76,6 +77,7 @@ impl Harness {
         batch: usize,
         seq: usize,
         seed: u64,
+        loss_options: &LossOptions,
     ) -> Result<Self> {
         let config = &spec.config;
         let (varmap, model) = Classifier::build(
@@ -102,6 +104,7 @@ impl Harness {
             batch,
             device: device.clone(),
             seed,
+            loss_options: loss_options.clone(),
         })
     }
 
@@ -148,12 +151,15 @@ impl Harness {
             .rng()
             .reseed(self.seed, step, &self.device)?;
         let b = &self.batch;
-        let logits =
-            self.model
-                .forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, true)?;
+        let (pooled, logits) = self.model.forward_with_pooled(
+            &b.input_ids,
+            &b.token_type_ids,
+            &b.attention_mask,
+            true,
+        )?;
         let labels = b.labels.as_ref().context("benchmark batch has no labels")?;
         self.model
-            .loss(&logits, labels, &LossOptions::default())?
+            .objective(&pooled, &logits, labels, &self.loss_options)?
             .backward()?;
         Ok(())
     }
@@ -176,7 +182,7 @@ impl Harness {
             &self.model,
             optimizer,
             std::slice::from_ref(&self.batch),
-            &LossOptions::default(),
+            &self.loss_options,
             MAX_GRAD_NORM,
             LR,
             scaler.as_mut(),

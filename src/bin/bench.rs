@@ -211,10 +211,18 @@ impl<'a> Session<'a> {
         let plan = self.plan;
         let dtype = plan.model_dtype;
         let ceiling = self.ceiling(dtype)?;
-        let harness = Harness::build(spec, dtype, &self.device, plan.batch, plan.seq, plan.seed)
-            .with_context(|| format!("building {}", spec.label))?;
+        let harness = Harness::build(
+            spec,
+            dtype,
+            &self.device,
+            plan.batch,
+            plan.seq,
+            plan.seed,
+            &plan.loss_options,
+        )
+        .with_context(|| format!("building {}", spec.label))?;
         self.report.note(&format!(
-            "\nmodel {}: {:.1}M params ({}), batch {} x seq {}, {} on {}\n  \
+            "\nmodel {}: {:.1}M params ({}), batch {} x seq {}, {} on {}{}\n  \
              mfu ceiling: best {} {} matmul in this process, size {}: {:.1} GFLOP/s ({})\n{}",
             spec.label,
             harness.params() as f64 / 1e6,
@@ -227,6 +235,10 @@ impl<'a> Session<'a> {
             plan.seq,
             dtype.as_str(),
             device_name(&self.device),
+            match plan.loss_options.contrastive_weight {
+                w if w > 0.0 => format!(", objective with contrastive weight {w}"),
+                _ => String::new(),
+            },
             device_name(&self.device),
             dtype.as_str(),
             ceiling.size,
