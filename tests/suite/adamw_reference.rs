@@ -49,6 +49,7 @@ fn one_adamw_step_matches_pytorch() {
     adamw_step_matches_pytorch(
         ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2"),
         "",
+        "",
         "make model",
     );
 }
@@ -60,6 +61,7 @@ fn one_adamw_step_with_the_contrastive_term_matches_pytorch() {
     adamw_step_matches_pytorch(
         ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2"),
         "contrastive_",
+        "",
         "make model",
     );
 }
@@ -69,6 +71,7 @@ fn one_adamw_step_with_the_contrastive_term_matches_pytorch() {
 fn one_mpnet_adamw_step_matches_pytorch() {
     adamw_step_matches_pytorch(
         ModelSource::from_id("sentence-transformers/all-mpnet-base-v2"),
+        "mpnet_",
         "mpnet_",
         "make model-mpnet",
     );
@@ -103,23 +106,18 @@ fn one_electra_adamw_step_matches_pytorch() {
 
 fn tiny_family_adamw_step_matches_pytorch(family: &str) {
     let dir = super::common::repo_root().join(format!("tests/reference/{family}_tiny"));
+    let prefix = format!("{family}_");
     adamw_step_matches_pytorch(
         ModelSource::from_path(dir),
-        &format!("{family}_"),
+        &prefix,
+        &prefix,
         &format!("python tests/reference/make_reference.py --tiny {family}"),
     );
 }
 
-/// The contrastive step starts from the plain MiniLM step's head.
-fn head_prefix(prefix: &str) -> &str {
-    if prefix == "contrastive_" {
-        ""
-    } else {
-        prefix
-    }
-}
-
-fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, setup: &str) {
+/// The step recorded in `{prefix}adamw_step.json`, from the head in
+/// `{head_prefix}adamw_head.safetensors`.
+fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &str, setup: &str) {
     let dir = super::common::repo_root().join("tests/reference");
     let reference: Reference = serde_json::from_str(
         &std::fs::read_to_string(dir.join(format!("{prefix}adamw_step.json"))).unwrap(),
@@ -150,7 +148,7 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, setup: &str) {
     .unwrap();
     load_safetensors(&varmap, &model.weights, false).unwrap();
     let head = candle_core::safetensors::load(
-        dir.join(format!("{}adamw_head.safetensors", head_prefix(prefix))),
+        dir.join(format!("{head_prefix}adamw_head.safetensors")),
         &Device::Cpu,
     )
     .unwrap();
