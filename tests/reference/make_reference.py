@@ -5,6 +5,7 @@ Run once per model (the outputs are committed beside the tests):
     python tests/reference/make_reference.py MODEL_DIR            # MiniLM
     python tests/reference/make_reference.py MODEL_DIR mpnet      # all-mpnet-base-v2
     python tests/reference/make_reference.py MODEL_DIR contrastive  # MiniLM, contrastive term
+    python tests/reference/make_reference.py --supcon             # prints loss.rs's constants
     python tests/reference/make_reference.py --tiny roberta       # a tiny random RoBERTa
     python tests/reference/make_reference.py --tiny distilbert    # a tiny random DistilBERT
     python tests/reference/make_reference.py --tiny electra       # a tiny random ELECTRA
@@ -340,7 +341,24 @@ MODELS = {
 }
 
 
+def supcon_reference():
+    """The loss and embedding gradient of wick_model::loss's unit tests (printed, then pasted)."""
+    e = torch.tensor([[1.0, 2.0, -0.5], [0.9, 1.5, 0.0], [0.3, -1.0, 2.0], [-2.0, 0.1, 0.4],
+                      [0.0, -0.7, 1.1]], requires_grad=True)
+    labels = torch.tensor([0, 1, 1, 2, 0])
+    out = {}
+    for temperature in (0.3, 0.07, 0.01):
+        e.grad = None
+        loss = supervised_contrastive(e, labels, temperature)
+        loss.backward()
+        out[temperature] = {"loss": loss.item(), "grad": e.grad.flatten().tolist()}
+    return out
+
+
 def main():
+    if sys.argv[1] == "--supcon":
+        print(json.dumps(supcon_reference(), indent=1))
+        return
     if sys.argv[1] == "--tiny":
         family = sys.argv[2]
         model_dir = HERE / f"{family}_tiny"

@@ -107,13 +107,14 @@ pub fn supervised_contrastive(
         .to_dtype(DType::F32)?
         * &others)?;
     let count = positives.sum(1)?;
-    let has_positive = count.gt(0f64)?.to_dtype(DType::F32)?;
+    // An anchor without a positive has an all-zero row here, so it adds 0 to the sum.
     let per_anchor = ((&positives * &log_prob)?.sum(1)? / count.maximum(1f64)?)?;
-    let anchors = has_positive.sum_all()?.maximum(1f64)?;
-    (per_anchor * has_positive)?
+    let anchors = count
+        .gt(0f64)?
+        .to_dtype(DType::F32)?
         .sum_all()?
-        .neg()?
-        .broadcast_div(&anchors)
+        .maximum(1f64)?;
+    per_anchor.sum_all()?.neg()?.broadcast_div(&anchors)
 }
 
 #[cfg(test)]
@@ -166,9 +167,9 @@ mod tests {
         }
     }
 
-    // Reference values from PyTorch 2.15 (the reference form: F.normalize, then log-softmax over
-    // the other examples with torch.logsumexp and a -inf diagonal, anchors without a positive
-    // left out of the mean):
+    // Reference values from PyTorch 2.15, printed by `tests/reference/make_reference.py --supcon`
+    // (`supervised_contrastive` there: F.normalize, then log-softmax over the other examples with
+    // torch.logsumexp and a -inf diagonal, anchors without a positive left out of the mean):
     //   e = [[1, 2, -0.5], [0.9, 1.5, 0], [0.3, -1, 2], [-2, 0.1, 0.4], [0, -0.7, 1.1]]
     //   y = [0, 1, 1, 2, 0]  (example 3 has no positive)
     const SUPCON_EMBEDDINGS: [[f32; 3]; 5] = [
@@ -260,7 +261,7 @@ mod tests {
         let d = &Device::Cpu;
         let labels = Tensor::new(&[0u32, 1, 1, 2, 0], d).unwrap();
         let e = candle_core::Var::new(&SUPCON_EMBEDDINGS, d).unwrap();
-        // PyTorch 2.15, as above with t = 0.01: 146.16364; gradient [0..3] below.
+        // PyTorch 2.15 (`make_reference.py --supcon`, t = 0.01): 146.16364; gradient [0..3] below.
         let loss = supervised_contrastive(e.as_tensor(), &labels, 0.01).unwrap();
         let got = value(loss.clone());
         assert!((got - 146.163_64).abs() < 1e-5 * 146.2, "{got}");
