@@ -1,10 +1,8 @@
 //! The accelerator path against the CPU, on the accelerator `--device auto` picks (Metal, else
 //! CUDA): a tiny BERT with the same seeded weights and the same padded batch on both devices gives
 //! the same logits, loss (also with the contrastive term) and gradient for every variable, and
-//! five AdamW steps leave the same
-//! losses and weights while reading nothing back from the device (and the same weight average).
-//! Low precision stays finite with
-//! padding and close to f32. Built without an accelerator feature, or run where none opens, each
+//! AdamW steps leave the same losses and weights while reading nothing back from the device (and
+//! the same weight average). Low precision stays finite with padding and close to f32. Built without an accelerator feature, or run where none opens, each
 //! test prints why it skipped and passes: `cargo test --features cuda` runs on any machine.
 //!
 //! On CUDA the model runs wick's fused kernels (`wick_model::cuda`), whose dropout masks are the
@@ -268,24 +266,7 @@ fn accelerator_contrastive_objective_matches_the_cpu() {
     if accel.is_cuda() {
         objective_and_gradients_match(&accel, 0.3, ModelType::Bert, &options, Some(labels));
     }
-    let run = |device: &Device| adamw_steps(device, 3, &options, Some(labels));
-    let (losses_cpu, weights_cpu, _) = run(&Device::Cpu);
-    let (losses_acc, weights_acc, reads) = run(&accel);
-    assert_eq!(reads, 0, "contrastive steps read {reads} values back");
-    for (step, (a, b)) in losses_cpu.iter().zip(&losses_acc).enumerate() {
-        assert!(
-            (a - b).abs() < 1e-4,
-            "step {}: objective {a} on the CPU, {b} on the accelerator",
-            step + 1
-        );
-    }
-    for ((name, a), (_, b)) in weights_cpu.iter().zip(&weights_acc) {
-        assert!(
-            max_diff(a, b) < 1e-4,
-            "{name}: weights differ by {} after 3 steps",
-            max_diff(a, b)
-        );
-    }
+    adamw_steps_match_the_cpu(&accel, 3, &options, Some(labels));
 }
 
 /// `steps` AdamW steps of the tiny BERT on [`batch`] (relabelled with `labels` if given) under
@@ -336,16 +317,17 @@ fn adamw_steps(
     (losses, weights, reads)
 }
 
-#[test]
-fn accelerator_adamw_steps_match_the_cpu_without_reading_the_device() {
-    let Some(accel) =
-        accelerator("accelerator_adamw_steps_match_the_cpu_without_reading_the_device")
-    else {
-        return;
-    };
-    let run = |device: &Device| adamw_steps(device, 5, &LossOptions::default(), None);
-    let (losses_cpu, weights_cpu, _) = run(&Device::Cpu);
-    let (losses_acc, weights_acc, reads) = run(&accel);
+/// [`adamw_steps`] on the CPU and on `accel`: the accelerator's steps read nothing back, and
+/// each step's loss and every weight after the last are within 1e-4 of the CPU's. Returns the
+/// CPU's losses.
+fn adamw_steps_match_the_cpu(
+    accel: &Device,
+    steps: usize,
+    options: &LossOptions,
+    labels: Option<&[u32]>,
+) -> Vec<f32> {
+    let (losses_cpu, weights_cpu, _) = adamw_steps(&Device::Cpu, steps, options, labels);
+    let (losses_acc, weights_acc, reads) = adamw_steps(accel, steps, options, labels);
     assert_eq!(
         reads, 0,
         "optimizer steps read {reads} values back from the device"
@@ -357,17 +339,28 @@ fn accelerator_adamw_steps_match_the_cpu_without_reading_the_device() {
             step + 1
         );
     }
+    for ((name, a), (_, b)) in weights_cpu.iter().zip(&weights_acc) {
+        assert!(
+            max_diff(a, b) < 1e-4,
+            "{name}: weights differ by {} after {steps} steps",
+            max_diff(a, b)
+        );
+    }
+    losses_cpu
+}
+
+#[test]
+fn accelerator_adamw_steps_match_the_cpu_without_reading_the_device() {
+    let Some(accel) =
+        accelerator("accelerator_adamw_steps_match_the_cpu_without_reading_the_device")
+    else {
+        return;
+    };
+    let losses_cpu = adamw_steps_match_the_cpu(&accel, 5, &LossOptions::default(), None);
     assert!(
         losses_cpu[4] < losses_cpu[0],
         "five steps did not lower the loss: {losses_cpu:?}"
     );
-    for ((name, a), (_, b)) in weights_cpu.iter().zip(&weights_acc) {
-        assert!(
-            max_diff(a, b) < 1e-4,
-            "{name}: weights differ by {} after 5 steps",
-            max_diff(a, b)
-        );
-    }
 }
 
 #[test]
