@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use wick_model::classifier::LossOptions;
 use wick_model::hub::{resolve, ModelSource, DEFAULT_MODEL_ID};
 use wick_model::BertConfig;
+use wick_trainer::config::TrainConfig;
 use wick_trainer::device::DeviceRequest;
 
 use super::model::{ModelBench, ModelSpec};
@@ -61,7 +62,7 @@ pub struct Args {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// The training step's objective with the supervised contrastive term of this weight
-    /// (`train.contrastive_weight`, temperature 0.3), to time its cost. Default: off.
+    /// (`train.contrastive_weight`, at the default temperature), to time its cost. Default: off.
     #[arg(long, default_value_t = 0.0)]
     contrastive_weight: f64,
     /// One JSON object per measurement per line.
@@ -191,7 +192,7 @@ impl Plan {
             seed: args.seed,
             loss_options: LossOptions {
                 contrastive_weight: args.contrastive_weight,
-                contrastive_temperature: 0.3,
+                contrastive_temperature: TrainConfig::default().contrastive_temperature,
                 ..LossOptions::default()
             },
             json: args.json,
