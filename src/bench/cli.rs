@@ -65,6 +65,10 @@ pub struct Args {
     /// (`train.contrastive_weight`, at the default temperature), to time its cost. Default: off.
     #[arg(long, default_value_t = 0.0)]
     contrastive_weight: f64,
+    /// R-Drop's `α` (`train.rdrop_weight`): the training step runs each batch twice, with
+    /// independent dropout masks, to time its cost. Default: off.
+    #[arg(long, default_value_t = 0.0)]
+    rdrop_weight: f64,
     /// One JSON object per measurement per line.
     #[arg(long)]
     json: bool,
@@ -137,6 +141,9 @@ impl Plan {
         if !(0.0..1.0).contains(&args.contrastive_weight) {
             bail!("--contrastive-weight must be in [0, 1)");
         }
+        if !(args.rdrop_weight >= 0.0 && args.rdrop_weight.is_finite()) {
+            bail!("--rdrop-weight must be >= 0 and finite");
+        }
         let only = if args.only.is_empty() {
             BenchArg::value_variants().to_vec()
         } else {
@@ -193,6 +200,7 @@ impl Plan {
             loss_options: LossOptions {
                 contrastive_weight: args.contrastive_weight,
                 contrastive_temperature: TrainConfig::default().contrastive_temperature,
+                rdrop_weight: args.rdrop_weight,
                 ..LossOptions::default()
             },
             json: args.json,

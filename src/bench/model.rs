@@ -151,15 +151,15 @@ impl Harness {
             .rng()
             .reseed(self.seed, step, &self.device)?;
         let b = &self.batch;
-        let (pooled, logits) = self.model.forward_with_pooled(
-            &b.input_ids,
-            &b.token_type_ids,
-            &b.attention_mask,
-            true,
-        )?;
         let labels = b.labels.as_ref().context("benchmark batch has no labels")?;
         self.model
-            .objective(&pooled, &logits, labels, &self.loss_options)?
+            .train_objective(
+                &b.input_ids,
+                &b.token_type_ids,
+                &b.attention_mask,
+                labels,
+                &self.loss_options,
+            )?
             .backward()?;
         Ok(())
     }

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
+use wick_model::classifier::LossOptions;
 use wick_trainer::budget::{Kernels, MemoryBudget};
 use wick_trainer::device::{self, device_name, Chosen};
 
@@ -235,10 +236,7 @@ impl<'a> Session<'a> {
             plan.seq,
             dtype.as_str(),
             device_name(&self.device),
-            match plan.loss_options.contrastive_weight {
-                w if w > 0.0 => format!(", objective with contrastive weight {w}"),
-                _ => String::new(),
-            },
+            objective_note(&plan.loss_options),
             device_name(&self.device),
             dtype.as_str(),
             ceiling.size,
@@ -324,4 +322,22 @@ fn estimate(
         ModelBench::ForwardBackward => budget.weights + budget.gradients + budget.activations,
         ModelBench::TrainStep => budget.total(),
     }
+}
+
+/// The header's note on a training objective other than the plain loss.
+fn objective_note(options: &LossOptions) -> String {
+    let mut note = String::new();
+    if options.contrastive_weight > 0.0 {
+        note += &format!(
+            ", objective with contrastive weight {}",
+            options.contrastive_weight
+        );
+    }
+    if options.rdrop_weight > 0.0 {
+        note += &format!(
+            ", R-Drop weight {} (two passes per batch)",
+            options.rdrop_weight
+        );
+    }
+    note
 }

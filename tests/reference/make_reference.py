@@ -6,6 +6,7 @@ Run once per model (the outputs are committed beside the tests):
     python tests/reference/make_reference.py MODEL_DIR mpnet      # all-mpnet-base-v2
     python tests/reference/make_reference.py MODEL_DIR contrastive  # MiniLM, contrastive term
     python tests/reference/make_reference.py --supcon             # prints loss.rs's constants
+    python tests/reference/make_reference.py --rdrop              # prints loss.rs's constants
     python tests/reference/make_reference.py --tiny roberta       # a tiny random RoBERTa
     python tests/reference/make_reference.py --tiny distilbert    # a tiny random DistilBERT
     python tests/reference/make_reference.py --tiny electra       # a tiny random ELECTRA
@@ -355,7 +356,41 @@ def supcon_reference():
     return out
 
 
+def rdrop_reference():
+    """R-Drop's symmetric KL of wick_model::loss's unit tests, from torch's own kl_div (softmax)
+    and the Bernoulli KL written from log-sigmoids (multi-label): loss and both logits' grads."""
+    a = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, -3.0], [-50.0, 60.0, 0.0]],
+                     requires_grad=True)
+    b = torch.tensor([[1.5, -0.5, 0.0], [0.3, -0.4, -2.0], [-40.0, 55.0, 3.0]],
+                     requires_grad=True)
+    F = torch.nn.functional
+
+    def softmax_kl(a, b):
+        la, lb = F.log_softmax(a, dim=-1), F.log_softmax(b, dim=-1)
+        # kl_div(input, target) = KL(target || input), summed over classes, mean over examples.
+        return 0.5 * (F.kl_div(lb, la, log_target=True, reduction="batchmean")
+                      + F.kl_div(la, lb, log_target=True, reduction="batchmean"))
+
+    def bernoulli_kl(a, b):
+        def kl(x, y):  # KL(Bernoulli(sigmoid x) || Bernoulli(sigmoid y)) per label
+            return (torch.sigmoid(x) * (F.logsigmoid(x) - F.logsigmoid(y))
+                    + torch.sigmoid(-x) * (F.logsigmoid(-x) - F.logsigmoid(-y)))
+        return 0.5 * (kl(a, b) + kl(b, a)).sum(-1).mean()
+
+    out = {}
+    for name, fn in (("softmax", softmax_kl), ("bernoulli", bernoulli_kl)):
+        a.grad = b.grad = None
+        loss = fn(a, b)
+        loss.backward()
+        out[name] = {"loss": loss.item(), "grad_a": a.grad.flatten().tolist(),
+                     "grad_b": b.grad.flatten().tolist()}
+    return out
+
+
 def main():
+    if sys.argv[1] == "--rdrop":
+        print(json.dumps(rdrop_reference(), indent=1))
+        return
     if sys.argv[1] == "--supcon":
         print(json.dumps(supcon_reference(), indent=1))
         return

@@ -1074,6 +1074,64 @@ fn the_contrastive_term_trains_and_refuses_what_it_cannot_use() {
     }
 }
 
+/// `train.rdrop_weight` (R-Drop): each batch goes through the model twice and the objective
+/// gains the two views' divergence, so the first logged loss differs from a plain run's; the run
+/// trains, says what it optimizes, and its checkpoint evaluates and predicts. A negative weight,
+/// and a model with every dropout at 0 (its two passes would be identical), are refused.
+#[test]
+fn r_drop_trains_and_refuses_a_model_without_dropout() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["train.epochs=15", "train.log_every=1"];
+    let plain = dir.path().join("plain");
+    assert_ok(&train_tiny(&plain, &common), "plain train");
+    let run = dir.path().join("run");
+    let with: Vec<&str> = common
+        .iter()
+        .copied()
+        .chain(["train.rdrop_weight=1.0"])
+        .collect();
+    let output = train_tiny(&run, &with);
+    assert_ok(&output, "train with R-Drop");
+    assert!(
+        text(&output.stderr).contains("R-Drop, train.rdrop_weight 1"),
+        "train does not say what it optimizes:\n{}",
+        text(&output.stderr)
+    );
+    let (ours, theirs) = (train_losses(&run), train_losses(&plain));
+    assert!(ours.iter().all(|l| l.is_finite()), "{ours:?}");
+    assert!(
+        (ours[0] - theirs[0]).abs() > 1e-4,
+        "the first step's objective equals the plain loss: {} vs {}",
+        ours[0],
+        theirs[0]
+    );
+    assert_loss_falls(&ours, 0.8, "R-Drop");
+    last_checkpoint_evaluates_and_predicts(&run, "R-Drop");
+
+    let output = train_tiny(&dir.path().join("bad"), &["train.rdrop_weight=-0.5"]);
+    assert_fails_naming(&output, &["train.rdrop_weight", ">= 0"]);
+    let output = train_tiny(
+        &dir.path().join("bad"),
+        &[
+            "train.rdrop_weight=1.0",
+            "model.hidden_dropout=0.0",
+            "model.attention_dropout=0.0",
+            "model.classifier_dropout=0.0",
+        ],
+    );
+    assert_fails_naming(&output, &["train.rdrop_weight", "needs dropout"]);
+    let output = train_tiny(
+        &dir.path().join("bad2"),
+        &[
+            "train.rdrop_weight=1.0",
+            "model.hidden_dropout=0.0",
+            "model.attention_dropout=0.0",
+            "model.classifier_dropout=0.1",
+        ],
+    );
+    assert_ok(&output, "R-Drop with only the head's dropout");
+}
+
 /// MPNet end to end: the tiny shape with all-mpnet-base-v2's tokenizer and config (random
 /// weights), trained, then read back by `evaluate` and `predict`. The checkpoint keeps MPNet's
 /// names and model type: `evaluate` on `last/` reproduces the last evaluation record's loss.

@@ -1,6 +1,6 @@
 //! The accelerator path against the CPU, on the accelerator `--device auto` picks (Metal, else
 //! CUDA): a tiny BERT with the same seeded weights and the same padded batch on both devices gives
-//! the same logits, loss (also with the contrastive term) and gradient for every variable, and
+//! the same logits, loss (also with the contrastive term and R-Drop) and gradient for every variable, and
 //! AdamW steps leave the same losses and weights while reading nothing back from the device (and
 //! the same weight average). Low precision stays finite with padding and close to f32. Built without an accelerator feature, or run where none opens, each
 //! test prints why it skipped and passes: `cargo test --features cuda` runs on any machine.
@@ -202,9 +202,23 @@ fn objective_and_gradients_match(
         let (pooled, logits) = classifier
             .forward_with_pooled(&b.input_ids, &b.token_type_ids, &b.attention_mask, true)
             .unwrap();
-        let loss = classifier
-            .objective(&pooled, &logits, b.labels.as_ref().unwrap(), options)
-            .unwrap();
+        let labels = b.labels.as_ref().unwrap();
+        let loss = if options.rdrop_weight > 0.0 {
+            // Its own pass of the stacked batch, with the dropout keys that follow the pass above.
+            classifier
+                .train_objective(
+                    &b.input_ids,
+                    &b.token_type_ids,
+                    &b.attention_mask,
+                    labels,
+                    options,
+                )
+                .unwrap()
+        } else {
+            classifier
+                .objective(&pooled, &logits, labels, options)
+                .unwrap()
+        };
         let grads = loss.backward().unwrap();
         let grads: Vec<(String, Tensor)> = named_vars(&varmap)
             .into_iter()
@@ -266,19 +280,59 @@ fn accelerator_contrastive_objective_matches_the_cpu() {
     if accel.is_cuda() {
         objective_and_gradients_match(&accel, 0.3, ModelType::Bert, &options, Some(labels));
     }
-    adamw_steps_match_the_cpu(&accel, 3, &options, Some(labels));
+    adamw_steps_match_the_cpu(&accel, 3, 0.0, &options, Some(labels));
 }
 
-/// `steps` AdamW steps of the tiny BERT on [`batch`] (relabelled with `labels` if given) under
+/// R-Drop (`train.rdrop_weight`): the batch stacked on itself, each copy under its own dropout
+/// masks. On CUDA, whose masks are the CPU's, the objective (alone and with the contrastive
+/// term) and every gradient match the CPU, and three AdamW steps with it give the CPU's losses
+/// and weights while reading nothing back from the device. Other accelerators draw other masks,
+/// so there is nothing to compare.
+#[test]
+fn accelerator_rdrop_objective_matches_the_cpu() {
+    let Some(accel) = accelerator("accelerator_rdrop_objective_matches_the_cpu") else {
+        return;
+    };
+    if !accel.is_cuda() {
+        eprintln!("skipped: only CUDA draws the CPU's dropout masks");
+        return;
+    }
+    let rdrop = LossOptions {
+        rdrop_weight: 1.0,
+        ..Default::default()
+    };
+    let with_contrastive = LossOptions {
+        contrastive_weight: 0.5,
+        contrastive_temperature: 0.3,
+        ..rdrop.clone()
+    };
+    objective_and_gradients_match(&accel, 0.3, ModelType::Bert, &rdrop, None);
+    objective_and_gradients_match(
+        &accel,
+        0.3,
+        ModelType::Bert,
+        &with_contrastive,
+        Some(&[0, 1, 0]),
+    );
+    let losses = adamw_steps_match_the_cpu(&accel, 3, 0.3, &rdrop, None);
+    let plain = adamw_steps(&Device::Cpu, 1, 0.3, &LossOptions::default(), None).0;
+    assert_ne!(
+        losses[0], plain[0],
+        "R-Drop did not change the first step's objective"
+    );
+}
+
+/// `steps` AdamW steps of the tiny BERT (dropout `p`) on [`batch`] (relabelled with `labels` if given) under
 /// the objective of `options`: each step's loss, the weights after, and the device->host reads
 /// the steps made.
 fn adamw_steps(
     device: &Device,
     steps: usize,
+    p: f64,
     options: &LossOptions,
     labels: Option<&[u32]>,
 ) -> (Vec<f32>, Vec<(String, Tensor)>, u64) {
-    let (varmap, classifier) = model(device, DType::F32);
+    let (varmap, classifier) = model_with_dropout(device, DType::F32, p);
     let params = named_vars(&varmap)
         .into_iter()
         .map(|(name, var)| ParamSpec {
@@ -323,11 +377,12 @@ fn adamw_steps(
 fn adamw_steps_match_the_cpu(
     accel: &Device,
     steps: usize,
+    p: f64,
     options: &LossOptions,
     labels: Option<&[u32]>,
 ) -> Vec<f32> {
-    let (losses_cpu, weights_cpu, _) = adamw_steps(&Device::Cpu, steps, options, labels);
-    let (losses_acc, weights_acc, reads) = adamw_steps(accel, steps, options, labels);
+    let (losses_cpu, weights_cpu, _) = adamw_steps(&Device::Cpu, steps, p, options, labels);
+    let (losses_acc, weights_acc, reads) = adamw_steps(accel, steps, p, options, labels);
     assert_eq!(
         reads, 0,
         "optimizer steps read {reads} values back from the device"
@@ -356,7 +411,7 @@ fn accelerator_adamw_steps_match_the_cpu_without_reading_the_device() {
     else {
         return;
     };
-    let losses_cpu = adamw_steps_match_the_cpu(&accel, 5, &LossOptions::default(), None);
+    let losses_cpu = adamw_steps_match_the_cpu(&accel, 5, 0.0, &LossOptions::default(), None);
     assert!(
         losses_cpu[4] < losses_cpu[0],
         "five steps did not lower the loss: {losses_cpu:?}"

@@ -39,6 +39,10 @@ pub struct LossOptions {
     pub contrastive_weight: f64,
     /// The temperature of the contrastive term (used only when its weight is above 0).
     pub contrastive_temperature: f64,
+    /// R-Drop's `α` (Liang et al. 2021), `>= 0`: with `α > 0` each training micro-batch goes
+    /// through the model twice, with independent dropout masks, and the objective gains `α`
+    /// times their symmetric KL divergence ([`Classifier::train_objective`]). 0: off.
+    pub rdrop_weight: f64,
 }
 
 /// A BERT text classifier.
@@ -204,6 +208,46 @@ impl Classifier {
         let contrastive =
             loss::supervised_contrastive(pooled, labels, options.contrastive_temperature)?;
         (loss * (1.0 - weight))? + (contrastive * weight)?
+    }
+
+    /// The training objective of one micro-batch, from its inputs, with dropout on. With
+    /// `options.rdrop_weight = α > 0` (R-Drop, <https://arxiv.org/abs/2106.14448>) the batch is
+    /// stacked on itself and goes through the model as one batch of twice the rows, so each text
+    /// has two views under independent dropout masks; the objective is [`Self::objective`] over
+    /// both views (the mean loss of the two, and with the contrastive term each text's other view
+    /// is one more positive, as in Khosla et al.'s two-view form) plus `α / 2` times their mean
+    /// symmetric KL divergence ([`loss::symmetric_kl`], or its Bernoulli form for multi-label).
+    /// Per text that is half of Liang et al.'s `CE_1 + CE_2 + α / 2 (KL(P_1 || P_2) + KL(P_2 ||
+    /// P_1))`, so `α` means what it means in their paper.
+    pub fn train_objective(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        options: &LossOptions,
+    ) -> Result<Tensor> {
+        let alpha = options.rdrop_weight;
+        if alpha <= 0.0 {
+            let (pooled, logits) =
+                self.forward_with_pooled(input_ids, token_type_ids, attention_mask, true)?;
+            return self.objective(&pooled, &logits, labels, options);
+        }
+        let twice = |t: &Tensor| Tensor::cat(&[t, t], 0);
+        let (pooled, logits) = self.forward_with_pooled(
+            &twice(input_ids)?,
+            &twice(token_type_ids)?,
+            &twice(attention_mask)?,
+            true,
+        )?;
+        let objective = self.objective(&pooled, &logits, &twice(labels)?, options)?;
+        let rows = input_ids.dim(0)?;
+        let (first, second) = (logits.narrow(0, 0, rows)?, logits.narrow(0, rows, rows)?);
+        let consistency = match self.task {
+            Task::SingleLabel => loss::symmetric_kl(&first, &second)?,
+            Task::MultiLabel => loss::symmetric_kl_bernoulli(&first, &second)?,
+        };
+        objective + (consistency * (alpha / 2.0))?
     }
 
     /// Class probabilities `(batch, num_labels)`: softmax for single-label, sigmoid for

@@ -117,6 +117,33 @@ pub fn supervised_contrastive(
     per_anchor.sum_all()?.neg()?.broadcast_div(&anchors)
 }
 
+/// R-Drop's consistency term (Liang et al. 2021) between two sets of logits `(batch, classes)`
+/// for the same examples under different dropout masks: the mean over examples of the symmetric
+/// Kullback-Leibler divergence `(KL(p || q) + KL(q || p)) / 2` of their softmax distributions.
+/// Per example, `KL(p || q) + KL(q || p) = sum_c (p_c - q_c)(log p_c - log q_c)`, and the
+/// log-normalisers cancel in the sum (the `p - q` sum to 0), so it is `sum_c (p_c - q_c)(a_c -
+/// b_c)` on the logits themselves: no log of a probability, finite for any logits.
+/// <https://arxiv.org/abs/2106.14448>
+pub fn symmetric_kl(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+    let p = log_softmax_last_dim(&a)?.exp()?;
+    let q = log_softmax_last_dim(&b)?.exp()?;
+    ((p - q)? * (a - b)?)?.sum(D::Minus1)?.mean_all()? * 0.5
+}
+
+/// [`symmetric_kl`] for multi-label logits: each label is its own Bernoulli distribution, and
+/// the symmetric divergences of the labels are summed per example. For one label, `KL(p || q) +
+/// KL(q || p) = (p - q)(logit p - logit q)`, so it is `sum_c (sigmoid(a_c) - sigmoid(b_c))(a_c -
+/// b_c)` on the logits.
+pub fn symmetric_kl_bernoulli(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+    let sigmoid = |x: &Tensor| x.neg()?.exp()?.affine(1.0, 1.0)?.recip();
+    ((sigmoid(&a)? - sigmoid(&b)?)? * (a - b)?)?
+        .sum(D::Minus1)?
+        .mean_all()?
+        * 0.5
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +344,96 @@ mod tests {
         assert!((got - 6.244282).abs() < 1e-5, "{got}");
         let got = value(bce_with_logits(&(x * 10.0).unwrap(), &t, None).unwrap());
         assert!((got - 59.348896).abs() < 1e-4, "{got}");
+    }
+
+    // Reference values from PyTorch 2.15, printed by `tests/reference/make_reference.py --rdrop`
+    // (the softmax form from torch's own `F.kl_div` both ways, the Bernoulli form from
+    // log-sigmoids): a is `inputs()`'s x, b below; the loss, then the gradients of a and b.
+    const RDROP_B: [[f32; 3]; 3] = [[1.5, -0.5, 0.0], [0.3, -0.4, -2.0], [-40.0, 55.0, 3.0]];
+    type RdropCase = (f32, [f32; 9], [f32; 9]);
+    const RDROP_SOFTMAX: RdropCase = (
+        0.042_729_966,
+        [
+            0.013_366_506,
+            -0.016_348_977,
+            0.002_982_471,
+            -0.057_433_44,
+            0.068_576_6,
+            -0.011_143_165,
+            0.0,
+            0.0,
+            0.0,
+        ],
+        [
+            -0.020_467_96,
+            0.025_034_979,
+            -0.004_567_02,
+            0.047_584_77,
+            -0.065_006_36,
+            0.017_421_588,
+            0.0,
+            0.0,
+            0.0,
+        ],
+    );
+    const RDROP_BERNOULLI: RdropCase = (
+        0.279_274_25,
+        [
+            0.019_286_567,
+            -0.034_484_208,
+            0.039_993_532,
+            -0.016_556_423,
+            0.049_505_26,
+            -0.019_492_287,
+            0.0,
+            0.0,
+            -0.200_429_02,
+        ],
+        [
+            -0.022_965_973,
+            0.037_683_52,
+            -0.041_243_225,
+            0.016_392_495,
+            -0.048_779_674,
+            0.029_461_775,
+            0.0,
+            0.0,
+            0.098_017_36,
+        ],
+    );
+
+    #[test]
+    fn symmetric_kl_and_its_gradients_match_pytorch() {
+        let d = &Device::Cpu;
+        let (x, _, _, _) = inputs();
+        type Kl = fn(&Tensor, &Tensor) -> Result<Tensor>;
+        let cases: [(&str, Kl, RdropCase); 2] = [
+            ("softmax", symmetric_kl, RDROP_SOFTMAX),
+            ("bernoulli", symmetric_kl_bernoulli, RDROP_BERNOULLI),
+        ];
+        for (name, kl, (expected, grad_a, grad_b)) in cases {
+            let a = candle_core::Var::from_tensor(&x).unwrap();
+            let b = candle_core::Var::new(&RDROP_B, d).unwrap();
+            let loss = kl(a.as_tensor(), b.as_tensor()).unwrap();
+            let got = value(loss.clone());
+            assert!(
+                (got - expected).abs() < 1e-5 * expected,
+                "{name}: {got} vs {expected}"
+            );
+            let grads = loss.backward().unwrap();
+            for (var, want, which) in [(&a, grad_a, "a"), (&b, grad_b, "b")] {
+                let g = grads.get(var).unwrap().flatten_all().unwrap();
+                for (i, (g, w)) in g.to_vec1::<f32>().unwrap().iter().zip(want).enumerate() {
+                    assert!(
+                        (g - w).abs() < 1e-6 + 1e-5 * w.abs(),
+                        "{name}, gradient of {which} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
+            // The same logits agree with themselves: 0, and symmetric in its two arguments.
+            assert_eq!(value(kl(&x, &x).unwrap()), 0.0, "{name}");
+            let swapped = value(kl(b.as_tensor(), a.as_tensor()).unwrap());
+            assert!((swapped - got).abs() < 1e-7, "{name}: {swapped} vs {got}");
+        }
     }
 }

@@ -426,6 +426,181 @@ fn the_contrastive_term_reaches_every_encoder_parameter() {
     assert!((mixed - expected).abs() < 1e-6, "{mixed} vs {expected}");
 }
 
+/// Host reference of R-Drop's objective from the logits of the batch stacked on itself: the
+/// mean cross-entropy over all rows plus `alpha / 2` times the mean over texts of
+/// `(KL(p || q) + KL(q || p)) / 2`, written from log-probabilities (not the logit identity
+/// `wick_model::loss::symmetric_kl` uses). Returns (objective, mean symmetric KL).
+fn rdrop_on_the_host(logits: &[Vec<f32>], labels: &[u32], alpha: f64) -> (f64, f64) {
+    let log_softmax = |row: &[f32]| {
+        let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let norm = row.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
+        row.iter().map(|v| v - norm).collect::<Vec<f64>>()
+    };
+    let rows = labels.len();
+    let logp: Vec<Vec<f64>> = logits.iter().map(|r| log_softmax(r)).collect();
+    let ce = (0..2 * rows)
+        .map(|i| -logp[i][labels[i % rows] as usize])
+        .sum::<f64>()
+        / (2 * rows) as f64;
+    let kl = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x.exp() * (x - y)).sum::<f64>();
+    let sym = (0..rows)
+        .map(|i| 0.5 * (kl(&logp[i], &logp[rows + i]) + kl(&logp[rows + i], &logp[i])))
+        .sum::<f64>()
+        / rows as f64;
+    (ce + alpha / 2.0 * sym, sym)
+}
+
+/// R-Drop (`rdrop_weight`): the objective is the loss over the batch stacked on itself (one
+/// pass, so each text gets two independent dropout masks) plus `α / 2` times the two views'
+/// symmetric KL divergence, as recomputed on the host from the same pass; the views differ; the
+/// KL term alone reaches every variable; `α = 0` is the plain objective bit for bit; and without
+/// dropout the two views agree, so the term adds nothing.
+#[test]
+fn rdrop_objective_is_the_two_view_loss_plus_their_divergence() {
+    let config = BertConfig::tiny(100);
+    let (varmap, classifier) = tiny_f32(&config, 3);
+    init_all(&varmap, 0.05, 7).unwrap();
+    let (ids, types, mask) = batch(&[
+        vec![2, 5, 9, 11, 3],
+        vec![2, 7, 3],
+        vec![2, 40, 41, 42, 43, 44, 3],
+        vec![2, 12, 13, 3],
+    ]);
+    let label_ids = [0u32, 1, 2, 1];
+    let labels = Tensor::new(&label_ids, &Device::Cpu).unwrap();
+    let rng = classifier.encoder().rng().clone();
+    let twice = |t: &Tensor| Tensor::cat(&[t, t], 0).unwrap();
+    let alpha = 1.5;
+    let options = LossOptions {
+        rdrop_weight: alpha,
+        ..Default::default()
+    };
+    rng.reseed(3, 1, &Device::Cpu).unwrap();
+    let objective = classifier
+        .train_objective(&ids, &types, &mask, &labels, &options)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    rng.reseed(3, 1, &Device::Cpu).unwrap();
+    let logits = classifier
+        .forward(&twice(&ids), &twice(&types), &twice(&mask), true)
+        .unwrap();
+    let (expected, divergence) =
+        rdrop_on_the_host(&logits.to_vec2::<f32>().unwrap(), &label_ids, alpha);
+    assert!(
+        (f64::from(objective) - expected).abs() < 1e-5 * expected,
+        "{objective} vs {expected} on the host"
+    );
+    assert!(divergence > 1e-4, "the two views agree: {divergence}");
+
+    let kl = wick_model::loss::symmetric_kl(
+        &logits.narrow(0, 0, 4).unwrap(),
+        &logits.narrow(0, 4, 4).unwrap(),
+    )
+    .unwrap();
+    assert_every_variable_has_a_gradient(&varmap, &kl);
+
+    let off = LossOptions::default();
+    rng.reseed(3, 1, &Device::Cpu).unwrap();
+    let plain_path = classifier
+        .train_objective(&ids, &types, &mask, &labels, &off)
+        .unwrap();
+    rng.reseed(3, 1, &Device::Cpu).unwrap();
+    let (pooled, logits) = classifier
+        .forward_with_pooled(&ids, &types, &mask, true)
+        .unwrap();
+    let by_hand = classifier
+        .objective(&pooled, &logits, &labels, &off)
+        .unwrap();
+    assert_eq!(
+        plain_path.to_scalar::<f32>().unwrap(),
+        by_hand.to_scalar::<f32>().unwrap()
+    );
+
+    let still = BertConfig {
+        hidden_dropout_prob: 0.0,
+        attention_probs_dropout_prob: 0.0,
+        ..config
+    };
+    let (varmap, classifier) = Classifier::build(
+        &still,
+        3,
+        Task::SingleLabel,
+        0.0,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    init_all(&varmap, 0.05, 7).unwrap();
+    let with = classifier
+        .train_objective(&ids, &types, &mask, &labels, &options)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+    let plain = classifier
+        .loss(&logits, &labels, &off)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        (with - plain).abs() < 1e-6,
+        "{with} vs {plain} without dropout"
+    );
+
+    // Multi-label: the binary cross-entropy of both views plus the labels' Bernoulli divergence.
+    let (varmap, classifier) = Classifier::build(
+        &config,
+        3,
+        Task::MultiLabel,
+        0.1,
+        DType::F32,
+        &Device::Cpu,
+        1,
+    )
+    .unwrap();
+    init_all(&varmap, 0.05, 7).unwrap();
+    let targets = Tensor::new(
+        &[
+            [1f32, 0.0, 1.0],
+            [0.0, 1.0, 0.0],
+            [1.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let rng = classifier.encoder().rng().clone();
+    rng.reseed(4, 2, &Device::Cpu).unwrap();
+    let objective = classifier
+        .train_objective(&ids, &types, &mask, &targets, &options)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    rng.reseed(4, 2, &Device::Cpu).unwrap();
+    let logits = classifier
+        .forward(&twice(&ids), &twice(&types), &twice(&mask), true)
+        .unwrap();
+    let bce = wick_model::loss::bce_with_logits(&logits, &twice(&targets), None).unwrap();
+    let kl = wick_model::loss::symmetric_kl_bernoulli(
+        &logits.narrow(0, 0, 4).unwrap(),
+        &logits.narrow(0, 4, 4).unwrap(),
+    )
+    .unwrap();
+    let (bce, kl) = (
+        bce.to_scalar::<f32>().unwrap(),
+        kl.to_scalar::<f32>().unwrap(),
+    );
+    let expected = bce + alpha as f32 / 2.0 * kl;
+    assert!(kl > 1e-5, "the two multi-label views agree: {kl}");
+    assert!(
+        (objective - expected).abs() < 1e-6 * expected,
+        "multi-label: {objective} vs {expected}"
+    );
+}
+
 #[test]
 fn every_parameter_of_minilm_gets_a_gradient() {
     let (varmap, classifier, _) = minilm_classifier(3, DType::F32);

@@ -204,6 +204,10 @@ pub struct TrainConfig {
     pub contrastive_weight: f64,
     /// Temperature of the contrastive term.
     pub contrastive_temperature: f64,
+    /// R-Drop's `α`: each micro-batch goes through the model twice with independent dropout
+    /// masks, and `α / 2` times the symmetric KL divergence of the two predictions joins the
+    /// objective (0: off; needs dropout; twice the compute and activation memory per step).
+    pub rdrop_weight: f64,
     pub class_weights: Option<ClassWeights>,
     /// Read loss and grad norm from the device every this many optimizer steps.
     pub log_every: usize,
@@ -247,6 +251,7 @@ impl Default for TrainConfig {
             ema_decay: 0.0,
             contrastive_weight: 0.0,
             contrastive_temperature: 0.3,
+            rdrop_weight: 0.0,
             class_weights: None,
             log_every: 10,
             checkpoint_every: 0,
@@ -415,6 +420,11 @@ impl RunConfig {
             t.contrastive_temperature > 0.0 && t.contrastive_temperature.is_finite(),
             "must be > 0",
         )?;
+        positive(
+            "train.rdrop_weight",
+            t.rdrop_weight >= 0.0 && t.rdrop_weight.is_finite(),
+            "must be >= 0 (0 turns R-Drop off)",
+        )?;
         positive("train.log_every", t.log_every > 0, "must be > 0")?;
         if t.label_smoothing > 0.0 && self.data.multi_label {
             return Err(TrainError::config(
@@ -525,6 +535,17 @@ impl RunConfig {
                     bert.max_tokens(),
                     bert.max_position_embeddings
                 ),
+            ));
+        }
+        let no_dropout = bert.hidden_dropout_prob == 0.0
+            && bert.attention_probs_dropout_prob == 0.0
+            && self.model.head_dropout(bert) == 0.0;
+        if self.train.rdrop_weight > 0.0 && no_dropout {
+            return Err(TrainError::config(
+                "train.rdrop_weight",
+                "needs dropout, and this model has none: the hidden, attention and head \
+                 dropout (model.hidden_dropout, model.attention_dropout, \
+                 model.classifier_dropout) are all 0, so its two passes would be identical",
             ));
         }
         Ok(())

@@ -20,7 +20,7 @@ use wick_model::{BertConfig, Classifier, Task};
 use crate::budget::MemoryBudget;
 use crate::calibration::Calibration;
 use crate::checkpoint::{self, Checkpoint, Contents, Provenance, TrainState};
-use crate::config::{ClassWeights, Init, Precision, RunConfig, WeightRule};
+use crate::config::{ClassWeights, Init, Precision, RunConfig, TrainConfig, WeightRule};
 use crate::device::{self, ensure_same_device, DeviceRequest};
 use crate::ema::WeightAverage;
 use crate::error::{Result, TrainError};
@@ -322,6 +322,33 @@ fn class_weights(config: &RunConfig, train: &Dataset, device: &Device) -> Result
     Ok(Some(Tensor::from_vec(weights, labels, device)?))
 }
 
+/// What the training objective is, when it is more than the plain loss.
+fn describe_objective(t: &TrainConfig) -> Option<String> {
+    let mut objective = if t.contrastive_weight > 0.0 {
+        format!(
+            "{:.2} x cross-entropy + {:.2} x supervised contrastive loss of the pooled \
+             embeddings (train.contrastive_weight, temperature {})",
+            1.0 - t.contrastive_weight,
+            t.contrastive_weight,
+            t.contrastive_temperature
+        )
+    } else if t.rdrop_weight > 0.0 {
+        "the loss".to_string()
+    } else {
+        return None;
+    };
+    if t.rdrop_weight > 0.0 {
+        objective = format!(
+            "{objective}, averaged over two passes of each batch with independent dropout \
+             masks, + {} x their symmetric KL divergence (R-Drop, train.rdrop_weight {}; twice \
+             the compute and activation memory per step)",
+            t.rdrop_weight / 2.0,
+            t.rdrop_weight
+        );
+    }
+    Some(objective)
+}
+
 /// Builds the classifier on `device` with placeholder values.
 fn build_model(
     config: &RunConfig,
@@ -513,14 +540,10 @@ impl Trainer {
             }
             None => TrainState::default(),
         };
-        if t.contrastive_weight > 0.0 {
+        if let Some(objective) = describe_objective(t) {
             reporter.message(&format!(
-                "objective: {:.2} x cross-entropy + {:.2} x supervised contrastive loss of the \
-                 pooled embeddings (train.contrastive_weight, temperature {}); the logged \
-                 training loss is this objective, evaluations report the plain loss",
-                1.0 - t.contrastive_weight,
-                t.contrastive_weight,
-                t.contrastive_temperature
+                "objective: {objective}; the logged training loss is this objective, \
+                 evaluations report the plain loss"
             ));
         }
         let loss_options = LossOptions {
@@ -528,6 +551,7 @@ impl Trainer {
             class_weights: class_weights(&config, &train, &device)?,
             contrastive_weight: t.contrastive_weight,
             contrastive_temperature: t.contrastive_temperature,
+            rdrop_weight: t.rdrop_weight,
         };
         let parameters = named_vars(&varmap)
             .iter()
@@ -1036,13 +1060,13 @@ pub fn optimizer_step(
             .labels
             .as_ref()
             .ok_or_else(|| TrainError::config("data.label_field", "training data has no labels"))?;
-        let (pooled, logits) = model.forward_with_pooled(
+        let loss = model.train_objective(
             &batch.input_ids,
             &batch.token_type_ids,
             &batch.attention_mask,
-            true,
+            labels,
+            loss_options,
         )?;
-        let loss = model.objective(&pooled, &logits, labels, loss_options)?;
         let mut scaled = (&loss / micro_batches.len() as f64)?;
         if let Some(scaler) = scaler.as_deref() {
             scaled = scaled.broadcast_mul(scaler.scale())?;
