@@ -265,9 +265,12 @@ impl<'a> Session<'a> {
         memory::reset_peak();
         let samples = harness.measure(bench, plan.timing)?;
         let median = samples.median();
+        // A training step with R-Drop runs its batch twice: count the work done, while examples
+        // and tokens per second count the batch's own texts.
+        let rows = batch * plan.loss_options.passes();
         let flop = match bench {
             ModelBench::Forward => flops::forward(&spec.config, batch, seq, NUM_LABELS),
-            _ => flops::forward_backward(&spec.config, batch, seq, NUM_LABELS),
+            _ => flops::forward_backward(&spec.config, rows, seq, NUM_LABELS),
         };
         let gflops = flop / median / 1e9;
         let mut record = Record::timed(
@@ -309,11 +312,15 @@ fn estimate(
     plan: &Plan,
     (device, dtype): (&Device, DType),
 ) -> u64 {
+    let rows = match bench {
+        ModelBench::Forward => plan.batch,
+        _ => plan.batch * plan.loss_options.passes(),
+    };
     let budget = MemoryBudget::estimate(
         &spec.config,
         params,
         params,
-        (plan.batch as u64, plan.seq as u64),
+        (rows as u64, plan.seq as u64),
         dtype.size_in_bytes() as u64,
         Kernels::on(device, dtype),
     );

@@ -45,6 +45,18 @@ pub struct LossOptions {
     pub rdrop_weight: f64,
 }
 
+impl LossOptions {
+    /// How many times each training micro-batch goes through the model: 2 with R-Drop, else 1.
+    /// Training compute and activation memory scale with it.
+    pub fn passes(&self) -> usize {
+        if self.rdrop_weight > 0.0 {
+            2
+        } else {
+            1
+        }
+    }
+}
+
 /// A BERT text classifier.
 #[derive(Debug, Clone)]
 pub struct Classifier {

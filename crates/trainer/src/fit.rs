@@ -576,7 +576,11 @@ impl Trainer {
                 &bert,
                 parameters as u64,
                 trainable as u64,
-                (t.batch_size as u64, config.data.max_len as u64),
+                // R-Drop's two passes hold the activations of twice the rows.
+                (
+                    (t.batch_size * loss_options.passes()) as u64,
+                    config.data.max_len as u64,
+                ),
                 act_bytes,
                 crate::budget::Kernels::on(&device, config.train.precision.dtype()),
             ),
