@@ -1005,6 +1005,41 @@ fn the_logged_loss_is_a_mean_over_micro_batches_with_gradient_accumulation() {
     );
 }
 
+/// Trains the tiny config in `dir` with the `common` settings, plainly and with `extra` ones that
+/// change the training objective. The run with them says `says` on stderr, logs finite losses
+/// whose first differs from the plain run's by more than `min_first_diff`, trains (its loss
+/// falls), and its `last/` checkpoint evaluates and predicts.
+fn a_changed_objective_trains(
+    dir: &Path,
+    common: &[&str],
+    extra: &[&str],
+    says: &str,
+    min_first_diff: f64,
+    what: &str,
+) {
+    let plain = dir.join("plain");
+    assert_ok(&train_tiny(&plain, common), "plain train");
+    let run = dir.join("run");
+    let with: Vec<&str> = common.iter().chain(extra).copied().collect();
+    let output = train_tiny(&run, &with);
+    assert_ok(&output, &format!("train with {what}"));
+    assert!(
+        text(&output.stderr).contains(says),
+        "train does not say what it optimizes:\n{}",
+        text(&output.stderr)
+    );
+    let (ours, theirs) = (train_losses(&run), train_losses(&plain));
+    assert!(ours.iter().all(|l| l.is_finite()), "{what}: {ours:?}");
+    assert!(
+        (ours[0] - theirs[0]).abs() > min_first_diff,
+        "{what}: the first step's objective equals the plain loss: {} vs {}",
+        ours[0],
+        theirs[0]
+    );
+    assert_loss_falls(&ours, 0.8, what);
+    last_checkpoint_evaluates_and_predicts(&run, what);
+}
+
 /// `train.contrastive_weight` changes the objective (the logged training loss differs from a
 /// plain run's from the first step) and the run still learns; evaluations score the plain loss
 /// (`evaluate` reproduces the logged one).
@@ -1019,34 +1054,17 @@ fn the_contrastive_term_trains_and_refuses_what_it_cannot_use() {
         "train.log_every=1",
         "train.batch_size=13",
     ];
-    let plain = dir.path().join("plain");
-    assert_ok(&train_tiny(&plain, &common), "plain train");
-    let run = dir.path().join("run");
-    let with: Vec<&str> = common
-        .iter()
-        .copied()
-        .chain([
+    a_changed_objective_trains(
+        dir.path(),
+        &common,
+        &[
             "train.contrastive_weight=0.5",
             "train.contrastive_temperature=0.2",
-        ])
-        .collect();
-    let output = train_tiny(&run, &with);
-    assert_ok(&output, "train with the contrastive term");
-    assert!(
-        text(&output.stderr).contains("0.50 x supervised contrastive"),
-        "train does not say what it optimizes:\n{}",
-        text(&output.stderr)
+        ],
+        "0.50 x supervised contrastive",
+        1e-3,
+        "contrastive",
     );
-    let (ours, theirs) = (train_losses(&run), train_losses(&plain));
-    assert!(ours.iter().all(|l| l.is_finite()), "{ours:?}");
-    assert!(
-        (ours[0] - theirs[0]).abs() > 1e-3,
-        "the first step's objective equals the plain loss: {} vs {}",
-        ours[0],
-        theirs[0]
-    );
-    assert_loss_falls(&ours, 0.8, "contrastive");
-    last_checkpoint_evaluates_and_predicts(&run, "contrastive");
 
     for (set, needles) in [
         (
@@ -1082,53 +1100,33 @@ fn the_contrastive_term_trains_and_refuses_what_it_cannot_use() {
 fn r_drop_trains_and_refuses_a_model_without_dropout() {
     let dir = tempfile::tempdir().unwrap();
     let common = ["train.epochs=15", "train.log_every=1"];
-    let plain = dir.path().join("plain");
-    assert_ok(&train_tiny(&plain, &common), "plain train");
-    let run = dir.path().join("run");
-    let with: Vec<&str> = common
-        .iter()
-        .copied()
-        .chain(["train.rdrop_weight=1.0"])
-        .collect();
-    let output = train_tiny(&run, &with);
-    assert_ok(&output, "train with R-Drop");
-    assert!(
-        text(&output.stderr).contains("R-Drop, train.rdrop_weight 1"),
-        "train does not say what it optimizes:\n{}",
-        text(&output.stderr)
+    a_changed_objective_trains(
+        dir.path(),
+        &common,
+        &["train.rdrop_weight=1.0"],
+        "R-Drop, train.rdrop_weight 1",
+        1e-4,
+        "R-Drop",
     );
-    let (ours, theirs) = (train_losses(&run), train_losses(&plain));
-    assert!(ours.iter().all(|l| l.is_finite()), "{ours:?}");
-    assert!(
-        (ours[0] - theirs[0]).abs() > 1e-4,
-        "the first step's objective equals the plain loss: {} vs {}",
-        ours[0],
-        theirs[0]
-    );
-    assert_loss_falls(&ours, 0.8, "R-Drop");
-    last_checkpoint_evaluates_and_predicts(&run, "R-Drop");
 
     let output = train_tiny(&dir.path().join("bad"), &["train.rdrop_weight=-0.5"]);
     assert_fails_naming(&output, &["train.rdrop_weight", ">= 0"]);
-    let output = train_tiny(
-        &dir.path().join("bad"),
-        &[
-            "train.rdrop_weight=1.0",
-            "model.hidden_dropout=0.0",
-            "model.attention_dropout=0.0",
-            "model.classifier_dropout=0.0",
-        ],
-    );
+    // The encoder without dropout: R-Drop needs the head's, then.
+    let with_head_dropout = |p: &str, out: &str| {
+        let head = format!("model.classifier_dropout={p}");
+        train_tiny(
+            &dir.path().join(out),
+            &[
+                "train.rdrop_weight=1.0",
+                "model.hidden_dropout=0.0",
+                "model.attention_dropout=0.0",
+                &head,
+            ],
+        )
+    };
+    let output = with_head_dropout("0.0", "bad");
     assert_fails_naming(&output, &["train.rdrop_weight", "needs dropout"]);
-    let output = train_tiny(
-        &dir.path().join("bad2"),
-        &[
-            "train.rdrop_weight=1.0",
-            "model.hidden_dropout=0.0",
-            "model.attention_dropout=0.0",
-            "model.classifier_dropout=0.1",
-        ],
-    );
+    let output = with_head_dropout("0.1", "head_only");
     assert_ok(&output, "R-Drop with only the head's dropout");
 }
 

@@ -56,11 +56,21 @@ fn pretrained_classifier(
 /// A single-label f32 CPU classifier of `config`'s shape (dropout 0.1, head seed 1), its
 /// variables unset.
 fn tiny_f32(config: &BertConfig, num_labels: usize) -> (VarMap, Classifier) {
+    tiny_f32_with(config, num_labels, Task::SingleLabel, 0.1)
+}
+
+/// [`tiny_f32`] for `task`, with dropout `head_dropout` before the head.
+fn tiny_f32_with(
+    config: &BertConfig,
+    num_labels: usize,
+    task: Task,
+    head_dropout: f64,
+) -> (VarMap, Classifier) {
     Classifier::build(
         config,
         num_labels,
-        Task::SingleLabel,
-        0.1,
+        task,
+        head_dropout,
         DType::F32,
         &Device::Cpu,
         1,
@@ -374,6 +384,16 @@ fn every_parameter_of_a_tiny_bert_gets_a_gradient() {
     assert_every_variable_has_a_gradient(&varmap, &loss);
 }
 
+/// Four texts of 3 to 7 tokens, right-padded: `(ids, type ids, mask)`.
+fn four_texts() -> (Tensor, Tensor, Tensor) {
+    batch(&[
+        vec![2, 5, 9, 11, 3],
+        vec![2, 7, 3],
+        vec![2, 40, 41, 42, 43, 44, 3],
+        vec![2, 12, 13, 3],
+    ])
+}
+
 /// The supervised contrastive term alone reaches every encoder parameter (and not the head,
 /// which it does not use); with weight 0 the objective is the plain loss, bit for bit.
 #[test]
@@ -381,12 +401,7 @@ fn the_contrastive_term_reaches_every_encoder_parameter() {
     let config = BertConfig::tiny(100);
     let (varmap, classifier) = tiny_f32(&config, 3);
     init_all(&varmap, 0.02, 5).unwrap();
-    let (ids, types, mask) = batch(&[
-        vec![2, 5, 9, 11, 3],
-        vec![2, 7, 3],
-        vec![2, 40, 41, 42, 43, 44, 3],
-        vec![2, 12, 13, 3],
-    ]);
+    let (ids, types, mask) = four_texts();
     let types = types.ones_like().unwrap().broadcast_mul(&mask).unwrap();
     let labels = Tensor::new(&[0u32, 1, 0, 1], &Device::Cpu).unwrap();
     let (pooled, logits) = classifier
@@ -451,6 +466,33 @@ fn rdrop_on_the_host(logits: &[Vec<f32>], labels: &[u32], alpha: f64) -> (f64, f
     (ce + alpha / 2.0 * sym, sym)
 }
 
+/// The batch stacked on itself.
+fn twice(t: &Tensor) -> Tensor {
+    Tensor::cat(&[t, t], 0).unwrap()
+}
+
+/// `classifier`'s training objective of `options` on `(ids, types, mask)`, then the logits of the
+/// batch stacked on itself under the same dropout masks (the pass R-Drop makes).
+fn objective_and_stacked_logits(
+    classifier: &Classifier,
+    (ids, types, mask): (&Tensor, &Tensor, &Tensor),
+    targets: &Tensor,
+    options: &LossOptions,
+) -> (f32, Tensor) {
+    let rng = classifier.encoder().rng();
+    rng.reseed(3, 1, &Device::Cpu).unwrap();
+    let objective = classifier
+        .train_objective(ids, types, mask, targets, options)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    rng.reseed(3, 1, &Device::Cpu).unwrap();
+    let logits = classifier
+        .forward(&twice(ids), &twice(types), &twice(mask), true)
+        .unwrap();
+    (objective, logits)
+}
+
 /// R-Drop (`rdrop_weight`): the objective is the loss over the batch stacked on itself (one
 /// pass, so each text gets two independent dropout masks) plus `α / 2` times the two views'
 /// symmetric KL divergence, as recomputed on the host from the same pass; the views differ; the
@@ -461,31 +503,17 @@ fn rdrop_objective_is_the_two_view_loss_plus_their_divergence() {
     let config = BertConfig::tiny(100);
     let (varmap, classifier) = tiny_f32(&config, 3);
     init_all(&varmap, 0.05, 7).unwrap();
-    let (ids, types, mask) = batch(&[
-        vec![2, 5, 9, 11, 3],
-        vec![2, 7, 3],
-        vec![2, 40, 41, 42, 43, 44, 3],
-        vec![2, 12, 13, 3],
-    ]);
+    let (ids, types, mask) = four_texts();
     let label_ids = [0u32, 1, 2, 1];
     let labels = Tensor::new(&label_ids, &Device::Cpu).unwrap();
     let rng = classifier.encoder().rng().clone();
-    let twice = |t: &Tensor| Tensor::cat(&[t, t], 0).unwrap();
     let alpha = 1.5;
     let options = LossOptions {
         rdrop_weight: alpha,
         ..Default::default()
     };
-    rng.reseed(3, 1, &Device::Cpu).unwrap();
-    let objective = classifier
-        .train_objective(&ids, &types, &mask, &labels, &options)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    rng.reseed(3, 1, &Device::Cpu).unwrap();
-    let logits = classifier
-        .forward(&twice(&ids), &twice(&types), &twice(&mask), true)
-        .unwrap();
+    let inputs = (&ids, &types, &mask);
+    let (objective, logits) = objective_and_stacked_logits(&classifier, inputs, &labels, &options);
     let (expected, divergence) =
         rdrop_on_the_host(&logits.to_vec2::<f32>().unwrap(), &label_ids, alpha);
     assert!(
@@ -523,16 +551,7 @@ fn rdrop_objective_is_the_two_view_loss_plus_their_divergence() {
         attention_probs_dropout_prob: 0.0,
         ..config
     };
-    let (varmap, classifier) = Classifier::build(
-        &still,
-        3,
-        Task::SingleLabel,
-        0.0,
-        DType::F32,
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let (varmap, classifier) = tiny_f32_with(&still, 3, Task::SingleLabel, 0.0);
     init_all(&varmap, 0.05, 7).unwrap();
     let with = classifier
         .train_objective(&ids, &types, &mask, &labels, &options)
@@ -551,16 +570,7 @@ fn rdrop_objective_is_the_two_view_loss_plus_their_divergence() {
     );
 
     // Multi-label: the binary cross-entropy of both views plus the labels' Bernoulli divergence.
-    let (varmap, classifier) = Classifier::build(
-        &config,
-        3,
-        Task::MultiLabel,
-        0.1,
-        DType::F32,
-        &Device::Cpu,
-        1,
-    )
-    .unwrap();
+    let (varmap, classifier) = tiny_f32_with(&config, 3, Task::MultiLabel, 0.1);
     init_all(&varmap, 0.05, 7).unwrap();
     let targets = Tensor::new(
         &[
@@ -572,17 +582,7 @@ fn rdrop_objective_is_the_two_view_loss_plus_their_divergence() {
         &Device::Cpu,
     )
     .unwrap();
-    let rng = classifier.encoder().rng().clone();
-    rng.reseed(4, 2, &Device::Cpu).unwrap();
-    let objective = classifier
-        .train_objective(&ids, &types, &mask, &targets, &options)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    rng.reseed(4, 2, &Device::Cpu).unwrap();
-    let logits = classifier
-        .forward(&twice(&ids), &twice(&types), &twice(&mask), true)
-        .unwrap();
+    let (objective, logits) = objective_and_stacked_logits(&classifier, inputs, &targets, &options);
     let bce = wick_model::loss::bce_with_logits(&logits, &twice(&targets), None).unwrap();
     let kl = wick_model::loss::symmetric_kl_bernoulli(
         &logits.narrow(0, 0, 4).unwrap(),
