@@ -691,6 +691,94 @@ fn predict_truncates_long_texts_as_the_checkpoint_was_trained() {
     }
 }
 
+/// `[data.clean]`: training says what it cut, the checkpoint keeps the options, and `predict`
+/// cleans raw texts the same way (a hidden comment and the middle of a long code block change
+/// nothing); an ensemble of a cleaned and an uncleaned checkpoint and an unknown option are
+/// refused, naming the key.
+#[test]
+fn cleaned_checkpoints_clean_the_texts_they_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("clean");
+    let output = train_tiny(
+        &run,
+        &[
+            "data.clean.html_comments=true",
+            "data.clean.code_lines=2",
+            "train.epochs=2",
+        ],
+    );
+    assert_ok(&output, "train");
+    let stderr = text(&output.stderr);
+    // The tiny training file has no markup: nothing is cut, and train says so.
+    assert!(
+        stderr.contains("cleaned    0 of 27 texts shortened, 0.0% of their characters removed"),
+        "{stderr}"
+    );
+    let config = std::fs::read_to_string(run.join("best/config.toml")).unwrap();
+    assert!(
+        config.contains("[data.clean]") && config.contains("code_lines = 2"),
+        "{config}"
+    );
+
+    let texts = [
+        "please add a test <!-- the README is wrong -->",
+        "please add a test ",
+        "please add a test the README is wrong",
+        "fix:\n```\nadd\na\nregression\ntest\n```",
+        "fix:\n```\nadd\nthe\nREADME\ntest\n```",
+        "fix:\n```\nadd\na\nregression\ntest\n```\n<!--",
+        "fix:\n```\nREADME\na\nregression\ntest\n```",
+    ];
+    let mut args = vec!["--checkpoint", path_str(&run)];
+    args.extend(texts);
+    let output = run_bin("predict", &args);
+    assert_ok(&output, "predict");
+    let probs = predicted_probs(&output);
+    let gap = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    assert!(gap(&probs[0], &probs[1]) < 1e-6, "comment read: {probs:?}");
+    assert!(
+        gap(&probs[1], &probs[2]) > 1e-4,
+        "the model cannot tell the texts apart: {probs:?}"
+    );
+    assert!(
+        gap(&probs[3], &probs[4]) < 1e-6,
+        "code block whole: {probs:?}"
+    );
+    assert!(
+        gap(&probs[3], &probs[5]) < 1e-6,
+        "unclosed comment read: {probs:?}"
+    );
+
+    // Another way of turning rows into text is another task for an ensemble.
+    let plain = dir.path().join("plain");
+    assert_ok(&train_tiny(&plain, &["train.epochs=1"]), "train plain");
+    let output = run_bin(
+        "predict",
+        &[
+            "--checkpoint",
+            path_str(&run),
+            "--checkpoint",
+            path_str(&plain),
+            "x",
+        ],
+    );
+    assert_fails_naming(
+        &output,
+        &[
+            "plain",
+            "data.clean is off but html_comments, code_lines = 2",
+        ],
+    );
+
+    let output = train_tiny(&dir.path().join("bad"), &["data.clean.comments=true"]);
+    assert_fails_naming(&output, &["comments", "html_comments", "code_lines"]);
+}
+
 /// `eval.calibrate`: every checkpoint written at an evaluation carries the temperature fitted on
 /// that evaluation; `predict` divides the logits by it and `evaluate` scores the calibrated
 /// probabilities: the same argmax, a loss no higher on the data it was fitted on. `predict

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clean::Clean;
 use crate::error::{Error, Result};
 use crate::tokenize::Truncation;
 
@@ -64,6 +65,10 @@ pub struct DataConfig {
     /// Placed between non-empty text fields.
     #[serde(default = "default_text_separator")]
     pub text_separator: String,
+    /// Markup removed from each joined text before tokenization (`[data.clean]`; all off by
+    /// default): HTML comments, `<details>` sections, the middle of long code blocks.
+    #[serde(default, skip_serializing_if = "Clean::is_off")]
+    pub clean: Clean,
     /// Field holding the label (a string, or for `multi_label` a list / comma-separated string).
     #[serde(default = "default_label_field")]
     pub label_field: String,
@@ -140,6 +145,7 @@ impl DataConfig {
             format: None,
             text_fields: default_text_fields(),
             text_separator: default_text_separator(),
+            clean: Clean::default(),
             label_field: default_label_field(),
             labels: Vec::new(),
             multi_label: false,

@@ -7,6 +7,7 @@
 //! ```
 
 mod batch;
+mod clean;
 mod config;
 mod error;
 mod order;
@@ -15,6 +16,7 @@ mod summary;
 mod tokenize;
 
 pub use batch::{Batch, Dataset, Targets, TensorBatch};
+pub use clean::{Clean, CleanStats};
 pub use config::{DataConfig, Filter, Format, TruncationSide};
 pub use error::{Error, Result};
 pub use order::{epoch_order, split_folds, split_train_valid};

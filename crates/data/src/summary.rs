@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::batch::{Dataset, Targets};
+use crate::clean::CleanStats;
 
 /// Label counts and token-length statistics of one dataset.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +29,8 @@ pub struct DataSummary {
     pub max_len: usize,
     /// Rows dropped by `data.filter` before this dataset was built.
     pub filtered_out: usize,
+    /// What `data.clean` removed from the file's texts, when it is on.
+    pub cleaned: Option<CleanStats>,
 }
 
 impl DataSummary {
@@ -66,7 +69,14 @@ impl DataSummary {
             truncated: lengths.iter().filter(|&&len| len > max_len).count(),
             max_len,
             filtered_out,
+            cleaned: None,
         }
+    }
+
+    /// Adds what `data.clean` did (shown as a `cleaned` line).
+    pub fn with_cleaned(mut self, stats: CleanStats) -> Self {
+        self.cleaned = Some(stats);
+        self
     }
 }
 
@@ -103,6 +113,9 @@ impl fmt::Display for DataSummary {
             "tokens     p50 {}  p90 {}  p95 {}  p99 {}  max {}",
             self.p50, self.p90, self.p95, self.p99, self.max
         )?;
+        if let Some(cleaned) = &self.cleaned {
+            writeln!(f, "cleaned    {cleaned}")?;
+        }
         let share = 100.0 * self.truncated as f64 / self.examples.max(1) as f64;
         write!(
             f,

@@ -127,6 +127,13 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
             c.temperature
         ));
     }
+    if !config.clean.is_off() {
+        notes.push(format!(
+            "wick cleaned every text before tokenizing it (data.clean: {}); the exported model \
+             reads its input as given, so clean texts the same way before encoding them",
+            config.clean.describe()
+        ));
+    }
 
     let staged = checkpoint::stage(out)?;
     let write_json = |name: &str, value: &Value| -> Result<()> {
@@ -497,6 +504,7 @@ fn export_info(checkpoint: &Checkpoint, temperature: Option<f64>, notes: &[Strin
         },
         "text_fields": data.text_fields,
         "text_separator": data.text_separator,
+        "clean": data.clean,
         "max_len": data.max_len,
         "truncation": truncation_words(data.truncation, data.head_tokens),
         "truncation_module": data.truncation != TruncationSide::Head,

@@ -288,7 +288,10 @@ fn load_data(
             None => (all, None),
         },
     };
-    let summary = DataSummary::new(&train, &data.labels, read.filtered_out);
+    let mut summary = DataSummary::new(&train, &data.labels, read.filtered_out);
+    if !data.clean.is_off() {
+        summary = summary.with_cleaned(read.cleaned);
+    }
     Ok((train, valid, summary))
 }
 

@@ -76,9 +76,10 @@ impl Predictor {
         }
     }
 
-    /// Class probabilities for raw texts, in input order.
+    /// Class probabilities for raw texts, in input order (`data.clean`ed as in training).
     pub fn predict_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        Ok(self.predict_examples(&text_examples(texts))?.probs)
+        let examples = text_examples(texts, &self.checkpoint.config.data.clean);
+        Ok(self.predict_examples(&examples)?.probs)
     }
 
     /// Probabilities (and, for labelled examples, the plain loss) for examples read with this
@@ -194,13 +195,13 @@ impl Predictor {
     }
 }
 
-/// Unlabelled examples holding `texts`, numbered from line 1.
-fn text_examples(texts: &[&str]) -> Vec<wick_data::Example> {
+/// Unlabelled examples holding `texts` after `clean`, numbered from line 1.
+fn text_examples(texts: &[&str], clean: &wick_data::Clean) -> Vec<wick_data::Example> {
     texts
         .iter()
         .enumerate()
         .map(|(i, text)| wick_data::Example {
-            text: (*text).to_string(),
+            text: clean.apply(text).into_owned(),
             target: wick_data::Target::None,
             line: i + 1,
             fields: Default::default(),
@@ -210,7 +211,7 @@ fn text_examples(texts: &[&str]) -> Vec<wick_data::Example> {
 
 /// Several checkpoints of one task voting together: their class probabilities are averaged.
 /// Members may differ in anything but the task (labels, multi-label or not) and the way a row
-/// becomes text (text fields, separator, label field); each tokenizes with its own tokenizer,
+/// becomes text (text fields, separator, `data.clean`, label field); each tokenizes with its own tokenizer,
 /// `max_len` and truncation. One member behaves exactly like its [`Predictor`].
 #[derive(Debug)]
 pub struct Ensemble {
@@ -247,10 +248,12 @@ impl Ensemble {
         self.first().labels()
     }
 
-    /// Mean class probabilities of the members for raw texts, in input order.
+    /// Mean class probabilities of the members for raw texts, in input order (`data.clean`ed
+    /// as in training; the members share that).
     pub fn predict_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let examples = text_examples(texts, &self.first().checkpoint.config.data.clean);
         Ok(self
-            .predict_examples(&text_examples(texts), &wick_data::Targets::None)?
+            .predict_examples(&examples, &wick_data::Targets::None)?
             .probs)
     }
 
@@ -328,6 +331,7 @@ fn check_compatible(first: &Predictor, other: &Predictor) -> Result<()> {
             format!("{:?}", b.label_field),
             format!("{:?}", a.label_field),
         ),
+        ("clean", b.clean.describe(), a.clean.describe()),
     ];
     match keys.into_iter().find(|(_, theirs, ours)| theirs != ours) {
         None => Ok(()),

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use crate::clean::CleanStats;
 use crate::config::{DataConfig, Format};
 use crate::error::{Error, Result};
 
@@ -26,7 +27,7 @@ pub enum Target {
 /// One data row, ready for tokenization.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
-    /// The non-empty `data.text_fields` joined by `data.text_separator`.
+    /// The non-empty `data.text_fields` joined by `data.text_separator`, then `data.clean`ed.
     pub text: String,
     /// The label(s) of the row.
     pub target: Target,
@@ -43,6 +44,8 @@ pub struct ReadOutcome {
     pub examples: Vec<Example>,
     /// Rows dropped by `data.filter`.
     pub filtered_out: usize,
+    /// What `data.clean` removed from the kept rows' texts (all zero counts when it is off).
+    pub cleaned: CleanStats,
 }
 
 /// Reads labelled examples (training, validation, test). A row without the label field is an
@@ -93,12 +96,15 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     };
     let mut examples = Vec::with_capacity(rows.len());
     let mut filtered_out = 0;
+    let mut cleaned = CleanStats::default();
     for (line, fields) in rows {
         if !row_reader.keep(line, &fields)? {
             filtered_out += 1;
             continue;
         }
-        let text = row_reader.text(line, &fields)?;
+        let joined = row_reader.text(line, &fields)?;
+        let text = cfg.clean.apply(&joined).into_owned();
+        cleaned.add(&joined, &text);
         let target = if labelled {
             row_reader.target(line, &fields)?
         } else {
@@ -124,6 +130,7 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     Ok(ReadOutcome {
         examples,
         filtered_out,
+        cleaned,
     })
 }
 
