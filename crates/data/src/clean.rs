@@ -2,7 +2,10 @@
 //! bodies carry a lot the reader never sees or skims past: template instructions in HTML
 //! comments, collapsed `<details>` sections (system information, extension lists, full logs) and
 //! long pasted logs or stack traces in fenced code blocks. At 512 tokens a third of the NLBSE
-//! issues are cut; cleaning leaves the model more of the author's own words.
+//! issues are cut; cleaning leaves the model more of the author's own words. Measure before
+//! adopting it: where the template an author picked tells the label (NLBSE: vscode's
+//! `bug_report_template` comments, tensorflow's `<details>` in feature requests), the markup is
+//! evidence, and removing it cost the NLBSE pipeline 0.029 macro-F1 (the README has the runs).
 //!
 //! Every option is off by default. The same cleaning runs on every text a checkpoint reads:
 //! training, validation and test files and the texts given to `predict`.
