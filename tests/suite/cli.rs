@@ -6,8 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common::{
-    assert_fails_naming, assert_loss_falls, assert_ok, path_str, predicted_probs, repo_root,
-    run_bin, text, train_losses, train_tiny, TINY,
+    assert_fails_naming, assert_loss_falls, assert_ok, max_gap, path_str, predicted_probs,
+    repo_root, run_bin, text, train_losses, train_tiny, TINY,
 };
 
 /// The tiny config's validation file.
@@ -674,18 +674,12 @@ fn predict_truncates_long_texts_as_the_checkpoint_was_trained() {
         );
         assert_ok(&output, "predict");
         let probs = predicted_probs(&output);
-        let gap = |a: &[f64], b: &[f64]| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f64::max)
-        };
         assert!(
-            gap(&probs[0], &probs[1]) < 1e-6,
+            max_gap(&probs[0], &probs[1]) < 1e-6,
             "{truncation}: the long text is not read as {kept:?}: {probs:?}"
         );
         assert!(
-            gap(&probs[0], &probs[2]) > 1e-4,
+            max_gap(&probs[0], &probs[2]) > 1e-4,
             "{truncation}: the model cannot tell texts apart: {probs:?}"
         );
     }
@@ -734,23 +728,24 @@ fn cleaned_checkpoints_clean_the_texts_they_predict() {
     let output = run_bin("predict", &args);
     assert_ok(&output, "predict");
     let probs = predicted_probs(&output);
-    let gap = |a: &[f64], b: &[f64]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
-    };
-    assert!(gap(&probs[0], &probs[1]) < 1e-6, "comment read: {probs:?}");
     assert!(
-        gap(&probs[1], &probs[2]) > 1e-4,
+        max_gap(&probs[0], &probs[1]) < 1e-6,
+        "comment read: {probs:?}"
+    );
+    assert!(
+        max_gap(&probs[1], &probs[2]) > 1e-4,
         "the model cannot tell the texts apart: {probs:?}"
     );
     assert!(
-        gap(&probs[3], &probs[4]) < 1e-6,
+        max_gap(&probs[3], &probs[4]) < 1e-6,
         "code block whole: {probs:?}"
     );
     assert!(
-        gap(&probs[3], &probs[5]) < 1e-6,
+        max_gap(&probs[3], &probs[6]) > 1e-4,
+        "the model cannot tell the code blocks apart: {probs:?}"
+    );
+    assert!(
+        max_gap(&probs[3], &probs[5]) < 1e-6,
         "unclosed comment read: {probs:?}"
     );
 

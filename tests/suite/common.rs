@@ -116,6 +116,14 @@ pub fn predicted_probs(output: &Output) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// The largest absolute difference between two rows of probabilities.
+pub fn max_gap(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
 /// Every tensor of a safetensors file, on the CPU.
 pub fn load_tensors(path: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
     candle_core::safetensors::load(path, &candle_core::Device::Cpu)
