@@ -749,6 +749,26 @@ fn cleaned_checkpoints_clean_the_texts_they_predict() {
         "unclosed comment read: {probs:?}"
     );
 
+    // An export lists the cleaning for its caller to apply, and says so.
+    let exported = dir.path().join("export");
+    let output = run_bin(
+        "export",
+        &["--checkpoint", path_str(&run), "--out", path_str(&exported)],
+    );
+    assert_ok(&output, "export");
+    assert!(
+        text(&output.stderr).contains("data.clean: html_comments, code_lines = 2"),
+        "{}",
+        text(&output.stderr)
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("wick_export.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        info["clean"],
+        serde_json::json!({"html_comments": true, "details": false, "code_lines": 2})
+    );
+
     // Another way of turning rows into text is another task for an ensemble.
     let plain = dir.path().join("plain");
     assert_ok(&train_tiny(&plain, &["train.epochs=1"]), "train plain");
