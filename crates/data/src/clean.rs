@@ -363,6 +363,29 @@ mod tests {
     }
 
     #[test]
+    fn stats_count_texts_and_characters_not_bytes() {
+        let clean = all(0);
+        let mut stats = CleanStats::default();
+        for text in ["é <!-- ünïcödé -->", "plain", "<details>ab</details>"] {
+            stats.add(text, &clean.apply(text));
+        }
+        // 18 + 5 + 21 characters, of which 16 and 21 are removed (the 18 are 23 bytes).
+        assert_eq!(
+            stats,
+            CleanStats {
+                texts: 3,
+                changed: 2,
+                chars_before: 44,
+                chars_removed: 37,
+            }
+        );
+        assert_eq!(
+            stats.to_string(),
+            "2 of 3 texts shortened, 84.1% of their characters removed"
+        );
+    }
+
+    #[test]
     fn options_compose_in_order() {
         // A comment holding a fence or a details tag is gone before those are looked for.
         let text = "Title\n\n<!-- ```\n<details> -->\nbody\n<details>\n```\nlog\n```\n</details>\n\
