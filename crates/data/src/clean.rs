@@ -42,23 +42,11 @@ impl Clean {
 
     /// `text` with the configured markup removed (borrowed when nothing was removed).
     pub fn apply<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let mut text = Cow::Borrowed(text);
-        if self.html_comments {
-            if let Cow::Owned(cut) = strip_comments(&text) {
-                text = Cow::Owned(cut);
-            }
-        }
-        if self.details {
-            if let Cow::Owned(cut) = strip_details(&text) {
-                text = Cow::Owned(cut);
-            }
-        }
-        if self.code_lines > 0 {
-            if let Cow::Owned(cut) = shorten_code(&text, self.code_lines) {
-                text = Cow::Owned(cut);
-            }
-        }
-        text
+        let text = then(Cow::Borrowed(text), self.html_comments, strip_comments);
+        let text = then(text, self.details, strip_details);
+        then(text, self.code_lines > 0, |t| {
+            shorten_code(t, self.code_lines)
+        })
     }
 
     /// The options that are on, in words, e.g. `html_comments, details, code_lines = 8`.
@@ -114,6 +102,18 @@ impl fmt::Display for CleanStats {
             self.changed, self.texts
         )
     }
+}
+
+/// `text` after `step` when `on`; a step that removed nothing leaves `text` as it was.
+fn then<'a>(text: Cow<'a, str>, on: bool, step: impl Fn(&str) -> Cow<'_, str>) -> Cow<'a, str> {
+    if !on {
+        return text;
+    }
+    let cut = match step(&text) {
+        Cow::Owned(cut) => Some(cut),
+        Cow::Borrowed(_) => None,
+    };
+    cut.map_or(text, Cow::Owned)
 }
 
 fn strip_comments(text: &str) -> Cow<'_, str> {

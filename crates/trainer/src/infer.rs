@@ -211,8 +211,8 @@ fn text_examples(texts: &[&str], clean: &wick_data::Clean) -> Vec<wick_data::Exa
 
 /// Several checkpoints of one task voting together: their class probabilities are averaged.
 /// Members may differ in anything but the task (labels, multi-label or not) and the way a row
-/// becomes text (text fields, separator, `data.clean`, label field); each tokenizes with its own tokenizer,
-/// `max_len` and truncation. One member behaves exactly like its [`Predictor`].
+/// becomes text (text fields, separator, `data.clean`, label field); each tokenizes with its own
+/// tokenizer, `max_len` and truncation. One member behaves exactly like its [`Predictor`].
 #[derive(Debug)]
 pub struct Ensemble {
     members: Vec<Predictor>,

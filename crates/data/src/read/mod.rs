@@ -4,6 +4,7 @@
 
 mod csv;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -44,7 +45,7 @@ pub struct ReadOutcome {
     pub examples: Vec<Example>,
     /// Rows dropped by `data.filter`.
     pub filtered_out: usize,
-    /// What `data.clean` removed from the kept rows' texts (all zero counts when it is off).
+    /// What `data.clean` removed from the kept rows' texts (nothing counted when it is off).
     pub cleaned: CleanStats,
 }
 
@@ -103,8 +104,16 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
             continue;
         }
         let joined = row_reader.text(line, &fields)?;
-        let text = cfg.clean.apply(&joined).into_owned();
-        cleaned.add(&joined, &text);
+        let text = if cfg.clean.is_off() {
+            joined
+        } else {
+            let cut = match cfg.clean.apply(&joined) {
+                Cow::Owned(cut) => Some(cut),
+                Cow::Borrowed(_) => None,
+            };
+            cleaned.add(&joined, cut.as_deref().unwrap_or(&joined));
+            cut.unwrap_or(joined)
+        };
         let target = if labelled {
             row_reader.target(line, &fields)?
         } else {
