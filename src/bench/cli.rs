@@ -69,6 +69,11 @@ pub struct Args {
     /// independent dropout masks, to time its cost. Default: off.
     #[arg(long, default_value_t = 0.0)]
     rdrop_weight: f64,
+    /// Gradient checkpointing (`train.gradient_checkpointing`) in forward_backward and
+    /// train_step: each encoder layer's activations are recomputed in backward, to measure the
+    /// memory it saves and the time it costs. Default: off.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// One JSON object per measurement per line.
     #[arg(long)]
     json: bool,
@@ -118,6 +123,8 @@ pub struct Plan {
     pub seed: u64,
     /// The objective of forward_backward and train_step.
     pub loss_options: LossOptions,
+    /// Gradient checkpointing in forward_backward and train_step.
+    pub gradient_checkpointing: bool,
     pub json: bool,
 }
 
@@ -203,6 +210,7 @@ impl Plan {
                 rdrop_weight: args.rdrop_weight,
                 ..LossOptions::default()
             },
+            gradient_checkpointing: args.gradient_checkpointing,
             json: args.json,
         })
     }

@@ -108,6 +108,11 @@ impl Harness {
         })
     }
 
+    /// Gradient checkpointing of the encoder's layers in the training measurements.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.model.set_gradient_checkpointing(on);
+    }
+
     /// Scalar parameters of the model (encoder and head).
     pub fn params(&self) -> u64 {
         named_vars(&self.varmap)

@@ -14,7 +14,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
-use wick_model::classifier::LossOptions;
 use wick_trainer::budget::{Kernels, MemoryBudget};
 use wick_trainer::device::{self, device_name, Chosen};
 
@@ -212,7 +211,7 @@ impl<'a> Session<'a> {
         let plan = self.plan;
         let dtype = plan.model_dtype;
         let ceiling = self.ceiling(dtype)?;
-        let harness = Harness::build(
+        let mut harness = Harness::build(
             spec,
             dtype,
             &self.device,
@@ -222,6 +221,7 @@ impl<'a> Session<'a> {
             &plan.loss_options,
         )
         .with_context(|| format!("building {}", spec.label))?;
+        harness.set_gradient_checkpointing(plan.gradient_checkpointing);
         self.report.note(&format!(
             "\nmodel {}: {:.1}M params ({}), batch {} x seq {}, {} on {}{}\n  \
              mfu ceiling: best {} {} matmul in this process, size {}: {:.1} GFLOP/s ({})\n{}",
@@ -236,7 +236,7 @@ impl<'a> Session<'a> {
             plan.seq,
             dtype.as_str(),
             device_name(&self.device),
-            objective_note(&plan.loss_options),
+            objective_note(plan),
             device_name(&self.device),
             dtype.as_str(),
             ceiling.size,
@@ -323,6 +323,7 @@ fn estimate(
         (rows as u64, plan.seq as u64),
         dtype.size_in_bytes() as u64,
         Kernels::on(device, dtype),
+        plan.gradient_checkpointing && bench != ModelBench::Forward,
     );
     match bench {
         ModelBench::Forward => budget.weights + budget.activations,
@@ -332,7 +333,8 @@ fn estimate(
 }
 
 /// The header's note on a training objective other than the plain loss.
-fn objective_note(options: &LossOptions) -> String {
+fn objective_note(plan: &Plan) -> String {
+    let options = &plan.loss_options;
     let mut note = String::new();
     if options.contrastive_weight > 0.0 {
         note += &format!(
@@ -345,6 +347,9 @@ fn objective_note(options: &LossOptions) -> String {
             ", R-Drop weight {} (two passes per batch)",
             options.rdrop_weight
         );
+    }
+    if plan.gradient_checkpointing {
+        note += ", gradient checkpointing (training rows)";
     }
     note
 }

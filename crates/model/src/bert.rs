@@ -200,6 +200,7 @@ impl Embeddings {
 /// [`ops::attention_bias`] and, where the fused CPU kernels run, its host values, read once and
 /// shared by every layer; for MPNet also the relative position bias `(1, heads, seq, seq)` in
 /// the compute dtype, contiguous, shared by every layer too.
+#[derive(Clone)]
 struct Mask {
     bias: Tensor,
     /// The mask's values for the fused CPU attention kernel, where it applies.
@@ -538,6 +539,39 @@ pub struct BertModel {
     config: BertConfig,
     dtype: DType,
     rng: Arc<DropoutRng>,
+    /// Gradient checkpointing: in training, each layer is a segment recomputed in backward.
+    checkpoint_layers: bool,
+}
+
+/// `layer` as a checkpointed segment ([`Tensor::checkpoint`]): the graph keeps the layer's input
+/// (and MPNet's position bias, an input too, as its gradient flows on to the bias table) and
+/// frees the layer's activations; backward recomputes them, drawing the same dropout masks.
+fn checkpointed_layer(
+    layer: &Layer,
+    xs: &Tensor,
+    mask: &Mask,
+    rng: &Arc<DropoutRng>,
+    dims: (usize, usize),
+) -> Result<Tensor> {
+    let replay = rng.checkpoint(xs.device())?;
+    let (layer, rng) = (layer.clone(), Arc::clone(rng));
+    let (bias, host) = (mask.bias.clone(), mask.host.clone());
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let mut inputs = vec![xs.clone()];
+    inputs.extend(mask.position.iter().cloned());
+    Tensor::checkpoint(&inputs, move |inputs| {
+        let mask = Mask {
+            bias: bias.clone(),
+            host: host.clone(),
+            position: inputs.get(1).cloned(),
+        };
+        let run = || layer.forward(&inputs[0], &mask, &rng, true, dims);
+        if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            run()
+        } else {
+            rng.replay(&replay, run)
+        }
+    })
 }
 
 impl BertModel {
@@ -585,7 +619,24 @@ impl BertModel {
             config: config.clone(),
             dtype,
             rng,
+            checkpoint_layers: false,
         })
+    }
+
+    /// Gradient checkpointing (Hugging Face's `gradient_checkpointing_enable`): training keeps
+    /// each layer's input instead of its activations and recomputes them in backward, about one
+    /// more forward pass of compute for activation memory of one layer plus one hidden state per
+    /// layer. The gradients are those of a run without it. So are the dropout masks on the CPU
+    /// and in wick's CUDA kernels (keyed by host draws, replayed); masks drawn by an
+    /// accelerator's own generator (Metal; candle's primitive ops on CUDA) come from a generator
+    /// reseeded at each layer, so they differ from a run without checkpointing, and backward
+    /// replays them exactly.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpoint_layers = on;
+    }
+
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpoint_layers
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -649,7 +700,11 @@ impl BertModel {
             position,
         };
         for layer in &self.layers {
-            xs = layer.forward(&xs, &mask, &self.rng, train, (batch, seq))?;
+            xs = if train && self.checkpoint_layers {
+                checkpointed_layer(layer, &xs, &mask, &self.rng, (batch, seq))?
+            } else {
+                layer.forward(&xs, &mask, &self.rng, train, (batch, seq))?
+            };
         }
         xs.reshape((batch, seq, self.config.hidden_size))
     }

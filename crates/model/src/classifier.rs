@@ -120,6 +120,12 @@ impl Classifier {
         self.frozen_encoder = frozen;
     }
 
+    /// Gradient checkpointing of the encoder's layers: see
+    /// [`BertModel::set_gradient_checkpointing`].
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.encoder.set_gradient_checkpointing(on);
+    }
+
     pub fn encoder(&self) -> &BertModel {
         &self.encoder
     }

@@ -19,6 +19,15 @@ use crate::simd;
 /// Mask elements drawn per parallel work item.
 const MASK_CHUNK: usize = 1 << 16;
 
+/// The state of the dropout streams at the start of a checkpointed segment: see
+/// [`DropoutRng::checkpoint`].
+#[derive(Debug, Clone)]
+pub struct Replay {
+    host: ChaCha8Rng,
+    /// The accelerator and the seed its generator was given at the checkpoint.
+    device: Option<(Device, u64)>,
+}
+
 /// The source of dropout masks for one model.
 #[derive(Debug)]
 pub struct DropoutRng {
@@ -58,6 +67,41 @@ impl DropoutRng {
     fn lock(&self) -> std::sync::MutexGuard<'_, ChaCha8Rng> {
         // A poisoned lock only means another thread panicked mid-draw; the stream is still valid.
         self.host.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where the streams stand at the start of a checkpointed segment (gradient checkpointing),
+    /// for [`DropoutRng::replay`] to draw the same masks when backward recomputes it. The host
+    /// stream is copied; an accelerator's generator cannot be read, so it is reseeded here with
+    /// a seed derived from the host stream's position (which this does not advance), and again
+    /// with the same seed on replay.
+    pub fn checkpoint(&self, device: &Device) -> Result<Replay> {
+        let host = self.lock().clone();
+        let device_seed = if device.is_cpu() {
+            None
+        } else {
+            let seed = host.get_seed();
+            let seed = u64::from_le_bytes(seed[..8].try_into().expect("8 of 32 seed bytes"));
+            let seed = mix_seed(seed, host.get_word_pos() as u64);
+            device.set_seed(seed)?;
+            Some(seed)
+        };
+        Ok(Replay {
+            host,
+            device: device_seed.map(|seed| (device.clone(), seed)),
+        })
+    }
+
+    /// Runs `f` with the streams as they stood at `replay`'s checkpoint, then puts the host
+    /// stream back where it was, so a recomputation draws the masks of the first pass and moves
+    /// no later draw.
+    pub fn replay<T>(&self, replay: &Replay, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let resume = std::mem::replace(&mut *self.lock(), replay.host.clone());
+        let out = match &replay.device {
+            Some((device, seed)) => device.set_seed(*seed).and_then(|()| f()),
+            None => f(),
+        };
+        *self.lock() = resume;
+        out
     }
 
     /// A mask of `0` (dropped, probability `p`) and `1 / (1 - p)` (kept), of `shape` and `dtype`.

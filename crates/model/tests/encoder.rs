@@ -846,3 +846,110 @@ fn mpnet_bucket_ids_of_a_longer_sequence_serve_a_shorter_one() {
         );
     }
 }
+
+/// One training forward and backward of `classifier` from dropout step 3 of seed 5: the loss,
+/// the size of its graph, every variable's gradient by name, and the next dropout key drawn
+/// after backward (where the stream ended).
+struct Pass {
+    loss: f32,
+    nodes: usize,
+    grads: Vec<(String, Tensor)>,
+    next_key: u64,
+}
+
+fn training_pass(
+    varmap: &VarMap,
+    classifier: &Classifier,
+    (ids, types, mask): (&Tensor, &Tensor, &Tensor),
+) -> Pass {
+    let rng = classifier.encoder().rng();
+    rng.reseed(5, 3, &Device::Cpu).unwrap();
+    let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    let logits = classifier.forward(ids, types, mask, true).unwrap();
+    let loss = classifier
+        .loss(&logits, &labels, &Default::default())
+        .unwrap();
+    let nodes = loss.sorted_nodes().len();
+    let grads = loss.backward().unwrap();
+    let grads = named_vars(varmap)
+        .into_iter()
+        .map(|(name, var)| {
+            let grad = grads.get(var.as_tensor()).cloned();
+            let grad = grad.unwrap_or_else(|| panic!("{name}: no gradient"));
+            (name, grad.to_dtype(DType::F32).unwrap())
+        })
+        .collect();
+    Pass {
+        loss: loss.to_scalar::<f32>().unwrap(),
+        nodes,
+        grads,
+        next_key: rng.draw_key(),
+    }
+}
+
+/// Gradient checkpointing recomputes each layer in backward. With dropout on everywhere (so the
+/// recomputation must replay every mask), the loss and every variable's gradient are those of a
+/// run without it: on the fused CPU kernels, on primitive ops and in bf16, for BERT and for
+/// MPNet (whose position bias is an input of every checkpointed layer and gets its gradient
+/// through them). The graph backward walks is a fraction of the plain one, so the layers were
+/// cut out of it, and the dropout stream ends where a plain run's does.
+#[test]
+fn gradient_checkpointing_gives_the_gradients_of_a_run_without_it() {
+    let mpnet = BertConfig {
+        model_type: ModelType::Mpnet,
+        pad_token_id: 1,
+        max_position_embeddings: 66,
+        ..BertConfig::tiny(100)
+    };
+    for config in [BertConfig::tiny(100), mpnet] {
+        for (dtype, fused) in [(DType::F32, true), (DType::F32, false), (DType::BF16, true)] {
+            let what = format!("{:?}, {dtype:?}, fused kernels {fused}", config.model_type);
+            let (varmap, mut classifier) =
+                Classifier::build(&config, 3, Task::SingleLabel, 0.1, dtype, &Device::Cpu, 1)
+                    .unwrap();
+            init_all(&varmap, 0.02, 1).unwrap();
+            let pad = config.pad_token_id as u32;
+            let long: Vec<u32> = (0..40).map(|i| 2 + i % 90).collect();
+            let (ids, types, mask) =
+                padded_batch(&[vec![0, 5, 9, 11, 2], vec![0, 7, 2], long], pad);
+            let pass = |classifier: &Classifier| {
+                let run = || training_pass(&varmap, classifier, (&ids, &types, &mask));
+                if fused {
+                    run()
+                } else {
+                    wick_model::fused::without_fused(run)
+                }
+            };
+            let plain = pass(&classifier);
+            classifier.set_gradient_checkpointing(true);
+            let checkpointed = pass(&classifier);
+
+            assert_eq!(plain.loss, checkpointed.loss, "{what}: loss");
+            assert_eq!(
+                plain.next_key, checkpointed.next_key,
+                "{what}: dropout stream"
+            );
+            assert!(
+                2 * checkpointed.nodes < plain.nodes,
+                "{what}: {} graph nodes checkpointed, {} plain",
+                checkpointed.nodes,
+                plain.nodes
+            );
+            for ((name, a), (_, b)) in plain.grads.iter().zip(&checkpointed.grads) {
+                let scale = a
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(scale > 0.0, "{what}: {name}: zero gradient");
+                let diff = max_abs_diff(a, b);
+                assert!(
+                    diff <= 1e-6 * scale,
+                    "{what}: {name}: gradients differ by {diff} (largest {scale})"
+                );
+            }
+        }
+    }
+}

@@ -12,6 +12,8 @@ pub struct MemoryBudget {
     /// The f32 moving average of the trainable weights (`train.ema_decay`), 0 without one.
     pub average: u64,
     pub activations: u64,
+    /// Whether `activations` counts gradient checkpointing's layer inputs and one layer.
+    pub checkpointed: bool,
 }
 
 /// Which kernels a step runs, for what it keeps for backward.
@@ -54,7 +56,11 @@ impl MemoryBudget {
     /// composite layer norms' intermediates, dropout masks), 3 `(batch, seq, intermediate)`
     /// tensors (input, GELU, mask) and 6 `(batch, heads, seq, seq)` tensors (scores, shifted, exp,
     /// probabilities, mask, dropped), the attention-sized ones in f32 whatever the compute dtype.
+    /// With gradient checkpointing (`checkpointed`), backward holds one layer's activations at a
+    /// time, and the graph one `(batch, seq, hidden)` input per layer.
+    ///
     /// It is an estimate: compare it with the measured peak.
+    #[allow(clippy::too_many_arguments)]
     pub fn estimate(
         config: &BertConfig,
         params: u64,
@@ -62,6 +68,7 @@ impl MemoryBudget {
         (batch, seq): (u64, u64),
         act_bytes: u64,
         kernels: Kernels,
+        checkpointed: bool,
     ) -> Self {
         let h = config.hidden_size as u64;
         let i = config.intermediate_size as u64;
@@ -76,12 +83,19 @@ impl MemoryBudget {
             }
         };
         let embeddings = batch * seq * h * 8 * 4;
+        let layers = config.num_hidden_layers as u64;
+        let activations = if checkpointed {
+            per_layer + layers * batch * seq * h * act_bytes + embeddings
+        } else {
+            per_layer * layers + embeddings
+        };
         Self {
             weights: params * 4,
             gradients: trainable * 4,
             optimizer: trainable * 8,
             average: 0,
-            activations: per_layer * config.num_hidden_layers as u64 + embeddings,
+            activations,
+            checkpointed,
         }
     }
 
@@ -128,8 +142,13 @@ impl std::fmt::Display for MemoryBudget {
         }
         write!(
             f,
-            " + activations ~{} = ~{}",
+            " + activations ~{}{} = ~{}",
             human_bytes(self.activations),
+            if self.checkpointed {
+                " (gradient checkpointing)"
+            } else {
+                ""
+            },
             human_bytes(self.total())
         )
     }

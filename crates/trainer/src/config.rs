@@ -208,6 +208,10 @@ pub struct TrainConfig {
     /// masks, and `α / 2` times the symmetric KL divergence of the two predictions joins the
     /// objective (0: off; needs dropout; twice the compute and activation memory per step).
     pub rdrop_weight: f64,
+    /// Gradient checkpointing: keep each encoder layer's input instead of its activations and
+    /// recompute them in backward (Hugging Face's `gradient_checkpointing`): activation memory
+    /// of about one layer, for about one more forward pass of compute per step.
+    pub gradient_checkpointing: bool,
     pub class_weights: Option<ClassWeights>,
     /// Read loss and grad norm from the device every this many optimizer steps.
     pub log_every: usize,
@@ -252,6 +256,7 @@ impl Default for TrainConfig {
             contrastive_weight: 0.0,
             contrastive_temperature: 0.3,
             rdrop_weight: 0.0,
+            gradient_checkpointing: false,
             class_weights: None,
             log_every: 10,
             checkpoint_every: 0,
@@ -451,6 +456,13 @@ impl RunConfig {
                     "needs train.batch_size >= 2: it compares the examples of each micro-batch",
                 );
             }
+        }
+        if t.gradient_checkpointing && t.freeze_encoder {
+            return Err(TrainError::config(
+                "train.gradient_checkpointing",
+                "recomputes the encoder's activations for its backward pass, and with \
+                 train.freeze_encoder there is none",
+            ));
         }
         if let Some(ClassWeights::Explicit(weights)) = &t.class_weights {
             if weights.len() != self.data.labels.len() {

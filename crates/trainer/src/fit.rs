@@ -446,6 +446,7 @@ impl Trainer {
             _ => init_all(&varmap, bert.initializer_range, config.train.seed)?,
         }
         model.set_frozen_encoder(config.train.freeze_encoder);
+        model.set_gradient_checkpointing(config.train.gradient_checkpointing);
 
         let t = &config.train;
         let head_scale = t.head_lr.map_or(1.0, |head| head / t.lr);
@@ -586,6 +587,7 @@ impl Trainer {
                 ),
                 act_bytes,
                 crate::budget::Kernels::on(&device, config.train.precision.dtype()),
+                t.gradient_checkpointing,
             ),
         };
         if average.is_some() {

@@ -102,6 +102,14 @@ impl Tensor {
                         track_grad |= tg;
                         nodes
                     }),
+                    Op::Checkpoint(args, _) => {
+                        // The segment's own variables are not among its inputs: always tracked.
+                        track_grad = true;
+                        args.iter().fold(nodes, |nodes, arg| {
+                            let (_, nodes) = walk(arg, nodes, already_seen);
+                            nodes
+                        })
+                    }
                     Op::Affine { arg, mul, .. } => {
                         if *mul == 0. {
                             nodes
@@ -166,6 +174,43 @@ impl Tensor {
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
+        propagate(&sorted_nodes, &mut grads)?;
+        Ok(grads)
+    }
+}
+
+/// Recomputes a checkpointed segment from its inputs and back propagates `grad` (the gradient of
+/// its output) through it: the inputs' gradients and those of the variables the segment reached
+/// are added to `grads` (wick's patch, see [`Tensor::checkpoint`]).
+fn backward_checkpoint(
+    inputs: &[Tensor],
+    f: &crate::op::CheckpointFn,
+    grad: Tensor,
+    grads: &mut GradStore,
+) -> Result<()> {
+    let leaves: Vec<Tensor> = inputs.iter().map(Tensor::as_leaf_variable).collect();
+    let out = f(&leaves)?;
+    let sorted_nodes = out.sorted_nodes();
+    let mut inner = GradStore::new();
+    inner.insert(&out, grad.contiguous()?);
+    propagate(&sorted_nodes, &mut inner)?;
+    for node in sorted_nodes.iter().filter(|node| node.is_variable()) {
+        let Some(node_grad) = inner.remove(node) else {
+            continue;
+        };
+        match leaves.iter().position(|leaf| leaf.id() == node.id()) {
+            Some(i) => grads.accumulate(&inputs[i], &node_grad)?,
+            None => grads.accumulate(node, &node_grad)?,
+        }
+    }
+    Ok(())
+}
+
+/// The backward pass over `sorted_nodes` (from [`Tensor::sorted_nodes`]), whose root's gradient
+/// is in `grads`: every other node's gradient is added to `grads` in turn.
+fn propagate(sorted_nodes: &[&Tensor], grads: &mut GradStore) -> Result<()> {
+    // This block keeps the loop at upstream's indentation, so the patch shows only real changes.
+    {
         for node in sorted_nodes.iter() {
             if node.is_variable() {
                 continue;
@@ -634,6 +679,9 @@ impl Tensor {
                         let arg_grad = (&(grad * arg.powf(e - 1.)?)? * *e)?;
                         grads.accumulate(arg, &arg_grad)?;
                     }
+                    Op::Checkpoint(inputs, f) => {
+                        backward_checkpoint(inputs, f.as_ref(), grad, grads)?;
+                    }
                     Op::CustomOp1(arg, c) => {
                         if let Some(arg_grad) = c.bwd(arg, node, &grad)? {
                             grads.accumulate(arg, &arg_grad)?;
@@ -689,8 +737,8 @@ impl Tensor {
                 };
             }
         }
-        Ok(grads)
     }
+    Ok(())
 }
 
 /// A store for gradients, associating a tensor id to the corresponding gradient tensor, used for back propagation.

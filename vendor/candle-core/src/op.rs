@@ -187,7 +187,14 @@ pub enum Op {
         Tensor,
         std::sync::Arc<Box<dyn crate::CustomOp3 + Send + Sync>>,
     ),
+    /// A segment recomputed in backward (wick's patch: gradient checkpointing, see
+    /// [`Tensor::checkpoint`]): its inputs and the function that maps them to its output.
+    Checkpoint(Vec<Tensor>, std::sync::Arc<CheckpointFn>),
 }
+
+/// The function of a [`Op::Checkpoint`] segment: inputs to output, run once in the forward pass
+/// and again in backward.
+pub type CheckpointFn = dyn Fn(&[Tensor]) -> crate::Result<Tensor> + Send + Sync;
 
 pub trait UnaryOpT {
     const NAME: &'static str;
@@ -1095,6 +1102,12 @@ pub struct BackpropOp(Option<Op>);
 impl BackpropOp {
     pub fn none() -> Self {
         BackpropOp(None)
+    }
+
+    /// A checkpointed segment's node (wick's patch): always recorded, as the variables the
+    /// segment reaches are not among its inputs.
+    pub(crate) fn checkpoint(inputs: Vec<Tensor>, f: std::sync::Arc<CheckpointFn>) -> Self {
+        Self(Some(Op::Checkpoint(inputs, f)))
     }
 
     pub(crate) fn new1(arg: &Tensor, f: impl Fn(Tensor) -> Op) -> Self {

@@ -2392,6 +2392,51 @@ impl Tensor {
         }
     }
 
+    /// Gradient checkpointing (wick's patch): runs `f` on `inputs` and returns its output, but
+    /// keeps none of the graph `f` builds. The output's only graph node is the segment itself,
+    /// holding the inputs and `f`; backward runs `f` again on the inputs (as variables), back
+    /// propagates the output's gradient through that recomputed graph, and adds the gradients of
+    /// the inputs and of every variable `f` reached to the outer pass's. The activations inside
+    /// the segment are so freed after the forward pass and live again only while backward is
+    /// inside the segment: memory for compute.
+    ///
+    /// `f` must compute the same function both times: anything random in it (dropout) must be
+    /// replayed by the caller. Its variables must be captured by `f` (not passed as inputs) and
+    /// are always treated as needing gradients.
+    pub fn checkpoint<F>(inputs: &[Tensor], f: F) -> Result<Tensor>
+    where
+        F: Fn(&[Tensor]) -> Result<Tensor> + Send + Sync + 'static,
+    {
+        let detached: Vec<Tensor> = inputs.iter().map(Tensor::detach).collect();
+        let out = f(&detached)?;
+        let op = BackpropOp::checkpoint(inputs.to_vec(), Arc::new(f));
+        let tensor_ = Tensor_ {
+            id: TensorId::new(),
+            storage: out.storage.clone(),
+            layout: out.layout.clone(),
+            op,
+            is_variable: false,
+            dtype: out.dtype,
+            device: out.device.clone(),
+        };
+        Ok(Tensor(Arc::new(tensor_)))
+    }
+
+    /// A variable sharing this tensor's storage, with no graph: the leaf a checkpointed segment
+    /// is recomputed from in backward.
+    pub(crate) fn as_leaf_variable(&self) -> Tensor {
+        let tensor_ = Tensor_ {
+            id: TensorId::new(),
+            storage: self.storage.clone(),
+            layout: self.layout.clone(),
+            op: BackpropOp::none(),
+            is_variable: true,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        };
+        Tensor(Arc::new(tensor_))
+    }
+
     /// If the target device is the same as the tensor device, only a shallow copy is performed.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         if self.device().same_device(device) {
