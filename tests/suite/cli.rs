@@ -2,12 +2,12 @@
 //! after SIGKILL and after Ctrl-C, and clean errors for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common::{
-    assert_fails_naming, assert_loss_falls, assert_ok, max_gap, path_str, predicted_probs,
-    repo_root, run_bin, text, train_losses, train_tiny, TINY,
+    assert_fails_naming, assert_loss_falls, assert_ok, load_tensors, max_gap, path_str,
+    predicted_probs, repo_root, run_bin, text, train_losses, train_tiny, values, TINY,
 };
 
 /// The tiny config's validation file.
@@ -1997,4 +1997,85 @@ fn tensorboard_event_files_hold_the_metrics() {
         .map(|s| s.1)
         .collect();
     assert_eq!(steps, [9, 10, 11, 12]);
+}
+
+/// The `activations ~X` figure of the memory budget `train` prints (on stderr), in KiB.
+fn budget_activations_kib(output: &Output) -> f64 {
+    let stderr = text(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("memory budget:"))
+        .unwrap_or_else(|| panic!("no memory budget line:\n{stderr}"));
+    let figure = line
+        .split("activations ~")
+        .nth(1)
+        .and_then(|rest| rest.split(" = ").next())
+        .unwrap_or_else(|| panic!("no activations in `{line}`"));
+    let mut words = figure.split_whitespace();
+    let value: f64 = words.next().unwrap().parse().unwrap();
+    let unit = match words.next() {
+        Some("KiB") => 1.0,
+        Some("MiB") => 1024.0,
+        other => panic!("unit {other:?} in `{line}`"),
+    };
+    value * unit
+}
+
+/// `train.gradient_checkpointing`: the encoder's layers are recomputed in backward with the same
+/// dropout masks, so the run logs the losses of a run without it and ends with the same weights;
+/// its memory budget says so and counts fewer activations. With `train.freeze_encoder` (no
+/// encoder backward to recompute for) it is refused.
+#[test]
+fn gradient_checkpointing_trains_to_the_weights_of_a_run_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut sets = vec!["train.log_every=1"];
+        sets.extend(extra);
+        let output = train_tiny(&out, &sets);
+        assert_ok(&output, name);
+        (out, output)
+    };
+    let (plain, plain_output) = run("plain", &[]);
+    let (checkpointed, output) = run("checkpointed", &["train.gradient_checkpointing=true"]);
+
+    assert!(text(&output.stderr).contains("(gradient checkpointing)"));
+    let (kib, plain_kib) = (
+        budget_activations_kib(&output),
+        budget_activations_kib(&plain_output),
+    );
+    assert!(
+        kib < plain_kib,
+        "activations {kib} KiB checkpointed, {plain_kib} KiB plain"
+    );
+    let (losses, plain_losses) = (train_losses(&checkpointed), train_losses(&plain));
+    assert_eq!(losses.len(), 12, "one loss per step: {losses:?}");
+    assert!(
+        max_gap(&losses, &plain_losses) < 1e-6,
+        "losses {losses:?} checkpointed, {plain_losses:?} plain"
+    );
+    let weights = load_tensors(&checkpointed.join("last/model.safetensors"));
+    let plain_weights = load_tensors(&plain.join("last/model.safetensors"));
+    assert_eq!(weights.len(), plain_weights.len());
+    for (name, tensor) in &weights {
+        let (a, b) = (values(tensor), values(&plain_weights[name]));
+        let gap = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(gap < 1e-6, "{name}: weights differ by {gap}");
+    }
+
+    let output = train_tiny(
+        &dir.path().join("bad"),
+        &[
+            "train.gradient_checkpointing=true",
+            "train.freeze_encoder=true",
+        ],
+    );
+    assert_fails_naming(
+        &output,
+        &["train.gradient_checkpointing", "train.freeze_encoder"],
+    );
 }

@@ -184,20 +184,38 @@ fn forward_loss_and_gradients_match(accel: &Device, p: f64) {
 }
 
 fn forward_loss_and_gradients_match_for(accel: &Device, p: f64, model_type: ModelType) {
-    objective_and_gradients_match(accel, p, model_type, &LossOptions::default(), None)
+    objective_and_gradients_match(accel, p, model_type, &LossOptions::default(), None, false)
+}
+
+/// Gradient checkpointing on the accelerator (each layer recomputed in backward, its dropout
+/// masks replayed) against the CPU without it: the logits, the loss and every gradient, for BERT
+/// and for MPNet (whose position bias is an input of every checkpointed layer). With dropout on
+/// CUDA, whose masks are the CPU's.
+#[test]
+fn accelerator_gradient_checkpointing_matches_the_cpu() {
+    let Some(accel) = accelerator("accelerator_gradient_checkpointing_matches_the_cpu") else {
+        return;
+    };
+    let p = if accel.is_cuda() { 0.3 } else { 0.0 };
+    for model_type in [ModelType::Bert, ModelType::Mpnet] {
+        objective_and_gradients_match(&accel, p, model_type, &LossOptions::default(), None, true);
+    }
 }
 
 /// The objective of `options` (on [`batch`], with `labels` in place of its own if given): logits,
-/// its value and every variable's gradient on the accelerator against the CPU.
+/// its value and every variable's gradient on the accelerator (with gradient checkpointing if
+/// `checkpoint`) against the CPU (without).
 fn objective_and_gradients_match(
     accel: &Device,
     p: f64,
     model_type: ModelType,
     options: &LossOptions,
     labels: Option<&[u32]>,
+    checkpoint: bool,
 ) {
     let run = |device: &Device| {
-        let (varmap, classifier) = tiny_model(device, DType::F32, p, model_type);
+        let (varmap, mut classifier) = tiny_model(device, DType::F32, p, model_type);
+        classifier.set_gradient_checkpointing(checkpoint && !device.is_cpu());
         let b = relabelled(batch(device), labels);
         let (pooled, logits) = classifier
             .forward_with_pooled(&b.input_ids, &b.token_type_ids, &b.attention_mask, true)
@@ -276,9 +294,9 @@ fn accelerator_contrastive_objective_matches_the_cpu() {
         ..Default::default()
     };
     let labels: &[u32] = &[0, 1, 0];
-    objective_and_gradients_match(&accel, 0.0, ModelType::Bert, &options, Some(labels));
+    objective_and_gradients_match(&accel, 0.0, ModelType::Bert, &options, Some(labels), false);
     if accel.is_cuda() {
-        objective_and_gradients_match(&accel, 0.3, ModelType::Bert, &options, Some(labels));
+        objective_and_gradients_match(&accel, 0.3, ModelType::Bert, &options, Some(labels), false);
     }
     adamw_steps_match_the_cpu(&accel, 3, 0.0, &options, Some(labels));
 }
@@ -306,13 +324,14 @@ fn accelerator_rdrop_objective_matches_the_cpu() {
         contrastive_temperature: 0.3,
         ..rdrop.clone()
     };
-    objective_and_gradients_match(&accel, 0.3, ModelType::Bert, &rdrop, None);
+    objective_and_gradients_match(&accel, 0.3, ModelType::Bert, &rdrop, None, false);
     objective_and_gradients_match(
         &accel,
         0.3,
         ModelType::Bert,
         &with_contrastive,
         Some(&[0, 1, 0]),
+        false,
     );
     let losses = adamw_steps_match_the_cpu(&accel, 3, 0.3, &rdrop, None);
     let plain = adamw_steps(&Device::Cpu, 1, 0.3, &LossOptions::default(), None).0;

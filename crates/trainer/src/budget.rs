@@ -153,3 +153,55 @@ impl std::fmt::Display for MemoryBudget {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checkpointing changes only the activations: a 12-layer encoder keeps one layer's worth
+    /// plus a hidden state per layer, far below twelve layers' worth, and the line says so.
+    #[test]
+    fn checkpointing_counts_one_layer_and_the_layer_inputs() {
+        let config = BertConfig {
+            num_hidden_layers: 12,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_attention_heads: 12,
+            ..BertConfig::tiny(30522)
+        };
+        for kernels in [Kernels::FusedCpu, Kernels::FusedCuda, Kernels::Primitive] {
+            let estimate = |checkpointed| {
+                MemoryBudget::estimate(
+                    &config,
+                    110e6 as u64,
+                    110e6 as u64,
+                    (16, 512),
+                    2,
+                    kernels,
+                    checkpointed,
+                )
+            };
+            let (plain, checkpointed) = (estimate(false), estimate(true));
+            assert_eq!(
+                (plain.weights, plain.gradients, plain.optimizer),
+                (
+                    checkpointed.weights,
+                    checkpointed.gradients,
+                    checkpointed.optimizer
+                )
+            );
+            assert!(
+                checkpointed.activations * 4 < plain.activations,
+                "{kernels:?}: {} checkpointed, {} plain",
+                checkpointed.activations,
+                plain.activations
+            );
+            // Twelve layer inputs of 16 x 512 x 768 in bf16: 144 MiB beyond one layer.
+            assert!(checkpointed.activations > 12 * 16 * 512 * 768 * 2);
+            assert!(checkpointed
+                .to_string()
+                .contains("(gradient checkpointing)"));
+            assert!(!plain.to_string().contains("checkpointing"));
+        }
+    }
+}

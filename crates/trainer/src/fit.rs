@@ -587,7 +587,8 @@ impl Trainer {
                 ),
                 act_bytes,
                 crate::budget::Kernels::on(&device, config.train.precision.dtype()),
-                t.gradient_checkpointing,
+                // The model's own setting, so the line says what the step will do.
+                model.encoder().gradient_checkpointing(),
             ),
         };
         if average.is_some() {
