@@ -629,8 +629,8 @@ impl BertModel {
     /// layer. The gradients are those of a run without it. So are the dropout masks on the CPU
     /// and in wick's CUDA kernels (keyed by host draws, replayed); masks drawn by an
     /// accelerator's own generator (Metal; candle's primitive ops on CUDA) come from a generator
-    /// reseeded at each layer, so they differ from a run without checkpointing, and backward
-    /// replays them exactly.
+    /// reseeded at each layer (on Metal after synchronizing the device), so they differ from a
+    /// run without checkpointing, and backward replays them exactly.
     pub fn set_gradient_checkpointing(&mut self, on: bool) {
         self.checkpoint_layers = on;
     }

@@ -447,6 +447,13 @@ impl Trainer {
         }
         model.set_frozen_encoder(config.train.freeze_encoder);
         model.set_gradient_checkpointing(config.train.gradient_checkpointing);
+        if config.train.gradient_checkpointing && device.is_metal() {
+            reporter.message(
+                "gradient checkpointing on metal: the device is synchronized before each \
+                 layer's forward pass and its recomputation, so that the recomputed dropout \
+                 masks are the first pass's (Metal's generator reads its seed when a kernel runs)",
+            );
+        }
 
         let t = &config.train;
         let head_scale = t.head_lr.map_or(1.0, |head| head / t.lr);
