@@ -102,15 +102,18 @@ fn padded_batch(rows: &[Vec<u32>], pad: u32) -> (Tensor, Tensor, Tensor) {
     (ids.clone(), ids.zeros_like().unwrap(), mask)
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
+/// The largest absolute entry of an f32 tensor.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
         .max_all()
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
 }
 
 #[derive(Deserialize)]
@@ -790,13 +793,7 @@ fn fused_cpu_kernels_match_primitive_ops_on_a_minilm_training_step() {
             grads_fused.get(var.as_tensor()).unwrap(),
             grads_plain.get(var.as_tensor()).unwrap(),
         );
-        let scale = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs(b);
         // The key bias's true gradient is 0 (softmax ignores a shift shared by a row), so both
         // paths hold rounding noise there: an absolute floor covers it.
         let rel = max_abs_diff(a, b) / scale.max(1e-4);
@@ -936,13 +933,7 @@ fn gradient_checkpointing_gives_the_gradients_of_a_run_without_it() {
                 plain.nodes
             );
             for ((name, a), (_, b)) in plain.grads.iter().zip(&checkpointed.grads) {
-                let scale = a
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let scale = max_abs(a);
                 assert!(scale > 0.0, "{what}: {name}: zero gradient");
                 let diff = max_abs_diff(a, b);
                 assert!(
