@@ -236,7 +236,7 @@ impl<'a> Session<'a> {
             plan.seq,
             dtype.as_str(),
             device_name(&self.device),
-            objective_note(plan),
+            training_note(plan),
             device_name(&self.device),
             dtype.as_str(),
             ceiling.size,
@@ -332,8 +332,9 @@ fn estimate(
     }
 }
 
-/// The header's note on a training objective other than the plain loss.
-fn objective_note(plan: &Plan) -> String {
+/// The header's note on how the training rows differ from a plain step: an objective other than
+/// the plain loss, gradient checkpointing.
+fn training_note(plan: &Plan) -> String {
     let options = &plan.loss_options;
     let mut note = String::new();
     if options.contrastive_weight > 0.0 {
