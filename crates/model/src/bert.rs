@@ -20,6 +20,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::attention::{self, AttentionDropout, HostMask};
 use crate::config::{BertConfig, HiddenAct, ModelType};
+use crate::lora::{Adapter, LoraConfig, LoraTarget};
 use crate::rng::DropoutRng;
 use crate::{cuda, fused, ops};
 
@@ -42,6 +43,8 @@ const PLACEHOLDER: Init = Init::Const(0.0);
 struct Linear {
     weight: Tensor,
     bias: Tensor,
+    /// A LoRA adapter on this layer's weight.
+    adapter: Option<Adapter>,
 }
 
 impl Linear {
@@ -49,15 +52,47 @@ impl Linear {
         Ok(Self {
             weight: vb.get_with_hints((out_dim, in_dim), "weight", PLACEHOLDER)?,
             bias: vb.get_with_hints(out_dim, "bias", PLACEHOLDER)?,
+            adapter: None,
         })
     }
 
+    /// The layer with a LoRA adapter when `lora` adapts `target`.
+    fn load_adapted(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        lora: &LoraConfig,
+        target: LoraTarget,
+    ) -> Result<Self> {
+        let mut linear = Self::load(vb.clone(), in_dim, out_dim)?;
+        if lora.adapts(target) {
+            linear.adapter = Some(Adapter::load(vb, in_dim, out_dim, lora)?);
+        }
+        Ok(linear)
+    }
+
+    /// The weight of one pass: the variable, plus the adapter's `scale * B A` where there is one.
+    fn weight(&self, train: bool) -> Result<Tensor> {
+        let weight = param(&self.weight, train);
+        match &self.adapter {
+            Some(adapter) => adapter.merged(&weight, train),
+            None => Ok(weight),
+        }
+    }
+
+    fn bias(&self, train: bool) -> Tensor {
+        param(&self.bias, train)
+    }
+
+    /// Detaches the weight and bias from their variables (LoRA's frozen base; the adapter
+    /// stays trainable). The values stay shared, so a later load still fills them.
+    fn freeze(&mut self) {
+        self.weight = self.weight.detach();
+        self.bias = self.bias.detach();
+    }
+
     fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        ops::linear(
-            xs,
-            &param(&self.weight, train),
-            Some(&param(&self.bias, train)),
-        )
+        ops::linear(xs, &self.weight(train)?, Some(&self.bias(train)))
     }
 }
 
@@ -75,6 +110,11 @@ impl LayerNorm {
             bias: vb.get_with_hints(dim, "bias", PLACEHOLDER)?,
             eps,
         })
+    }
+
+    fn freeze(&mut self) {
+        self.weight = self.weight.detach();
+        self.bias = self.bias.detach();
     }
 
     fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
@@ -143,6 +183,13 @@ impl Embeddings {
             model_type: cfg.model_type,
             pad_token_id: cfg.pad_token_id,
         })
+    }
+
+    fn freeze(&mut self) {
+        self.word = self.word.detach();
+        self.position = self.position.detach();
+        self.token_type = self.token_type.as_ref().map(Tensor::detach);
+        self.layer_norm.freeze();
     }
 
     /// `(batch, seq)` u32 position ids: `0..seq` for BERT; for MPNet and RoBERTa, Hugging
@@ -329,16 +376,23 @@ fn attention_names(model_type: ModelType) -> [&'static str; 5] {
 
 impl SelfAttention {
     /// `vb` is the layer's builder.
-    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &BertConfig, lora: &LoraConfig) -> Result<Self> {
         let h = cfg.hidden_size;
         let [query, key, value, ..] = attention_names(cfg.model_type);
+        let linear = |name: &str, target| Linear::load_adapted(vb.pp(name), h, h, lora, target);
         Ok(Self {
-            query: Linear::load(vb.pp(query), h, h)?,
-            key: Linear::load(vb.pp(key), h, h)?,
-            value: Linear::load(vb.pp(value), h, h)?,
+            query: linear(query, LoraTarget::Query)?,
+            key: linear(key, LoraTarget::Key)?,
+            value: linear(value, LoraTarget::Value)?,
             heads: cfg.num_attention_heads,
             head_size: cfg.head_size(),
         })
+    }
+
+    fn freeze(&mut self) {
+        for linear in [&mut self.query, &mut self.key, &mut self.value] {
+            linear.freeze();
+        }
     }
 
     /// `(batch * seq, hidden)` -> `(batch, heads, seq, head_size)`.
@@ -370,14 +424,14 @@ impl SelfAttention {
             return attention::self_attention(
                 xs,
                 (
-                    &param(&self.query.weight, train),
-                    &param(&self.key.weight, train),
-                    &param(&self.value.weight, train),
+                    &self.query.weight(train)?,
+                    &self.key.weight(train)?,
+                    &self.value.weight(train)?,
                 ),
                 (
-                    &param(&self.query.bias, train),
-                    &param(&self.key.bias, train),
-                    &param(&self.value.bias, train),
+                    &self.query.bias(train),
+                    &self.key.bias(train),
+                    &self.value.bias(train),
                 ),
                 host,
                 mask.position.as_ref(),
@@ -387,14 +441,14 @@ impl SelfAttention {
             );
         }
         let (wq, wk, wv) = (
-            param(&self.query.weight, train),
-            param(&self.key.weight, train),
-            param(&self.value.weight, train),
+            self.query.weight(train)?,
+            self.key.weight(train)?,
+            self.value.weight(train)?,
         );
         let (bq, bk, bv) = (
-            param(&self.query.bias, train),
-            param(&self.key.bias, train),
-            param(&self.value.bias, train),
+            self.query.bias(train),
+            self.key.bias(train),
+            self.value.bias(train),
         );
         if cuda::applies(&[xs, &wq, &wk, &wv, &bq, &bk, &bv, &mask.bias])
             && mask.position.as_ref().is_none_or(|p| cuda::applies(&[p]))
@@ -416,9 +470,10 @@ impl SelfAttention {
             );
         }
         let dims = (batch, seq);
-        let q = self.split_heads(&self.query.forward(xs, train)?, dims)?;
-        let k = self.split_heads(&self.key.forward(xs, train)?, dims)?;
-        let v = self.split_heads(&self.value.forward(xs, train)?, dims)?;
+        let project = |w: &Tensor, b: &Tensor| ops::linear(xs, w, Some(b));
+        let q = self.split_heads(&project(&wq, &bq)?, dims)?;
+        let k = self.split_heads(&project(&wk, &bk)?, dims)?;
+        let v = self.split_heads(&project(&wv, &bv)?, dims)?;
         let scores = q.matmul(&k.t()?)?;
         let probs = match &mask.position {
             // MPNet: `scores * scale + position`, then the padding mask, softmax and dropout.
@@ -451,15 +506,18 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &BertConfig, lora: &LoraConfig) -> Result<Self> {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         let [.., out, norm] = attention_names(cfg.model_type);
+        let linear = |name: &str, (in_dim, out_dim), target| {
+            Linear::load_adapted(vb.pp(name), in_dim, out_dim, lora, target)
+        };
         Ok(Self {
-            attention: SelfAttention::load(vb.clone(), cfg)?,
-            attention_out: Linear::load(vb.pp(out), h, h)?,
+            attention: SelfAttention::load(vb.clone(), cfg, lora)?,
+            attention_out: linear(out, (h, h), LoraTarget::AttentionOutput)?,
             attention_norm: LayerNorm::load(vb.pp(norm), h, eps)?,
-            intermediate: Linear::load(vb.pp("intermediate.dense"), h, i)?,
-            output: Linear::load(vb.pp("output.dense"), i, h)?,
+            intermediate: linear("intermediate.dense", (h, i), LoraTarget::Intermediate)?,
+            output: linear("output.dense", (i, h), LoraTarget::Output)?,
             output_norm: LayerNorm::load(vb.pp("output.LayerNorm"), h, eps)?,
             act: cfg.hidden_act,
             hidden_p: cfg.hidden_dropout_prob,
@@ -470,6 +528,19 @@ impl Layer {
                 0.0
             },
         })
+    }
+
+    fn freeze(&mut self) {
+        self.attention.freeze();
+        for linear in [
+            &mut self.attention_out,
+            &mut self.intermediate,
+            &mut self.output,
+        ] {
+            linear.freeze();
+        }
+        self.attention_norm.freeze();
+        self.output_norm.freeze();
     }
 
     /// `(batch * seq, hidden)` -> `(batch * seq, hidden)`.
@@ -493,10 +564,10 @@ impl Layer {
             train,
         )?;
         let ffn = (
-            param(&self.intermediate.weight, train),
-            param(&self.intermediate.bias, train),
-            param(&self.output.weight, train),
-            param(&self.output.bias, train),
+            self.intermediate.weight(train)?,
+            self.intermediate.bias(train),
+            self.output.weight(train)?,
+            self.output.bias(train),
         );
         if self.act == HiddenAct::Gelu && fused::applies(&[&xs, &ffn.0, &ffn.1, &ffn.2, &ffn.3]) {
             let out = fused::feed_forward(&xs, (&ffn.0, &ffn.1), (&ffn.2, &ffn.3))?;
@@ -515,13 +586,13 @@ impl Layer {
                 .output_norm
                 .forward_residual(&out, &xs, self.hidden_p, rng, train);
         }
-        let inner = self.intermediate.forward(&xs, train)?;
+        let inner = ops::linear(&xs, &ffn.0, Some(&ffn.1))?;
         let inner = match self.act {
             HiddenAct::Gelu => ops::gelu_erf(&inner)?,
             HiddenAct::GeluApproximate => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
         };
-        let out = self.output.forward(&inner, train)?;
+        let out = ops::linear(&inner, &ffn.2, Some(&ffn.3))?;
         self.output_norm
             .forward_residual(&out, &xs, self.hidden_p, rng, train)
     }
@@ -541,6 +612,8 @@ pub struct BertModel {
     rng: Arc<DropoutRng>,
     /// Gradient checkpointing: in training, each layer is a segment recomputed in backward.
     checkpoint_layers: bool,
+    /// LoRA: only the adapters train.
+    lora: bool,
 }
 
 /// `layer` as a checkpointed segment ([`Tensor::checkpoint`]): the graph keeps the layer's input
@@ -576,15 +649,18 @@ fn checkpointed_layer(
 
 impl BertModel {
     /// Declares the encoder's variables under `vb` (Hugging Face names, no `bert.` prefix).
-    /// `dtype` is the compute dtype of activations; variables keep the builder's dtype.
+    /// `dtype` is the compute dtype of activations; variables keep the builder's dtype. With
+    /// `lora` on, the layers it targets get adapters ([`crate::lora`]) and every other variable
+    /// of the encoder is frozen: backward reaches only the adapters.
     pub fn load(
         vb: VarBuilder,
         config: &BertConfig,
         dtype: DType,
         rng: Arc<DropoutRng>,
+        lora: &LoraConfig,
     ) -> Result<Self> {
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
+            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config, lora))
             .collect::<Result<Vec<_>>>()?;
         let relative_bias = match config.model_type {
             ModelType::Bert
@@ -611,7 +687,7 @@ impl BertModel {
         } else {
             None
         };
-        Ok(Self {
+        let mut model = Self {
             embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
             layers,
             relative_bias,
@@ -620,7 +696,31 @@ impl BertModel {
             dtype,
             rng,
             checkpoint_layers: false,
-        })
+            lora: lora.enabled(),
+        };
+        if lora.enabled() {
+            model.freeze_base();
+        }
+        Ok(model)
+    }
+
+    /// Detaches every encoder weight but the LoRA adapters from its variable.
+    fn freeze_base(&mut self) {
+        self.embeddings.freeze();
+        for layer in &mut self.layers {
+            layer.freeze();
+        }
+        if let Some(relative) = &mut self.relative_bias {
+            relative.table = relative.table.detach();
+        }
+        if let Some(project) = &mut self.project {
+            project.freeze();
+        }
+    }
+
+    /// Whether the encoder trains through LoRA adapters only.
+    pub fn lora(&self) -> bool {
+        self.lora
     }
 
     /// Gradient checkpointing (Hugging Face's `gradient_checkpointing_enable`): training keeps

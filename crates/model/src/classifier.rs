@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bert::{param, BertModel};
 use crate::config::BertConfig;
+use crate::lora::LoraConfig;
 use crate::loss;
 use crate::ops;
 use crate::rng::DropoutRng;
@@ -69,8 +70,9 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Declares the encoder (at the root of `vb`) and the head (`classifier.weight`,
-    /// `classifier.bias`). `dropout` is the rate before the head.
+    /// Declares the encoder (at the root of `vb`, with the LoRA adapters of `lora`) and the head
+    /// (`classifier.weight`, `classifier.bias`). `dropout` is the rate before the head.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         vb: VarBuilder,
         config: &BertConfig,
@@ -79,8 +81,9 @@ impl Classifier {
         dropout: f64,
         dtype: DType,
         rng: Arc<DropoutRng>,
+        lora: &LoraConfig,
     ) -> Result<Self> {
-        let encoder = BertModel::load(vb.clone(), config, dtype, rng)?;
+        let encoder = BertModel::load(vb.clone(), config, dtype, rng, lora)?;
         let head = vb.pp(HEAD_PREFIX);
         Ok(Self {
             encoder,
@@ -107,10 +110,34 @@ impl Classifier {
         device: &Device,
         seed: u64,
     ) -> Result<(VarMap, Self)> {
+        Self::build_with_lora(
+            config,
+            num_labels,
+            task,
+            dropout,
+            dtype,
+            device,
+            seed,
+            &LoraConfig::off(),
+        )
+    }
+
+    /// [`Self::build`] with the LoRA adapters of `lora` (off: the same as `build`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_with_lora(
+        config: &BertConfig,
+        num_labels: usize,
+        task: Task,
+        dropout: f64,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+        lora: &LoraConfig,
+    ) -> Result<(VarMap, Self)> {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let rng = Arc::new(DropoutRng::new(seed));
-        let model = Self::load(vb, config, num_labels, task, dropout, dtype, rng)?;
+        let model = Self::load(vb, config, num_labels, task, dropout, dtype, rng, lora)?;
         Ok((varmap, model))
     }
 

@@ -21,6 +21,7 @@ pub mod cuda;
 pub mod error;
 pub mod fused;
 pub mod hub;
+pub mod lora;
 pub mod loss;
 pub mod matmul;
 pub mod ops;
@@ -33,6 +34,7 @@ pub use bert::BertModel;
 pub use classifier::{Classifier, Task};
 pub use config::{BertConfig, ModelType};
 pub use error::{ModelError, Result};
+pub use lora::{LoraConfig, LoraTarget};
 pub use rng::DropoutRng;
 
 #[cfg(test)]

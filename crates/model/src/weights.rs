@@ -10,11 +10,12 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::classifier::HEAD_PREFIX;
 use crate::config::ModelType;
 use crate::error::{ModelError, Result};
+use crate::lora::{self, is_lora};
 
 /// What a load did, for the run log.
 #[derive(Debug, Clone, Default)]
@@ -101,8 +102,14 @@ pub fn is_head(name: &str) -> bool {
     name.starts_with(&format!("{HEAD_PREFIX}."))
 }
 
-/// Fills variables from a safetensors file. With `include_head` false, only encoder variables are
-/// required (a pretrained encoder); with true, every variable is (a wick checkpoint).
+/// Whether a variable is new to a pretrained encoder: the head or a LoRA adapter.
+pub fn is_new(name: &str) -> bool {
+    is_head(name) || is_lora(name)
+}
+
+/// Fills variables from a safetensors file. With `include_head` false, only the pretrained
+/// encoder's variables are required, not the head's or the LoRA adapters' ([`is_new`]); with
+/// true, every variable is (a wick checkpoint).
 pub fn load_safetensors(varmap: &VarMap, path: &Path, include_head: bool) -> Result<LoadReport> {
     let weights_error = |cause| ModelError::Weights {
         path: path.to_path_buf(),
@@ -116,7 +123,7 @@ pub fn load_safetensors(varmap: &VarMap, path: &Path, include_head: bool) -> Res
     let mut missing = Vec::new();
     let mut loaded = 0;
     for (name, var) in sorted_vars(varmap) {
-        if !include_head && is_head(&name) {
+        if !include_head && is_new(&name) {
             continue;
         }
         let Some(tensor) = tensors.remove(&name) else {
@@ -156,9 +163,21 @@ fn normal_tensor(var: &Var, std: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         .to_device(var.device())?)
 }
 
+/// PEFT's init of a LoRA `A` `(rank, in)`: `kaiming_uniform_(a = sqrt(5))`, which is
+/// `U(-1/sqrt(in), 1/sqrt(in))`.
+fn kaiming_uniform(var: &Var, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    let bound = 1.0 / (var.dim(1)? as f32).sqrt();
+    let uniform = Uniform::new_inclusive(-bound, bound);
+    let values: Vec<f32> = (0..var.elem_count()).map(|_| uniform.sample(rng)).collect();
+    Ok(Tensor::from_vec(values, var.shape(), &Device::Cpu)?
+        .to_dtype(var.dtype())?
+        .to_device(var.device())?)
+}
+
 /// Hugging Face's `_init_weights` for the variables `select` accepts, in name order from a
 /// ChaCha stream seeded with `seed`: matrices and embeddings ~ N(0, std), biases 0, layer-norm
-/// weights 1.
+/// weights 1; PEFT's for LoRA adapters: `A` Kaiming-uniform, `B` 0 (so a fresh adapter changes
+/// nothing until it trains).
 fn init_selected(
     varmap: &VarMap,
     std: f64,
@@ -170,7 +189,11 @@ fn init_selected(
         if !select(&name) {
             continue;
         }
-        let value = if name.contains("LayerNorm.weight") {
+        let value = if name.ends_with(lora::A_SUFFIX) {
+            kaiming_uniform(&var, &mut rng)?
+        } else if name.ends_with(lora::B_SUFFIX) {
+            var.zeros_like()?
+        } else if name.contains("LayerNorm.weight") {
             var.ones_like()?
         } else if name.ends_with(".bias") {
             var.zeros_like()?
@@ -185,6 +208,13 @@ fn init_selected(
 /// Seeded random init of the head only (a fresh head on a pretrained encoder).
 pub fn init_head(varmap: &VarMap, std: f64, seed: u64) -> Result<()> {
     init_selected(varmap, std, seed, is_head)
+}
+
+/// Seeded init of the LoRA adapters only (new adapters on a pretrained encoder); nothing
+/// without adapters.
+pub fn init_lora(varmap: &VarMap, seed: u64) -> Result<()> {
+    // A stream of its own, not the head's: "LoRA" in ASCII.
+    init_selected(varmap, 0.0, seed ^ 0x4c6f_5241, is_lora)
 }
 
 /// Seeded random init of every variable (tiny test models, speed runs without weights).

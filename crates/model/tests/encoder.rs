@@ -944,3 +944,145 @@ fn gradient_checkpointing_gives_the_gradients_of_a_run_without_it() {
         }
     }
 }
+
+/// Sets every LoRA `B` of `varmap` to fixed non-zero values (a fresh adapter's `B` is 0, which
+/// leaves `A` without a gradient and the output unchanged).
+fn set_lora_b(varmap: &VarMap) {
+    for (name, var) in named_vars(varmap) {
+        if name.ends_with("lora_B.weight") {
+            let n = var.elem_count();
+            let values = (Tensor::arange(0u32, n as u32, &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                * 0.37)
+                .unwrap()
+                .sin()
+                .unwrap()
+                * 0.05;
+            var.set(&values.unwrap().reshape(var.shape()).unwrap())
+                .unwrap();
+        }
+    }
+}
+
+/// LoRA on every kind of linear layer, for BERT and MPNet, on the fused CPU kernels, on
+/// primitive ops and in bf16: a fresh adapter (`B` = 0) leaves the model's output exactly as
+/// it was; a trained one gives the output of the plain model whose weights are the merged
+/// `W + alpha / rank * B A` (so `merge_adapters`, which `export` uses, is the model's own
+/// map); and backward reaches every adapter matrix and the head, and no other variable.
+#[test]
+fn lora_adapters_train_alone_and_merge_into_the_plain_model() {
+    use std::collections::HashMap;
+    use wick_model::lora::{is_lora, merge_adapters};
+    use wick_model::weights::is_head;
+    use wick_model::{LoraConfig, LoraTarget};
+
+    let mpnet = BertConfig {
+        model_type: ModelType::Mpnet,
+        pad_token_id: 1,
+        max_position_embeddings: 66,
+        ..BertConfig::tiny(100)
+    };
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: LoraTarget::ALL.to_vec(),
+    };
+    for config in [BertConfig::tiny(100), mpnet] {
+        for (dtype, fused) in [(DType::F32, true), (DType::F32, false), (DType::BF16, true)] {
+            let what = format!("{:?}, {dtype:?}, fused kernels {fused}", config.model_type);
+            let build = |lora: &LoraConfig| {
+                Classifier::build_with_lora(
+                    &config,
+                    3,
+                    Task::SingleLabel,
+                    0.1,
+                    dtype,
+                    &Device::Cpu,
+                    1,
+                    lora,
+                )
+                .unwrap()
+            };
+            let (varmap, adapted) = build(&lora);
+            let (plain_vars, plain) = build(&LoraConfig::off());
+            init_all(&varmap, 0.02, 1).unwrap();
+            let named: HashMap<String, Tensor> = named_vars(&varmap)
+                .into_iter()
+                .map(|(name, var)| (name, var.as_tensor().copy().unwrap()))
+                .collect();
+            // 6 layers' worth of adapters per encoder layer, two matrices each.
+            let adapters = named.keys().filter(|name| is_lora(name)).count();
+            assert_eq!(adapters, 2 * 6 * config.num_hidden_layers, "{what}");
+            let fill_plain = |tensors: &HashMap<String, Tensor>| {
+                for (name, var) in named_vars(&plain_vars) {
+                    var.set(&tensors[&name]).unwrap();
+                }
+            };
+            let pad = config.pad_token_id as u32;
+            let (ids, types, mask) = padded_batch(
+                &[vec![0, 5, 9, 11, 2], vec![0, 7, 2], vec![0, 40, 41, 2]],
+                pad,
+            );
+            let logits = |model: &Classifier| {
+                with_kernels(fused, || {
+                    model
+                        .forward(&ids, &types, &mask, false)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                })
+            };
+
+            fill_plain(&named);
+            let base = logits(&plain);
+            assert_eq!(
+                max_abs_diff(&logits(&adapted), &base),
+                0.0,
+                "{what}: a fresh adapter changed the output"
+            );
+
+            set_lora_b(&varmap);
+            let mut merged: HashMap<String, Tensor> = named_vars(&varmap)
+                .into_iter()
+                .map(|(name, var)| (name, var.as_tensor().copy().unwrap()))
+                .collect();
+            assert_eq!(
+                merge_adapters(&mut merged, lora.scale()).unwrap(),
+                6 * config.num_hidden_layers
+            );
+            fill_plain(&merged);
+            let (ours, reference) = (logits(&adapted), logits(&plain));
+            // Both sum `W + scale * B A` in f32 before the layer casts it, so they agree to
+            // rounding (they are equal here).
+            let diff = max_abs_diff(&ours, &reference);
+            assert!(
+                diff <= 1e-6,
+                "{what}: adapted and merged logits differ by {diff}"
+            );
+            // And the adapters moved the output (by about 1e-3 here) well beyond that.
+            let moved = max_abs_diff(&ours, &base);
+            assert!(
+                moved > 1e-4,
+                "{what}: the adapters moved the logits by {moved}"
+            );
+
+            let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+            with_kernels(fused, || {
+                let logits = adapted.forward(&ids, &types, &mask, true).unwrap();
+                let loss = adapted.loss(&logits, &labels, &Default::default()).unwrap();
+                assert_gradients(&varmap, &loss, |name| is_lora(name) || is_head(name));
+            });
+        }
+    }
+}
+
+/// Runs `f` on the fused kernels, or with them off (primitive ops).
+fn with_kernels<T>(fused: bool, f: impl FnOnce() -> T) -> T {
+    if fused {
+        f()
+    } else {
+        wick_model::fused::without_fused(f)
+    }
+}

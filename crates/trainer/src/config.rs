@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use wick_data::DataConfig;
 use wick_model::hub::ModelSource;
-use wick_model::BertConfig;
+use wick_model::{BertConfig, LoraConfig};
 
 use crate::error::{Result, TrainError};
 use crate::schedule::Decay;
@@ -71,6 +71,10 @@ pub struct ModelConfig {
     pub heads: Option<usize>,
     #[serde(default)]
     pub intermediate_size: Option<usize>,
+    /// LoRA adapters (`[model.lora]`, rank 0: off): the encoder stays frozen and only the
+    /// adapters and the head train.
+    #[serde(default)]
+    pub lora: LoraConfig,
 }
 
 fn default_revision() -> String {
@@ -91,6 +95,7 @@ impl Default for ModelConfig {
             hidden_size: None,
             heads: None,
             intermediate_size: None,
+            lora: LoraConfig::default(),
         }
     }
 }
@@ -463,6 +468,41 @@ impl RunConfig {
                 "recomputes the encoder's activations for its backward pass, and with \
                  train.freeze_encoder there is none",
             ));
+        }
+        let lora = &self.model.lora;
+        if lora.enabled() {
+            positive(
+                "model.lora.alpha",
+                lora.alpha > 0.0 && lora.alpha.is_finite(),
+                "must be > 0",
+            )?;
+            if lora.targets.is_empty() {
+                return Err(TrainError::config(
+                    "model.lora.targets",
+                    format!(
+                        "is empty: name at least one of {}",
+                        wick_model::LoraTarget::ALL.map(|t| t.name()).join(", ")
+                    ),
+                ));
+            }
+            if let Some(twice) = lora
+                .targets
+                .iter()
+                .enumerate()
+                .find(|(i, t)| lora.targets[..*i].contains(t))
+            {
+                return Err(TrainError::config(
+                    "model.lora.targets",
+                    format!("names `{}` twice", twice.1.name()),
+                ));
+            }
+            if t.freeze_encoder {
+                return Err(TrainError::config(
+                    "model.lora.rank",
+                    "trains adapters inside the encoder, and train.freeze_encoder stops \
+                     backward before the encoder: use one or the other",
+                ));
+            }
         }
         if let Some(ClassWeights::Explicit(weights)) = &t.class_weights {
             if weights.len() != self.data.labels.len() {

@@ -127,6 +127,20 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
             c.temperature
         ));
     }
+    let lora = &checkpoint.config.model.lora;
+    if lora.enabled() {
+        notes.push(format!(
+            "the LoRA adapters (rank {}, alpha {}, on {}) are merged into the encoder's \
+             weights (W + alpha / rank * B A): the export is a plain encoder",
+            lora.rank,
+            lora.alpha,
+            lora.targets
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if !config.clean.is_off() {
         notes.push(format!(
             "wick cleaned every text before tokenizing it (data.clean: {}); the exported model \
@@ -233,7 +247,13 @@ fn read_weights(checkpoint: &Checkpoint, fold: bool) -> Result<ExportWeights> {
     let weights_path = checkpoint.dir.join(checkpoint::WEIGHTS);
     let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)
         .map_err(|e| bad(&checkpoint.dir, format!("{}: {e}", checkpoint::WEIGHTS)))?;
-    let (encoder, mut head) = split_head(tensors);
+    let (mut encoder, mut head) = split_head(tensors);
+    let lora = &checkpoint.config.model.lora;
+    if lora.enabled() {
+        // The exported encoder is the plain one the adapters amount to.
+        wick_model::lora::merge_adapters(&mut encoder, lora.scale())
+            .map_err(|e| bad(&checkpoint.dir, format!("{}: {e}", checkpoint::WEIGHTS)))?;
+    }
     let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
         let key = format!("{}.{name}", wick_model::classifier::HEAD_PREFIX);
         let tensor = head.remove(&key).ok_or_else(|| {

@@ -14,7 +14,9 @@ use wick_data::{
     TensorBatch, TextTokenizer,
 };
 use wick_model::classifier::LossOptions;
-use wick_model::weights::{init_all, init_head, is_head, load_safetensors, named_vars};
+use wick_model::weights::{
+    init_all, init_head, init_lora, is_head, is_new, load_safetensors, named_vars,
+};
 use wick_model::{BertConfig, Classifier, Task};
 
 use crate::budget::MemoryBudget;
@@ -363,7 +365,7 @@ fn build_model(
     } else {
         Task::SingleLabel
     };
-    Classifier::build(
+    Classifier::build_with_lora(
         bert,
         config.data.labels.len(),
         task,
@@ -371,6 +373,7 @@ fn build_model(
         config.train.precision.dtype(),
         device,
         config.train.seed,
+        &config.model.lora,
     )
 }
 
@@ -442,6 +445,7 @@ impl Trainer {
                     }
                 ));
                 init_head(&varmap, bert.initializer_range, config.train.seed)?;
+                init_lora(&varmap, config.train.seed)?;
             }
             _ => init_all(&varmap, bert.initializer_range, config.train.seed)?,
         }
@@ -472,9 +476,33 @@ impl Trainer {
                 layer_lr_scale("embeddings.", layers, t.layer_lr_decay),
             ));
         }
+        let lora = &config.model.lora;
+        if lora.enabled() {
+            reporter.message(&format!(
+                "LoRA: rank {} adapters (alpha {}, scale {}) on {} in every encoder layer; the \
+                 encoder's own weights are frozen, the adapters and the head train",
+                lora.rank,
+                lora.alpha,
+                lora.scale(),
+                lora.targets
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let trains = |name: &str| {
+            if t.freeze_encoder {
+                is_head(name)
+            } else if lora.enabled() {
+                is_new(name)
+            } else {
+                true
+            }
+        };
         let params: Vec<ParamSpec> = vars
             .into_iter()
-            .filter(|(name, _)| !t.freeze_encoder || is_head(name))
+            .filter(|(name, _)| trains(name))
             .map(|(name, var)| ParamSpec {
                 weight_decay: if exempt_from_decay(&name) {
                     0.0

@@ -42,7 +42,7 @@ impl Predictor {
         } else {
             Task::SingleLabel
         };
-        let (varmap, model) = Classifier::build(
+        let (varmap, model) = Classifier::build_with_lora(
             &checkpoint.bert,
             checkpoint.labels.len(),
             task,
@@ -50,6 +50,7 @@ impl Predictor {
             config.train.precision.dtype(),
             &chosen.device,
             config.train.seed,
+            &config.model.lora,
         )?;
         checkpoint.load_weights(&varmap)?;
         let tokenizer = TextTokenizer::from_file(&checkpoint.tokenizer(), config.data.max_len)?
