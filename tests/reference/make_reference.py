@@ -36,6 +36,11 @@ tokenizer.json, model.safetensors. Needs torch, transformers and sentence-transf
   update does not hinge on eps).
 - contrastive_adamw_step.json (MiniLM, `contrastive`): the same step from the same head with the
   objective `(1 - w) * cross_entropy + w * supcon(pooled)` of `train.contrastive_weight`.
+- lora_adamw_step.json + lora_adamw_head.safetensors (MiniLM, `lora`; also needs peft): the same
+  step with PEFT's LoRA (rank 4, alpha 8, on query, value, intermediate.dense and output.dense,
+  no LoRA dropout, bias "none") on the frozen encoder, from the plain step's head; PEFT's `B`
+  starts at 0, which would leave `A` without a gradient, so `B` is drawn from N(0, 0.02) first.
+  The init file holds the head and every adapter under wick's names; AdamW updates only those.
 """
 
 import json
@@ -233,7 +238,38 @@ def supervised_contrastive(embeddings, labels, temperature):
     return -((log_prob * positives).sum(1)[has] / count[has]).mean()
 
 
-def adamw_reference(model_dir, prefix, probe_names, contrastive=None):
+# PEFT's LoRA in `lora` mode: rank, alpha, and wick's names of the adapted layers with the
+# regular expression (full match on the module name) that selects the same layers in PEFT.
+LORA = (4, 8.0, ["query", "value", "intermediate", "output"],
+        r".*\.(query|value|intermediate\.dense|layer\.\d+\.output\.dense)")
+LORA_PROBES = ["encoder.layer.0.attention.self.query.lora_A.weight",
+               "encoder.layer.0.attention.self.query.lora_B.weight",
+               "encoder.layer.2.attention.self.value.lora_A.weight",
+               "encoder.layer.3.intermediate.dense.lora_B.weight",
+               "encoder.layer.5.output.dense.lora_A.weight",
+               "encoder.layer.5.output.dense.lora_B.weight"]
+
+
+def add_lora(bert):
+    """`bert` wrapped by PEFT with LORA's adapters, `B` drawn from N(0, 0.02); the wrapped
+    model and its trainable adapters as (wick name, parameter)."""
+    from peft import LoraConfig, get_peft_model
+    rank, alpha, _, pattern = LORA
+    model = get_peft_model(bert, LoraConfig(r=rank, lora_alpha=alpha, target_modules=pattern,
+                                            lora_dropout=0.0, bias="none"))
+    adapters = []
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            continue
+        if "lora_B" in name:
+            with torch.no_grad():
+                p.normal_(0.0, 0.02)
+        wick = name.removeprefix("base_model.model.").replace(".default.", ".")
+        adapters.append((wick, p))
+    return model, adapters
+
+
+def adamw_reference(model_dir, prefix, probe_names, contrastive=None, lora=False):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dropout_off = dict(dropout=0.0, attention_dropout=0.0) if is_distilbert(model_dir) else \
         dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -242,7 +278,9 @@ def adamw_reference(model_dir, prefix, probe_names, contrastive=None):
     hidden = bert.config.hidden_size
     head = torch.nn.Linear(hidden, NUM_LABELS)
     head_file = HERE / f"{prefix}adamw_head.safetensors"
-    if contrastive:
+    if lora:
+        bert, adapters = add_lora(bert)
+    if contrastive or lora:
         # The plain step's head, so that the two steps differ only in the objective.
         with torch.no_grad():
             saved = load_file(str(head_file))
@@ -274,6 +312,11 @@ def adamw_reference(model_dir, prefix, probe_names, contrastive=None):
     # Under wick's names, so that the decay groups and the probes are wick's.
     named = [(wick_name(n), p) for n, p in bert.named_parameters()] + \
             [("classifier." + n, p) for n, p in head.named_parameters()]
+    if lora:
+        # Only the adapters and the head train; the file gives wick the same starting values.
+        named = adapters + [("classifier." + n, p) for n, p in head.named_parameters()]
+        save_file({n: p.detach().contiguous() for n, p in named},
+                  str(HERE / "lora_adamw_head.safetensors"))
     no_decay = lambda n: n.endswith(".bias") or "LayerNorm.weight" in n
     groups = [
         {"params": [p for n, p in named if not no_decay(n)], "weight_decay": WD},
@@ -305,6 +348,7 @@ def adamw_reference(model_dir, prefix, probe_names, contrastive=None):
         else enc["token_type_ids"].tolist(),
         **({"contrastive_weight": contrastive[0], "contrastive_temperature": contrastive[1]}
            if contrastive else {}),
+        **({"lora": {"rank": LORA[0], "alpha": LORA[1], "targets": LORA[2]}} if lora else {}),
         "lr": LR, "weight_decay": WD, "betas": list(BETAS), "eps": EPS, "max_grad_norm": MAX_NORM,
         "loss_before": float(loss_before),
         "grad_norm": float(grad_norm),
@@ -405,6 +449,11 @@ def main():
             json.dumps(adamw_reference(str(model_dir), prefix, HEAD_PROBES + probes), indent=1))
         return
     model_dir = sys.argv[1]
+    if len(sys.argv) > 2 and sys.argv[2] == "lora":
+        (HERE / "lora_adamw_step.json").write_text(json.dumps(
+            adamw_reference(model_dir, "", ["classifier.weight", "classifier.bias"] + LORA_PROBES,
+                            lora=True), indent=1))
+        return
     if len(sys.argv) > 2 and sys.argv[2] == "contrastive":
         _, _, probes = MODELS["minilm"]
         (HERE / "contrastive_adamw_step.json").write_text(json.dumps(

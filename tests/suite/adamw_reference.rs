@@ -8,8 +8,8 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use wick_model::classifier::LossOptions;
 use wick_model::hub::{resolve, ModelSource};
-use wick_model::weights::{load_safetensors, named_vars};
-use wick_model::{BertConfig, Classifier, Task};
+use wick_model::weights::{is_new, load_safetensors, named_vars};
+use wick_model::{BertConfig, Classifier, LoraConfig, Task};
 use wick_trainer::optim::{exempt_from_decay, AdamW, ParamSpec};
 
 #[derive(Deserialize)]
@@ -29,6 +29,9 @@ struct Reference {
     contrastive_weight: f64,
     #[serde(default)]
     contrastive_temperature: f64,
+    /// PEFT's LoRA on the frozen encoder (absent: the whole model trains).
+    #[serde(default)]
+    lora: LoraConfig,
     lr: f64,
     weight_decay: f64,
     betas: (f64, f64),
@@ -62,6 +65,19 @@ fn one_adamw_step_with_the_contrastive_term_matches_pytorch() {
         ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2"),
         "contrastive_",
         "",
+        "make model",
+    );
+}
+
+/// MiniLM with PEFT's LoRA (rank 4, alpha 8) on query, value and both feed-forward layers: the
+/// encoder frozen, the adapters (with `B` drawn non-zero, so `A` has a gradient too) and the
+/// plain step's head updated.
+#[test]
+fn one_lora_adamw_step_matches_peft() {
+    adamw_step_matches_pytorch(
+        ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2"),
+        "lora_",
+        "lora_",
         "make model",
     );
 }
@@ -115,7 +131,7 @@ fn tiny_family_adamw_step_matches_pytorch(family: &str) {
     );
 }
 
-/// The step recorded in `{prefix}adamw_step.json`, from the head in
+/// The step recorded in `{prefix}adamw_step.json`, from the head (and LoRA adapters) in
 /// `{head_prefix}adamw_head.safetensors`.
 fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &str, setup: &str) {
     let dir = super::common::repo_root().join("tests/reference");
@@ -136,7 +152,7 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &s
     let mut config = BertConfig::from_file(&model.config).unwrap();
     config.hidden_dropout_prob = 0.0;
     config.attention_probs_dropout_prob = 0.0;
-    let (varmap, classifier) = Classifier::build(
+    let (varmap, classifier) = Classifier::build_with_lora(
         &config,
         3,
         Task::SingleLabel,
@@ -144,6 +160,7 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &s
         DType::F32,
         &Device::Cpu,
         0,
+        &reference.lora,
     )
     .unwrap();
     load_safetensors(&varmap, &model.weights, false).unwrap();
@@ -153,8 +170,10 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &s
     )
     .unwrap();
     for (name, var) in named_vars(&varmap) {
-        if let Some(value) = head.get(&name) {
-            var.set(value).unwrap();
+        match head.get(&name) {
+            Some(value) => var.set(value).unwrap(),
+            // The head and every adapter start from PyTorch's values.
+            None => assert!(!is_new(&name), "{name} is not in the head file"),
         }
     }
 
@@ -178,6 +197,7 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &s
 
     let params = named_vars(&varmap)
         .into_iter()
+        .filter(|(name, _)| !reference.lora.enabled() || is_new(name))
         .map(|(name, var)| ParamSpec {
             weight_decay: if exempt_from_decay(&name) {
                 0.0
