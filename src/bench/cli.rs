@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use clap::{Parser, ValueEnum};
 use wick_model::classifier::LossOptions;
 use wick_model::hub::{resolve, ModelSource, DEFAULT_MODEL_ID};
-use wick_model::BertConfig;
+use wick_model::{BertConfig, LoraConfig};
 use wick_trainer::config::TrainConfig;
 use wick_trainer::device::DeviceRequest;
 
@@ -74,6 +74,10 @@ pub struct Args {
     /// memory it saves and the time it costs. Default: off.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// LoRA adapters of this rank (`model.lora.rank`, PEFT's defaults: alpha 8, on query and
+    /// value) with the encoder frozen, in forward_backward and train_step. Default: 0 (off).
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
     /// One JSON object per measurement per line.
     #[arg(long)]
     json: bool,
@@ -125,6 +129,8 @@ pub struct Plan {
     pub loss_options: LossOptions,
     /// Gradient checkpointing in forward_backward and train_step.
     pub gradient_checkpointing: bool,
+    /// LoRA adapters (rank 0: off).
+    pub lora: LoraConfig,
     pub json: bool,
 }
 
@@ -211,6 +217,10 @@ impl Plan {
                 ..LossOptions::default()
             },
             gradient_checkpointing: args.gradient_checkpointing,
+            lora: LoraConfig {
+                rank: args.lora_rank,
+                ..LoraConfig::default()
+            },
             json: args.json,
         })
     }

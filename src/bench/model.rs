@@ -10,8 +10,8 @@ use candle_nn::VarMap;
 use wick_data::TensorBatch;
 use wick_model::classifier::LossOptions;
 use wick_model::rng::mix_seed;
-use wick_model::weights::{init_all, init_head, load_safetensors, named_vars};
-use wick_model::{BertConfig, Classifier, Task};
+use wick_model::weights::{init_all, init_head, init_lora, is_new, load_safetensors, named_vars};
+use wick_model::{BertConfig, Classifier, LoraConfig, Task};
 use wick_trainer::fit::optimizer_step;
 use wick_trainer::optim::{exempt_from_decay, AdamW, ParamSpec};
 
@@ -67,9 +67,12 @@ pub struct Harness {
     device: Device,
     seed: u64,
     loss_options: LossOptions,
+    /// LoRA: only the adapters and the head train.
+    lora: bool,
 }
 
 impl Harness {
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         spec: &ModelSpec,
         dtype: DType,
@@ -78,9 +81,10 @@ impl Harness {
         seq: usize,
         seed: u64,
         loss_options: &LossOptions,
+        lora: &LoraConfig,
     ) -> Result<Self> {
         let config = &spec.config;
-        let (varmap, model) = Classifier::build(
+        let (varmap, model) = Classifier::build_with_lora(
             config,
             NUM_LABELS,
             Task::SingleLabel,
@@ -88,12 +92,14 @@ impl Harness {
             dtype,
             device,
             seed,
+            lora,
         )?;
         match &spec.weights {
             Some(path) => {
                 load_safetensors(&varmap, path, false)
                     .with_context(|| format!("loading {}", path.display()))?;
                 init_head(&varmap, config.initializer_range, seed)?;
+                init_lora(&varmap, seed)?;
             }
             None => init_all(&varmap, config.initializer_range, seed)?,
         }
@@ -105,6 +111,7 @@ impl Harness {
             device: device.clone(),
             seed,
             loss_options: loss_options.clone(),
+            lora: lora.enabled(),
         })
     }
 
@@ -195,10 +202,12 @@ impl Harness {
         Ok(())
     }
 
-    /// AdamW over every variable, biases and layer-norm weights exempt from decay, as `train`.
+    /// AdamW over every trainable variable (with LoRA the adapters and the head), biases and
+    /// layer-norm weights exempt from decay, as `train`.
     fn optimizer(&self) -> Result<AdamW> {
         let params = named_vars(&self.varmap)
             .into_iter()
+            .filter(|(name, _)| !self.lora || is_new(name))
             .map(|(name, var)| ParamSpec {
                 weight_decay: if exempt_from_decay(&name) {
                     0.0

@@ -219,6 +219,7 @@ impl<'a> Session<'a> {
             plan.seq,
             plan.seed,
             &plan.loss_options,
+            &plan.lora,
         )
         .with_context(|| format!("building {}", spec.label))?;
         harness.set_gradient_checkpointing(plan.gradient_checkpointing);
@@ -351,6 +352,12 @@ fn training_note(plan: &Plan) -> String {
     }
     if plan.gradient_checkpointing {
         note += ", gradient checkpointing (training rows)";
+    }
+    if plan.lora.enabled() {
+        note += &format!(
+            ", LoRA rank {} on query and value, encoder frozen",
+            plan.lora.rank
+        );
     }
     note
 }

@@ -4,5 +4,6 @@ mod common;
 mod ema;
 mod export;
 mod gpu;
+mod lora;
 mod minilm_training;
 mod stop;

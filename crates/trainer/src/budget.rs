@@ -107,6 +107,18 @@ impl MemoryBudget {
         }
     }
 
+    /// The budget of a LoRA run whose adapted layers hold `elements` weights in all: each pass
+    /// keeps their merged `W + scale * B A` (f32, and a copy in the compute dtype of
+    /// `act_bytes` per element when that is narrower) for backward, counted with the
+    /// activations.
+    pub fn with_lora(self, elements: u64, act_bytes: u64) -> Self {
+        let per_element = if act_bytes < 4 { 4 + act_bytes } else { 4 };
+        Self {
+            activations: self.activations + elements * per_element,
+            ..self
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.weights + self.gradients + self.optimizer + self.average + self.activations
     }
