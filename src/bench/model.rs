@@ -128,6 +128,20 @@ impl Harness {
             .sum()
     }
 
+    /// Scalar parameters the training step updates (with LoRA the adapters and the head), and
+    /// the weights of the layers with an adapter.
+    pub fn trainable(&self) -> (u64, u64) {
+        let trainable = named_vars(&self.varmap)
+            .iter()
+            .filter(|(name, _)| !self.lora || is_new(name))
+            .map(|(_, var)| var.elem_count() as u64)
+            .sum();
+        (
+            trainable,
+            wick_trainer::budget::adapted_elements(&self.varmap),
+        )
+    }
+
     pub fn measure(&self, bench: ModelBench, timing: Timing) -> Result<Samples> {
         match bench {
             ModelBench::Forward => time_calls(&self.device, timing, || self.forward()),

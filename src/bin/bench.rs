@@ -295,7 +295,7 @@ impl<'a> Session<'a> {
         record.device_used_bytes = memory::device_used(&self.device);
         record.estimate_bytes = Some(estimate(
             spec,
-            harness.params(),
+            (harness.params(), harness.trainable()),
             bench,
             plan,
             (&self.device, dtype),
@@ -308,7 +308,7 @@ impl<'a> Session<'a> {
 /// forward+backward adds gradients, a training step adds the AdamW moments.
 fn estimate(
     spec: &ModelSpec,
-    params: u64,
+    (params, (trainable, adapted)): (u64, (u64, u64)),
     bench: ModelBench,
     plan: &Plan,
     (device, dtype): (&Device, DType),
@@ -317,15 +317,19 @@ fn estimate(
         ModelBench::Forward => plan.batch,
         _ => plan.batch * plan.loss_options.passes(),
     };
-    let budget = MemoryBudget::estimate(
+    let act_bytes = dtype.size_in_bytes() as u64;
+    let mut budget = MemoryBudget::estimate(
         &spec.config,
         params,
-        params,
+        trainable,
         (rows as u64, plan.seq as u64),
-        dtype.size_in_bytes() as u64,
+        act_bytes,
         Kernels::on(device, dtype),
         plan.gradient_checkpointing && bench != ModelBench::Forward,
     );
+    if adapted > 0 {
+        budget = budget.with_lora(adapted, act_bytes);
+    }
     match bench {
         ModelBench::Forward => budget.weights + budget.activations,
         ModelBench::ForwardBackward => budget.weights + budget.gradients + budget.activations,

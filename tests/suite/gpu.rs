@@ -815,3 +815,106 @@ fn accelerator_weight_average_matches_the_cpu() {
     assert!(averaged < 1e-5, "averages differ by {averaged}");
     assert!(moved > 1e-3, "the average is the trained weights");
 }
+
+/// LoRA on every kind of linear layer (the adapters' `B` set non-zero) of a tiny BERT and a tiny
+/// MPNet: training on the accelerator against the CPU, with dropout on CUDA, the logits, the
+/// loss and the gradient of every adapter and of the head; the frozen encoder gets none there
+/// either.
+#[test]
+fn accelerator_lora_matches_the_cpu() {
+    let Some(accel) = accelerator("accelerator_lora_matches_the_cpu") else {
+        return;
+    };
+    let p = if accel.is_cuda() { 0.3 } else { 0.0 };
+    let lora = wick_model::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: wick_model::LoraTarget::ALL.to_vec(),
+    };
+    for model_type in [ModelType::Bert, ModelType::Mpnet] {
+        let run = |device: &Device| {
+            let config = BertConfig {
+                model_type,
+                hidden_dropout_prob: p,
+                attention_probs_dropout_prob: p,
+                ..BertConfig::tiny(100)
+            };
+            let (varmap, classifier) = Classifier::build_with_lora(
+                &config,
+                3,
+                Task::SingleLabel,
+                p,
+                DType::F32,
+                device,
+                1,
+                &lora,
+            )
+            .unwrap();
+            init_all(&varmap, 0.05, 11).unwrap();
+            for (name, var) in named_vars(&varmap) {
+                if name.ends_with("lora_B.weight") {
+                    let n = var.elem_count() as u32;
+                    let values = (Tensor::arange(0u32, n, device)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                        * 0.37)
+                        .unwrap()
+                        .sin()
+                        .unwrap();
+                    var.set(&(values * 0.05).unwrap().reshape(var.shape()).unwrap())
+                        .unwrap();
+                }
+            }
+            let b = batch(device);
+            let logits = classifier
+                .forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, true)
+                .unwrap();
+            let loss = classifier
+                .loss(&logits, b.labels.as_ref().unwrap(), &LossOptions::default())
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let grads: Vec<(String, Option<Tensor>)> = named_vars(&varmap)
+                .into_iter()
+                .map(|(name, var)| (name, grads.get(var.as_tensor()).map(on_cpu)))
+                .collect();
+            (on_cpu(&logits), on_cpu(&loss), grads)
+        };
+        let (logits_cpu, loss_cpu, grads_cpu) = run(&Device::Cpu);
+        let (logits_acc, loss_acc, grads_acc) = run(&accel);
+        assert!(
+            max_diff(&logits_cpu, &logits_acc) < 1e-5,
+            "{model_type:?}: logits differ by {}",
+            max_diff(&logits_cpu, &logits_acc)
+        );
+        assert!(
+            max_diff(&loss_cpu, &loss_acc) < 1e-5,
+            "{model_type:?}: loss differs by {}",
+            max_diff(&loss_cpu, &loss_acc)
+        );
+        let mut trained = 0;
+        for ((name, a), (_, b)) in grads_cpu.iter().zip(&grads_acc) {
+            let trains = wick_model::weights::is_new(name);
+            match (a, b) {
+                (Some(a), Some(b)) if trains => {
+                    let scale = max_abs(a);
+                    assert!(scale > 0.0, "{model_type:?}: {name}: zero gradient");
+                    let rel = max_diff(a, b) / scale.max(1e-4);
+                    assert!(
+                        rel < 1e-3,
+                        "{model_type:?}: {name}: gradient differs by {rel} of its largest entry"
+                    );
+                    trained += 1;
+                }
+                (None, None) if !trains => {}
+                _ => panic!(
+                    "{model_type:?}: {name}: gradient on the CPU {}, on the accelerator {}",
+                    a.is_some(),
+                    b.is_some()
+                ),
+            }
+        }
+        // 2 layers x 6 adapted layers x (A, B), and the head's weight and bias.
+        assert_eq!(trained, 2 * 6 * 2 + 2, "{model_type:?}");
+    }
+}

@@ -124,6 +124,21 @@ impl MemoryBudget {
     }
 }
 
+/// The weights of the layers that carry a LoRA adapter, in all (the `elements` of
+/// [`MemoryBudget::with_lora`]).
+pub fn adapted_elements(varmap: &candle_nn::VarMap) -> u64 {
+    let suffix = format!(".{}", wick_model::lora::A_SUFFIX);
+    let vars: std::collections::HashMap<String, usize> = wick_model::weights::named_vars(varmap)
+        .into_iter()
+        .map(|(name, var)| (name, var.elem_count()))
+        .collect();
+    vars.keys()
+        .filter_map(|name| name.strip_suffix(&suffix))
+        .filter_map(|stem| vars.get(&format!("{stem}.weight")))
+        .map(|&n| n as u64)
+        .sum()
+}
+
 /// `1234567` -> `"1.2 MiB"`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -354,20 +354,6 @@ fn describe_objective(t: &TrainConfig) -> Option<String> {
     Some(objective)
 }
 
-/// The weights of the layers that carry a LoRA adapter, in all.
-fn adapted_elements(varmap: &VarMap) -> u64 {
-    let suffix = format!(".{}", wick_model::lora::A_SUFFIX);
-    let vars: std::collections::HashMap<String, usize> = named_vars(varmap)
-        .into_iter()
-        .map(|(name, var)| (name, var.elem_count()))
-        .collect();
-    vars.keys()
-        .filter_map(|name| name.strip_suffix(&suffix))
-        .filter_map(|stem| vars.get(&format!("{stem}.weight")))
-        .map(|&n| n as u64)
-        .sum()
-}
-
 /// Builds the classifier on `device` with placeholder values.
 fn build_model(
     config: &RunConfig,
@@ -644,7 +630,9 @@ impl Trainer {
             plan.memory = plan.memory.with_average(trainable as u64);
         }
         if lora.enabled() {
-            plan.memory = plan.memory.with_lora(adapted_elements(&varmap), act_bytes);
+            plan.memory = plan
+                .memory
+                .with_lora(crate::budget::adapted_elements(&varmap), act_bytes);
         }
         if !previous.is_empty() {
             reporter.message(&format!(
