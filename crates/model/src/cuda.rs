@@ -1122,9 +1122,17 @@ mod imp {
                 g = pre.apply_op2_no_bwd(&g, &GeluBackward)?;
             }
             let gx = g.matmul(&w.detach().to_dtype(dtype)?)?;
-            let gw = g.t()?.matmul(&x.detach())?.to_dtype(w.dtype())?;
-            let gb = col_sum(&g)?.to_dtype(b.dtype())?;
-            Ok((Some(gx), Some(gw), Some(gb)))
+            // Frozen parameters (LoRA's base, not adapted here) get no gradient, and their
+            // product is skipped.
+            let gw = w
+                .track_op()
+                .then(|| g.t()?.matmul(&x.detach())?.to_dtype(w.dtype()))
+                .transpose()?;
+            let gb = b
+                .track_op()
+                .then(|| col_sum(&g)?.to_dtype(b.dtype()))
+                .transpose()?;
+            Ok((Some(gx), gw, gb))
         }
     }
 
@@ -1370,7 +1378,7 @@ mod imp {
             _out: &Tensor,
             grad: &Tensor,
         ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-            let (gx, gw, gb, _) = self.backward(x, w, b.dtype(), grad, false)?;
+            let (gx, gw, gb, _) = self.backward(x, w, b.dtype(), grad, None)?;
             Ok((Some(gx), Some(gw), Some(gb)))
         }
     }
@@ -1384,14 +1392,15 @@ mod imp {
         }
 
         /// Gradients of the input, the stacked weight `w` `(3 hidden, hidden)`, the stacked bias
-        /// (in `b_dtype`) and, with `position`, of the position bias `(1, heads, seq, seq)`.
+        /// (in `b_dtype`) and, with `position` `Some(true)`, of the position bias `(1, heads,
+        /// seq, seq)`. `position`: `None` without a position bias, `Some(wanted)` with one.
         fn backward(
             &self,
             x: &Tensor,
             w: &Tensor,
             b_dtype: DType,
             grad: &Tensor,
-            position: bool,
+            position: Option<bool>,
         ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
             let [q, k, v, scores] = self.saved.take("wick cuda attention")?;
             let g_context = self.split(&grad.detach().contiguous()?, 0)?;
@@ -1402,13 +1411,15 @@ mod imp {
             let mut g_scores = self.probs.backward(&scores, &g_probs)?;
             drop(g_probs);
             // With a position bias, `probs` saw the scaled, biased scores: their gradient is the
-            // bias's (summed over the batch), and times the scale the raw scores'.
-            let g_position = if position {
-                let g = g_scores.sum_keepdim(0)?;
-                g_scores = (g_scores * self.scale as f64)?;
-                Some(g)
-            } else {
-                None
+            // bias's (summed over the batch, where the bias wants one: not when it is frozen),
+            // and times the scale the raw scores', whether or not the bias wants its own.
+            let g_position = match position {
+                Some(wanted) => {
+                    let g = wanted.then(|| g_scores.sum_keepdim(0)).transpose()?;
+                    g_scores = (g_scores * self.scale as f64)?;
+                    g
+                }
+                None => None,
             };
             let g_q = g_scores.matmul(&k)?;
             let g_k = g_scores.t()?.matmul(&q)?;
@@ -1465,7 +1476,7 @@ mod imp {
                 .reshape((3 * hidden, hidden))?;
             let (gx, gw, gb, gp) =
                 self.0
-                    .backward(x, &w, packed.dtype(), grad, position.track_op())?;
+                    .backward(x, &w, packed.dtype(), grad, Some(position.track_op()))?;
             let g_packed = Tensor::cat(&[&gw.flatten_all()?, &gb], 0)?;
             let gp = gp.map(|g| g.to_dtype(position.dtype())).transpose()?;
             Ok((Some(gx), Some(g_packed), gp))

@@ -532,11 +532,20 @@ impl CustomOp2 for FeedForward {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let Activations { pre, act } = self.saved.take("fused feed-forward")?;
+        // Frozen parameters (LoRA's base, not adapted here) get no gradient: their two products
+        // with the activations are skipped.
+        let wanted = params.track_op();
         let (gx, gp) = with_values(x, "input", |xs| {
             with_values(params, "parameters", |p| {
                 with_values(grad, "output gradient", |g| {
                     let FeedForwardParams { w1, w2, .. } = self.params(p)?;
-                    let (g_act, gw2, gb2) = linear_backward(&act, w2, g, self.inter, self.hidden)?;
+                    let (g_act, g2) = if wanted {
+                        let (g_act, gw2, gb2) =
+                            linear_backward(&act, w2, g, self.inter, self.hidden)?;
+                        (g_act, Some((gw2, gb2)))
+                    } else {
+                        (input_gradient(w2, g, self.inter, self.hidden)?, None)
+                    };
                     drop(act);
                     let mut g_pre = pointwise::zeros(pre.len());
                     g_pre
@@ -545,19 +554,23 @@ impl CustomOp2 for FeedForward {
                         .zip(g_act.par_chunks(pointwise::CHUNK))
                         .for_each(|((o, x), g)| pointwise::gelu_backward_chunk(o, x, g));
                     drop((pre, g_act));
+                    let Some((gw2, gb2)) = g2 else {
+                        return Ok((input_gradient(w1, &g_pre, self.hidden, self.inter)?, None));
+                    };
                     let (gx, gw1, gb1) = linear_backward(xs, w1, &g_pre, self.hidden, self.inter)?;
                     let mut gp = Vec::with_capacity(p.len());
                     for part in [&gw1, &gb1, &gw2, &gb2] {
                         gp.extend_from_slice(part);
                     }
-                    Ok((gx, gp))
+                    Ok((gx, Some(gp)))
                 })
             })
         })?;
         let device = x.device();
         Ok((
             Some(Tensor::from_vec(gx, x.shape(), device)?),
-            Some(Tensor::from_vec(gp, params.shape(), device)?),
+            gp.map(|gp| Tensor::from_vec(gp, params.shape(), device))
+                .transpose()?,
         ))
     }
 }
@@ -627,12 +640,22 @@ impl CustomOp3 for Linear {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, inner) = x.dims2()?;
         let out = w.dim(0)?;
+        let device = x.device();
+        if !w.track_op() && !b.track_op() {
+            // Frozen (LoRA's base): the input's gradient only.
+            let gx = with_values(w, "weight", |ws| {
+                with_values(grad, "output gradient", |gs| {
+                    input_gradient(ws, gs, inner, out)
+                })
+            })?;
+            return Ok((Some(Tensor::from_vec(gx, x.shape(), device)?), None, None));
+        }
         let (gx, gw, gb) = with_values(x, "input", |xs| {
             with_values(w, "weight", |ws| {
                 with_values(grad, "output gradient", |gs| {
@@ -640,7 +663,6 @@ impl CustomOp3 for Linear {
                 })
             })
         })?;
-        let device = x.device();
         Ok((
             Some(Tensor::from_vec(gx, x.shape(), device)?),
             Some(Tensor::from_vec(gw, w.shape(), device)?),
@@ -667,6 +689,17 @@ pub(crate) fn linear_forward(
     )
 }
 
+/// The input's gradient of [`linear_forward`] alone, `g w`, given the output gradient `g`.
+pub(crate) fn input_gradient(w: &[f32], g: &[f32], inner: usize, out: usize) -> Result<Vec<f32>> {
+    let rows = g.len() / out.max(1);
+    product(
+        (rows, inner, out),
+        View::rows(g, out),
+        View::rows(w, inner),
+        Threads::Pool,
+    )
+}
+
 /// Gradients of input, weight and bias of [`linear_forward`] given the output gradient `g`.
 #[allow(clippy::type_complexity)]
 pub(crate) fn linear_backward(
@@ -677,12 +710,7 @@ pub(crate) fn linear_backward(
     out: usize,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let rows = x.len() / inner.max(1);
-    let gx = product(
-        (rows, inner, out),
-        View::rows(g, out),
-        View::rows(w, inner),
-        Threads::Pool,
-    )?;
+    let gx = input_gradient(w, g, inner, out)?;
     let gw = product(
         (out, inner, rows),
         View::transposed(g, out),

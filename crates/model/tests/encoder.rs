@@ -966,11 +966,12 @@ fn set_lora_b(varmap: &VarMap) {
     }
 }
 
-/// LoRA on every kind of linear layer, for BERT and MPNet, on the fused CPU kernels, on
-/// primitive ops and in bf16: a fresh adapter (`B` = 0) leaves the model's output exactly as
-/// it was; a trained one gives the output of the plain model whose weights are the merged
-/// `W + alpha / rank * B A` (so `merge_adapters`, which `export` uses, is the model's own
-/// map); and backward reaches every adapter matrix and the head, and no other variable.
+/// LoRA on every kind of linear layer and on query and value only, for BERT and MPNet, on the
+/// fused CPU kernels, on primitive ops and in bf16: a fresh adapter (`B` = 0) leaves the model's
+/// output exactly as it was; a trained one gives the output of the plain model whose weights are
+/// the merged `W + alpha / rank * B A` (so `merge_adapters`, which `export` uses, is the model's
+/// own map); backward reaches every adapter matrix and the head, and no other variable; and the
+/// fused kernels' gradients (which skip frozen weights') are the primitive ops'.
 #[test]
 fn lora_adapters_train_alone_and_merge_into_the_plain_model() {
     use std::collections::HashMap;
@@ -984,14 +985,30 @@ fn lora_adapters_train_alone_and_merge_into_the_plain_model() {
         max_position_embeddings: 66,
         ..BertConfig::tiny(100)
     };
-    let lora = LoraConfig {
+    // Every layer, and PEFT's default (query and value: the frozen feed-forward block's
+    // kernels then skip its weights' gradients).
+    let every = LoraConfig {
         rank: 4,
         alpha: 8.0,
         targets: LoraTarget::ALL.to_vec(),
     };
-    for config in [BertConfig::tiny(100), mpnet] {
+    let default = LoraConfig {
+        rank: 4,
+        ..LoraConfig::default()
+    };
+    for (config, lora) in [
+        (BertConfig::tiny(100), &every),
+        (mpnet.clone(), &every),
+        (BertConfig::tiny(100), &default),
+        (mpnet, &default),
+    ] {
+        let mut f32_grads = Vec::new();
         for (dtype, fused) in [(DType::F32, true), (DType::F32, false), (DType::BF16, true)] {
-            let what = format!("{:?}, {dtype:?}, fused kernels {fused}", config.model_type);
+            let what = format!(
+                "{:?}, {} targets, {dtype:?}, fused kernels {fused}",
+                config.model_type,
+                lora.targets.len()
+            );
             let build = |lora: &LoraConfig| {
                 Classifier::build_with_lora(
                     &config,
@@ -1005,16 +1022,17 @@ fn lora_adapters_train_alone_and_merge_into_the_plain_model() {
                 )
                 .unwrap()
             };
-            let (varmap, adapted) = build(&lora);
+            let (varmap, adapted) = build(lora);
             let (plain_vars, plain) = build(&LoraConfig::off());
             init_all(&varmap, 0.02, 1).unwrap();
             let named: HashMap<String, Tensor> = named_vars(&varmap)
                 .into_iter()
                 .map(|(name, var)| (name, var.as_tensor().copy().unwrap()))
                 .collect();
-            // 6 layers' worth of adapters per encoder layer, two matrices each.
+            // Two matrices per adapted layer per encoder layer.
             let adapters = named.keys().filter(|name| is_lora(name)).count();
-            assert_eq!(adapters, 2 * 6 * config.num_hidden_layers, "{what}");
+            let per_layer = lora.targets.len();
+            assert_eq!(adapters, 2 * per_layer * config.num_hidden_layers, "{what}");
             let fill_plain = |tensors: &HashMap<String, Tensor>| {
                 for (name, var) in named_vars(&plain_vars) {
                     var.set(&tensors[&name]).unwrap();
@@ -1050,7 +1068,7 @@ fn lora_adapters_train_alone_and_merge_into_the_plain_model() {
                 .collect();
             assert_eq!(
                 merge_adapters(&mut merged, lora.scale()).unwrap(),
-                6 * config.num_hidden_layers
+                per_layer * config.num_hidden_layers
             );
             fill_plain(&merged);
             let (ours, reference) = (logits(&adapted), logits(&plain));
@@ -1069,11 +1087,40 @@ fn lora_adapters_train_alone_and_merge_into_the_plain_model() {
             );
 
             let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
-            with_kernels(fused, || {
+            let loss = || {
+                adapted.encoder().rng().reseed(5, 3, &Device::Cpu).unwrap();
                 let logits = adapted.forward(&ids, &types, &mask, true).unwrap();
-                let loss = adapted.loss(&logits, &labels, &Default::default()).unwrap();
-                assert_gradients(&varmap, &loss, |name| is_lora(name) || is_head(name));
+                adapted.loss(&logits, &labels, &Default::default()).unwrap()
+            };
+            with_kernels(fused, || {
+                assert_gradients(&varmap, &loss(), |name| is_lora(name) || is_head(name));
             });
+            if dtype == DType::F32 {
+                let grads = with_kernels(fused, || loss().backward().unwrap());
+                f32_grads.push(
+                    named_vars(&varmap)
+                        .into_iter()
+                        .filter_map(|(name, var)| Some((name, grads.get(var.as_tensor())?.clone())))
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        // The fused kernels' gradients (through the summed weight) are the primitive ops'.
+        let [fused, primitive] = &f32_grads[..] else {
+            panic!("two f32 runs")
+        };
+        assert_eq!(
+            fused.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            primitive.iter().map(|(name, _)| name).collect::<Vec<_>>()
+        );
+        for ((name, a), (_, b)) in fused.iter().zip(primitive) {
+            let diff = max_abs_diff(a, b);
+            assert!(
+                diff <= 1e-4 * max_abs(b),
+                "{:?}: {name}: fused and primitive gradients differ by {diff} (largest {})",
+                config.model_type,
+                max_abs(b)
+            );
         }
     }
 }
