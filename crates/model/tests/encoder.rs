@@ -970,8 +970,9 @@ fn set_lora_b(varmap: &VarMap) {
 /// fused CPU kernels, on primitive ops and in bf16: a fresh adapter (`B` = 0) leaves the model's
 /// output exactly as it was; a trained one gives the output of the plain model whose weights are
 /// the merged `W + alpha / rank * B A` (so `merge_adapters`, which `export` uses, is the model's
-/// own map); backward reaches every adapter matrix and the head, and no other variable; and the
-/// fused kernels' gradients (which skip frozen weights') are the primitive ops'.
+/// own map); backward reaches every adapter matrix and the head, and no other variable; the
+/// fused kernels' gradients (which skip frozen weights') are the primitive ops'; and gradient
+/// checkpointing leaves the gradients as they are.
 #[test]
 fn lora_adapters_train_alone_and_merge_into_the_plain_model() {
     use std::collections::HashMap;
@@ -1087,22 +1088,37 @@ fn lora_adapters_train_alone_and_merge_into_the_plain_model() {
             );
 
             let labels = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
-            let loss = || {
-                adapted.encoder().rng().reseed(5, 3, &Device::Cpu).unwrap();
-                let logits = adapted.forward(&ids, &types, &mask, true).unwrap();
-                adapted.loss(&logits, &labels, &Default::default()).unwrap()
+            let loss = |model: &Classifier| {
+                model.encoder().rng().reseed(5, 3, &Device::Cpu).unwrap();
+                let logits = model.forward(&ids, &types, &mask, true).unwrap();
+                model.loss(&logits, &labels, &Default::default()).unwrap()
             };
             with_kernels(fused, || {
-                assert_gradients(&varmap, &loss(), |name| is_lora(name) || is_head(name));
+                assert_gradients(&varmap, &loss(&adapted), |name| {
+                    is_lora(name) || is_head(name)
+                });
             });
             if dtype == DType::F32 {
-                let grads = with_kernels(fused, || loss().backward().unwrap());
-                f32_grads.push(
+                let grads_of = |model: &Classifier| {
+                    let grads = with_kernels(fused, || loss(model).backward().unwrap());
                     named_vars(&varmap)
                         .into_iter()
                         .filter_map(|(name, var)| Some((name, grads.get(var.as_tensor())?.clone())))
-                        .collect::<Vec<_>>(),
-                );
+                        .collect::<Vec<_>>()
+                };
+                let grads = grads_of(&adapted);
+                // With gradient checkpointing the adapters get the same gradients: the replayed
+                // layers form their summed weights again.
+                let mut checkpointed = adapted.clone();
+                checkpointed.set_gradient_checkpointing(true);
+                for ((name, a), (_, b)) in grads.iter().zip(&grads_of(&checkpointed)) {
+                    let diff = max_abs_diff(a, b);
+                    assert!(
+                        diff <= 1e-6 * max_abs(a),
+                        "{what}: {name}: checkpointing changed the gradient by {diff}"
+                    );
+                }
+                f32_grads.push(grads);
             }
         }
         // The fused kernels' gradients (through the summed weight) are the primitive ops'.
