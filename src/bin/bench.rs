@@ -359,8 +359,9 @@ fn training_note(plan: &Plan) -> String {
     }
     if plan.lora.enabled() {
         note += &format!(
-            ", LoRA rank {} on query and value, encoder frozen",
-            plan.lora.rank
+            ", LoRA rank {} on {}, encoder frozen",
+            plan.lora.rank,
+            plan.lora.target_names()
         );
     }
     note

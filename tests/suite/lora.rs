@@ -149,6 +149,38 @@ fn a_lora_run_trains_only_its_adapters_and_exports_them_merged() {
             assert!((p - q).abs() < 1e-5, "{a:?} vs {b:?}");
         }
     }
+
+    // The checkpoint as the pretrained encoder of a new run (`model.path`) would lose its
+    // adapters: refused, naming the file.
+    let config = dir.path().join("from_checkpoint.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\ntrain = \"tests/fixtures/tiny/train.jsonl\"\n\
+             labels = [\"needs_docs\", \"needs_test\", \"needs_review\"]\nmax_len = 32\n\
+             [model]\npath = \"{}\"\n",
+            best.display()
+        ),
+    )
+    .unwrap();
+    let output = run_bin(
+        "train",
+        &[
+            "--config",
+            path_str(&config),
+            "--out",
+            path_str(&dir.path().join("again")),
+        ],
+    );
+    assert_fails_naming(
+        &output,
+        &[
+            "model.safetensors",
+            "holds LoRA adapters",
+            "lora_A.weight",
+            "`export` it",
+        ],
+    );
 }
 
 #[test]

@@ -22,6 +22,12 @@ pub enum ModelError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
+    #[error(
+        "weights file {path} holds LoRA adapters (e.g. `{example}`) that its weights do not \
+         include: it is a LoRA checkpoint, not a pretrained encoder; `export` it to get the merged \
+         encoder and start from that"
+    )]
+    UnmergedAdapters { path: PathBuf, example: String },
     #[error("cannot read weights file {path}: {cause}")]
     Weights {
         path: PathBuf,

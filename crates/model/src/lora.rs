@@ -100,6 +100,15 @@ impl LoraConfig {
         self.alpha / self.rank.max(1) as f64
     }
 
+    /// The targets' config names, comma-separated.
+    pub fn target_names(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Whether `target` gets an adapter.
     pub fn adapts(&self, target: LoraTarget) -> bool {
         self.enabled() && self.targets.contains(&target)

@@ -151,6 +151,15 @@ pub fn load_safetensors(varmap: &VarMap, path: &Path, include_head: bool) -> Res
     }
     let mut unused: Vec<String> = tensors.into_keys().collect();
     unused.sort();
+    if !include_head {
+        // Its encoder weights without the adapters would be a different model, silently.
+        if let Some(example) = unused.iter().find(|name| is_lora(name)) {
+            return Err(ModelError::UnmergedAdapters {
+                path: path.to_path_buf(),
+                example: example.clone(),
+            });
+        }
+    }
     Ok(LoadReport { loaded, unused })
 }
 

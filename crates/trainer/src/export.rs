@@ -134,11 +134,7 @@ pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> R
              weights (W + alpha / rank * B A): the export is a plain encoder",
             lora.rank,
             lora.alpha,
-            lora.targets
-                .iter()
-                .map(|t| t.name())
-                .collect::<Vec<_>>()
-                .join(", ")
+            lora.target_names()
         ));
     }
     if !config.clean.is_off() {

@@ -484,11 +484,7 @@ impl Trainer {
                 lora.rank,
                 lora.alpha,
                 lora.scale(),
-                lora.targets
-                    .iter()
-                    .map(|t| t.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                lora.target_names()
             ));
         }
         let trains = |name: &str| {
