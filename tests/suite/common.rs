@@ -102,6 +102,16 @@ pub fn train_tiny(out: &Path, extra: &[&str]) -> Output {
     run_bin("train", &args)
 }
 
+/// `predict`'s probabilities for `texts` from `checkpoint`, in the tiny config's label order.
+pub fn checkpoint_probs(checkpoint: &Path, texts: &[&str]) -> Vec<Vec<f64>> {
+    let output = run_bin(
+        "predict",
+        &[&["--checkpoint", path_str(checkpoint)], texts].concat(),
+    );
+    assert_ok(&output, "predict");
+    predicted_probs(&output)
+}
+
 /// `predict` output lines' probabilities, in the tiny config's label order.
 pub fn predicted_probs(output: &Output) -> Vec<Vec<f64>> {
     text(&output.stdout)

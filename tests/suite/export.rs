@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::common::{
-    assert_fails_naming, assert_ok, load_tensors, path_str, predicted_probs, run_bin, text,
+    assert_fails_naming, assert_ok, checkpoint_probs, load_tensors, path_str, run_bin, text,
     train_tiny, values,
 };
 
@@ -17,15 +17,6 @@ fn train(out: &Path, extra: &[&str]) {
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn probs(checkpoint: &Path, texts: &[&str]) -> Vec<Vec<f64>> {
-    let output = run_bin(
-        "predict",
-        &[&["--checkpoint", path_str(checkpoint)], texts].concat(),
-    );
-    assert_ok(&output, "predict");
-    predicted_probs(&output)
 }
 
 #[test]
@@ -189,8 +180,8 @@ fn an_export_holds_the_checkpoint_as_sentence_transformers_modules() {
     tensors.insert("classifier.bias".into(), head["linear.bias"].clone());
     candle_core::safetensors::save(&tensors, rebuilt.join("model.safetensors")).unwrap();
     let texts = ["the README is wrong", "add a test for the parser", "ptal"];
-    let original = probs(&best, &texts);
-    let from_export = probs(&rebuilt, &texts);
+    let original = checkpoint_probs(&best, &texts);
+    let from_export = checkpoint_probs(&rebuilt, &texts);
     let raw = {
         // Sanity: without the temperature the checkpoint's probabilities differ visibly, so the
         // agreement above is the folding's doing.
@@ -201,7 +192,7 @@ fn an_export_holds_the_checkpoint_as_sentence_transformers_modules() {
             std::fs::copy(entry.path(), plain.join(entry.file_name())).unwrap();
         }
         std::fs::write(plain.join("trainer_state.json"), uncalibrated.to_string()).unwrap();
-        probs(&plain, &texts)
+        checkpoint_probs(&plain, &texts)
     };
     for (a, b) in original.iter().zip(&from_export) {
         for (p, q) in a.iter().zip(b) {

@@ -12,7 +12,7 @@ use wick_model::weights::{init_all, named_vars};
 use wick_model::{BertConfig, Classifier, LoraConfig, LoraTarget, Task};
 
 use super::common::{
-    assert_fails_naming, assert_ok, load_tensors, path_str, predicted_probs, run_bin, text,
+    assert_fails_naming, assert_ok, checkpoint_probs, load_tensors, path_str, run_bin, text,
     train_tiny, values,
 };
 
@@ -47,15 +47,6 @@ fn initial_weights(checkpoint: &Path) -> HashMap<String, Tensor> {
         .into_iter()
         .map(|(name, var)| (name, var.as_tensor().clone()))
         .collect()
-}
-
-fn probs(checkpoint: &Path, texts: &[&str]) -> Vec<Vec<f64>> {
-    let output = run_bin(
-        "predict",
-        &[&["--checkpoint", path_str(checkpoint)], texts].concat(),
-    );
-    assert_ok(&output, "predict");
-    predicted_probs(&output)
 }
 
 #[test]
@@ -143,7 +134,10 @@ fn a_lora_run_trains_only_its_adapters_and_exports_them_merged() {
     }
     candle_core::safetensors::save(&tensors, rebuilt.join("model.safetensors")).unwrap();
     let texts = ["the README is wrong", "add a test for the parser", "ptal"];
-    let (adapted, merged) = (probs(&best, &texts), probs(&rebuilt, &texts));
+    let (adapted, merged) = (
+        checkpoint_probs(&best, &texts),
+        checkpoint_probs(&rebuilt, &texts),
+    );
     for (a, b) in adapted.iter().zip(&merged) {
         for (p, q) in a.iter().zip(b) {
             assert!((p - q).abs() < 1e-5, "{a:?} vs {b:?}");
