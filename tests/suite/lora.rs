@@ -1,7 +1,7 @@
 //! LoRA end to end on the tiny model: `train` with `[model.lora]` moves only the adapters and the
 //! head, `evaluate` and `predict` read the checkpoint, `export` writes a plain encoder with the
-//! adapters merged that predicts what the checkpoint predicts, and bad settings are refused by
-//! key.
+//! adapters merged that predicts what the checkpoint predicts, a resumed run ends bitwise as an
+//! uninterrupted one, and bad settings are refused by key.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -207,5 +207,53 @@ fn bad_lora_settings_are_refused_by_key() {
     ] {
         let output = train_tiny(&dir.path().join("run"), &extra);
         assert_fails_naming(&output, &needles);
+    }
+}
+
+/// A LoRA run resumed from a middle checkpoint ends with bitwise the files of the run that was
+/// never stopped; its optimizer state holds moments for the adapters and the head only.
+#[test]
+fn a_lora_run_resumes_exactly_with_moments_for_the_adapters_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let every_step = [
+        "train.epochs=2",
+        "train.checkpoint_every=1",
+        "train.keep_last=8",
+    ];
+    assert_ok(
+        &train_tiny(&straight, &[&LORA[..], &every_step[..]].concat()),
+        "train with LoRA",
+    );
+    let state = load_tensors(&straight.join("last/optimizer.safetensors"));
+    let moments: Vec<&String> = state
+        .keys()
+        .filter(|key| key.starts_with("exp_avg."))
+        .collect();
+    assert_eq!(moments.len(), 2 * 3 * 2 + 2, "{moments:?}");
+    for key in moments {
+        let name = key.trim_start_matches("exp_avg.");
+        assert!(wick_model::weights::is_new(name), "{key}");
+    }
+
+    let resumed = dir.path().join("resumed");
+    let from = straight.join("checkpoint-3");
+    let output = run_bin(
+        "train",
+        &[
+            "--resume",
+            path_str(&from),
+            "--out",
+            path_str(&resumed),
+            "--quiet",
+        ],
+    );
+    assert_ok(&output, "resumed train");
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let read = |run: &Path| std::fs::read(run.join("last").join(file)).unwrap();
+        assert!(
+            read(&straight) == read(&resumed),
+            "{file} differs after resuming"
+        );
     }
 }
