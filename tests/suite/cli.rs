@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::common::{
     assert_fails_naming, assert_loss_falls, assert_ok, load_tensors, max_gap, path_str,
-    predicted_probs, repo_root, run_bin, text, train_losses, train_tiny, values, TINY,
+    predicted_probs, repo_root, run_bin, same_last_files, text, train_losses, train_tiny, values,
+    TINY,
 };
 
 /// The tiny config's validation file.
@@ -547,19 +548,6 @@ fn interrupt(bin: &str, args: &[&str], metrics: &Path) -> (Option<i32>, String, 
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no stop reported by {bin}:\n{stderr}"));
     (code, stderr, stopped_at)
-}
-
-/// Asserts that the weights and AdamW moments in `resumed`'s `last/` are bitwise those of
-/// `straight`'s.
-fn same_last_files(straight: &Path, resumed: &Path) {
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let read = |run: &Path| std::fs::read(run.join("last").join(file)).unwrap();
-        assert!(
-            read(straight) == read(resumed),
-            "{file} of {} differs from the uninterrupted run's",
-            resumed.display()
-        );
-    }
 }
 
 /// Ctrl-C saves the step in progress (with the optimizer moments) and exits with 130; `train

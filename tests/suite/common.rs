@@ -144,3 +144,31 @@ pub fn load_tensors(path: &Path) -> std::collections::HashMap<String, candle_cor
 pub fn values(t: &candle_core::Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
 }
+
+/// `train --resume FROM --out OUT`, which must succeed: a run continued from a checkpoint.
+pub fn resume_into(from: &Path, out: &Path) {
+    let output = run_bin(
+        "train",
+        &[
+            "--resume",
+            path_str(from),
+            "--out",
+            path_str(out),
+            "--quiet",
+        ],
+    );
+    assert_ok(&output, "resumed train");
+}
+
+/// Asserts that the weights and AdamW moments in `resumed`'s `last/` are bitwise those of
+/// `straight`'s.
+pub fn same_last_files(straight: &Path, resumed: &Path) {
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let read = |run: &Path| std::fs::read(run.join("last").join(file)).unwrap();
+        assert!(
+            read(straight) == read(resumed),
+            "{file} of {} differs from the uninterrupted run's",
+            resumed.display()
+        );
+    }
+}

@@ -7,7 +7,8 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use super::common::{
-    assert_fails_naming, assert_ok, load_tensors, path_str, run_bin, text, train_tiny, values,
+    assert_fails_naming, assert_ok, load_tensors, path_str, resume_into, run_bin, same_last_files,
+    text, train_tiny, values,
 };
 
 /// Two epochs of 4 steps, a checkpoint at every step, all of them kept.
@@ -133,24 +134,8 @@ fn weight_average_is_the_bias_corrected_mean_of_the_trained_weights_and_resumes_
     // Resumed from step 3 into a fresh directory: the same last/ files, bit for bit.
     let resumed = dir.path().join("resumed");
     let from = averaged.join("checkpoint-3");
-    let output = run_bin(
-        "train",
-        &[
-            "--resume",
-            path_str(&from),
-            "--out",
-            path_str(&resumed),
-            "--quiet",
-        ],
-    );
-    assert_ok(&output, "resumed train");
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let read = |run: &Path| std::fs::read(run.join("last").join(file)).unwrap();
-        assert!(
-            read(&averaged) == read(&resumed),
-            "{file} differs after resuming"
-        );
-    }
+    resume_into(&from, &resumed);
+    same_last_files(&averaged, &resumed);
 
     // A weight average cannot be turned off (or on) when resuming.
     let output = run_bin(

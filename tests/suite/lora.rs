@@ -12,8 +12,8 @@ use wick_model::weights::{init_all, named_vars};
 use wick_model::{BertConfig, Classifier, LoraConfig, LoraTarget, Task};
 
 use super::common::{
-    assert_fails_naming, assert_ok, checkpoint_probs, load_tensors, path_str, run_bin, text,
-    train_tiny, values,
+    assert_fails_naming, assert_ok, checkpoint_probs, load_tensors, path_str, resume_into, run_bin,
+    same_last_files, text, train_tiny, values,
 };
 
 const LORA: [&str; 3] = [
@@ -238,22 +238,6 @@ fn a_lora_run_resumes_exactly_with_moments_for_the_adapters_only() {
 
     let resumed = dir.path().join("resumed");
     let from = straight.join("checkpoint-3");
-    let output = run_bin(
-        "train",
-        &[
-            "--resume",
-            path_str(&from),
-            "--out",
-            path_str(&resumed),
-            "--quiet",
-        ],
-    );
-    assert_ok(&output, "resumed train");
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let read = |run: &Path| std::fs::read(run.join("last").join(file)).unwrap();
-        assert!(
-            read(&straight) == read(&resumed),
-            "{file} differs after resuming"
-        );
-    }
+    resume_into(&from, &resumed);
+    same_last_files(&straight, &resumed);
 }
