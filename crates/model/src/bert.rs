@@ -612,8 +612,6 @@ pub struct BertModel {
     rng: Arc<DropoutRng>,
     /// Gradient checkpointing: in training, each layer is a segment recomputed in backward.
     checkpoint_layers: bool,
-    /// LoRA: only the adapters train.
-    lora: bool,
 }
 
 /// `layer` as a checkpointed segment ([`Tensor::checkpoint`]): the graph keeps the layer's input
@@ -696,7 +694,6 @@ impl BertModel {
             dtype,
             rng,
             checkpoint_layers: false,
-            lora: lora.enabled(),
         };
         if lora.enabled() {
             model.freeze_base();
@@ -716,11 +713,6 @@ impl BertModel {
         if let Some(project) = &mut self.project {
             project.freeze();
         }
-    }
-
-    /// Whether the encoder trains through LoRA adapters only.
-    pub fn lora(&self) -> bool {
-        self.lora
     }
 
     /// Gradient checkpointing (Hugging Face's `gradient_checkpointing_enable`): training keeps
