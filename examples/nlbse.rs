@@ -4,8 +4,8 @@
 //! project and overall (the mean of the five project scores).
 //!
 //!     cargo run --release --example nlbse -- [--test issues_test.csv] [--device auto]
-//!         [--config configs/nlbse.toml] [--out runs/nlbse] [--ensemble N | --folds K] [--refit]
-//!         [--set key=value ...] [--json]
+//!         [--config configs/nlbse.toml ...] [--out runs/nlbse] [--ensemble N | --folds K]
+//!         [--refit] [--set key=value ...] [--json]
 //!
 //! Without --test it reports on each project's own validation split; with it, also on that
 //! project's rows of the test file (any CSV of the competition's schema). `--ensemble N` trains
@@ -17,15 +17,22 @@
 //! table, beside `test` for the members that held rows out): the protocol allows every training
 //! row, and validation can only choose the epochs.
 //!
+//! `--config` may be given more than once: each config trains its own `--ensemble N` members
+//! (seeds from its own `train.seed`) on the same rows, and the ensemble averages all of them, so
+//! different encoders or ways of training vote together (say full fine-tuning and LoRA). The
+//! configs must share the data and the split; each config's own ensemble is reported beside the
+//! whole one. Members live under `<project>/<config file stem>-seed-<seed>`.
+//!
 //! `--folds K` makes the ensemble a cross-validation one: K members, member k trained with fold k
 //! of the project's rows held out for its validation (`data.folds`, `data.fold`), so the members
 //! together learn from every row and each row validates one member. The validation report is
 //! then out-of-fold: every row scored by the member that did not train on it.
 //!
-//! With `--test`, each project's test rows and the ensemble's probabilities for them are also
-//! written to `<out>/<project>/test_predictions.jsonl` (`{"line", "label", "probs": {label: p}}`,
-//! `refit_predictions.jsonl` for the refit members): the material for error analysis, or for
-//! combining the predictions of two protocol runs (other encoders, other settings). With
+//! Each project's validation rows and the ensemble's probabilities for them are written to
+//! `<out>/<project>/valid_predictions.jsonl` (`{"line", "label", "probs": {label: p}}`); with
+//! `--test`, its test rows to `test_predictions.jsonl` (`refit_predictions.jsonl` for the refit
+//! members): the material for error analysis, or for combining the predictions of protocol runs
+//! made apart (`bench/h100/combine.py`). With
 //! `eval.calibrate = true` the report of the members' uncalibrated probabilities goes beside it
 //! (`test_predictions.uncalibrated.json`), to see what the temperatures did.
 //!
@@ -36,6 +43,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use wick_data::Example;
 use wick_trainer::checkpoint;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
@@ -53,7 +61,8 @@ const PROJECTS: [&str; 5] = [
 ];
 
 struct Args {
-    config: PathBuf,
+    /// One or more configs (`--config`, repeatable): each trains `ensemble` members per project.
+    configs: Vec<PathBuf>,
     test: Option<PathBuf>,
     out: PathBuf,
     device: DeviceRequest,
@@ -67,7 +76,7 @@ struct Args {
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
-        config: "configs/nlbse.toml".into(),
+        configs: Vec::new(),
         test: None,
         out: "runs/nlbse".into(),
         device: DeviceRequest::Auto,
@@ -81,7 +90,7 @@ fn parse_args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--config" => args.config = value()?.into(),
+            "--config" => args.configs.push(value()?.into()),
             "--test" => args.test = Some(value()?.into()),
             "--out" => args.out = value()?.into(),
             "--device" => args.device = value()?.parse()?,
@@ -103,6 +112,18 @@ fn parse_args() -> Result<Args> {
             "--json" => args.json = true,
             other => bail!("unknown argument {other}"),
         }
+    }
+    if args.configs.is_empty() {
+        args.configs.push("configs/nlbse.toml".into());
+    }
+    let mut names: Vec<String> = args.configs.iter().map(|c| config_name(c)).collect();
+    names.sort();
+    if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!(
+            "two configs are named {}: members' directories are named after their config's \
+             file name, so give the configs different names",
+            twice[0]
+        );
     }
     if let Some(k) = args.folds {
         if args.ensemble != 1 {
@@ -164,44 +185,78 @@ fn rows(project: &str, split: &str, report: &ClassificationReport) -> Vec<String
     out
 }
 
-/// One project's members trained and scored: the ensemble's validation (and test) reports and
-/// each member's own validation macro-F1.
-fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
+/// A config's name in directories and reports: its file name without `.toml`.
+fn config_name(path: &Path) -> String {
+    path.file_stem().map_or_else(
+        || path.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    )
+}
+
+/// The rows a member of `config` validates on, in the order the trainer predicts them: the
+/// validation file's, or the held-out part of `rows` (the project's training rows).
+fn validation_rows(config: &RunConfig, rows: &[Example]) -> Result<Vec<Example>> {
+    if let Some(valid) = &config.data.valid {
+        return Ok(wick_data::read_examples(valid, &config.data)?.examples);
+    }
+    let (_, valid) = wick_trainer::fit::held_out(config, rows)
+        .context("no validation rows: the protocol needs data.valid_fraction > 0 or data.valid")?;
+    Ok(valid.iter().map(|&i| rows[i].clone()).collect())
+}
+
+/// One config's members of one project: their validation rows and the estimate of them (the
+/// members' mean, or out of fold under `--folds`), each member's own macro-F1, and the
+/// checkpoints to score a test file with.
+struct ConfigRun {
+    rows: Vec<Example>,
+    labels: Vec<String>,
+    label_field: String,
+    multi_label: bool,
+    predictions: eval::Predictions,
+    member_f1: Vec<f64>,
+    bests: Vec<PathBuf>,
+    refits: Vec<PathBuf>,
+}
+
+/// Trains and scores `config`'s members of `project`.
+fn run_config(args: &Args, project: &str, config_path: &Path) -> Result<ConfigRun> {
     let slug = project.replace('/', "__");
     let mut overrides = args.overrides.clone();
     overrides.push(format!("data.filter.equals=\"{project}\""));
-    let base = RunConfig::load(&args.config, &overrides)?;
+    let base = RunConfig::load(config_path, &overrides)?;
     let split_seed = base.split_seed();
+    let rows = wick_data::read_examples(&base.data.train, &base.data)?.examples;
+    let several = args.configs.len() > 1;
+    let tag = config_name(config_path);
     let mut member_probs = Vec::new();
     let mut member_f1 = Vec::new();
     let mut bests = Vec::new();
     let mut refits = Vec::new();
-    let mut targets = None;
-    // Under --folds, the project's rows and which of them each member validated on.
-    let rows = match args.folds {
-        Some(_) => Some(wick_data::read_examples(&base.data.train, &base.data)?.examples),
-        None => None,
-    };
+    // Under --folds, which of the rows each member validated on.
     let mut held_out = Vec::new();
     for k in 0..args.ensemble {
         let mut config = base.clone();
         config.train.seed = base.train.seed + k as u64;
         config.data.split_seed = Some(split_seed);
-        if let (Some(folds), Some(rows)) = (args.folds, &rows) {
+        if let Some(folds) = args.folds {
             config.data.folds = folds;
             config.data.fold = k;
             // The rows the trainer holds out for this member, by the same function.
-            let (_, valid) = wick_trainer::fit::held_out(&config, rows).context("no fold")?;
+            let (_, valid) = wick_trainer::fit::held_out(&config, &rows).context("no fold")?;
             held_out.push(valid);
         }
-        let (out_dir, name) = if args.ensemble == 1 {
-            (args.out.join(&slug), project.to_string())
-        } else {
-            let seed = config.train.seed;
-            (
+        let seed = config.train.seed;
+        let (out_dir, name) = match (args.ensemble, several) {
+            (1, false) => (args.out.join(&slug), project.to_string()),
+            (1, true) => (args.out.join(&slug).join(&tag), format!("{project} {tag}")),
+            (_, false) => (
                 args.out.join(&slug).join(format!("seed-{seed}")),
                 format!("{project} seed {seed}"),
-            )
+            ),
+            (_, true) => (
+                args.out.join(&slug).join(format!("{tag}-seed-{seed}")),
+                format!("{project} {tag} seed {seed}"),
+            ),
         };
         let options = RunOptions {
             device: args.device,
@@ -209,7 +264,7 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
             resume: None,
             overwrite: true,
         };
-        let mut reporter = Lines(name);
+        let mut reporter = Lines(name.clone());
         let mut trainer = Trainer::new(config, &options, &mut reporter)?;
         trainer.fit(&mut reporter)?;
         // Score best/ (not the last weights) on the validation split.
@@ -228,72 +283,145 @@ fn run_project(args: &Args, project: &str) -> Result<(Vec<Scored>, Vec<f64>)> {
             );
         }
         let report = eval::report(&base.data.labels, valid_targets, &predictions)?;
-        eprintln!(
-            "[{project}] member {k}: validation macro-F1 {:.4}",
-            report.macro_f1
-        );
+        eprintln!("[{name}] validation macro-F1 {:.4}", report.macro_f1);
         member_f1.push(report.macro_f1);
         member_probs.push(predictions);
-        targets = Some(valid_targets.clone());
         if args.refit {
             refits.push(refit(args, &trainer, &best, &out_dir)?);
         }
         bests.push(best);
     }
-    let (targets, mean) = match &rows {
+    let (rows, predictions) = if args.folds.is_some() {
         // Out of fold: each row's probabilities from the member that held it out.
-        Some(rows) => {
-            let targets = wick_data::Targets::of(rows)?;
-            let mut probs = vec![Vec::new(); rows.len()];
-            let mut logits = vec![Vec::new(); rows.len()];
-            for (indices, member) in held_out.iter().zip(&member_probs) {
-                if indices.len() != member.probs.len() {
-                    bail!(
-                        "{project}: a member predicted {} validation rows, its fold has {}",
-                        member.probs.len(),
-                        indices.len()
-                    );
-                }
-                for ((&i, p), z) in indices.iter().zip(&member.probs).zip(&member.logits) {
-                    probs[i] = p.clone();
-                    logits[i] = z.clone();
-                }
+        let mut probs = vec![Vec::new(); rows.len()];
+        let mut logits = vec![Vec::new(); rows.len()];
+        for (indices, member) in held_out.iter().zip(&member_probs) {
+            if indices.len() != member.probs.len() {
+                bail!(
+                    "{project}: a member predicted {} validation rows, its fold has {}",
+                    member.probs.len(),
+                    indices.len()
+                );
             }
-            let loss = Some(wick_trainer::calibration::mean_loss(&logits, &targets, 1.0));
-            let oof = eval::Predictions {
-                probs,
-                logits,
-                loss,
-            };
-            (targets, oof)
+            for ((&i, p), z) in indices.iter().zip(&member.probs).zip(&member.logits) {
+                probs[i] = p.clone();
+                logits[i] = z.clone();
+            }
         }
-        None => {
-            let targets = targets.context("no members")?;
-            let mean = eval::average(&member_probs, &targets, base.data.multi_label)?;
-            (targets, mean)
-        }
+        let targets = wick_data::Targets::of(&rows)?;
+        let loss = Some(wick_trainer::calibration::mean_loss(&logits, &targets, 1.0));
+        let oof = eval::Predictions {
+            probs,
+            logits,
+            loss,
+        };
+        (rows, oof)
+    } else {
+        let valid = validation_rows(&base, &rows)?;
+        let targets = wick_data::Targets::of(&valid)?;
+        let mean = eval::average(&member_probs, &targets, base.data.multi_label)?;
+        (valid, mean)
     };
+    Ok(ConfigRun {
+        rows,
+        labels: base.data.labels.clone(),
+        label_field: base.data.label_field.clone(),
+        multi_label: base.data.multi_label,
+        predictions,
+        member_f1,
+        bests,
+        refits,
+    })
+}
+
+/// One project's members trained and scored: the ensemble's validation (and test) reports, each
+/// config's own validation report (several configs only) and each member's validation macro-F1.
+fn run_project(args: &Args, project: &str) -> Result<ProjectRun> {
+    let slug = project.replace('/', "__");
+    let mut runs = Vec::new();
+    for path in &args.configs {
+        let run = run_config(args, project, path)?;
+        if let Some(first) = runs.first() {
+            let first: &ConfigRun = first;
+            let lines = |r: &ConfigRun| r.rows.iter().map(|e| e.line).collect::<Vec<_>>();
+            if lines(first) != lines(&run) || first.labels != run.labels {
+                bail!(
+                    "{project}: {} validates on other rows or labels than {}: configs of one \
+                     ensemble must share data.train, data.filter, the split (data.split_seed, \
+                     data.valid_fraction or data.folds) and data.labels",
+                    path.display(),
+                    args.configs[0].display()
+                );
+            }
+        }
+        runs.push(run);
+    }
+    let first = &runs[0];
+    let targets = wick_data::Targets::of(&first.rows)?;
+    // The configs weigh equally (as their members do: each config trains as many).
+    let per_config: Vec<eval::Predictions> = runs.iter().map(|r| r.predictions.clone()).collect();
+    let mean = eval::average(&per_config, &targets, first.multi_label)?;
+    let project_dir = args.out.join(&slug);
+    write_predictions(
+        &project_dir.join("valid_predictions.jsonl"),
+        &first.labels,
+        &first.label_field,
+        &first.rows,
+        &mean.probs,
+    )?;
     let mut scored = vec![(
         project.to_string(),
         "valid",
-        eval::report(&base.data.labels, &targets, &mean)?,
+        eval::report(&first.labels, &targets, &mean)?,
     )];
+    let mut config_f1 = Vec::new();
+    if runs.len() > 1 {
+        for run in &runs {
+            config_f1.push(eval::report(&run.labels, &targets, &run.predictions)?.macro_f1);
+        }
+    }
     if let Some(test) = &args.test {
-        let project_dir = args.out.join(&slug);
-        let report = score_test(
-            &bests,
-            args,
-            test,
-            &project_dir.join("test_predictions.jsonl"),
-        )?;
+        let bests: Vec<PathBuf> = runs.iter().flat_map(|r| r.bests.clone()).collect();
+        let file = project_dir.join("test_predictions.jsonl");
+        let report = score_test(&bests, args, test, &file)?;
         scored.push((project.to_string(), "test", report));
         if args.refit {
+            let refits: Vec<PathBuf> = runs.iter().flat_map(|r| r.refits.clone()).collect();
             let file = project_dir.join("refit_predictions.jsonl");
             let report = score_test(&refits, args, test, &file)?;
             scored.push((project.to_string(), "refit", report));
         }
     }
-    Ok((scored, member_f1))
+    Ok(ProjectRun {
+        scored,
+        member_f1: runs.into_iter().flat_map(|r| r.member_f1).collect(),
+        config_f1,
+    })
+}
+
+/// Writes rows' line, label and probabilities, one JSON object per line:
+/// `{"line", "label", "probs": {label: p}}`.
+/// The label is the row's own `label_field` value.
+fn write_predictions(
+    path: &Path,
+    labels: &[String],
+    label_field: &str,
+    rows: &[Example],
+    probs: &[Vec<f32>],
+) -> Result<()> {
+    let mut lines = String::new();
+    for (example, probs) in rows.iter().zip(probs) {
+        let row = json!({
+            "line": example.line,
+            "label": example.fields.get(label_field),
+            "probs": eval::label_probs(labels, probs),
+        });
+        lines.push_str(&format!("{row}\n"));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Scores the checkpoints' mean probabilities on the test file's rows of their project and writes
@@ -344,18 +472,13 @@ fn score_test(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let label_field = &ensemble.first().checkpoint.config.data.label_field;
-    let mut lines = String::new();
-    for (example, probs) in examples.iter().zip(&predicted.probs) {
-        let probs = eval::label_probs(labels, probs);
-        let row = json!({
-            "line": example.line,
-            "label": example.fields.get(label_field),
-            "probs": probs,
-        });
-        lines.push_str(&format!("{row}\n"));
-    }
-    std::fs::write(predictions, lines)
-        .with_context(|| format!("writing {}", predictions.display()))?;
+    write_predictions(
+        predictions,
+        labels,
+        label_field,
+        &examples,
+        &predicted.probs,
+    )?;
     Ok(report)
 }
 
@@ -393,14 +516,24 @@ fn refit(args: &Args, trainer: &Trainer, best: &Path, out_dir: &Path) -> Result<
 /// A report of one project on one split.
 type Scored = (String, &'static str, ClassificationReport);
 
+/// One project's reports, its members' validation macro-F1 (config by config) and, with several
+/// configs, each config's own ensemble's validation macro-F1.
+struct ProjectRun {
+    scored: Vec<Scored>,
+    member_f1: Vec<f64>,
+    config_f1: Vec<f64>,
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     let mut results: Vec<Scored> = Vec::new();
     let mut members: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut configs: Vec<(&str, Vec<f64>)> = Vec::new();
     for project in PROJECTS {
-        let (scored, member_f1) = run_project(&args, project)?;
-        results.extend(scored);
-        members.push((project, member_f1));
+        let run = run_project(&args, project)?;
+        results.extend(run.scored);
+        members.push((project, run.member_f1));
+        configs.push((project, run.config_f1));
     }
     let splits: Vec<&str> = match (&args.test, args.refit) {
         (None, _) => vec!["valid"],
@@ -454,11 +587,44 @@ fn main() -> Result<()> {
         .map(|(_, f1)| f1.iter().sum::<f64>() / f1.len() as f64)
         .sum::<f64>()
         / members.len() as f64;
-    if args.ensemble > 1 {
+    let member_count = args.ensemble * args.configs.len();
+    if member_count > 1 {
         println!(
-            "{:<22} valid {:<9} {member_overall:>22.4}   <- one member alone (mean over {} members)",
-            "overall", "macro-F1", args.ensemble
+            "{:<22} valid {:<9} {member_overall:>22.4}   <- one member alone (mean over {member_count} members)",
+            "overall", "macro-F1"
         );
+    }
+    // With several configs, what each one's members score together without the others.
+    let mut config_overall = serde_json::Map::new();
+    if args.configs.len() > 1 {
+        for (c, path) in args.configs.iter().enumerate() {
+            let overall = configs.iter().map(|(_, f1)| f1[c]).sum::<f64>() / configs.len() as f64;
+            println!(
+                "{:<22} valid {:<9} {overall:>22.4}   <- {} alone ({} members)",
+                "overall",
+                "macro-F1",
+                path.display(),
+                args.ensemble
+            );
+            config_overall.insert(
+                path.display().to_string(),
+                json!({
+                    "overall_f1": overall,
+                    "projects": configs.iter().map(|(p, f1)| (p.to_string(), json!(f1[c]))).collect::<serde_json::Map<_, _>>(),
+                }),
+            );
+        }
+    }
+    summary.insert(
+        "configs".into(),
+        json!(args
+            .configs
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()),
+    );
+    if !config_overall.is_empty() {
+        summary.insert("config_valid".into(), config_overall.into());
     }
     summary.insert("ensemble".into(), json!(args.ensemble));
     summary.insert(

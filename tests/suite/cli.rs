@@ -1484,8 +1484,7 @@ fn every_shipped_config_parses_and_validates() {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).unwrap();
-        let config = wick_trainer::config::RunConfig::from_toml(&text, path_str(&path), &[])
+        let config = wick_trainer::config::RunConfig::load(&path, &[])
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         config
             .validate()

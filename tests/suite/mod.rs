@@ -6,4 +6,5 @@ mod export;
 mod gpu;
 mod lora;
 mod minilm_training;
+mod nlbse;
 mod stop;

@@ -2,7 +2,7 @@
 //! unknown keys rejected by name and every value validated before a tensor is allocated.
 //! The resolved config is written into the run directory and every checkpoint.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use wick_data::DataConfig;
@@ -316,18 +316,36 @@ impl RunConfig {
 
     /// Reads a TOML config, applies `key=value` overrides (dotted keys, TOML-typed values; a
     /// value that is not valid TOML is taken as a string) and deserializes it.
+    ///
+    /// A config may start from another: `extends = "base.toml"` (relative to the file that
+    /// names it) reads that file first, then this one's keys over it, table by table, so a
+    /// variant states only what it changes. Bases may extend further; a cycle is an error.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
-        Self::from_toml(&text, &path.display().to_string(), overrides)
+        let table = read_extended(path, &mut Vec::new())?;
+        Self::from_table(table, &path.display().to_string(), overrides)
     }
 
-    /// As [`RunConfig::load`], from text; `origin` names the source in errors.
+    /// As [`RunConfig::load`], from text; `origin` names the source in errors. `extends` needs
+    /// a file to be relative to, so it is refused here.
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| TrainError::ConfigFile {
+            path: origin.to_string(),
+            reason: e.to_string(),
+        })?;
+        if table.contains_key(EXTENDS) {
+            return Err(TrainError::ConfigFile {
+                path: origin.to_string(),
+                reason: format!("`{EXTENDS}` is only read from a config file (RunConfig::load)"),
+            });
+        }
+        Self::from_table(table, origin, overrides)
+    }
+
+    fn from_table(mut table: toml::Table, origin: &str, overrides: &[String]) -> Result<Self> {
         let file_error = |reason: String| TrainError::ConfigFile {
             path: origin.to_string(),
             reason,
         };
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| file_error(e.to_string()))?;
         for spec in overrides {
             apply_override(&mut table, spec)?;
         }
@@ -604,6 +622,63 @@ impl RunConfig {
     }
 }
 
+/// The key by which a config file names the config it starts from.
+const EXTENDS: &str = "extends";
+
+/// Reads a config file as a table, with its `extends` chain merged under it. `chain` holds the
+/// files being read, outermost first, to refuse a cycle.
+fn read_extended(path: &Path, chain: &mut Vec<PathBuf>) -> Result<toml::Table> {
+    let file_error = |reason: String| TrainError::ConfigFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+    let Some(base) = table.remove(EXTENDS) else {
+        return Ok(table);
+    };
+    let base = base.as_str().ok_or_else(|| {
+        file_error(format!(
+            "`{EXTENDS}` must be a string: the path of the config this one starts from"
+        ))
+    })?;
+    let base_path = path.parent().unwrap_or(Path::new("")).join(base);
+    // Compare files, not spellings: `a.toml` and `./a.toml` are one file.
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if chain.contains(&key) {
+        let names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
+        return Err(file_error(format!(
+            "`{EXTENDS}` forms a cycle: {} -> {}",
+            names.join(" -> "),
+            key.display()
+        )));
+    }
+    chain.push(key);
+    if !base_path.is_file() {
+        return Err(file_error(format!(
+            "`{EXTENDS} = \"{base}\"`: no file {}",
+            base_path.display()
+        )));
+    }
+    let mut merged = read_extended(&base_path, chain)?;
+    chain.pop();
+    merge_into(&mut merged, table);
+    Ok(merged)
+}
+
+/// Puts `over`'s keys into `base`: tables merge key by key, any other value (arrays included)
+/// replaces the base's.
+fn merge_into(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge_into(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Sets `a.b.c = value` in a TOML table. The value is parsed as TOML (`3`, `2e-5`, `true`,
 /// `"text"`, `[1, 2]`); anything that does not parse is taken as a bare string, so
 /// `data.train=data/x.jsonl` works without quotes.
@@ -748,5 +823,64 @@ labels = ["a", "b"]
             Some(ClassWeights::Rule(WeightRule::Balanced))
         );
         assert_eq!(again.data.labels, config.data.labels);
+    }
+
+    #[test]
+    fn a_config_extends_another_and_states_only_its_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "base.toml",
+            &format!("{BASE}\n[train]\nepochs = 4\nlr = 1e-4\nbatch_size = 8\n"),
+        );
+        std::fs::create_dir(dir.path().join("variants")).unwrap();
+        write(
+            "variants/lora.toml",
+            "extends = \"../base.toml\"\n[model.lora]\nrank = 4\n[train]\nlr = 1e-3\n",
+        );
+        let path = dir.path().join("variants/lora.toml");
+        let config = RunConfig::load(&path, &["train.epochs=6".into()]).unwrap();
+        // The variant's keys over the base's, table by table; overrides over both.
+        assert_eq!(config.train.lr, 1e-3);
+        assert_eq!(config.train.batch_size, 8);
+        assert_eq!(config.train.epochs, 6);
+        assert_eq!(config.model.lora.rank, 4);
+        assert_eq!(config.data.labels, ["a", "b"]);
+        // The resolved config names no base: checkpoints stand alone.
+        assert!(!config.to_toml().unwrap().contains("extends"));
+
+        // A chain of two, then a cycle, a missing base, a non-string and text without a file.
+        write(
+            "chain.toml",
+            "extends = \"variants/lora.toml\"\n[train]\nbatch_size = 2\n",
+        );
+        let chained = RunConfig::load(&dir.path().join("chain.toml"), &[]).unwrap();
+        assert_eq!((chained.train.batch_size, chained.train.lr), (2, 1e-3));
+        write("a.toml", "extends = \"b.toml\"\n");
+        write("b.toml", "extends = \"./a.toml\"\n");
+        let err = RunConfig::load(&dir.path().join("a.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cycle") && err.contains("a.toml"), "{err}");
+        write("orphan.toml", "extends = \"gone.toml\"\n");
+        let err = RunConfig::load(&dir.path().join("orphan.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("orphan.toml") && err.contains("gone.toml"),
+            "{err}"
+        );
+        write("number.toml", "extends = 3\n");
+        let err = RunConfig::load(&dir.path().join("number.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("number.toml") && err.contains("must be a string"),
+            "{err}"
+        );
+        let err = RunConfig::from_toml("extends = \"base.toml\"\n", "text", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("extends"), "{err}");
     }
 }

@@ -1,0 +1,259 @@
+//! The NLBSE protocol example (`examples/nlbse.rs`) on a small CSV of the competition's schema
+//! with the tiny random model: an ensemble of two configs is the mean of the two configs run
+//! apart, and configs that would validate on different rows are refused.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::common::{assert_fails_naming, assert_ok, path_str, repo_root};
+
+const PROJECTS: [&str; 5] = [
+    "facebook/react",
+    "tensorflow/tensorflow",
+    "microsoft/vscode",
+    "bitcoin/bitcoin",
+    "opencv/opencv",
+];
+
+/// The example's binary, which `cargo test --all-targets` (`make test`) builds beside the tests.
+fn nlbse_example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = profile_dir
+        .join("examples")
+        .join(format!("nlbse{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the examples with the tests (`cargo test --all-targets`, as `make \
+         test` does)",
+        path.display()
+    );
+    path
+}
+
+fn run_nlbse(args: &[&str]) -> Output {
+    Command::new(nlbse_example())
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap()
+}
+
+/// 6 issues per project and label: the title names the kind of issue in words of its own, the
+/// body varies in length.
+fn write_issues(path: &Path) {
+    let kinds = [
+        (
+            "bug",
+            [
+                "crash",
+                "panic",
+                "regression",
+                "broken",
+                "segfault",
+                "wrong output",
+            ],
+        ),
+        (
+            "feature",
+            [
+                "support",
+                "add option",
+                "allow",
+                "new api",
+                "enhancement",
+                "proposal",
+            ],
+        ),
+        (
+            "question",
+            [
+                "how do i",
+                "why does",
+                "is it possible",
+                "help",
+                "what is",
+                "where",
+            ],
+        ),
+    ];
+    let mut csv = String::from("repo,created_at,label,title,body\n");
+    for (p, project) in PROJECTS.iter().enumerate() {
+        for (label, words) in kinds {
+            for (i, word) in words.iter().enumerate() {
+                let body = "details of the report, ".repeat(1 + (i + p) % 4);
+                csv.push_str(&format!(
+                    "{project},2023-0{}-1{i}T10:00:00Z,{label},\"{word} in module {p}{i}\",\"{body}\"\"quoted\"\" end\"\n",
+                    1 + p
+                ));
+            }
+        }
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
+/// A project's `<file>` rows: line -> (label, probabilities in label order).
+fn read_predictions(path: &Path) -> HashMap<u64, (String, Vec<f64>)> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let probs = ["bug", "feature", "question"]
+                .iter()
+                .map(|l| row["probs"][l].as_f64().unwrap())
+                .collect();
+            (
+                row["line"].as_u64().unwrap(),
+                (row["label"].as_str().unwrap().to_string(), probs),
+            )
+        })
+        .collect()
+}
+
+fn json_of(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn an_ensemble_of_two_configs_is_the_mean_of_the_two_run_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let issues = dir.path().join("issues.csv");
+    write_issues(&issues);
+    let base = dir.path().join("full.toml");
+    std::fs::write(
+        &base,
+        format!(
+            r#"[data]
+train = "{}"
+text_fields = ["title", "body"]
+label_field = "label"
+labels = ["bug", "feature", "question"]
+filter = {{ column = "repo", equals = "facebook/react" }}
+valid_fraction = 0.25
+max_len = 32
+
+[model]
+id = "sentence-transformers/all-MiniLM-L6-v2"
+init = "random"
+layers = 2
+hidden_size = 32
+heads = 4
+intermediate_size = 64
+
+[train]
+epochs = 2
+batch_size = 4
+lr = 1e-3
+seed = 7
+log_every = 2
+"#,
+            path_str(&issues)
+        ),
+    )
+    .unwrap();
+    // The variant states only its changes: LoRA on a frozen encoder, another rate.
+    let lora = dir.path().join("lora.toml");
+    std::fs::write(
+        &lora,
+        "extends = \"full.toml\"\n[model.lora]\nrank = 2\n[train]\nlr = 5e-3\n",
+    )
+    .unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let run = |configs: &[&Path], name: &str, extra: &[&str]| {
+        let mut args = vec!["--device", "cpu", "--ensemble", "2", "--json"];
+        let dest = out(name);
+        args.extend(["--out", path_str(&dest)]);
+        for c in configs {
+            args.extend(["--config", path_str(c)]);
+        }
+        args.extend(extra);
+        let output = run_nlbse(&args);
+        assert_ok(&output, name);
+        output
+    };
+    run(&[&base], "full", &[]);
+    run(&[&lora], "lora", &[]);
+    let both = run(&[&base, &lora], "both", &["--test", path_str(&issues)]);
+    let stdout = String::from_utf8_lossy(&both.stdout);
+    assert!(
+        stdout.contains("full.toml alone (2 members)") && stdout.contains("lora.toml alone"),
+        "{stdout}"
+    );
+
+    let (full, lora_run, mixed) = (
+        json_of(&out("full/nlbse.json")),
+        json_of(&out("lora/nlbse.json")),
+        json_of(&out("both/nlbse.json")),
+    );
+    // Each config's members score together, inside the mixed run, what they score run alone.
+    for (run, key) in [(&full, base.display()), (&lora_run, lora.display())] {
+        let alone = run["valid"]["overall_f1"].as_f64().unwrap();
+        let inside = mixed["config_valid"][key.to_string()]["overall_f1"]
+            .as_f64()
+            .unwrap();
+        assert!((alone - inside).abs() < 1e-9, "{key}: {alone} vs {inside}");
+    }
+    assert_eq!(
+        mixed["member_valid_f1"]["facebook/react"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    for project in PROJECTS {
+        let slug = project.replace('/', "__");
+        let file =
+            |run: &str| read_predictions(&out(run).join(&slug).join("valid_predictions.jsonl"));
+        let (a, b, ab) = (file("full"), file("lora"), file("both"));
+        assert!(ab.len() >= 3, "{project}: {} validation rows", ab.len());
+        assert_eq!(ab.len(), a.len());
+        for (line, (label, probs)) in &ab {
+            let (label_a, pa) = &a[line];
+            let (_, pb) = &b[line];
+            assert_eq!(label, label_a);
+            for k in 0..3 {
+                let mean = (pa[k] + pb[k]) / 2.0;
+                assert!(
+                    (probs[k] - mean).abs() < 1e-6,
+                    "{project} line {line}: {probs:?} is not the mean of {pa:?} and {pb:?}"
+                );
+            }
+        }
+        // Members live under their config's name; the test rows are all the project's.
+        for member in ["full-seed-7", "full-seed-8", "lora-seed-7", "lora-seed-8"] {
+            assert!(out("both").join(&slug).join(member).join("best").is_dir());
+        }
+        let test = read_predictions(&out("both").join(&slug).join("test_predictions.jsonl"));
+        assert_eq!(test.len(), 18, "{project}");
+    }
+    assert!(mixed["test"]["overall_f1"].as_f64().is_some());
+
+    // A config that validates on other rows cannot join, and two configs need two names.
+    let other_split = dir.path().join("other.toml");
+    std::fs::write(
+        &other_split,
+        "extends = \"full.toml\"\n[data]\nsplit_seed = 99\n",
+    )
+    .unwrap();
+    let refused = run_nlbse(&[
+        "--device",
+        "cpu",
+        "--out",
+        path_str(&out("refused")),
+        "--config",
+        path_str(&base),
+        "--config",
+        path_str(&other_split),
+    ]);
+    assert_fails_naming(
+        &refused,
+        &["other.toml", "validates on other rows", "split_seed"],
+    );
+    std::fs::create_dir(dir.path().join("again")).unwrap();
+    let twin = dir.path().join("again/full.toml");
+    std::fs::write(&twin, "extends = \"../full.toml\"\n").unwrap();
+    let refused = run_nlbse(&["--config", path_str(&base), "--config", path_str(&twin)]);
+    assert_fails_naming(&refused, &["two configs are named full"]);
+}
