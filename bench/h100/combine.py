@@ -1,12 +1,14 @@
-"""Scores the mean of several NLBSE protocol runs' test probabilities (the
-`<run>/<project>/test_predictions.jsonl` files the nlbse example writes with --test): per project
-the macro-F1 over bug/feature/question of the argmax of the weighted mean, and overall the mean
-over projects, as the protocol scores one run.
+"""Scores the mean of several NLBSE protocol runs' probabilities (the
+`<run>/<project>/{test,valid}_predictions.jsonl` files the nlbse example writes): per project the
+macro-F1 over bug/feature/question of the argmax of the weighted mean, and overall the mean over
+projects, as the protocol scores one run. Validation files (`--split valid`, from session 54's
+build on) combine only runs that held out the same rows.
 
-    python3 bench/h100/combine.py RUN_DIR[:WEIGHT] RUN_DIR[:WEIGHT] ...   (weight 1 by default)
+    python3 bench/h100/combine.py [--split test|valid] RUN_DIR[:WEIGHT] ...   (weight 1 by default)
 
 Prints one JSON object: {"overall_f1", "projects": {project: f1}}. One run alone gives that
-run's own `nlbse.json` test score (a check of this script).
+run's own `nlbse.json` score of the split (a check of this script). Equal weights of runs of
+equal member counts give what one run of the example with all their configs reports.
 """
 import json
 import os
@@ -31,13 +33,18 @@ def macro_f1(labels, gold, predicted):
     return sum(f1s) / len(f1s)
 
 
+args = sys.argv[1:]
+split = "test"
+if args[:1] == ["--split"]:
+    split, args = args[1], args[2:]
+    assert split in ("test", "valid"), f"--split takes test or valid, not {split}"
 runs = []
-for arg in sys.argv[1:]:
+for arg in args:
     path, _, weight = arg.partition(":")
     runs.append((path, float(weight or 1)))
 scores = {}
 for project in PROJECTS:
-    tables = [(read(os.path.join(path, project, "test_predictions.jsonl")), w) for path, w in runs]
+    tables = [(read(os.path.join(path, project, f"{split}_predictions.jsonl")), w) for path, w in runs]
     first = tables[0][0]
     for table, _ in tables[1:]:
         assert table.keys() == first.keys(), f"{project}: the runs scored different rows"
