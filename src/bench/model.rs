@@ -184,6 +184,7 @@ impl Harness {
                 &b.token_type_ids,
                 &b.attention_mask,
                 labels,
+                None,
                 &self.loss_options,
             )?
             .backward()?;
@@ -258,5 +259,6 @@ fn random_batch(
         attention_mask: Tensor::ones(shape, DType::U32, device)?,
         token_type_ids: Tensor::zeros(shape, DType::U32, device)?,
         labels: Some(Tensor::from_vec(labels, batch, device)?),
+        teacher: None,
     })
 }

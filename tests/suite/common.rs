@@ -106,7 +106,8 @@ pub fn train_tiny(out: &Path, extra: &[&str]) -> Output {
 pub fn checkpoint_probs(checkpoint: &Path, texts: &[&str]) -> Vec<Vec<f64>> {
     let output = run_bin(
         "predict",
-        &[&["--checkpoint", path_str(checkpoint)], texts].concat(),
+        // `--` ends the options: a text may start with `--`.
+        &[&["--checkpoint", path_str(checkpoint), "--"], texts].concat(),
     );
     assert_ok(&output, "predict");
     predicted_probs(&output)

@@ -83,6 +83,7 @@ fn batch(device: &Device) -> TensorBatch {
         attention_mask: t(mask),
         token_type_ids: t(types),
         labels: Some(Tensor::new(&[0u32, 1, 2], device).unwrap()),
+        teacher: None,
     }
 }
 
@@ -229,6 +230,7 @@ fn objective_and_gradients_match(
                     &b.token_type_ids,
                     &b.attention_mask,
                     labels,
+                    None,
                     options,
                 )
                 .unwrap()

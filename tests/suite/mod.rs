@@ -1,6 +1,7 @@
 mod adamw_reference;
 mod cli;
 mod common;
+mod distill;
 mod ema;
 mod export;
 mod gpu;

@@ -56,6 +56,9 @@ pub struct TensorBatch {
     pub token_type_ids: Tensor,
     /// `(batch,)` u32 label ids, or `(batch, num_labels)` f32 multi-hot; `None` when unlabelled.
     pub labels: Option<Tensor>,
+    /// A teacher's class probabilities `(batch, num_labels)` f32 to distill; `None` (as
+    /// [`Batch::to_tensors`] leaves it) when not distilling.
+    pub teacher: Option<Tensor>,
 }
 
 impl Batch {
@@ -76,6 +79,7 @@ impl Batch {
             attention_mask: Tensor::from_vec(self.attention_mask.clone(), shape, device)?,
             token_type_ids: Tensor::from_vec(self.token_type_ids.clone(), shape, device)?,
             labels,
+            teacher: None,
         })
     }
 }

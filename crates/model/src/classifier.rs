@@ -44,6 +44,14 @@ pub struct LossOptions {
     /// through the model twice, with independent dropout masks, and the objective gains `α`
     /// times their symmetric KL divergence ([`Classifier::train_objective`]). 0: off.
     pub rdrop_weight: f64,
+    /// Knowledge distillation's `λ` in `(0, 1]` (single-label only): with a teacher's
+    /// probabilities given to [`Classifier::train_objective`] the objective is `(1 - λ) *
+    /// objective + λ * T^2 KL(teacher || student at T)` ([`loss::distillation_kl`]). Without a
+    /// teacher it does nothing.
+    pub distill_weight: f64,
+    /// Distillation's temperature `T`: the teacher's probabilities are taken at it, and the
+    /// student's logits are divided by it in the term.
+    pub distill_temperature: f64,
 }
 
 impl LossOptions {
@@ -264,19 +272,26 @@ impl Classifier {
     /// symmetric KL divergence ([`loss::symmetric_kl`], or its Bernoulli form for multi-label).
     /// Per text that is half of Liang et al.'s `CE_1 + CE_2 + α / 2 (KL(P_1 || P_2) + KL(P_2 ||
     /// P_1))`, so `α` means what it means in their paper.
+    ///
+    /// With `teacher`, a teacher's class probabilities at `options.distill_temperature` `(batch,
+    /// num_labels)`, the objective (before R-Drop's term) is distilled: `(1 - λ) * objective + λ
+    /// * T^2 KL(teacher || student)` with `λ = options.distill_weight` (Hinton et al. 2015; each
+    /// view of R-Drop against the same teacher row).
     pub fn train_objective(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
         labels: &Tensor,
+        teacher: Option<&Tensor>,
         options: &LossOptions,
     ) -> Result<Tensor> {
         let alpha = options.rdrop_weight;
         if alpha <= 0.0 {
             let (pooled, logits) =
                 self.forward_with_pooled(input_ids, token_type_ids, attention_mask, true)?;
-            return self.objective(&pooled, &logits, labels, options);
+            let objective = self.objective(&pooled, &logits, labels, options)?;
+            return self.distilled(objective, &logits, teacher, options);
         }
         let twice = |t: &Tensor| Tensor::cat(&[t, t], 0);
         let (pooled, logits) = self.forward_with_pooled(
@@ -286,6 +301,10 @@ impl Classifier {
             true,
         )?;
         let objective = self.objective(&pooled, &logits, &twice(labels)?, options)?;
+        let objective = match teacher {
+            Some(teacher) => self.distilled(objective, &logits, Some(&twice(teacher)?), options)?,
+            None => objective,
+        };
         let rows = input_ids.dim(0)?;
         let (first, second) = (logits.narrow(0, 0, rows)?, logits.narrow(0, rows, rows)?);
         let consistency = match self.task {
@@ -293,6 +312,25 @@ impl Classifier {
             Task::MultiLabel => loss::symmetric_kl_bernoulli(&first, &second)?,
         };
         objective + (consistency * (alpha / 2.0))?
+    }
+
+    /// `objective` with the distillation term mixed in when there is a teacher.
+    fn distilled(
+        &self,
+        objective: Tensor,
+        logits: &Tensor,
+        teacher: Option<&Tensor>,
+        options: &LossOptions,
+    ) -> Result<Tensor> {
+        let Some(teacher) = teacher else {
+            return Ok(objective);
+        };
+        if self.task == Task::MultiLabel {
+            candle_core::bail!("distillation needs single-label classes, not multi-label");
+        }
+        let weight = options.distill_weight;
+        let kd = loss::distillation_kl(logits, teacher, options.distill_temperature)?;
+        (objective * (1.0 - weight))? + (kd * weight)?
     }
 
     /// Class probabilities `(batch, num_labels)`: softmax for single-label, sigmoid for

@@ -144,6 +144,21 @@ pub fn symmetric_kl_bernoulli(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         * 0.5
 }
 
+/// The knowledge-distillation term of Hinton et al. 2015 between a student's logits `(batch,
+/// classes)` and a teacher's class probabilities at the same temperature `(batch, classes)`:
+/// `T^2 * KL(teacher || softmax(logits / T))`, averaged over examples, as PyTorch's
+/// `F.kl_div(F.log_softmax(logits / T, -1), teacher, reduction="batchmean") * T * T`. The `T^2`
+/// keeps its gradients on the scale of the cross-entropy's whatever the temperature. A teacher
+/// probability of 0 adds 0 (`0 log 0 = 0`). <https://arxiv.org/abs/1503.02531>
+pub fn distillation_kl(logits: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
+    let logits = (logits.to_dtype(DType::F32)? / temperature)?;
+    let teacher = teacher.to_dtype(DType::F32)?;
+    let student = log_softmax_last_dim(&logits)?;
+    let log_teacher = teacher.maximum(f32::MIN_POSITIVE as f64)?.log()?;
+    let kl = (&teacher * (log_teacher - student)?)?.sum(D::Minus1)?;
+    kl.mean_all()? * (temperature * temperature)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,5 +450,93 @@ mod tests {
             let swapped = value(kl(b.as_tensor(), a.as_tensor()).unwrap());
             assert!((swapped - got).abs() < 1e-7, "{name}: {swapped} vs {got}");
         }
+    }
+
+    // Reference values from PyTorch 2.15 (float64): x as above, teacher logits
+    //   t = [[1, 0, -1], [0, 3, 0.5], [-2, 40, 1]], p = F.softmax(t / T, -1),
+    //   kd = F.kl_div(F.log_softmax(x / T, -1), p, reduction="batchmean") * T * T,
+    //   and torch.autograd.grad(kd, x).
+    #[test]
+    fn distillation_kl_and_its_gradient_match_pytorch() {
+        let (x, _, _, _) = inputs();
+        let t = Tensor::new(
+            &[[1f32, 0.0, -1.0], [0.0, 3.0, 0.5], [-2.0, 40.0, 1.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let cases: [(f64, f32, [f32; 6]); 3] = [
+            (
+                1.0,
+                0.24768282,
+                [
+                    0.040118693,
+                    -0.068538633,
+                    0.02841994,
+                    0.140360728,
+                    -0.12317057,
+                    -0.017190158,
+                ],
+            ),
+            (
+                2.0,
+                0.42064335,
+                [
+                    0.055544848,
+                    -0.117062826,
+                    0.061517977,
+                    0.195990607,
+                    -0.131980519,
+                    -0.064010088,
+                ],
+            ),
+            (
+                4.0,
+                0.52035579,
+                [
+                    0.058410387,
+                    -0.143697022,
+                    0.085286634,
+                    0.222618211,
+                    -0.114223597,
+                    -0.108394613,
+                ],
+            ),
+        ];
+        for (temperature, expected, grad_rows) in cases {
+            let teacher = candle_nn::ops::softmax_last_dim(&(&t / temperature).unwrap()).unwrap();
+            let var = candle_core::Var::from_tensor(&x).unwrap();
+            let kd = distillation_kl(var.as_tensor(), &teacher, temperature).unwrap();
+            let got = kd.to_scalar::<f32>().unwrap();
+            assert!(
+                (got - expected).abs() < 1e-5,
+                "T {temperature}: {got} vs {expected}"
+            );
+            let grad = kd
+                .backward()
+                .unwrap()
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap();
+            let grad = grad.to_vec1::<f32>().unwrap();
+            // The third row's student is as sure as its teacher: a gradient of about 0.
+            for (i, (g, e)) in grad
+                .iter()
+                .zip(grad_rows.iter().chain(&[0.0; 3]))
+                .enumerate()
+            {
+                assert!(
+                    (g - e).abs() < 2e-4,
+                    "T {temperature}, entry {i}: {g} vs {e}"
+                );
+            }
+        }
+        // A student that equals its teacher has nothing to learn.
+        let teacher = candle_nn::ops::softmax_last_dim(&(&x / 2.0).unwrap()).unwrap();
+        let same = distillation_kl(&x, &teacher, 2.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(same.abs() < 1e-6, "{same}");
     }
 }

@@ -485,7 +485,7 @@ fn objective_and_stacked_logits(
     let rng = classifier.encoder().rng();
     rng.reseed(3, 1, &Device::Cpu).unwrap();
     let objective = classifier
-        .train_objective(ids, types, mask, targets, options)
+        .train_objective(ids, types, mask, targets, None, options)
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
@@ -535,7 +535,7 @@ fn rdrop_objective_is_the_two_view_loss_plus_their_divergence() {
     let off = LossOptions::default();
     rng.reseed(3, 1, &Device::Cpu).unwrap();
     let plain_path = classifier
-        .train_objective(&ids, &types, &mask, &labels, &off)
+        .train_objective(&ids, &types, &mask, &labels, None, &off)
         .unwrap();
     rng.reseed(3, 1, &Device::Cpu).unwrap();
     let (pooled, logits) = classifier
@@ -557,7 +557,7 @@ fn rdrop_objective_is_the_two_view_loss_plus_their_divergence() {
     let (varmap, classifier) = tiny_f32_with(&still, 3, Task::SingleLabel, 0.0);
     init_all(&varmap, 0.05, 7).unwrap();
     let with = classifier
-        .train_objective(&ids, &types, &mask, &labels, &options)
+        .train_objective(&ids, &types, &mask, &labels, None, &options)
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
@@ -1148,4 +1148,78 @@ fn with_kernels<T>(fused: bool, f: impl FnOnce() -> T) -> T {
     } else {
         wick_model::fused::without_fused(f)
     }
+}
+
+/// Knowledge distillation: with a teacher's probabilities the objective is `(1 - λ)` times the
+/// plain one plus `λ` times the distillation term of the same pass's logits, under R-Drop too
+/// (each view against the same teacher row); the term alone reaches every variable; and a
+/// multi-label model refuses a teacher.
+#[test]
+fn a_teacher_mixes_the_distillation_term_into_the_objective() {
+    let config = BertConfig::tiny(100);
+    let still = BertConfig {
+        hidden_dropout_prob: 0.0,
+        attention_probs_dropout_prob: 0.0,
+        ..config.clone()
+    };
+    let (varmap, classifier) = tiny_f32_with(&still, 3, Task::SingleLabel, 0.0);
+    init_all(&varmap, 0.05, 7).unwrap();
+    let (ids, types, mask) = four_texts();
+    let labels = Tensor::new(&[0u32, 1, 2, 1], &Device::Cpu).unwrap();
+    let teacher = Tensor::new(
+        &[
+            [0.7f32, 0.2, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.3, 0.3, 0.4],
+            [0.0, 1.0, 0.0],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let options = LossOptions {
+        distill_weight: 0.3,
+        distill_temperature: 2.0,
+        ..Default::default()
+    };
+    let with = classifier
+        .train_objective(&ids, &types, &mask, &labels, Some(&teacher), &options)
+        .unwrap();
+    let logits = classifier.forward(&ids, &types, &mask, true).unwrap();
+    let plain = classifier.loss(&logits, &labels, &options).unwrap();
+    let kd = wick_model::loss::distillation_kl(&logits, &teacher, 2.0).unwrap();
+    let scalar = |t: &Tensor| t.to_scalar::<f32>().unwrap();
+    let expected = 0.7 * scalar(&plain) + 0.3 * scalar(&kd);
+    assert!(
+        (scalar(&with) - expected).abs() < 1e-6,
+        "{} vs {expected}",
+        scalar(&with)
+    );
+    assert!(
+        scalar(&kd) > 1e-3,
+        "the teacher agrees with the model: {}",
+        scalar(&kd)
+    );
+    assert_every_variable_has_a_gradient(&varmap, &kd);
+
+    // Under R-Drop without dropout the two views are one: the same value.
+    let rdrop = LossOptions {
+        rdrop_weight: 1.0,
+        ..options.clone()
+    };
+    let both = classifier
+        .train_objective(&ids, &types, &mask, &labels, Some(&teacher), &rdrop)
+        .unwrap();
+    assert!(
+        (scalar(&both) - expected).abs() < 1e-5,
+        "{} vs {expected}",
+        scalar(&both)
+    );
+
+    let (_, multi) = tiny_f32_with(&config, 3, Task::MultiLabel, 0.0);
+    let targets = Tensor::zeros((4, 3), DType::F32, &Device::Cpu).unwrap();
+    let err = multi
+        .train_objective(&ids, &types, &mask, &targets, Some(&teacher), &options)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("single-label"), "{err}");
 }

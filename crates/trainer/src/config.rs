@@ -213,6 +213,15 @@ pub struct TrainConfig {
     /// masks, and `α / 2` times the symmetric KL divergence of the two predictions joins the
     /// objective (0: off; needs dropout; twice the compute and activation memory per step).
     pub rdrop_weight: f64,
+    /// Knowledge distillation (Hinton et al. 2015): checkpoints (run directories or checkpoint
+    /// directories, any encoder, averaged as an ensemble) whose probabilities on the training
+    /// rows, at `distill_temperature`, the model also learns: the objective becomes `(1 - λ) *
+    /// objective + λ * T^2 KL(teacher || student)`. Empty: off. Single-label only.
+    pub distill_from: Vec<PathBuf>,
+    /// `λ` of the distillation term, in `(0, 1]` (1: the teacher's probabilities alone).
+    pub distill_weight: f64,
+    /// `T` of the distillation term: teacher and student probabilities are taken at it.
+    pub distill_temperature: f64,
     /// Gradient checkpointing: keep each encoder layer's input instead of its activations and
     /// recompute them in backward (Hugging Face's `gradient_checkpointing`): activation memory
     /// of about one layer, for about one more forward pass of compute per step.
@@ -261,6 +270,9 @@ impl Default for TrainConfig {
             contrastive_weight: 0.0,
             contrastive_temperature: 0.3,
             rdrop_weight: 0.0,
+            distill_from: Vec::new(),
+            distill_weight: 0.5,
+            distill_temperature: 2.0,
             gradient_checkpointing: false,
             class_weights: None,
             log_every: 10,
@@ -454,6 +466,23 @@ impl RunConfig {
             "must be >= 0 (0 turns R-Drop off)",
         )?;
         positive("train.log_every", t.log_every > 0, "must be > 0")?;
+        if !t.distill_from.is_empty() {
+            positive(
+                "train.distill_weight",
+                t.distill_weight > 0.0 && t.distill_weight <= 1.0,
+                "must be in (0, 1] (an empty train.distill_from turns distillation off)",
+            )?;
+            positive(
+                "train.distill_temperature",
+                t.distill_temperature > 0.0 && t.distill_temperature.is_finite(),
+                "must be > 0",
+            )?;
+            positive(
+                "train.distill_from",
+                !self.data.multi_label,
+                "applies to single-label data only",
+            )?;
+        }
         if t.label_smoothing > 0.0 && self.data.multi_label {
             return Err(TrainError::config(
                 "train.label_smoothing",

@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_data::{
-    epoch_order, read_examples, split_folds, split_train_valid, DataSummary, Dataset, Targets,
-    TensorBatch, TextTokenizer,
+    epoch_order, read_examples, split_folds, split_train_valid, DataSummary, Dataset, Example,
+    Targets, TensorBatch, TextTokenizer,
 };
 use wick_model::classifier::LossOptions;
 use wick_model::weights::{
@@ -27,6 +27,7 @@ use crate::device::{self, ensure_same_device, DeviceRequest};
 use crate::ema::WeightAverage;
 use crate::error::{Result, TrainError};
 use crate::eval::{self, Predictions};
+use crate::infer::Ensemble;
 use crate::lr_find;
 use crate::metrics::{ClassificationReport, MetricsLog};
 use crate::optim::{encoder_layer, exempt_from_decay, layer_lr_scale, AdamW, Gradients, ParamSpec};
@@ -195,6 +196,8 @@ pub struct Trainer {
     calibration: Option<Calibration>,
     /// The moving average of the weights (`train.ema_decay`), evaluated and saved in their place.
     average: Option<WeightAverage>,
+    /// The teacher's probabilities for each training row, `(rows * labels)`, when distilling.
+    teacher: Option<Vec<f32>>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -273,28 +276,115 @@ pub fn held_out(
 /// Reads and tokenizes the training and validation data (a seeded stratified split of the
 /// training file when no validation file is given: one fold of `folds` or `valid_fraction` of
 /// it; none when `valid_fraction` is 0).
+/// The training rows themselves come back too, in the training set's order, when a teacher
+/// has to predict them (`train.distill_from`).
 fn load_data(
     config: &RunConfig,
     tokenizer: &TextTokenizer,
-) -> Result<(Dataset, Option<Dataset>, DataSummary)> {
+) -> Result<(Dataset, Option<Dataset>, DataSummary, Option<Vec<Example>>)> {
     let data = &config.data;
     let read = read_examples(&data.train, data)?;
     let all = Dataset::new(&read.examples, tokenizer)?;
-    let (train, valid) = match &data.valid {
+    let distilling = !config.train.distill_from.is_empty();
+    let (train, valid, rows) = match &data.valid {
         Some(path) => {
             let valid = read_examples(path, data)?;
-            (all, Some(Dataset::new(&valid.examples, tokenizer)?))
+            let rows = distilling.then(|| read.examples.clone());
+            (all, Some(Dataset::new(&valid.examples, tokenizer)?), rows)
         }
         None => match held_out(config, &read.examples) {
-            Some((train_idx, valid_idx)) => (all.subset(&train_idx), Some(all.subset(&valid_idx))),
-            None => (all, None),
+            Some((train_idx, valid_idx)) => {
+                let rows = distilling.then(|| {
+                    train_idx
+                        .iter()
+                        .map(|&i| read.examples[i].clone())
+                        .collect()
+                });
+                (all.subset(&train_idx), Some(all.subset(&valid_idx)), rows)
+            }
+            None => (all, None, distilling.then(|| read.examples.clone())),
         },
     };
     let mut summary = DataSummary::new(&train, &data.labels, read.filtered_out);
     if !data.clean.is_off() {
         summary = summary.with_cleaned(read.cleaned);
     }
-    Ok((train, valid, summary))
+    Ok((train, valid, summary, rows))
+}
+
+/// Knowledge distillation's targets: the probabilities at `train.distill_temperature` of the
+/// `train.distill_from` checkpoints for each training row, `(rows * labels)` row-major, the mean
+/// over the checkpoints of `softmax(logits / T)` (each checkpoint reading the rows with its own
+/// tokenizer, `max_len` and truncation; without its calibration temperature, as `T` takes that
+/// role). Computed once, before training, on the run's device.
+fn teacher_probs(
+    config: &RunConfig,
+    rows: &[Example],
+    request: DeviceRequest,
+    reporter: &mut dyn Reporter,
+) -> Result<Vec<f32>> {
+    let t = &config.train;
+    let key = "train.distill_from";
+    for dir in &t.distill_from {
+        if !dir.exists() {
+            return Err(TrainError::config(
+                key,
+                format!("no checkpoint or run directory at {}", dir.display()),
+            ));
+        }
+    }
+    let started = Instant::now();
+    let teacher = Ensemble::open(&t.distill_from, request)?;
+    let first = &teacher.first().checkpoint;
+    if teacher.labels() != config.data.labels.as_slice() || first.config.data.multi_label {
+        return Err(TrainError::config(
+            key,
+            format!(
+                "the teacher {} predicts {} labels {:?}; this run needs the single-label {:?} in \
+                 that order",
+                first.dir.display(),
+                if first.config.data.multi_label {
+                    "multi-label"
+                } else {
+                    "single-label"
+                },
+                teacher.labels(),
+                config.data.labels
+            ),
+        ));
+    }
+    let width = config.data.labels.len();
+    let mut probs = vec![0f32; rows.len() * width];
+    let members = teacher.members();
+    for member in members {
+        let predicted = member.predict_examples_uncalibrated(rows)?;
+        for (row, logits) in predicted.logits.iter().enumerate() {
+            let scaled: Vec<f32> = logits
+                .iter()
+                .map(|z| z / t.distill_temperature as f32)
+                .collect();
+            let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = scaled.iter().map(|z| (z - max).exp()).collect();
+            let sum: f32 = exp.iter().sum();
+            for (c, e) in exp.iter().enumerate() {
+                probs[row * width + c] += e / sum / members.len() as f32;
+            }
+        }
+    }
+    reporter.message(&format!(
+        "distillation: {} teacher checkpoint(s) ({}) predicted the {} training rows at \
+         temperature {} in {:.1} s",
+        members.len(),
+        t.distill_from
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        rows.len(),
+        t.distill_temperature,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(probs)
 }
 
 fn class_weights(config: &RunConfig, train: &Dataset, device: &Device) -> Result<Option<Tensor>> {
@@ -329,6 +419,7 @@ fn class_weights(config: &RunConfig, train: &Dataset, device: &Device) -> Result
 
 /// What the training objective is, when it is more than the plain loss.
 fn describe_objective(t: &TrainConfig) -> Option<String> {
+    let distilling = !t.distill_from.is_empty();
     let mut objective = if t.contrastive_weight > 0.0 {
         format!(
             "{:.2} x cross-entropy + {:.2} x supervised contrastive loss of the pooled \
@@ -337,11 +428,20 @@ fn describe_objective(t: &TrainConfig) -> Option<String> {
             t.contrastive_weight,
             t.contrastive_temperature
         )
-    } else if t.rdrop_weight > 0.0 {
+    } else if t.rdrop_weight > 0.0 || distilling {
         "the loss".to_string()
     } else {
         return None;
     };
+    if distilling {
+        objective = format!(
+            "{:.2} x ({objective}) + {:.2} x T^2 KL(teacher || model) at T = {} (knowledge \
+             distillation, train.distill_weight)",
+            1.0 - t.distill_weight,
+            t.distill_weight,
+            t.distill_temperature
+        );
+    }
     if t.rdrop_weight > 0.0 {
         objective = format!(
             "{objective}, averaged over two passes of each batch with independent dropout \
@@ -418,7 +518,7 @@ impl Trainer {
         let bert = files.bert;
         let tokenizer = TextTokenizer::from_file(&files.tokenizer, config.data.max_len)?
             .with_truncation(config.data.truncation());
-        let (train, valid, train_summary) = load_data(&config, &tokenizer)?;
+        let (train, valid, train_summary, train_rows) = load_data(&config, &tokenizer)?;
 
         let chosen = device::choose(options.device)?;
         let (chosen, warning) = device::preflight(chosen, options.device, |d| {
@@ -587,6 +687,12 @@ impl Trainer {
             contrastive_weight: t.contrastive_weight,
             contrastive_temperature: t.contrastive_temperature,
             rdrop_weight: t.rdrop_weight,
+            distill_weight: t.distill_weight,
+            distill_temperature: t.distill_temperature,
+        };
+        let teacher = match &train_rows {
+            Some(rows) => Some(teacher_probs(&config, rows, options.device, reporter)?),
+            None => None,
         };
         let parameters = named_vars(&varmap)
             .iter()
@@ -660,6 +766,7 @@ impl Trainer {
             stop: StopFlag::new(),
             calibration: None,
             average,
+            teacher,
         })
     }
 
@@ -740,7 +847,21 @@ impl Trainer {
             .map(|indices| {
                 let host = self.train.batch(indices);
                 tokens += host.batch_size * host.seq_len;
-                host.to_tensors(&self.device)
+                let mut batch = host.to_tensors(&self.device)?;
+                if let Some(probs) = &self.teacher {
+                    let width = self.config.data.labels.len();
+                    let rows: Vec<f32> = host
+                        .indices
+                        .iter()
+                        .flat_map(|&i| probs[i * width..(i + 1) * width].iter().copied())
+                        .collect();
+                    batch.teacher = Some(Tensor::from_vec(
+                        rows,
+                        (host.batch_size, width),
+                        &self.device,
+                    )?);
+                }
+                Ok(batch)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mut out = optimizer_step(
@@ -1111,6 +1232,7 @@ pub fn optimizer_step(
             &batch.token_type_ids,
             &batch.attention_mask,
             labels,
+            batch.teacher.as_ref(),
             loss_options,
         )?;
         let mut scaled = (&loss / micro_batches.len() as f64)?;
