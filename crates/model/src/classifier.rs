@@ -274,9 +274,9 @@ impl Classifier {
     /// P_1))`, so `α` means what it means in their paper.
     ///
     /// With `teacher`, a teacher's class probabilities at `options.distill_temperature` `(batch,
-    /// num_labels)`, the objective (before R-Drop's term) is distilled: `(1 - λ) * objective + λ
-    /// * T^2 KL(teacher || student)` with `λ = options.distill_weight` (Hinton et al. 2015; each
-    /// view of R-Drop against the same teacher row).
+    /// num_labels)`, the objective (before R-Drop's term) is distilled: `(1 - λ) * objective +
+    /// λ * T^2 KL(teacher || student)` with `λ = options.distill_weight` (Hinton et al. 2015;
+    /// each view of R-Drop against the same teacher row).
     pub fn train_objective(
         &self,
         input_ids: &Tensor,

@@ -278,10 +278,7 @@ pub fn held_out(
 /// it; none when `valid_fraction` is 0).
 /// The training rows themselves come back too, in the training set's order, when a teacher
 /// has to predict them (`train.distill_from`).
-fn load_data(
-    config: &RunConfig,
-    tokenizer: &TextTokenizer,
-) -> Result<(Dataset, Option<Dataset>, DataSummary, Option<Vec<Example>>)> {
+fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData> {
     let data = &config.data;
     let read = read_examples(&data.train, data)?;
     let all = Dataset::new(&read.examples, tokenizer)?;
@@ -309,7 +306,21 @@ fn load_data(
     if !data.clean.is_off() {
         summary = summary.with_cleaned(read.cleaned);
     }
-    Ok((train, valid, summary, rows))
+    Ok(LoadedData {
+        train,
+        valid,
+        summary,
+        train_rows: rows,
+    })
+}
+
+/// What [`load_data`] read.
+struct LoadedData {
+    train: Dataset,
+    valid: Option<Dataset>,
+    summary: DataSummary,
+    /// The training rows, in the training set's order, when distilling.
+    train_rows: Option<Vec<Example>>,
 }
 
 /// Knowledge distillation's targets: the probabilities at `train.distill_temperature` of the
@@ -518,7 +529,12 @@ impl Trainer {
         let bert = files.bert;
         let tokenizer = TextTokenizer::from_file(&files.tokenizer, config.data.max_len)?
             .with_truncation(config.data.truncation());
-        let (train, valid, train_summary, train_rows) = load_data(&config, &tokenizer)?;
+        let LoadedData {
+            train,
+            valid,
+            summary: train_summary,
+            train_rows,
+        } = load_data(&config, &tokenizer)?;
 
         let chosen = device::choose(options.device)?;
         let (chosen, warning) = device::preflight(chosen, options.device, |d| {
