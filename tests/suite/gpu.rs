@@ -222,15 +222,24 @@ fn objective_and_gradients_match(
             .forward_with_pooled(&b.input_ids, &b.token_type_ids, &b.attention_mask, true)
             .unwrap();
         let labels = b.labels.as_ref().unwrap();
-        let loss = if options.rdrop_weight > 0.0 {
-            // Its own pass of the stacked batch, with the dropout keys that follow the pass above.
+        // A teacher's probabilities for the three texts, when distilling.
+        let teacher = (options.distill_weight > 0.0).then(|| {
+            Tensor::new(
+                &[[0.7f32, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]],
+                device,
+            )
+            .unwrap()
+        });
+        let loss = if options.rdrop_weight > 0.0 || teacher.is_some() {
+            // Its own pass (of the stacked batch with R-Drop), with the dropout keys that follow
+            // the pass above.
             classifier
                 .train_objective(
                     &b.input_ids,
                     &b.token_type_ids,
                     &b.attention_mask,
                     labels,
-                    None,
+                    teacher.as_ref(),
                     options,
                 )
                 .unwrap()
@@ -271,6 +280,27 @@ fn objective_and_gradients_match(
             "{name}: gradient differs by {rel} of its largest entry"
         );
     }
+}
+
+/// Knowledge distillation (`train.distill_from`): the objective with a teacher's probabilities
+/// and every gradient on the accelerator against the CPU, with dropout, alone and under R-Drop.
+#[test]
+fn accelerator_distillation_matches_the_cpu() {
+    let Some(accel) = accelerator("accelerator_distillation_matches_the_cpu") else {
+        return;
+    };
+    let p = if accel.is_cuda() { 0.3 } else { 0.0 };
+    let options = LossOptions {
+        distill_weight: 0.5,
+        distill_temperature: 2.0,
+        ..Default::default()
+    };
+    objective_and_gradients_match(&accel, p, ModelType::Bert, &options, None, false);
+    let rdrop = LossOptions {
+        rdrop_weight: 1.0,
+        ..options
+    };
+    objective_and_gradients_match(&accel, p, ModelType::Bert, &rdrop, None, false);
 }
 
 /// [`batch`] with `labels` in place of its own, if given.
