@@ -218,12 +218,33 @@ struct ConfigRun {
     refits: Vec<PathBuf>,
 }
 
+/// `config_path` with the `--set` overrides, for `project`'s rows.
+fn project_config(args: &Args, project: &str, config_path: &Path) -> Result<RunConfig> {
+    let mut overrides = args.overrides.clone();
+    overrides.push(format!("data.filter.equals=\"{project}\""));
+    Ok(RunConfig::load(config_path, &overrides)?)
+}
+
+/// The file lines of the rows `config_path`'s members of `project` are scored on (all rows out
+/// of fold under `--folds`), and its labels: what configs of one ensemble must share.
+fn validation_plan(
+    args: &Args,
+    project: &str,
+    config_path: &Path,
+) -> Result<(Vec<usize>, Vec<String>)> {
+    let config = project_config(args, project, config_path)?;
+    let rows = wick_data::read_examples(&config.data.train, &config.data)?.examples;
+    let scored = match args.folds {
+        Some(_) => rows,
+        None => validation_rows(&config, &rows)?,
+    };
+    Ok((scored.iter().map(|e| e.line).collect(), config.data.labels))
+}
+
 /// Trains and scores `config`'s members of `project`.
 fn run_config(args: &Args, project: &str, config_path: &Path) -> Result<ConfigRun> {
     let slug = project.replace('/', "__");
-    let mut overrides = args.overrides.clone();
-    overrides.push(format!("data.filter.equals=\"{project}\""));
-    let base = RunConfig::load(config_path, &overrides)?;
+    let base = project_config(args, project, config_path)?;
     let split_seed = base.split_seed();
     let rows = wick_data::read_examples(&base.data.train, &base.data)?.examples;
     let several = args.configs.len() > 1;
@@ -338,24 +359,24 @@ fn run_config(args: &Args, project: &str, config_path: &Path) -> Result<ConfigRu
 /// config's own validation report (several configs only) and each member's validation macro-F1.
 fn run_project(args: &Args, project: &str) -> Result<ProjectRun> {
     let slug = project.replace('/', "__");
-    let mut runs = Vec::new();
-    for path in &args.configs {
-        let run = run_config(args, project, path)?;
-        if let Some(first) = runs.first() {
-            let first: &ConfigRun = first;
-            let lines = |r: &ConfigRun| r.rows.iter().map(|e| e.line).collect::<Vec<_>>();
-            if lines(first) != lines(&run) || first.labels != run.labels {
-                bail!(
-                    "{project}: {} validates on other rows or labels than {}: configs of one \
-                     ensemble must share data.train, data.filter, the split (data.split_seed, \
-                     data.valid_fraction or data.folds) and data.labels",
-                    path.display(),
-                    args.configs[0].display()
-                );
-            }
+    // Before any training: every config must score the same rows with the same labels.
+    let first_plan = validation_plan(args, project, &args.configs[0])?;
+    for path in &args.configs[1..] {
+        if validation_plan(args, project, path)? != first_plan {
+            bail!(
+                "{project}: {} validates on other rows or labels than {}: configs of one \
+                 ensemble must share data.train, data.filter, the split (data.split_seed, \
+                 data.valid_fraction or data.folds) and data.labels",
+                path.display(),
+                args.configs[0].display()
+            );
         }
-        runs.push(run);
     }
+    let runs = args
+        .configs
+        .iter()
+        .map(|path| run_config(args, project, path))
+        .collect::<Result<Vec<_>>>()?;
     let first = &runs[0];
     let targets = wick_data::Targets::of(&first.rows)?;
     // The configs weigh equally (as their members do: each config trains as many).

@@ -251,6 +251,10 @@ log_every = 2
         &refused,
         &["other.toml", "validates on other rows", "split_seed"],
     );
+    assert!(
+        !out("refused").join("facebook__react").exists(),
+        "members were trained before the configs were compared"
+    );
     std::fs::create_dir(dir.path().join("again")).unwrap();
     let twin = dir.path().join("again/full.toml");
     std::fs::write(&twin, "extends = \"../full.toml\"\n").unwrap();
