@@ -27,6 +27,7 @@ train: model
 
 ## test: every test (unit, integration, reference parity, examples, data checks)
 test: model model-mpnet
+	$(CARGO) build --examples
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) run --example custom_training -- configs/tiny.toml
 	$(CARGO) run --example embeddings

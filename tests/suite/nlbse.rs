@@ -16,7 +16,9 @@ const PROJECTS: [&str; 5] = [
     "opencv/opencv",
 ];
 
-/// The example's binary, which `cargo test --all-targets` (`make test`) builds beside the tests.
+/// The example's binary: `cargo build --examples` (which `make test` runs first) and a plain
+/// `cargo test` build it beside the tests; `cargo test --all-targets` builds examples as test
+/// harnesses only.
 fn nlbse_example() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
@@ -25,8 +27,8 @@ fn nlbse_example() -> PathBuf {
         .join(format!("nlbse{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.is_file(),
-        "{} is missing: build the examples with the tests (`cargo test --all-targets`, as `make \
-         test` does)",
+        "{} is missing: build the examples first (`cargo build --examples`, as `make test` \
+         does)",
         path.display()
     );
     path
