@@ -333,8 +333,17 @@ impl RunConfig {
     /// names it) reads that file first, then this one's keys over it, table by table, so a
     /// variant states only what it changes. Bases may extend further; a cycle is an error.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let table = read_extended(path, &mut Vec::new())?;
-        Self::from_table(table, &path.display().to_string(), overrides)
+        let mut chain = Vec::new();
+        let mut bases = Vec::new();
+        let table = read_extended(path, &mut chain, &mut bases)?;
+        // A key's error may come from a base: name them all.
+        let origin = if bases.is_empty() {
+            path.display().to_string()
+        } else {
+            let bases: Vec<String> = bases.iter().map(|b| b.display().to_string()).collect();
+            format!("{} (extending {})", path.display(), bases.join(", then "))
+        };
+        Self::from_table(table, &origin, overrides)
     }
 
     /// As [`RunConfig::load`], from text; `origin` names the source in errors. `extends` needs
@@ -655,8 +664,13 @@ impl RunConfig {
 const EXTENDS: &str = "extends";
 
 /// Reads a config file as a table, with its `extends` chain merged under it. `chain` holds the
-/// files being read, outermost first, to refuse a cycle.
-fn read_extended(path: &Path, chain: &mut Vec<PathBuf>) -> Result<toml::Table> {
+/// files being read, outermost first, to refuse a cycle; `bases` gets every base read, nearest
+/// first.
+fn read_extended(
+    path: &Path,
+    chain: &mut Vec<PathBuf>,
+    bases: &mut Vec<PathBuf>,
+) -> Result<toml::Table> {
     let file_error = |reason: String| TrainError::ConfigFile {
         path: path.display().to_string(),
         reason,
@@ -689,7 +703,8 @@ fn read_extended(path: &Path, chain: &mut Vec<PathBuf>) -> Result<toml::Table> {
             base_path.display()
         )));
     }
-    let mut merged = read_extended(&base_path, chain)?;
+    bases.push(base_path.clone());
+    let mut merged = read_extended(&base_path, chain, bases)?;
     chain.pop();
     merge_into(&mut merged, table);
     Ok(merged)
@@ -905,6 +920,18 @@ labels = ["a", "b"]
             .to_string();
         assert!(
             err.contains("number.toml") && err.contains("must be a string"),
+            "{err}"
+        );
+        // A bad key in a base names the file loaded and the base.
+        write("typo.toml", "[train]\nepoch = 3\n");
+        write("on_typo.toml", "extends = \"typo.toml\"\n");
+        let err = RunConfig::load(&dir.path().join("on_typo.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("on_typo.toml (extending")
+                && err.contains("/typo.toml)")
+                && err.contains("epoch"),
             "{err}"
         );
         let err = RunConfig::from_toml("extends = \"base.toml\"\n", "text", &[])
