@@ -83,7 +83,8 @@ nlbse: model nlbse-data
 
 ## nlbse-mpnet: the same protocol with all-mpnet-base-v2, the best pipeline measured: an ensemble of
 ## configs/nlbse-mpnet.toml (full fine-tuning) and configs/nlbse-mpnet-lora.toml (LoRA), ENSEMBLE
-## members each (default 3); about 9x MiniLM's compute: build with FEATURES=cuda or on a Mac's Metal
+## members each (default 3); each member about 5x MiniLM's compute per token (a LoRA member 0.8 of
+## that): build with FEATURES=cuda or on a Mac's Metal
 nlbse-mpnet: model-mpnet nlbse-data
 	$(CARGO) run --release $(FEATURE_FLAGS) --example nlbse -- --config configs/nlbse-mpnet.toml \
 	  --config configs/nlbse-mpnet-lora.toml $(call NLBSE_FLAGS,3)
