@@ -18,7 +18,7 @@ const PROJECTS: [&str; 5] = [
 
 /// The example's binary: `cargo build --examples` (which `make test` runs first) and a plain
 /// `cargo test` build it beside the tests; `cargo test --all-targets` builds examples as test
-/// harnesses only.
+/// harnesses only, so on its own it runs the example as last built (`make test` never does).
 fn nlbse_example() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
