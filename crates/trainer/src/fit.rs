@@ -282,26 +282,25 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
     let data = &config.data;
     let read = read_examples(&data.train, data)?;
     let all = Dataset::new(&read.examples, tokenizer)?;
-    let distilling = !config.train.distill_from.is_empty();
-    let (train, valid, rows) = match &data.valid {
+    // `train_idx`: the training rows when some are held out, else all of them.
+    let (train, valid, train_idx) = match &data.valid {
         Some(path) => {
             let valid = read_examples(path, data)?;
-            let rows = distilling.then(|| read.examples.clone());
-            (all, Some(Dataset::new(&valid.examples, tokenizer)?), rows)
+            (all, Some(Dataset::new(&valid.examples, tokenizer)?), None)
         }
         None => match held_out(config, &read.examples) {
-            Some((train_idx, valid_idx)) => {
-                let rows = distilling.then(|| {
-                    train_idx
-                        .iter()
-                        .map(|&i| read.examples[i].clone())
-                        .collect()
-                });
-                (all.subset(&train_idx), Some(all.subset(&valid_idx)), rows)
-            }
-            None => (all, None, distilling.then(|| read.examples.clone())),
+            Some((train_idx, valid_idx)) => (
+                all.subset(&train_idx),
+                Some(all.subset(&valid_idx)),
+                Some(train_idx),
+            ),
+            None => (all, None, None),
         },
     };
+    let rows = (!config.train.distill_from.is_empty()).then(|| match &train_idx {
+        Some(idx) => idx.iter().map(|&i| read.examples[i].clone()).collect(),
+        None => read.examples.clone(),
+    });
     let mut summary = DataSummary::new(&train, &data.labels, read.filtered_out);
     if !data.clean.is_off() {
         summary = summary.with_cleaned(read.cleaned);
@@ -368,18 +367,10 @@ fn teacher_probs(
     let mut probs = vec![0f32; rows.len() * width];
     let members = teacher.members();
     for member in members {
-        let predicted = member.predict_examples_uncalibrated(rows)?;
-        for (row, logits) in predicted.logits.iter().enumerate() {
-            let scaled: Vec<f32> = logits
-                .iter()
-                .map(|z| z / t.distill_temperature as f32)
-                .collect();
-            let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let exp: Vec<f32> = scaled.iter().map(|z| (z - max).exp()).collect();
-            let sum: f32 = exp.iter().sum();
-            for (c, e) in exp.iter().enumerate() {
-                probs[row * width + c] += e / sum / members.len() as f32;
-            }
+        let logits = member.predict_examples_uncalibrated(rows)?.logits;
+        let tempered = crate::calibration::scale(&logits, t.distill_temperature, false);
+        for (sum, p) in probs.iter_mut().zip(tempered.iter().flatten()) {
+            *sum += p / members.len() as f32;
         }
     }
     reporter.message(&format!(
