@@ -204,51 +204,60 @@ fn validation_rows(config: &RunConfig, rows: &[Example]) -> Result<Vec<Example>>
     Ok(valid.iter().map(|&i| rows[i].clone()).collect())
 }
 
-/// One config's members of one project: their validation rows and the estimate of them (the
+/// One config of one project, before training: the config with the `--set` overrides and the
+/// project's filter, the project's rows, and the rows its members are scored on (the held-out
+/// ones, or all of them out of fold under `--folds`): what configs of one ensemble must share.
+struct Plan {
+    path: PathBuf,
+    config: RunConfig,
+    rows: Vec<Example>,
+    scored: Vec<Example>,
+}
+
+impl Plan {
+    fn new(args: &Args, project: &str, path: &Path) -> Result<Self> {
+        let mut overrides = args.overrides.clone();
+        overrides.push(format!("data.filter.equals=\"{project}\""));
+        let config = RunConfig::load(path, &overrides)?;
+        let rows = wick_data::read_examples(&config.data.train, &config.data)?.examples;
+        let scored = match args.folds {
+            Some(_) => rows.clone(),
+            None => validation_rows(&config, &rows)?,
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            config,
+            rows,
+            scored,
+        })
+    }
+
+    /// Whether `other` scores the same rows with the same labels.
+    fn agrees_with(&self, other: &Plan) -> bool {
+        let lines = |p: &Plan| p.scored.iter().map(|e| e.line).collect::<Vec<_>>();
+        lines(self) == lines(other) && self.config.data.labels == other.config.data.labels
+    }
+}
+
+/// One config's members of one project: its plan, the estimate of the scored rows (the
 /// members' mean, or out of fold under `--folds`), each member's own macro-F1, and the
 /// checkpoints to score a test file with.
 struct ConfigRun {
-    rows: Vec<Example>,
-    labels: Vec<String>,
-    label_field: String,
-    multi_label: bool,
+    plan: Plan,
     predictions: eval::Predictions,
     member_f1: Vec<f64>,
     bests: Vec<PathBuf>,
     refits: Vec<PathBuf>,
 }
 
-/// `config_path` with the `--set` overrides, for `project`'s rows.
-fn project_config(args: &Args, project: &str, config_path: &Path) -> Result<RunConfig> {
-    let mut overrides = args.overrides.clone();
-    overrides.push(format!("data.filter.equals=\"{project}\""));
-    Ok(RunConfig::load(config_path, &overrides)?)
-}
-
-/// The file lines of the rows `config_path`'s members of `project` are scored on (all rows out
-/// of fold under `--folds`), and its labels: what configs of one ensemble must share.
-fn validation_plan(
-    args: &Args,
-    project: &str,
-    config_path: &Path,
-) -> Result<(Vec<usize>, Vec<String>)> {
-    let config = project_config(args, project, config_path)?;
-    let rows = wick_data::read_examples(&config.data.train, &config.data)?.examples;
-    let scored = match args.folds {
-        Some(_) => rows,
-        None => validation_rows(&config, &rows)?,
-    };
-    Ok((scored.iter().map(|e| e.line).collect(), config.data.labels))
-}
-
-/// Trains and scores `config`'s members of `project`.
-fn run_config(args: &Args, project: &str, config_path: &Path) -> Result<ConfigRun> {
+/// Trains and scores the members of `plan`.
+fn run_config(args: &Args, project: &str, plan: Plan) -> Result<ConfigRun> {
     let slug = project.replace('/', "__");
-    let base = project_config(args, project, config_path)?;
+    let base = &plan.config;
     let split_seed = base.split_seed();
-    let rows = wick_data::read_examples(&base.data.train, &base.data)?.examples;
+    let rows = &plan.rows;
     let several = args.configs.len() > 1;
-    let tag = config_name(config_path);
+    let tag = config_name(&plan.path);
     let mut member_probs = Vec::new();
     let mut member_f1 = Vec::new();
     let mut bests = Vec::new();
@@ -263,7 +272,7 @@ fn run_config(args: &Args, project: &str, config_path: &Path) -> Result<ConfigRu
             config.data.folds = folds;
             config.data.fold = k;
             // The rows the trainer holds out for this member, by the same function.
-            let (_, valid) = wick_trainer::fit::held_out(&config, &rows).context("no fold")?;
+            let (_, valid) = wick_trainer::fit::held_out(&config, rows).context("no fold")?;
             held_out.push(valid);
         }
         let seed = config.train.seed;
@@ -312,7 +321,7 @@ fn run_config(args: &Args, project: &str, config_path: &Path) -> Result<ConfigRu
         }
         bests.push(best);
     }
-    let (rows, predictions) = if args.folds.is_some() {
+    let predictions = if args.folds.is_some() {
         // Out of fold: each row's probabilities from the member that held it out.
         let mut probs = vec![Vec::new(); rows.len()];
         let mut logits = vec![Vec::new(); rows.len()];
@@ -329,25 +338,19 @@ fn run_config(args: &Args, project: &str, config_path: &Path) -> Result<ConfigRu
                 logits[i] = z.clone();
             }
         }
-        let targets = wick_data::Targets::of(&rows)?;
+        let targets = wick_data::Targets::of(rows)?;
         let loss = Some(wick_trainer::calibration::mean_loss(&logits, &targets, 1.0));
-        let oof = eval::Predictions {
+        eval::Predictions {
             probs,
             logits,
             loss,
-        };
-        (rows, oof)
+        }
     } else {
-        let valid = validation_rows(&base, &rows)?;
-        let targets = wick_data::Targets::of(&valid)?;
-        let mean = eval::average(&member_probs, &targets, base.data.multi_label)?;
-        (valid, mean)
+        let targets = wick_data::Targets::of(&plan.scored)?;
+        eval::average(&member_probs, &targets, base.data.multi_label)?
     };
     Ok(ConfigRun {
-        rows,
-        labels: base.data.labels.clone(),
-        label_field: base.data.label_field.clone(),
-        multi_label: base.data.multi_label,
+        plan,
         predictions,
         member_f1,
         bests,
@@ -360,45 +363,47 @@ fn run_config(args: &Args, project: &str, config_path: &Path) -> Result<ConfigRu
 fn run_project(args: &Args, project: &str) -> Result<ProjectRun> {
     let slug = project.replace('/', "__");
     // Before any training: every config must score the same rows with the same labels.
-    let first_plan = validation_plan(args, project, &args.configs[0])?;
-    for path in &args.configs[1..] {
-        if validation_plan(args, project, path)? != first_plan {
-            bail!(
-                "{project}: {} validates on other rows or labels than {}: configs of one \
-                 ensemble must share data.train, data.filter, the split (data.split_seed, \
-                 data.valid_fraction or data.folds) and data.labels",
-                path.display(),
-                args.configs[0].display()
-            );
-        }
-    }
-    let runs = args
+    let plans = args
         .configs
         .iter()
-        .map(|path| run_config(args, project, path))
+        .map(|path| Plan::new(args, project, path))
         .collect::<Result<Vec<_>>>()?;
-    let first = &runs[0];
-    let targets = wick_data::Targets::of(&first.rows)?;
+    if let Some(other) = plans[1..].iter().find(|p| !p.agrees_with(&plans[0])) {
+        bail!(
+            "{project}: {} validates on other rows or labels than {}: configs of one ensemble \
+             must share data.train, data.filter, the split (data.split_seed, \
+             data.valid_fraction or data.folds) and data.labels",
+            other.path.display(),
+            plans[0].path.display()
+        );
+    }
+    let runs = plans
+        .into_iter()
+        .map(|plan| run_config(args, project, plan))
+        .collect::<Result<Vec<_>>>()?;
+    let first = &runs[0].plan;
+    let data = &first.config.data;
+    let targets = wick_data::Targets::of(&first.scored)?;
     // The configs weigh equally (as their members do: each config trains as many).
     let per_config: Vec<eval::Predictions> = runs.iter().map(|r| r.predictions.clone()).collect();
-    let mean = eval::average(&per_config, &targets, first.multi_label)?;
+    let mean = eval::average(&per_config, &targets, data.multi_label)?;
     let project_dir = args.out.join(&slug);
     write_predictions(
         &project_dir.join("valid_predictions.jsonl"),
-        &first.labels,
-        &first.label_field,
-        &first.rows,
+        &data.labels,
+        &data.label_field,
+        &first.scored,
         &mean.probs,
     )?;
     let mut scored = vec![(
         project.to_string(),
         "valid",
-        eval::report(&first.labels, &targets, &mean)?,
+        eval::report(&data.labels, &targets, &mean)?,
     )];
     let mut config_f1 = Vec::new();
     if runs.len() > 1 {
         for run in &runs {
-            config_f1.push(eval::report(&run.labels, &targets, &run.predictions)?.macro_f1);
+            config_f1.push(eval::report(&data.labels, &targets, &run.predictions)?.macro_f1);
         }
     }
     if let Some(test) = &args.test {
