@@ -6,11 +6,16 @@
 # competition's test split, which is not reachable here; this puts the two methods on the same
 # rows. Carries .whl (setfit, datasets, evaluate, dill, multiprocess: not in the machine's
 # image), .carry/mpst (the sentence-transformers files of all-mpnet-base-v2 but the weights) and
-# .carry/nlbse. Mixed precision (SetFit's use_amp) to fit the device time. Splits run in waves
-# of three side by side, each split's five projects one after another, in a session of its own;
-# later calls run `DIR=/root/s57/results bench/h100/poll.sh`.
+# .carry/nlbse. Mixed precision (SetFit's use_amp) to fit the device time. The first try ran
+# splits 7-9 side by side, each split's projects one after another: 1.15 steps/s each (600 steps
+# a project), about 45 minutes a wave, past the machine's 30 minutes, so it was stopped after
+# 2.5 minutes and the script now runs the splits of SPLITS (7 by default) one after another, each
+# split's five projects side by side, in a session of its own; later calls run
+# `DIR=/root/s57/results bench/h100/poll.sh`.
 set -u
-W=/root/s57; R=$W/results; mkdir -p $R
+SPLITS=${SPLITS:-7}
+pkill -f s57/run.sh; pkill -f setfit_baseline.py; sleep 2   # a restart on the same machine
+W=/root/s57; R=$W/results; rm -rf $R; mkdir -p $R
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit
@@ -28,13 +33,14 @@ cat > $W/run.sh <<RUN
 #!/usr/bin/env bash
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
 cd $W
-for wave in "7 8 9" "10 11 12"; do
-  echo "\$(date +%T) wave \$wave" >> $R/timeline.txt
-  for s in \$wave; do
+for s in $SPLITS; do
+  echo "\$(date +%T) split \$s" >> $R/timeline.txt
+  for p in facebook/react tensorflow/tensorflow microsoft/vscode bitcoin/bitcoin opencv/opencv; do
+    run=\${s}_\${p%%/*}
     ( t0=\$SECONDS
       python3 setfit_baseline.py --model $M --train $H/train_\$s.csv --test $H/test_\$s.csv \\
-        --out $R/setfit_\$s.json --amp > $R/setfit_\$s.txt 2> $R/setfit_\$s.log
-      echo "rc \$? wall \$((SECONDS - t0)) s" >> $R/setfit_\$s.txt ) &
+        --projects \$p --out $R/setfit_\$run.json --amp > $R/setfit_\$run.txt 2> $R/setfit_\$run.log
+      echo "rc \$? wall \$((SECONDS - t0)) s" >> $R/setfit_\$run.txt ) &
   done
   while [ -n "\$(jobs -r)" ]; do
     sleep 30
