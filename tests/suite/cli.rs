@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::common::{
     assert_fails_naming, assert_loss_falls, assert_ok, load_tensors, max_gap, path_str,
-    predicted_probs, repo_root, run_bin, same_last_files, text, train_losses, train_tiny, values,
-    TINY,
+    predicted_probs, repo_root, run_bin, same_last_files, text, tiny_without_valid, train_losses,
+    train_tiny, values, TINY,
 };
 
 /// The tiny config's validation file.
@@ -374,27 +374,6 @@ fn evaluate_finds_the_rows_a_run_held_out() {
         &output,
         &["train.jsonl", "changed since training", "--data"],
     );
-}
-
-/// The tiny config without its validation file, `data_line` added to its `[data]` section,
-/// written into `dir` (relative paths resolve from the repository root, where `run_bin` runs).
-fn tiny_without_valid(dir: &Path, data_line: &str) -> PathBuf {
-    let tiny = std::fs::read_to_string(super::common::repo_root().join(TINY)).unwrap();
-    let config: String = tiny
-        .lines()
-        .filter(|l| !l.starts_with("valid ="))
-        .map(|l| {
-            if l.starts_with("train = ") {
-                format!("{l}\n{data_line}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = dir.join("tiny_without_valid.toml");
-    std::fs::write(&path, config).unwrap();
-    path
 }
 
 #[test]

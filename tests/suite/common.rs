@@ -10,6 +10,27 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The tiny config without its validation file, `data_line` added to its `[data]` section,
+/// written into `dir` (relative paths resolve from the repository root, where `run_bin` runs).
+pub fn tiny_without_valid(dir: &Path, data_line: &str) -> PathBuf {
+    let tiny = std::fs::read_to_string(repo_root().join(TINY)).unwrap();
+    let config: String = tiny
+        .lines()
+        .filter(|l| !l.starts_with("valid ="))
+        .map(|l| {
+            if l.starts_with("train = ") {
+                format!("{l}\n{data_line}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = dir.join("tiny_without_valid.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
 /// Runs one of the package's binaries from the repository root.
 pub fn run_bin(bin: &str, args: &[&str]) -> Output {
     let exe = match bin {

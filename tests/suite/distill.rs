@@ -1,9 +1,11 @@
 //! Knowledge distillation (`train.distill_from`) end to end with the tiny model: a student that
 //! learns from a teacher's probabilities ends nearer them than the same student trained on the
-//! labels alone, and bad teachers or settings are refused by key.
+//! labels alone, out-of-fold targets come from the teacher that held each row out, and bad
+//! teachers or settings are refused by key.
 
 use super::common::{
-    assert_fails_naming, assert_ok, checkpoint_probs, path_str, repo_root, text, train_tiny,
+    assert_fails_naming, assert_ok, checkpoint_probs, path_str, repo_root, run_bin, text,
+    tiny_without_valid, train_tiny,
 };
 
 /// The training texts of the tiny config.
@@ -96,4 +98,171 @@ fn a_distilled_student_learns_its_teachers_probabilities() {
     );
     let refused = train_tiny(&dir.path().join("r3"), &[&from, "train.distill_weight=0"]);
     assert_fails_naming(&refused, &["train.distill_weight", "(0, 1]"]);
+}
+
+/// The rows of `distill_targets.jsonl`: (line, label, probabilities in the tiny label order).
+fn distill_targets(run: &std::path::Path) -> Vec<(u64, String, Vec<f64>)> {
+    let path = run.join("distill_targets.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let probs = ["needs_docs", "needs_test", "needs_review"]
+                .iter()
+                .map(|l| row["probs"][l].as_f64().unwrap())
+                .collect();
+            let label = row["label"].as_str().unwrap().to_string();
+            (row["line"].as_u64().unwrap(), label, probs)
+        })
+        .collect()
+}
+
+/// `train.distill_out_of_fold` with the three fold runs of the tiny data as teachers: each of the
+/// 27 training rows is labelled by exactly the run that held it out (its probabilities at T = 1,
+/// what `predict` gives for the row, within 1e-5), where plain distillation gives every row the
+/// three runs' mean. Rows every teacher trained on, teachers that make texts another way and the
+/// key without teachers are refused by key.
+#[test]
+fn out_of_fold_distillation_labels_each_row_by_the_run_that_held_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let folds = tiny_without_valid(dir.path(), "folds = 3");
+    let teachers: Vec<std::path::PathBuf> = (0..3)
+        .map(|k| {
+            let out = dir.path().join(format!("fold{k}"));
+            let fold = format!("data.fold={k}");
+            let output = run_bin(
+                "train",
+                &[
+                    "--config",
+                    path_str(&folds),
+                    "--out",
+                    path_str(&out),
+                    "--quiet",
+                    "--set",
+                    &fold,
+                ],
+            );
+            assert_ok(&output, &format!("teacher of fold {k}"));
+            out
+        })
+        .collect();
+    let from = format!(
+        "train.distill_from=[{}]",
+        teachers
+            .iter()
+            .map(|t| format!("'{}'", path_str(t)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The student trains on all 27 rows (the tiny config validates on its own file).
+    let student = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut sets = vec![
+            from.as_str(),
+            "train.distill_temperature=1.0",
+            "train.epochs=1",
+        ];
+        sets.extend(extra);
+        let output = train_tiny(&out, &sets);
+        (out, output)
+    };
+    let (oof, output) = student("oof", &["train.distill_out_of_fold=true"]);
+    assert_ok(&output, "out-of-fold student");
+    let log = text(&output.stderr);
+    assert!(
+        log.contains("predicted the 27 training rows out of fold (each by the 1 teacher(s) that"),
+        "{log}"
+    );
+    let (plain, output) = student("plain", &[]);
+    assert_ok(&output, "plain student");
+
+    // Which teacher held each training text out, from each teacher's own prediction of its fold:
+    // a text is in fold k when teacher k's probabilities for it are the out-of-fold target.
+    let texts = training_texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let per_teacher: Vec<Vec<Vec<f64>>> = teachers
+        .iter()
+        .map(|t| checkpoint_probs(&t.join("best"), &refs))
+        .collect();
+    let targets = distill_targets(&oof);
+    let mean_targets = distill_targets(&plain);
+    assert_eq!(targets.len(), 27);
+    let fixture = repo_root().join("tests/fixtures/tiny/train.jsonl");
+    let rows = wick_data::read_examples(
+        &fixture,
+        &wick_trainer::config::RunConfig::load(&folds, &[])
+            .unwrap()
+            .data,
+    )
+    .unwrap()
+    .examples;
+    let mut held_by = [0usize; 3];
+    for (k, teacher) in teachers.iter().enumerate() {
+        let config =
+            wick_trainer::config::RunConfig::load(&teacher.join("best/config.toml"), &[]).unwrap();
+        let (_, valid) = wick_trainer::fit::held_out(&config, &rows).unwrap();
+        for i in valid {
+            held_by[k] += 1;
+            let row = &rows[i];
+            let (_, label, target) = targets
+                .iter()
+                .find(|(line, _, _)| *line == row.line as u64)
+                .unwrap_or_else(|| panic!("no target for line {}", row.line));
+            let expected = &per_teacher[k][row.line - 1];
+            for (a, b) in target.iter().zip(expected) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "line {} ({label}): target {target:?}, fold teacher {k} predicts {expected:?}",
+                    row.line
+                );
+            }
+            let mean: Vec<f64> = (0..3)
+                .map(|j| per_teacher.iter().map(|p| p[row.line - 1][j]).sum::<f64>() / 3.0)
+                .collect();
+            let (_, _, plain_target) = mean_targets
+                .iter()
+                .find(|(line, _, _)| *line == row.line as u64)
+                .unwrap();
+            for (a, b) in plain_target.iter().zip(&mean) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "line {}: plain target {plain_target:?}, mean {mean:?}",
+                    row.line
+                );
+            }
+        }
+    }
+    assert_eq!(held_by.iter().sum::<usize>(), 27, "{held_by:?}");
+
+    // A teacher that trained on every row leaves those rows without a target.
+    let whole = dir.path().join("whole");
+    assert_ok(
+        &train_tiny(&whole, &["train.epochs=1"]),
+        "teacher of all rows",
+    );
+    let from_whole = format!("train.distill_from=['{}']", path_str(&whole));
+    let refused = train_tiny(
+        &dir.path().join("r1"),
+        &[&from_whole, "train.distill_out_of_fold=true"],
+    );
+    assert_fails_naming(
+        &refused,
+        &["train.distill_out_of_fold", "27 of the 27", "data.folds"],
+    );
+    // Texts made another way cannot be matched.
+    let refused = train_tiny(
+        &dir.path().join("r2"),
+        &[
+            &from,
+            "train.distill_out_of_fold=true",
+            "data.text_separator=' | '",
+        ],
+    );
+    assert_fails_naming(&refused, &["train.distill_out_of_fold", "must agree"]);
+    let refused = train_tiny(&dir.path().join("r3"), &["train.distill_out_of_fold=true"]);
+    assert_fails_naming(
+        &refused,
+        &["train.distill_out_of_fold", "train.distill_from"],
+    );
 }

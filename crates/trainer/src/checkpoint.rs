@@ -34,6 +34,8 @@ pub const STATE: &str = "trainer_state.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const PLOT: &str = "plot.svg";
 pub const TENSORBOARD: &str = "tensorboard";
+/// Knowledge distillation's targets, one JSON line per training row (`train.distill_from`).
+pub const DISTILL_TARGETS: &str = "distill_targets.jsonl";
 
 /// Where the loop stands: enough to continue exactly.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -269,7 +271,7 @@ pub fn run_entries(run_dir: &Path) -> Result<Vec<PathBuf>> {
             let stand_in = name
                 .strip_prefix('.')
                 .and_then(|n| n.strip_suffix(".tmp").or_else(|| n.strip_suffix(".old")));
-            [METRICS, PLOT, TENSORBOARD, RUN_CONFIG].contains(&name.as_str())
+            [METRICS, PLOT, TENSORBOARD, RUN_CONFIG, DISTILL_TARGETS].contains(&name.as_str())
                 || checkpoint_dir(&name)
                 || stand_in.is_some_and(checkpoint_dir)
         })

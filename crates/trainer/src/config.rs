@@ -222,6 +222,12 @@ pub struct TrainConfig {
     pub distill_weight: f64,
     /// `T` of the distillation term: teacher and student probabilities are taken at it.
     pub distill_temperature: f64,
+    /// Each training row is labelled only by the teachers that did not train on it (found again
+    /// from each teacher's config and seeded split, as `evaluate` finds its validation rows):
+    /// with the K runs of `data.folds = K`, `data.fold = 0..K-1` as teachers, every row gets the
+    /// probabilities of the one run that held it out, not the near one-hot ones of runs that
+    /// learnt it. A row that every teacher trained on is an error.
+    pub distill_out_of_fold: bool,
     /// Gradient checkpointing: keep each encoder layer's input instead of its activations and
     /// recompute them in backward (Hugging Face's `gradient_checkpointing`): activation memory
     /// of about one layer, for about one more forward pass of compute per step.
@@ -273,6 +279,7 @@ impl Default for TrainConfig {
             distill_from: Vec::new(),
             distill_weight: 0.5,
             distill_temperature: 2.0,
+            distill_out_of_fold: false,
             gradient_checkpointing: false,
             class_weights: None,
             log_every: 10,
@@ -491,6 +498,11 @@ impl RunConfig {
                 !self.data.multi_label,
                 "applies to single-label data only",
             )?;
+        } else if t.distill_out_of_fold {
+            return Err(TrainError::config(
+                "train.distill_out_of_fold",
+                "needs teachers in train.distill_from",
+            ));
         }
         if t.label_smoothing > 0.0 && self.data.multi_label {
             return Err(TrainError::config(

@@ -364,18 +364,23 @@ fn teacher_probs(
         ));
     }
     let width = config.data.labels.len();
-    let mut probs = vec![0f32; rows.len() * width];
     let members = teacher.members();
-    for member in members {
-        let logits = member.predict_examples_uncalibrated(rows)?.logits;
-        let tempered = crate::calibration::scale(&logits, t.distill_temperature, false);
-        for (sum, p) in probs.iter_mut().zip(tempered.iter().flatten()) {
-            *sum += p / members.len() as f32;
+    let (probs, labelled_by) = if t.distill_out_of_fold {
+        out_of_fold_probs(config, members, rows)?
+    } else {
+        let mut probs = vec![0f32; rows.len() * width];
+        for member in members {
+            let logits = member.predict_examples_uncalibrated(rows)?.logits;
+            let tempered = crate::calibration::scale(&logits, t.distill_temperature, false);
+            for (sum, p) in probs.iter_mut().zip(tempered.iter().flatten()) {
+                *sum += p / members.len() as f32;
+            }
         }
-    }
+        (probs, String::new())
+    };
     reporter.message(&format!(
-        "distillation: {} teacher checkpoint(s) ({}) predicted the {} training rows at \
-         temperature {} in {:.1} s",
+        "distillation: {} teacher checkpoint(s) ({}) predicted the {} training rows{labelled_by} \
+         at temperature {} in {:.1} s",
         members.len(),
         t.distill_from
             .iter()
@@ -387,6 +392,129 @@ fn teacher_probs(
         started.elapsed().as_secs_f64()
     ));
     Ok(probs)
+}
+
+/// [`teacher_probs`] under `train.distill_out_of_fold`: each row's mean over the teachers whose
+/// runs did not train on it (rows matched by their text, so the teachers must make a row's text
+/// as this run does), and a note of how many teachers labelled each row.
+fn out_of_fold_probs(
+    config: &RunConfig,
+    members: &[crate::infer::Predictor],
+    rows: &[Example],
+) -> Result<(Vec<f32>, String)> {
+    let key = "train.distill_out_of_fold";
+    let data = &config.data;
+    let width = data.labels.len();
+    let mut probs = vec![0f32; rows.len() * width];
+    let mut count = vec![0u32; rows.len()];
+    for member in members {
+        let theirs = &member.checkpoint.config.data;
+        if (&theirs.text_fields, &theirs.text_separator, &theirs.clean)
+            != (&data.text_fields, &data.text_separator, &data.clean)
+        {
+            return Err(TrainError::config(
+                key,
+                format!(
+                    "the teacher {} makes a row's text from {:?} joined by {:?} (clean: {:?}), \
+                     this run from {:?} joined by {:?} (clean: {:?}): rows are matched to the \
+                     teachers' training rows by their text, so these must agree",
+                    member.checkpoint.dir.display(),
+                    theirs.text_fields,
+                    theirs.text_separator,
+                    theirs.clean,
+                    data.text_fields,
+                    data.text_separator,
+                    data.clean
+                ),
+            ));
+        }
+        let trained = member.trained_rows().map_err(|e| {
+            TrainError::config(
+                key,
+                format!(
+                    "the rows the teacher {} trained on: {e}",
+                    member.checkpoint.dir.display()
+                ),
+            )
+        })?;
+        let seen: std::collections::HashSet<&str> =
+            trained.iter().map(|r| r.text.as_str()).collect();
+        let unseen: Vec<usize> = (0..rows.len())
+            .filter(|&i| !seen.contains(rows[i].text.as_str()))
+            .collect();
+        if unseen.is_empty() {
+            continue;
+        }
+        let subset: Vec<Example> = unseen.iter().map(|&i| rows[i].clone()).collect();
+        let logits = member.predict_examples_uncalibrated(&subset)?.logits;
+        let tempered = crate::calibration::scale(&logits, config.train.distill_temperature, false);
+        for (&i, p) in unseen.iter().zip(&tempered) {
+            for (sum, v) in probs[i * width..(i + 1) * width].iter_mut().zip(p) {
+                *sum += v;
+            }
+            count[i] += 1;
+        }
+    }
+    let missing: Vec<&Example> = rows
+        .iter()
+        .zip(&count)
+        .filter(|(_, &n)| n == 0)
+        .map(|(row, _)| row)
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(TrainError::config(
+            key,
+            format!(
+                "every teacher trained on {} of the {} training rows (the first at line {} of \
+                 {}): give teachers that hold each row out, such as the runs of data.folds = K \
+                 with data.fold = 0..K-1 on this file",
+                missing.len(),
+                rows.len(),
+                first.line,
+                data.train.display()
+            ),
+        ));
+    }
+    for (row, &n) in probs.chunks_mut(width).zip(&count) {
+        row.iter_mut().for_each(|p| *p /= n as f32);
+    }
+    let least = count.iter().copied().min().unwrap_or(0);
+    let most = count.iter().copied().max().unwrap_or(0);
+    let how_many = if least == most {
+        format!("{least}")
+    } else {
+        format!("{least} to {most}")
+    };
+    let note = format!(" out of fold (each by the {how_many} teacher(s) that did not train on it)");
+    Ok((probs, note))
+}
+
+/// Writes the teachers' targets as JSON lines, one per training row in the training set's order:
+/// `{"line", "label", "probs": {label: p}}` (probabilities at the distillation temperature).
+fn write_distill_targets(
+    path: &Path,
+    rows: &[Example],
+    probs: &[f32],
+    labels: &[String],
+) -> Result<()> {
+    let mut out = String::new();
+    for (row, p) in rows.iter().zip(probs.chunks(labels.len())) {
+        let probs: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .zip(p)
+            .map(|(label, &v)| (label.clone(), serde_json::json!(v)))
+            .collect();
+        // Distillation is single-label only.
+        let label = match row.target {
+            wick_data::Target::Single(id) => labels.get(id as usize),
+            _ => None,
+        };
+        out.push_str(
+            &serde_json::json!({"line": row.line, "label": label, "probs": probs}).to_string(),
+        );
+        out.push('\n');
+    }
+    std::fs::write(path, out).map_err(TrainError::io(path))
 }
 
 fn class_weights(config: &RunConfig, train: &Dataset, device: &Device) -> Result<Option<Tensor>> {
@@ -753,6 +881,10 @@ impl Trainer {
         std::fs::create_dir_all(&options.out_dir).map_err(TrainError::io(&options.out_dir))?;
         let resolved = options.out_dir.join(checkpoint::RUN_CONFIG);
         std::fs::write(&resolved, config.to_toml()?).map_err(TrainError::io(&resolved))?;
+        if let (Some(rows), Some(probs)) = (&train_rows, &teacher) {
+            let path = options.out_dir.join(checkpoint::DISTILL_TARGETS);
+            write_distill_targets(&path, rows, probs, &config.data.labels)?;
+        }
         Ok(Self {
             config,
             bert,

@@ -133,39 +133,69 @@ impl Predictor {
     /// since training, and the split would not be the run's.
     pub fn held_out_rows(&self) -> Result<Option<(String, Vec<wick_data::Example>)>> {
         let config = &self.checkpoint.config;
-        let data = &config.data;
-        let Some(name) = data.held_out_name() else {
+        let Some(name) = config.data.held_out_name() else {
             return Ok(None);
         };
-        let rows = read_examples(&data.train, data)?.examples;
-        let Some((_, valid)) = crate::fit::held_out(config, &rows) else {
+        let (rows, split) = self.split_training_file("pass --data FILE")?;
+        let Some((_, valid)) = split else {
             return Ok(None);
         };
-        let evaluated = self
-            .checkpoint
-            .metrics
-            .as_ref()
-            .and_then(|m| m["examples"].as_u64());
-        if let Some(n) = evaluated.filter(|&n| n != valid.len() as u64) {
-            return Err(TrainError::Checkpoint {
-                path: self.checkpoint.dir.clone(),
-                reason: format!(
-                    "{} now gives {} rows for the run's {name}, but the run evaluated {n}: the \
-                     file changed since training; pass --data FILE",
-                    data.train.display(),
-                    valid.len()
-                ),
-            });
-        }
         let what = format!(
             "the {name} of {} (split seed {})",
-            data.train.display(),
+            config.data.train.display(),
             config.split_seed()
         );
         Ok(Some((
             what,
             valid.iter().map(|&i| rows[i].clone()).collect(),
         )))
+    }
+
+    /// The rows of its `data.train` this checkpoint's run trained on: all of them, or those its
+    /// seeded split did not hold out, checked as [`Self::held_out_rows`] checks its rows.
+    pub fn trained_rows(&self) -> Result<Vec<wick_data::Example>> {
+        let (rows, split) = self.split_training_file("")?;
+        Ok(match split {
+            Some((train, _)) => train.iter().map(|&i| rows[i].clone()).collect(),
+            None => rows,
+        })
+    }
+
+    /// The rows of the run's `data.train` and its `(train, valid)` split of them, if it held rows
+    /// out; an error (ending with `hint`) when the held-out part is not the size the run
+    /// evaluated.
+    fn split_training_file(
+        &self,
+        hint: &str,
+    ) -> Result<(Vec<wick_data::Example>, Option<(Vec<usize>, Vec<usize>)>)> {
+        let config = &self.checkpoint.config;
+        let data = &config.data;
+        let rows = read_examples(&data.train, data)?.examples;
+        let split = crate::fit::held_out(config, &rows);
+        let evaluated = self
+            .checkpoint
+            .metrics
+            .as_ref()
+            .and_then(|m| m["examples"].as_u64());
+        if let (Some((_, valid)), Some(n), Some(name)) = (&split, evaluated, data.held_out_name()) {
+            if n != valid.len() as u64 {
+                return Err(TrainError::Checkpoint {
+                    path: self.checkpoint.dir.clone(),
+                    reason: format!(
+                        "{} now gives {} rows for the run's {name}, but the run evaluated {n}: \
+                         the file changed since training{}",
+                        data.train.display(),
+                        valid.len(),
+                        if hint.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; {hint}")
+                        }
+                    ),
+                });
+            }
+        }
+        Ok((rows, split))
     }
 
     /// The rows this checkpoint's run validated on, and what they are: its `data.valid` file, or
