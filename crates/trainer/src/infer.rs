@@ -13,6 +13,9 @@ use crate::error::{Result, TrainError};
 use crate::eval::{self, Predictions};
 use crate::metrics::ClassificationReport;
 
+/// Indices of a run's training and validation rows in its `data.train`.
+type TrainValid = (Vec<usize>, Vec<usize>);
+
 /// A trained classifier ready to score text.
 pub struct Predictor {
     pub checkpoint: Checkpoint,
@@ -167,7 +170,7 @@ impl Predictor {
     fn split_training_file(
         &self,
         hint: &str,
-    ) -> Result<(Vec<wick_data::Example>, Option<(Vec<usize>, Vec<usize>)>)> {
+    ) -> Result<(Vec<wick_data::Example>, Option<TrainValid>)> {
         let config = &self.checkpoint.config;
         let data = &config.data;
         let rows = read_examples(&data.train, data)?.examples;
