@@ -363,21 +363,8 @@ fn teacher_probs(
             ),
         ));
     }
-    let width = config.data.labels.len();
     let members = teacher.members();
-    let (probs, labelled_by) = if t.distill_out_of_fold {
-        out_of_fold_probs(config, members, rows)?
-    } else {
-        let mut probs = vec![0f32; rows.len() * width];
-        for member in members {
-            let logits = member.predict_examples_uncalibrated(rows)?.logits;
-            let tempered = crate::calibration::scale(&logits, t.distill_temperature, false);
-            for (sum, p) in probs.iter_mut().zip(tempered.iter().flatten()) {
-                *sum += p / members.len() as f32;
-            }
-        }
-        (probs, String::new())
-    };
+    let (probs, labelled_by) = teacher_targets(config, members, rows)?;
     reporter.message(&format!(
         "distillation: {} teacher checkpoint(s) ({}) predicted the {} training rows{labelled_by} \
          at temperature {} in {:.1} s",
@@ -394,59 +381,36 @@ fn teacher_probs(
     Ok(probs)
 }
 
-/// [`teacher_probs`] under `train.distill_out_of_fold`: each row's mean over the teachers whose
-/// runs did not train on it (rows matched by their text, so the teachers must make a row's text
-/// as this run does), and a note of how many teachers labelled each row.
-fn out_of_fold_probs(
+/// [`teacher_probs`]' mean over the teachers, each row's over all of them or, under
+/// `train.distill_out_of_fold`, over those whose runs did not train on it (rows matched by their
+/// text, so the teachers must make a row's text as this run does); and, out of fold, a note of
+/// how many teachers labelled each row.
+fn teacher_targets(
     config: &RunConfig,
     members: &[crate::infer::Predictor],
     rows: &[Example],
 ) -> Result<(Vec<f32>, String)> {
+    let out_of_fold = config.train.distill_out_of_fold;
     let key = "train.distill_out_of_fold";
     let data = &config.data;
     let width = data.labels.len();
     let mut probs = vec![0f32; rows.len() * width];
     let mut count = vec![0u32; rows.len()];
     for member in members {
-        let theirs = &member.checkpoint.config.data;
-        if (&theirs.text_fields, &theirs.text_separator, &theirs.clean)
-            != (&data.text_fields, &data.text_separator, &data.clean)
-        {
-            return Err(TrainError::config(
-                key,
-                format!(
-                    "the teacher {} makes a row's text from {:?} joined by {:?} (clean: {:?}), \
-                     this run from {:?} joined by {:?} (clean: {:?}): rows are matched to the \
-                     teachers' training rows by their text, so these must agree",
-                    member.checkpoint.dir.display(),
-                    theirs.text_fields,
-                    theirs.text_separator,
-                    theirs.clean,
-                    data.text_fields,
-                    data.text_separator,
-                    data.clean
-                ),
-            ));
-        }
-        let trained = member.trained_rows().map_err(|e| {
-            TrainError::config(
-                key,
-                format!(
-                    "the rows the teacher {} trained on: {e}",
-                    member.checkpoint.dir.display()
-                ),
-            )
-        })?;
-        let seen: std::collections::HashSet<&str> =
-            trained.iter().map(|r| r.text.as_str()).collect();
-        let unseen: Vec<usize> = (0..rows.len())
-            .filter(|&i| !seen.contains(rows[i].text.as_str()))
-            .collect();
+        let unseen: Vec<usize> = if out_of_fold {
+            unseen_rows(config, member, rows)?
+        } else {
+            (0..rows.len()).collect()
+        };
         if unseen.is_empty() {
             continue;
         }
-        let subset: Vec<Example> = unseen.iter().map(|&i| rows[i].clone()).collect();
-        let logits = member.predict_examples_uncalibrated(&subset)?.logits;
+        let logits = if unseen.len() == rows.len() {
+            member.predict_examples_uncalibrated(rows)?.logits
+        } else {
+            let subset: Vec<Example> = unseen.iter().map(|&i| rows[i].clone()).collect();
+            member.predict_examples_uncalibrated(&subset)?.logits
+        };
         let tempered = crate::calibration::scale(&logits, config.train.distill_temperature, false);
         for (&i, p) in unseen.iter().zip(&tempered) {
             for (sum, v) in probs[i * width..(i + 1) * width].iter_mut().zip(p) {
@@ -478,6 +442,9 @@ fn out_of_fold_probs(
     for (row, &n) in probs.chunks_mut(width).zip(&count) {
         row.iter_mut().for_each(|p| *p /= n as f32);
     }
+    if !out_of_fold {
+        return Ok((probs, String::new()));
+    }
     let least = count.iter().copied().min().unwrap_or(0);
     let most = count.iter().copied().max().unwrap_or(0);
     let how_many = if least == most {
@@ -487,6 +454,50 @@ fn out_of_fold_probs(
     };
     let note = format!(" out of fold (each by the {how_many} teacher(s) that did not train on it)");
     Ok((probs, note))
+}
+
+/// The indices of `rows` whose text is not among the rows `member`'s run trained on; an error
+/// when the teacher makes a row's text otherwise than this run.
+fn unseen_rows(
+    config: &RunConfig,
+    member: &crate::infer::Predictor,
+    rows: &[Example],
+) -> Result<Vec<usize>> {
+    let key = "train.distill_out_of_fold";
+    let data = &config.data;
+    let theirs = &member.checkpoint.config.data;
+    if (&theirs.text_fields, &theirs.text_separator, &theirs.clean)
+        != (&data.text_fields, &data.text_separator, &data.clean)
+    {
+        return Err(TrainError::config(
+            key,
+            format!(
+                "the teacher {} makes a row's text from {:?} joined by {:?} (clean: {:?}), \
+                 this run from {:?} joined by {:?} (clean: {:?}): rows are matched to the \
+                 teachers' training rows by their text, so these must agree",
+                member.checkpoint.dir.display(),
+                theirs.text_fields,
+                theirs.text_separator,
+                theirs.clean,
+                data.text_fields,
+                data.text_separator,
+                data.clean
+            ),
+        ));
+    }
+    let trained = member.trained_rows().map_err(|e| {
+        TrainError::config(
+            key,
+            format!(
+                "the rows the teacher {} trained on: {e}",
+                member.checkpoint.dir.display()
+            ),
+        )
+    })?;
+    let seen: std::collections::HashSet<&str> = trained.iter().map(|r| r.text.as_str()).collect();
+    Ok((0..rows.len())
+        .filter(|&i| !seen.contains(rows[i].text.as_str()))
+        .collect())
 }
 
 /// Writes the teachers' targets as JSON lines, one per training row in the training set's order:
