@@ -59,8 +59,9 @@ fn run(args: Args) -> Result<()> {
         .with_context(|| format!("predicting {what}"))?
         .logits;
     let step = predictor.checkpoint.state.step;
-    let Some(fit) = Calibration::fit(&logits, &targets, step) else {
-        bail!("{what}: no labelled rows to fit a temperature on");
+    let fit = match Calibration::fit(&logits, &targets, step) {
+        Ok(fit) => fit,
+        Err(why) => bail!("{what}: {why}; {} is unchanged", dir.display()),
     };
     checkpoint::set_calibration(&dir, Some(&fit))?;
     if args.json {

@@ -55,12 +55,16 @@ impl Calibration {
     }
 
     /// Fits the temperature of `logits` (one row per example) against `targets`: the `T` in
-    /// `[1/20, 20]` that minimizes the mean loss of `logits / T`. `None` without labelled rows.
+    /// `[1/20, 20]` that minimizes the mean loss of `logits / T`. An error without labelled
+    /// rows, and when the minimum is the interval's lower end: then every example is on the
+    /// right side of every decision, the loss keeps falling as `T` shrinks toward 0, and the
+    /// data cannot say how sharp the probabilities should be (a fit there would make the model
+    /// as overconfident as the search allows).
     ///
     /// The loss of `logits * b` is convex in `b = 1/T` (a log-sum-exp of linear functions minus
     /// a linear one), so it has one minimum along `ln T` and a golden-section search finds it.
-    pub fn fit(logits: &[Vec<f32>], targets: &Targets, step: u64) -> Option<Self> {
-        let examples = labelled_rows(targets, logits)?;
+    pub fn fit(logits: &[Vec<f32>], targets: &Targets, step: u64) -> Result<Self, NoFit> {
+        let examples = labelled_rows(targets, logits).ok_or(NoFit::NoLabels)?;
         let loss = |ln_t: f64| mean_loss(logits, targets, ln_t.exp());
         let (mut lo, mut hi) = LN_T_RANGE;
         let ratio = (5f64.sqrt() - 1.0) / 2.0;
@@ -80,19 +84,53 @@ impl Calibration {
                 fb = loss(b);
             }
         }
-        let temperature = ((lo + hi) / 2.0).exp();
-        Some(Self {
+        let ln_t = (lo + hi) / 2.0;
+        if ln_t - LN_T_RANGE.0 < 1e-9 * (LN_T_RANGE.1 - LN_T_RANGE.0) {
+            return Err(NoFit::Separable {
+                examples,
+                bound: LN_T_RANGE.0.exp(),
+            });
+        }
+        let temperature = ln_t.exp();
+        Ok(Self {
             temperature,
             step,
             examples,
             loss_before: mean_loss(logits, targets, 1.0),
             loss_after: mean_loss(logits, targets, temperature),
-            ece_before: expected_calibration_error(&probabilities(logits, targets, 1.0), targets)?,
+            ece_before: expected_calibration_error(&probabilities(logits, targets, 1.0), targets)
+                .ok_or(NoFit::NoLabels)?,
             ece_after: expected_calibration_error(
                 &probabilities(logits, targets, temperature),
                 targets,
-            )?,
+            )
+            .ok_or(NoFit::NoLabels)?,
         })
+    }
+}
+
+/// Why [`Calibration::fit`] fitted no temperature.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoFit {
+    /// No labelled rows (or not one per row of logits).
+    NoLabels,
+    /// Every example is predicted right with room to spare: the loss falls without end as `T`
+    /// shrinks, and the search ended at its lower bound.
+    Separable { examples: usize, bound: f64 },
+}
+
+impl std::fmt::Display for NoFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoLabels => write!(f, "no labelled rows to fit a temperature on"),
+            Self::Separable { examples, bound } => write!(
+                f,
+                "no temperature fitted: every one of the {examples} examples is on the right side \
+                 of every decision, so the loss keeps falling as T shrinks toward 0 (the search \
+                 ended at its bound T = {bound:.2}) and they cannot say how sharp the probabilities \
+                 should be; the probabilities stay as the model gives them (T = 1)"
+            ),
+        }
     }
 }
 
@@ -329,6 +367,39 @@ mod tests {
         );
     }
 
+    /// Rows all predicted right leave the loss falling toward T = 0: no fit, rather than one at
+    /// the search's bound that would make every prediction nearly certain. One row predicted
+    /// wrong gives the loss a minimum inside the interval again.
+    #[test]
+    fn separable_rows_fit_no_temperature() {
+        let mut logits = vec![
+            vec![3.0f32, 0.0, -1.0],
+            vec![0.0, 2.0, 0.5],
+            vec![-1.0, 0.0, 0.4],
+        ];
+        let targets = Targets::Single(vec![0, 1, 2]);
+        match Calibration::fit(&logits, &targets, 0) {
+            Err(NoFit::Separable { examples: 3, bound }) => assert!((bound - 0.05).abs() < 1e-12),
+            other => panic!("{other:?}"),
+        }
+        let multi = Targets::Multi {
+            values: vec![1.0, 0.0, 0.0, 1.0],
+            num_labels: 2,
+        };
+        let two = vec![vec![2.0f32, -1.0], vec![-0.5, 0.3]];
+        assert!(matches!(
+            Calibration::fit(&two, &multi, 0),
+            Err(NoFit::Separable { examples: 2, .. })
+        ));
+        logits.push(vec![1.0, 0.0, 0.0]);
+        let targets = Targets::Single(vec![0, 1, 2, 1]);
+        let fit = Calibration::fit(&logits, &targets, 0).unwrap();
+        assert!(
+            fit.temperature > 0.06 && fit.loss_after < fit.loss_before,
+            "{fit:?}"
+        );
+    }
+
     #[test]
     fn losses_match_their_definitions() {
         let logits = vec![vec![2.0f32, 0.0, -1.0], vec![0.5, 0.5, 3.0]];
@@ -346,7 +417,10 @@ mod tests {
         assert!((mean_loss(&logits, &multi, 2.0) - expected).abs() < 1e-12);
         let probs = scale(&logits, 2.0, true);
         assert!((f64::from(probs[0][1]) - sigmoid(-0.5)).abs() < 1e-7);
-        assert!(Calibration::fit(&logits, &Targets::None, 0).is_none());
+        assert_eq!(
+            Calibration::fit(&logits, &Targets::None, 0),
+            Err(NoFit::NoLabels)
+        );
     }
 
     #[test]

@@ -1103,7 +1103,13 @@ impl Trainer {
         };
         let report = eval::report(&self.config.data.labels, targets, &predictions)?;
         let calibration = if self.config.eval.calibrate {
-            Calibration::fit(&predictions.logits, targets, self.state.step)
+            match Calibration::fit(&predictions.logits, targets, self.state.step) {
+                Ok(fit) => Some(fit),
+                Err(why) => {
+                    reporter.message(&format!("calibration at step {}: {why}", self.state.step));
+                    None
+                }
+            }
         } else {
             None
         };
