@@ -7,11 +7,12 @@ method on the same rows wick's held-out estimate uses (`bench/h100/heldout.py`: 
 compared on equal rows: one classifier per project, trained only on that project's training rows,
 macro F1 over the three labels on its test rows, the overall score the mean of the five.
 
-SetFit's settings are those of its pre-1.0 defaults, the version of the library when the
-competition's notebook was written (SetFit 1.x keeps them under `num_iterations`): 20 iterations of
-pair generation (one positive and one negative pair per text and iteration), one epoch, batch 16,
-body learning rate 2e-5, CosineSimilarityLoss, logistic-regression head, the model's own maximum
-length (384 tokens, head truncation). A text is title and body joined as wick joins them.
+The competition's notebook is not reachable here, so its exact settings are not known; SetFit's
+defaults before 1.0 (released after the competition was announced; SetFit 1.x keeps them under
+`num_iterations`) stand in: 20 iterations of pair generation (one positive and one negative pair
+per text and iteration), one epoch, batch 16, body learning rate 2e-5, CosineSimilarityLoss,
+logistic-regression head, the model's own maximum length (384 tokens, head truncation). A text is
+title and body joined as wick joins them.
 
     python3 bench/setfit_baseline.py --model DIR --train train_7.csv --test test_7.csv \
         --out results/setfit_7.json [--seed 42] [--amp]
@@ -40,11 +41,13 @@ PROJECTS = [
 
 
 def read_rows(path):
+    rows = []
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for line, r in enumerate(rows, start=2):
-        if r["label"] not in LABELS:
-            sys.exit(f"{path}: row at line ~{line}: unknown label {r['label']!r}")
+        reader = csv.DictReader(f)
+        for r in reader:
+            if r.get("label") not in LABELS:
+                sys.exit(f"{path}:{reader.line_num}: label {r.get('label')!r}, not one of {LABELS}")
+            rows.append(r)
     return rows
 
 
