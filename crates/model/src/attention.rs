@@ -43,6 +43,9 @@ struct SelfAttention {
     /// The projections `(batch * seq, 3 * hidden)` of the forward pass, kept for backward when
     /// a gradient will be asked for.
     saved: Saved<Vec<f32>>,
+    /// Whether the query, key and value weights want a gradient: under LoRA on some of them the
+    /// others are frozen, and backward skips their weight products.
+    weight_grads: [bool; 3],
 }
 
 /// The dropout applied to one head's probabilities: the mask, and the flat index of the head's
@@ -306,7 +309,8 @@ impl SelfAttention {
         let (values, wanted) = position.map_or((None, false), |(p, wanted)| (Some(p), wanted));
         let (gqkv, gposition) = self.projections_backward(&qkv, g, hidden, values, wanted)?;
         drop(qkv);
-        let (gx, gw, gb) = fused::linear_backward(xs, w, &gqkv, hidden, 3 * hidden)?;
+        let (gx, gw, gb) =
+            fused::stacked_linear_backward(xs, w, &gqkv, hidden, 3 * hidden, &self.weight_grads)?;
         Ok((gx, gw, gb, gposition))
     }
 
@@ -617,6 +621,7 @@ pub fn self_attention(
         bias: mask.clone(),
         dropout,
         saved: Saved::new(tracked),
+        weight_grads: [wq.track_op(), wk.track_op(), wv.track_op()],
     };
     match (position, packed) {
         (Some(position), Some(packed)) => {

@@ -720,6 +720,38 @@ pub(crate) fn linear_backward(
     Ok((gx, gw, column_sums(g, out)))
 }
 
+/// [`linear_backward`] of stacked projections: the output's columns are `wanted.len()` equal
+/// blocks (query, key and value), and the weight's gradient is computed only for the blocks
+/// whose weight wants one (LoRA's frozen bases do not), zeros elsewhere. The input's and the
+/// bias's gradients are whole.
+#[allow(clippy::type_complexity)]
+pub(crate) fn stacked_linear_backward(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    inner: usize,
+    out: usize,
+    wanted: &[bool],
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    if wanted.iter().all(|&w| w) || out % wanted.len().max(1) != 0 {
+        return linear_backward(x, w, g, inner, out);
+    }
+    let rows = x.len() / inner.max(1);
+    let block = out / wanted.len();
+    let gx = input_gradient(w, g, inner, out)?;
+    let mut gw = vec![0f32; out * inner];
+    for (j, _) in wanted.iter().enumerate().filter(|(_, &w)| w) {
+        let part = product(
+            (block, inner, rows),
+            View::transposed(&g[j * block..], out),
+            View::rows(x, inner),
+            Threads::Pool,
+        )?;
+        gw[j * block * inner..(j + 1) * block * inner].copy_from_slice(&part);
+    }
+    Ok((gx, gw, column_sums(g, out)))
+}
+
 multiversion! {
     pub(crate) fn add_rows(acc: &mut [f32], rows: &[f32]) {
         for row in rows.chunks_exact(acc.len()) {
@@ -895,6 +927,36 @@ mod tests {
             ],
             &r,
         );
+    }
+
+    #[test]
+    fn stacked_backward_skips_only_the_frozen_blocks_weight_products() {
+        let values =
+            |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin()).collect() };
+        let (rows, inner, block) = (13, 8, 6);
+        let (x, w, g) = (
+            values(rows * inner, 0.37),
+            values(3 * block * inner, 0.11),
+            values(rows * 3 * block, 0.23),
+        );
+        let (gx, gw, gb) = linear_backward(&x, &w, &g, inner, 3 * block).unwrap();
+        let (sx, sw, sb) =
+            stacked_linear_backward(&x, &w, &g, inner, 3 * block, &[true, false, true]).unwrap();
+        assert_eq!((sx, sb), (gx, gb));
+        let size = block * inner;
+        for (j, wanted) in [true, false, true].into_iter().enumerate() {
+            let (ours, full) = (&sw[j * size..(j + 1) * size], &gw[j * size..(j + 1) * size]);
+            if wanted {
+                let gap = ours
+                    .iter()
+                    .zip(full)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(gap < 1e-5, "block {j}: {gap}");
+            } else {
+                assert!(ours.iter().all(|&v| v == 0.0), "block {j} was computed");
+            }
+        }
     }
 
     #[test]
