@@ -733,7 +733,7 @@ pub(crate) fn stacked_linear_backward(
     out: usize,
     wanted: &[bool],
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    if wanted.iter().all(|&w| w) || out % wanted.len().max(1) != 0 {
+    if wanted.iter().all(|&w| w) || !out.is_multiple_of(wanted.len()) {
         return linear_backward(x, w, g, inner, out);
     }
     let rows = x.len() / inner.max(1);
