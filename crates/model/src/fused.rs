@@ -733,14 +733,14 @@ pub(crate) fn stacked_linear_backward(
     out: usize,
     wanted: &[bool],
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    if wanted.iter().all(|&w| w) || !out.is_multiple_of(wanted.len()) {
+    if wanted.iter().all(|&want| want) || !out.is_multiple_of(wanted.len()) {
         return linear_backward(x, w, g, inner, out);
     }
     let rows = x.len() / inner.max(1);
     let block = out / wanted.len();
     let gx = input_gradient(w, g, inner, out)?;
     let mut gw = vec![0f32; out * inner];
-    for (j, _) in wanted.iter().enumerate().filter(|(_, &w)| w) {
+    for (j, _) in wanted.iter().enumerate().filter(|(_, &want)| want) {
         let part = product(
             (block, inner, rows),
             View::transposed(&g[j * block..], out),
