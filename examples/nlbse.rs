@@ -5,7 +5,7 @@
 //!
 //!     cargo run --release --example nlbse -- [--test issues_test.csv] [--device auto]
 //!         [--config configs/nlbse.toml ...] [--out runs/nlbse] [--ensemble N | --folds K]
-//!         [--refit] [--set key=value ...] [--json]
+//!         [--refit] [--match-priors] [--set key=value ...] [--json]
 //!
 //! Without --test it reports on each project's own validation split; with it, also on that
 //! project's rows of the test file (any CSV of the competition's schema). `--ensemble N` trains
@@ -36,6 +36,15 @@
 //! `eval.calibrate = true` the report of the members' uncalibrated probabilities goes beside it
 //! (`test_predictions.uncalibrated.json`), to see what the temperatures did.
 //!
+//! `--match-priors` scores each project's validation and test rows after moving the ensemble's
+//! probabilities so that their mean over those rows equals the label frequencies of the
+//! project's training rows (`wick_trainer::priors`: one offset per label on the
+//! log-probabilities, found by iterative proportional fitting). It assumes the scored rows have
+//! the training rows' label proportions, as a split drawn like them does (the competition's
+//! files have 100 issues per label and project). The report is of the matched predictions, the
+//! unmatched overall scores printed and written (`"unmatched"` in `nlbse.json`) beside it; the
+//! prediction files keep the ensemble's own probabilities.
+//!
 //! Each run of the protocol starts over: the runs it finds under `--out` from an earlier run
 //! (its own project and member directories) are replaced.
 
@@ -51,6 +60,7 @@ use wick_trainer::eval;
 use wick_trainer::fit::{LogRecord, Reporter, RunOptions, Trainer};
 use wick_trainer::infer::Ensemble;
 use wick_trainer::metrics::ClassificationReport;
+use wick_trainer::priors::{self, Priors};
 
 const PROJECTS: [&str; 5] = [
     "facebook/react",
@@ -71,6 +81,8 @@ struct Args {
     /// Cross-validation members: member k holds fold k out (`--folds`).
     folds: Option<usize>,
     refit: bool,
+    /// Score with the probabilities matched to the training rows' label frequencies.
+    match_priors: bool,
     json: bool,
 }
 
@@ -84,6 +96,7 @@ fn parse_args() -> Result<Args> {
         ensemble: 1,
         folds: None,
         refit: false,
+        match_priors: false,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -109,6 +122,7 @@ fn parse_args() -> Result<Args> {
                 args.folds = Some(k);
             }
             "--refit" => args.refit = true,
+            "--match-priors" => args.match_priors = true,
             "--json" => args.json = true,
             other => bail!("unknown argument {other}"),
         }
@@ -395,11 +409,37 @@ fn run_project(args: &Args, project: &str) -> Result<ProjectRun> {
         &first.scored,
         &mean.probs,
     )?;
-    let mut scored = vec![(
-        project.to_string(),
+    // Under --match-priors, the label frequencies of the rows the members trained on.
+    let priors = if args.match_priors {
+        let scored: std::collections::HashSet<usize> =
+            first.scored.iter().map(|e| e.line).collect();
+        let trained: Vec<Example> = match args.folds {
+            // Each row trained all members but one: the project's rows stand for them.
+            Some(_) => first.rows.clone(),
+            None => first
+                .rows
+                .iter()
+                .filter(|e| !scored.contains(&e.line))
+                .cloned()
+                .collect(),
+        };
+        let source = format!(
+            "label frequencies of {project}'s {} training rows",
+            trained.len()
+        );
+        Some(Priors::of_rows(&data.labels, &trained, &source)?)
+    } else {
+        None
+    };
+    let priors = priors.as_ref();
+    let mut scored = vec![score(
+        project,
         "valid",
-        eval::report(&data.labels, &targets, &mean)?,
-    )];
+        &data.labels,
+        &targets,
+        &mean,
+        priors,
+    )?];
     let mut config_f1 = Vec::new();
     if runs.len() > 1 {
         for run in &runs {
@@ -409,13 +449,15 @@ fn run_project(args: &Args, project: &str) -> Result<ProjectRun> {
     if let Some(test) = &args.test {
         let bests: Vec<PathBuf> = runs.iter().flat_map(|r| r.bests.clone()).collect();
         let file = project_dir.join("test_predictions.jsonl");
-        let report = score_test(&bests, args, test, &file)?;
-        scored.push((project.to_string(), "test", report));
+        scored.push(score_test(
+            project, "test", &bests, args, test, &file, priors,
+        )?);
         if args.refit {
             let refits: Vec<PathBuf> = runs.iter().flat_map(|r| r.refits.clone()).collect();
             let file = project_dir.join("refit_predictions.jsonl");
-            let report = score_test(&refits, args, test, &file)?;
-            scored.push((project.to_string(), "refit", report));
+            scored.push(score_test(
+                project, "refit", &refits, args, test, &file, priors,
+            )?);
         }
     }
     Ok(ProjectRun {
@@ -450,20 +492,52 @@ fn write_predictions(
     std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Scores the checkpoints' mean probabilities on the test file's rows of their project and writes
-/// those rows' line, label and probabilities to `predictions`. When the members are calibrated,
-/// the report of their uncalibrated probabilities goes beside it
+/// The report of one project's split: of `predictions`, or with `priors` of the predictions
+/// matched to them, the unmatched macro-F1 kept beside it.
+fn score(
+    project: &str,
+    split: &'static str,
+    labels: &[String],
+    targets: &wick_data::Targets,
+    predictions: &eval::Predictions,
+    priors: Option<&Priors>,
+) -> Result<Scored> {
+    let plain = eval::report(labels, targets, predictions)?;
+    let Some(priors) = priors else {
+        return Ok((project.to_string(), split, plain, None));
+    };
+    let matched = priors::match_priors(predictions, priors, targets)?;
+    let rows = predictions.probs.len();
+    eprintln!(
+        "[{project} {split}] {}",
+        priors::describe(labels, priors, &matched, rows)
+    );
+    let report = eval::report(labels, targets, &matched.predictions)?;
+    eprintln!(
+        "[{project} {split}] macro-F1 {:.4} with the priors matched, {:.4} without",
+        report.macro_f1, plain.macro_f1
+    );
+    Ok((project.to_string(), split, report, Some(plain.macro_f1)))
+}
+
+/// Scores the checkpoints' mean probabilities on the test file's rows of their project (see
+/// [`score`]) and writes those rows' line, label and probabilities to `predictions`. When the
+/// members are calibrated, the report of their uncalibrated probabilities goes beside it
 /// (`test_predictions.uncalibrated.json`).
 fn score_test(
+    project: &str,
+    split: &'static str,
     checkpoints: &[PathBuf],
     args: &Args,
     test: &Path,
     predictions: &Path,
-) -> Result<ClassificationReport> {
+    priors: Option<&Priors>,
+) -> Result<Scored> {
     let ensemble = Ensemble::open(checkpoints, args.device)?;
     let (examples, targets, predicted) = ensemble.predict_file(test)?;
     let labels = ensemble.labels();
-    let report = eval::report(labels, &targets, &predicted)?;
+    let scored = score(project, split, labels, &targets, &predicted, priors)?;
+    let report = &scored.2;
     let calibrated = ensemble
         .members()
         .iter()
@@ -505,7 +579,7 @@ fn score_test(
         &examples,
         &predicted.probs,
     )?;
-    Ok(report)
+    Ok(scored)
 }
 
 /// Trains `trainer`'s config again on every row (no validation split) for the epochs its `best`
@@ -539,8 +613,9 @@ fn refit(args: &Args, trainer: &Trainer, best: &Path, out_dir: &Path) -> Result<
     Ok(out.join("best"))
 }
 
-/// A report of one project on one split.
-type Scored = (String, &'static str, ClassificationReport);
+/// A report of one project on one split, and under `--match-priors` the macro-F1 of the
+/// ensemble's own (unmatched) probabilities.
+type Scored = (String, &'static str, ClassificationReport, Option<f64>);
 
 /// One project's reports, its members' validation macro-F1 (config by config) and, with several
 /// configs, each config's own ensemble's validation macro-F1.
@@ -567,11 +642,12 @@ fn main() -> Result<()> {
         (Some(_), true) => vec!["valid", "test", "refit"],
     };
     let mut summary = serde_json::Map::new();
+    let mut unmatched = serde_json::Map::new();
     println!(
         "{:<22} {:<5} {:<9} {:<7} {:<7} {:<7}",
         "project", "split", "class", "P", "R", "F1"
     );
-    for (project, split, report) in &results {
+    for (project, split, report, _) in &results {
         for row in rows(project, split, report) {
             println!("{row}");
         }
@@ -605,6 +681,22 @@ fn main() -> Result<()> {
             "overall_f1": overall,
             "projects": results.iter().filter(|r| r.1 == split).map(|r| (r.0.clone(), r.2.to_json())).collect::<serde_json::Map<_, _>>(),
         }));
+        if args.match_priors {
+            let plain: Vec<(&String, f64)> = results
+                .iter()
+                .filter(|r| r.1 == split)
+                .filter_map(|r| Some((&r.0, r.3?)))
+                .collect();
+            let overall = plain.iter().map(|p| p.1).sum::<f64>() / n;
+            println!(
+                "{:<22} {split:<5} {:<9} {overall:>22.4}   <- without matching the label priors",
+                "overall", "macro-F1"
+            );
+            unmatched.insert(split.to_string(), json!({
+                "overall_f1": overall,
+                "projects": plain.iter().map(|(p, f1)| (p.to_string(), json!(f1))).collect::<serde_json::Map<_, _>>(),
+            }));
+        }
     }
     // What one member scores alone, averaged over the members: the ensemble's gain is the
     // difference to the validation protocol score above.
@@ -653,6 +745,9 @@ fn main() -> Result<()> {
         summary.insert("config_valid".into(), config_overall.into());
     }
     summary.insert("ensemble".into(), json!(args.ensemble));
+    if args.match_priors {
+        summary.insert("unmatched".into(), unmatched.into());
+    }
     summary.insert(
         "member_valid_f1".into(),
         members

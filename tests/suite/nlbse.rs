@@ -1,6 +1,7 @@
 //! The NLBSE protocol example (`examples/nlbse.rs`) on a small CSV of the competition's schema
 //! with the tiny random model: an ensemble of two configs is the mean of the two configs run
-//! apart, and configs that would validate on different rows are refused.
+//! apart, `--match-priors` scores the probabilities matched to the training rows' label shares,
+//! and configs that would validate on different rows are refused.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -118,6 +119,51 @@ fn json_of(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Macro-F1 over bug/feature/question of the rows' most probable labels.
+fn macro_f1(rows: &HashMap<u64, (String, Vec<f64>)>) -> f64 {
+    let labels = ["bug", "feature", "question"];
+    let pairs: Vec<(usize, usize)> = rows
+        .values()
+        .map(|(label, p)| {
+            let best = (0..3).fold(0, |b, i| if p[i] > p[b] { i } else { b });
+            (labels.iter().position(|l| l == label).unwrap(), best)
+        })
+        .collect();
+    let f1 = |c: usize| {
+        let tp = pairs.iter().filter(|&&(t, p)| t == c && p == c).count() as f64;
+        let wrong = pairs.iter().filter(|&&(t, p)| (t == c) != (p == c)).count() as f64;
+        if tp == 0.0 {
+            0.0
+        } else {
+            2.0 * tp / (2.0 * tp + wrong)
+        }
+    };
+    (0..3).map(f1).sum::<f64>() / 3.0
+}
+
+/// Sinkhorn's scaling: columns to `shares` (of the row count), rows to 1, in turn.
+fn sinkhorn(probs: &[Vec<f64>], shares: &[f64]) -> Vec<Vec<f64>> {
+    let total: f64 = shares.iter().sum();
+    let n = probs.len() as f64;
+    let mut q: Vec<Vec<f64>> = probs
+        .iter()
+        .map(|r| r.iter().map(|p| p.max(1e-12)).collect())
+        .collect();
+    for _ in 0..5000 {
+        for c in 0..shares.len() {
+            let column: f64 = q.iter().map(|r| r[c]).sum();
+            for r in q.iter_mut() {
+                r[c] *= n * shares[c] / total / column;
+            }
+        }
+        for r in q.iter_mut() {
+            let sum: f64 = r.iter().sum();
+            r.iter_mut().for_each(|p| *p /= sum);
+        }
+    }
+    q
+}
+
 #[test]
 fn an_ensemble_of_two_configs_is_the_mean_of_the_two_run_apart() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,10 +223,18 @@ log_every = 2
     };
     run(&[&base], "full", &[]);
     run(&[&lora], "lora", &[]);
-    let both = run(&[&base, &lora], "both", &["--test", path_str(&issues)]);
+    let both = run(
+        &[&base, &lora],
+        "both",
+        &["--test", path_str(&issues), "--match-priors"],
+    );
     let stdout = String::from_utf8_lossy(&both.stdout);
     assert!(
         stdout.contains("full.toml alone (2 members)") && stdout.contains("lora.toml alone"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("<- without matching the label priors"),
         "{stdout}"
     );
 
@@ -231,6 +285,55 @@ log_every = 2
         assert_eq!(test.len(), 18, "{project}");
     }
     assert!(mixed["test"]["overall_f1"].as_f64().is_some());
+
+    // --match-priors: each split is scored on the probabilities moved to the label shares of the
+    // project's training rows, checked here by Sinkhorn's alternating scaling of the written
+    // (unmatched) probabilities; the unmatched scores are kept beside them.
+    for (split, file) in [
+        ("valid", "valid_predictions.jsonl"),
+        ("test", "test_predictions.jsonl"),
+    ] {
+        let mut changed = false;
+        for project in PROJECTS {
+            let slug = project.replace('/', "__");
+            let valid = read_predictions(&out("both").join(&slug).join("valid_predictions.jsonl"));
+            // 6 rows per label per project; the training rows are those not validated on.
+            let shares: Vec<f64> = ["bug", "feature", "question"]
+                .iter()
+                .map(|l| 6.0 - valid.values().filter(|(label, _)| label == l).count() as f64)
+                .collect();
+            let rows = read_predictions(&out("both").join(&slug).join(file));
+            let plain = macro_f1(&rows);
+            let matched = {
+                let mut by_line: Vec<(&u64, &(String, Vec<f64>))> = rows.iter().collect();
+                by_line.sort_by_key(|r| *r.0);
+                let probs: Vec<Vec<f64>> = by_line.iter().map(|r| r.1 .1.clone()).collect();
+                let scaled = sinkhorn(&probs, &shares);
+                let moved: HashMap<u64, (String, Vec<f64>)> = by_line
+                    .iter()
+                    .zip(scaled)
+                    .map(|((line, (label, _)), p)| (**line, (label.clone(), p)))
+                    .collect();
+                macro_f1(&moved)
+            };
+            let reported = |v: &serde_json::Value| v.as_f64().unwrap();
+            let unmatched = reported(&mixed["unmatched"][split]["projects"][project]);
+            assert!(
+                (unmatched - plain).abs() < 1e-9,
+                "{project} {split}: {unmatched} vs {plain}"
+            );
+            let scored = reported(&mixed[split]["projects"][project]["macro_f1"]);
+            assert!(
+                (scored - matched).abs() < 1e-9,
+                "{project} {split}: {scored} vs {matched}"
+            );
+            changed |= (matched - plain).abs() > 1e-9;
+        }
+        assert!(
+            changed,
+            "{split}: matching the priors changed no project's score"
+        );
+    }
 
     // A config that validates on other rows cannot join, and two configs need two names.
     let other_split = dir.path().join("other.toml");

@@ -19,6 +19,7 @@ pub mod lr_find;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+pub mod priors;
 pub mod scaler;
 pub mod schedule;
 pub mod stop;
