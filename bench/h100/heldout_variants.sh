@@ -6,7 +6,9 @@
 # own so that the runs outlive the call. Each run writes $R/heldout_<name>_<split>.{txt,json,log}
 # and its members' test probabilities under $R/pred_<name>_<split>/; $R/DONE when all have ended.
 # A project's checkpoints are deleted once the next project of its split has started (/dev/shm
-# is small). Stays in the call for WAIT seconds (default 540), then `poll.sh` takes over.
+# is small; from session 58 on also the members of several configs, named <config>-seed-<seed>:
+# "name --config other.toml ..." runs both configs in one process). Stays in the call for WAIT
+# seconds (default 540), then `poll.sh` takes over.
 cp configs/nlbse-mpnet*.toml $W/
 H=$W/heldout; mkdir -p $H
 python3 bench/h100/heldout.py "$W/issues_train.csv" "$H" $SPLITS
@@ -43,7 +45,7 @@ while [ -n "$(jobs -r)" ]; do
   sleep 20
   for d in /dev/shm/nl_*; do
     prev=""
-    for p in $projects; do [ -d $d/$p ] && [ -n "$prev" ] && rm -rf $d/$prev/seed-*; prev=$p; done
+    for p in $projects; do [ -d $d/$p ] && [ -n "$prev" ] && rm -rf $d/$prev/*seed-*; prev=$p; done
   done
 RUN
   echo "  echo \"\$(date +%T) \$(df -h /dev/shm | tail -1) \$(nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader)\" >> $R/timeline.txt"
