@@ -10,7 +10,7 @@ use serde_json::json;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::infer::Ensemble;
-use wick_trainer::{calibration, eval};
+use wick_trainer::{calibration, eval, priors};
 
 /// Score a checkpoint on labelled data.
 #[derive(Debug, Parser)]
@@ -31,6 +31,20 @@ struct Args {
     /// the start of the text); in JSON under "errors".
     #[arg(long, value_name = "N", default_value_t = 0)]
     errors: usize,
+    /// Score after matching the predictions to label priors (single-label): each label's
+    /// probabilities scaled by one factor, found so that their mean over the scored rows equals
+    /// the priors. `train` (the default value) takes the label frequencies of the rows the
+    /// (first) checkpoint trained on; `uniform` or `label=weight,...` gives them. For rows known
+    /// to have those label proportions, such as a split drawn like the training rows. A value
+    /// goes after `=`: `--match-priors=uniform`.
+    #[arg(
+        long,
+        value_name = "PRIORS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "train"
+    )]
+    match_priors: Option<String>,
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
 }
@@ -99,10 +113,33 @@ fn run(args: Args) -> Result<()> {
     };
     let context = || format!("evaluating {scored} on {what}");
     let targets = wick_data::Targets::of(&examples).with_context(context)?;
-    let predictions = ensemble
+    let mut predictions = ensemble
         .predict_examples(&examples, &targets)
         .with_context(context)?;
     let labels = ensemble.labels();
+    // Under --match-priors: what matching did, and the macro-F1 of the predictions before it.
+    let mut matched = None;
+    if let Some(spec) = &args.match_priors {
+        let priors = ensemble.priors(spec).with_context(context)?;
+        let before = eval::report(labels, &targets, &predictions).with_context(context)?;
+        let result = priors::match_priors(&predictions, &priors, &targets).with_context(context)?;
+        let line = priors::describe(labels, &priors, &result, examples.len());
+        let offsets = eval::label_probs(
+            labels,
+            &result.offsets.iter().map(|&o| o as f32).collect::<Vec<_>>(),
+        );
+        predictions = result.predictions;
+        matched = Some((
+            line,
+            before.macro_f1,
+            json!({
+                "priors": eval::label_probs(labels, &priors.shares.iter().map(|&p| p as f32).collect::<Vec<_>>()),
+                "source": priors.source,
+                "offsets": offsets,
+                "unmatched_macro_f1": before.macro_f1,
+            }),
+        ));
+    }
     let report = eval::report(labels, &targets, &predictions).with_context(context)?;
     let mistakes = eval::mistakes(&targets, &predictions);
     let selective = match &targets {
@@ -125,6 +162,9 @@ fn run(args: Args) -> Result<()> {
     if args.json {
         let mut out = report.to_json();
         out["temperature"] = json!(temperatures);
+        if let Some((_, _, json)) = &matched {
+            out["match_priors"] = json.clone();
+        }
         if !selective.is_empty() {
             out["selective"] = selective
                 .iter()
@@ -155,6 +195,9 @@ fn run(args: Args) -> Result<()> {
         first.device_name,
         report.table()
     );
+    if let Some((line, before, _)) = &matched {
+        println!("{line}; macro-F1 {before:.4} before matching");
+    }
     for (dir, member) in args.checkpoint.iter().zip(ensemble.members()) {
         match &member.checkpoint.calibration {
             Some(c) => println!(

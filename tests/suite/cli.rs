@@ -6,9 +6,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common::{
-    assert_fails_naming, assert_loss_falls, assert_ok, load_tensors, max_gap, path_str,
-    predicted_probs, repo_root, run_bin, same_last_files, text, tiny_without_valid, train_losses,
-    train_tiny, values, TINY,
+    argmax, assert_fails_naming, assert_loss_falls, assert_ok, load_tensors, macro_f1, max_gap,
+    path_str, predicted_probs, repo_root, run_bin, same_last_files, text, tiny_without_valid,
+    train_losses, train_tiny, values, TINY,
 };
 
 /// The tiny config's validation file.
@@ -965,6 +965,127 @@ fn calibrate_fits_the_temperature_training_would() {
         &["--checkpoint", path_str(&run), "--data", "no/such.jsonl"],
     );
     assert_fails_naming(&output, &["no/such.jsonl"]);
+}
+
+/// `--match-priors`: `predict` returns, and `evaluate` scores, the probabilities moved so that
+/// their mean over the rows equals the priors, by one factor per label; `train` (no value)
+/// takes the label frequencies of the rows the run trained on; bad priors are named.
+#[test]
+fn matching_label_priors_moves_the_mean_prediction_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(&train_tiny(&run, &[]), "train");
+    let labels = ["needs_docs", "needs_test", "needs_review"];
+    let truth: Vec<usize> = std::fs::read_to_string(repo_root().join(TINY_VALID))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let row: serde_json::Value = serde_json::from_str(l).unwrap();
+            labels.iter().position(|&x| x == row["label"]).unwrap()
+        })
+        .collect();
+    let predict = |extra: &[&str]| {
+        let args = [
+            &["--checkpoint", path_str(&run), "--data", TINY_VALID],
+            extra,
+        ]
+        .concat();
+        let output = run_bin("predict", &args);
+        assert_ok(&output, "predict");
+        output
+    };
+    let column_means = |probs: &[Vec<f64>]| -> Vec<f64> {
+        (0..3)
+            .map(|c| probs.iter().map(|r| r[c]).sum::<f64>() / probs.len() as f64)
+            .collect()
+    };
+    let plain = predicted_probs(&predict(&[]));
+    let matched_output = predict(&["--match-priors=uniform"]);
+    let matched = predicted_probs(&matched_output);
+    let before = column_means(&plain);
+    assert!(
+        before.iter().any(|m| (m - 1.0 / 3.0).abs() > 0.01),
+        "the tiny model already predicts a third of each label: {before:?}"
+    );
+    for m in column_means(&matched) {
+        assert!((m - 1.0 / 3.0).abs() < 1e-5, "{m}");
+    }
+    // One factor per label: every row's ratio matched / plain of two labels is the same.
+    let ratio = |row: usize, c: usize| {
+        (matched[row][c] / plain[row][c]) / (matched[row][0] / plain[row][0])
+    };
+    for row in 1..plain.len() {
+        for c in 1..3 {
+            assert!(
+                (ratio(row, c) / ratio(0, c) - 1.0).abs() < 1e-3,
+                "row {row} label {c}"
+            );
+        }
+    }
+    let log = text(&matched_output.stderr);
+    assert!(
+        log.contains("label priors matched over 9 rows: priors (uniform) needs_docs 0.333"),
+        "{log}"
+    );
+
+    // evaluate scores the matched probabilities, the plain score beside them.
+    let evaluate = |extra: &[&str]| -> serde_json::Value {
+        let args = [&["--checkpoint", path_str(&run), "--json"], extra].concat();
+        let output = run_bin("evaluate", &args);
+        assert_ok(&output, "evaluate");
+        serde_json::from_str(&text(&output.stdout)).unwrap()
+    };
+    let scored = |probs: &[Vec<f64>]| {
+        let pairs: Vec<(usize, usize)> = truth
+            .iter()
+            .zip(probs)
+            .map(|(&t, p)| (t, argmax(p)))
+            .collect();
+        macro_f1(&pairs, 3)
+    };
+    let plain_report = evaluate(&[]);
+    let report = evaluate(&["--match-priors=uniform"]);
+    let f1 = |v: &serde_json::Value| v.as_f64().unwrap();
+    assert!((f1(&plain_report["macro_f1"]) - scored(&plain)).abs() < 1e-9);
+    assert!((f1(&report["macro_f1"]) - scored(&matched)).abs() < 1e-9);
+    assert_eq!(
+        report["match_priors"]["unmatched_macro_f1"],
+        plain_report["macro_f1"]
+    );
+    let offsets: f64 = labels
+        .iter()
+        .map(|l| f1(&report["match_priors"]["offsets"][l]))
+        .sum();
+    assert!(offsets.abs() < 1e-5, "{report}");
+
+    // The run's own training rows: 11, 10 and 6 of 27.
+    let report = evaluate(&["--match-priors"]);
+    let priors = &report["match_priors"];
+    for (label, count) in labels.iter().zip([11.0, 10.0, 6.0]) {
+        assert!(
+            (f1(&priors["priors"][label]) - count / 27.0).abs() < 1e-6,
+            "{priors}"
+        );
+    }
+    let source = priors["source"].as_str().unwrap();
+    assert!(
+        source.contains("the 27 rows of tests/fixtures/tiny/train.jsonl that")
+            && source.ends_with("trained on"),
+        "{source}"
+    );
+
+    let output = run_bin(
+        "evaluate",
+        &[
+            "--checkpoint",
+            path_str(&run),
+            "--match-priors=needs_docs=1,needs_test=2",
+        ],
+    );
+    assert_fails_naming(
+        &output,
+        &["--match-priors", "no prior for label \"needs_review\""],
+    );
 }
 
 /// Validation rows the model gets all right (here its own training texts, learnt) leave the

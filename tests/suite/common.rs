@@ -194,3 +194,22 @@ pub fn same_last_files(straight: &Path, resumed: &Path) {
         );
     }
 }
+
+/// Macro-F1 over `labels` classes of (truth, prediction) id pairs: a class never right scores 0.
+pub fn macro_f1(pairs: &[(usize, usize)], labels: usize) -> f64 {
+    let f1 = |c: usize| {
+        let right = pairs.iter().filter(|&&(t, p)| t == c && p == c).count() as f64;
+        let wrong = pairs.iter().filter(|&&(t, p)| (t == c) != (p == c)).count() as f64;
+        if right == 0.0 {
+            0.0
+        } else {
+            2.0 * right / (2.0 * right + wrong)
+        }
+    };
+    (0..labels).map(f1).sum::<f64>() / labels as f64
+}
+
+/// The index of the largest value (the first of equals).
+pub fn argmax(values: &[f64]) -> usize {
+    (0..values.len()).fold(0, |best, i| if values[i] > values[best] { i } else { best })
+}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::common::{assert_fails_naming, assert_ok, path_str, repo_root};
+use super::common::{self, argmax, assert_fails_naming, assert_ok, path_str, repo_root};
 
 const PROJECTS: [&str; 5] = [
     "facebook/react",
@@ -124,21 +124,9 @@ fn macro_f1(rows: &HashMap<u64, (String, Vec<f64>)>) -> f64 {
     let labels = ["bug", "feature", "question"];
     let pairs: Vec<(usize, usize)> = rows
         .values()
-        .map(|(label, p)| {
-            let best = (0..3).fold(0, |b, i| if p[i] > p[b] { i } else { b });
-            (labels.iter().position(|l| l == label).unwrap(), best)
-        })
+        .map(|(label, p)| (labels.iter().position(|l| l == label).unwrap(), argmax(p)))
         .collect();
-    let f1 = |c: usize| {
-        let tp = pairs.iter().filter(|&&(t, p)| t == c && p == c).count() as f64;
-        let wrong = pairs.iter().filter(|&&(t, p)| (t == c) != (p == c)).count() as f64;
-        if tp == 0.0 {
-            0.0
-        } else {
-            2.0 * tp / (2.0 * tp + wrong)
-        }
-    };
-    (0..3).map(f1).sum::<f64>() / 3.0
+    common::macro_f1(&pairs, labels.len())
 }
 
 /// Sinkhorn's scaling: columns to `shares` (of the row count), rows to 1, in turn.

@@ -12,6 +12,7 @@ use crate::device::{self, DeviceRequest};
 use crate::error::{Result, TrainError};
 use crate::eval::{self, Predictions};
 use crate::metrics::ClassificationReport;
+use crate::priors::Priors;
 
 /// Indices of a run's training and validation rows in its `data.train`.
 type TrainValid = (Vec<usize>, Vec<usize>);
@@ -280,6 +281,35 @@ impl Ensemble {
 
     pub fn labels(&self) -> &[String] {
         self.first().labels()
+    }
+
+    /// The label priors `spec` names for [`crate::priors::match_priors`]: `train`, the label
+    /// frequencies of the rows the first member's run trained on (found again as
+    /// [`Predictor::trained_rows`] finds them); `uniform`; or `label=weight,...`. Errors for a
+    /// multi-label task, naming the member.
+    pub fn priors(&self, spec: &str) -> Result<Priors> {
+        let key = "--match-priors";
+        let first = self.first();
+        if first.checkpoint.config.data.multi_label {
+            return Err(TrainError::config(
+                key,
+                format!(
+                    "label priors are matched for single-label tasks; {} is multi-label",
+                    first.checkpoint.dir.display()
+                ),
+            ));
+        }
+        if spec.trim() != "train" {
+            return Priors::parse(self.labels(), spec, key);
+        }
+        let rows = first.trained_rows()?;
+        let source = format!(
+            "label frequencies of the {} rows of {} that {} trained on",
+            rows.len(),
+            first.checkpoint.config.data.train.display(),
+            first.checkpoint.dir.display()
+        );
+        Priors::of_rows(self.labels(), &rows, &source)
     }
 
     /// Mean class probabilities of the members for raw texts, in input order (`data.clean`ed
