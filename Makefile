@@ -76,8 +76,10 @@ data/nlbse/issues_train.csv:
 ## nlbse: the whole NLBSE'24 protocol (5 projects); TEST=path/to/issues_test.csv scores a test file too,
 ## ENSEMBLE=5 trains five seeds per project and scores the mean of their probabilities, REFIT=1
 ## (with TEST) scores the test file with members trained again on all of a project's rows; FOLDS=5
-## (instead of ENSEMBLE) trains five members, member k holding out fold k (out-of-fold validation)
-NLBSE_FLAGS = --json $(if $(FOLDS),--folds $(FOLDS),--ensemble $(or $(ENSEMBLE),$(1))) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit)
+## (instead of ENSEMBLE) trains five members, member k holding out fold k (out-of-fold validation);
+## MATCH_PRIORS=1 scores the probabilities matched to the training rows' label shares (the
+## unmatched scores beside them)
+NLBSE_FLAGS = --json $(if $(FOLDS),--folds $(FOLDS),--ensemble $(or $(ENSEMBLE),$(1))) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit) $(if $(MATCH_PRIORS),--match-priors)
 nlbse: model nlbse-data
 	$(CARGO) run --release $(FEATURE_FLAGS) --example nlbse -- $(call NLBSE_FLAGS,1)
 
