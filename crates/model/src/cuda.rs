@@ -1279,6 +1279,10 @@ mod imp {
         dims: (usize, usize, usize, usize),
         context: std::sync::Mutex<Option<Tensor>>,
         saved: crate::fused::Saved<[Tensor; 4]>,
+        /// Which of the query, key and value weights want a gradient: under LoRA on some of them
+        /// the others are frozen, and their blocks of the stacked weight's gradient are left
+        /// zero instead of computed (a frozen block's gradient is thrown away).
+        weight_grads: [bool; 3],
     }
 
     impl SelfAttention {
@@ -1431,9 +1435,32 @@ mod imp {
             );
             drop((g_q, g_k, g_v));
             let gx = g_qkv.matmul(&w.detach().to_dtype(x.dtype())?)?;
-            let gw = g_qkv.t()?.matmul(&x.detach())?.to_dtype(w.dtype())?;
+            let gw = self.weight_gradient(&g_qkv, &x.detach(), w)?;
             let gb = col_sum(&g_qkv)?.to_dtype(b_dtype)?;
             Ok((gx, gw, gb, g_position))
+        }
+
+        /// The stacked weight's gradient `g_qkv^T x` `(3 hidden, hidden)` in `w`'s dtype: only
+        /// the blocks of the weights that want one, the others zero.
+        fn weight_gradient(&self, g_qkv: &Tensor, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+            if self.weight_grads.iter().all(|&wanted| wanted) {
+                return g_qkv.t()?.matmul(x)?.to_dtype(w.dtype());
+            }
+            let hidden = self.hidden();
+            let blocks = self
+                .weight_grads
+                .iter()
+                .enumerate()
+                .map(|(j, &wanted)| {
+                    if wanted {
+                        let g = g_qkv.narrow(1, j * hidden, hidden)?.contiguous()?;
+                        g.t()?.matmul(x)?.to_dtype(w.dtype())
+                    } else {
+                        Tensor::zeros((hidden, hidden), w.dtype(), w.device())
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&blocks, 0)
         }
     }
 
@@ -1524,6 +1551,7 @@ mod imp {
             dims: (batch, rows / batch, heads, hidden / heads),
             context: std::sync::Mutex::new(None),
             saved: crate::fused::Saved::new(tracked),
+            weight_grads: weights.map(Tensor::track_op),
         };
         let x = x.contiguous()?;
         let product = x.detach().matmul(&w.detach().to_dtype(x.dtype())?.t()?)?;
