@@ -1279,10 +1279,6 @@ mod imp {
         dims: (usize, usize, usize, usize),
         context: std::sync::Mutex<Option<Tensor>>,
         saved: crate::fused::Saved<[Tensor; 4]>,
-        /// Which of the query, key and value weights want a gradient: under LoRA on some of them
-        /// the others are frozen, and their blocks of the stacked weight's gradient are left
-        /// zero instead of computed (a frozen block's gradient is thrown away).
-        weight_grads: [bool; 3],
     }
 
     impl SelfAttention {
@@ -1435,32 +1431,14 @@ mod imp {
             );
             drop((g_q, g_k, g_v));
             let gx = g_qkv.matmul(&w.detach().to_dtype(x.dtype())?)?;
-            let gw = self.weight_gradient(&g_qkv, &x.detach(), w)?;
+            // All three blocks, also under LoRA on some of them (unlike the CPU path): computing
+            // only the wanted ones (narrowed copies, a product each, zeros for the rest, one
+            // cat) made MPNet's bf16 16 x 512 step with adapters on query and value 3% slower on
+            // an H100, and bert-base's f32 64 x 512 one 0.9% faster (`bench/h100/session59.sh`):
+            // the launches cost more than the skipped third of one product saves.
+            let gw = g_qkv.t()?.matmul(&x.detach())?.to_dtype(w.dtype())?;
             let gb = col_sum(&g_qkv)?.to_dtype(b_dtype)?;
             Ok((gx, gw, gb, g_position))
-        }
-
-        /// The stacked weight's gradient `g_qkv^T x` `(3 hidden, hidden)` in `w`'s dtype: only
-        /// the blocks of the weights that want one, the others zero.
-        fn weight_gradient(&self, g_qkv: &Tensor, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-            if self.weight_grads.iter().all(|&wanted| wanted) {
-                return g_qkv.t()?.matmul(x)?.to_dtype(w.dtype());
-            }
-            let hidden = self.hidden();
-            let blocks = self
-                .weight_grads
-                .iter()
-                .enumerate()
-                .map(|(j, &wanted)| {
-                    if wanted {
-                        let g = g_qkv.narrow(1, j * hidden, hidden)?.contiguous()?;
-                        g.t()?.matmul(x)?.to_dtype(w.dtype())
-                    } else {
-                        Tensor::zeros((hidden, hidden), w.dtype(), w.device())
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&blocks, 0)
         }
     }
 
@@ -1551,7 +1529,6 @@ mod imp {
             dims: (batch, rows / batch, heads, hidden / heads),
             context: std::sync::Mutex::new(None),
             saved: crate::fused::Saved::new(tracked),
-            weight_grads: weights.map(Tensor::track_op),
         };
         let x = x.contiguous()?;
         let product = x.detach().matmul(&w.detach().to_dtype(x.dtype())?.t()?)?;
