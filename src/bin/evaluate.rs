@@ -124,21 +124,10 @@ fn run(args: Args) -> Result<()> {
         let before = eval::report(labels, &targets, &predictions).with_context(context)?;
         let result = priors::match_priors(&predictions, &priors, &targets).with_context(context)?;
         let line = priors::describe(labels, &priors, &result, examples.len());
-        let offsets = eval::label_probs(
-            labels,
-            &result.offsets.iter().map(|&o| o as f32).collect::<Vec<_>>(),
-        );
+        let mut json = result.to_json(labels, &priors);
+        json["unmatched_macro_f1"] = json!(before.macro_f1);
         predictions = result.predictions;
-        matched = Some((
-            line,
-            before.macro_f1,
-            json!({
-                "priors": eval::label_probs(labels, &priors.shares.iter().map(|&p| p as f32).collect::<Vec<_>>()),
-                "source": priors.source,
-                "offsets": offsets,
-                "unmatched_macro_f1": before.macro_f1,
-            }),
-        ));
+        matched = Some((line, before.macro_f1, json));
     }
     let report = eval::report(labels, &targets, &predictions).with_context(context)?;
     let mistakes = eval::mistakes(&targets, &predictions);

@@ -1067,6 +1067,9 @@ fn matching_label_priors_moves_the_mean_prediction_to_them() {
             "{priors}"
         );
     }
+    assert!(priors["rounds"].as_u64().unwrap() > 0, "{priors}");
+    let mean_before: f64 = labels.iter().map(|l| f1(&priors["mean_before"][l])).sum();
+    assert!((mean_before - 1.0).abs() < 1e-5, "{priors}");
     let source = priors["source"].as_str().unwrap();
     assert!(
         source.contains("the 27 rows of tests/fixtures/tiny/train.jsonl that")

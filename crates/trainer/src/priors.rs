@@ -233,7 +233,7 @@ pub fn match_priors(
                 .sum::<f64>()
                 / n as f64,
         ),
-        _ => predictions.loss.filter(|_| n == 0),
+        _ => None,
     };
     Ok(Matched {
         predictions: Predictions {
@@ -247,8 +247,34 @@ pub fn match_priors(
     })
 }
 
+impl Matched {
+    /// Whether the label means reached the priors within tolerance (not the rounds running out).
+    pub fn converged(&self) -> bool {
+        self.rounds < MAX_ROUNDS
+    }
+
+    /// `{"priors": {label: share}, "source", "mean_before": {label: p}, "offsets": {label:
+    /// offset}, "rounds"}`: what `evaluate --json` reports under `"match_priors"`.
+    pub fn to_json(&self, labels: &[String], priors: &Priors) -> serde_json::Value {
+        let by_label = |values: &[f64]| -> serde_json::Map<String, serde_json::Value> {
+            labels
+                .iter()
+                .zip(values)
+                .map(|(l, &v)| (l.clone(), serde_json::Value::from(v)))
+                .collect()
+        };
+        serde_json::json!({
+            "priors": by_label(&priors.shares),
+            "source": priors.source,
+            "mean_before": by_label(&self.before),
+            "offsets": by_label(&self.offsets),
+            "rounds": self.rounds,
+        })
+    }
+}
+
 /// One line on what matching did: the priors and their source, the mean probabilities before,
-/// and the offsets.
+/// the offsets and the rounds it took.
 pub fn describe(labels: &[String], priors: &Priors, matched: &Matched, rows: usize) -> String {
     let list = |values: &[f64], signed: bool| {
         labels
@@ -264,9 +290,14 @@ pub fn describe(labels: &[String], priors: &Priors, matched: &Matched, rows: usi
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let rounds = if matched.converged() {
+        format!("{} rounds", matched.rounds)
+    } else {
+        format!("stopped after {MAX_ROUNDS} rounds short of the priors")
+    };
     format!(
         "label priors matched over {rows} rows: priors ({}) {}; mean probabilities before {}; \
-         log-probability offsets {}",
+         log-probability offsets {} ({rounds})",
         priors.source,
         list(&priors.shares, false),
         list(&matched.before, false),
@@ -317,6 +348,7 @@ mod tests {
         let priors = Priors::parse(&labels(), "uniform", "priors").unwrap();
         let truth = Targets::Single(vec![0, 1, 2, 1, 2, 1]);
         let matched = match_priors(&predictions(probs.clone()), &priors, &truth).unwrap();
+        assert!(matched.converged() && matched.rounds > 0);
         for m in means(&matched.predictions.probs) {
             assert!((m - 1.0 / 3.0).abs() < 1e-6, "{m}");
         }
