@@ -1068,6 +1068,7 @@ fn matching_label_priors_moves_the_mean_prediction_to_them() {
         );
     }
     assert!(priors["rounds"].as_u64().unwrap() > 0, "{priors}");
+    assert_eq!(priors["converged"], true, "{priors}");
     let mean_before: f64 = labels.iter().map(|l| f1(&priors["mean_before"][l])).sum();
     assert!((mean_before - 1.0).abs() < 1e-5, "{priors}");
     let source = priors["source"].as_str().unwrap();

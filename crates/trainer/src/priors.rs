@@ -146,6 +146,8 @@ pub struct Matched {
     pub before: Vec<f64>,
     /// Rounds of scaling until every label's mean was within tolerance of its prior.
     pub rounds: usize,
+    /// Whether they got there before the rounds ran out.
+    pub converged: bool,
 }
 
 /// Moves single-label `predictions` so that their mean over the rows equals `priors`, and
@@ -187,21 +189,24 @@ pub fn match_priors(
         sums.iter().map(|s| s / n.max(1) as f64).collect()
     };
     let before = means(&weights);
+    let off = |current: &[f64]| {
+        current
+            .iter()
+            .zip(&priors.shares)
+            .any(|(m, p)| (m - p).abs() > TOLERANCE)
+    };
     let mut rounds = 0;
+    let mut converged = true;
     if n > 0 {
         let mut current = before.clone();
-        while rounds < MAX_ROUNDS
-            && current
-                .iter()
-                .zip(&priors.shares)
-                .any(|(m, p)| (m - p).abs() > TOLERANCE)
-        {
+        while off(&current) && rounds < MAX_ROUNDS {
             for ((w, m), p) in weights.iter_mut().zip(&current).zip(&priors.shares) {
                 *w *= p / m;
             }
             current = means(&weights);
             rounds += 1;
         }
+        converged = !off(&current);
     }
     let logs: Vec<f64> = weights.iter().map(|w| w.ln()).collect();
     let centre = logs.iter().sum::<f64>() / width.max(1) as f64;
@@ -244,17 +249,13 @@ pub fn match_priors(
         offsets,
         before,
         rounds,
+        converged,
     })
 }
 
 impl Matched {
-    /// Whether the label means reached the priors within tolerance (not the rounds running out).
-    pub fn converged(&self) -> bool {
-        self.rounds < MAX_ROUNDS
-    }
-
     /// `{"priors": {label: share}, "source", "mean_before": {label: p}, "offsets": {label:
-    /// offset}, "rounds"}`: what `evaluate --json` reports under `"match_priors"`.
+    /// offset}, "rounds", "converged"}`: what `evaluate --json` reports under `"match_priors"`.
     pub fn to_json(&self, labels: &[String], priors: &Priors) -> serde_json::Value {
         let by_label = |values: &[f64]| -> serde_json::Map<String, serde_json::Value> {
             labels
@@ -269,6 +270,7 @@ impl Matched {
             "mean_before": by_label(&self.before),
             "offsets": by_label(&self.offsets),
             "rounds": self.rounds,
+            "converged": self.converged,
         })
     }
 }
@@ -290,7 +292,7 @@ pub fn describe(labels: &[String], priors: &Priors, matched: &Matched, rows: usi
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let rounds = if matched.converged() {
+    let rounds = if matched.converged {
         format!("{} rounds", matched.rounds)
     } else {
         format!("stopped after {MAX_ROUNDS} rounds short of the priors")
@@ -348,7 +350,7 @@ mod tests {
         let priors = Priors::parse(&labels(), "uniform", "priors").unwrap();
         let truth = Targets::Single(vec![0, 1, 2, 1, 2, 1]);
         let matched = match_priors(&predictions(probs.clone()), &priors, &truth).unwrap();
-        assert!(matched.converged() && matched.rounds > 0);
+        assert!(matched.converged && matched.rounds > 0);
         for m in means(&matched.predictions.probs) {
             assert!((m - 1.0 / 3.0).abs() < 1e-6, "{m}");
         }
