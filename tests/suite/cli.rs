@@ -1024,7 +1024,8 @@ fn matching_label_priors_moves_the_mean_prediction_to_them() {
     }
     let log = text(&matched_output.stderr);
     assert!(
-        log.contains("label priors matched over 9 rows: priors (uniform) needs_docs 0.333"),
+        log.contains("label priors matched over 9 rows: priors (uniform) needs_docs 0.333")
+            && log.contains("warning: 9 rows are few for matching (3 labels)"),
         "{log}"
     );
 

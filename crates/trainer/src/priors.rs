@@ -23,6 +23,9 @@ const MIN_PROB: f64 = 1e-12;
 const TOLERANCE: f64 = 1e-9;
 /// ...or after this many rounds (positive matrices converge in far fewer).
 const MAX_ROUNDS: usize = 10_000;
+/// Fewer rows than this many per label are too few to hold the priors' proportions: matching
+/// still runs, with a warning.
+const FEW_ROWS_PER_LABEL: usize = 10;
 
 /// Label priors: one positive share per label, in label order, summing to 1.
 #[derive(Debug, Clone, PartialEq)]
@@ -276,7 +279,8 @@ impl Matched {
 }
 
 /// One line on what matching did: the priors and their source, the mean probabilities before,
-/// the offsets and the rounds it took.
+/// the offsets and the rounds it took; with a warning when there are too few rows for the
+/// priors to describe them.
 pub fn describe(labels: &[String], priors: &Priors, matched: &Matched, rows: usize) -> String {
     let list = |values: &[f64], signed: bool| {
         labels
@@ -297,9 +301,18 @@ pub fn describe(labels: &[String], priors: &Priors, matched: &Matched, rows: usi
     } else {
         format!("stopped after {MAX_ROUNDS} rounds short of the priors")
     };
+    let warning = if rows < FEW_ROWS_PER_LABEL * labels.len() {
+        format!(
+            "; warning: {rows} rows are few for matching ({} labels): it forces their predictions \
+             towards the priors' proportions, which a handful of rows need not have",
+            labels.len()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "label priors matched over {rows} rows: priors ({}) {}; mean probabilities before {}; \
-         log-probability offsets {} ({rounds})",
+         log-probability offsets {} ({rounds}){warning}",
         priors.source,
         list(&priors.shares, false),
         list(&matched.before, false),
@@ -381,6 +394,20 @@ mod tests {
             .sum::<f64>()
             / 6.0;
         assert!((loss - expected).abs() < 1e-6);
+    }
+
+    /// The report names the rounds, and warns when the rows are too few to hold the priors.
+    #[test]
+    fn few_rows_are_matched_with_a_warning() {
+        let priors = Priors::parse(&labels(), "uniform", "priors").unwrap();
+        let row = vec![0.5, 0.3, 0.2];
+        for (rows, warned) in [(29, true), (30, false)] {
+            let probs = predictions(vec![row.clone(); rows]);
+            let matched = match_priors(&probs, &priors, &Targets::None).unwrap();
+            let line = describe(&labels(), &priors, &matched, rows);
+            assert!(line.contains(" rounds)"), "{line}");
+            assert_eq!(line.contains("rows are few for matching"), warned, "{line}");
+        }
     }
 
     /// Predictions whose means already equal the priors are left where they are.
