@@ -10,7 +10,10 @@ use serde_json::json;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::infer::Ensemble;
-use wick_trainer::{calibration, eval, priors};
+use wick_trainer::{calibration, eval};
+
+#[path = "../match_priors.rs"]
+mod match_priors;
 
 /// Score a checkpoint on labelled data.
 #[derive(Debug, Parser)]
@@ -31,20 +34,8 @@ struct Args {
     /// the start of the text); in JSON under "errors".
     #[arg(long, value_name = "N", default_value_t = 0)]
     errors: usize,
-    /// Score after matching the predictions to label priors (single-label): each label's
-    /// probabilities scaled by one factor, found so that their mean over the scored rows equals
-    /// the priors. `train` (the default value) takes the label frequencies of the rows the
-    /// (first) checkpoint trained on; `uniform` or `label=weight,...` gives them. For rows known
-    /// to have those label proportions, such as a split drawn like the training rows. A value
-    /// goes after `=`: `--match-priors=uniform`.
-    #[arg(
-        long,
-        value_name = "PRIORS",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "train"
-    )]
-    match_priors: Option<String>,
+    #[command(flatten)]
+    priors: match_priors::MatchPriors,
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
 }
@@ -119,11 +110,12 @@ fn run(args: Args) -> Result<()> {
     let labels = ensemble.labels();
     // Under --match-priors: what matching did, and the macro-F1 of the predictions before it.
     let mut matched = None;
-    if let Some(spec) = &args.match_priors {
-        let priors = ensemble.priors(spec).with_context(context)?;
+    let applied = args
+        .priors
+        .apply(&ensemble, &predictions, &targets)
+        .with_context(context)?;
+    if let Some((priors, result, line)) = applied {
         let before = eval::report(labels, &targets, &predictions).with_context(context)?;
-        let result = priors::match_priors(&predictions, &priors, &targets).with_context(context)?;
-        let line = priors::describe(labels, &priors, &result, examples.len());
         let mut json = result.to_json(labels, &priors);
         json["unmatched_macro_f1"] = json!(before.macro_f1);
         predictions = result.predictions;

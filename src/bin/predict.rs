@@ -13,7 +13,9 @@ use serde_json::{Map, Value};
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::eval::{argmax, label_probs, Predictions};
 use wick_trainer::infer::Ensemble;
-use wick_trainer::priors;
+
+#[path = "../match_priors.rs"]
+mod match_priors;
 
 /// Label texts with a trained checkpoint.
 #[derive(Debug, Parser)]
@@ -36,20 +38,8 @@ struct Args {
     /// for probabilities that mean what they say.
     #[arg(long, value_name = "P", value_parser = probability)]
     min_prob: Option<f64>,
-    /// Single-label: move the probabilities of all the inputs of this call together so that
-    /// their mean equals label priors (one factor per label; what it did goes to stderr). `train`
-    /// (the default value) takes the label frequencies of the rows the (first) checkpoint
-    /// trained on; `uniform` or `label=weight,...` gives them. Only for a batch of inputs known
-    /// to have those label proportions, such as a test split drawn like the training rows. A
-    /// value goes after `=` (`--match-priors=uniform`), so that a text may follow the flag.
-    #[arg(
-        long,
-        value_name = "PRIORS",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "train"
-    )]
-    match_priors: Option<String>,
+    #[command(flatten)]
+    priors: match_priors::MatchPriors,
     /// Texts to label; without any (and without --data), JSONL objects with a "text" field are
     /// read from stdin.
     texts: Vec<String>,
@@ -115,20 +105,18 @@ fn run(args: Args) -> Result<()> {
         }
     };
     let labels = predictor.labels();
-    let probs = match &args.match_priors {
-        None => probs,
-        Some(spec) => {
-            let priors = predictor.priors(spec)?;
-            let plain = Predictions {
-                probs,
-                logits: Vec::new(),
-                loss: None,
-            };
-            let matched = priors::match_priors(&plain, &priors, &wick_data::Targets::None)?;
-            eprintln!(
-                "{}",
-                priors::describe(labels, &priors, &matched, plain.probs.len())
-            );
+    let plain = Predictions {
+        probs,
+        logits: Vec::new(),
+        loss: None,
+    };
+    let probs = match args
+        .priors
+        .apply(&predictor, &plain, &wick_data::Targets::None)?
+    {
+        None => plain.probs,
+        Some((_, matched, line)) => {
+            eprintln!("{line}");
             matched.predictions.probs
         }
     };
