@@ -292,18 +292,13 @@ log_every = 2
                 .collect();
             let rows = read_predictions(&out("both").join(&slug).join(file));
             let plain = macro_f1(&rows);
-            let matched = {
-                let mut by_line: Vec<(&u64, &(String, Vec<f64>))> = rows.iter().collect();
-                by_line.sort_by_key(|r| *r.0);
-                let probs: Vec<Vec<f64>> = by_line.iter().map(|r| r.1 .1.clone()).collect();
-                let scaled = sinkhorn(&probs, &shares);
-                let moved: HashMap<u64, (String, Vec<f64>)> = by_line
-                    .iter()
-                    .zip(scaled)
-                    .map(|((line, (label, _)), p)| (**line, (label.clone(), p)))
-                    .collect();
-                macro_f1(&moved)
-            };
+            let probs: Vec<Vec<f64>> = rows.values().map(|(_, p)| p.clone()).collect();
+            let moved: HashMap<u64, (String, Vec<f64>)> = rows
+                .iter()
+                .zip(sinkhorn(&probs, &shares))
+                .map(|((&line, (label, _)), p)| (line, (label.clone(), p)))
+                .collect();
+            let matched = macro_f1(&moved);
             let reported = |v: &serde_json::Value| v.as_f64().unwrap();
             let unmatched = reported(&mixed["unmatched"][split]["projects"][project]);
             assert!(
