@@ -9,7 +9,7 @@ FEATURES ?= metal,accelerate
 endif
 FEATURE_FLAGS = $(if $(FEATURES),--features $(FEATURES))
 
-.PHONY: all model model-mpnet train test lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score export-check
+.PHONY: all model model-mpnet train test check-apple lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score export-check
 
 all: test
 
@@ -25,13 +25,18 @@ model-mpnet:
 train: model
 	$(CARGO) run --release $(FEATURE_FLAGS) --bin train -- --config $(CONFIG) --out $(RUN) --overwrite
 
-## test: every test (unit, integration, reference parity, examples, data checks)
+## test: every test (unit, integration, reference parity, examples, data checks) and the Mac build's type check
 test: model model-mpnet
 	$(CARGO) build --examples
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) run --example custom_training -- configs/tiny.toml
 	$(CARGO) run --example embeddings
 	python3 data/triage/check.py
+	CARGO="$(CARGO)" bash scripts/check-apple.sh
+
+## check-apple: clippy (warnings denied) of everything for aarch64-apple-darwin, without features, with metal, with metal+accelerate
+check-apple:
+	CARGO="$(CARGO)" bash scripts/check-apple.sh
 
 ## lint: formatting and clippy with warnings denied
 lint:
