@@ -229,6 +229,68 @@ fn predict_labels_a_file_of_the_training_schema() {
     assert_fails_naming(&output, &["rows.jsonl:2", "missing field `text`"]);
 }
 
+/// The tiny data as Hugging Face `datasets` writes it (`Dataset.to_parquet`, labels a
+/// ClassLabel whose names are in another order than the config's): training on it logs the
+/// same losses and evaluations as on the JSONL, and `evaluate` and `predict` read it as they
+/// read the JSONL.
+#[test]
+fn a_run_on_parquet_files_equals_the_run_on_their_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jsonl, parquet) = (dir.path().join("jsonl"), dir.path().join("parquet"));
+    let train_parquet = TINY_TRAIN.replace(".jsonl", ".parquet");
+    let valid_parquet = TINY_VALID.replace(".jsonl", ".parquet");
+    assert_ok(&train_tiny(&jsonl, &[]), "train on JSONL");
+    assert_ok(
+        &train_tiny(
+            &parquet,
+            &[
+                &format!("data.train={train_parquet}"),
+                &format!("data.valid={valid_parquet}"),
+            ],
+        ),
+        "train on Parquet",
+    );
+    let records = |run: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            // Wall-clock fields differ between any two runs.
+            .map(|mut r| {
+                let fields = r.as_object_mut().unwrap();
+                fields.retain(|k, _| !k.contains("time") && !k.contains("per_s"));
+                r
+            })
+            .collect()
+    };
+    let logged = records(&parquet);
+    assert!(logged.iter().any(|r| r["kind"] == "eval"), "{logged:?}");
+    assert_eq!(logged, records(&jsonl));
+
+    let best = path_str(&parquet.join("best")).to_owned();
+    let evaluate = |data: &str| {
+        let output = run_bin(
+            "evaluate",
+            &["--checkpoint", &best, "--data", data, "--json"],
+        );
+        assert_ok(&output, "evaluate");
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let scored = evaluate(&valid_parquet);
+    assert_eq!(scored["examples"], 9);
+    assert_eq!(scored, evaluate(TINY_VALID));
+    let predict = |data: &str| {
+        let output = run_bin("predict", &["--checkpoint", &best, "--data", data]);
+        assert_ok(&output, "predict");
+        text(&output.stdout)
+    };
+    let predicted = predict(&valid_parquet);
+    assert_eq!(predicted, predict(TINY_VALID));
+    // The ClassLabel ids come back as the names the JSONL holds.
+    let first: serde_json::Value = serde_json::from_str(predicted.lines().next().unwrap()).unwrap();
+    assert!(first["input_label"].as_str().unwrap().starts_with("needs_"));
+}
+
 #[test]
 fn an_ensemble_predicts_the_mean_of_its_members_and_refuses_another_task() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,13 +19,15 @@ pub enum Format {
     Jsonl,
     /// RFC 4180 CSV with a header row.
     Csv,
+    /// Apache Parquet (Hugging Face datasets' format); `ClassLabel` ids read as their names.
+    Parquet,
 }
 
 /// Keep only rows whose `column` equals `equals` exactly (after number/bool stringification).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
-    /// Column (CSV) or key (JSONL) to compare, e.g. `repo`.
+    /// Column (CSV, Parquet) or key (JSONL) to compare, e.g. `repo`.
     pub column: String,
     /// Value a row must hold in `column` to be kept, e.g. `facebook/react`.
     pub equals: String,
@@ -48,7 +50,7 @@ pub enum TruncationSide {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Training file (`.jsonl`, `.json` or `.csv`).
+    /// Training file (`.jsonl`, `.json`, `.csv` or `.parquet`).
     pub train: PathBuf,
     /// Validation file; when absent, `valid_fraction` of `train` is held out instead.
     #[serde(default)]
@@ -312,6 +314,7 @@ impl DataConfig {
         match ext.as_deref() {
             Some("jsonl" | "json") => Ok(Format::Jsonl),
             Some("csv") => Ok(Format::Csv),
+            Some("parquet") => Ok(Format::Parquet),
             _ => Err(Error::UnknownFormat {
                 path: path.to_owned(),
             }),

@@ -3,7 +3,7 @@
 //! another error says it in its own message (its `cause`, which is not also a `source()`), so
 //! printing the chain (`{:#}` with anyhow) shows each cause once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
@@ -24,18 +24,18 @@ pub enum Error {
 
     /// `data.format` is unset and the extension does not say which format the file is in.
     #[error(
-        "cannot tell the format of {} from its extension: use .jsonl, .json or .csv, \
-         or set data.format = \"jsonl\" | \"csv\"",
+        "cannot tell the format of {} from its extension: use .jsonl, .json, .csv or .parquet, \
+         or set data.format = \"jsonl\" | \"csv\" | \"parquet\"",
         path.display()
     )]
     UnknownFormat { path: PathBuf },
 
     /// The bytes of the file are not UTF-8; `line` is the 1-based line of the first bad byte.
-    #[error("{}:{line}: invalid UTF-8", path.display())]
+    #[error("{}: invalid UTF-8", at(path, *line))]
     InvalidUtf8 { path: PathBuf, line: usize },
 
     /// A JSONL line is not valid JSON.
-    #[error("{}:{line}: malformed JSON: {cause}", path.display())]
+    #[error("{}: malformed JSON: {cause}", at(path, *line))]
     Json {
         path: PathBuf,
         line: usize,
@@ -43,7 +43,7 @@ pub enum Error {
     },
 
     /// A row is well-formed but unusable (not a JSON object, a stray quote, a duplicate column...).
-    #[error("{}:{line}: {reason}", path.display())]
+    #[error("{}: {reason}", at(path, *line))]
     BadRow {
         path: PathBuf,
         line: usize,
@@ -52,8 +52,8 @@ pub enum Error {
 
     /// A row lacks a field the config asks for.
     #[error(
-        "{}:{line}: missing field `{field}` (fields present: {})",
-        path.display(),
+        "{}: missing field `{field}` (fields present: {})",
+        at(path, *line),
         present.join(", ")
     )]
     MissingField {
@@ -64,7 +64,7 @@ pub enum Error {
     },
 
     /// A field is present but holds a value of the wrong kind.
-    #[error("{}:{line}: field `{field}`: {reason}", path.display())]
+    #[error("{}: field `{field}`: {reason}", at(path, *line))]
     BadField {
         path: PathBuf,
         line: usize,
@@ -74,8 +74,8 @@ pub enum Error {
 
     /// A CSV record has a different number of fields than the header.
     #[error(
-        "{}:{line}: record has {found} fields but the header has {expected}",
-        path.display()
+        "{}: record has {found} fields but the header has {expected}",
+        at(path, *line)
     )]
     FieldCount {
         path: PathBuf,
@@ -86,15 +86,15 @@ pub enum Error {
 
     /// A CSV quoted field is never closed; `line` is where its record begins.
     #[error(
-        "{}:{line}: unterminated quoted field (the record starting here never closes its quote)",
-        path.display()
+        "{}: unterminated quoted field (the record starting here never closes its quote)",
+        at(path, *line)
     )]
     UnterminatedQuote { path: PathBuf, line: usize },
 
     /// A label value is not in `data.labels`.
     #[error(
-        "{}:{line}: unknown label {label:?} (known labels: {})",
-        path.display(),
+        "{}: unknown label {label:?} (known labels: {})",
+        at(path, *line),
         known.join(", ")
     )]
     UnknownLabel {
@@ -102,6 +102,13 @@ pub enum Error {
         line: usize,
         label: String,
         known: Vec<String>,
+    },
+
+    /// A Parquet file could not be read (not Parquet, damaged, or a type the reader lacks).
+    #[error("cannot read Parquet file {}: {cause}", path.display())]
+    Parquet {
+        path: PathBuf,
+        cause: parquet::errors::ParquetError,
     },
 
     /// The file holds no data rows at all.
@@ -134,4 +141,17 @@ pub enum Error {
         expected: &'static str,
         found: &'static str,
     },
+}
+
+/// Where a row is: `file:line` for text files, `file row N` for Parquet (1-based either way),
+/// told apart by the `.parquet` extension.
+fn at(path: &Path, line: usize) -> String {
+    let parquet = path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("parquet"));
+    if parquet {
+        format!("{} row {line}", path.display())
+    } else {
+        format!("{}:{line}", path.display())
+    }
 }

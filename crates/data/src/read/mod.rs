@@ -1,8 +1,9 @@
-//! Turns a JSONL or CSV file into [`Example`]s: applies `data.filter`, joins `data.text_fields`
-//! into one text and maps the label field to a [`Target`]. Every rejected row is reported with
-//! its file and 1-based line.
+//! Turns a JSONL, CSV or Parquet file into [`Example`]s: applies `data.filter`, joins
+//! `data.text_fields` into one text and maps the label field to a [`Target`]. Every rejected row
+//! is reported with its file and 1-based line (a Parquet file's 1-based row).
 
 mod csv;
+mod parquet;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -61,22 +62,10 @@ pub fn read_unlabelled(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
 }
 
 fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
-    let format = cfg.format_of(path)?;
-    let bytes = std::fs::read(path).map_err(|cause| Error::Io {
-        path: path.to_owned(),
-        cause,
-    })?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| Error::InvalidUtf8 {
-        path: path.to_owned(),
-        line: 1 + bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count(),
-    })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let rows = match format {
-        Format::Jsonl => jsonl_rows(path, text)?,
-        Format::Csv => csv_rows(path, text)?,
+    let rows = match cfg.format_of(path)? {
+        Format::Jsonl => jsonl_rows(path, &read_text(path)?)?,
+        Format::Csv => csv_rows(path, &read_text(path)?)?,
+        Format::Parquet => parquet::rows(path)?,
     };
     if rows.is_empty() {
         return Err(Error::Empty {
@@ -144,6 +133,28 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
 }
 
 type Row = (usize, Map<String, Value>);
+
+/// The text of a JSONL or CSV file, without a leading byte-order mark.
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|cause| Error::Io {
+        path: path.to_owned(),
+        cause,
+    })?;
+    let mut text = String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        Error::InvalidUtf8 {
+            path: path.to_owned(),
+            line: 1 + bytes[..e.utf8_error().valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+        }
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
+}
 
 fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
@@ -310,6 +321,11 @@ impl RowReader<'_> {
     fn label_text(&self, line: usize, value: &Value) -> Result<String> {
         match scalar_text(value) {
             Some(text) => Ok(text.trim().to_owned()),
+            None if value.is_null() => Err(self.bad_field(
+                line,
+                &self.cfg.label_field,
+                "holds no label (null, or a Parquet ClassLabel's -1)".into(),
+            )),
             None => Err(self.bad_field(
                 line,
                 &self.cfg.label_field,

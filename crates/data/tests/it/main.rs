@@ -9,5 +9,6 @@ mod csv;
 mod jsonl;
 mod nlbse;
 mod order;
+mod parquet;
 mod summary;
 mod tokenize;

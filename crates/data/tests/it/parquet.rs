@@ -1,0 +1,204 @@
+//! Parquet files as Hugging Face `datasets` and pyarrow write them (`tests/fixtures/`, made by
+//! `make_parquet.py`): each reads as the same examples as its JSONL twin.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use wick_data::{read_examples, read_unlabelled, DataConfig, Error, Filter, Format, Target};
+
+use crate::common::{config, write, TestResult};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn title_body_config(path: &Path) -> DataConfig {
+    let mut cfg = config(path);
+    cfg.text_fields = vec!["title".into(), "body".into()];
+    cfg
+}
+
+#[test]
+fn class_label_ids_read_as_their_names_and_rows_equal_the_jsonl_twin() -> TestResult {
+    let parquet = fixture("hf_classlabel.parquet");
+    let jsonl = fixture("hf_classlabel.jsonl");
+    let from_parquet = read_examples(&parquet, &title_body_config(&parquet))?;
+    let from_jsonl = read_examples(&jsonl, &title_body_config(&jsonl))?;
+    assert_eq!(from_parquet.examples.len(), 5);
+    // Text, target, row number and every field (ints, bools, nulls, the ClassLabel `repo` as
+    // its names) alike.
+    assert_eq!(from_parquet, from_jsonl);
+    // The file's ClassLabel lists question, bug, feature; data.labels bug, feature, question.
+    let targets: Vec<&Target> = from_parquet.examples.iter().map(|e| &e.target).collect();
+    assert_eq!(
+        targets,
+        [
+            &Target::Single(0),
+            &Target::Single(1),
+            &Target::Single(2),
+            &Target::Single(0),
+            &Target::Single(1)
+        ]
+    );
+    let first = &from_parquet.examples[0];
+    assert_eq!(first.fields["label"], "bug");
+    assert_eq!(first.fields["repo"], "acme/app");
+    assert_eq!(first.fields["number"], 101);
+    assert_eq!(first.fields["draft"], false);
+    assert!(first.text.contains("panic at src/main.rs:12"));
+    assert_eq!(from_parquet.examples[1].fields["body"], Value::Null);
+    assert_eq!(from_parquet.examples[1].text, "Add a dark theme");
+    Ok(())
+}
+
+#[test]
+fn a_filter_compares_a_class_label_column_by_name() -> TestResult {
+    let path = fixture("hf_classlabel.parquet");
+    let mut cfg = title_body_config(&path);
+    cfg.filter = Some(Filter {
+        column: "repo".into(),
+        equals: "acme/web".into(),
+    });
+    let outcome = read_examples(&path, &cfg)?;
+    let lines: Vec<usize> = outcome.examples.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [3, 4]);
+    assert_eq!(outcome.filtered_out, 3);
+    Ok(())
+}
+
+#[test]
+fn a_list_of_class_labels_is_a_multi_label_target() -> TestResult {
+    let parquet = fixture("hf_multilabel.parquet");
+    let jsonl = fixture("hf_multilabel.jsonl");
+    let multi = |path: &Path| {
+        let mut cfg = config(path);
+        cfg.multi_label = true;
+        cfg.label_field = "labels".into();
+        cfg
+    };
+    let from_parquet = read_examples(&parquet, &multi(&parquet))?;
+    assert_eq!(from_parquet, read_examples(&jsonl, &multi(&jsonl))?);
+    assert_eq!(
+        from_parquet.examples[0].target,
+        Target::Multi(vec![1.0, 1.0, 0.0])
+    );
+    assert_eq!(
+        from_parquet.examples[1].target,
+        Target::Multi(vec![0.0, 0.0, 0.0])
+    );
+    assert_eq!(
+        from_parquet.examples[4].target,
+        Target::Multi(vec![1.0, 1.0, 1.0])
+    );
+    Ok(())
+}
+
+/// Every codec pyarrow offers, two rows per row group, a `large_string` text column and a
+/// nullable float column.
+#[test]
+fn every_codec_and_row_group_layout_reads_the_same_rows() -> TestResult {
+    let jsonl = fixture("codec.jsonl");
+    let expected = read_examples(&jsonl, &config(&jsonl))?;
+    for codec in ["none", "snappy", "gzip", "brotli", "lz4", "zstd"] {
+        let path = fixture(&format!("codec_{codec}.parquet"));
+        let got = read_examples(&path, &config(&path)).map_err(|e| format!("{codec}: {e}"))?;
+        assert_eq!(got, expected, "{codec}");
+    }
+    Ok(())
+}
+
+/// `datasets`' unlabelled test splits store -1: fine for prediction, refused for training,
+/// naming the file and row.
+#[test]
+fn a_class_label_of_minus_one_is_no_label() -> TestResult {
+    let path = fixture("hf_unlabelled.parquet");
+    let cfg = config(&path);
+    let rows = read_unlabelled(&path, &cfg)?.examples;
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r.fields["label"].is_null()));
+    assert!(rows.iter().all(|r| r.target == Target::None));
+    let err = read_examples(&path, &cfg)
+        .err()
+        .ok_or("expected an error")?;
+    assert!(matches!(err, Error::BadField { line: 1, .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{} row 1:", path.display())),
+        "{message}"
+    );
+    assert!(message.contains("holds no label"), "{message}");
+    Ok(())
+}
+
+#[test]
+fn a_label_id_outside_the_class_label_names_is_refused() -> TestResult {
+    let path = fixture("hf_bad_id.parquet");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{} row 2: field `label`", path.display())),
+        "{message}"
+    );
+    assert!(message.contains("label id 5 is outside"), "{message}");
+    Ok(())
+}
+
+#[test]
+fn binary_text_is_read_when_utf8_and_refused_otherwise() -> TestResult {
+    let path = fixture("binary.parquet");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    let message = err.to_string();
+    assert!(
+        message.contains("row 2: field `text`: holds binary data that is not UTF-8"),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_file_that_is_not_parquet_is_refused_naming_it() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "rows.parquet",
+        "{\"text\": \"a\", \"label\": \"bug\"}\n",
+    );
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    assert!(matches!(err, Error::Parquet { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot read Parquet file {}:", path.display())),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// `data.format = "parquet"` reads a file whose extension says nothing; the extension alone
+/// picks Parquet otherwise.
+#[test]
+fn the_format_comes_from_the_key_or_the_extension() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = dir.path().join("rows.bin");
+    std::fs::copy(fixture("codec_zstd.parquet"), &path)?;
+    let mut cfg = config(&path);
+    assert!(matches!(
+        read_examples(&path, &cfg),
+        Err(Error::UnknownFormat { .. })
+    ));
+    cfg.format = Some(Format::Parquet);
+    assert_eq!(read_examples(&path, &cfg)?.examples.len(), 5);
+    assert_eq!(
+        config(Path::new("x.PARQUET")).format_of(Path::new("x.PARQUET"))?,
+        Format::Parquet
+    );
+    Ok(())
+}
