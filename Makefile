@@ -9,7 +9,7 @@ FEATURES ?= metal,accelerate
 endif
 FEATURE_FLAGS = $(if $(FEATURES),--features $(FEATURES))
 
-.PHONY: all model model-mpnet train test check-apple lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score export-check
+.PHONY: all model model-mpnet train test check-apple test-aarch64 lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score export-check
 
 all: test
 
@@ -37,6 +37,10 @@ test: model model-mpnet
 ## check-apple: clippy (warnings denied) of everything for aarch64-apple-darwin, without features, with metal, with metal+accelerate
 check-apple:
 	CARGO="$(CARGO)" bash scripts/check-apple.sh
+
+## test-aarch64: the library tests and the PyTorch step references on an ARM CPU (cross-built, run under qemu-user; not part of `test`)
+test-aarch64: model model-mpnet
+	CARGO="$(CARGO)" bash scripts/test-aarch64.sh
 
 ## lint: formatting and clippy with warnings denied
 lint:
