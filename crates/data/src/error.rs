@@ -93,9 +93,10 @@ pub enum Error {
 
     /// A label value is not in `data.labels`.
     #[error(
-        "{}: unknown label {label:?} (known labels: {})",
+        "{}: unknown label {label:?} (known labels: {}){}",
         at(path, *line),
-        known.join(", ")
+        known.join(", "),
+        id_hint(label, known)
     )]
     UnknownLabel {
         path: PathBuf,
@@ -153,5 +154,19 @@ fn at(path: &Path, line: usize) -> String {
         format!("{} row {line}", path.display())
     } else {
         format!("{}:{line}", path.display())
+    }
+}
+
+/// For an unknown label that reads as a label id (what `datasets`' `to_json` and `to_csv` write
+/// for a `ClassLabel` column), how to give the names instead.
+fn id_hint(label: &str, known: &[String]) -> String {
+    match label.parse::<usize>() {
+        Ok(id) if id < known.len() => format!(
+            "; labels are read as names, not ids: write the names ({id} would be {:?} if the ids \
+             follow data.labels), or save a Hugging Face dataset with `to_parquet`, whose \
+             ClassLabel names wick reads",
+            known[id]
+        ),
+        _ => String::new(),
     }
 }

@@ -54,6 +54,25 @@ fn unknown_label_names_label_line_and_known_labels() -> TestResult {
         message.contains("\"docs\"") && message.contains("bug, feature, question"),
         "{message}"
     );
+    assert!(!message.contains("not ids"), "{message}");
+    Ok(())
+}
+
+/// `datasets`' `to_json` writes a ClassLabel column as ids: the error says to give names.
+#[test]
+fn a_label_id_in_place_of_a_name_is_refused_with_a_hint() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "d.jsonl", "{\"text\": \"a\", \"label\": 2}\n");
+    let err = read_examples(&path, &config(&path))
+        .err()
+        .ok_or("expected an error")?;
+    let message = err.to_string();
+    assert!(
+        message.contains("unknown label \"2\"")
+            && message.contains("2 would be \"question\"")
+            && message.contains("to_parquet"),
+        "{message}"
+    );
     Ok(())
 }
 
