@@ -80,14 +80,14 @@ fn label_names(
     let name_of = |field: &Field| -> Result<Value> {
         let id = match field {
             Field::Null => return Ok(Value::Null),
-            Field::Byte(n) => i64::from(*n),
-            Field::Short(n) => i64::from(*n),
-            Field::Int(n) => i64::from(*n),
-            Field::Long(n) => *n,
-            Field::UByte(n) => i64::from(*n),
-            Field::UShort(n) => i64::from(*n),
-            Field::UInt(n) => i64::from(*n),
-            Field::ULong(n) => i64::try_from(*n).unwrap_or(i64::MAX),
+            Field::Byte(n) => i128::from(*n),
+            Field::Short(n) => i128::from(*n),
+            Field::Int(n) => i128::from(*n),
+            Field::Long(n) => i128::from(*n),
+            Field::UByte(n) => i128::from(*n),
+            Field::UShort(n) => i128::from(*n),
+            Field::UInt(n) => i128::from(*n),
+            Field::ULong(n) => i128::from(*n),
             other => {
                 return Err(Error::BadField {
                     path: path.to_owned(),
