@@ -65,7 +65,7 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     let rows = match cfg.format_of(path)? {
         Format::Jsonl => jsonl_rows(path, &read_text(path)?)?,
         Format::Csv => csv_rows(path, &read_text(path)?)?,
-        Format::Parquet => parquet::rows(path)?,
+        Format::Parquet => parquet::rows(path, cfg)?,
     };
     if rows.is_empty() {
         return Err(Error::Empty {

@@ -17,10 +17,11 @@ use parquet::record::Field;
 use serde_json::{Map, Value};
 
 use super::Row;
+use crate::config::DataConfig;
 use crate::error::{Error, Result};
 
 /// Every row of the Parquet file at `path`, in file order.
-pub(super) fn rows(path: &Path) -> Result<Vec<Row>> {
+pub(super) fn rows(path: &Path, cfg: &DataConfig) -> Result<Vec<Row>> {
     let file = File::open(path).map_err(|cause| Error::Io {
         path: path.to_owned(),
         cause,
@@ -43,7 +44,7 @@ pub(super) fn rows(path: &Path) -> Result<Vec<Row>> {
         for (name, field) in row.get_column_iter() {
             let value = match class_labels.get(name.as_str()) {
                 Some(names) => label_names(path, line, name, field, names)?,
-                None => field_value(path, line, name, field)?,
+                None => field_value(path, line, name, field, cfg)?,
             };
             fields.insert(name.clone(), value);
         }
@@ -53,20 +54,34 @@ pub(super) fn rows(path: &Path) -> Result<Vec<Row>> {
 }
 
 /// A top-level field as JSON. Binary without a string annotation is taken as text when it is
-/// UTF-8 (the Parquet crate would give base64) and refused otherwise.
-fn field_value(path: &Path, line: usize, name: &str, field: &Field) -> Result<Value> {
-    match field {
-        Field::Bytes(bytes) => match std::str::from_utf8(bytes.data()) {
-            Ok(text) => Ok(Value::String(text.to_owned())),
-            Err(_) => Err(Error::BadField {
-                path: path.to_owned(),
-                line,
-                field: name.to_owned(),
-                reason: "holds binary data that is not UTF-8 text".into(),
-            }),
-        },
-        other => Ok(other.to_json_value()),
+/// UTF-8 (the Parquet crate would give base64); other bytes are refused in a column the config
+/// reads (a text field, the label, the filter) and kept as the crate's base64 elsewhere, so an
+/// image column does not stop a file from being read.
+fn field_value(
+    path: &Path,
+    line: usize,
+    name: &str,
+    field: &Field,
+    cfg: &DataConfig,
+) -> Result<Value> {
+    let Field::Bytes(bytes) = field else {
+        return Ok(field.to_json_value());
+    };
+    if let Ok(text) = std::str::from_utf8(bytes.data()) {
+        return Ok(Value::String(text.to_owned()));
     }
+    let read = cfg.text_fields.iter().any(|f| f == name)
+        || cfg.label_field == name
+        || cfg.filter.as_ref().is_some_and(|f| f.column == name);
+    if read {
+        return Err(Error::BadField {
+            path: path.to_owned(),
+            line,
+            field: name.to_owned(),
+            reason: "holds binary data that is not UTF-8 text".into(),
+        });
+    }
+    Ok(field.to_json_value())
 }
 
 /// A `ClassLabel` field (an id, or a list of ids) as its names; -1 and null as null.

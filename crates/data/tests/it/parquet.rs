@@ -159,6 +159,20 @@ fn binary_text_is_read_when_utf8_and_refused_otherwise() -> TestResult {
         message.contains("row 2: field `text`: holds binary data that is not UTF-8"),
         "{message}"
     );
+    // Columns the config does not read keep their bytes as base64; UTF-8 bytes are text.
+    let mut cfg = config(&path);
+    cfg.text_fields = vec!["label".into()];
+    let rows = read_examples(&path, &cfg)?.examples;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].fields["text"], "plain bytes");
+    assert_eq!(rows[1].fields["text"], "//4gbm90IHV0Zi04");
+    assert_eq!(rows[0].fields["blob"], "iVBOR/8=");
+    // As a text field it is refused.
+    cfg.text_fields = vec!["blob".into()];
+    let err = read_examples(&path, &cfg)
+        .err()
+        .ok_or("expected an error")?;
+    assert!(err.to_string().contains("row 1: field `blob`"), "{err}");
     Ok(())
 }
 
