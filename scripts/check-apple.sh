@@ -23,12 +23,13 @@ cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 TARGET=aarch64-apple-darwin
 
-if [ "$(uname -s)" != Darwin ]; then
-  if ! command -v rustup >/dev/null; then
-    echo "check-apple: needs rustup to add the $TARGET standard library (not found): NOT CHECKED" >&2
-    exit 1
-  fi
+if command -v rustup >/dev/null; then
   rustup target add "$TARGET" >/dev/null
+elif [ "$(uname -s)" != Darwin ]; then
+  echo "check-apple: needs rustup to add the $TARGET standard library (not found): NOT CHECKED" >&2
+  exit 1
+fi
+if [ "$(uname -s)" != Darwin ]; then
   export CC_aarch64_apple_darwin="$PWD/scripts/stub-cc.sh"
   export CXX_aarch64_apple_darwin="$PWD/scripts/stub-cc.sh"
 fi
