@@ -1,5 +1,4 @@
-//! Parquet rows, as Hugging Face `datasets` writes them (`Dataset.to_parquet`, the Hub's
-//! `refs/convert/parquet` files) or pyarrow does. Each row becomes the JSON object a JSONL line
+//! Parquet rows, as Hugging Face `datasets` writes them (`Dataset.to_parquet`) or pyarrow does. Each row becomes the JSON object a JSONL line
 //! would hold; its "line" is the 1-based row number.
 //!
 //! A `ClassLabel` column stores label ids; the file's `huggingface` schema metadata names them.
@@ -184,7 +183,8 @@ fn class_labels<R: FileReader>(path: &Path, reader: &R) -> Result<HashMap<String
 }
 
 /// The `names` of a `ClassLabel` feature, directly or as the element of a list feature:
-/// `{"_type": "List" | "Sequence", "feature": {...}}` (datasets 2 to 4) or `[{...}]` (older).
+/// `{"_type": "List" | "Sequence", "feature": {...}}` (`List` from datasets 4 on, 5.2.0's in
+/// the fixtures) or `[{...}]` (an older form).
 fn class_label_names(feature: &Value) -> Option<&Vec<Value>> {
     let is_class_label = |f: &Value| f.get("_type").and_then(Value::as_str) == Some("ClassLabel");
     let element = match feature {
