@@ -1,5 +1,6 @@
-//! Parquet rows, as Hugging Face `datasets` writes them (`Dataset.to_parquet`) or pyarrow does. Each row becomes the JSON object a JSONL line
-//! would hold; its "line" is the 1-based row number.
+//! Parquet rows, as Hugging Face `datasets` writes them (`Dataset.to_parquet`) or pyarrow does.
+//! Each row becomes the JSON object a JSONL line would hold; its "line" is the 1-based row
+//! number.
 //!
 //! A `ClassLabel` column stores label ids; the file's `huggingface` schema metadata names them.
 //! Such a column (or a list of them) reads as its names, as `dataset.features[column].int2str`
