@@ -6,9 +6,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common::{
-    argmax, assert_fails_naming, assert_loss_falls, assert_ok, load_tensors, macro_f1, max_gap,
-    path_str, predicted_probs, repo_root, run_bin, same_last_files, text, tiny_without_valid,
-    train_losses, train_tiny, values, TINY,
+    argmax, assert_fails_naming, assert_loss_falls, assert_ok, command, load_tensors, macro_f1,
+    max_gap, path_str, predicted_probs, repo_root, run_bin, same_last_files, text,
+    tiny_without_valid, train_losses, train_tiny, values, TINY,
 };
 
 /// The tiny config's validation file.
@@ -157,9 +157,8 @@ fn evaluate_json_has_the_documented_schema_and_predict_is_deterministic() {
     }
 
     // JSONL on stdin, other fields passed through.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_predict"))
+    let mut child = command(env!("CARGO_BIN_EXE_predict"))
         .args(["--checkpoint", path_str(&run)])
-        .current_dir(super::common::repo_root())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -498,9 +497,8 @@ fn resume_after_sigkill_ends_with_bitwise_the_same_weights() {
     for set in SLOW {
         args.extend(["--set", set]);
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+    let mut child = command(env!("CARGO_BIN_EXE_train"))
         .args(&args)
-        .current_dir(super::common::repo_root())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -559,9 +557,8 @@ fn logged_step(metrics: &Path) -> u64 {
 #[allow(clippy::zombie_processes)] // every path waits; a failed unwrap aborts the test anyway
 fn interrupt(bin: &str, args: &[&str], metrics: &Path) -> (Option<i32>, String, u64) {
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(bin)
+    let mut child = command(bin)
         .args(args)
-        .current_dir(super::common::repo_root())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log.reopen().unwrap()))
         .spawn()

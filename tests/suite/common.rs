@@ -31,6 +31,25 @@ pub fn tiny_without_valid(dir: &Path, data_line: &str) -> PathBuf {
     path
 }
 
+/// A command for one of the built programs, run from the repository root. With
+/// `WICK_TEST_RUNNER` set (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`, as
+/// `scripts/test-aarch64.sh` sets it) the program runs under that runner, as cargo runs the
+/// test binary itself under `CARGO_TARGET_<triple>_RUNNER`.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let runner = std::env::var("WICK_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut command = match words.next() {
+        Some(runner) => {
+            let mut command = Command::new(runner);
+            command.args(words).arg(program);
+            command
+        }
+        None => Command::new(program),
+    };
+    command.current_dir(repo_root());
+    command
+}
+
 /// Runs one of the package's binaries from the repository root.
 pub fn run_bin(bin: &str, args: &[&str]) -> Output {
     let exe = match bin {
@@ -44,9 +63,8 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
         "export" => env!("CARGO_BIN_EXE_export"),
         other => panic!("unknown binary {other}"),
     };
-    Command::new(exe)
+    command(exe)
         .args(args)
-        .current_dir(repo_root())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
 }

@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use super::common::{self, argmax, assert_fails_naming, assert_ok, path_str, repo_root};
+use super::common::{self, argmax, assert_fails_naming, assert_ok, command, path_str};
 
 const PROJECTS: [&str; 5] = [
     "facebook/react",
@@ -36,11 +36,7 @@ fn nlbse_example() -> PathBuf {
 }
 
 fn run_nlbse(args: &[&str]) -> Output {
-    Command::new(nlbse_example())
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .unwrap()
+    command(nlbse_example()).args(args).output().unwrap()
 }
 
 /// 6 issues per project and label: the title names the kind of issue in words of its own, the
