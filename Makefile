@@ -38,7 +38,7 @@ test: model model-mpnet
 check-apple:
 	CARGO="$(CARGO)" bash scripts/check-apple.sh
 
-## test-aarch64: the library tests and the PyTorch step references on an ARM CPU (cross-built, run under qemu-user; not part of `test`)
+## test-aarch64: make test's tests and examples on an ARM CPU (cross-built, run under qemu-user; not part of `test`)
 test-aarch64: model model-mpnet
 	CARGO="$(CARGO)" bash scripts/test-aarch64.sh
 

@@ -6,14 +6,14 @@
 #
 # wick's own CPU kernels (fused attention, feed-forward, layer norm, loss, AdamW) and the gemm
 # crate's products take other code paths on aarch64 than on x86-64 (NEON instead of AVX, no
-# AMX tiles), and a Mac that trains on its CPU runs those paths. This runs, on them:
+# AMX tiles), and a Mac that trains on its CPU runs those paths. This runs, on them, what
+# `make test` runs but the Mac build check and the data checker:
 # - every test of wick-data, wick-model (the pooled embeddings of all-MiniLM-L6-v2 and
 #   all-mpnet-base-v2 against sentence-transformers, and the tiny families' against
 #   transformers; every parameter's gradient) and wick-trainer;
-# - the integration tests that call the library rather than the binaries: one AdamW step
-#   against PyTorch for MiniLM, MPNet, LoRA, the contrastive objective and every family
-#   (`adamw_reference`), and Ctrl-C's stop at a step boundary (`stop`). The binaries' own tests
-#   spawn processes, which qemu-user runs only where binfmt_misc is set up.
+# - the integration tests: one AdamW step against PyTorch for every family, LoRA and the
+#   contrastive objective, and the binaries end to end. The programs they spawn run under
+#   qemu too (`WICK_TEST_RUNNER`), as does each example.
 # Linux on ARM is not macOS: Metal and Accelerate are checked by `scripts/check-apple.sh`
 # (compiled, not run); this checks the numbers of the default CPU build's ARM code.
 #
@@ -40,6 +40,11 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $SYSROOT"
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
 
+export WICK_TEST_RUNNER="$CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER"
+
+$CARGO build --target "$TARGET" --examples
 $CARGO test --target "$TARGET" -p wick-data -p wick-model -p wick-trainer
-$CARGO test --target "$TARGET" --test tests -- suite::adamw_reference suite::stop
-echo "test-aarch64: the library tests and the PyTorch step references pass on $TARGET (qemu-user)"
+$CARGO test --target "$TARGET" --test tests
+$CARGO run --target "$TARGET" --example custom_training -- configs/tiny.toml
+$CARGO run --target "$TARGET" --example embeddings
+echo "test-aarch64: the library, integration and example tests pass on $TARGET (qemu-user)"
