@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the numerical tests on a 64-bit ARM CPU, the kind in an Apple-silicon Mac, from an x86-64
+# Run `make test`'s tests on a 64-bit ARM CPU, the kind in an Apple-silicon Mac, from an x86-64
 # Linux machine: cross-compiled for aarch64-unknown-linux-gnu and run under qemu-user.
 #
 #   bash scripts/test-aarch64.sh      # `make test-aarch64`
