@@ -45,6 +45,10 @@
 //! unmatched overall scores printed and written (`"unmatched"` in `nlbse.json`) beside it; the
 //! prediction files keep the ensemble's own probabilities.
 //!
+//! `{project}` in a `--set` value stands for the project's directory name (`facebook__react`):
+//! `--set model.path=adapted/{project}` starts each project from an encoder of its own, say one
+//! adapted to that project's texts.
+//!
 //! Each run of the protocol starts over: the runs it finds under `--out` from an earlier run
 //! (its own project and member directories) are replaced.
 
@@ -230,7 +234,14 @@ struct Plan {
 
 impl Plan {
     fn new(args: &Args, project: &str, path: &Path) -> Result<Self> {
-        let mut overrides = args.overrides.clone();
+        // `{project}` in a value names the project's directory (facebook__react), so each
+        // project can start from weights of its own.
+        let slug = project.replace('/', "__");
+        let mut overrides: Vec<String> = args
+            .overrides
+            .iter()
+            .map(|o| o.replace("{project}", &slug))
+            .collect();
         overrides.push(format!("data.filter.equals=\"{project}\""));
         let config = RunConfig::load(path, &overrides)?;
         let rows = wick_data::read_examples(&config.data.train, &config.data)?.examples;
