@@ -5,7 +5,7 @@
 //!
 //!     cargo run --release --example nlbse -- [--test issues_test.csv] [--device auto]
 //!         [--config configs/nlbse.toml ...] [--out runs/nlbse] [--ensemble N | --folds K]
-//!         [--refit] [--match-priors] [--set key=value ...] [--json]
+//!         [--refit] [--match-priors] [--adapt-epochs N] [--set key=value ...] [--json]
 //!
 //! Without --test it reports on each project's own validation split; with it, also on that
 //! project's rows of the test file (any CSV of the competition's schema). `--ensemble N` trains
@@ -45,6 +45,11 @@
 //! unmatched overall scores printed and written (`"unmatched"` in `nlbse.json`) beside it; the
 //! prediction files keep the ensemble's own probabilities.
 //!
+//! `--adapt-epochs N` first adapts the (first) config's encoder to each project's rows of
+//! `data.train` with masked-language modelling (`wick_trainer::adapt`: N epochs after the
+//! default head epochs; texts only, the validation rows' included, never a label), into
+//! `<out>/<project>/adapted`, and every member of the project starts from it.
+//!
 //! `{project}` in a `--set` value stands for the project's directory name (`facebook__react`):
 //! `--set model.path=adapted/{project}` starts each project from an encoder of its own, say one
 //! adapted to that project's texts.
@@ -57,6 +62,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use wick_data::Example;
+use wick_trainer::adapt::{adapt, AdaptOptions};
 use wick_trainer::checkpoint;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
@@ -87,6 +93,8 @@ struct Args {
     refit: bool,
     /// Score with the probabilities matched to the training rows' label frequencies.
     match_priors: bool,
+    /// Epochs of masked-LM adaptation of the encoder to each project's rows first (0: none).
+    adapt_epochs: usize,
     json: bool,
 }
 
@@ -101,6 +109,7 @@ fn parse_args() -> Result<Args> {
         folds: None,
         refit: false,
         match_priors: false,
+        adapt_epochs: 0,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -127,6 +136,9 @@ fn parse_args() -> Result<Args> {
             }
             "--refit" => args.refit = true,
             "--match-priors" => args.match_priors = true,
+            "--adapt-epochs" => {
+                args.adapt_epochs = value()?.parse().context("--adapt-epochs takes a count")?
+            }
             "--json" => args.json = true,
             other => bail!("unknown argument {other}"),
         }
@@ -222,6 +234,51 @@ fn validation_rows(config: &RunConfig, rows: &[Example]) -> Result<Vec<Example>>
     Ok(valid.iter().map(|&i| rows[i].clone()).collect())
 }
 
+/// The `--set` overrides for `project`, with its filter: `{project}` in a value names the
+/// project's directory (facebook__react), so each project can start from weights of its own.
+fn project_overrides(args: &Args, project: &str) -> Vec<String> {
+    let slug = project.replace('/', "__");
+    let mut overrides: Vec<String> = args
+        .overrides
+        .iter()
+        .map(|o| o.replace("{project}", &slug))
+        .collect();
+    overrides.push(format!("data.filter.equals=\"{project}\""));
+    overrides
+}
+
+/// Adapts the first config's encoder to the project's rows of its `data.train` (all of them,
+/// validation rows included: their texts, never their labels) with masked-language modelling,
+/// into `<out>/<project>/adapted`, and returns the override that starts every config there.
+fn adapt_encoder(args: &Args, project: &str) -> Result<String> {
+    let config = RunConfig::load(&args.configs[0], &project_overrides(args, project))?;
+    let dir = args.out.join(project.replace('/', "__")).join("adapted");
+    let options = AdaptOptions {
+        epochs: args.adapt_epochs,
+        seed: config.train.seed,
+        ..AdaptOptions::default()
+    };
+    let mut reporter = Lines(format!("{project} adapt"));
+    let report = adapt(
+        &config,
+        &config.data.train,
+        &options,
+        args.device,
+        &dir,
+        &mut reporter,
+    )?;
+    eprintln!(
+        "[{project} adapt] {} texts, {} steps in {:.1} s: masked-LM loss {:.4} -> {:.4} (head) -> {:.4}",
+        report.texts,
+        report.steps,
+        report.seconds,
+        report.loss_before,
+        report.loss_after_head,
+        report.loss_after
+    );
+    Ok(format!("model.path=\"{}\"", dir.display()))
+}
+
 /// One config of one project, before training: the config with the `--set` overrides and the
 /// project's filter, the project's rows, and the rows its members are scored on (the held-out
 /// ones, or all of them out of fold under `--folds`): what configs of one ensemble must share.
@@ -233,16 +290,9 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(args: &Args, project: &str, path: &Path) -> Result<Self> {
-        // `{project}` in a value names the project's directory (facebook__react), so each
-        // project can start from weights of its own.
-        let slug = project.replace('/', "__");
-        let mut overrides: Vec<String> = args
-            .overrides
-            .iter()
-            .map(|o| o.replace("{project}", &slug))
-            .collect();
-        overrides.push(format!("data.filter.equals=\"{project}\""));
+    fn new(args: &Args, project: &str, path: &Path, extra: &[String]) -> Result<Self> {
+        let mut overrides = project_overrides(args, project);
+        overrides.extend_from_slice(extra);
         let config = RunConfig::load(path, &overrides)?;
         let rows = wick_data::read_examples(&config.data.train, &config.data)?.examples;
         let scored = match args.folds {
@@ -387,11 +437,15 @@ fn run_config(args: &Args, project: &str, plan: Plan) -> Result<ConfigRun> {
 /// config's own validation report (several configs only) and each member's validation macro-F1.
 fn run_project(args: &Args, project: &str) -> Result<ProjectRun> {
     let slug = project.replace('/', "__");
+    let extra = match args.adapt_epochs {
+        0 => Vec::new(),
+        _ => vec![adapt_encoder(args, project)?],
+    };
     // Before any training: every config must score the same rows with the same labels.
     let plans = args
         .configs
         .iter()
-        .map(|path| Plan::new(args, project, path))
+        .map(|path| Plan::new(args, project, path, &extra))
         .collect::<Result<Vec<_>>>()?;
     if let Some(other) = plans[1..].iter().find(|p| !p.agrees_with(&plans[0])) {
         bail!(

@@ -740,6 +740,12 @@ impl BertModel {
         self.embeddings.word.device()
     }
 
+    /// The word-embedding table `(vocab, width)`, the variable itself (a masked-LM decoder tied
+    /// to it trains it through both uses).
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.embeddings.word
+    }
+
     /// The compute dtype of activations.
     pub fn dtype(&self) -> DType {
         self.dtype

@@ -33,6 +33,9 @@ pub enum ModelError {
         path: PathBuf,
         cause: candle_core::Error,
     },
+    /// The model cannot do what was asked of it (the message says what and why).
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
     #[error(transparent)]

@@ -24,6 +24,7 @@ pub mod hub;
 pub mod lora;
 pub mod loss;
 pub mod matmul;
+pub mod mlm;
 pub mod ops;
 pub mod pointwise;
 pub mod rng;
@@ -35,6 +36,7 @@ pub use classifier::{Classifier, Task};
 pub use config::{BertConfig, ModelType};
 pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, LoraTarget};
+pub use mlm::MaskedLm;
 pub use rng::DropoutRng;
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::classifier::HEAD_PREFIX;
 use crate::config::ModelType;
 use crate::error::{ModelError, Result};
 use crate::lora::{self, is_lora};
+use crate::mlm::is_lm_head;
 
 /// What a load did, for the run log.
 #[derive(Debug, Clone, Default)]
@@ -102,9 +103,10 @@ pub fn is_head(name: &str) -> bool {
     name.starts_with(&format!("{HEAD_PREFIX}."))
 }
 
-/// Whether a variable is new to a pretrained encoder: the head or a LoRA adapter.
+/// Whether a variable is new to a pretrained encoder: the head, a LoRA adapter or the
+/// masked-LM head (which [`crate::mlm::load_lm_head`] fills from a file that has one).
 pub fn is_new(name: &str) -> bool {
-    is_head(name) || is_lora(name)
+    is_head(name) || is_lora(name) || is_lm_head(name)
 }
 
 /// Fills variables from a safetensors file. With `include_head` false, only the pretrained
@@ -217,6 +219,13 @@ fn init_selected(
 /// Seeded random init of the head only (a fresh head on a pretrained encoder).
 pub fn init_head(varmap: &VarMap, std: f64, seed: u64) -> Result<()> {
     init_selected(varmap, std, seed, is_head)
+}
+
+/// Seeded random init of the masked-LM head only (an encoder whose file has no such head), from
+/// a stream of its own.
+pub fn init_lm_head(varmap: &VarMap, std: f64, seed: u64) -> Result<()> {
+    // "MLM" in ASCII.
+    init_selected(varmap, std, seed ^ 0x004d_4c4d, is_lm_head)
 }
 
 /// Seeded init of the LoRA adapters only (new adapters on a pretrained encoder); nothing

@@ -1,6 +1,7 @@
 //! wick-trainer: the training loop, optimizer, schedules, checkpoints, evaluation metrics and
 //! device choice. No printing: progress goes through the [`fit::Reporter`] trait.
 
+pub mod adapt;
 pub mod alloc;
 pub mod budget;
 pub mod calibration;

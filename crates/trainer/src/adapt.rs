@@ -1,0 +1,532 @@
+//! Masked-language-model adaptation of a pretrained encoder to a task's own texts before
+//! fine-tuning (task-adaptive pretraining, Gururangan et al. 2020), what Hugging Face's
+//! `run_mlm.py` does: the encoder learns the vocabulary and style of, say, a project's issues,
+//! and a classifier then starts from the adapted encoder (`model.path`).
+//!
+//! Masking is BERT's: each text token (never `[CLS]`/`[SEP]` or padding) is chosen with
+//! probability `mask_prob`; a chosen token becomes the mask token 80% of the time, a uniformly
+//! random token 10%, and stays 10%; the loss is the cross-entropy of the original tokens at the
+//! chosen positions. Masks are drawn anew for every batch from a seeded ChaCha stream, so a run
+//! repeats. A head that starts random (sentence-transformers checkpoints ship without one) first
+//! trains alone for `head_epochs`, the encoder and the tied word embeddings frozen, so that its
+//! first, random gradients do not reach the encoder; then everything trains for `epochs`. Both
+//! phases use AdamW with weight decay except on biases and layer norms, global-norm clipping,
+//! and a linear warm-up over the first `warmup_ratio` of the phase's steps then a linear decay.
+//!
+//! The output directory holds the adapted encoder as a model directory: `model.safetensors`
+//! (the encoder's weights under Hugging Face names, no head), `config.json`, `tokenizer.json`,
+//! and `adapt.json` (the settings, the source model and the masked-LM loss before, after the head
+//! phase and at the end, each on the same fixed masking of all texts with dropout off).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use wick_data::{Encoding, TextTokenizer};
+use wick_model::mlm::{is_lm_head, load_lm_head, MaskedLm};
+use wick_model::weights::{
+    init_all, init_lm_head, load_safetensors, named_vars, transformers_name,
+};
+use wick_model::BertConfig;
+
+use crate::checkpoint::{self, replace_dir, stage, write_synced};
+use crate::config::{Init, Precision, RunConfig};
+use crate::device::{self, DeviceRequest};
+use crate::error::{Result, TrainError};
+use crate::fit::Reporter;
+use crate::optim::{exempt_from_decay, AdamW, ParamSpec};
+use crate::schedule::{Decay, Schedule};
+
+/// The settings of an adaptation run (defaults: [`AdaptOptions::default`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptOptions {
+    /// Passes over the texts with everything training.
+    pub epochs: usize,
+    /// Passes with only the masked-LM head training first (0 when the file has a head of its
+    /// own is a fine choice).
+    pub head_epochs: usize,
+    pub lr: f64,
+    pub head_lr: f64,
+    pub batch_size: usize,
+    /// The fraction of text tokens chosen for prediction.
+    pub mask_prob: f64,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// Seeds text order, masks, dropout and a fresh head's init.
+    pub seed: u64,
+}
+
+impl Default for AdaptOptions {
+    /// Gururangan et al.'s recipe scaled to a batch of 32 (their 100 epochs at batch 256 and
+    /// lr 1e-4 are about as many tokens as 30 epochs here, in more, smaller steps).
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            head_epochs: 3,
+            lr: 5e-5,
+            head_lr: 1e-3,
+            batch_size: 32,
+            mask_prob: 0.15,
+            warmup_ratio: 0.06,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl AdaptOptions {
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: &str| Err(TrainError::config(key, why.to_string()));
+        if self.epochs + self.head_epochs == 0 {
+            return bad("epochs", "adaptation needs at least one epoch");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if !(self.mask_prob > 0.0 && self.mask_prob < 1.0) {
+            return bad("mask_prob", "must lie strictly between 0 and 1");
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio", "must lie in [0, 1)");
+        }
+        if !(self.lr > 0.0 && self.head_lr > 0.0) {
+            return bad("lr", "learning rates must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// What an adaptation did, as `adapt.json` records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptReport {
+    /// The encoder adapted (a Hub id or a directory).
+    pub source: String,
+    pub data: PathBuf,
+    pub texts: usize,
+    /// Text tokens (special tokens excluded) after truncation.
+    pub tokens: usize,
+    pub device: String,
+    pub precision: Precision,
+    /// Whether the masked-LM head came from the source's file (else seeded random).
+    pub head_from_file: bool,
+    pub options: AdaptOptions,
+    pub steps: usize,
+    /// Mean masked-LM loss on the fixed masking: before, after the head phase, at the end.
+    pub loss_before: f64,
+    pub loss_after_head: f64,
+    pub loss_after: f64,
+    pub seconds: f64,
+}
+
+/// One padded batch with its masking, on the device.
+struct MaskedBatch {
+    input_ids: Tensor,
+    token_type_ids: Tensor,
+    attention_mask: Tensor,
+    positions: Tensor,
+    labels: Tensor,
+    chosen: usize,
+}
+
+/// The mask token of a BERT (`[MASK]`) or RoBERTa/MPNet (`<mask>`) vocabulary.
+fn mask_token(tokenizer: &TextTokenizer) -> Option<u32> {
+    tokenizer
+        .token_id("[MASK]")
+        .or_else(|| tokenizer.token_id("<mask>"))
+}
+
+/// BERT's masking of `encodings` padded to their longest: the ids with chosen tokens replaced,
+/// and for each chosen token its flat position in the `(batch, width)` grid and original id.
+/// The first and last token of each encoding (its special tokens) are never chosen.
+pub fn mask_batch(
+    encodings: &[&Encoding],
+    pad_id: u32,
+    mask_id: u32,
+    vocab_size: usize,
+    mask_prob: f64,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<u32>, usize, Vec<u32>, Vec<u32>) {
+    let width = encodings.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let mut ids = vec![pad_id; encodings.len() * width];
+    let (mut positions, mut labels) = (Vec::new(), Vec::new());
+    for (row, encoding) in encodings.iter().enumerate() {
+        let len = encoding.ids.len();
+        for (col, &id) in encoding.ids.iter().enumerate() {
+            let at = row * width + col;
+            ids[at] = id;
+            if col == 0 || col + 1 >= len || !rng.gen_bool(mask_prob) {
+                continue;
+            }
+            positions.push(at as u32);
+            labels.push(id);
+            let draw: f64 = rng.gen();
+            if draw < 0.8 {
+                ids[at] = mask_id;
+            } else if draw < 0.9 {
+                ids[at] = rng.gen_range(0..vocab_size as u32);
+            }
+        }
+    }
+    (ids, width, positions, labels)
+}
+
+fn to_device(
+    encodings: &[&Encoding],
+    tokenizer: &TextTokenizer,
+    mask_id: u32,
+    vocab_size: usize,
+    mask_prob: f64,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Result<MaskedBatch> {
+    let (ids, width, positions, labels) = mask_batch(
+        encodings,
+        tokenizer.pad_id(),
+        mask_id,
+        vocab_size,
+        mask_prob,
+        rng,
+    );
+    let rows = encodings.len();
+    let mut types = vec![0u32; rows * width];
+    let mut mask = vec![0u32; rows * width];
+    for (row, encoding) in encodings.iter().enumerate() {
+        types[row * width..row * width + encoding.type_ids.len()]
+            .copy_from_slice(&encoding.type_ids);
+        mask[row * width..row * width + encoding.ids.len()].fill(1);
+    }
+    let chosen = positions.len();
+    Ok(MaskedBatch {
+        input_ids: Tensor::from_vec(ids, (rows, width), device)?,
+        token_type_ids: Tensor::from_vec(types, (rows, width), device)?,
+        attention_mask: Tensor::from_vec(mask, (rows, width), device)?,
+        positions: Tensor::from_vec(positions, chosen, device)?,
+        labels: Tensor::from_vec(labels, chosen, device)?,
+        chosen,
+    })
+}
+
+/// The model, its variables and what masking needs.
+struct Setup<'a> {
+    model: MaskedLm,
+    varmap: VarMap,
+    tokenizer: &'a TextTokenizer,
+    encodings: &'a [Encoding],
+    mask_id: u32,
+    vocab_size: usize,
+    device: Device,
+}
+
+impl Setup<'_> {
+    /// Mean masked-LM loss over all texts, in order, on a masking fixed by its own seed, dropout
+    /// off: the same number before and after training measures what training did. One read
+    /// from the device, at the end.
+    fn fixed_loss(&self, options: &AdaptOptions) -> Result<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x5eed_f1c5);
+        let mut total: Option<Tensor> = None;
+        let mut count = 0usize;
+        for chunk in self.encodings.chunks(options.batch_size) {
+            let refs: Vec<&Encoding> = chunk.iter().collect();
+            let batch = self.batch(&refs, options.mask_prob, &mut rng)?;
+            if batch.chosen == 0 {
+                continue;
+            }
+            let loss = (self.loss(&batch, false)? * batch.chosen as f64)?;
+            total = Some(match total {
+                Some(t) => (t + loss)?,
+                None => loss,
+            });
+            count += batch.chosen;
+        }
+        let total = total.ok_or_else(|| {
+            TrainError::config(
+                "data.max_len",
+                "no text has a token to mask: the texts are empty or max_len is 2",
+            )
+        })?;
+        Ok(total.to_dtype(DType::F64)?.to_scalar::<f64>()? / count as f64)
+    }
+
+    fn batch(
+        &self,
+        encodings: &[&Encoding],
+        mask_prob: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<MaskedBatch> {
+        to_device(
+            encodings,
+            self.tokenizer,
+            self.mask_id,
+            self.vocab_size,
+            mask_prob,
+            rng,
+            &self.device,
+        )
+    }
+
+    fn loss(&self, batch: &MaskedBatch, train: bool) -> Result<Tensor> {
+        Ok(self.model.loss(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.attention_mask,
+            &batch.positions,
+            &batch.labels,
+            train,
+        )?)
+    }
+
+    /// `epochs` passes in seeded random order training the variables `trains` accepts at peak
+    /// rate `lr`. Returns the steps taken; the mean loss of each epoch goes to `reporter`.
+    #[allow(clippy::too_many_arguments)]
+    fn train(
+        &self,
+        phase: &str,
+        trains: impl Fn(&str) -> bool,
+        epochs: usize,
+        lr: f64,
+        options: &AdaptOptions,
+        rng: &mut ChaCha8Rng,
+        reporter: &mut dyn Reporter,
+    ) -> Result<usize> {
+        if epochs == 0 {
+            return Ok(0);
+        }
+        let params: Vec<ParamSpec> = named_vars(&self.varmap)
+            .into_iter()
+            .filter(|(name, _)| trains(name))
+            .map(|(name, var)| ParamSpec {
+                weight_decay: if exempt_from_decay(&name) {
+                    0.0
+                } else {
+                    options.weight_decay
+                },
+                lr_scale: 1.0,
+                name,
+                var,
+            })
+            .collect();
+        let mut optimizer = AdamW::new(params, 0.9, 0.999, 1e-8)?;
+        let per_epoch = self.encodings.len().div_ceil(options.batch_size);
+        let total = per_epoch * epochs;
+        let schedule = Schedule {
+            peak: lr,
+            warmup_steps: (options.warmup_ratio * total as f64).round() as usize,
+            total_steps: total,
+            decay: Decay::Linear,
+        };
+        let mut order: Vec<usize> = (0..self.encodings.len()).collect();
+        let mut step = 0;
+        for epoch in 0..epochs {
+            order.shuffle(rng);
+            let mut sum: Option<Tensor> = None;
+            let mut batches = 0usize;
+            for chunk in order.chunks(options.batch_size) {
+                let refs: Vec<&Encoding> = chunk.iter().map(|&i| &self.encodings[i]).collect();
+                let batch = self.batch(&refs, options.mask_prob, rng)?;
+                let rate = schedule.lr(step);
+                step += 1;
+                if batch.chosen == 0 {
+                    continue;
+                }
+                let loss = self.loss(&batch, true)?;
+                let mut grads = optimizer.collect(&loss.backward()?);
+                grads.clip(options.max_grad_norm)?;
+                optimizer.step(&grads, rate)?;
+                let loss = loss.detach();
+                sum = Some(match sum {
+                    Some(s) => (s + loss)?,
+                    None => loss,
+                });
+                batches += 1;
+            }
+            // The logging boundary: one read per epoch.
+            if let Some(sum) = sum {
+                let mean = sum.to_dtype(DType::F64)?.to_scalar::<f64>()? / batches as f64;
+                reporter.message(&format!(
+                    "adapt {phase} epoch {}/{epochs}: masked-LM loss {mean:.4}",
+                    epoch + 1
+                ));
+            }
+        }
+        Ok(step)
+    }
+}
+
+/// Adapts the encoder of `config` (its `[model]`, `train.precision` and `data` reading and
+/// tokenization settings) to the texts of `data` (read as `config.data` says, labels not needed)
+/// and writes it to `out` as a model directory that `model.path` loads.
+pub fn adapt(
+    config: &RunConfig,
+    data: &Path,
+    options: &AdaptOptions,
+    request: DeviceRequest,
+    out: &Path,
+    reporter: &mut dyn Reporter,
+) -> Result<AdaptReport> {
+    options.validate()?;
+    if config.train.precision == Precision::F16 {
+        return Err(TrainError::config(
+            "train.precision",
+            "adaptation runs in f32 or bf16 (f16 would need loss scaling)",
+        ));
+    }
+    let start = Instant::now();
+    let source = config.model.source();
+    let resolved = wick_model::hub::resolve(&source)?;
+    let bert = config.model.apply(BertConfig::from_file(&resolved.config)?);
+    let tokenizer = TextTokenizer::from_file(&resolved.tokenizer, config.data.max_len)?
+        .with_truncation(config.data.truncation());
+    let mask_id = mask_token(&tokenizer).ok_or_else(|| {
+        TrainError::config(
+            "model",
+            format!(
+                "{} has neither [MASK] nor <mask>: masked-LM adaptation needs a mask token",
+                resolved.tokenizer.display()
+            ),
+        )
+    })?;
+    let texts: Vec<String> = wick_data::read_unlabelled(data, &config.data)?
+        .examples
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let encodings = tokenizer.encode(&refs)?;
+    let tokens = encodings
+        .iter()
+        .map(|e| e.ids.len().saturating_sub(2))
+        .sum();
+
+    let chosen = device::choose(request)?;
+    reporter.message(&format!("device: {} ({})", chosen.name, chosen.reason));
+    let (varmap, model) = MaskedLm::build(
+        &bert,
+        config.train.precision.dtype(),
+        &chosen.device,
+        options.seed,
+    )?;
+    let head_from_file = match config.model.init {
+        Init::Pretrained => {
+            let loaded = load_safetensors(&varmap, &resolved.weights, false)?;
+            reporter.message(&format!(
+                "loaded {} encoder tensors from {}",
+                loaded.loaded,
+                resolved.weights.display()
+            ));
+            load_lm_head(&varmap, &resolved.weights)?
+        }
+        Init::Random => {
+            init_all(&varmap, bert.initializer_range, options.seed)?;
+            false
+        }
+    };
+    if !head_from_file {
+        init_lm_head(&varmap, bert.initializer_range, options.seed)?;
+    }
+    reporter.message(&format!(
+        "masked-LM head {}; {} texts, {tokens} text tokens",
+        if head_from_file {
+            "from the file"
+        } else {
+            "new (seeded init)"
+        },
+        texts.len()
+    ));
+    let mut setup = Setup {
+        model,
+        varmap,
+        tokenizer: &tokenizer,
+        encodings: &encodings,
+        mask_id,
+        vocab_size: bert.vocab_size,
+        device: chosen.device.clone(),
+    };
+    let loss_before = setup.fixed_loss(options)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    setup.model.set_frozen_encoder(true);
+    let head_steps = setup.train(
+        "head",
+        is_lm_head,
+        options.head_epochs,
+        options.head_lr,
+        options,
+        &mut rng,
+        reporter,
+    )?;
+    setup.model.set_frozen_encoder(false);
+    let loss_after_head = setup.fixed_loss(options)?;
+    let steps = setup.train(
+        "all",
+        |_| true,
+        options.epochs,
+        options.lr,
+        options,
+        &mut rng,
+        reporter,
+    )?;
+    let loss_after = setup.fixed_loss(options)?;
+    let report = AdaptReport {
+        source: match &resolved.commit {
+            Some(commit) => format!("{} at {commit}", resolved.id),
+            None => resolved.id.clone(),
+        },
+        data: data.to_path_buf(),
+        texts: texts.len(),
+        tokens,
+        device: chosen.name.clone(),
+        precision: config.train.precision,
+        head_from_file,
+        options: options.clone(),
+        steps: head_steps + steps,
+        loss_before,
+        loss_after_head,
+        loss_after,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    write_encoder(out, &setup.varmap, &bert, &resolved.tokenizer, &report)?;
+    Ok(report)
+}
+
+/// Writes the encoder's variables (not the head) under Hugging Face names, its config, the
+/// tokenizer and the report to `out`, atomically (a staged directory renamed into place).
+fn write_encoder(
+    out: &Path,
+    varmap: &VarMap,
+    bert: &BertConfig,
+    tokenizer: &Path,
+    report: &AdaptReport,
+) -> Result<()> {
+    let staged = stage(out)?;
+    let tensors = named_vars(varmap)
+        .into_iter()
+        .filter(|(name, _)| !is_lm_head(name))
+        .map(|(name, var)| {
+            Ok((
+                transformers_name(bert.model_type, &name),
+                var.as_tensor().to_dtype(DType::F32)?,
+            ))
+        })
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    let weights = staged.join(checkpoint::WEIGHTS);
+    candle_core::safetensors::save(&tensors, &weights)?;
+    write_synced(
+        &staged.join(checkpoint::BERT_CONFIG),
+        pretty(bert)?.as_bytes(),
+    )?;
+    let bytes = std::fs::read(tokenizer).map_err(TrainError::io(tokenizer))?;
+    write_synced(&staged.join(checkpoint::TOKENIZER), &bytes)?;
+    write_synced(&staged.join("adapt.json"), pretty(report)?.as_bytes())?;
+    replace_dir(&staged, out)
+}
+
+fn pretty<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::config("(adapt output)", e.to_string()))
+}

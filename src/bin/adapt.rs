@@ -1,0 +1,102 @@
+//! `adapt`: continue the pretraining of a run config's encoder with masked-language modelling on
+//! unlabelled texts (say the training texts of the task, or a project's issues), and write the
+//! adapted encoder as a model directory for `model.path` (`wick_trainer::adapt`).
+//!
+//!     cargo run --release --bin adapt -- --config configs/nlbse-mpnet.toml --out runs/adapted \
+//!         [--data FILE] [--set key=value ...] [--epochs 30] [--head-epochs 3] [--lr 5e-5]
+//!         [--head-lr 1e-3] [--batch-size 32] [--mask-prob 0.15] [--seed 0] [--device auto]
+//!
+//! Then: `train --config ... --set model.path=\"runs/adapted\"`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use wick_trainer::adapt::{adapt, AdaptOptions};
+use wick_trainer::config::RunConfig;
+use wick_trainer::device::DeviceRequest;
+use wick_trainer::fit::Reporter;
+
+/// Adapt an encoder to unlabelled texts with masked-language modelling.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The run config (TOML): its [model], train.precision and the [data] keys that read and
+    /// tokenize texts (text_fields, filter, max_len, truncation).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a config key: `--set data.filter.equals="bitcoin/bitcoin"` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// The texts (default: the config's data.train). Labels are not read.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Where the adapted encoder goes (replaced if it exists).
+    #[arg(long)]
+    out: PathBuf,
+    /// Epochs with everything training.
+    #[arg(long, default_value_t = AdaptOptions::default().epochs)]
+    epochs: usize,
+    /// Epochs of the masked-LM head alone first.
+    #[arg(long, default_value_t = AdaptOptions::default().head_epochs)]
+    head_epochs: usize,
+    #[arg(long, default_value_t = AdaptOptions::default().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = AdaptOptions::default().head_lr)]
+    head_lr: f64,
+    #[arg(long, default_value_t = AdaptOptions::default().batch_size)]
+    batch_size: usize,
+    /// The fraction of text tokens chosen for prediction.
+    #[arg(long, default_value_t = AdaptOptions::default().mask_prob)]
+    mask_prob: f64,
+    #[arg(long, default_value_t = AdaptOptions::default().seed)]
+    seed: u64,
+    /// auto (Metal, else CUDA, else CPU), metal, cuda or cpu.
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+}
+
+struct Lines;
+impl Reporter for Lines {
+    fn message(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let config = RunConfig::load(&args.config, &args.overrides)?;
+    let data = args.data.unwrap_or_else(|| config.data.train.clone());
+    let options = AdaptOptions {
+        epochs: args.epochs,
+        head_epochs: args.head_epochs,
+        lr: args.lr,
+        head_lr: args.head_lr,
+        batch_size: args.batch_size,
+        mask_prob: args.mask_prob,
+        seed: args.seed,
+        ..AdaptOptions::default()
+    };
+    let report = adapt(&config, &data, &options, args.device, &args.out, &mut Lines)?;
+    println!(
+        "{}: {} texts, {} steps in {:.1} s; masked-LM loss {:.4} -> {:.4} (head alone) -> {:.4}",
+        args.out.display(),
+        report.texts,
+        report.steps,
+        report.seconds,
+        report.loss_before,
+        report.loss_after_head,
+        report.loss_after
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
