@@ -61,6 +61,7 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
         "lr_find" => env!("CARGO_BIN_EXE_lr_find"),
         "calibrate" => env!("CARGO_BIN_EXE_calibrate"),
         "export" => env!("CARGO_BIN_EXE_export"),
+        "adapt" => env!("CARGO_BIN_EXE_adapt"),
         other => panic!("unknown binary {other}"),
     };
     command(exe)

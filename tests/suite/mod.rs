@@ -1,4 +1,5 @@
 mod adamw_reference;
+mod adapt;
 mod cli;
 mod common;
 mod distill;

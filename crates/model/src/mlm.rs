@@ -127,7 +127,8 @@ impl MaskedLm {
 
     /// Mean cross-entropy of the original tokens `labels (n,)` at the masked `positions (n,)`
     /// (u32 indices into the flattened `(batch * seq)` tokens) of a batch whose masked tokens
-    /// were already replaced in `input_ids`. Dropout applies only when `train` is true.
+    /// were already replaced in `input_ids`. Only with `train` true does dropout apply and
+    /// backward reach the encoder (otherwise its weights enter detached, as in inference).
     pub fn loss(
         &self,
         input_ids: &Tensor,
@@ -228,4 +229,69 @@ pub fn load_lm_head(varmap: &VarMap, path: &Path) -> Result<bool> {
         var.set(&tensor.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::named_vars;
+
+    /// A BERT file's `cls.predictions.*` head (TensorFlow-era `gamma`/`beta` included) fills the
+    /// head; a file without one sets nothing; a head of the wrong width is refused, by name.
+    #[test]
+    fn a_pretrained_head_fills_the_head_by_its_own_names() {
+        let config = BertConfig::tiny(50);
+        let (varmap, _) = MaskedLm::build(&config, DType::F32, &Device::Cpu, 0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let value = |n: usize, v: f32| Tensor::full(v, n, &Device::Cpu).unwrap();
+        let dense = Tensor::full(0.5f32, (32, 32), &Device::Cpu).unwrap();
+        let mut file = HashMap::from([
+            ("cls.predictions.transform.dense.weight".to_string(), dense),
+            (
+                "cls.predictions.transform.dense.bias".to_string(),
+                value(32, 0.25),
+            ),
+            (
+                "cls.predictions.transform.LayerNorm.gamma".to_string(),
+                value(32, 2.0),
+            ),
+            (
+                "cls.predictions.transform.LayerNorm.beta".to_string(),
+                value(32, -1.0),
+            ),
+            ("cls.predictions.bias".to_string(), value(50, 3.0)),
+        ]);
+        let path = dir.path().join("bert.safetensors");
+        candle_core::safetensors::save(&file, &path).unwrap();
+        assert!(load_lm_head(&varmap, &path).unwrap());
+        let vars: HashMap<String, candle_core::Var> = named_vars(&varmap).into_iter().collect();
+        let first = |name: &str| {
+            vars[name]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(first("lm_head.dense.weight"), 0.5);
+        assert_eq!(first("lm_head.dense.bias"), 0.25);
+        assert_eq!(first("lm_head.LayerNorm.weight"), 2.0);
+        assert_eq!(first("lm_head.LayerNorm.bias"), -1.0);
+        assert_eq!(first("lm_head.bias"), 3.0);
+
+        let none = dir.path().join("none.safetensors");
+        candle_core::safetensors::save(&HashMap::from([("x".to_string(), value(2, 1.0))]), &none)
+            .unwrap();
+        assert!(!load_lm_head(&varmap, &none).unwrap());
+
+        file.insert("cls.predictions.bias".to_string(), value(49, 3.0));
+        candle_core::safetensors::save(&file, &path).unwrap();
+        let err = load_lm_head(&varmap, &path).unwrap_err().to_string();
+        assert!(
+            err.contains("cls.predictions.bias") && err.contains("[49]"),
+            "{err}"
+        );
+    }
 }

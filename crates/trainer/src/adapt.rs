@@ -530,3 +530,72 @@ fn pretty<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string_pretty(value)
         .map_err(|e| TrainError::config("(adapt output)", e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoding(len: usize) -> Encoding {
+        Encoding {
+            ids: (0..len as u32).map(|i| 100 + i).collect(),
+            type_ids: vec![0; len],
+            full_len: len,
+        }
+    }
+
+    #[test]
+    fn masking_is_berts_and_repeats_with_its_seed() {
+        let texts: Vec<Encoding> = (0..400).map(|i| encoding(20 + i % 30)).collect();
+        let refs: Vec<&Encoding> = texts.iter().collect();
+        let draw = |seed| {
+            mask_batch(
+                &refs,
+                1,
+                4,
+                1000,
+                0.15,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            )
+        };
+        let (ids, width, positions, labels) = draw(3);
+        assert_eq!(
+            draw(3),
+            (ids.clone(), width, positions.clone(), labels.clone())
+        );
+        assert_ne!(draw(4).2, positions, "another seed chose the same tokens");
+        let text_tokens: usize = texts.iter().map(|e| e.ids.len() - 2).sum();
+        let share = positions.len() as f64 / text_tokens as f64;
+        assert!(
+            (share - 0.15).abs() < 0.01,
+            "{share} of the text tokens chosen"
+        );
+        let (mut masked, mut kept) = (0, 0);
+        for (&at, &label) in positions.iter().zip(&labels) {
+            let (row, col) = (at as usize / width, at as usize % width);
+            let len = texts[row].ids.len();
+            assert!(
+                col > 0 && col + 1 < len,
+                "special token at {col} of {len} chosen"
+            );
+            assert_eq!(label, texts[row].ids[col]);
+            match ids[at as usize] {
+                4 => masked += 1,
+                id if id == label => kept += 1,
+                _ => {}
+            }
+        }
+        let n = positions.len() as f64;
+        assert!(
+            (masked as f64 / n - 0.8).abs() < 0.03,
+            "{masked} of {n} masked"
+        );
+        // Kept: the 10% left alone, and the rare random draw of the token itself.
+        assert!((kept as f64 / n - 0.1).abs() < 0.03, "{kept} of {n} kept");
+        // Padding stays padding and is never chosen.
+        for (row, e) in texts.iter().enumerate() {
+            assert!(ids[row * width + e.ids.len()..(row + 1) * width]
+                .iter()
+                .all(|&id| id == 1));
+        }
+    }
+}

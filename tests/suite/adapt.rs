@@ -1,0 +1,294 @@
+//! Masked-LM adaptation: the head, loss and one AdamW step against transformers'
+//! RobertaForMaskedLM (tests/reference/make_mlm_reference.py wrote the numbers), which variables
+//! get gradients in each phase, and the `adapt` binary end to end: the loss falls, a second run
+//! writes the same weights, and `train` starts from the adapted encoder.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+use wick_model::hub::{resolve, ModelSource};
+use wick_model::mlm::is_lm_head;
+use wick_model::weights::{load_safetensors, named_vars};
+use wick_model::{BertConfig, MaskedLm};
+use wick_trainer::optim::{exempt_from_decay, AdamW, ParamSpec};
+
+use super::common::{assert_ok, load_tensors, path_str, run_bin, text, values, TINY};
+
+#[derive(Deserialize)]
+struct Probe {
+    flat_index: Vec<usize>,
+    after: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    input_ids: Vec<Vec<u32>>,
+    attention_mask: Vec<Vec<u32>>,
+    positions: Vec<u32>,
+    labels: Vec<u32>,
+    lr: f64,
+    weight_decay: f64,
+    betas: (f64, f64),
+    eps: f64,
+    max_grad_norm: f64,
+    loss_before: f32,
+    grad_norm: f32,
+    loss_after: f32,
+    probes: HashMap<String, Probe>,
+}
+
+fn matrix(rows: &[Vec<u32>]) -> Tensor {
+    Tensor::from_vec(rows.concat(), (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
+}
+
+/// The tiny RoBERTa with the reference's head, and the reference.
+fn reference_model() -> (candle_nn::VarMap, MaskedLm, Reference) {
+    let dir = super::common::repo_root().join("tests/reference");
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("roberta_mlm_step.json")).unwrap())
+            .unwrap();
+    let resolved = resolve(&ModelSource::from_path(dir.join("roberta_tiny"))).unwrap();
+    // Training passes without dropout, as the reference's.
+    let mut config = BertConfig::from_file(&resolved.config).unwrap();
+    config.hidden_dropout_prob = 0.0;
+    config.attention_probs_dropout_prob = 0.0;
+    let (varmap, model) = MaskedLm::build(&config, DType::F32, &Device::Cpu, 0).unwrap();
+    load_safetensors(&varmap, &resolved.weights, false).unwrap();
+    let head = load_tensors(&dir.join("roberta_mlm_head.safetensors"));
+    let mut set = 0;
+    for (name, var) in named_vars(&varmap) {
+        if let Some(value) = head.get(&name) {
+            var.set(value).unwrap();
+            set += 1;
+        }
+    }
+    assert_eq!(set, 5, "the head file fills the five head variables");
+    (varmap, model, reference)
+}
+
+fn loss(model: &MaskedLm, r: &Reference) -> Tensor {
+    let ids = matrix(&r.input_ids);
+    let positions = Tensor::new(r.positions.as_slice(), &Device::Cpu).unwrap();
+    let labels = Tensor::new(r.labels.as_slice(), &Device::Cpu).unwrap();
+    model
+        .loss(
+            &ids,
+            &ids.zeros_like().unwrap(),
+            &matrix(&r.attention_mask),
+            &positions,
+            &labels,
+            true,
+        )
+        .unwrap()
+}
+
+#[test]
+fn one_masked_lm_step_matches_pytorch() {
+    let (varmap, model, r) = reference_model();
+    let before = loss(&model, &r);
+    let value = before.to_scalar::<f32>().unwrap();
+    assert!(
+        (value - r.loss_before).abs() < 1e-5,
+        "loss {value} vs PyTorch {}",
+        r.loss_before
+    );
+    let params: Vec<ParamSpec> = named_vars(&varmap)
+        .into_iter()
+        .map(|(name, var)| ParamSpec {
+            weight_decay: if exempt_from_decay(&name) {
+                0.0
+            } else {
+                r.weight_decay
+            },
+            lr_scale: 1.0,
+            name,
+            var,
+        })
+        .collect();
+    let mut optimizer = AdamW::new(params, r.betas.0, r.betas.1, r.eps).unwrap();
+    let store = before.backward().unwrap();
+    // Every variable, the tied word embeddings included, gets a finite, non-zero gradient.
+    for (name, var) in named_vars(&varmap) {
+        let grad = store
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name} has no gradient"));
+        let norm = grad
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            norm.is_finite() && norm > 0.0,
+            "{name}: squared gradient norm {norm}"
+        );
+    }
+    let mut grads = optimizer.collect(&store);
+    let norm = grads
+        .clip(r.max_grad_norm)
+        .unwrap()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        (norm - r.grad_norm).abs() < 1e-4 * r.grad_norm,
+        "grad norm {norm} vs PyTorch {}",
+        r.grad_norm
+    );
+    optimizer.step(&grads, r.lr).unwrap();
+    let vars: HashMap<String, candle_core::Var> = named_vars(&varmap).into_iter().collect();
+    for (name, probe) in &r.probes {
+        let after = values(&vars[name].as_tensor().flatten_all().unwrap());
+        for (&i, &want) in probe.flat_index.iter().zip(&probe.after) {
+            assert!(
+                (after[i] - want).abs() < 2e-6,
+                "{name}[{i}] after the step: {} vs PyTorch {want}",
+                after[i]
+            );
+        }
+    }
+    let after = loss(&model, &r).to_scalar::<f32>().unwrap();
+    assert!(
+        (after - r.loss_after).abs() < 1e-4,
+        "loss after {after} vs PyTorch {}",
+        r.loss_after
+    );
+}
+
+#[test]
+fn a_frozen_encoder_sends_gradients_to_the_head_alone() {
+    let (varmap, mut model, r) = reference_model();
+    model.set_frozen_encoder(true);
+    let store = loss(&model, &r).backward().unwrap();
+    for (name, var) in named_vars(&varmap) {
+        let has = store.get(var.as_tensor()).is_some();
+        assert_eq!(
+            has,
+            is_lm_head(&name),
+            "{name}: gradient {has} with the encoder frozen"
+        );
+    }
+}
+
+fn adapt_tiny(out: &Path) -> std::process::Output {
+    run_bin(
+        "adapt",
+        &[
+            "--config",
+            TINY,
+            "--out",
+            path_str(out),
+            "--epochs",
+            "4",
+            "--head-epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--device",
+            "cpu",
+        ],
+    )
+}
+
+#[test]
+fn adapt_writes_an_encoder_that_train_starts_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("a"), tmp.path().join("b"));
+    let output = adapt_tiny(&first);
+    assert_ok(&output, "adapt");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(first.join("adapt.json")).unwrap()).unwrap();
+    let (before, after) = (
+        report["loss_before"].as_f64().unwrap(),
+        report["loss_after"].as_f64().unwrap(),
+    );
+    assert!(
+        after < before - 0.05,
+        "masked-LM loss {before} -> {after}: adaptation did not learn\n{}",
+        text(&output.stderr)
+    );
+    assert_eq!(report["texts"], 27);
+    assert_eq!(report["head_from_file"], false);
+    // The encoder alone, under Hugging Face names, and the same bytes from a second run.
+    let weights = load_tensors(&first.join("model.safetensors"));
+    assert!(weights.keys().all(|k| !k.starts_with("lm_head")));
+    assert!(weights.contains_key("embeddings.word_embeddings.weight"));
+    assert_ok(&adapt_tiny(&second), "adapt again");
+    assert_eq!(
+        std::fs::read(first.join("model.safetensors")).unwrap(),
+        std::fs::read(second.join("model.safetensors")).unwrap(),
+        "a second run with the same seed wrote other weights"
+    );
+    // train starts from it (the tiny config as a pretrained model of the adapted file's shape):
+    // every encoder tensor loaded, none left over.
+    let tiny = std::fs::read_to_string(super::common::repo_root().join(TINY)).unwrap();
+    let config: Vec<String> = tiny
+        .lines()
+        .filter(|l| {
+            ![
+                "init =",
+                "layers =",
+                "hidden_size =",
+                "heads =",
+                "intermediate_size =",
+            ]
+            .iter()
+            .any(|key| l.starts_with(key))
+        })
+        .map(|l| match l.starts_with("id =") {
+            true => format!("path = \"{}\"", path_str(&first)),
+            false => l.to_string(),
+        })
+        .collect();
+    let config_path = tmp.path().join("from_adapted.toml");
+    std::fs::write(&config_path, config.join("\n")).unwrap();
+    let run = tmp.path().join("run");
+    let output = run_bin(
+        "train",
+        &[
+            "--config",
+            path_str(&config_path),
+            "--set",
+            "train.epochs=1",
+            "--out",
+            path_str(&run),
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert_ok(&output, "train from the adapted encoder");
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "loaded {} encoder tensors from {}",
+            weights.len(),
+            first.join("model.safetensors").display()
+        )) && stderr.contains("(unused: none)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn adapt_refuses_bad_settings_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a");
+    let output = run_bin(
+        "adapt",
+        &[
+            "--config",
+            TINY,
+            "--out",
+            path_str(&out),
+            "--mask-prob",
+            "1.5",
+        ],
+    );
+    super::common::assert_fails_naming(&output, &["mask_prob", "between 0 and 1"]);
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+}
