@@ -87,8 +87,9 @@ data/nlbse/issues_train.csv:
 ## (with TEST) scores the test file with members trained again on all of a project's rows; FOLDS=5
 ## (instead of ENSEMBLE) trains five members, member k holding out fold k (out-of-fold validation);
 ## MATCH_PRIORS=1 scores the probabilities matched to the training rows' label shares (the
-## unmatched scores beside them)
-NLBSE_FLAGS = --json $(if $(FOLDS),--folds $(FOLDS),--ensemble $(or $(ENSEMBLE),$(1))) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit) $(if $(MATCH_PRIORS),--match-priors)
+## unmatched scores beside them); ADAPT=30 first adapts the encoder to each project's texts with
+## 30 epochs of masked-language modelling (the `adapt` binary's defaults otherwise)
+NLBSE_FLAGS = --json $(if $(FOLDS),--folds $(FOLDS),--ensemble $(or $(ENSEMBLE),$(1))) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit) $(if $(MATCH_PRIORS),--match-priors) $(if $(ADAPT),--adapt-epochs $(ADAPT))
 nlbse: model nlbse-data
 	$(CARGO) run --release $(FEATURE_FLAGS) --example nlbse -- $(call NLBSE_FLAGS,1)
 
