@@ -18,7 +18,7 @@
 set -u
 W=/root/s60; . bench/h100/mpnet_setup.sh
 SPLITS=${SPLITS:-13 14}
-BASELINE=${BASELINE:-13}
+BASELINE=${BASELINE-13}   # BASELINE="" runs no shipped split
 EPOCHS=${EPOCHS:-30}; HEAD_EPOCHS=${HEAD_EPOCHS:-3}; LR=${LR:-5e-5}
 cp configs/nlbse-mpnet*.toml bench/tapt.py $W/
 H=$W/heldout; mkdir -p $H; T=$W/tapt
