@@ -267,15 +267,7 @@ fn adapt_encoder(args: &Args, project: &str) -> Result<String> {
         &dir,
         &mut reporter,
     )?;
-    eprintln!(
-        "[{project} adapt] {} texts, {} steps in {:.1} s: masked-LM loss {:.4} -> {:.4} (head) -> {:.4}",
-        report.texts,
-        report.steps,
-        report.seconds,
-        report.loss_before,
-        report.loss_after_head,
-        report.loss_after
-    );
+    eprintln!("[{project} adapt] {}", report.summary());
     Ok(format!("model.path=\"{}\"", dir.display()))
 }
 

@@ -13,7 +13,7 @@ use wick_model::rng::mix_seed;
 use wick_model::weights::{init_all, init_head, init_lora, is_new, load_safetensors, named_vars};
 use wick_model::{BertConfig, Classifier, LoraConfig, Task};
 use wick_trainer::fit::optimizer_step;
-use wick_trainer::optim::{exempt_from_decay, AdamW, ParamSpec};
+use wick_trainer::optim::{AdamW, ParamSpec};
 
 use super::timing::{time_calls, Samples, Timing};
 
@@ -223,16 +223,7 @@ impl Harness {
         let params = named_vars(&self.varmap)
             .into_iter()
             .filter(|(name, _)| !self.lora || is_new(name))
-            .map(|(name, var)| ParamSpec {
-                weight_decay: if exempt_from_decay(&name) {
-                    0.0
-                } else {
-                    WEIGHT_DECAY
-                },
-                lr_scale: 1.0,
-                name,
-                var,
-            })
+            .map(|(name, var)| ParamSpec::new(name, var, WEIGHT_DECAY, 1.0))
             .collect();
         Ok(AdamW::new(params, BETAS.0, BETAS.1, EPS)?)
     }

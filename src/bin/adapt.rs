@@ -78,16 +78,7 @@ fn run(args: Args) -> Result<()> {
         ..AdaptOptions::default()
     };
     let report = adapt(&config, &data, &options, args.device, &args.out, &mut Lines)?;
-    println!(
-        "{}: {} texts, {} steps in {:.1} s; masked-LM loss {:.4} -> {:.4} (head alone) -> {:.4}",
-        args.out.display(),
-        report.texts,
-        report.steps,
-        report.seconds,
-        report.loss_before,
-        report.loss_after_head,
-        report.loss_after
-    );
+    println!("{}: {}", args.out.display(), report.summary());
     Ok(())
 }
 

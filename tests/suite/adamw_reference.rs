@@ -10,7 +10,7 @@ use wick_model::classifier::LossOptions;
 use wick_model::hub::{resolve, ModelSource};
 use wick_model::weights::{is_new, load_safetensors, named_vars};
 use wick_model::{BertConfig, Classifier, LoraConfig, Task};
-use wick_trainer::optim::{exempt_from_decay, AdamW, ParamSpec};
+use wick_trainer::optim::{AdamW, ParamSpec};
 
 #[derive(Deserialize)]
 struct Probe {
@@ -198,16 +198,7 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &s
     let params = named_vars(&varmap)
         .into_iter()
         .filter(|(name, _)| !reference.lora.enabled() || is_new(name))
-        .map(|(name, var)| ParamSpec {
-            weight_decay: if exempt_from_decay(&name) {
-                0.0
-            } else {
-                reference.weight_decay
-            },
-            lr_scale: 1.0,
-            name,
-            var,
-        })
+        .map(|(name, var)| ParamSpec::new(name, var, reference.weight_decay, 1.0))
         .collect();
     let mut optimizer =
         AdamW::new(params, reference.betas.0, reference.betas.1, reference.eps).unwrap();

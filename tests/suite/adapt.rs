@@ -12,7 +12,7 @@ use wick_model::hub::{resolve, ModelSource};
 use wick_model::mlm::is_lm_head;
 use wick_model::weights::{load_safetensors, named_vars};
 use wick_model::{BertConfig, MaskedLm};
-use wick_trainer::optim::{exempt_from_decay, AdamW, ParamSpec};
+use wick_trainer::optim::{AdamW, ParamSpec};
 
 use super::common::{assert_ok, load_tensors, path_str, run_bin, text, values, TINY};
 
@@ -96,16 +96,7 @@ fn one_masked_lm_step_matches_pytorch() {
     );
     let params: Vec<ParamSpec> = named_vars(&varmap)
         .into_iter()
-        .map(|(name, var)| ParamSpec {
-            weight_decay: if exempt_from_decay(&name) {
-                0.0
-            } else {
-                r.weight_decay
-            },
-            lr_scale: 1.0,
-            name,
-            var,
-        })
+        .map(|(name, var)| ParamSpec::new(name, var, r.weight_decay, 1.0))
         .collect();
     let mut optimizer = AdamW::new(params, r.betas.0, r.betas.1, r.eps).unwrap();
     let store = before.backward().unwrap();

@@ -39,7 +39,7 @@ use crate::config::{Init, Precision, RunConfig};
 use crate::device::{self, DeviceRequest};
 use crate::error::{Result, TrainError};
 use crate::fit::Reporter;
-use crate::optim::{exempt_from_decay, AdamW, ParamSpec};
+use crate::optim::{AdamW, ParamSpec};
 use crate::schedule::{Decay, Schedule};
 
 /// The settings of an adaptation run (defaults: [`AdaptOptions::default`]).
@@ -83,21 +83,22 @@ impl Default for AdaptOptions {
 
 impl AdaptOptions {
     fn validate(&self) -> Result<()> {
+        // Named as the fields of `AdaptOptions` (the `adapt` binary's flags, with dashes).
         let bad = |key: &str, why: &str| Err(TrainError::config(key, why.to_string()));
         if self.epochs + self.head_epochs == 0 {
-            return bad("epochs", "adaptation needs at least one epoch");
+            return bad("adapt.epochs", "adaptation needs at least one epoch");
         }
         if self.batch_size == 0 {
-            return bad("batch_size", "must be at least 1");
+            return bad("adapt.batch_size", "must be at least 1");
         }
         if !(self.mask_prob > 0.0 && self.mask_prob < 1.0) {
-            return bad("mask_prob", "must lie strictly between 0 and 1");
+            return bad("adapt.mask_prob", "must lie strictly between 0 and 1");
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return bad("warmup_ratio", "must lie in [0, 1)");
+            return bad("adapt.warmup_ratio", "must lie in [0, 1)");
         }
         if !(self.lr > 0.0 && self.head_lr > 0.0) {
-            return bad("lr", "learning rates must be positive");
+            return bad("adapt.lr", "learning rates must be positive");
         }
         Ok(())
     }
@@ -123,6 +124,21 @@ pub struct AdaptReport {
     pub loss_after_head: f64,
     pub loss_after: f64,
     pub seconds: f64,
+}
+
+impl AdaptReport {
+    /// One line: texts, steps, time and the three losses.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} texts, {} steps in {:.1} s: masked-LM loss {:.4} -> {:.4} (head alone) -> {:.4}",
+            self.texts,
+            self.steps,
+            self.seconds,
+            self.loss_before,
+            self.loss_after_head,
+            self.loss_after
+        )
+    }
 }
 
 /// One padded batch with its masking, on the device.
@@ -301,16 +317,7 @@ impl Setup<'_> {
         let params: Vec<ParamSpec> = named_vars(&self.varmap)
             .into_iter()
             .filter(|(name, _)| trains(name))
-            .map(|(name, var)| ParamSpec {
-                weight_decay: if exempt_from_decay(&name) {
-                    0.0
-                } else {
-                    options.weight_decay
-                },
-                lr_scale: 1.0,
-                name,
-                var,
-            })
+            .map(|(name, var)| ParamSpec::new(name, var, options.weight_decay, 1.0))
             .collect();
         let mut optimizer = AdamW::new(params, 0.9, 0.999, 1e-8)?;
         let per_epoch = self.encodings.len().div_ceil(options.batch_size);

@@ -30,7 +30,7 @@ use crate::eval::{self, Predictions};
 use crate::infer::Ensemble;
 use crate::lr_find;
 use crate::metrics::{ClassificationReport, MetricsLog};
-use crate::optim::{encoder_layer, exempt_from_decay, layer_lr_scale, AdamW, Gradients, ParamSpec};
+use crate::optim::{encoder_layer, layer_lr_scale, AdamW, Gradients, ParamSpec};
 use crate::scaler::LossScaler;
 use crate::schedule::Schedule;
 use crate::stop::StopFlag;
@@ -745,19 +745,13 @@ impl Trainer {
         let params: Vec<ParamSpec> = vars
             .into_iter()
             .filter(|(name, _)| trains(name))
-            .map(|(name, var)| ParamSpec {
-                weight_decay: if exempt_from_decay(&name) {
-                    0.0
-                } else {
-                    t.weight_decay
-                },
-                lr_scale: if is_head(&name) {
+            .map(|(name, var)| {
+                let lr_scale = if is_head(&name) {
                     head_scale
                 } else {
                     layer_lr_scale(&name, layers, t.layer_lr_decay)
-                },
-                name,
-                var,
+                };
+                ParamSpec::new(name, var, t.weight_decay, lr_scale)
             })
             .collect();
         let mut optimizer = AdamW::new(params, t.beta1, t.beta2, t.eps)?;

@@ -51,6 +51,24 @@ pub struct ParamSpec {
     pub lr_scale: f64,
 }
 
+impl ParamSpec {
+    /// `var` decayed by `weight_decay` unless [`exempt_from_decay`] exempts it (biases and
+    /// layer norms, as Hugging Face's Trainer groups them), its rate scaled by `lr_scale`.
+    pub fn new(name: String, var: Var, weight_decay: f64, lr_scale: f64) -> Self {
+        let weight_decay = if exempt_from_decay(&name) {
+            0.0
+        } else {
+            weight_decay
+        };
+        Self {
+            name,
+            var,
+            weight_decay,
+            lr_scale,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     spec: ParamSpec,
