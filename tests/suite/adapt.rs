@@ -282,4 +282,20 @@ fn adapt_refuses_bad_settings_naming_them() {
     );
     super::common::assert_fails_naming(&output, &["mask_prob", "between 0 and 1"]);
     assert!(!out.exists(), "a refused run wrote {}", out.display());
+    // The config's reading settings are checked as `train` checks them.
+    let output = run_bin(
+        "adapt",
+        &[
+            "--config",
+            TINY,
+            "--out",
+            path_str(&out),
+            "--set",
+            "data.truncation=\"head_tail\"",
+            "--set",
+            "data.head_tokens=64",
+        ],
+    );
+    super::common::assert_fails_naming(&output, &["data.head_tokens", "max_len"]);
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
 }

@@ -378,6 +378,7 @@ pub fn adapt(
     reporter: &mut dyn Reporter,
 ) -> Result<AdaptReport> {
     options.validate()?;
+    config.data.validate()?;
     if config.train.precision == Precision::F16 {
         return Err(TrainError::config(
             "train.precision",
