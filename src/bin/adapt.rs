@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use wick_trainer::adapt::{adapt, AdaptOptions};
+use wick_trainer::budget::human_bytes;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::fit::Reporter;
@@ -79,6 +80,11 @@ fn run(args: Args) -> Result<()> {
     };
     let report = adapt(&config, &data, &options, args.device, &args.out, &mut Lines)?;
     println!("{}: {}", args.out.display(), report.summary());
+    // Host memory: the device argument only adds accelerator facts, not needed here.
+    let host = wick_trainer::device::memory_facts(&candle_core::Device::Cpu);
+    if let Some(peak) = host.peak_rss_bytes {
+        println!("peak process memory (RSS): {}", human_bytes(peak));
+    }
     Ok(())
 }
 

@@ -34,6 +34,7 @@ use wick_model::weights::{
 };
 use wick_model::BertConfig;
 
+use crate::budget::{Kernels, MemoryBudget};
 use crate::checkpoint::{self, replace_dir, stage, write_synced};
 use crate::config::{Init, Precision, RunConfig};
 use crate::device::{self, DeviceRequest};
@@ -447,6 +448,30 @@ pub fn adapt(
         },
         texts.len()
     ));
+    // The full phase's step: every variable trains; the longest batch holds max_len tokens.
+    let dtype = config.train.precision.dtype();
+    let params: u64 = named_vars(&varmap)
+        .iter()
+        .map(|(_, v)| v.elem_count() as u64)
+        .sum();
+    let (batch, seq) = (options.batch_size as u64, config.data.max_len as u64);
+    let act_bytes = dtype.size_in_bytes() as u64;
+    let budget = MemoryBudget::estimate(
+        &bert,
+        params,
+        params,
+        (batch, seq),
+        act_bytes,
+        Kernels::on(&chosen.device, dtype),
+        false,
+    )
+    .with_masked_lm(
+        (batch as f64 * seq as f64 * options.mask_prob).ceil() as u64,
+        bert.vocab_size as u64,
+        bert.hidden_size as u64,
+        act_bytes,
+    );
+    reporter.message(&format!("memory budget: {budget}"));
     let mut setup = Setup {
         model,
         varmap,

@@ -119,6 +119,17 @@ impl MemoryBudget {
         }
     }
 
+    /// The budget of a masked-LM step ([`crate::adapt`]) that predicts `rows` masked tokens
+    /// over a vocabulary of `vocab`: the head's three hidden-wide tensors, and eight f32
+    /// vocabulary-wide ones per row (the logits, the log-softmax's shifted, exponentiated and
+    /// final values, and their gradients in backward), counted with the activations.
+    pub fn with_masked_lm(self, rows: u64, vocab: u64, hidden: u64, act_bytes: u64) -> Self {
+        Self {
+            activations: self.activations + rows * (3 * hidden * act_bytes + 8 * vocab * 4),
+            ..self
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.weights + self.gradients + self.optimizer + self.average + self.activations
     }
