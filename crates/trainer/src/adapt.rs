@@ -415,6 +415,12 @@ pub fn adapt(
 
     let chosen = device::choose(request)?;
     reporter.message(&format!("device: {} ({})", chosen.name, chosen.reason));
+    if config.model.lora.enabled() {
+        reporter.message(
+            "[model.lora] is not used here: adaptation trains the whole encoder (a LoRA run can \
+             then start from the adapted encoder through model.path)",
+        );
+    }
     let (varmap, model) = MaskedLm::build(
         &bert,
         config.train.precision.dtype(),
