@@ -12,11 +12,7 @@ use wick_model::weights::{is_new, load_safetensors, named_vars};
 use wick_model::{BertConfig, Classifier, LoraConfig, Task};
 use wick_trainer::optim::{AdamW, ParamSpec};
 
-#[derive(Deserialize)]
-struct Probe {
-    flat_index: Vec<usize>,
-    after: Vec<f32>,
-}
+use super::common::{assert_probes, id_matrix, Probe};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -41,10 +37,6 @@ struct Reference {
     grad_norm: f32,
     loss_after: f32,
     probes: HashMap<String, Probe>,
-}
-
-fn matrix(rows: &[Vec<u32>]) -> Tensor {
-    Tensor::from_vec(rows.concat(), (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
 }
 
 #[test]
@@ -177,9 +169,9 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &s
         }
     }
 
-    let ids = matrix(&reference.input_ids);
-    let mask = matrix(&reference.attention_mask);
-    let types = matrix(&reference.token_type_ids);
+    let ids = id_matrix(&reference.input_ids);
+    let mask = id_matrix(&reference.attention_mask);
+    let types = id_matrix(&reference.token_type_ids);
     let labels = Tensor::new(reference.labels.as_slice(), &Device::Cpu).unwrap();
     let options = LossOptions {
         contrastive_weight: reference.contrastive_weight,
@@ -224,20 +216,7 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &s
     );
     optimizer.step(&grads, reference.lr).unwrap();
 
-    let vars: HashMap<String, Tensor> = named_vars(&varmap)
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap()))
-        .collect();
-    for (name, probe) in &reference.probes {
-        let values = vars[name].to_vec1::<f32>().unwrap();
-        for (&index, &expected) in probe.flat_index.iter().zip(&probe.after) {
-            let got = values[index];
-            assert!(
-                (got - expected).abs() < 1e-4,
-                "{name}[{index}] after the step: {got} vs {expected}"
-            );
-        }
-    }
+    assert_probes(&varmap, &reference.probes, 1e-4);
     let loss_after = loss_of().to_scalar::<f32>().unwrap();
     assert!(
         (loss_after - reference.loss_after).abs() < 1e-4,

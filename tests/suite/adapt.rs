@@ -14,13 +14,9 @@ use wick_model::weights::{load_safetensors, named_vars};
 use wick_model::{BertConfig, MaskedLm};
 use wick_trainer::optim::{AdamW, ParamSpec};
 
-use super::common::{assert_ok, load_tensors, path_str, run_bin, text, values, TINY};
-
-#[derive(Deserialize)]
-struct Probe {
-    flat_index: Vec<usize>,
-    after: Vec<f32>,
-}
+use super::common::{
+    assert_ok, assert_probes, id_matrix, load_tensors, path_str, run_bin, text, Probe, TINY,
+};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -37,10 +33,6 @@ struct Reference {
     grad_norm: f32,
     loss_after: f32,
     probes: HashMap<String, Probe>,
-}
-
-fn matrix(rows: &[Vec<u32>]) -> Tensor {
-    Tensor::from_vec(rows.concat(), (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
 }
 
 /// The tiny RoBERTa with the reference's head, and the reference.
@@ -69,14 +61,14 @@ fn reference_model() -> (candle_nn::VarMap, MaskedLm, Reference) {
 }
 
 fn loss(model: &MaskedLm, r: &Reference) -> Tensor {
-    let ids = matrix(&r.input_ids);
+    let ids = id_matrix(&r.input_ids);
     let positions = Tensor::new(r.positions.as_slice(), &Device::Cpu).unwrap();
     let labels = Tensor::new(r.labels.as_slice(), &Device::Cpu).unwrap();
     model
         .loss(
             &ids,
             &ids.zeros_like().unwrap(),
-            &matrix(&r.attention_mask),
+            &id_matrix(&r.attention_mask),
             &positions,
             &labels,
             true,
@@ -130,17 +122,7 @@ fn one_masked_lm_step_matches_pytorch() {
         r.grad_norm
     );
     optimizer.step(&grads, r.lr).unwrap();
-    let vars: HashMap<String, candle_core::Var> = named_vars(&varmap).into_iter().collect();
-    for (name, probe) in &r.probes {
-        let after = values(&vars[name].as_tensor().flatten_all().unwrap());
-        for (&i, &want) in probe.flat_index.iter().zip(&probe.after) {
-            assert!(
-                (after[i] - want).abs() < 2e-6,
-                "{name}[{i}] after the step: {} vs PyTorch {want}",
-                after[i]
-            );
-        }
-    }
+    assert_probes(&varmap, &r.probes, 2e-6);
     let after = loss(&model, &r).to_scalar::<f32>().unwrap();
     assert!(
         (after - r.loss_after).abs() < 1e-4,

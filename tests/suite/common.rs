@@ -232,3 +232,46 @@ pub fn macro_f1(pairs: &[(usize, usize)], labels: usize) -> f64 {
 pub fn argmax(values: &[f64]) -> usize {
     (0..values.len()).fold(0, |best, i| if values[i] > values[best] { i } else { best })
 }
+
+/// Weights PyTorch updated in a reference step (`tests/reference/*_step.json`): flat indices into
+/// a variable and their values after the step.
+#[derive(serde::Deserialize)]
+pub struct Probe {
+    pub flat_index: Vec<usize>,
+    pub after: Vec<f32>,
+}
+
+/// A `(rows, width)` u32 tensor of equal-length rows (token ids, masks).
+pub fn id_matrix(rows: &[Vec<u32>]) -> candle_core::Tensor {
+    candle_core::Tensor::from_vec(
+        rows.concat(),
+        (rows.len(), rows[0].len()),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Asserts every probed weight of `varmap` is within `tolerance` of PyTorch's value after the
+/// step.
+pub fn assert_probes(
+    varmap: &candle_nn::VarMap,
+    probes: &std::collections::HashMap<String, Probe>,
+    tolerance: f32,
+) {
+    let vars: std::collections::HashMap<String, Vec<f32>> = wick_model::weights::named_vars(varmap)
+        .into_iter()
+        .map(|(n, v)| (n, values(&v.as_tensor().flatten_all().unwrap())))
+        .collect();
+    for (name, probe) in probes {
+        let values = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("the model has no variable {name}"));
+        for (&index, &expected) in probe.flat_index.iter().zip(&probe.after) {
+            let got = values[index];
+            assert!(
+                (got - expected).abs() < tolerance,
+                "{name}[{index}] after the step: {got} vs PyTorch {expected}"
+            );
+        }
+    }
+}
