@@ -18,6 +18,7 @@
 //! and `adapt.json` (the settings, the source model and the masked-LM loss before, after the head
 //! phase and at the end, each on the same fixed masking of all texts with dropout off).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -35,10 +36,11 @@ use wick_model::weights::{
 use wick_model::BertConfig;
 
 use crate::budget::{Kernels, MemoryBudget};
-use crate::checkpoint::{self, replace_dir, stage, write_synced};
+use crate::checkpoint::{self, replace_dir, stage, to_json, write_synced};
 use crate::config::{Init, Precision, RunConfig};
 use crate::device::{self, DeviceRequest};
 use crate::error::{Result, TrainError};
+use crate::export::{save_for_pytorch, transformers_config};
 use crate::fit::Reporter;
 use crate::optim::{AdamW, ParamSpec};
 use crate::schedule::{Decay, Schedule};
@@ -194,42 +196,6 @@ pub fn mask_batch(
     (ids, width, positions, labels)
 }
 
-fn to_device(
-    encodings: &[&Encoding],
-    tokenizer: &TextTokenizer,
-    mask_id: u32,
-    vocab_size: usize,
-    mask_prob: f64,
-    rng: &mut ChaCha8Rng,
-    device: &Device,
-) -> Result<MaskedBatch> {
-    let (ids, width, positions, labels) = mask_batch(
-        encodings,
-        tokenizer.pad_id(),
-        mask_id,
-        vocab_size,
-        mask_prob,
-        rng,
-    );
-    let rows = encodings.len();
-    let mut types = vec![0u32; rows * width];
-    let mut mask = vec![0u32; rows * width];
-    for (row, encoding) in encodings.iter().enumerate() {
-        types[row * width..row * width + encoding.type_ids.len()]
-            .copy_from_slice(&encoding.type_ids);
-        mask[row * width..row * width + encoding.ids.len()].fill(1);
-    }
-    let chosen = positions.len();
-    Ok(MaskedBatch {
-        input_ids: Tensor::from_vec(ids, (rows, width), device)?,
-        token_type_ids: Tensor::from_vec(types, (rows, width), device)?,
-        attention_mask: Tensor::from_vec(mask, (rows, width), device)?,
-        positions: Tensor::from_vec(positions, chosen, device)?,
-        labels: Tensor::from_vec(labels, chosen, device)?,
-        chosen,
-    })
-}
-
 /// The model, its variables and what masking needs.
 struct Setup<'a> {
     model: MaskedLm,
@@ -271,21 +237,39 @@ impl Setup<'_> {
         Ok(total.to_dtype(DType::F64)?.to_scalar::<f64>()? / count as f64)
     }
 
+    /// `encodings` padded to their longest and masked ([`mask_batch`]), on the device.
     fn batch(
         &self,
         encodings: &[&Encoding],
         mask_prob: f64,
         rng: &mut ChaCha8Rng,
     ) -> Result<MaskedBatch> {
-        to_device(
+        let (ids, width, positions, labels) = mask_batch(
             encodings,
-            self.tokenizer,
+            self.tokenizer.pad_id(),
             self.mask_id,
             self.vocab_size,
             mask_prob,
             rng,
-            &self.device,
-        )
+        );
+        let rows = encodings.len();
+        let mut types = vec![0u32; rows * width];
+        let mut mask = vec![0u32; rows * width];
+        for (row, encoding) in encodings.iter().enumerate() {
+            types[row * width..row * width + encoding.type_ids.len()]
+                .copy_from_slice(&encoding.type_ids);
+            mask[row * width..row * width + encoding.ids.len()].fill(1);
+        }
+        let chosen = positions.len();
+        let device = &self.device;
+        Ok(MaskedBatch {
+            input_ids: Tensor::from_vec(ids, (rows, width), device)?,
+            token_type_ids: Tensor::from_vec(types, (rows, width), device)?,
+            attention_mask: Tensor::from_vec(mask, (rows, width), device)?,
+            positions: Tensor::from_vec(positions, chosen, device)?,
+            labels: Tensor::from_vec(labels, chosen, device)?,
+            chosen,
+        })
     }
 
     fn loss(&self, batch: &MaskedBatch, train: bool) -> Result<Tensor> {
@@ -533,8 +517,9 @@ pub fn adapt(
     Ok(report)
 }
 
-/// Writes the encoder's variables (not the head) under Hugging Face names, its config, the
-/// tokenizer and the report to `out`, atomically (a staged directory renamed into place).
+/// Writes the encoder's variables (not the head) as `export` writes an encoder: Hugging Face
+/// names, safetensors PyTorch reads, a transformers `config.json` (which wick reads too); then
+/// the tokenizer and the report; atomically (a staged directory renamed into place).
 fn write_encoder(
     out: &Path,
     varmap: &VarMap,
@@ -552,22 +537,17 @@ fn write_encoder(
                 var.as_tensor().to_dtype(DType::F32)?,
             ))
         })
-        .collect::<Result<std::collections::HashMap<_, _>>>()?;
-    let weights = staged.join(checkpoint::WEIGHTS);
-    candle_core::safetensors::save(&tensors, &weights)?;
+        .collect::<Result<HashMap<_, _>>>()?;
+    save_for_pytorch(&tensors, &staged.join(checkpoint::WEIGHTS))?;
+    let config = transformers_config(bert, &[]);
     write_synced(
         &staged.join(checkpoint::BERT_CONFIG),
-        pretty(bert)?.as_bytes(),
+        to_json(&config)?.as_bytes(),
     )?;
     let bytes = std::fs::read(tokenizer).map_err(TrainError::io(tokenizer))?;
     write_synced(&staged.join(checkpoint::TOKENIZER), &bytes)?;
-    write_synced(&staged.join("adapt.json"), pretty(report)?.as_bytes())?;
+    write_synced(&staged.join("adapt.json"), to_json(report)?.as_bytes())?;
     replace_dir(&staged, out)
-}
-
-fn pretty<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string_pretty(value)
-        .map_err(|e| TrainError::config("(adapt output)", e.to_string()))
 }
 
 #[cfg(test)]

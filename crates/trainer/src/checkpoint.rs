@@ -409,7 +409,7 @@ impl Checkpoint {
 }
 
 /// Pretty JSON for the small metadata files.
-fn to_json<T: Serialize>(value: &T) -> Result<String> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string_pretty(value)
         .map_err(|e| TrainError::config("(checkpoint metadata)", e.to_string()))
 }

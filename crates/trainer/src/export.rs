@@ -283,7 +283,7 @@ fn read_weights(checkpoint: &Checkpoint, fold: bool) -> Result<ExportWeights> {
 /// Writes tensors as safetensors with the `{"format": "pt"}` header metadata that PyTorch's
 /// savers write: transformers before 4.4x refuses a file without it ("'NoneType' object has no
 /// attribute 'get'" in 4.40).
-fn save_for_pytorch(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+pub(crate) fn save_for_pytorch(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
@@ -362,7 +362,7 @@ fn truncation_words(side: TruncationSide, head_tokens: usize) -> String {
 
 /// `config.json` for transformers' `AutoModel`: the encoder's shape under transformers' own
 /// names, and the label names.
-fn transformers_config(bert: &BertConfig, labels: &[String]) -> Value {
+pub(crate) fn transformers_config(bert: &BertConfig, labels: &[String]) -> Value {
     let hidden_act = match bert.hidden_act {
         HiddenAct::Gelu => "gelu",
         // The tanh approximation, transformers' `NewGELUActivation`.
