@@ -5,14 +5,13 @@
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
-use std::collections::HashMap;
 use wick_model::classifier::LossOptions;
 use wick_model::hub::{resolve, ModelSource};
 use wick_model::weights::{is_new, load_safetensors, named_vars};
 use wick_model::{BertConfig, Classifier, LoraConfig, Task};
 use wick_trainer::optim::{AdamW, ParamSpec};
 
-use super::common::{assert_probes, id_matrix, Probe};
+use super::common::{assert_probes, id_matrix, Step};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -28,15 +27,9 @@ struct Reference {
     /// PEFT's LoRA on the frozen encoder (absent: the whole model trains).
     #[serde(default)]
     lora: LoraConfig,
-    lr: f64,
-    weight_decay: f64,
-    betas: (f64, f64),
-    eps: f64,
-    max_grad_norm: f64,
-    loss_before: f32,
-    grad_norm: f32,
-    loss_after: f32,
-    probes: HashMap<String, Probe>,
+    /// The optimizer's settings and what PyTorch's step gave.
+    #[serde(flatten)]
+    step: Step,
 }
 
 #[test]
@@ -190,37 +183,42 @@ fn adamw_step_matches_pytorch(source: ModelSource, prefix: &str, head_prefix: &s
     let params = named_vars(&varmap)
         .into_iter()
         .filter(|(name, _)| !reference.lora.enabled() || is_new(name))
-        .map(|(name, var)| ParamSpec::new(name, var, reference.weight_decay, 1.0))
+        .map(|(name, var)| ParamSpec::new(name, var, reference.step.weight_decay, 1.0))
         .collect();
-    let mut optimizer =
-        AdamW::new(params, reference.betas.0, reference.betas.1, reference.eps).unwrap();
+    let mut optimizer = AdamW::new(
+        params,
+        reference.step.betas.0,
+        reference.step.betas.1,
+        reference.step.eps,
+    )
+    .unwrap();
 
     let loss = loss_of();
     let loss_before = loss.to_scalar::<f32>().unwrap();
     assert!(
-        (loss_before - reference.loss_before).abs() < 1e-4,
+        (loss_before - reference.step.loss_before).abs() < 1e-4,
         "loss before: {loss_before} vs {}",
-        reference.loss_before
+        reference.step.loss_before
     );
     let mut grads = optimizer.collect(&loss.backward().unwrap());
     let norm = grads
-        .clip(reference.max_grad_norm)
+        .clip(reference.step.max_grad_norm)
         .unwrap()
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
     assert!(
-        (norm - reference.grad_norm).abs() < 1e-4,
+        (norm - reference.step.grad_norm).abs() < 1e-4,
         "grad norm: {norm} vs {}",
-        reference.grad_norm
+        reference.step.grad_norm
     );
-    optimizer.step(&grads, reference.lr).unwrap();
+    optimizer.step(&grads, reference.step.lr).unwrap();
 
-    assert_probes(&varmap, &reference.probes, 1e-4);
+    assert_probes(&varmap, &reference.step.probes, 1e-4);
     let loss_after = loss_of().to_scalar::<f32>().unwrap();
     assert!(
-        (loss_after - reference.loss_after).abs() < 1e-4,
+        (loss_after - reference.step.loss_after).abs() < 1e-4,
         "loss after: {loss_after} vs {}",
-        reference.loss_after
+        reference.step.loss_after
     );
 }

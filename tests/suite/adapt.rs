@@ -3,7 +3,6 @@
 //! get gradients in each phase, and the `adapt` binary end to end: the loss falls, a second run
 //! writes the same weights, and `train` starts from the adapted encoder.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -15,7 +14,7 @@ use wick_model::{BertConfig, MaskedLm};
 use wick_trainer::optim::{AdamW, ParamSpec};
 
 use super::common::{
-    assert_ok, assert_probes, id_matrix, load_tensors, path_str, run_bin, text, Probe, TINY,
+    assert_ok, assert_probes, id_matrix, load_tensors, path_str, run_bin, text, Step, TINY,
 };
 
 #[derive(Deserialize)]
@@ -24,15 +23,9 @@ struct Reference {
     attention_mask: Vec<Vec<u32>>,
     positions: Vec<u32>,
     labels: Vec<u32>,
-    lr: f64,
-    weight_decay: f64,
-    betas: (f64, f64),
-    eps: f64,
-    max_grad_norm: f64,
-    loss_before: f32,
-    grad_norm: f32,
-    loss_after: f32,
-    probes: HashMap<String, Probe>,
+    /// The optimizer's settings and what PyTorch's step gave.
+    #[serde(flatten)]
+    step: Step,
 }
 
 /// The tiny RoBERTa with the reference's head, and the reference.
@@ -82,15 +75,15 @@ fn one_masked_lm_step_matches_pytorch() {
     let before = loss(&model, &r);
     let value = before.to_scalar::<f32>().unwrap();
     assert!(
-        (value - r.loss_before).abs() < 1e-5,
+        (value - r.step.loss_before).abs() < 1e-5,
         "loss {value} vs PyTorch {}",
-        r.loss_before
+        r.step.loss_before
     );
     let params: Vec<ParamSpec> = named_vars(&varmap)
         .into_iter()
-        .map(|(name, var)| ParamSpec::new(name, var, r.weight_decay, 1.0))
+        .map(|(name, var)| ParamSpec::new(name, var, r.step.weight_decay, 1.0))
         .collect();
-    let mut optimizer = AdamW::new(params, r.betas.0, r.betas.1, r.eps).unwrap();
+    let mut optimizer = AdamW::new(params, r.step.betas.0, r.step.betas.1, r.step.eps).unwrap();
     let store = before.backward().unwrap();
     // Every variable, the tied word embeddings included, gets a finite, non-zero gradient.
     for (name, var) in named_vars(&varmap) {
@@ -111,23 +104,23 @@ fn one_masked_lm_step_matches_pytorch() {
     }
     let mut grads = optimizer.collect(&store);
     let norm = grads
-        .clip(r.max_grad_norm)
+        .clip(r.step.max_grad_norm)
         .unwrap()
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
     assert!(
-        (norm - r.grad_norm).abs() < 1e-4 * r.grad_norm,
+        (norm - r.step.grad_norm).abs() < 1e-4 * r.step.grad_norm,
         "grad norm {norm} vs PyTorch {}",
-        r.grad_norm
+        r.step.grad_norm
     );
-    optimizer.step(&grads, r.lr).unwrap();
-    assert_probes(&varmap, &r.probes, 2e-6);
+    optimizer.step(&grads, r.step.lr).unwrap();
+    assert_probes(&varmap, &r.step.probes, 2e-6);
     let after = loss(&model, &r).to_scalar::<f32>().unwrap();
     assert!(
-        (after - r.loss_after).abs() < 1e-4,
+        (after - r.step.loss_after).abs() < 1e-4,
         "loss after {after} vs PyTorch {}",
-        r.loss_after
+        r.step.loss_after
     );
 }
 
@@ -251,33 +244,23 @@ fn adapt_writes_an_encoder_that_train_starts_from() {
 fn adapt_refuses_bad_settings_naming_them() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("a");
-    let output = run_bin(
-        "adapt",
-        &[
-            "--config",
-            TINY,
-            "--out",
-            path_str(&out),
-            "--mask-prob",
-            "1.5",
-        ],
-    );
-    super::common::assert_fails_naming(&output, &["mask_prob", "between 0 and 1"]);
-    assert!(!out.exists(), "a refused run wrote {}", out.display());
-    // The config's reading settings are checked as `train` checks them.
-    let output = run_bin(
-        "adapt",
-        &[
-            "--config",
-            TINY,
-            "--out",
-            path_str(&out),
-            "--set",
-            "data.truncation=\"head_tail\"",
-            "--set",
-            "data.head_tokens=64",
-        ],
-    );
-    super::common::assert_fails_naming(&output, &["data.head_tokens", "max_len"]);
-    assert!(!out.exists(), "a refused run wrote {}", out.display());
+    let cases: [(&[&str], &[&str]); 2] = [
+        (&["--mask-prob", "1.5"], &["mask_prob", "between 0 and 1"]),
+        // The config's reading settings are checked as `train` checks them.
+        (
+            &[
+                "--set",
+                "data.truncation=\"head_tail\"",
+                "--set",
+                "data.head_tokens=64",
+            ],
+            &["data.head_tokens", "max_len"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        let mut args = vec!["--config", TINY, "--out", path_str(&out)];
+        args.extend_from_slice(extra);
+        super::common::assert_fails_naming(&run_bin("adapt", &args), needles);
+        assert!(!out.exists(), "a refused run wrote {}", out.display());
+    }
 }

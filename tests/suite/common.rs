@@ -241,6 +241,22 @@ pub struct Probe {
     pub after: Vec<f32>,
 }
 
+/// One reference step's AdamW settings (clipping at `max_grad_norm`, decay but on biases and
+/// layer norms) and PyTorch's results: the loss before and after, the pre-clip gradient norm and
+/// probed weights.
+#[derive(serde::Deserialize)]
+pub struct Step {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub max_grad_norm: f64,
+    pub loss_before: f32,
+    pub grad_norm: f32,
+    pub loss_after: f32,
+    pub probes: std::collections::HashMap<String, Probe>,
+}
+
 /// A `(rows, width)` u32 tensor of equal-length rows (token ids, masks).
 pub fn id_matrix(rows: &[Vec<u32>]) -> candle_core::Tensor {
     candle_core::Tensor::from_vec(
