@@ -17,7 +17,7 @@ use wick_trainer::adapt::{adapt, AdaptOptions};
 use wick_trainer::budget::human_bytes;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::fit::Reporter;
+use wick_trainer::fit::Messages;
 
 /// Adapt an encoder to unlabelled texts with masked-language modelling.
 #[derive(Debug, Parser)]
@@ -58,13 +58,6 @@ struct Args {
     device: DeviceRequest,
 }
 
-struct Lines;
-impl Reporter for Lines {
-    fn message(&mut self, text: &str) {
-        eprintln!("{text}");
-    }
-}
-
 fn run(args: Args) -> Result<()> {
     let config = RunConfig::load(&args.config, &args.overrides)?;
     let data = args.data.unwrap_or_else(|| config.data.train.clone());
@@ -78,7 +71,14 @@ fn run(args: Args) -> Result<()> {
         seed: args.seed,
         ..AdaptOptions::default()
     };
-    let report = adapt(&config, &data, &options, args.device, &args.out, &mut Lines)?;
+    let report = adapt(
+        &config,
+        &data,
+        &options,
+        args.device,
+        &args.out,
+        &mut Messages,
+    )?;
     println!("{}: {}", args.out.display(), report.summary());
     // Host memory: the device argument only adds accelerator facts, not needed here.
     let host = wick_trainer::device::memory_facts(&candle_core::Device::Cpu);

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::fit::{Reporter, RunOptions, Trainer};
+use wick_trainer::fit::{Messages, RunOptions, Trainer};
 
 /// Learning-rate range test: which peak rates make the loss fall, and where it blows up.
 #[derive(Debug, Parser)]
@@ -35,14 +35,6 @@ struct Args {
     /// Print the whole curve as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// The trainer's messages on stderr.
-struct Messages;
-impl Reporter for Messages {
-    fn message(&mut self, text: &str) {
-        eprintln!("{text}");
-    }
 }
 
 fn run(args: Args) -> Result<()> {

@@ -158,6 +158,16 @@ pub trait Reporter {
 pub struct Silent;
 impl Reporter for Silent {}
 
+/// A reporter that writes the trainer's messages (warnings, what was loaded) to stderr, one per
+/// line, and nothing else.
+#[derive(Debug, Default)]
+pub struct Messages;
+impl Reporter for Messages {
+    fn message(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
