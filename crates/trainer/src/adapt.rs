@@ -221,7 +221,9 @@ impl Setup<'_> {
             if batch.chosen == 0 {
                 continue;
             }
-            let loss = (self.loss(&batch, false)? * batch.chosen as f64)?;
+            // Detached: the sum would otherwise hold every batch's graph, logits included,
+            // until the end.
+            let loss = (self.loss(&batch, false)?.detach() * batch.chosen as f64)?;
             total = Some(match total {
                 Some(t) => (t + loss)?,
                 None => loss,
