@@ -77,14 +77,14 @@ fn run(args: Args) -> Result<()> {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" + ");
-    let read = |path: &PathBuf| -> Result<(String, Vec<wick_data::Example>)> {
+    let read = |path: &PathBuf| -> Result<(String, Vec<wick_data::Example>, PathBuf)> {
         let rows = wick_data::read_examples(path, data)
             .with_context(|| format!("evaluating {scored} on {}", path.display()))?;
-        Ok((path.display().to_string(), rows.examples))
+        Ok((path.display().to_string(), rows.examples, path.clone()))
     };
     // --data, else the run's validation: its file, or the rows it held out of data.train; else
-    // its test file.
-    let (what, examples) = match &args.data {
+    // its test file. `source` is the file the rows' numbers point into.
+    let (what, examples, source) = match &args.data {
         Some(path) => read(path)?,
         None => {
             if data.valid.is_none() {
@@ -94,7 +94,10 @@ fn run(args: Args) -> Result<()> {
                 .validation_rows()
                 .with_context(|| format!("evaluating {scored} on its run's validation data"))?;
             match validation {
-                Some(rows) => rows,
+                Some((what, rows)) => {
+                    let file = data.valid.as_ref().unwrap_or(&data.train);
+                    (what, rows, file.clone())
+                }
                 None => read(data.test.as_ref().context(
                     "the checkpoint's run had no validation data and names no test file: pass \
                      --data FILE",
@@ -216,6 +219,7 @@ fn run(args: Args) -> Result<()> {
             shown.len(),
             mistakes.len()
         );
+        let unit = data.format_of(&source)?.unit();
         for m in shown {
             let example = &examples[m.index];
             let words: Vec<&str> = example.text.split_whitespace().collect();
@@ -229,7 +233,7 @@ fn run(args: Args) -> Result<()> {
                 list => list.to_string(),
             };
             println!(
-                "  line {}: {} predicted as {} ({:.3})  {start}",
+                "  {unit} {}: {} predicted as {} ({:.3})  {start}",
                 example.line,
                 plain(&m.truth),
                 plain(&m.predicted),

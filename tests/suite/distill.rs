@@ -248,7 +248,12 @@ fn out_of_fold_distillation_labels_each_row_by_the_run_that_held_it_out() {
     );
     assert_fails_naming(
         &refused,
-        &["train.distill_out_of_fold", "27 of the 27", "data.folds"],
+        &[
+            "train.distill_out_of_fold",
+            "27 of the 27",
+            "(the first at tests/fixtures/tiny/train.jsonl:1)",
+            "data.folds",
+        ],
     );
     // Texts made another way cannot be matched.
     let refused = train_tiny(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::clean::Clean;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Unit};
 use crate::tokenize::Truncation;
 
 /// On-disk format of a data file.
@@ -21,6 +21,16 @@ pub enum Format {
     Csv,
     /// Apache Parquet (Hugging Face datasets' format); `ClassLabel` ids read as their names.
     Parquet,
+}
+
+impl Format {
+    /// What a row's number counts in a file of this format: lines of text, or Parquet's rows.
+    pub fn unit(self) -> Unit {
+        match self {
+            Self::Jsonl | Self::Csv => Unit::Line,
+            Self::Parquet => Unit::Row,
+        }
+    }
 }
 
 /// Keep only rows whose `column` equals `equals` exactly (after number/bool stringification).

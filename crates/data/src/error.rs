@@ -30,77 +30,57 @@ pub enum Error {
     )]
     UnknownFormat { path: PathBuf },
 
-    /// The bytes of the file are not UTF-8; `line` is the 1-based line of the first bad byte.
-    #[error("{}: invalid UTF-8", at(path, *line))]
-    InvalidUtf8 { path: PathBuf, line: usize },
+    /// The bytes of the file are not UTF-8; `at` is the line of the first bad byte.
+    #[error("{at}: invalid UTF-8")]
+    InvalidUtf8 { at: Location },
 
     /// A JSONL line is not valid JSON.
-    #[error("{}: malformed JSON: {cause}", at(path, *line))]
+    #[error("{at}: malformed JSON: {cause}")]
     Json {
-        path: PathBuf,
-        line: usize,
+        at: Location,
         cause: serde_json::Error,
     },
 
     /// A row is well-formed but unusable (not a JSON object, a stray quote, a duplicate column...).
-    #[error("{}: {reason}", at(path, *line))]
-    BadRow {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
+    #[error("{at}: {reason}")]
+    BadRow { at: Location, reason: String },
 
     /// A row lacks a field the config asks for.
-    #[error(
-        "{}: missing field `{field}` (fields present: {})",
-        at(path, *line),
-        present.join(", ")
-    )]
+    #[error("{at}: missing field `{field}` (fields present: {})", present.join(", "))]
     MissingField {
-        path: PathBuf,
-        line: usize,
+        at: Location,
         field: String,
         present: Vec<String>,
     },
 
     /// A field is present but holds a value of the wrong kind.
-    #[error("{}: field `{field}`: {reason}", at(path, *line))]
+    #[error("{at}: field `{field}`: {reason}")]
     BadField {
-        path: PathBuf,
-        line: usize,
+        at: Location,
         field: String,
         reason: String,
     },
 
     /// A CSV record has a different number of fields than the header.
-    #[error(
-        "{}: record has {found} fields but the header has {expected}",
-        at(path, *line)
-    )]
+    #[error("{at}: record has {found} fields but the header has {expected}")]
     FieldCount {
-        path: PathBuf,
-        line: usize,
+        at: Location,
         expected: usize,
         found: usize,
     },
 
-    /// A CSV quoted field is never closed; `line` is where its record begins.
-    #[error(
-        "{}: unterminated quoted field (the record starting here never closes its quote)",
-        at(path, *line)
-    )]
-    UnterminatedQuote { path: PathBuf, line: usize },
+    /// A CSV quoted field is never closed; `at` is where its record begins.
+    #[error("{at}: unterminated quoted field (the record starting here never closes its quote)")]
+    UnterminatedQuote { at: Location },
 
     /// A label value is not in `data.labels`.
     #[error(
-        "{}: unknown label {label:?} (known labels: {}){}",
-        at(path, *line),
+        "{at}: unknown label {label:?} (known labels: {}){}",
         known.join(", "),
         id_hint(label, known)
     )]
     UnknownLabel {
-        path: PathBuf,
-        line: usize,
+        at: Location,
         label: String,
         known: Vec<String>,
     },
@@ -144,16 +124,63 @@ pub enum Error {
     },
 }
 
-/// Where a row is: `file:line` for text files, `file row N` for Parquet (1-based either way),
-/// told apart by the `.parquet` extension.
-fn at(path: &Path, line: usize) -> String {
-    let parquet = path
-        .extension()
-        .is_some_and(|ext| ext.eq_ignore_ascii_case("parquet"));
-    if parquet {
-        format!("{} row {line}", path.display())
-    } else {
-        format!("{}:{line}", path.display())
+/// Where a row is in its file, 1-based: a line of a text file (JSONL, CSV: where the record
+/// starts, as an editor shows it) or a row of a Parquet file. The unit comes from the format the
+/// file was read as, not from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    pub unit: Unit,
+    /// 1-based line or row.
+    pub number: usize,
+}
+
+/// What [`Location::number`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A physical line of a text file.
+    Line,
+    /// A row of a columnar file, which has no lines.
+    Row,
+}
+
+impl Location {
+    /// Line `number` (1-based) of the text file at `path`.
+    pub fn line(path: &Path, number: usize) -> Self {
+        Self::new(path, Unit::Line, number)
+    }
+
+    /// Row `number` (1-based) of the columnar file at `path`.
+    pub fn row(path: &Path, number: usize) -> Self {
+        Self::new(path, Unit::Row, number)
+    }
+
+    pub fn new(path: &Path, unit: Unit, number: usize) -> Self {
+        Self {
+            path: path.to_owned(),
+            unit,
+            number,
+        }
+    }
+}
+
+/// "line" or "row".
+impl std::fmt::Display for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Line => "line",
+            Self::Row => "row",
+        })
+    }
+}
+
+/// `file:line` as compilers and editors write it; `file row N` for a row.
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.unit {
+            Unit::Line => write!(f, "{}:{}", self.path.display(), self.number),
+            Unit::Row => write!(f, "{} row {}", self.path.display(), self.number),
+        }
     }
 }
 

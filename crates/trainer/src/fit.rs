@@ -11,7 +11,7 @@ use candle_nn::VarMap;
 use serde_json::json;
 use wick_data::{
     epoch_order, read_examples, split_folds, split_train_valid, DataSummary, Dataset, Example,
-    Targets, TensorBatch, TextTokenizer,
+    Location, Targets, TensorBatch, TextTokenizer,
 };
 use wick_model::classifier::LossOptions;
 use wick_model::weights::{
@@ -436,16 +436,15 @@ fn teacher_targets(
         .map(|(row, _)| row)
         .collect();
     if let Some(first) = missing.first() {
+        let at = Location::new(&data.train, data.format_of(&data.train)?.unit(), first.line);
         return Err(TrainError::config(
             key,
             format!(
-                "every teacher trained on {} of the {} training rows (the first at line {} of \
-                 {}): give teachers that hold each row out, such as the runs of data.folds = K \
-                 with data.fold = 0..K-1 on this file",
+                "every teacher trained on {} of the {} training rows (the first at {at}): give \
+                 teachers that hold each row out, such as the runs of data.folds = K with \
+                 data.fold = 0..K-1 on this file",
                 missing.len(),
                 rows.len(),
-                first.line,
-                data.train.display()
             ),
         ));
     }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Location, Result};
 
 /// One CSV record and the 1-based physical line where it starts.
 #[derive(Debug)]
@@ -32,8 +32,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Vec<Record>> {
                 loop {
                     let Some(offset) = bytes[i..].iter().position(|&b| b == b'"') else {
                         return Err(Error::UnterminatedQuote {
-                            path: path.to_owned(),
-                            line: start_line,
+                            at: Location::line(path, start_line),
                         });
                     };
                     let quote = i + offset;
@@ -63,8 +62,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Vec<Record>> {
                     }
                     _ => {
                         return Err(Error::BadRow {
-                            path: path.to_owned(),
-                            line,
+                            at: Location::line(path, line),
                             reason: format!(
                                 "unexpected text after the closing quote of field {} \
                                  (a quote inside a quoted field must be doubled: \"\")",
@@ -145,7 +143,7 @@ mod tests {
     fn text_after_closing_quote_is_an_error_on_its_line() {
         let err = parse(Path::new("t.csv"), "a\n\"x\ny\"z,1\n").err();
         assert!(
-            matches!(err, Some(Error::BadRow { line: 3, .. })),
+            matches!(&err, Some(Error::BadRow { at, .. }) if at.number == 3),
             "{err:?}"
         );
     }

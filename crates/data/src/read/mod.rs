@@ -1,6 +1,6 @@
 //! Turns a JSONL, CSV or Parquet file into [`Example`]s: applies `data.filter`, joins
 //! `data.text_fields` into one text and maps the label field to a [`Target`]. Every rejected row
-//! is reported with its file and 1-based line (a Parquet file's 1-based row).
+//! is reported with its [`Location`]: file and 1-based line (a Parquet file's 1-based row).
 
 mod csv;
 mod parquet;
@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::clean::CleanStats;
 use crate::config::{DataConfig, Format};
-use crate::error::{Error, Result};
+use crate::error::{Error, Location, Result, Unit};
 
 /// What the model should predict for one example.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +62,8 @@ pub fn read_unlabelled(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
 }
 
 fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
-    let rows = match cfg.format_of(path)? {
+    let format = cfg.format_of(path)?;
+    let rows = match format {
         Format::Jsonl => jsonl_rows(path, &read_text(path)?)?,
         Format::Csv => csv_rows(path, &read_text(path)?)?,
         Format::Parquet => parquet::rows(path, cfg)?,
@@ -81,6 +82,7 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
         .collect();
     let row_reader = RowReader {
         path,
+        unit: format.unit(),
         cfg,
         label_ids,
     };
@@ -142,12 +144,12 @@ fn read_text(path: &Path) -> Result<String> {
     })?;
     let mut text = String::from_utf8(bytes).map_err(|e| {
         let bytes = e.as_bytes();
+        let newlines = bytes[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
         Error::InvalidUtf8 {
-            path: path.to_owned(),
-            line: 1 + bytes[..e.utf8_error().valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count(),
+            at: Location::line(path, 1 + newlines),
         }
     })?;
     if text.starts_with('\u{feff}') {
@@ -165,14 +167,12 @@ fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
             continue;
         }
         let value: Value = serde_json::from_str(raw).map_err(|cause| Error::Json {
-            path: path.to_owned(),
-            line,
+            at: Location::line(path, line),
             cause,
         })?;
         let Value::Object(fields) = value else {
             return Err(Error::BadRow {
-                path: path.to_owned(),
-                line,
+                at: Location::line(path, line),
                 reason: format!(
                     "expected one JSON object per line, found {}",
                     kind_of(&value)
@@ -192,8 +192,7 @@ fn csv_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
     for (i, name) in header.fields.iter().enumerate() {
         if header.fields[..i].contains(name) {
             return Err(Error::BadRow {
-                path: path.to_owned(),
-                line: header.line,
+                at: Location::line(path, header.line),
                 reason: format!("header names column {name:?} twice"),
             });
         }
@@ -202,8 +201,7 @@ fn csv_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
         .map(|record| {
             if record.fields.len() != header.fields.len() {
                 return Err(Error::FieldCount {
-                    path: path.to_owned(),
-                    line: record.line,
+                    at: Location::line(path, record.line),
                     expected: header.fields.len(),
                     found: record.fields.len(),
                 });
@@ -222,11 +220,17 @@ fn csv_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
 /// Per-file context for turning a row's fields into text and target.
 struct RowReader<'a> {
     path: &'a Path,
+    /// Whether the file's row numbers count lines (text formats) or rows (Parquet).
+    unit: Unit,
     cfg: &'a DataConfig,
     label_ids: HashMap<&'a str, u32>,
 }
 
 impl RowReader<'_> {
+    fn at(&self, line: usize) -> Location {
+        Location::new(self.path, self.unit, line)
+    }
+
     fn field<'f>(
         &self,
         line: usize,
@@ -234,8 +238,7 @@ impl RowReader<'_> {
         name: &str,
     ) -> Result<&'f Value> {
         fields.get(name).ok_or_else(|| Error::MissingField {
-            path: self.path.to_owned(),
-            line,
+            at: self.at(line),
             field: name.to_owned(),
             present: fields.keys().cloned().collect(),
         })
@@ -243,8 +246,7 @@ impl RowReader<'_> {
 
     fn bad_field(&self, line: usize, field: &str, reason: String) -> Error {
         Error::BadField {
-            path: self.path.to_owned(),
-            line,
+            at: self.at(line),
             field: field.to_owned(),
             reason,
         }
@@ -339,8 +341,7 @@ impl RowReader<'_> {
             .get(label.as_str())
             .copied()
             .ok_or_else(|| Error::UnknownLabel {
-                path: self.path.to_owned(),
-                line,
+                at: self.at(line),
                 label,
                 known: self.cfg.labels.clone(),
             })

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::Row;
 use crate::config::DataConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Location, Result};
 
 /// Every row of the Parquet file at `path`, in file order.
 pub(super) fn rows(path: &Path, cfg: &DataConfig) -> Result<Vec<Row>> {
@@ -38,17 +38,17 @@ pub(super) fn rows(path: &Path, cfg: &DataConfig) -> Result<Vec<Row>> {
         .map_err(parquet_error)?
         .enumerate()
     {
-        let line = index + 1;
+        let number = index + 1;
         let row = row.map_err(parquet_error)?;
         let mut fields = Map::new();
         for (name, field) in row.get_column_iter() {
             let value = match class_labels.get(name.as_str()) {
-                Some(names) => label_names(path, line, name, field, names)?,
-                None => field_value(path, line, name, field, cfg)?,
+                Some(names) => label_names(path, number, name, field, names)?,
+                None => field_value(path, number, name, field, cfg)?,
             };
             fields.insert(name.clone(), value);
         }
-        rows.push((line, fields));
+        rows.push((number, fields));
     }
     Ok(rows)
 }
@@ -59,7 +59,7 @@ pub(super) fn rows(path: &Path, cfg: &DataConfig) -> Result<Vec<Row>> {
 /// image column does not stop a file from being read.
 fn field_value(
     path: &Path,
-    line: usize,
+    number: usize,
     name: &str,
     field: &Field,
     cfg: &DataConfig,
@@ -75,8 +75,7 @@ fn field_value(
         || cfg.filter.as_ref().is_some_and(|f| f.column == name);
     if read {
         return Err(Error::BadField {
-            path: path.to_owned(),
-            line,
+            at: Location::row(path, number),
             field: name.to_owned(),
             reason: "holds binary data that is not UTF-8 text".into(),
         });
@@ -87,7 +86,7 @@ fn field_value(
 /// A `ClassLabel` field (an id, or a list of ids) as its names; -1 and null as null.
 fn label_names(
     path: &Path,
-    line: usize,
+    number: usize,
     column: &str,
     field: &Field,
     names: &[String],
@@ -105,8 +104,7 @@ fn label_names(
             Field::ULong(n) => i128::from(*n),
             other => {
                 return Err(Error::BadField {
-                    path: path.to_owned(),
-                    line,
+                    at: Location::row(path, number),
                     field: column.to_owned(),
                     reason: format!(
                         "is a ClassLabel column in the file's metadata but holds {}",
@@ -123,8 +121,7 @@ fn label_names(
             .and_then(|i| names.get(i))
             .map(|name| Value::String(name.clone()))
             .ok_or_else(|| Error::BadField {
-                path: path.to_owned(),
-                line,
+                at: Location::row(path, number),
                 field: column.to_owned(),
                 reason: format!(
                     "label id {id} is outside the ClassLabel's {} names (0..{}) in the file's metadata",

@@ -1,5 +1,5 @@
 use tempfile::TempDir;
-use wick_data::{read_examples, read_unlabelled, Error, Filter, Target};
+use wick_data::{read_examples, read_unlabelled, Error, Filter, Location, Target};
 
 use crate::common::{config, write, TestResult};
 
@@ -14,7 +14,10 @@ fn malformed_line_names_file_and_line() -> TestResult {
     let err = read_examples(&path, &config(&path))
         .err()
         .ok_or("expected an error")?;
-    assert!(matches!(err, Error::Json { line: 3, .. }), "{err:?}");
+    assert!(
+        matches!(&err, Error::Json { at, .. } if at.number == 3),
+        "{err:?}"
+    );
     let message = err.to_string();
     assert!(
         message.contains(&format!("{}:3:", path.display())),
@@ -41,10 +44,8 @@ fn unknown_label_names_label_line_and_known_labels() -> TestResult {
         .err()
         .ok_or("expected an error")?;
     match &err {
-        Error::UnknownLabel {
-            line, label, known, ..
-        } => {
-            assert_eq!((*line, label.as_str()), (3, "docs"));
+        Error::UnknownLabel { at, label, known } => {
+            assert_eq!((at, label.as_str()), (&Location::line(&path, 3), "docs"));
             assert_eq!(known, &["bug", "feature", "question"]);
         }
         other => return Err(format!("wrong error: {other:?}").into()),
@@ -86,13 +87,8 @@ fn missing_text_field_names_field_and_fields_present() -> TestResult {
         .err()
         .ok_or("expected an error")?;
     match &err {
-        Error::MissingField {
-            line,
-            field,
-            present,
-            ..
-        } => {
-            assert_eq!((*line, field.as_str()), (1, "body"));
+        Error::MissingField { at, field, present } => {
+            assert_eq!((at, field.as_str()), (&Location::line(&path, 1), "body"));
             assert_eq!(present, &["label", "title"]);
         }
         other => return Err(format!("wrong error: {other:?}").into()),
@@ -159,7 +155,7 @@ fn object_in_text_field_is_an_error_naming_the_field() -> TestResult {
         .err()
         .ok_or("expected an error")?;
     assert!(
-        matches!(&err, Error::BadField { line: 2, field, .. } if field == "text"),
+        matches!(&err, Error::BadField { at, field, .. } if at.number == 2 && field == "text"),
         "{err:?}"
     );
     Ok(())
@@ -172,7 +168,10 @@ fn line_that_is_not_an_object_is_rejected() -> TestResult {
     let err = read_examples(&path, &config(&path))
         .err()
         .ok_or("expected an error")?;
-    assert!(matches!(err, Error::BadRow { line: 1, .. }), "{err:?}");
+    assert!(
+        matches!(&err, Error::BadRow { at, .. } if at.number == 1),
+        "{err:?}"
+    );
     Ok(())
 }
 
@@ -314,7 +313,10 @@ fn invalid_utf8_names_file_and_line() -> TestResult {
     let err = read_examples(&path, &config(&path))
         .err()
         .ok_or("expected an error")?;
-    assert!(matches!(err, Error::InvalidUtf8 { line: 2, .. }), "{err:?}");
+    assert!(
+        matches!(&err, Error::InvalidUtf8 { at } if at.number == 2),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains(&format!("{}:2", path.display())),
         "{err}"

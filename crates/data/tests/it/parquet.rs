@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tempfile::TempDir;
-use wick_data::{read_examples, read_unlabelled, DataConfig, Error, Filter, Format, Target};
+use wick_data::{
+    read_examples, read_unlabelled, DataConfig, Error, Filter, Format, Location, Target, Unit,
+};
 
 use crate::common::{config, write, TestResult};
 
@@ -123,13 +125,60 @@ fn a_class_label_of_minus_one_is_no_label() -> TestResult {
     let err = read_examples(&path, &cfg)
         .err()
         .ok_or("expected an error")?;
-    assert!(matches!(err, Error::BadField { line: 1, .. }), "{err:?}");
+    assert!(
+        matches!(&err, Error::BadField { at, .. } if *at == Location::row(&path, 1)),
+        "{err:?}"
+    );
     let message = err.to_string();
     assert!(
         message.contains(&format!("{} row 1:", path.display())),
         "{message}"
     );
     assert!(message.contains("holds no label"), "{message}");
+    Ok(())
+}
+
+/// Where a bad row is comes from the format the file was read as, not from its name: a Parquet
+/// file under another extension still has rows, and a JSONL file named `.parquet` has lines.
+#[test]
+fn error_locations_follow_the_format_not_the_extension() -> TestResult {
+    let dir = TempDir::new()?;
+    let parquet = dir.path().join("issues.bin");
+    std::fs::copy(fixture("hf_unlabelled.parquet"), &parquet)?;
+    let mut cfg = config(&parquet);
+    cfg.format = Some(Format::Parquet);
+    let err = read_examples(&parquet, &cfg)
+        .err()
+        .ok_or("expected an error")?;
+    assert!(
+        matches!(&err, Error::BadField { at, .. } if at.unit == Unit::Row && at.number == 1),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{} row 1:", parquet.display())),
+        "{err}"
+    );
+
+    let jsonl = write(
+        &dir,
+        "named.parquet",
+        "{\"text\": \"a\", \"label\": \"bug\"}\n\n{\"text\": \"b\", \"label\": \"docs\"}\n",
+    );
+    let mut cfg = config(&jsonl);
+    cfg.format = Some(Format::Jsonl);
+    let err = read_examples(&jsonl, &cfg)
+        .err()
+        .ok_or("expected an error")?;
+    assert!(
+        matches!(&err, Error::UnknownLabel { at, .. } if *at == Location::line(&jsonl, 3)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:3: unknown label", jsonl.display())),
+        "{err}"
+    );
     Ok(())
 }
 
