@@ -20,7 +20,6 @@ pub mod config;
 pub mod cuda;
 pub mod error;
 pub mod fused;
-pub mod hub;
 pub mod lora;
 pub mod loss;
 pub mod matmul;
@@ -30,6 +29,10 @@ pub mod pointwise;
 pub mod rng;
 pub mod simd;
 pub mod weights;
+
+/// Where a pretrained model's files come from (the `wick-hub` crate, re-exported under its old
+/// path).
+pub use wick_hub as hub;
 
 pub use bert::BertModel;
 pub use classifier::{Classifier, Task};

