@@ -43,7 +43,7 @@ export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
 export WICK_TEST_RUNNER="$CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER"
 
 $CARGO build --target "$TARGET" --examples
-$CARGO test --target "$TARGET" -p wick-data -p wick-model -p wick-trainer
+$CARGO test --target "$TARGET" -p wick-data -p wick-hub -p wick-model -p wick-trainer
 $CARGO test --target "$TARGET" --test tests
 $CARGO run --target "$TARGET" --example custom_training -- configs/tiny.toml
 $CARGO run --target "$TARGET" --example embeddings

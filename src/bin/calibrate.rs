@@ -20,9 +20,10 @@ struct Args {
     /// A checkpoint directory (or a run directory, meaning its best/).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Labelled JSONL or CSV with the checkpoint's field mapping (default: its run's validation
-    /// data, a data.valid file or the rows it held out of data.train). Not the test set you
-    /// report on: the temperature is fitted to this data.
+    /// Labelled JSONL, CSV or Parquet with the checkpoint's field mapping, local or
+    /// hf://datasets/... (default: its run's validation data, a data.valid file or the rows it
+    /// held out of data.train). Not the test set you report on: the temperature is fitted to
+    /// this data.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Remove the checkpoint's temperature instead (its raw probabilities again).

@@ -23,14 +23,15 @@ struct Args {
     /// ensemble: the mean of the checkpoints' class probabilities.
     #[arg(long, required = true)]
     checkpoint: Vec<PathBuf>,
-    /// Labelled JSONL or CSV with the checkpoint's field mapping (default: its run's validation
-    /// data, a data.valid file or the rows it held out of data.train, else data.test).
+    /// Labelled JSONL, CSV or Parquet with the checkpoint's field mapping, local or
+    /// hf://datasets/{org}/{name}[@{revision}]/{file} (default: its run's validation data, a
+    /// data.valid file or the rows it held out of data.train, else data.test).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also list the N most confident mistakes (file line, truth, prediction, probabilities,
+    /// Also list the N most confident mistakes (file line or row, truth, prediction, probabilities,
     /// the start of the text); in JSON under "errors".
     #[arg(long, value_name = "N", default_value_t = 0)]
     errors: usize,

@@ -27,9 +27,9 @@ struct Args {
     checkpoint: Vec<PathBuf>,
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
-    /// A JSONL or CSV file of the schema the checkpoint was trained on: each kept row (the
-    /// checkpoint's `data.filter` applies) is labelled, its fields passed through. A label
-    /// column, if present, is not read.
+    /// A JSONL, CSV or Parquet file (local or hf://datasets/...) of the schema the checkpoint
+    /// was trained on: each kept row (the checkpoint's `data.filter` applies) is labelled, its
+    /// fields passed through. A label column, if present, is not read.
     #[arg(long, conflicts_with = "texts")]
     data: Option<PathBuf>,
     /// Single-label: give no label (`"label": null`) when the top probability is below this,

@@ -6,6 +6,7 @@ mod distill;
 mod ema;
 mod export;
 mod gpu;
+mod hub_data;
 mod lora;
 mod minilm_training;
 mod nlbse;

@@ -182,6 +182,17 @@ impl DataConfig {
         if self.train.as_os_str().is_empty() {
             return Err(bad("train", "must name a file".into()));
         }
+        // A malformed `hf://` path is refused here, before anything is read or downloaded.
+        let files = [
+            ("train", Some(&self.train)),
+            ("valid", self.valid.as_ref()),
+            ("test", self.test.as_ref()),
+        ];
+        for (key, path) in files {
+            if let Some(Err(cause)) = path.and_then(|p| wick_hub::dataset::DatasetFile::parse(p)) {
+                return Err(bad(key, cause.to_string()));
+            }
+        }
         if self.labels.is_empty() {
             return Err(bad("labels", "must list at least one label".into()));
         }

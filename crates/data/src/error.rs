@@ -15,6 +15,11 @@ pub enum Error {
     #[error("invalid config key `{key}`: {reason}")]
     Config { key: String, reason: String },
 
+    /// An `hf://datasets/...` data path names no file, or its file is neither in the Hugging
+    /// Face cache nor downloadable (the message names the path, the cache and why).
+    #[error(transparent)]
+    Hub(#[from] wick_hub::HubError),
+
     /// The file could not be opened or read.
     #[error("cannot read {}: {cause}", path.display())]
     Io {

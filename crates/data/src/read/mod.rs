@@ -1,6 +1,8 @@
 //! Turns a JSONL, CSV or Parquet file into [`Example`]s: applies `data.filter`, joins
 //! `data.text_fields` into one text and maps the label field to a [`Target`]. Every rejected row
 //! is reported with its [`Location`]: file and 1-based line (a Parquet file's 1-based row).
+//! A path `hf://datasets/{org}/{name}[@{revision}]/{file}` reads that file of a Hub dataset
+//! through the local Hugging Face cache (`wick_hub::dataset`).
 
 mod csv;
 mod parquet;
@@ -63,10 +65,14 @@ pub fn read_unlabelled(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
 
 fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     let format = cfg.format_of(path)?;
+    // An `hf://datasets/...` path reads its file in the Hub cache (downloaded when missing);
+    // messages name rows by the path as given.
+    let hub_file = wick_hub::dataset::local_data_file(path)?;
+    let file = hub_file.as_ref().map_or(path, |hub| hub.path.as_path());
     let rows = match format {
-        Format::Jsonl => jsonl_rows(path, &read_text(path)?)?,
-        Format::Csv => csv_rows(path, &read_text(path)?)?,
-        Format::Parquet => parquet::rows(path, cfg)?,
+        Format::Jsonl => jsonl_rows(path, &read_text(file)?)?,
+        Format::Csv => csv_rows(path, &read_text(file)?)?,
+        Format::Parquet => parquet::rows(file, path, cfg)?,
     };
     if rows.is_empty() {
         return Err(Error::Empty {

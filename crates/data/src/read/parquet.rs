@@ -20,9 +20,10 @@ use super::Row;
 use crate::config::DataConfig;
 use crate::error::{Error, Location, Result};
 
-/// Every row of the Parquet file at `path`, in file order.
-pub(super) fn rows(path: &Path, cfg: &DataConfig) -> Result<Vec<Row>> {
-    let file = File::open(path).map_err(|cause| Error::Io {
+/// Every row of the Parquet file `file`, in file order; errors name it `path` (the data path as
+/// given, which differs for a file of the Hub cache).
+pub(super) fn rows(file: &Path, path: &Path, cfg: &DataConfig) -> Result<Vec<Row>> {
+    let file = File::open(file).map_err(|cause| Error::Io {
         path: path.to_owned(),
         cause,
     })?;
