@@ -62,7 +62,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use wick_data::Example;
-use wick_trainer::adapt::{adapt, AdaptOptions};
+use wick_trainer::adapt::{adapt, AdaptOptions, AdaptOutcome, AdaptRun, CHECKPOINT};
 use wick_trainer::checkpoint;
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
@@ -259,14 +259,17 @@ fn adapt_encoder(args: &Args, project: &str) -> Result<String> {
         ..AdaptOptions::default()
     };
     let mut reporter = Lines(format!("{project} adapt"));
-    let report = adapt(
-        &config,
-        &config.data.train,
-        &options,
-        args.device,
-        &dir,
-        &mut reporter,
-    )?;
+    // A run this example left unfinished (killed) continues where its last save stands.
+    let run = AdaptRun {
+        resume: dir.join(CHECKPOINT).is_dir(),
+        ..AdaptRun::new(args.device, &dir)
+    };
+    let report = match adapt(&config, &config.data.train, &options, &run, &mut reporter)? {
+        AdaptOutcome::Finished(report) => report,
+        AdaptOutcome::Stopped { checkpoint, .. } => {
+            anyhow::bail!("adaptation stopped; {} holds it", checkpoint.display())
+        }
+    };
     eprintln!("[{project} adapt] {}", report.summary());
     Ok(format!("model.path=\"{}\"", dir.display()))
 }

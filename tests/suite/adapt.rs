@@ -1,17 +1,26 @@
 //! Masked-LM adaptation: the head, loss and one AdamW step against transformers'
 //! RobertaForMaskedLM (tests/reference/make_mlm_reference.py wrote the numbers), which variables
 //! get gradients in each phase, and the `adapt` binary end to end: the loss falls, a second run
-//! writes the same weights, and `train` starts from the adapted encoder.
+//! writes the same weights, and `train` starts from the adapted encoder. A run stopped and
+//! resumed writes the bytes of a run never stopped.
 
 use std::path::Path;
+use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
+use std::time::Duration;
 use wick_model::hub::{resolve, ModelSource};
 use wick_model::mlm::is_lm_head;
 use wick_model::weights::{load_safetensors, named_vars};
 use wick_model::{BertConfig, MaskedLm};
+
+use wick_trainer::adapt::{adapt, AdaptOptions, AdaptOutcome, AdaptReport, AdaptRun, CHECKPOINT};
+use wick_trainer::config::RunConfig;
+use wick_trainer::device::DeviceRequest;
+use wick_trainer::fit::{Progress, Reporter};
 use wick_trainer::optim::{AdamW, ParamSpec};
+use wick_trainer::stop::StopFlag;
 
 use super::common::{
     assert_ok, assert_probes, id_matrix, load_tensors, path_str, run_bin, text, Step, TINY,
@@ -244,8 +253,12 @@ fn adapt_writes_an_encoder_that_train_starts_from() {
 fn adapt_refuses_bad_settings_naming_them() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("a");
-    let cases: [(&[&str], &[&str]); 2] = [
+    let cases: [(&[&str], &[&str]); 3] = [
         (&["--mask-prob", "1.5"], &["mask_prob", "between 0 and 1"]),
+        (
+            &["--resume"],
+            &["--resume", "holds no adaptation to resume"],
+        ),
         // The config's reading settings are checked as `train` checks them.
         (
             &[
@@ -263,4 +276,139 @@ fn adapt_refuses_bad_settings_naming_them() {
         super::common::assert_fails_naming(&run_bin("adapt", &args), needles);
         assert!(!out.exists(), "a refused run wrote {}", out.display());
     }
+}
+
+/// Requests a stop when the run reports step `at`.
+struct StopAt {
+    at: usize,
+    flag: StopFlag,
+}
+
+impl Reporter for StopAt {
+    fn step(&mut self, progress: &Progress) {
+        if progress.step == self.at {
+            self.flag.request();
+        }
+    }
+}
+
+/// The tiny config (27 texts) with its data path made absolute, and `adapt_tiny`'s settings:
+/// 4 batches per epoch, one head epoch then four, 20 steps.
+fn tiny_adaptation() -> (RunConfig, AdaptOptions) {
+    let root = super::common::repo_root();
+    let mut config = RunConfig::load(&root.join(TINY), &[]).unwrap();
+    config.data.train = root.join(&config.data.train);
+    let options = AdaptOptions {
+        epochs: 4,
+        head_epochs: 1,
+        batch_size: 8,
+        lr: 1e-3,
+        ..AdaptOptions::default()
+    };
+    (config, options)
+}
+
+fn adapt_in(
+    out: &Path,
+    options: &AdaptOptions,
+    resume: bool,
+    save_every: Option<Duration>,
+    stop_at: Option<usize>,
+) -> Result<AdaptOutcome, wick_trainer::error::TrainError> {
+    let (config, _) = tiny_adaptation();
+    let run = AdaptRun {
+        resume,
+        save_every,
+        ..AdaptRun::new(DeviceRequest::Cpu, out)
+    };
+    let mut reporter = StopAt {
+        at: stop_at.unwrap_or(usize::MAX),
+        flag: run.stop.clone(),
+    };
+    adapt(&config, &config.data.train, options, &run, &mut reporter)
+}
+
+fn finished(outcome: AdaptOutcome) -> AdaptReport {
+    match outcome {
+        AdaptOutcome::Finished(report) => report,
+        AdaptOutcome::Stopped { steps, .. } => panic!("stopped at step {steps}"),
+    }
+}
+
+#[test]
+fn an_adaptation_stopped_and_resumed_writes_the_weights_of_one_never_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, options) = tiny_adaptation();
+    let whole = tmp.path().join("whole");
+    let reference = finished(adapt_in(&whole, &options, false, None, None).unwrap());
+    assert_eq!(reference.steps, 20);
+    let weights = std::fs::read(whole.join("model.safetensors")).unwrap();
+    assert!(
+        !whole.join(CHECKPOINT).exists(),
+        "a finished run keeps its state"
+    );
+
+    // Step 3: mid-epoch in the head phase; 4: the head phase's last step; 10: mid-epoch in the
+    // full phase.
+    for at in [3, 4, 10] {
+        let out = tmp.path().join(format!("stopped-{at}"));
+        match adapt_in(&out, &options, false, None, Some(at)).unwrap() {
+            AdaptOutcome::Stopped { checkpoint, steps } => {
+                assert_eq!(steps, at);
+                assert_eq!(checkpoint, out.join(CHECKPOINT));
+            }
+            AdaptOutcome::Finished(_) => panic!("a stop at step {at} was not taken"),
+        }
+        assert!(!out.join("model.safetensors").exists());
+        // A fresh run would discard the saved one: refused.
+        let err = adapt_in(&out, &options, false, None, None).unwrap_err();
+        assert!(err.to_string().contains("--resume"), "{err}");
+        // Other settings cannot continue it.
+        let other = AdaptOptions {
+            lr: 2e-3,
+            ..options.clone()
+        };
+        let err = adapt_in(&out, &other, true, None, None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("adapt.lr = 0.001, this run asks for 0.002"),
+            "{err}"
+        );
+
+        let resumed = finished(adapt_in(&out, &options, true, None, None).unwrap());
+        assert_eq!(
+            std::fs::read(out.join("model.safetensors")).unwrap(),
+            weights,
+            "stopped at step {at} and resumed, other weights"
+        );
+        assert_eq!(resumed.steps, reference.steps);
+        assert_eq!(
+            (
+                resumed.loss_before,
+                resumed.loss_after_head,
+                resumed.loss_after
+            ),
+            (
+                reference.loss_before,
+                reference.loss_after_head,
+                reference.loss_after
+            )
+        );
+        assert!(!out.join(CHECKPOINT).exists());
+    }
+
+    // Saving at every epoch's end changes nothing either.
+    let saving = tmp.path().join("saving");
+    finished(adapt_in(&saving, &options, false, Some(Duration::ZERO), None).unwrap());
+    assert_eq!(
+        std::fs::read(saving.join("model.safetensors")).unwrap(),
+        weights
+    );
+    // A stop requested during the last step ends the run as usual.
+    let last = tmp.path().join("last");
+    finished(adapt_in(&last, &options, false, None, Some(20)).unwrap());
+    assert_eq!(
+        std::fs::read(last.join("model.safetensors")).unwrap(),
+        weights
+    );
 }

@@ -20,14 +20,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wick_data::{Encoding, TextTokenizer};
 use wick_model::mlm::{is_lm_head, load_lm_head, MaskedLm};
 use wick_model::weights::{
@@ -36,17 +36,18 @@ use wick_model::weights::{
 use wick_model::BertConfig;
 
 use crate::budget::{Kernels, MemoryBudget};
-use crate::checkpoint::{self, replace_dir, stage, to_json, write_synced};
+use crate::checkpoint::{self, replace_dir, stage, sync_file, to_json, write_synced};
 use crate::config::{Init, Precision, RunConfig};
 use crate::device::{self, DeviceRequest};
 use crate::error::{Result, TrainError};
 use crate::export::{save_for_pytorch, transformers_config};
-use crate::fit::Reporter;
+use crate::fit::{Progress, Reporter};
 use crate::optim::{AdamW, ParamSpec};
 use crate::schedule::{Decay, Schedule};
+use crate::stop::StopFlag;
 
 /// The settings of an adaptation run (defaults: [`AdaptOptions::default`]).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdaptOptions {
     /// Passes over the texts with everything training.
     pub epochs: usize,
@@ -207,6 +208,126 @@ struct Setup<'a> {
     device: Device,
 }
 
+/// The two phases of an adaptation, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Phase {
+    /// The masked-LM head alone, the encoder frozen.
+    Head,
+    /// Everything.
+    All,
+}
+
+/// Where a run stands, between two steps: what `<out>/checkpoint/adapt_state.json` holds beside
+/// the weights and the phase's AdamW moments, so that a resumed run takes exactly the steps an
+/// uninterrupted one would have taken (the same order, masks and dropout).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    /// What the run is: a resume must ask for the same.
+    options: AdaptOptions,
+    source: String,
+    data: PathBuf,
+    texts: usize,
+    precision: Precision,
+    head_from_file: bool,
+    loss_before: f64,
+    loss_after_head: Option<f64>,
+    /// The phase in progress, its epoch (0-based) and the batches of that epoch done.
+    phase: Phase,
+    epoch: usize,
+    batch: usize,
+    /// Steps of the phase done (its schedule's position) and of the run.
+    phase_steps: usize,
+    steps: usize,
+    /// The phase optimizer's step count.
+    optimizer_steps: u64,
+    /// The epoch's text order (shuffled from the previous epoch's at each epoch's start).
+    order: Vec<usize>,
+    /// The position of the ChaCha stream behind order and masks (a `u128`, as text).
+    rng_word_pos: String,
+    /// The epoch's summed batch losses and batches so far, for its mean.
+    epoch_loss_sum: f64,
+    epoch_batches: usize,
+    /// Seconds spent before this process.
+    seconds: f64,
+}
+
+impl RunState {
+    /// The first field of what a run is that differs between `self` (saved) and `other`
+    /// (asked for), as `(key, saved, asked)`.
+    fn difference(&self, other: &RunState) -> Option<(String, String, String)> {
+        // Plain data: serializing it cannot fail.
+        let as_json = |state: &RunState| {
+            let mut identity = serde_json::Map::new();
+            if let Ok(serde_json::Value::Object(options)) = serde_json::to_value(&state.options) {
+                for (key, value) in options {
+                    identity.insert(format!("adapt.{key}"), value);
+                }
+            }
+            identity.insert("source".into(), state.source.clone().into());
+            identity.insert("data".into(), state.data.display().to_string().into());
+            identity.insert("texts".into(), state.texts.into());
+            identity.insert(
+                "train.precision".into(),
+                serde_json::to_value(state.precision).unwrap_or_default(),
+            );
+            identity
+        };
+        let (saved, asked) = (as_json(self), as_json(other));
+        saved.iter().find_map(|(key, value)| {
+            let other = &asked[key];
+            (other != value).then(|| (key.clone(), value.to_string(), other.to_string()))
+        })
+    }
+}
+
+/// How an adaptation runs, beside its settings (which decide its result; these do not).
+#[derive(Debug, Clone)]
+pub struct AdaptRun {
+    pub device: DeviceRequest,
+    /// Where the adapted encoder goes (replaced when the run ends); its `checkpoint/` holds the
+    /// run's state while it runs.
+    pub out: PathBuf,
+    /// Continue from `<out>/checkpoint/` (refused when the settings differ from the saved ones).
+    pub resume: bool,
+    /// Save `<out>/checkpoint/` at the end of an epoch when this long has passed since the last
+    /// save (`None`: only when stopped; `Some(ZERO)`: every epoch).
+    pub save_every: Option<Duration>,
+    /// Raised (Ctrl-C, or by a library user): save after the step in progress and stop.
+    pub stop: StopFlag,
+}
+
+impl AdaptRun {
+    /// On `device`, into `out`, fresh, saving every ten minutes.
+    pub fn new(device: DeviceRequest, out: &Path) -> Self {
+        Self {
+            device,
+            out: out.to_path_buf(),
+            resume: false,
+            save_every: Some(Duration::from_secs(600)),
+            stop: StopFlag::new(),
+        }
+    }
+
+    /// The directory of the run's state while it runs.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.out.join(CHECKPOINT)
+    }
+}
+
+/// How an adaptation ended.
+#[derive(Debug, Clone)]
+pub enum AdaptOutcome {
+    /// The adapted encoder is written.
+    Finished(AdaptReport),
+    /// Stopped on request after `steps` steps, saved in `checkpoint` for `--resume`.
+    Stopped { checkpoint: PathBuf, steps: usize },
+}
+
+/// The state of a run in progress, under its output directory.
+pub const CHECKPOINT: &str = "checkpoint";
+const RUN_STATE: &str = "adapt_state.json";
+
 impl Setup<'_> {
     /// Mean masked-LM loss over all texts, in order, on a masking fixed by its own seed, dropout
     /// off: the same number before and after training measures what training did. One read
@@ -285,85 +406,61 @@ impl Setup<'_> {
         )?)
     }
 
-    /// `epochs` passes in seeded random order training the variables `trains` accepts at peak
-    /// rate `lr`. Returns the steps taken; the mean loss of each epoch goes to `reporter`.
-    #[allow(clippy::too_many_arguments)]
-    fn train(
-        &self,
-        phase: &str,
-        trains: impl Fn(&str) -> bool,
-        epochs: usize,
-        lr: f64,
-        options: &AdaptOptions,
-        rng: &mut ChaCha8Rng,
-        reporter: &mut dyn Reporter,
-    ) -> Result<usize> {
-        if epochs == 0 {
-            return Ok(0);
-        }
-        let params: Vec<ParamSpec> = named_vars(&self.varmap)
-            .into_iter()
-            .filter(|(name, _)| trains(name))
-            .map(|(name, var)| ParamSpec::new(name, var, options.weight_decay, 1.0))
-            .collect();
-        let mut optimizer = AdamW::new(params, 0.9, 0.999, 1e-8)?;
-        let per_epoch = self.encodings.len().div_ceil(options.batch_size);
-        let total = per_epoch * epochs;
-        let schedule = Schedule {
-            peak: lr,
-            warmup_steps: (options.warmup_ratio * total as f64).round() as usize,
-            total_steps: total,
-            decay: Decay::Linear,
-        };
-        let mut order: Vec<usize> = (0..self.encodings.len()).collect();
-        let mut step = 0;
-        for epoch in 0..epochs {
-            order.shuffle(rng);
-            let mut sum: Option<Tensor> = None;
-            let mut batches = 0usize;
-            for chunk in order.chunks(options.batch_size) {
-                let refs: Vec<&Encoding> = chunk.iter().map(|&i| &self.encodings[i]).collect();
-                let batch = self.batch(&refs, options.mask_prob, rng)?;
-                let rate = schedule.lr(step);
-                step += 1;
-                if batch.chosen == 0 {
-                    continue;
-                }
-                let loss = self.loss(&batch, true)?;
-                let mut grads = optimizer.collect(&loss.backward()?);
-                grads.clip(options.max_grad_norm)?;
-                optimizer.step(&grads, rate)?;
-                let loss = loss.detach();
-                sum = Some(match sum {
-                    Some(s) => (s + loss)?,
-                    None => loss,
-                });
-                batches += 1;
-            }
-            // The logging boundary: one read per epoch.
-            if let Some(sum) = sum {
-                let mean = sum.to_dtype(DType::F64)?.to_scalar::<f64>()? / batches as f64;
-                reporter.message(&format!(
-                    "adapt {phase} epoch {}/{epochs}: masked-LM loss {mean:.4}",
-                    epoch + 1
-                ));
-            }
-        }
-        Ok(step)
+    /// Writes the run's state to `dir` atomically: every variable (the head's included), the
+    /// phase optimizer's moments and `state`.
+    fn save(&self, dir: &Path, optimizer: &AdamW, state: &RunState) -> Result<()> {
+        let staged = stage(dir)?;
+        let weights = staged.join(checkpoint::WEIGHTS);
+        wick_model::weights::save_safetensors(&self.varmap, &weights)?;
+        sync_file(&weights)?;
+        let moments = staged.join(checkpoint::OPTIMIZER);
+        candle_core::safetensors::save(&optimizer.state(), &moments)?;
+        sync_file(&moments)?;
+        write_synced(&staged.join(RUN_STATE), to_json(state)?.as_bytes())?;
+        replace_dir(&staged, dir)
     }
+}
+
+/// The epochs of `phase`.
+fn phase_epochs(phase: Phase, options: &AdaptOptions) -> usize {
+    match phase {
+        Phase::Head => options.head_epochs,
+        Phase::All => options.epochs,
+    }
+}
+
+/// Reads a run's state saved in `dir`, naming the file at fault.
+fn read_state(dir: &Path) -> Result<RunState> {
+    let path = dir.join(RUN_STATE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        TrainError::config(
+            "--resume",
+            format!(
+                "{} holds no adaptation to resume ({}: {e})",
+                dir.display(),
+                path.display()
+            ),
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        TrainError::config(
+            "--resume",
+            format!("{}: not an adaptation state: {e}", path.display()),
+        )
+    })
 }
 
 /// Adapts the encoder of `config` (its `[model]`, `train.precision` and `data` reading and
 /// tokenization settings) to the texts of `data` (read as `config.data` says, labels not needed)
-/// and writes it to `out` as a model directory that `model.path` loads.
+/// and writes it to `run.out` as a model directory that `model.path` loads, or stops on request
+/// with the run saved for `run.resume`.
 pub fn adapt(
     config: &RunConfig,
     data: &Path,
     options: &AdaptOptions,
-    request: DeviceRequest,
-    out: &Path,
+    run: &AdaptRun,
     reporter: &mut dyn Reporter,
-) -> Result<AdaptReport> {
+) -> Result<AdaptOutcome> {
     options.validate()?;
     config.data.validate()?;
     if config.train.precision == Precision::F16 {
@@ -372,6 +469,22 @@ pub fn adapt(
             "adaptation runs in f32 or bf16 (f16 would need loss scaling)",
         ));
     }
+    let checkpoint_dir = run.checkpoint_dir();
+    checkpoint::recover(&checkpoint_dir)?;
+    let saved = if run.resume {
+        Some(read_state(&checkpoint_dir)?)
+    } else if checkpoint_dir.exists() {
+        return Err(TrainError::config(
+            "--out",
+            format!(
+                "{} holds an unfinished adaptation: continue it with --resume, or delete that \
+                 directory to start over",
+                checkpoint_dir.display()
+            ),
+        ));
+    } else {
+        None
+    };
     let start = Instant::now();
     let source = config.model.source();
     let resolved = wick_model::hub::resolve(&source)?;
@@ -398,8 +511,12 @@ pub fn adapt(
         .iter()
         .map(|e| e.ids.len().saturating_sub(2))
         .sum();
+    let source_name = match &resolved.commit {
+        Some(commit) => format!("{} at {commit}", resolved.id),
+        None => resolved.id.clone(),
+    };
 
-    let chosen = device::choose(request)?;
+    let chosen = device::choose(run.device)?;
     reporter.message(&format!("device: {} ({})", chosen.name, chosen.reason));
     if config.model.lora.enabled() {
         reporter.message(
@@ -413,24 +530,30 @@ pub fn adapt(
         &chosen.device,
         options.seed,
     )?;
-    let head_from_file = match config.model.init {
-        Init::Pretrained => {
+    let head_from_file = match (&saved, config.model.init) {
+        (Some(saved), _) => {
+            load_safetensors(&varmap, &checkpoint_dir.join(checkpoint::WEIGHTS), true)?;
+            saved.head_from_file
+        }
+        (None, Init::Pretrained) => {
             let loaded = load_safetensors(&varmap, &resolved.weights, false)?;
             reporter.message(&format!(
                 "loaded {} encoder tensors from {}",
                 loaded.loaded,
                 resolved.weights.display()
             ));
-            load_lm_head(&varmap, &resolved.weights)?
+            let from_file = load_lm_head(&varmap, &resolved.weights)?;
+            if !from_file {
+                init_lm_head(&varmap, bert.initializer_range, options.seed)?;
+            }
+            from_file
         }
-        Init::Random => {
+        (None, Init::Random) => {
             init_all(&varmap, bert.initializer_range, options.seed)?;
+            init_lm_head(&varmap, bert.initializer_range, options.seed)?;
             false
         }
     };
-    if !head_from_file {
-        init_lm_head(&varmap, bert.initializer_range, options.seed)?;
-    }
     reporter.message(&format!(
         "masked-LM head {}; {} texts, {tokens} text tokens",
         if head_from_file {
@@ -473,35 +596,202 @@ pub fn adapt(
         vocab_size: bert.vocab_size,
         device: chosen.device.clone(),
     };
-    let loss_before = setup.fixed_loss(options)?;
+
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    setup.model.set_frozen_encoder(true);
-    let head_steps = setup.train(
-        "head",
-        is_lm_head,
-        options.head_epochs,
-        options.head_lr,
-        options,
-        &mut rng,
-        reporter,
-    )?;
+    let mut state = RunState {
+        options: options.clone(),
+        source: source_name,
+        data: data.to_path_buf(),
+        texts: texts.len(),
+        precision: config.train.precision,
+        head_from_file,
+        loss_before: f64::NAN,
+        loss_after_head: None,
+        phase: Phase::Head,
+        epoch: 0,
+        batch: 0,
+        phase_steps: 0,
+        steps: 0,
+        optimizer_steps: 0,
+        order: (0..encodings.len()).collect(),
+        rng_word_pos: "0".into(),
+        epoch_loss_sum: 0.0,
+        epoch_batches: 0,
+        seconds: 0.0,
+    };
+    match saved {
+        Some(saved) => {
+            if let Some((key, was, asked)) = saved.difference(&state) {
+                return Err(TrainError::config(
+                    "--resume",
+                    format!(
+                        "{} was adapting with {key} = {was}, this run asks for {asked}: resume \
+                         with the same settings, or delete it to start over",
+                        checkpoint_dir.display()
+                    ),
+                ));
+            }
+            let position = saved.rng_word_pos.parse::<u128>().map_err(|e| {
+                TrainError::config("--resume", format!("rng_word_pos in {RUN_STATE}: {e}"))
+            })?;
+            rng.set_word_pos(position);
+            reporter.message(&format!(
+                "resuming {} at step {} ({} phase, epoch {}, batch {})",
+                checkpoint_dir.display(),
+                saved.steps,
+                match saved.phase {
+                    Phase::Head => "head",
+                    Phase::All => "full",
+                },
+                saved.epoch + 1,
+                saved.batch
+            ));
+            state = saved;
+        }
+        None => state.loss_before = setup.fixed_loss(options)?,
+    }
+
+    let _running = run.stop.enter();
+    let mut last_save = Instant::now();
+    let mut moments = match run.resume {
+        true => Some(candle_core::safetensors::load(
+            checkpoint_dir.join(checkpoint::OPTIMIZER),
+            &chosen.device,
+        )?),
+        false => None,
+    };
+    for phase in [Phase::Head, Phase::All] {
+        if state.phase == Phase::All && phase == Phase::Head {
+            continue;
+        }
+        setup.model.set_frozen_encoder(phase == Phase::Head);
+        let epochs = phase_epochs(phase, options);
+        let (lr, trains): (f64, fn(&str) -> bool) = match phase {
+            Phase::Head => (options.head_lr, is_lm_head),
+            Phase::All => (options.lr, |_| true),
+        };
+        let params: Vec<ParamSpec> = named_vars(&setup.varmap)
+            .into_iter()
+            .filter(|(name, _)| trains(name))
+            .map(|(name, var)| ParamSpec::new(name, var, options.weight_decay, 1.0))
+            .collect();
+        let mut optimizer = AdamW::new(params, 0.9, 0.999, 1e-8)?;
+        if let Some(moments) = moments.take() {
+            optimizer
+                .load_state(moments, state.optimizer_steps)
+                .map_err(|reason| TrainError::Checkpoint {
+                    path: checkpoint_dir.join(checkpoint::OPTIMIZER),
+                    reason,
+                })?;
+        }
+        let per_epoch = encodings.len().div_ceil(options.batch_size);
+        let total = per_epoch * epochs;
+        let schedule = Schedule {
+            peak: lr,
+            warmup_steps: (options.warmup_ratio * total as f64).round() as usize,
+            total_steps: total,
+            decay: Decay::Linear,
+        };
+        while state.epoch < epochs {
+            if state.batch == 0 {
+                state.order.shuffle(&mut rng);
+            }
+            let mut sum: Option<Tensor> = None;
+            while state.batch < per_epoch {
+                let from = state.batch * options.batch_size;
+                let chunk = &state.order[from..(from + options.batch_size).min(encodings.len())];
+                let refs: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
+                let batch = setup.batch(&refs, options.mask_prob, &mut rng)?;
+                let rate = schedule.lr(state.phase_steps);
+                if batch.chosen > 0 {
+                    setup.model.encoder().rng().reseed(
+                        options.seed,
+                        state.steps as u64,
+                        &chosen.device,
+                    )?;
+                    let loss = setup.loss(&batch, true)?;
+                    let mut grads = optimizer.collect(&loss.backward()?);
+                    grads.clip(options.max_grad_norm)?;
+                    optimizer.step(&grads, rate)?;
+                    let loss = loss.detach();
+                    sum = Some(match sum {
+                        Some(s) => (s + loss)?,
+                        None => loss,
+                    });
+                    state.epoch_batches += 1;
+                }
+                state.batch += 1;
+                state.phase_steps += 1;
+                state.steps += 1;
+                reporter.step(&Progress {
+                    step: state.steps,
+                    total_steps: per_epoch * (options.head_epochs + options.epochs),
+                    epoch: state.epoch + 1,
+                    batch_in_epoch: state.batch,
+                    batches_in_epoch: per_epoch,
+                    lr: rate,
+                });
+                let more = state.batch < per_epoch
+                    || state.epoch + 1 < epochs
+                    || (phase == Phase::Head && options.epochs > 0);
+                if run.stop.is_requested() && more {
+                    // The checkpoint boundary: the epoch's loss so far is read here.
+                    state.epoch_loss_sum += read_sum(sum.take())?;
+                    state.optimizer_steps = optimizer.steps();
+                    state.rng_word_pos = rng.get_word_pos().to_string();
+                    state.seconds += start.elapsed().as_secs_f64();
+                    setup.save(&checkpoint_dir, &optimizer, &state)?;
+                    reporter.checkpoint(&checkpoint_dir);
+                    return Ok(AdaptOutcome::Stopped {
+                        checkpoint: checkpoint_dir,
+                        steps: state.steps,
+                    });
+                }
+            }
+            // The logging boundary: one read per epoch.
+            let epoch_sum = state.epoch_loss_sum + read_sum(sum)?;
+            if state.epoch_batches > 0 {
+                reporter.message(&format!(
+                    "adapt {} epoch {}/{epochs}: masked-LM loss {:.4}",
+                    match phase {
+                        Phase::Head => "head",
+                        Phase::All => "all",
+                    },
+                    state.epoch + 1,
+                    epoch_sum / state.epoch_batches as f64
+                ));
+            }
+            state.epoch += 1;
+            state.batch = 0;
+            state.epoch_loss_sum = 0.0;
+            state.epoch_batches = 0;
+            let finished = state.epoch == epochs && phase == Phase::All;
+            if let Some(every) = run.save_every {
+                if last_save.elapsed() >= every && !finished {
+                    state.optimizer_steps = optimizer.steps();
+                    state.rng_word_pos = rng.get_word_pos().to_string();
+                    let seconds = state.seconds;
+                    state.seconds += start.elapsed().as_secs_f64();
+                    setup.save(&checkpoint_dir, &optimizer, &state)?;
+                    state.seconds = seconds;
+                    reporter.checkpoint(&checkpoint_dir);
+                    last_save = Instant::now();
+                }
+            }
+        }
+        if phase == Phase::Head {
+            state.loss_after_head = Some(setup.fixed_loss(options)?);
+            state.phase = Phase::All;
+            state.epoch = 0;
+            state.phase_steps = 0;
+            state.optimizer_steps = 0;
+            state.order = (0..encodings.len()).collect();
+        }
+    }
     setup.model.set_frozen_encoder(false);
-    let loss_after_head = setup.fixed_loss(options)?;
-    let steps = setup.train(
-        "all",
-        |_| true,
-        options.epochs,
-        options.lr,
-        options,
-        &mut rng,
-        reporter,
-    )?;
     let loss_after = setup.fixed_loss(options)?;
     let report = AdaptReport {
-        source: match &resolved.commit {
-            Some(commit) => format!("{} at {commit}", resolved.id),
-            None => resolved.id.clone(),
-        },
+        source: state.source.clone(),
         data: data.to_path_buf(),
         texts: texts.len(),
         tokens,
@@ -509,14 +799,22 @@ pub fn adapt(
         precision: config.train.precision,
         head_from_file,
         options: options.clone(),
-        steps: head_steps + steps,
-        loss_before,
-        loss_after_head,
+        steps: state.steps,
+        loss_before: state.loss_before,
+        loss_after_head: state.loss_after_head.unwrap_or(state.loss_before),
         loss_after,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: state.seconds + start.elapsed().as_secs_f64(),
     };
-    write_encoder(out, &setup.varmap, &bert, &resolved.tokenizer, &report)?;
-    Ok(report)
+    write_encoder(&run.out, &setup.varmap, &bert, &resolved.tokenizer, &report)?;
+    Ok(AdaptOutcome::Finished(report))
+}
+
+/// A summed loss read from the device (0 for none).
+fn read_sum(sum: Option<Tensor>) -> Result<f64> {
+    Ok(match sum {
+        Some(sum) => sum.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        None => 0.0,
+    })
 }
 
 /// Writes the encoder's variables (not the head) as `export` writes an encoder: Hugging Face

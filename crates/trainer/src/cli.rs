@@ -66,7 +66,7 @@ fn on_signal() {
         Some(flag) if flag.is_running() && !flag.is_requested() => {
             flag.request();
             eprintln!(
-                "\nstopping after this step, which is saved in last/ for --resume \
+                "\nstopping after this step, which is saved for --resume \
                  (interrupt again to quit at once)"
             );
         }
