@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
-use std::time::Duration;
 use wick_model::hub::{resolve, ModelSource};
 use wick_model::mlm::is_lm_head;
 use wick_model::weights::{load_safetensors, named_vars};
