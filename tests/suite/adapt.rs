@@ -293,7 +293,7 @@ impl Reporter for StopAt {
 
 /// The tiny config (27 texts) with its data path made absolute, and `adapt_tiny`'s settings:
 /// 4 batches per epoch, one head epoch then four, 20 steps.
-fn tiny_adaptation() -> (RunConfig, AdaptOptions) {
+pub(super) fn tiny_adaptation() -> (RunConfig, AdaptOptions) {
     let root = super::common::repo_root();
     let mut config = RunConfig::load(&root.join(TINY), &[]).unwrap();
     config.data.train = root.join(&config.data.train);
@@ -307,7 +307,28 @@ fn tiny_adaptation() -> (RunConfig, AdaptOptions) {
     (config, options)
 }
 
+/// Adapts the tiny config on the CPU into `out` with `options`, requesting a stop at step
+/// `stop_at`.
 fn adapt_in(
+    out: &Path,
+    options: &AdaptOptions,
+    resume: bool,
+    save_every: Option<Duration>,
+    stop_at: Option<usize>,
+) -> Result<AdaptOutcome, wick_trainer::error::TrainError> {
+    adapt_on(
+        DeviceRequest::Cpu,
+        out,
+        options,
+        resume,
+        save_every,
+        stop_at,
+    )
+}
+
+/// [`adapt_in`] on `device`.
+pub(super) fn adapt_on(
+    device: DeviceRequest,
     out: &Path,
     options: &AdaptOptions,
     resume: bool,
@@ -318,7 +339,7 @@ fn adapt_in(
     let run = AdaptRun {
         resume,
         save_every,
-        ..AdaptRun::new(DeviceRequest::Cpu, out)
+        ..AdaptRun::new(device, out)
     };
     let mut reporter = StopAt {
         at: stop_at.unwrap_or(usize::MAX),
@@ -327,7 +348,7 @@ fn adapt_in(
     adapt(&config, &config.data.train, options, &run, &mut reporter)
 }
 
-fn finished(outcome: AdaptOutcome) -> AdaptReport {
+pub(super) fn finished(outcome: AdaptOutcome) -> AdaptReport {
     match outcome {
         AdaptOutcome::Finished(report) => report,
         AdaptOutcome::Stopped { steps, .. } => panic!("stopped at step {steps}"),

@@ -959,3 +959,61 @@ fn accelerator_lora_matches_the_cpu() {
         assert_eq!(trained, 2 * targets.len() * 2 + 2, "{model_type:?}");
     }
 }
+
+/// `adapt` on the accelerator: two runs write the same bytes, and a run stopped mid-epoch in
+/// the full phase and resumed in a new model writes the bytes of one never stopped (dropout is
+/// drawn on the device from a generator reseeded per step, so this checks that the seed alone
+/// decides the masks there too). Needs the tiny config's tokenizer in the Hub cache.
+#[test]
+fn accelerator_adaptation_repeats_and_resumes_exactly() {
+    use super::adapt::{adapt_on, finished, tiny_adaptation};
+    use wick_trainer::adapt::AdaptOutcome;
+    if accelerator("accelerator_adaptation_repeats_and_resumes_exactly").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, options) = tiny_adaptation();
+    let run = |name: &str, resume: bool, stop_at: Option<usize>| {
+        adapt_on(
+            DeviceRequest::Auto,
+            &tmp.path().join(name),
+            &options,
+            resume,
+            None,
+            stop_at,
+        )
+        .unwrap()
+    };
+    let weights =
+        |name: &str| std::fs::read(tmp.path().join(name).join("model.safetensors")).unwrap();
+    let first = finished(run("first", false, None));
+    assert!(first.device != "cpu", "ran on {}", first.device);
+    assert!(
+        first.loss_after < first.loss_before - 0.05,
+        "{}",
+        first.summary()
+    );
+    let second = finished(run("second", false, None));
+    assert_eq!(
+        (
+            second.loss_before,
+            second.loss_after_head,
+            second.loss_after
+        ),
+        (first.loss_before, first.loss_after_head, first.loss_after)
+    );
+    assert!(
+        weights("first") == weights("second"),
+        "a second run wrote other weights"
+    );
+    assert!(matches!(
+        run("stopped", false, Some(10)),
+        AdaptOutcome::Stopped { steps: 10, .. }
+    ));
+    let resumed = finished(run("stopped", true, None));
+    assert_eq!(resumed.loss_after, first.loss_after);
+    assert!(
+        weights("stopped") == weights("first"),
+        "the resumed run wrote other weights"
+    );
+}
