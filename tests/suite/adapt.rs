@@ -17,12 +17,10 @@ use wick_model::{BertConfig, MaskedLm};
 use wick_trainer::adapt::{adapt, AdaptOptions, AdaptOutcome, AdaptReport, AdaptRun, CHECKPOINT};
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::fit::{Progress, Reporter};
 use wick_trainer::optim::{AdamW, ParamSpec};
-use wick_trainer::stop::StopFlag;
 
 use super::common::{
-    assert_ok, assert_probes, id_matrix, load_tensors, path_str, run_bin, text, Step, TINY,
+    assert_ok, assert_probes, id_matrix, load_tensors, path_str, run_bin, text, Step, StopAt, TINY,
 };
 
 #[derive(Deserialize)]
@@ -277,20 +275,6 @@ fn adapt_refuses_bad_settings_naming_them() {
     }
 }
 
-/// Requests a stop when the run reports step `at`.
-struct StopAt {
-    at: usize,
-    flag: StopFlag,
-}
-
-impl Reporter for StopAt {
-    fn step(&mut self, progress: &Progress) {
-        if progress.step == self.at {
-            self.flag.request();
-        }
-    }
-}
-
 /// The tiny config (27 texts) with its data path made absolute, and `adapt_tiny`'s settings:
 /// 4 batches per epoch, one head epoch then four, 20 steps.
 pub(super) fn tiny_adaptation() -> (RunConfig, AdaptOptions) {
@@ -307,26 +291,8 @@ pub(super) fn tiny_adaptation() -> (RunConfig, AdaptOptions) {
     (config, options)
 }
 
-/// Adapts the tiny config on the CPU into `out` with `options`, requesting a stop at step
+/// Adapts the tiny config on `device` into `out` with `options`, requesting a stop at step
 /// `stop_at`.
-fn adapt_in(
-    out: &Path,
-    options: &AdaptOptions,
-    resume: bool,
-    save_every: Option<Duration>,
-    stop_at: Option<usize>,
-) -> Result<AdaptOutcome, wick_trainer::error::TrainError> {
-    adapt_on(
-        DeviceRequest::Cpu,
-        out,
-        options,
-        resume,
-        save_every,
-        stop_at,
-    )
-}
-
-/// [`adapt_in`] on `device`.
 pub(super) fn adapt_on(
     device: DeviceRequest,
     out: &Path,
@@ -360,7 +326,8 @@ fn an_adaptation_stopped_and_resumed_writes_the_weights_of_one_never_stopped() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, options) = tiny_adaptation();
     let whole = tmp.path().join("whole");
-    let reference = finished(adapt_in(&whole, &options, false, None, None).unwrap());
+    let reference =
+        finished(adapt_on(DeviceRequest::Cpu, &whole, &options, false, None, None).unwrap());
     assert_eq!(reference.steps, 20);
     let weights = std::fs::read(whole.join("model.safetensors")).unwrap();
     assert!(
@@ -372,7 +339,7 @@ fn an_adaptation_stopped_and_resumed_writes_the_weights_of_one_never_stopped() {
     // full phase.
     for at in [3, 4, 10] {
         let out = tmp.path().join(format!("stopped-{at}"));
-        match adapt_in(&out, &options, false, None, Some(at)).unwrap() {
+        match adapt_on(DeviceRequest::Cpu, &out, &options, false, None, Some(at)).unwrap() {
             AdaptOutcome::Stopped { checkpoint, steps } => {
                 assert_eq!(steps, at);
                 assert_eq!(checkpoint, out.join(CHECKPOINT));
@@ -381,21 +348,22 @@ fn an_adaptation_stopped_and_resumed_writes_the_weights_of_one_never_stopped() {
         }
         assert!(!out.join("model.safetensors").exists());
         // A fresh run would discard the saved one: refused.
-        let err = adapt_in(&out, &options, false, None, None).unwrap_err();
+        let err = adapt_on(DeviceRequest::Cpu, &out, &options, false, None, None).unwrap_err();
         assert!(err.to_string().contains("--resume"), "{err}");
         // Other settings cannot continue it.
         let other = AdaptOptions {
             lr: 2e-3,
             ..options.clone()
         };
-        let err = adapt_in(&out, &other, true, None, None).unwrap_err();
+        let err = adapt_on(DeviceRequest::Cpu, &out, &other, true, None, None).unwrap_err();
         assert!(
             err.to_string()
                 .contains("adapt.lr = 0.001, this run asks for 0.002"),
             "{err}"
         );
 
-        let resumed = finished(adapt_in(&out, &options, true, None, None).unwrap());
+        let resumed =
+            finished(adapt_on(DeviceRequest::Cpu, &out, &options, true, None, None).unwrap());
         assert_eq!(
             std::fs::read(out.join("model.safetensors")).unwrap(),
             weights,
@@ -419,14 +387,24 @@ fn an_adaptation_stopped_and_resumed_writes_the_weights_of_one_never_stopped() {
 
     // Saving at every epoch's end changes nothing either.
     let saving = tmp.path().join("saving");
-    finished(adapt_in(&saving, &options, false, Some(Duration::ZERO), None).unwrap());
+    finished(
+        adapt_on(
+            DeviceRequest::Cpu,
+            &saving,
+            &options,
+            false,
+            Some(Duration::ZERO),
+            None,
+        )
+        .unwrap(),
+    );
     assert_eq!(
         std::fs::read(saving.join("model.safetensors")).unwrap(),
         weights
     );
     // A stop requested during the last step ends the run as usual.
     let last = tmp.path().join("last");
-    finished(adapt_in(&last, &options, false, None, Some(20)).unwrap());
+    finished(adapt_on(DeviceRequest::Cpu, &last, &options, false, None, Some(20)).unwrap());
     assert_eq!(
         std::fs::read(last.join("model.safetensors")).unwrap(),
         weights

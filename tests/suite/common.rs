@@ -291,3 +291,17 @@ pub fn assert_probes(
         }
     }
 }
+
+/// A reporter that requests a stop from inside a training loop when it reports step `at`.
+pub struct StopAt {
+    pub at: usize,
+    pub flag: wick_trainer::stop::StopFlag,
+}
+
+impl wick_trainer::fit::Reporter for StopAt {
+    fn step(&mut self, progress: &wick_trainer::fit::Progress) {
+        if progress.step == self.at {
+            self.flag.request();
+        }
+    }
+}

@@ -5,22 +5,9 @@ use std::path::Path;
 
 use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::fit::{Outcome, Progress, Reporter, RunOptions, Trainer};
-use wick_trainer::stop::StopFlag;
+use wick_trainer::fit::{Outcome, RunOptions, Trainer};
 
-/// Requests a stop from inside the loop when it reports step `at`.
-struct StopAt {
-    at: usize,
-    flag: StopFlag,
-}
-
-impl Reporter for StopAt {
-    fn step(&mut self, progress: &Progress) {
-        if progress.step == self.at {
-            self.flag.request();
-        }
-    }
-}
+use super::common::StopAt;
 
 /// Trains configs/tiny.toml (3 epochs of 4 steps) into `out`, requesting a stop at step `at`.
 fn train_stopping_at(out: &Path, at: usize) -> Outcome {

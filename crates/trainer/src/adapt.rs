@@ -17,6 +17,13 @@
 //! (the encoder's weights under Hugging Face names, no head), `config.json`, `tokenizer.json`,
 //! and `adapt.json` (the settings, the source model and the masked-LM loss before, after the head
 //! phase and at the end, each on the same fixed masking of all texts with dropout off).
+//!
+//! While it runs, the output directory's `checkpoint/` holds the run's state (`adapt_state.json`:
+//! the position in the phases, the text order and the masking stream, beside every weight and
+//! the phase's AdamW moments), saved at an epoch's end once [`AdaptRun::save_every`] has passed and
+//! when [`AdaptRun::stop`] is raised (after the step in progress). Dropout is reseeded from the
+//! seed and the step at every step, so a run resumed from it ([`AdaptRun::resume`]) takes the
+//! steps of a run never stopped; a finished run replaces the directory, checkpoint included.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
