@@ -7,9 +7,10 @@
 //! probability `mask_prob`; a chosen token becomes the mask token 80% of the time, a uniformly
 //! random token 10%, and stays 10%; the loss is the cross-entropy of the original tokens at the
 //! chosen positions. Masks are drawn anew for every batch from a seeded ChaCha stream, so a run
-//! repeats (byte for byte on the CPU, where the integration tests check it). A head that starts random (sentence-transformers checkpoints ship without one) first
-//! trains alone for `head_epochs`, the encoder and the tied word embeddings frozen, so that its
-//! first, random gradients do not reach the encoder; then everything trains for `epochs`. Both
+//! repeats (byte for byte on the CPU and on CUDA, where the integration tests check it). A head
+//! that starts random (sentence-transformers checkpoints ship without one) first trains alone for
+//! `head_epochs`, the encoder and the tied word embeddings frozen, so that its first, random
+//! gradients do not reach the encoder; then everything trains for `epochs`. Both
 //! phases use AdamW with weight decay except on biases and layer norms, global-norm clipping,
 //! and a linear warm-up over the first `warmup_ratio` of the phase's steps then a linear decay.
 //!
