@@ -83,15 +83,15 @@ fn run(args: Args) -> Result<ExitCode> {
         seed: args.seed,
         ..AdaptOptions::default()
     };
-    if !(args.save_minutes >= 0.0 && args.save_minutes.is_finite()) {
-        anyhow::bail!(
-            "--save-minutes must be 0 or more, got {}",
+    let save_every = Duration::try_from_secs_f64(args.save_minutes * 60.0).map_err(|_| {
+        anyhow::anyhow!(
+            "--save-minutes must be a number of minutes, 0 or more, got {}",
             args.save_minutes
-        );
-    }
+        )
+    })?;
     let run = AdaptRun {
         resume: args.resume,
-        save_every: Some(Duration::from_secs_f64(args.save_minutes * 60.0)),
+        save_every: Some(save_every),
         ..AdaptRun::new(args.device, &args.out)
     };
     wick_trainer::cli::stop_on_signal(&run.stop).context("installing the Ctrl-C handler")?;

@@ -250,11 +250,15 @@ fn adapt_writes_an_encoder_that_train_starts_from() {
 fn adapt_refuses_bad_settings_naming_them() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("a");
-    let cases: [(&[&str], &[&str]); 3] = [
+    let cases: [(&[&str], &[&str]); 4] = [
         (&["--mask-prob", "1.5"], &["mask_prob", "between 0 and 1"]),
         (
             &["--resume"],
             &["--resume", "holds no adaptation to resume"],
+        ),
+        (
+            &["--save-minutes", "1e300"],
+            &["--save-minutes", "0 or more"],
         ),
         // The config's reading settings are checked as `train` checks them.
         (

@@ -191,4 +191,17 @@ fn hub_dataset_path_errors_name_the_path_as_given() {
         "{}",
         text(&output.stderr)
     );
+    // So is a line of bad UTF-8.
+    fs::write(
+        snapshot.join("latin1.jsonl"),
+        b"{\"text\": \"fine\", \"label\": \"needs_docs\"}\n{\"text\": \"caf\xe9\"}\n",
+    )
+    .unwrap();
+    let latin1 = "hf://datasets/acme/triage-tiny/data/latin1.jsonl";
+    let args = train_args(&out, TRAIN, latin1);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_fails_naming(
+        &run_offline(&cache, "train", &refs),
+        &[&format!("{latin1}:2: invalid UTF-8")],
+    );
 }

@@ -70,8 +70,8 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     let hub_file = wick_hub::dataset::local_data_file(path)?;
     let file = hub_file.as_ref().map_or(path, |hub| hub.path.as_path());
     let rows = match format {
-        Format::Jsonl => jsonl_rows(path, &read_text(file)?)?,
-        Format::Csv => csv_rows(path, &read_text(file)?)?,
+        Format::Jsonl => jsonl_rows(path, &read_text(file, path)?)?,
+        Format::Csv => csv_rows(path, &read_text(file, path)?)?,
         Format::Parquet => parquet::rows(file, path, cfg)?,
     };
     if rows.is_empty() {
@@ -142,10 +142,11 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
 
 type Row = (usize, Map<String, Value>);
 
-/// The text of a JSONL or CSV file, without a leading byte-order mark.
-fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|cause| Error::Io {
-        path: path.to_owned(),
+/// The text of the JSONL or CSV file `file`, without a leading byte-order mark; a line of bad
+/// UTF-8 is named in `path` (the data path as given, which differs for a file of the Hub cache).
+fn read_text(file: &Path, path: &Path) -> Result<String> {
+    let bytes = std::fs::read(file).map_err(|cause| Error::Io {
+        path: file.to_owned(),
         cause,
     })?;
     let mut text = String::from_utf8(bytes).map_err(|e| {

@@ -20,11 +20,12 @@ use super::Row;
 use crate::config::DataConfig;
 use crate::error::{Error, Location, Result};
 
-/// Every row of the Parquet file `file`, in file order; errors name it `path` (the data path as
-/// given, which differs for a file of the Hub cache).
+/// Every row of the Parquet file `file`, in file order. A file that cannot be opened is named
+/// as it is on disk; its contents are named `path` (the data path as given, which differs for a
+/// file of the Hub cache).
 pub(super) fn rows(file: &Path, path: &Path, cfg: &DataConfig) -> Result<Vec<Row>> {
     let file = File::open(file).map_err(|cause| Error::Io {
-        path: path.to_owned(),
+        path: file.to_owned(),
         cause,
     })?;
     let parquet_error = |cause| Error::Parquet {
