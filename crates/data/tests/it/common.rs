@@ -9,7 +9,7 @@ use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::Tokenizer;
-use wick_data::{DataConfig, TextTokenizer};
+use wick_data::{read_examples, DataConfig, Error, TextTokenizer};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestResult = Result<(), BoxError>;
@@ -31,6 +31,13 @@ pub fn write(dir: &TempDir, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
     let path = dir.path().join(name);
     std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     path
+}
+
+/// The error reading `path` as labelled examples with `cfg` gives; an error when it reads.
+pub fn read_error(path: &Path, cfg: &DataConfig) -> Result<Error, BoxError> {
+    read_examples(path, cfg)
+        .err()
+        .ok_or_else(|| format!("expected {} to be refused", path.display()).into())
 }
 
 pub fn config(path: &Path) -> DataConfig {

@@ -2,7 +2,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use wick_data::{read_examples, Error, Location, Target};
 
-use crate::common::{config, write, TestResult};
+use crate::common::{config, read_error, write, TestResult};
 
 fn field<'a>(example: &'a wick_data::Example, name: &str) -> Option<&'a str> {
     example.fields.get(name).and_then(Value::as_str)
@@ -79,9 +79,7 @@ fn field_over_128_kib_is_read_whole() -> TestResult {
 fn wrong_field_count_names_file_and_line() -> TestResult {
     let dir = TempDir::new()?;
     let path = write(&dir, "d.csv", "text,label\n\"a\nb\",bug\nc,bug,extra\n");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(
         matches!(
             &err,
@@ -108,9 +106,7 @@ fn unterminated_quote_names_the_line_where_the_record_began() -> TestResult {
         "d.csv",
         "text,label\nok,bug\n\"never closed,bug\nmore\nlines\n",
     );
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(
         matches!(&err, Error::UnterminatedQuote { at, .. } if at.number == 3),
         "{err:?}"
@@ -127,9 +123,7 @@ fn header_only_or_empty_file_has_no_examples() -> TestResult {
         ("blank.csv", "\n\n"),
     ] {
         let path = write(&dir, name, contents);
-        let err = read_examples(&path, &config(&path))
-            .err()
-            .ok_or("expected an error")?;
+        let err = read_error(&path, &config(&path))?;
         assert!(matches!(err, Error::Empty { .. }), "{name}: {err:?}");
         assert!(err.to_string().starts_with("no examples in"), "{err}");
     }
@@ -140,9 +134,7 @@ fn header_only_or_empty_file_has_no_examples() -> TestResult {
 fn invalid_utf8_inside_a_quoted_field_names_its_physical_line() -> TestResult {
     let dir = TempDir::new()?;
     let path = write(&dir, "d.csv", b"text,label\n\"a\nb\xc3\x28\",bug\n");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(
         matches!(&err, Error::InvalidUtf8 { at } if at.number == 3),
         "{err:?}"
@@ -166,9 +158,7 @@ fn multi_label_csv_splits_on_commas() -> TestResult {
 fn duplicate_header_column_is_an_error() -> TestResult {
     let dir = TempDir::new()?;
     let path = write(&dir, "d.csv", "text,text,label\na,b,bug\n");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(
         matches!(&err, Error::BadRow { at, .. } if at.number == 1),
         "{err:?}"

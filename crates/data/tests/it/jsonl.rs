@@ -1,7 +1,7 @@
 use tempfile::TempDir;
 use wick_data::{read_examples, read_unlabelled, Error, Filter, Location, Target};
 
-use crate::common::{config, write, TestResult};
+use crate::common::{config, read_error, write, TestResult};
 
 #[test]
 fn malformed_line_names_file_and_line() -> TestResult {
@@ -11,9 +11,7 @@ fn malformed_line_names_file_and_line() -> TestResult {
         "d.jsonl",
         "{\"text\": \"a\", \"label\": \"bug\"}\n{\"text\": \"b\", \"label\": \"bug\"}\n{\"text\": oops}\n",
     );
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(
         matches!(&err, Error::Json { at, .. } if at.number == 3),
         "{err:?}"
@@ -40,9 +38,7 @@ fn unknown_label_names_label_line_and_known_labels() -> TestResult {
         "d.jsonl",
         "{\"text\": \"a\", \"label\": \"bug\"}\n\n{\"text\": \"b\", \"label\": \"docs\"}\n",
     );
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     match &err {
         Error::UnknownLabel { at, label, known } => {
             assert_eq!((at, label.as_str()), (&Location::line(&path, 3), "docs"));
@@ -64,9 +60,7 @@ fn unknown_label_names_label_line_and_known_labels() -> TestResult {
 fn a_label_id_in_place_of_a_name_is_refused_with_a_hint() -> TestResult {
     let dir = TempDir::new()?;
     let path = write(&dir, "d.jsonl", "{\"text\": \"a\", \"label\": 2}\n");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     let message = err.to_string();
     assert!(
         message.contains("unknown label \"2\"")
@@ -83,9 +77,7 @@ fn missing_text_field_names_field_and_fields_present() -> TestResult {
     let path = write(&dir, "d.jsonl", "{\"title\": \"a\", \"label\": \"bug\"}\n");
     let mut cfg = config(&path);
     cfg.text_fields = vec!["title".into(), "body".into()];
-    let err = read_examples(&path, &cfg)
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &cfg)?;
     match &err {
         Error::MissingField { at, field, present } => {
             assert_eq!((at, field.as_str()), (&Location::line(&path, 1), "body"));
@@ -101,9 +93,7 @@ fn missing_text_field_names_field_and_fields_present() -> TestResult {
 fn missing_label_is_an_error_for_training_but_not_for_prediction() -> TestResult {
     let dir = TempDir::new()?;
     let path = write(&dir, "d.jsonl", "{\"text\": \"a\"}\n");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(
         matches!(&err, Error::MissingField { field, .. } if field == "label"),
         "{err:?}"
@@ -151,9 +141,7 @@ fn object_in_text_field_is_an_error_naming_the_field() -> TestResult {
         "d.jsonl",
         "\n{\"text\": {\"a\": 1}, \"label\": \"bug\"}\n",
     );
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(
         matches!(&err, Error::BadField { at, field, .. } if at.number == 2 && field == "text"),
         "{err:?}"
@@ -165,9 +153,7 @@ fn object_in_text_field_is_an_error_naming_the_field() -> TestResult {
 fn line_that_is_not_an_object_is_rejected() -> TestResult {
     let dir = TempDir::new()?;
     let path = write(&dir, "d.json", "[1, 2]\n");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(
         matches!(&err, Error::BadRow { at, .. } if at.number == 1),
         "{err:?}"
@@ -222,9 +208,7 @@ fn unknown_label_inside_a_multi_label_list_is_an_error() -> TestResult {
     );
     let mut cfg = config(&path);
     cfg.multi_label = true;
-    let err = read_examples(&path, &cfg)
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &cfg)?;
     assert!(
         matches!(&err, Error::UnknownLabel { label, .. } if label == "docs"),
         "{err:?}"
@@ -236,9 +220,7 @@ fn unknown_label_inside_a_multi_label_list_is_an_error() -> TestResult {
 fn label_list_without_multi_label_is_an_error() -> TestResult {
     let dir = TempDir::new()?;
     let path = write(&dir, "d.jsonl", "{\"text\": \"a\", \"label\": [\"bug\"]}\n");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(err.to_string().contains("multi_label"), "{err}");
     Ok(())
 }
@@ -270,9 +252,7 @@ fn filter_keeps_matching_rows_and_counts_the_rest() -> TestResult {
         column: "repo".into(),
         equals: "none/such".into(),
     });
-    let err = read_examples(&path, &cfg)
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &cfg)?;
     assert!(
         matches!(
             err,
@@ -291,9 +271,7 @@ fn empty_or_blank_file_has_no_examples() -> TestResult {
     let dir = TempDir::new()?;
     for (name, contents) in [("empty.jsonl", ""), ("blank.jsonl", "\n \n\r\n")] {
         let path = write(&dir, name, contents);
-        let err = read_examples(&path, &config(&path))
-            .err()
-            .ok_or("expected an error")?;
+        let err = read_error(&path, &config(&path))?;
         assert_eq!(
             err.to_string(),
             format!("no examples in {}", path.display())
@@ -310,9 +288,7 @@ fn invalid_utf8_names_file_and_line() -> TestResult {
         "d.jsonl",
         b"{\"text\": \"a\", \"label\": \"bug\"}\n{\"text\": \"\xff\", \"label\": \"bug\"}\n",
     );
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(
         matches!(&err, Error::InvalidUtf8 { at } if at.number == 2),
         "{err:?}"
@@ -328,9 +304,7 @@ fn invalid_utf8_names_file_and_line() -> TestResult {
 fn nonexistent_file_names_the_path() -> TestResult {
     let dir = TempDir::new()?;
     let path = dir.path().join("missing.jsonl");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("missing.jsonl"), "{err}");
     Ok(())
@@ -340,9 +314,7 @@ fn nonexistent_file_names_the_path() -> TestResult {
 fn unknown_extension_without_format_names_the_file() -> TestResult {
     let dir = TempDir::new()?;
     let path = write(&dir, "d.txt", "{\"text\": \"a\", \"label\": \"bug\"}\n");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(matches!(err, Error::UnknownFormat { .. }), "{err:?}");
     assert!(err.to_string().contains("d.txt"), "{err}");
     let mut cfg = config(&path);

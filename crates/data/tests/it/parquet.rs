@@ -9,7 +9,7 @@ use wick_data::{
     read_examples, read_unlabelled, DataConfig, Error, Filter, Format, Location, Target, Unit,
 };
 
-use crate::common::{config, write, TestResult};
+use crate::common::{config, read_error, write, TestResult};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -122,9 +122,7 @@ fn a_class_label_of_minus_one_is_no_label() -> TestResult {
     assert_eq!(rows.len(), 5);
     assert!(rows.iter().all(|r| r.fields["label"].is_null()));
     assert!(rows.iter().all(|r| r.target == Target::None));
-    let err = read_examples(&path, &cfg)
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &cfg)?;
     assert!(
         matches!(&err, Error::BadField { at, .. } if *at == Location::row(&path, 1)),
         "{err:?}"
@@ -147,9 +145,7 @@ fn error_locations_follow_the_format_not_the_extension() -> TestResult {
     std::fs::copy(fixture("hf_unlabelled.parquet"), &parquet)?;
     let mut cfg = config(&parquet);
     cfg.format = Some(Format::Parquet);
-    let err = read_examples(&parquet, &cfg)
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&parquet, &cfg)?;
     assert!(
         matches!(&err, Error::BadField { at, .. } if at.unit == Unit::Row && at.number == 1),
         "{err:?}"
@@ -167,9 +163,7 @@ fn error_locations_follow_the_format_not_the_extension() -> TestResult {
     );
     let mut cfg = config(&jsonl);
     cfg.format = Some(Format::Jsonl);
-    let err = read_examples(&jsonl, &cfg)
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&jsonl, &cfg)?;
     assert!(
         matches!(&err, Error::UnknownLabel { at, .. } if *at == Location::line(&jsonl, 3)),
         "{err:?}"
@@ -185,9 +179,7 @@ fn error_locations_follow_the_format_not_the_extension() -> TestResult {
 #[test]
 fn a_label_id_outside_the_class_label_names_is_refused() -> TestResult {
     let path = fixture("hf_bad_id.parquet");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     let message = err.to_string();
     assert!(
         message.contains(&format!("{} row 2: field `label`", path.display())),
@@ -200,9 +192,7 @@ fn a_label_id_outside_the_class_label_names_is_refused() -> TestResult {
 #[test]
 fn binary_text_is_read_when_utf8_and_refused_otherwise() -> TestResult {
     let path = fixture("binary.parquet");
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     let message = err.to_string();
     assert!(
         message.contains("row 2: field `text`: holds binary data that is not UTF-8"),
@@ -218,9 +208,7 @@ fn binary_text_is_read_when_utf8_and_refused_otherwise() -> TestResult {
     assert_eq!(rows[0].fields["blob"], "iVBOR/8=");
     // As a text field it is refused.
     cfg.text_fields = vec!["blob".into()];
-    let err = read_examples(&path, &cfg)
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &cfg)?;
     assert!(err.to_string().contains("row 1: field `blob`"), "{err}");
     Ok(())
 }
@@ -233,9 +221,7 @@ fn a_file_that_is_not_parquet_is_refused_naming_it() -> TestResult {
         "rows.parquet",
         "{\"text\": \"a\", \"label\": \"bug\"}\n",
     );
-    let err = read_examples(&path, &config(&path))
-        .err()
-        .ok_or("expected an error")?;
+    let err = read_error(&path, &config(&path))?;
     assert!(matches!(err, Error::Parquet { .. }), "{err:?}");
     assert!(
         err.to_string()
