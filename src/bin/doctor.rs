@@ -1,6 +1,8 @@
 //! `doctor`: what this build of wick can run on, here. Backends built in versus available, the
 //! device `auto` picks and why, a timed op check with one backward pass on every available
-//! device, memory and CPU facts. `--json` prints one JSON object instead of text.
+//! device, memory and CPU facts, and the Hugging Face Hub settings (cache, offline mode,
+//! endpoint, where a token would come from, whether the default model is cached, what the cache
+//! holds). `--json` prints one JSON object instead of text.
 //!
 //! The facts come from `wick_trainer::device`; this file only gathers and renders them.
 
@@ -9,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
+use wick_model::hub::{self, CacheContents, HubSettings, ModelSource};
 use wick_trainer::device::{self, Availability, DeviceRequest, MemoryFacts, OpCheck};
 
 #[derive(Parser)]
@@ -35,6 +38,34 @@ struct Report {
     threads: usize,
     cpu_features: [(&'static str, bool); 3],
     cpu_matmul: String,
+    /// The Hub settings and cache, or why they cannot be read (no cache directory).
+    hub: Result<HubFacts, String>,
+}
+
+/// What model and data downloads would use, read from the environment as `train` reads it.
+struct HubFacts {
+    settings: HubSettings,
+    token: String,
+    /// The default model's commit when the cache holds all its files, else why not.
+    default_model: Result<String, String>,
+    contents: CacheContents,
+}
+
+fn hub_facts() -> Result<HubFacts, String> {
+    let settings = HubSettings::from_env().map_err(|e| e.to_string())?;
+    let offline = HubSettings {
+        offline: true,
+        ..settings.clone()
+    };
+    let default_model = hub::resolve_in(&ModelSource::default(), &offline)
+        .map(|resolved| resolved.commit.unwrap_or_default())
+        .map_err(|_| "not cached: `make model` lays it out without Hub access".to_string());
+    Ok(HubFacts {
+        token: hub::token_source(&settings),
+        contents: hub::cache_contents(&settings.cache_dir).map_err(|e| e.to_string())?,
+        default_model,
+        settings,
+    })
 }
 
 fn main() -> ExitCode {
@@ -76,6 +107,7 @@ fn gather() -> anyhow::Result<Report> {
             ("f16c", candle_core::utils::with_f16c()),
         ],
         cpu_matmul: wick_model::matmul::describe(),
+        hub: hub_facts(),
     })
 }
 
@@ -104,6 +136,22 @@ fn to_json(report: &Report) -> serde_json::Value {
             "candle_threads": report.threads,
             "features": cpu_features,
             "f32_products": report.cpu_matmul,
+        },
+        "hub": match &report.hub {
+            Ok(hub) => json!({
+                "cache_dir": hub.settings.cache_dir,
+                "offline": hub.settings.offline,
+                "endpoint": hub.settings.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT),
+                "token": hub.token,
+                "default_model": {
+                    "id": hub::DEFAULT_MODEL_ID,
+                    "cached": hub.default_model.is_ok(),
+                    "commit": hub.default_model.as_ref().ok(),
+                },
+                "cached_models": hub.contents.models,
+                "cached_datasets": hub.contents.datasets,
+            }),
+            Err(err) => json!({ "error": err }),
         },
     })
 }
@@ -168,6 +216,44 @@ fn to_text(report: &Report) -> String {
         features.join(", "),
         report.cpu_matmul
     );
+    out += &hub_text(&report.hub);
+    out
+}
+
+/// The Hub hf-hub talks to without `HF_ENDPOINT`.
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+fn hub_text(hub: &Result<HubFacts, String>) -> String {
+    let hub = match hub {
+        Ok(hub) => hub,
+        Err(err) => return format!("\nHugging Face Hub: {err}\n"),
+    };
+    let yes_no = |on: bool| if on { "yes" } else { "no" };
+    let list = |ids: &[String]| match ids.len() {
+        0 => "none".to_string(),
+        n => format!("{n}: {}", ids.join(", ")),
+    };
+    let mut out = "\nHugging Face Hub (models and hf://datasets/... data files):\n".to_string();
+    out += &format!("  cache:           {}\n", hub.settings.cache_dir.display());
+    out += &format!(
+        "  offline:         {} (HF_HUB_OFFLINE)\n",
+        yes_no(hub.settings.offline)
+    );
+    out += &format!(
+        "  endpoint:        {}\n",
+        hub.settings.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT)
+    );
+    out += &format!("  token:           {}\n", hub.token);
+    out += &format!(
+        "  default model:   {} {}\n",
+        hub::DEFAULT_MODEL_ID,
+        match &hub.default_model {
+            Ok(commit) => format!("cached (commit {commit})"),
+            Err(why) => why.clone(),
+        }
+    );
+    out += &format!("  cached models:   {}\n", list(&hub.contents.models));
+    out += &format!("  cached datasets: {}\n", list(&hub.contents.datasets));
     out
 }
 

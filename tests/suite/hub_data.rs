@@ -1,6 +1,7 @@
 //! Data files named `hf://datasets/...`: `train` and `evaluate` read them through the Hugging
 //! Face cache as they read local files, offline once cached (downloads are tested in
-//! `crates/hub/tests/download.rs`), and name the path as given in their errors.
+//! `crates/hub/tests/download.rs`), and name the path as given in their errors. `doctor` says
+//! which cache, endpoint and token source downloads would use and what the cache holds.
 
 use std::fs;
 use std::path::Path;
@@ -204,4 +205,53 @@ fn hub_dataset_path_errors_name_the_path_as_given() {
         &run_offline(&cache, "train", &refs),
         &[&format!("{latin1}:2: invalid UTF-8")],
     );
+}
+
+#[test]
+fn doctor_reports_the_hub_settings_and_what_the_cache_holds() {
+    let dir = TempDir::new().unwrap();
+    let cache = cache_with_dataset(dir.path());
+    let output = command(env!("CARGO_BIN_EXE_doctor"))
+        .arg("--json")
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://mirror.example")
+        .env("HF_TOKEN", "hf_secret_value")
+        .output()
+        .unwrap();
+    assert_ok(&output, "doctor --json");
+    let stdout = text(&output.stdout);
+    assert!(!stdout.contains("hf_secret_value"), "the token was printed");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let hub = &report["hub"];
+    assert_eq!(hub["cache_dir"], path_str(&cache));
+    assert_eq!(hub["offline"], true);
+    assert_eq!(hub["endpoint"], "http://mirror.example");
+    assert_eq!(hub["token"], "HF_TOKEN");
+    assert_eq!(hub["default_model"]["cached"], true);
+    assert_eq!(
+        hub["cached_datasets"],
+        serde_json::json!(["acme/triage-tiny"])
+    );
+    assert_eq!(
+        hub["cached_models"],
+        serde_json::json!(["sentence-transformers/all-MiniLM-L6-v2"])
+    );
+
+    // An empty cache, in text: the default model is missing and `make model` is named.
+    let empty = dir.path().join("empty");
+    let output = command(env!("CARGO_BIN_EXE_doctor"))
+        .env("HF_HUB_CACHE", &empty)
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    assert_ok(&output, "doctor");
+    let stdout = text(&output.stdout);
+    for needle in [
+        &format!("cache:           {}", empty.display()),
+        "not cached: `make model`",
+        "cached datasets: none",
+    ] {
+        assert!(stdout.contains(needle), "{needle}:\n{stdout}");
+    }
 }

@@ -402,6 +402,61 @@ impl HubSettings {
     }
 }
 
+/// What a Hub cache directory holds, by repository id (for `doctor`).
+#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheContents {
+    /// Model ids with a directory in the cache (`models--{org}--{name}`), sorted.
+    pub models: Vec<String>,
+    /// Dataset ids likewise (`datasets--{org}--{name}`).
+    pub datasets: Vec<String>,
+}
+
+/// The repositories the cache at `cache_dir` has directories for; empty when it does not exist.
+pub fn cache_contents(cache_dir: &Path) -> Result<CacheContents, HubError> {
+    let entries = match std::fs::read_dir(cache_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CacheContents::default()),
+        Err(cause) => {
+            return Err(HubError::CacheIo {
+                path: cache_dir.to_path_buf(),
+                cause,
+            })
+        }
+    };
+    let mut contents = CacheContents::default();
+    for entry in entries {
+        let entry = entry.map_err(|cause| HubError::CacheIo {
+            path: cache_dir.to_path_buf(),
+            cause,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // The Hub forbids "--" inside a repository name, so the first one ends the kind and
+        // the second splits organisation from name.
+        let (list, rest) = match name.split_once("--") {
+            Some(("models", rest)) => (&mut contents.models, rest),
+            Some(("datasets", rest)) => (&mut contents.datasets, rest),
+            _ => continue,
+        };
+        list.push(rest.replacen("--", "/", 1));
+    }
+    contents.models.sort();
+    contents.datasets.sort();
+    Ok(contents)
+}
+
+/// Where downloads take their access token from: `HF_TOKEN`, the token file hf-hub reads beside
+/// the cache (`<cache>/../token`, where `huggingface-cli login` writes it), or nowhere. The token
+/// itself is never returned.
+pub fn token_source(settings: &HubSettings) -> String {
+    if settings.token.is_some() {
+        return "HF_TOKEN".into();
+    }
+    match settings.cache_dir.parent().map(|dir| dir.join("token")) {
+        Some(file) if file.is_file() => format!("token file {}", file.display()),
+        _ => "none".into(),
+    }
+}
+
 /// Resolves `source` with settings read from the environment; see [`resolve_in`].
 pub fn resolve(source: &ModelSource) -> Result<ResolvedModel, HubError> {
     // Validate before reading the environment so a config mistake is reported first.
