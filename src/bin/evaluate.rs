@@ -81,6 +81,13 @@ fn run(args: Args) -> Result<()> {
     let read = |path: &PathBuf| -> Result<(String, Vec<wick_data::Example>, PathBuf)> {
         let rows = wick_data::read_examples(path, data)
             .with_context(|| format!("evaluating {scored} on {}", path.display()))?;
+        if rows.without_label > 0 {
+            eprintln!(
+                "{}: {} rows with none of data.labels left out (data.other_labels = \"ignore\")",
+                path.display(),
+                rows.without_label
+            );
+        }
         Ok((path.display().to_string(), rows.examples, path.clone()))
     };
     // --data, else the run's validation: its file, or the rows it held out of data.train; else

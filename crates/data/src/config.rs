@@ -15,7 +15,9 @@ use crate::tokenize::Truncation;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
-    /// One JSON object per line.
+    /// One JSON object per line, or (a file whose first character is `[`) one JSON array of
+    /// objects, as `datasets`' `to_json(lines=False)`, `gh issue list --json` and most APIs
+    /// write.
     Jsonl,
     /// RFC 4180 CSV with a header row.
     Csv,
@@ -31,6 +33,17 @@ impl Format {
             Self::Parquet => Unit::Row,
         }
     }
+}
+
+/// `data.other_labels`: what a label outside `data.labels` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherLabels {
+    /// Refuse the row, naming the label and the known ones.
+    #[default]
+    Error,
+    /// Skip the label; a single-label row left without one is left out.
+    Ignore,
 }
 
 /// Keep only rows whose `column` equals `equals` exactly (after number/bool stringification).
@@ -82,6 +95,8 @@ pub struct DataConfig {
     #[serde(default, skip_serializing_if = "Clean::is_off")]
     pub clean: Clean,
     /// Field holding the label (a string, or for `multi_label` a list / comma-separated string).
+    /// A label that is an object with a string `name` (GitHub's and GitLab's label objects)
+    /// reads as that name.
     #[serde(default = "default_label_field")]
     pub label_field: String,
     /// The label set in id order: label `labels[i]` has id `i`.
@@ -90,6 +105,11 @@ pub struct DataConfig {
     /// Each row may carry several labels; targets become multi-hot vectors.
     #[serde(default)]
     pub multi_label: bool,
+    /// What a label outside `labels` does: an error naming it (the default), or nothing
+    /// (`ignore`: an issue tracker's other labels are skipped; a single-label row with none of
+    /// `labels` is left out and counted).
+    #[serde(default)]
+    pub other_labels: OtherLabels,
     /// Keep only rows matching this filter (e.g. one repository of a multi-repo dataset).
     #[serde(default)]
     pub filter: Option<Filter>,
@@ -161,6 +181,7 @@ impl DataConfig {
             label_field: default_label_field(),
             labels: Vec::new(),
             multi_label: false,
+            other_labels: OtherLabels::Error,
             filter: None,
             max_len: default_max_len(),
             truncation: TruncationSide::Head,

@@ -101,6 +101,19 @@ pub enum Error {
     #[error("no examples in {}", path.display())]
     Empty { path: PathBuf },
 
+    /// With `data.other_labels = "ignore"`, no row holds a label of `data.labels`.
+    #[error(
+        "no examples in {}: none of its {rows} rows holds one of data.labels ({}), and \
+         data.other_labels = \"ignore\" left them all out",
+        path.display(),
+        known.join(", ")
+    )]
+    NoKnownLabel {
+        path: PathBuf,
+        rows: usize,
+        known: Vec<String>,
+    },
+
     /// Every row was dropped by `data.filter`.
     #[error(
         "no examples in {} after data.filter ({column} = {value:?} dropped all {filtered_out} rows)",

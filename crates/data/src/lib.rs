@@ -17,7 +17,7 @@ mod tokenize;
 
 pub use batch::{Batch, Dataset, Targets, TensorBatch};
 pub use clean::{Clean, CleanStats};
-pub use config::{DataConfig, Filter, Format, TruncationSide};
+pub use config::{DataConfig, Filter, Format, OtherLabels, TruncationSide};
 pub use error::{Error, Location, Result, Unit};
 pub use order::{epoch_order, split_folds, split_train_valid};
 pub use read::{read_examples, read_unlabelled, Example, ReadOutcome, Target};

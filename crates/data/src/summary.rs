@@ -29,6 +29,8 @@ pub struct DataSummary {
     pub max_len: usize,
     /// Rows dropped by `data.filter` before this dataset was built.
     pub filtered_out: usize,
+    /// Rows left out for holding none of `data.labels` (`data.other_labels = "ignore"`).
+    pub without_label: usize,
     /// What `data.clean` removed from the file's texts, when it is on.
     pub cleaned: Option<CleanStats>,
 }
@@ -69,8 +71,15 @@ impl DataSummary {
             truncated: lengths.iter().filter(|&&len| len > max_len).count(),
             max_len,
             filtered_out,
+            without_label: 0,
             cleaned: None,
         }
+    }
+
+    /// Adds the rows left out for holding none of `data.labels`.
+    pub fn with_without_label(mut self, rows: usize) -> Self {
+        self.without_label = rows;
+        self
     }
 
     /// Adds what `data.clean` did (shown as a `cleaned` line).
@@ -92,8 +101,15 @@ fn percentile(sorted: &[usize], pct: usize) -> usize {
 impl fmt::Display for DataSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "examples   {}", self.examples)?;
+        let mut left_out = Vec::new();
         if self.filtered_out > 0 {
-            write!(f, " ({} filtered out)", self.filtered_out)?;
+            left_out.push(format!("{} filtered out", self.filtered_out));
+        }
+        if self.without_label > 0 {
+            left_out.push(format!("{} with none of the labels", self.without_label));
+        }
+        if !left_out.is_empty() {
+            write!(f, " ({})", left_out.join(", "))?;
         }
         writeln!(f)?;
         if !self.per_label.is_empty() {

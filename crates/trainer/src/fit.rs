@@ -292,10 +292,12 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
     let data = &config.data;
     let read = read_examples(&data.train, data)?;
     let all = Dataset::new(&read.examples, tokenizer)?;
+    let mut valid_without_label = 0;
     // `train_idx`: the training rows when some are held out, else all of them.
     let (train, valid, train_idx) = match &data.valid {
         Some(path) => {
             let valid = read_examples(path, data)?;
+            valid_without_label = valid.without_label;
             (all, Some(Dataset::new(&valid.examples, tokenizer)?), None)
         }
         None => match held_out(config, &read.examples) {
@@ -311,13 +313,15 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
         Some(idx) => idx.iter().map(|&i| read.examples[i].clone()).collect(),
         None => read.examples.clone(),
     });
-    let mut summary = DataSummary::new(&train, &data.labels, read.filtered_out);
+    let mut summary = DataSummary::new(&train, &data.labels, read.filtered_out)
+        .with_without_label(read.without_label);
     if !data.clean.is_off() {
         summary = summary.with_cleaned(read.cleaned);
     }
     Ok(LoadedData {
         train,
         valid,
+        valid_without_label,
         summary,
         train_rows: rows,
     })
@@ -327,6 +331,8 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
 struct LoadedData {
     train: Dataset,
     valid: Option<Dataset>,
+    /// Rows of the validation file left out for holding none of `data.labels`.
+    valid_without_label: usize,
     summary: DataSummary,
     /// The training rows, in the training set's order, when distilling.
     train_rows: Option<Vec<Example>>,
@@ -671,9 +677,17 @@ impl Trainer {
         let LoadedData {
             train,
             valid,
+            valid_without_label,
             summary: train_summary,
             train_rows,
         } = load_data(&config, &tokenizer)?;
+        if let (Some(path), true) = (&config.data.valid, valid_without_label > 0) {
+            reporter.message(&format!(
+                "{}: {valid_without_label} rows with none of data.labels left out \
+                 (data.other_labels = \"ignore\")",
+                path.display()
+            ));
+        }
 
         let chosen = device::choose(options.device)?;
         let (chosen, warning) = device::preflight(chosen, options.device, |d| {

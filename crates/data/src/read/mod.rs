@@ -14,7 +14,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::clean::CleanStats;
-use crate::config::{DataConfig, Format};
+use crate::config::{DataConfig, Format, OtherLabels};
 use crate::error::{Error, Location, Result, Unit};
 
 /// What the model should predict for one example.
@@ -48,6 +48,9 @@ pub struct ReadOutcome {
     pub examples: Vec<Example>,
     /// Rows dropped by `data.filter`.
     pub filtered_out: usize,
+    /// Single-label rows left out for holding none of `data.labels` (only with
+    /// `data.other_labels = "ignore"`).
+    pub without_label: usize,
     /// What `data.clean` removed from the kept rows' texts (nothing counted when it is off).
     pub cleaned: CleanStats,
 }
@@ -70,7 +73,14 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     let hub_file = wick_hub::dataset::local_data_file(path)?;
     let file = hub_file.as_ref().map_or(path, |hub| hub.path.as_path());
     let rows = match format {
-        Format::Jsonl => jsonl_rows(path, &read_text(file, path)?)?,
+        Format::Jsonl => {
+            let text = read_text(file, path)?;
+            if text.trim_start().starts_with('[') {
+                json_array_rows(path, &text)?
+            } else {
+                jsonl_rows(path, &text)?
+            }
+        }
         Format::Csv => csv_rows(path, &read_text(file, path)?)?,
         Format::Parquet => parquet::rows(file, path, cfg)?,
     };
@@ -95,11 +105,23 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     let mut examples = Vec::with_capacity(rows.len());
     let mut filtered_out = 0;
     let mut cleaned = CleanStats::default();
+    let mut without_label = 0;
     for (line, fields) in rows {
         if !row_reader.keep(line, &fields)? {
             filtered_out += 1;
             continue;
         }
+        let target = if labelled {
+            match row_reader.target(line, &fields)? {
+                Some(target) => target,
+                None => {
+                    without_label += 1;
+                    continue;
+                }
+            }
+        } else {
+            Target::None
+        };
         let joined = row_reader.text(line, &fields)?;
         let text = if cfg.clean.is_off() {
             joined
@@ -111,16 +133,18 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
             cleaned.add(&joined, cut.as_deref().unwrap_or(&joined));
             cut.unwrap_or(joined)
         };
-        let target = if labelled {
-            row_reader.target(line, &fields)?
-        } else {
-            Target::None
-        };
         examples.push(Example {
             text,
             target,
             line,
             fields,
+        });
+    }
+    if examples.is_empty() && without_label > 0 {
+        return Err(Error::NoKnownLabel {
+            path: path.to_owned(),
+            rows: without_label,
+            known: cfg.labels.clone(),
         });
     }
     if examples.is_empty() {
@@ -136,6 +160,7 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     Ok(ReadOutcome {
         examples,
         filtered_out,
+        without_label,
         cleaned,
     })
 }
@@ -182,6 +207,42 @@ fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
                 at: Location::line(path, line),
                 reason: format!(
                     "expected one JSON object per line, found {}",
+                    kind_of(&value)
+                ),
+            });
+        };
+        rows.push((line, fields));
+    }
+    Ok(rows)
+}
+
+/// The rows of a file holding one JSON array of objects, each numbered by the line its object
+/// starts on.
+fn json_array_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
+    let items: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(text).map_err(|cause| Error::Json {
+            at: Location::line(path, cause.line().max(1)),
+            cause,
+        })?;
+    let mut rows = Vec::with_capacity(items.len());
+    let (mut line, mut counted) = (1, 0);
+    for item in items {
+        // The item is a slice of `text`: its offset gives its line.
+        let start = item.get().as_ptr() as usize - text.as_ptr() as usize;
+        line += text.as_bytes()[counted..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        counted = start;
+        let value: Value = serde_json::from_str(item.get()).map_err(|cause| Error::Json {
+            at: Location::line(path, line),
+            cause,
+        })?;
+        let Value::Object(fields) = value else {
+            return Err(Error::BadRow {
+                at: Location::line(path, line),
+                reason: format!(
+                    "expected a JSON object in the file's array, found {}",
                     kind_of(&value)
                 ),
             });
@@ -290,22 +351,55 @@ impl RowReader<'_> {
         Ok(parts.join(&self.cfg.text_separator))
     }
 
-    fn target(&self, line: usize, fields: &Map<String, Value>) -> Result<Target> {
+    /// The row's target; `None` when `data.other_labels = "ignore"` leaves a single-label row
+    /// without a label.
+    fn target(&self, line: usize, fields: &Map<String, Value>) -> Result<Option<Target>> {
         let name = &self.cfg.label_field;
         let value = self.field(line, fields, name)?;
+        let ignore = self.cfg.other_labels == OtherLabels::Ignore;
         if !self.cfg.multi_label {
-            if let Value::Array(_) = value {
-                return Err(self.bad_field(
-                    line,
-                    name,
-                    "holds a list of labels but data.multi_label is false".into(),
-                ));
-            }
-            let label = self.label_text(line, value)?;
+            let label = match value {
+                // An issue tracker's labels: the one of `data.labels` among them.
+                Value::Array(items) if ignore => {
+                    let known = self.known_labels(line, items)?;
+                    match known.as_slice() {
+                        [] => return Ok(None),
+                        [label] => label.clone(),
+                        several => {
+                            return Err(self.bad_field(
+                                line,
+                                name,
+                                format!(
+                                    "holds {} of data.labels ({}); a single-label row needs one \
+                                     (or set data.multi_label = true)",
+                                    several.len(),
+                                    several.join(", ")
+                                ),
+                            ))
+                        }
+                    }
+                }
+                Value::Array(_) => {
+                    return Err(self.bad_field(
+                        line,
+                        name,
+                        "holds a list of labels but data.multi_label is false (with \
+                         data.other_labels = \"ignore\" the one of data.labels among them is \
+                         taken)"
+                            .into(),
+                    ))
+                }
+                _ => self.label_text(line, value)?,
+            };
             if label.is_empty() {
                 return Err(self.bad_field(line, name, "empty label".into()));
             }
-            return self.label_id(line, label).map(Target::Single);
+            if ignore && !self.label_ids.contains_key(label.as_str()) {
+                return Ok(None);
+            }
+            return self
+                .label_id(line, label)
+                .map(|id| Some(Target::Single(id)));
         }
         let labels: Vec<String> = match value {
             Value::Array(items) => items
@@ -321,13 +415,34 @@ impl RowReader<'_> {
         };
         let mut multi_hot = vec![0.0; self.cfg.labels.len()];
         for label in labels {
+            if ignore && !self.label_ids.contains_key(label.as_str()) {
+                continue;
+            }
             let id = self.label_id(line, label)?;
             multi_hot[id as usize] = 1.0;
         }
-        Ok(Target::Multi(multi_hot))
+        Ok(Some(Target::Multi(multi_hot)))
+    }
+
+    /// The labels of `items` that are in `data.labels`, in the items' order.
+    fn known_labels(&self, line: usize, items: &[Value]) -> Result<Vec<String>> {
+        let mut known = Vec::new();
+        for item in items {
+            let label = self.label_text(line, item)?;
+            if self.label_ids.contains_key(label.as_str()) && !known.contains(&label) {
+                known.push(label);
+            }
+        }
+        Ok(known)
     }
 
     fn label_text(&self, line: usize, value: &Value) -> Result<String> {
+        // GitHub's and GitLab's label objects: {"name": "bug", "color": ..., ...}.
+        if let Value::Object(object) = value {
+            if let Some(Value::String(name)) = object.get("name") {
+                return Ok(name.trim().to_owned());
+            }
+        }
         match scalar_text(value) {
             Some(text) => Ok(text.trim().to_owned()),
             None if value.is_null() => Err(self.bad_field(

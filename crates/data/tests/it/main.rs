@@ -6,6 +6,7 @@ mod batch;
 mod common;
 mod config;
 mod csv;
+mod exports;
 mod jsonl;
 mod nlbse;
 mod order;

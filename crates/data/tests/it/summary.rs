@@ -52,6 +52,11 @@ fn summary_counts_labels_lengths_and_truncation() -> TestResult {
         table.contains("truncated  2 of 5 (40.0%) at max_len 8"),
         "{table}"
     );
+    let table = summary.with_without_label(3).to_string();
+    assert!(
+        table.contains("examples   5 (7 filtered out, 3 with none of the labels)"),
+        "{table}"
+    );
     Ok(())
 }
 
