@@ -42,7 +42,8 @@ const HOW_TO_GET: &str = "run `make model` for the default model \
      sentence-transformers/all-MiniLM-L6-v2, or set model.path to a local directory holding \
      config.json, tokenizer.json and model.safetensors, or unset HF_HUB_OFFLINE with network access";
 
-/// Errors from resolving a [`ModelSource`] to files; each names the config key, path or id at fault.
+/// Errors from resolving a [`ModelSource`] or a dataset file to files; each names the config key,
+/// path or id at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// The `[model]` section is inconsistent (e.g. both or neither of `model.id` / `model.path`).

@@ -389,13 +389,15 @@ impl RowReader<'_> {
                             .into(),
                     ))
                 }
+                // No label at all: left out like a label outside data.labels.
+                Value::Null if ignore => return Ok(None),
                 _ => self.label_text(line, value)?,
             };
-            if label.is_empty() {
-                return Err(self.bad_field(line, name, "empty label".into()));
-            }
             if ignore && !self.label_ids.contains_key(label.as_str()) {
                 return Ok(None);
+            }
+            if label.is_empty() {
+                return Err(self.bad_field(line, name, "empty label".into()));
             }
             return self
                 .label_id(line, label)

@@ -161,20 +161,24 @@ fn other_labels_are_errors_unless_ignored() -> TestResult {
         "{err}"
     );
 
-    // Nothing left at all: said so, with the count.
+    // Nothing left at all (another label, a list of others, an empty label, null): said so,
+    // with the count.
     let none = write(
         &dir,
         "none.jsonl",
-        "{\"title\": \"x\", \"body\": \"\", \"labels\": \"wontfix\"}\n{\"title\": \"y\", \"body\": \"\", \"labels\": [\"duplicate\"]}\n",
+        "{\"title\": \"x\", \"body\": \"\", \"labels\": \"wontfix\"}\n\
+         {\"title\": \"y\", \"body\": \"\", \"labels\": [\"duplicate\"]}\n\
+         {\"title\": \"z\", \"body\": \"\", \"labels\": \"\"}\n\
+         {\"title\": \"w\", \"body\": \"\", \"labels\": null}\n",
     );
     let err = read_error(&none, &gh_config(&none))?;
     assert!(
-        matches!(&err, Error::NoKnownLabel { rows: 2, .. }),
+        matches!(&err, Error::NoKnownLabel { rows: 4, .. }),
         "{err:?}"
     );
     assert!(
         err.to_string()
-            .contains("none of its 2 rows holds one of data.labels"),
+            .contains("none of its 4 rows holds one of data.labels"),
         "{err}"
     );
     Ok(())
