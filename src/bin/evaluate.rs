@@ -31,8 +31,8 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also list the N most confident mistakes (file line or row, truth, prediction, probabilities,
-    /// the start of the text); in JSON under "errors".
+    /// Also list the N most confident mistakes (file line or row, truth, prediction,
+    /// probabilities, the start of the text); in JSON under "errors".
     #[arg(long, value_name = "N", default_value_t = 0)]
     errors: usize,
     #[command(flatten)]

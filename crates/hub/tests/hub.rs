@@ -1,4 +1,5 @@
-//! Model and dataset-file resolution against temporary caches laid out like the Hugging Face Hub's, and local dirs.
+//! Model resolution against temporary caches laid out like the Hugging Face Hub's, and local
+//! dirs (dataset files and downloads: `download.rs`).
 //!
 //! Settings are passed explicitly (`resolve_in`), never through the process environment, so the
 //! tests run in parallel and never reach the network (except one that aims at a closed port).

@@ -144,7 +144,10 @@ fn other_labels_are_errors_unless_ignored() -> TestResult {
     strict.multi_label = true;
     let err = read_error(&path, &strict)?;
     assert!(
-        matches!(&err, Error::UnknownLabel { label, at, .. } if label == "needs-triage" && at.number == 2),
+        matches!(
+            &err,
+            Error::UnknownLabel { label, at, .. } if label == "needs-triage" && at.number == 2
+        ),
         "{err:?}"
     );
 
