@@ -198,22 +198,22 @@ fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
         if raw.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(raw).map_err(|cause| Error::Json {
-            at: Location::line(path, line),
-            cause,
-        })?;
-        let Value::Object(fields) = value else {
-            return Err(Error::BadRow {
-                at: Location::line(path, line),
-                reason: format!(
-                    "expected one JSON object per line, found {}",
-                    kind_of(&value)
-                ),
-            });
-        };
+        let fields = json_object(raw, Location::line(path, line), "one JSON object per line")?;
         rows.push((line, fields));
     }
     Ok(rows)
+}
+
+/// The JSON object `raw` at `at`; `expected` says what the file should hold where it does not.
+fn json_object(raw: &str, at: Location, expected: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(raw) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(value) => Err(Error::BadRow {
+            reason: format!("expected {expected}, found {}", kind_of(&value)),
+            at,
+        }),
+        Err(cause) => Err(Error::Json { at, cause }),
+    }
 }
 
 /// The rows of a file holding one JSON array of objects, each numbered by the line its object
@@ -234,19 +234,8 @@ fn json_array_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
             .filter(|&&b| b == b'\n')
             .count();
         counted = start;
-        let value: Value = serde_json::from_str(item.get()).map_err(|cause| Error::Json {
-            at: Location::line(path, line),
-            cause,
-        })?;
-        let Value::Object(fields) = value else {
-            return Err(Error::BadRow {
-                at: Location::line(path, line),
-                reason: format!(
-                    "expected a JSON object in the file's array, found {}",
-                    kind_of(&value)
-                ),
-            });
-        };
+        let at = Location::line(path, line);
+        let fields = json_object(item.get(), at, "a JSON object in the file's array")?;
         rows.push((line, fields));
     }
     Ok(rows)
