@@ -168,6 +168,17 @@ fn run(args: Args) -> Result<ExitCode> {
         (None, None) => anyhow::bail!("give --config FILE (or --resume DIR)"),
     };
     let config = RunConfig::load(&config_path, &args.overrides)?;
+    // The test file is only scored after training: check that it reads now, so that a file of
+    // another schema or label set fails in seconds rather than after the run.
+    if let Some(test) = &config.data.test {
+        config.data.validate()?;
+        wick_data::read_examples(test, &config.data).with_context(|| {
+            format!(
+                "data.test {} (checked before training; it is scored after)",
+                test.display()
+            )
+        })?;
+    }
     let out_dir = match (&args.out, &args.resume) {
         (Some(out), _) => out.clone(),
         (None, Some(resume)) if resume.join("last").is_dir() => resume.clone(),

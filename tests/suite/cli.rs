@@ -437,6 +437,30 @@ fn evaluate_finds_the_rows_a_run_held_out() {
     );
 }
 
+/// The test file is scored after training, but read before it: one of another label set fails
+/// at once, naming the key, the file and the line, and no run directory is made.
+#[test]
+fn a_test_file_that_cannot_be_scored_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = dir.path().join("test.jsonl");
+    std::fs::write(
+        &test,
+        "{\"text\": \"fine\", \"label\": \"needs_docs\"}\n{\"text\": \"x\", \"label\": \"bug\"}\n",
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let output = train_tiny(&run, &[&format!("data.test='{}'", path_str(&test))]);
+    assert_fails_naming(
+        &output,
+        &[
+            "data.test",
+            "checked before training",
+            &format!("{}:2: unknown label \"bug\"", test.display()),
+        ],
+    );
+    assert!(!run.exists(), "a refused run made {}", run.display());
+}
+
 #[test]
 fn valid_fraction_zero_trains_on_every_row_without_validation() {
     let dir = tempfile::tempdir().unwrap();
