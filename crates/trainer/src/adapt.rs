@@ -240,14 +240,12 @@ struct RunState {
     head_from_file: bool,
     loss_before: f64,
     loss_after_head: Option<f64>,
-    /// The phase in progress, its epoch (0-based) and the batches of that epoch done.
+    /// The phase in progress, its epoch (0-based) and the batches of that epoch done: the step
+    /// counts follow from them ([`RunState::phase_steps`], [`RunState::steps`]).
     phase: Phase,
     epoch: usize,
     batch: usize,
-    /// Steps of the phase done (its schedule's position) and of the run.
-    phase_steps: usize,
-    steps: usize,
-    /// The phase optimizer's step count.
+    /// The phase optimizer's step count (batches with no masked token take no step).
     optimizer_steps: u64,
     /// The epoch's text order (shuffled from the previous epoch's at each epoch's start).
     order: Vec<usize>,
@@ -261,6 +259,20 @@ struct RunState {
 }
 
 impl RunState {
+    /// Steps of the phase done, `per_epoch` to an epoch: its schedule's position.
+    fn phase_steps(&self, per_epoch: usize) -> usize {
+        self.epoch * per_epoch + self.batch
+    }
+
+    /// Steps of the run done (a step per batch, the head phase's first).
+    fn steps(&self, per_epoch: usize) -> usize {
+        let head = match self.phase {
+            Phase::Head => 0,
+            Phase::All => self.options.head_epochs * per_epoch,
+        };
+        head + self.phase_steps(per_epoch)
+    }
+
     /// The first field of what a run is that differs between `self` (saved) and `other`
     /// (asked for), as `(key, saved, asked)`.
     fn difference(&self, other: &RunState) -> Option<(String, String, String)> {
@@ -606,6 +618,7 @@ pub fn adapt(
     };
 
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let per_epoch = encodings.len().div_ceil(options.batch_size);
     let mut state = RunState {
         options: options.clone(),
         source: source_name,
@@ -618,8 +631,6 @@ pub fn adapt(
         phase: Phase::Head,
         epoch: 0,
         batch: 0,
-        phase_steps: 0,
-        steps: 0,
         optimizer_steps: 0,
         order: (0..encodings.len()).collect(),
         rng_word_pos: "0".into(),
@@ -646,7 +657,7 @@ pub fn adapt(
             reporter.message(&format!(
                 "resuming {} at step {} ({} phase, epoch {}, batch {})",
                 checkpoint_dir.display(),
-                saved.steps,
+                saved.steps(per_epoch),
                 match saved.phase {
                     Phase::Head => "head",
                     Phase::All => "full",
@@ -659,6 +670,22 @@ pub fn adapt(
         None => state.loss_before = setup.fixed_loss(options)?,
     }
 
+    // Writes the run as it stands between two steps to the checkpoint directory.
+    let save = |setup: &Setup,
+                optimizer: &AdamW,
+                rng: &ChaCha8Rng,
+                state: &RunState,
+                reporter: &mut dyn Reporter| {
+        let saved = RunState {
+            optimizer_steps: optimizer.steps(),
+            rng_word_pos: rng.get_word_pos().to_string(),
+            seconds: state.seconds + start.elapsed().as_secs_f64(),
+            ..state.clone()
+        };
+        setup.save(&checkpoint_dir, optimizer, &saved)?;
+        reporter.checkpoint(&checkpoint_dir);
+        Ok::<(), TrainError>(())
+    };
     let _running = run.stop.enter();
     let mut last_save = Instant::now();
     let mut moments = match run.resume {
@@ -692,7 +719,6 @@ pub fn adapt(
                     reason,
                 })?;
         }
-        let per_epoch = encodings.len().div_ceil(options.batch_size);
         let total = per_epoch * epochs;
         let schedule = Schedule {
             peak: lr,
@@ -710,11 +736,11 @@ pub fn adapt(
                 let chunk = &state.order[from..(from + options.batch_size).min(encodings.len())];
                 let refs: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
                 let batch = setup.batch(&refs, options.mask_prob, &mut rng)?;
-                let rate = schedule.lr(state.phase_steps);
+                let rate = schedule.lr(state.phase_steps(per_epoch));
                 if batch.chosen > 0 {
                     setup.model.encoder().rng().reseed(
                         options.seed,
-                        state.steps as u64,
+                        state.steps(per_epoch) as u64,
                         &chosen.device,
                     )?;
                     let loss = setup.loss(&batch, true)?;
@@ -729,10 +755,8 @@ pub fn adapt(
                     state.epoch_batches += 1;
                 }
                 state.batch += 1;
-                state.phase_steps += 1;
-                state.steps += 1;
                 reporter.step(&Progress {
-                    step: state.steps,
+                    step: state.steps(per_epoch),
                     total_steps: per_epoch * (options.head_epochs + options.epochs),
                     epoch: state.epoch + 1,
                     batch_in_epoch: state.batch,
@@ -745,14 +769,10 @@ pub fn adapt(
                 if run.stop.is_requested() && more {
                     // The checkpoint boundary: the epoch's loss so far is read here.
                     state.epoch_loss_sum += read_sum(sum.take())?;
-                    state.optimizer_steps = optimizer.steps();
-                    state.rng_word_pos = rng.get_word_pos().to_string();
-                    state.seconds += start.elapsed().as_secs_f64();
-                    setup.save(&checkpoint_dir, &optimizer, &state)?;
-                    reporter.checkpoint(&checkpoint_dir);
+                    save(&setup, &optimizer, &rng, &state, reporter)?;
                     return Ok(AdaptOutcome::Stopped {
                         checkpoint: checkpoint_dir,
-                        steps: state.steps,
+                        steps: state.steps(per_epoch),
                     });
                 }
             }
@@ -776,13 +796,7 @@ pub fn adapt(
             let finished = state.epoch == epochs && phase == Phase::All;
             if let Some(every) = run.save_every {
                 if last_save.elapsed() >= every && !finished {
-                    state.optimizer_steps = optimizer.steps();
-                    state.rng_word_pos = rng.get_word_pos().to_string();
-                    let seconds = state.seconds;
-                    state.seconds += start.elapsed().as_secs_f64();
-                    setup.save(&checkpoint_dir, &optimizer, &state)?;
-                    state.seconds = seconds;
-                    reporter.checkpoint(&checkpoint_dir);
+                    save(&setup, &optimizer, &rng, &state, reporter)?;
                     last_save = Instant::now();
                 }
             }
@@ -791,7 +805,6 @@ pub fn adapt(
             state.loss_after_head = Some(setup.fixed_loss(options)?);
             state.phase = Phase::All;
             state.epoch = 0;
-            state.phase_steps = 0;
             state.optimizer_steps = 0;
             state.order = (0..encodings.len()).collect();
         }
@@ -807,7 +820,7 @@ pub fn adapt(
         precision: config.train.precision,
         head_from_file,
         options: options.clone(),
-        steps: state.steps,
+        steps: state.steps(per_epoch),
         loss_before: state.loss_before,
         loss_after_head: state.loss_after_head.unwrap_or(state.loss_before),
         loss_after,
