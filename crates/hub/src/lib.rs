@@ -404,7 +404,7 @@ impl HubSettings {
 }
 
 /// What a Hub cache directory holds, by repository id (for `doctor`).
-#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheContents {
     /// Model ids with a directory in the cache (`models--{org}--{name}`), sorted.
     pub models: Vec<String>,
