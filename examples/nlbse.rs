@@ -5,7 +5,8 @@
 //!
 //!     cargo run --release --example nlbse -- [--test issues_test.csv] [--device auto]
 //!         [--config configs/nlbse.toml ...] [--out runs/nlbse] [--ensemble N | --folds K]
-//!         [--refit] [--match-priors] [--adapt-epochs N] [--set key=value ...] [--json]
+//!         [--refit] [--match-priors] [--adapt-epochs N] [--project NAME ...]
+//!         [--set key=value ...] [--json]
 //!
 //! Without --test it reports on each project's own validation split; with it, also on that
 //! project's rows of the test file (any CSV of the competition's schema). `--ensemble N` trains
@@ -54,6 +55,14 @@
 //! `--set model.path=adapted/{project}` starts each project from an encoder of its own, say one
 //! adapted to that project's texts.
 //!
+//! `--project facebook/react` (repeatable) runs only the projects named, in the protocol's order;
+//! the overall lines are then the mean over those projects, which the protocol score is not.
+//! Projects run apart (in processes side by side, say) combine as one run does
+//! (`bench/h100/combine.py`). A `{project}`-templated `--set` lets each project distill from
+//! its own out-of-fold teachers: `nlbse --folds 5 --out teachers`, then `--set
+//! "train.distill_from=['teachers/{project}/seed-42', ..., 'teachers/{project}/seed-46']" --set
+//! train.distill_out_of_fold=true`.
+//!
 //! Each run of the protocol starts over: the runs it finds under `--out` from an earlier run
 //! (its own project and member directories) are replaced.
 
@@ -95,6 +104,8 @@ struct Args {
     match_priors: bool,
     /// Epochs of masked-LM adaptation of the encoder to each project's rows first (0: none).
     adapt_epochs: usize,
+    /// The projects to run (`--project`, repeatable; all five by default), in PROJECTS' order.
+    projects: Vec<&'static str>,
     json: bool,
 }
 
@@ -110,6 +121,7 @@ fn parse_args() -> Result<Args> {
         refit: false,
         match_priors: false,
         adapt_epochs: 0,
+        projects: Vec::new(),
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -139,6 +151,19 @@ fn parse_args() -> Result<Args> {
             "--adapt-epochs" => {
                 args.adapt_epochs = value()?.parse().context("--adapt-epochs takes a count")?
             }
+            "--project" => {
+                let name = value()?;
+                let known = PROJECTS.iter().find(|p| **p == name).with_context(|| {
+                    format!(
+                        "--project {name}: not a project of the benchmark (they are {})",
+                        PROJECTS.join(", ")
+                    )
+                })?;
+                if args.projects.contains(known) {
+                    bail!("--project {name} is given twice");
+                }
+                args.projects.push(known);
+            }
             "--json" => args.json = true,
             other => bail!("unknown argument {other}"),
         }
@@ -161,6 +186,11 @@ fn parse_args() -> Result<Args> {
         }
         args.ensemble = k;
     }
+    if args.projects.is_empty() {
+        args.projects = PROJECTS.to_vec();
+    }
+    args.projects
+        .sort_by_key(|p| PROJECTS.iter().position(|known| known == p));
     if args.refit && args.test.is_none() {
         bail!("--refit trains on the validation rows too: it needs --test to score anything");
     }
@@ -690,7 +720,7 @@ fn main() -> Result<()> {
     let mut results: Vec<Scored> = Vec::new();
     let mut members: Vec<(&str, Vec<f64>)> = Vec::new();
     let mut configs: Vec<(&str, Vec<f64>)> = Vec::new();
-    for project in PROJECTS {
+    for &project in &args.projects {
         let run = run_project(&args, project)?;
         results.extend(run.scored);
         members.push((project, run.member_f1));
@@ -712,6 +742,14 @@ fn main() -> Result<()> {
             println!("{row}");
         }
     }
+    let what = if args.projects.len() == PROJECTS.len() {
+        "protocol score (mean of project macro-F1)".to_string()
+    } else {
+        format!(
+            "mean macro-F1 of the {} projects run, not the protocol score",
+            args.projects.len()
+        )
+    };
     for split in splits {
         let reports: Vec<&ClassificationReport> = results
             .iter()
@@ -734,7 +772,7 @@ fn main() -> Result<()> {
         }
         let overall = reports.iter().map(|r| r.macro_f1).sum::<f64>() / n;
         println!(
-            "{:<22} {split:<5} {:<9} {:>22.4}   <- protocol score (mean of project macro-F1)",
+            "{:<22} {split:<5} {:<9} {:>22.4}   <- {what}",
             "overall", "macro-F1", overall
         );
         summary.insert(split.to_string(), json!({
@@ -805,6 +843,7 @@ fn main() -> Result<()> {
         summary.insert("config_valid".into(), config_overall.into());
     }
     summary.insert("ensemble".into(), json!(args.ensemble));
+    summary.insert("projects".into(), json!(args.projects));
     if args.match_priors {
         summary.insert("unmatched".into(), unmatched.into());
     }

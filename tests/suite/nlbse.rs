@@ -1,7 +1,8 @@
 //! The NLBSE protocol example (`examples/nlbse.rs`) on a small CSV of the competition's schema
 //! with the tiny random model: an ensemble of two configs is the mean of the two configs run
 //! apart, `--match-priors` scores the probabilities matched to the training rows' label shares,
-//! and configs that would validate on different rows are refused.
+//! configs that would validate on different rows are refused, and projects run apart score as in
+//! a whole run, each distilling from its own out-of-fold teachers.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -148,14 +149,12 @@ fn sinkhorn(probs: &[Vec<f64>], shares: &[f64]) -> Vec<Vec<f64>> {
     q
 }
 
-#[test]
-fn an_ensemble_of_two_configs_is_the_mean_of_the_two_run_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let issues = dir.path().join("issues.csv");
-    write_issues(&issues);
-    let base = dir.path().join("full.toml");
+/// `full.toml` in `dir`: the tiny random model on `issues`, facebook/react's rows, a quarter of
+/// them for validation, two epochs.
+fn write_config(dir: &Path, issues: &Path) -> PathBuf {
+    let path = dir.join("full.toml");
     std::fs::write(
-        &base,
+        &path,
         format!(
             r#"[data]
 train = "{}"
@@ -181,10 +180,19 @@ lr = 1e-3
 seed = 7
 log_every = 2
 "#,
-            path_str(&issues)
+            path_str(issues)
         ),
     )
     .unwrap();
+    path
+}
+
+#[test]
+fn an_ensemble_of_two_configs_is_the_mean_of_the_two_run_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let issues = dir.path().join("issues.csv");
+    write_issues(&issues);
+    let base = write_config(dir.path(), &issues);
     // The variant states only its changes: LoRA on a frozen encoder, another rate.
     let lora = dir.path().join("lora.toml");
     std::fs::write(
@@ -344,4 +352,132 @@ log_every = 2
     std::fs::write(&twin, "extends = \"../full.toml\"\n").unwrap();
     let refused = run_nlbse(&["--config", path_str(&base), "--config", path_str(&twin)]);
     assert_fails_naming(&refused, &["two configs are named full"]);
+}
+
+#[test]
+fn projects_run_apart_and_each_distils_from_its_own_out_of_fold_teachers() {
+    let dir = tempfile::tempdir().unwrap();
+    let issues = dir.path().join("issues.csv");
+    write_issues(&issues);
+    let config = write_config(dir.path(), &issues);
+    let out = |name: &str| dir.path().join(name);
+    let run = |name: &str, extra: &[&str]| {
+        let dest = out(name);
+        let mut args = vec!["--device", "cpu", "--json", "--config", path_str(&config)];
+        args.extend(["--out", path_str(&dest)]);
+        args.extend(extra);
+        let output = run_nlbse(&args);
+        assert_ok(&output, name);
+        output
+    };
+    // Three cross-validation teachers per project, once for all five and once for two projects
+    // (named out of the protocol's order).
+    run("all", &["--folds", "3"]);
+    let two = run(
+        "two",
+        &[
+            "--folds",
+            "3",
+            "--project",
+            "bitcoin/bitcoin",
+            "--project",
+            "facebook/react",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&two.stdout);
+    assert!(
+        stdout.contains("mean macro-F1 of the 2 projects run, not the protocol score"),
+        "{stdout}"
+    );
+    let summary = json_of(&out("two/nlbse.json"));
+    assert_eq!(
+        summary["projects"],
+        serde_json::json!(["facebook/react", "bitcoin/bitcoin"])
+    );
+    let mut f1s = Vec::new();
+    for project in PROJECTS {
+        let slug = project.replace('/', "__");
+        let ran = ["facebook/react", "bitcoin/bitcoin"].contains(&project);
+        assert_eq!(out("two").join(&slug).exists(), ran, "{project}");
+        if ran {
+            let file = "valid_predictions.jsonl";
+            let apart = read_predictions(&out("two").join(&slug).join(file));
+            assert_eq!(
+                apart,
+                read_predictions(&out("all").join(&slug).join(file)),
+                "{project}: run apart, its out-of-fold predictions differ from the whole run's"
+            );
+            assert_eq!(
+                apart.len(),
+                18,
+                "{project}: every row validates one teacher"
+            );
+            f1s.push(
+                summary["valid"]["projects"][project]["macro_f1"]
+                    .as_f64()
+                    .unwrap(),
+            );
+        }
+    }
+    let mean = summary["valid"]["overall_f1"].as_f64().unwrap();
+    assert!(
+        (mean - (f1s[0] + f1s[1]) / 2.0).abs() < 1e-12,
+        "{mean} vs {f1s:?}"
+    );
+
+    // A student of one project distils from that project's teachers ({project} in --set), each
+    // training row from the teacher that held it out: at temperature 1 its targets are the
+    // teachers' out-of-fold predictions of those rows.
+    let teachers: Vec<String> = (7..10)
+        .map(|seed| format!("'{}/{{project}}/seed-{seed}'", path_str(&out("all"))))
+        .collect();
+    let from = format!("train.distill_from=[{}]", teachers.join(", "));
+    run(
+        "student",
+        &[
+            "--project",
+            "bitcoin/bitcoin",
+            "--set",
+            &from,
+            "--set",
+            "train.distill_out_of_fold=true",
+            "--set",
+            "train.distill_temperature=1",
+        ],
+    );
+    let targets = read_predictions(
+        &out("student")
+            .join("bitcoin__bitcoin")
+            .join("distill_targets.jsonl"),
+    );
+    let oof = read_predictions(&out("all/bitcoin__bitcoin/valid_predictions.jsonl"));
+    let student_valid = read_predictions(&out("student/bitcoin__bitcoin/valid_predictions.jsonl"));
+    assert_eq!(targets.len() + student_valid.len(), 18);
+    for (line, (label, probs)) in &targets {
+        let (teacher_label, teacher) = &oof[line];
+        assert_eq!(label, teacher_label, "line {line}");
+        for (p, q) in probs.iter().zip(teacher) {
+            assert!(
+                (p - q).abs() < 1e-5,
+                "line {line}: {probs:?} vs {teacher:?}"
+            );
+        }
+    }
+
+    for (args, needles) in [
+        (
+            &["--project", "facebook/reakt"][..],
+            &[
+                "--project facebook/reakt",
+                "not a project",
+                "bitcoin/bitcoin",
+            ][..],
+        ),
+        (
+            &["--project", "opencv/opencv", "--project", "opencv/opencv"],
+            &["--project opencv/opencv is given twice"],
+        ),
+    ] {
+        assert_fails_naming(&run_nlbse(args), needles);
+    }
 }
