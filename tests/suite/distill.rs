@@ -271,3 +271,111 @@ fn out_of_fold_distillation_labels_each_row_by_the_run_that_held_it_out() {
         &["train.distill_out_of_fold", "train.distill_from"],
     );
 }
+
+/// A text that occurs twice in the training file, its copies in different folds, was trained on
+/// by every teacher: such a row learns from the teacher that held its own line out (the only
+/// target left), says so, and every other row stays out of fold.
+#[test]
+fn a_repeated_text_in_another_fold_learns_from_the_teacher_of_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tiny training rows, then the first nine again (lines 28 to 36).
+    let fixture =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/tiny/train.jsonl")).unwrap();
+    let lines: Vec<&str> = fixture.lines().collect();
+    let file = dir.path().join("repeated.jsonl");
+    std::fs::write(&file, [&lines[..], &lines[..9]].concat().join("\n") + "\n").unwrap();
+    let on_file = format!("data.train='{}'", path_str(&file));
+    let folds = tiny_without_valid(dir.path(), "folds = 3");
+    let teachers: Vec<std::path::PathBuf> = (0..3)
+        .map(|k| {
+            let out = dir.path().join(format!("fold{k}"));
+            let fold = format!("data.fold={k}");
+            let output = run_bin(
+                "train",
+                &[
+                    "--config",
+                    path_str(&folds),
+                    "--out",
+                    path_str(&out),
+                    "--quiet",
+                    "--set",
+                    &fold,
+                    "--set",
+                    &on_file,
+                    "--set",
+                    "train.epochs=1",
+                ],
+            );
+            assert_ok(&output, &format!("teacher of fold {k}"));
+            out
+        })
+        .collect();
+    let from = format!(
+        "train.distill_from=[{}]",
+        teachers
+            .iter()
+            .map(|t| format!("'{}'", path_str(t)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let student = dir.path().join("student");
+    let output = train_tiny(
+        &student,
+        &[
+            &from,
+            &on_file,
+            "train.distill_out_of_fold=true",
+            "train.distill_temperature=1.0",
+            "train.epochs=1",
+        ],
+    );
+    assert_ok(&output, "student");
+
+    // Which fold holds each line, and how many lines have their copy in another fold.
+    let config =
+        wick_trainer::config::RunConfig::load(&folds, std::slice::from_ref(&on_file)).unwrap();
+    let rows = wick_data::read_examples(&file, &config.data)
+        .unwrap()
+        .examples;
+    let mut fold_of = vec![usize::MAX; rows.len() + 1];
+    for (k, teacher) in teachers.iter().enumerate() {
+        let config =
+            wick_trainer::config::RunConfig::load(&teacher.join("best/config.toml"), &[]).unwrap();
+        let (_, valid) = wick_trainer::fit::held_out(&config, &rows).unwrap();
+        for i in valid {
+            fold_of[rows[i].line] = k;
+        }
+    }
+    let split = (1..=9)
+        .filter(|&line| fold_of[line] != fold_of[line + 27])
+        .count();
+    assert!(split > 0, "no repeated text has its copies in two folds");
+    let log = text(&output.stderr);
+    assert!(
+        log.contains(&format!(
+            "; {} of them (the first at {}:",
+            2 * split,
+            path_str(&file)
+        )) && log.contains("they learn from the teachers that held their own line out"),
+        "{log}"
+    );
+
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    let per_teacher: Vec<Vec<Vec<f64>>> = teachers
+        .iter()
+        .map(|t| checkpoint_probs(&t.join("best"), &texts))
+        .collect();
+    let targets = distill_targets(&student);
+    assert_eq!(targets.len(), 36);
+    for (line, label, target) in &targets {
+        let line = *line as usize;
+        let expected = &per_teacher[fold_of[line]][line - 1];
+        for (a, b) in target.iter().zip(expected) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "line {line} ({label}): target {target:?}, the teacher of its fold predicts \
+                 {expected:?}"
+            );
+        }
+    }
+}

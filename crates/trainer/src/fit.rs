@@ -410,31 +410,55 @@ fn teacher_targets(
     let key = "train.distill_out_of_fold";
     let data = &config.data;
     let width = data.labels.len();
+    // Per row, the sum of the teachers' tempered probabilities and their count: over the
+    // teachers that never saw its text, and apart, over those that held its own line out but
+    // trained on the same text at another line (the fallback for a repeated text).
     let mut probs = vec![0f32; rows.len() * width];
     let mut count = vec![0u32; rows.len()];
+    let mut repeat_probs = vec![0f32; rows.len() * width];
+    let mut repeat_count = vec![0u32; rows.len()];
     for member in members {
-        let unseen: Vec<usize> = if out_of_fold {
+        let (unseen, repeats) = if out_of_fold {
             unseen_rows(config, member, rows)?
         } else {
-            (0..rows.len()).collect()
+            ((0..rows.len()).collect(), Vec::new())
         };
-        if unseen.is_empty() {
+        let wanted: Vec<usize> = unseen.iter().chain(&repeats).copied().collect();
+        if wanted.is_empty() {
             continue;
         }
-        let logits = if unseen.len() == rows.len() {
+        let logits = if wanted.len() == rows.len() {
             member.predict_examples_uncalibrated(rows)?.logits
         } else {
-            let subset: Vec<Example> = unseen.iter().map(|&i| rows[i].clone()).collect();
+            let subset: Vec<Example> = wanted.iter().map(|&i| rows[i].clone()).collect();
             member.predict_examples_uncalibrated(&subset)?.logits
         };
         let tempered = crate::calibration::scale(&logits, config.train.distill_temperature, false);
-        for (&i, p) in unseen.iter().zip(&tempered) {
-            for (sum, v) in probs[i * width..(i + 1) * width].iter_mut().zip(p) {
+        for (k, (&i, p)) in wanted.iter().zip(&tempered).enumerate() {
+            let (sums, counts) = if k < unseen.len() {
+                (&mut probs, &mut count)
+            } else {
+                (&mut repeat_probs, &mut repeat_count)
+            };
+            for (sum, v) in sums[i * width..(i + 1) * width].iter_mut().zip(p) {
                 *sum += v;
             }
-            count[i] += 1;
+            counts[i] += 1;
         }
     }
+    // A row whose text every teacher saw, but some teacher only at another line of the file (its
+    // copies fell into different folds): no teacher can label it out of fold, so it learns from
+    // the teachers that held its own line out, and the note says how many rows did.
+    let mut repeated = Vec::new();
+    for i in 0..rows.len() {
+        if count[i] == 0 && repeat_count[i] > 0 {
+            probs[i * width..(i + 1) * width]
+                .copy_from_slice(&repeat_probs[i * width..(i + 1) * width]);
+            count[i] = repeat_count[i];
+            repeated.push(&rows[i]);
+        }
+    }
+    let unit = data.format_of(&data.train)?.unit();
     let missing: Vec<&Example> = rows
         .iter()
         .zip(&count)
@@ -442,7 +466,7 @@ fn teacher_targets(
         .map(|(row, _)| row)
         .collect();
     if let Some(first) = missing.first() {
-        let at = Location::new(&data.train, data.format_of(&data.train)?.unit(), first.line);
+        let at = Location::new(&data.train, unit, first.line);
         return Err(TrainError::config(
             key,
             format!(
@@ -467,17 +491,29 @@ fn teacher_targets(
     } else {
         format!("{least} to {most}")
     };
-    let note = format!(" out of fold (each by the {how_many} teacher(s) that did not train on it)");
+    let mut note =
+        format!(" out of fold (each by the {how_many} teacher(s) that did not train on it)");
+    if let Some(first) = repeated.first() {
+        note.push_str(&format!(
+            "; {} of them (the first at {}) repeat the text of a row in another fold, so every \
+             teacher trained on that text: they learn from the teachers that held their own line \
+             out",
+            repeated.len(),
+            Location::new(&data.train, unit, first.line)
+        ));
+    }
     Ok((probs, note))
 }
 
-/// The indices of `rows` whose text is not among the rows `member`'s run trained on; an error
-/// when the teacher makes a row's text otherwise than this run.
+/// The indices of `rows` whose text is not among the rows `member`'s run trained on, and apart
+/// those whose text it trained on only at other lines of the same file (a repeated text whose
+/// copies fell into different folds); an error when the teacher makes a row's text otherwise
+/// than this run.
 fn unseen_rows(
     config: &RunConfig,
     member: &crate::infer::Predictor,
     rows: &[Example],
-) -> Result<Vec<usize>> {
+) -> Result<(Vec<usize>, Vec<usize>)> {
     let key = "train.distill_out_of_fold";
     let data = &config.data;
     let theirs = &member.checkpoint.config.data;
@@ -510,9 +546,19 @@ fn unseen_rows(
         )
     })?;
     let seen: std::collections::HashSet<&str> = trained.iter().map(|r| r.text.as_str()).collect();
-    Ok((0..rows.len())
-        .filter(|&i| !seen.contains(rows[i].text.as_str()))
-        .collect())
+    let (unseen, seen_rows): (Vec<usize>, Vec<usize>) =
+        (0..rows.len()).partition(|&i| !seen.contains(rows[i].text.as_str()));
+    // Lines identify rows only within one file.
+    let repeats = if theirs.train == data.train {
+        let lines: std::collections::HashSet<usize> = trained.iter().map(|r| r.line).collect();
+        seen_rows
+            .into_iter()
+            .filter(|&i| !lines.contains(&rows[i].line))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((unseen, repeats))
 }
 
 /// Writes the teachers' targets as JSON lines, one per training row in the training set's order:
