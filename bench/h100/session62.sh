@@ -11,7 +11,7 @@
 #      `train.distill_from` the project's five teachers and `train.distill_out_of_fold = true`:
 #      each training row learns, beside its label, the probabilities at temperature 2 of the
 #      teacher that did not train on it (weight 0.5, the defaults).
-# The chains run side by side (ten for two splits), each in a session of its own so that they
+# The chains run side by side (ten for two splits; EXTRA adds single ones), each in a session of its own so that they
 # outlive the call. Teachers' run directories live on the disk ($W/teachers), students' on
 # /dev/shm; a cleaner removes `last/` from every member that is no longer the newest of its
 # project (only `best/` is read afterwards), and a chain deletes both once its students are
@@ -26,20 +26,24 @@
 set -u
 W=/root/s62; . bench/h100/mpnet_setup.sh
 SPLITS=${SPLITS:-13 14}
+# EXTRA="14:bitcoin/bitcoin ..." adds single chains (split:project) to those of SPLITS.
+EXTRA=${EXTRA:-}
+projects="facebook/react tensorflow/tensorflow microsoft/vscode bitcoin/bitcoin opencv/opencv"
+CHAINS="$(for split in $SPLITS; do for p in $projects; do echo "$split:$p"; done; done) $EXTRA"
 cp configs/nlbse-mpnet*.toml $W/
 H=$W/heldout; mkdir -p $H
-python3 bench/h100/heldout.py "$W/issues_train.csv" "$H" $SPLITS
+python3 bench/h100/heldout.py "$W/issues_train.csv" "$H" \
+  $(for c in $CHAINS; do echo "${c%%:*}"; done | sort -un)
 wc -l $H/*.csv > $R/heldout_files.txt
 { nvidia-smi -L; df -h /dev/shm /root; free -g; } > $R/machine.txt 2>&1
 rm -rf /dev/shm/nl_*
 T=$W/teachers; S=/dev/shm/nl_students; mkdir -p $T $S
-projects="facebook/react tensorflow/tensorflow microsoft/vscode bitcoin/bitcoin opencv/opencv"
 {
   echo '#!/usr/bin/env bash'
   echo 'export HF_HUB_OFFLINE=1'
   echo "cd $W"
-  for split in $SPLITS; do
-    for project in $projects; do
+  for chain in $CHAINS; do
+      split=${chain%%:*}; project=${chain#*:}
       slug=${project/\//__}; run=${split}_$slug
       teachers=$(for s in 42 43 44 45 46; do printf "'%s/%s/%s/seed-%s'," $T $run $slug $s; done)
       cat <<RUN
@@ -67,7 +71,6 @@ projects="facebook/react tensorflow/tensorflow microsoft/vscode bitcoin/bitcoin 
   done
   rm -rf $S/$run $T/$run ) &
 RUN
-    done
   done
   cat <<RUN
 while [ -n "\$(jobs -r)" ]; do
