@@ -60,6 +60,8 @@ fn a_distilled_student_learns_its_teachers_probabilities() {
         "{log}"
     );
     assert!(log.contains("KL(teacher || model) at T = 2"), "{log}");
+    // The teacher never saw the validation file.
+    assert!(!log.contains("validation scores are optimistic"), "{log}");
     let (plain, _) = student("plain", &[]);
 
     let texts = training_texts();
@@ -74,6 +76,37 @@ fn a_distilled_student_learns_its_teachers_probabilities() {
         near < 0.5 * far,
         "the distilled student is not nearer its teacher: KL {near} against {far} for the \
          student of the labels"
+    );
+
+    // A student validating on rows of the teacher's training file is told its validation
+    // scores are not clean: the teacher trained on every one of them.
+    let held = tiny_without_valid(dir.path(), "valid_fraction = 0.3");
+    let output = run_bin(
+        "train",
+        &[
+            "--config",
+            path_str(&held),
+            "--out",
+            path_str(&dir.path().join("held")),
+            "--set",
+            &from,
+            "--set",
+            "train.epochs=1",
+        ],
+    );
+    assert_ok(&output, "student validating on the teacher's rows");
+    let log = text(&output.stderr);
+    let valid_rows = log
+        .split("warning: the teachers trained on ")
+        .nth(1)
+        .and_then(|rest| rest.split(" validation rows").next())
+        .unwrap_or_else(|| panic!("no warning about the validation rows:\n{log}"));
+    let (seen, of) = valid_rows.split_once(" of the ").unwrap();
+    assert_eq!(seen, of, "{log}");
+    assert!(seen.parse::<usize>().unwrap() > 0, "{log}");
+    assert!(
+        log.contains("so its validation scores are optimistic"),
+        "{log}"
     );
 
     // A missing teacher, a teacher of other labels and a weight of 0 are refused by key.
@@ -170,6 +203,7 @@ fn out_of_fold_distillation_labels_each_row_by_the_run_that_held_it_out() {
     let (oof, output) = student("oof", &["train.distill_out_of_fold=true"]);
     assert_ok(&output, "out-of-fold student");
     let log = text(&output.stderr);
+    assert!(!log.contains("validation scores are optimistic"), "{log}");
     assert!(
         log.contains("predicted the 27 training rows out of fold (each by the 1 teacher(s) that"),
         "{log}"

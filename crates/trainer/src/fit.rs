@@ -287,31 +287,52 @@ pub fn held_out(
 /// training file when no validation file is given: one fold of `folds` or `valid_fraction` of
 /// it; none when `valid_fraction` is 0).
 /// The training rows themselves come back too, in the training set's order, when a teacher
-/// has to predict them (`train.distill_from`).
+/// has to predict them (`train.distill_from`), and the validation rows, to see whether the
+/// teachers trained on them.
 fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData> {
     let data = &config.data;
     let read = read_examples(&data.train, data)?;
     let all = Dataset::new(&read.examples, tokenizer)?;
     let mut valid_without_label = 0;
     // `train_idx`: the training rows when some are held out, else all of them.
+    let distilling = !config.train.distill_from.is_empty();
+    let mut valid_rows = Vec::new();
     let (train, valid, train_idx) = match &data.valid {
         Some(path) => {
             let valid = read_examples(path, data)?;
             valid_without_label = valid.without_label;
-            (all, Some(Dataset::new(&valid.examples, tokenizer)?), None)
+            let set = Dataset::new(&valid.examples, tokenizer)?;
+            if distilling {
+                valid_rows = valid.examples;
+            }
+            (all, Some(set), None)
         }
         None => match held_out(config, &read.examples) {
-            Some((train_idx, valid_idx)) => (
-                all.subset(&train_idx),
-                Some(all.subset(&valid_idx)),
-                Some(train_idx),
-            ),
+            Some((train_idx, valid_idx)) => {
+                if distilling {
+                    valid_rows = valid_idx
+                        .iter()
+                        .map(|&i| read.examples[i].clone())
+                        .collect();
+                }
+                (
+                    all.subset(&train_idx),
+                    Some(all.subset(&valid_idx)),
+                    Some(train_idx),
+                )
+            }
             None => (all, None, None),
         },
     };
-    let rows = (!config.train.distill_from.is_empty()).then(|| match &train_idx {
-        Some(idx) => idx.iter().map(|&i| read.examples[i].clone()).collect(),
-        None => read.examples.clone(),
+    let rows = distilling.then(|| {
+        let train_rows = match &train_idx {
+            Some(idx) => idx.iter().map(|&i| read.examples[i].clone()).collect(),
+            None => read.examples.clone(),
+        };
+        DistillRows {
+            train: train_rows,
+            valid: valid_rows,
+        }
     });
     let mut summary = DataSummary::new(&train, &data.labels, read.filtered_out)
         .with_without_label(read.without_label);
@@ -334,8 +355,15 @@ struct LoadedData {
     /// Rows of the validation file left out for holding none of `data.labels`.
     valid_without_label: usize,
     summary: DataSummary,
-    /// The training rows, in the training set's order, when distilling.
-    train_rows: Option<Vec<Example>>,
+    /// The training and validation rows, when distilling.
+    train_rows: Option<DistillRows>,
+}
+
+/// The rows a distilled run's teachers see: the training rows they label, in the training
+/// set's order, and the validation rows, checked against what the teachers trained on.
+struct DistillRows {
+    train: Vec<Example>,
+    valid: Vec<Example>,
 }
 
 /// Knowledge distillation's targets: the probabilities at `train.distill_temperature` of the
@@ -345,10 +373,11 @@ struct LoadedData {
 /// role). Computed once, before training, on the run's device.
 fn teacher_probs(
     config: &RunConfig,
-    rows: &[Example],
+    rows: &DistillRows,
     request: DeviceRequest,
     reporter: &mut dyn Reporter,
 ) -> Result<Vec<f32>> {
+    let (valid, rows) = (&rows.valid, &rows.train);
     let t = &config.train;
     let key = "train.distill_from";
     for dir in &t.distill_from {
@@ -394,7 +423,33 @@ fn teacher_probs(
         t.distill_temperature,
         started.elapsed().as_secs_f64()
     ));
+    if !valid.is_empty() {
+        match seen_by_teachers(members, valid) {
+            Ok(0) => {}
+            Ok(seen) => reporter.message(&format!(
+                "warning: the teachers trained on {seen} of the {} validation rows (matched by \
+                 text): what they learnt of those rows reaches this run through the targets of \
+                 the rows beside them, so its validation scores are optimistic. Compare \
+                 distilled runs on rows no teacher trained on (a test file)",
+                valid.len()
+            )),
+            Err(e) => reporter.message(&format!(
+                "note: whether the teachers trained on the validation rows is unknown: {e}"
+            )),
+        }
+    }
     Ok(probs)
+}
+
+/// How many of `rows` some teacher trained on, matched by text.
+fn seen_by_teachers(members: &[crate::infer::Predictor], rows: &[Example]) -> Result<usize> {
+    let mut seen = std::collections::HashSet::new();
+    for member in members {
+        for row in member.trained_rows()? {
+            seen.insert(row.text);
+        }
+    }
+    Ok(rows.iter().filter(|r| seen.contains(&r.text)).count())
 }
 
 /// [`teacher_probs`]' mean over the teachers, each row's over all of them or, under
@@ -957,7 +1012,7 @@ impl Trainer {
         std::fs::write(&resolved, config.to_toml()?).map_err(TrainError::io(&resolved))?;
         if let (Some(rows), Some(probs)) = (&train_rows, &teacher) {
             let path = options.out_dir.join(checkpoint::DISTILL_TARGETS);
-            write_distill_targets(&path, rows, probs, &config.data.labels)?;
+            write_distill_targets(&path, &rows.train, probs, &config.data.labels)?;
         }
         Ok(Self {
             config,
