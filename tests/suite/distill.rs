@@ -151,32 +151,28 @@ fn distill_targets(run: &std::path::Path) -> Vec<(u64, String, Vec<f64>)> {
         .collect()
 }
 
-/// `train.distill_out_of_fold` with the three fold runs of the tiny data as teachers: each of the
-/// 27 training rows is labelled by exactly the run that held it out (its probabilities at T = 1,
-/// what `predict` gives for the row, within 1e-5), where plain distillation gives every row the
-/// three runs' mean. Rows every teacher trained on, teachers that make texts another way and the
-/// key without teachers are refused by key.
-#[test]
-fn out_of_fold_distillation_labels_each_row_by_the_run_that_held_it_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let folds = tiny_without_valid(dir.path(), "folds = 3");
+/// The three runs of `folds` (a config with `data.folds = 3`), fold k held out by run k, trained
+/// into `dir/fold<k>` with the `extra` settings, and the `train.distill_from` setting naming them.
+fn fold_teachers(
+    dir: &std::path::Path,
+    folds: &std::path::Path,
+    extra: &[&str],
+) -> (Vec<std::path::PathBuf>, String) {
     let teachers: Vec<std::path::PathBuf> = (0..3)
         .map(|k| {
-            let out = dir.path().join(format!("fold{k}"));
+            let out = dir.join(format!("fold{k}"));
             let fold = format!("data.fold={k}");
-            let output = run_bin(
-                "train",
-                &[
-                    "--config",
-                    path_str(&folds),
-                    "--out",
-                    path_str(&out),
-                    "--quiet",
-                    "--set",
-                    &fold,
-                ],
-            );
-            assert_ok(&output, &format!("teacher of fold {k}"));
+            let mut args = vec![
+                "--config",
+                path_str(folds),
+                "--out",
+                path_str(&out),
+                "--quiet",
+            ];
+            for set in std::iter::once(&fold.as_str()).chain(extra) {
+                args.extend(["--set", set]);
+            }
+            assert_ok(&run_bin("train", &args), &format!("teacher of fold {k}"));
             out
         })
         .collect();
@@ -188,6 +184,19 @@ fn out_of_fold_distillation_labels_each_row_by_the_run_that_held_it_out() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    (teachers, from)
+}
+
+/// `train.distill_out_of_fold` with the three fold runs of the tiny data as teachers: each of the
+/// 27 training rows is labelled by exactly the run that held it out (its probabilities at T = 1,
+/// what `predict` gives for the row, within 1e-5), where plain distillation gives every row the
+/// three runs' mean. Rows every teacher trained on, teachers that make texts another way and the
+/// key without teachers are refused by key.
+#[test]
+fn out_of_fold_distillation_labels_each_row_by_the_run_that_held_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let folds = tiny_without_valid(dir.path(), "folds = 3");
+    let (teachers, from) = fold_teachers(dir.path(), &folds, &[]);
     // The student trains on all 27 rows (the tiny config validates on its own file).
     let student = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
@@ -320,38 +329,7 @@ fn a_repeated_text_in_another_fold_learns_from_the_teacher_of_its_line() {
     std::fs::write(&file, [&lines[..], &lines[..9]].concat().join("\n") + "\n").unwrap();
     let on_file = format!("data.train='{}'", path_str(&file));
     let folds = tiny_without_valid(dir.path(), "folds = 3");
-    let teachers: Vec<std::path::PathBuf> = (0..3)
-        .map(|k| {
-            let out = dir.path().join(format!("fold{k}"));
-            let fold = format!("data.fold={k}");
-            let output = run_bin(
-                "train",
-                &[
-                    "--config",
-                    path_str(&folds),
-                    "--out",
-                    path_str(&out),
-                    "--quiet",
-                    "--set",
-                    &fold,
-                    "--set",
-                    &on_file,
-                    "--set",
-                    "train.epochs=1",
-                ],
-            );
-            assert_ok(&output, &format!("teacher of fold {k}"));
-            out
-        })
-        .collect();
-    let from = format!(
-        "train.distill_from=[{}]",
-        teachers
-            .iter()
-            .map(|t| format!("'{}'", path_str(t)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let (teachers, from) = fold_teachers(dir.path(), &folds, &[&on_file, "train.epochs=1"]);
     let student = dir.path().join("student");
     let output = train_tiny(
         &student,
