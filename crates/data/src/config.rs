@@ -17,7 +17,7 @@ use crate::tokenize::Truncation;
 pub enum Format {
     /// One JSON object per line, or (a file whose first character is `[`) one JSON array of
     /// objects, as `datasets`' `to_json(lines=False)`, `gh issue list --json` and most APIs
-    /// write.
+    /// write, or (`data.json_field`) one object whose key lists the records.
     Jsonl,
     /// RFC 4180 CSV with a header row.
     Csv,
@@ -31,6 +31,15 @@ impl Format {
         match self {
             Self::Jsonl | Self::Csv => Unit::Line,
             Self::Parquet => Unit::Row,
+        }
+    }
+
+    /// The format's name in configs (`data.format`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jsonl => "jsonl",
+            Self::Csv => "csv",
+            Self::Parquet => "parquet",
         }
     }
 }
@@ -84,7 +93,13 @@ pub struct DataConfig {
     /// File format; when absent it is chosen from each file's extension.
     #[serde(default)]
     pub format: Option<Format>,
+    /// In a JSON file holding one object, the key whose list holds the records (Hugging Face
+    /// `load_dataset("json", field=...)`'s `field`), e.g. `"issues"` for a Jira search export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_field: Option<String>,
     /// Fields joined (in this order) into the text the model reads, e.g. `["title", "body"]`.
+    /// Here and in `label_field` and `filter.column`, a name with dots reaches into nested JSON
+    /// objects (`fields.summary`), as `Dataset.flatten()` names them.
     #[serde(default = "default_text_fields")]
     pub text_fields: Vec<String>,
     /// Placed between non-empty text fields.
@@ -175,6 +190,7 @@ impl DataConfig {
             valid: None,
             test: None,
             format: None,
+            json_field: None,
             text_fields: default_text_fields(),
             text_separator: default_text_separator(),
             clean: Clean::default(),
@@ -295,6 +311,9 @@ impl DataConfig {
         }
         if self.text_fields.is_empty() {
             return Err(bad("text_fields", "must list at least one field".into()));
+        }
+        if self.json_field.as_deref() == Some("") {
+            return Err(bad("json_field", "must name a key (or be left out)".into()));
         }
         // Reading the answer as input would make any classifier look perfect.
         if self.text_fields.contains(&self.label_field) {

@@ -75,11 +75,21 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     let rows = match format {
         Format::Jsonl => {
             let text = read_text(file, path)?;
-            if text.trim_start().starts_with('[') {
-                json_array_rows(path, &text)?
-            } else {
-                jsonl_rows(path, &text)?
+            match &cfg.json_field {
+                Some(key) => json_field_rows(path, &text, key)?,
+                None if text.trim_start().starts_with('[') => json_array_rows(path, &text, &text)?,
+                None => jsonl_rows(path, &text)?,
             }
+        }
+        other if cfg.json_field.is_some() => {
+            return Err(Error::Config {
+                key: "data.json_field".into(),
+                reason: format!(
+                    "picks the records of a JSON file; {} is read as {}",
+                    path.display(),
+                    other.name()
+                ),
+            });
         }
         Format::Csv => csv_rows(path, &read_text(file, path)?)?,
         Format::Parquet => parquet::rows(file, path, cfg)?,
@@ -216,11 +226,11 @@ fn json_object(raw: &str, at: Location, expected: &str) -> Result<Map<String, Va
     }
 }
 
-/// The rows of a file holding one JSON array of objects, each numbered by the line its object
-/// starts on.
-fn json_array_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
+/// The rows of a JSON array of objects, `array` (a slice of the file's `text`), each numbered by
+/// the line of `text` its object starts on.
+fn json_array_rows(path: &Path, text: &str, array: &str) -> Result<Vec<Row>> {
     let items: Vec<&serde_json::value::RawValue> =
-        serde_json::from_str(text).map_err(|cause| Error::Json {
+        serde_json::from_str(array).map_err(|cause| Error::Json {
             at: Location::line(path, cause.line().max(1)),
             cause,
         })?;
@@ -239,6 +249,41 @@ fn json_array_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
         rows.push((line, fields));
     }
     Ok(rows)
+}
+
+/// The rows of a JSON file holding one object whose key `key` lists the records
+/// (`data.json_field`), numbered by line as [`json_array_rows`] numbers them.
+fn json_field_rows(path: &Path, text: &str, key: &str) -> Result<Vec<Row>> {
+    let bad = |reason: String| Error::Config {
+        key: "data.json_field".into(),
+        reason: format!("= {key:?}: {}: {reason}", path.display()),
+    };
+    type Object<'t> = std::collections::BTreeMap<String, &'t serde_json::value::RawValue>;
+    let root: Object = serde_json::from_str(text).map_err(|cause| {
+        bad(match serde_json::from_str::<Value>(text) {
+            Ok(value) => format!("the file holds {}, not one JSON object", kind_of(&value)),
+            Err(_) => format!(
+                "the file must hold one JSON object: {cause} (at {})",
+                Location::line(path, cause.line().max(1))
+            ),
+        })
+    })?;
+    let Some(records) = root.get(key) else {
+        let keys: Vec<&str> = root.keys().map(String::as_str).collect();
+        return Err(bad(format!(
+            "the file's object has no key {key:?} (its keys: {})",
+            keys.join(", ")
+        )));
+    };
+    let array = records.get();
+    if !array.starts_with('[') {
+        let value: Value = serde_json::from_str(array).unwrap_or(Value::Null);
+        return Err(bad(format!(
+            "{key:?} holds {}, not a list of records",
+            kind_of(&value)
+        )));
+    }
+    json_array_rows(path, text, array)
 }
 
 fn csv_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
@@ -288,16 +333,48 @@ impl RowReader<'_> {
         Location::new(self.path, self.unit, line)
     }
 
+    /// The row's field `name`: a key of the row, else, for a name with dots, the path through
+    /// nested objects (`fields.summary`), where a null on the way reads as null (an absent
+    /// optional object, such as Jira's unset `fields.parent`).
     fn field<'f>(
         &self,
         line: usize,
         fields: &'f Map<String, Value>,
         name: &str,
     ) -> Result<&'f Value> {
-        fields.get(name).ok_or_else(|| Error::MissingField {
+        static NULL: Value = Value::Null;
+        if let Some(value) = fields.get(name) {
+            return Ok(value);
+        }
+        let mut object = fields;
+        let mut prefix = String::new();
+        let mut parts = name.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let Some(value) = object.get(part) else {
+                break;
+            };
+            match value {
+                _ if parts.peek().is_none() => return Ok(value),
+                Value::Object(inner) => object = inner,
+                Value::Null => return Ok(&NULL),
+                other => {
+                    return Err(self.bad_field(
+                        line,
+                        name,
+                        format!(
+                            "`{prefix}{part}` holds {}, not an object to look into",
+                            kind_of(other)
+                        ),
+                    ))
+                }
+            }
+            prefix.push_str(part);
+            prefix.push('.');
+        }
+        Err(Error::MissingField {
             at: self.at(line),
             field: name.to_owned(),
-            present: fields.keys().cloned().collect(),
+            present: object.keys().map(|key| format!("{prefix}{key}")).collect(),
         })
     }
 

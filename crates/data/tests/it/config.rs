@@ -106,6 +106,10 @@ fn validate_names_the_offending_key() {
     );
     assert_eq!(rejected_key(|c| c.text_fields.clear()), "data.text_fields");
     assert_eq!(
+        rejected_key(|c| c.json_field = Some(String::new())),
+        "data.json_field"
+    );
+    assert_eq!(
         rejected_key(|c| c.text_fields.push("label".into())),
         "data.text_fields"
     );

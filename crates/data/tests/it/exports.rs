@@ -186,3 +186,168 @@ fn other_labels_are_errors_unless_ignored() -> TestResult {
     );
     Ok(())
 }
+
+/// Two issues as Jira's search API returns them (`/rest/api/2/search`): the records under
+/// `issues`, every field nested under `fields`, an unset description as null.
+const JIRA_EXPORT: &str = r#"{
+  "expand": "schema,names",
+  "startAt": 0,
+  "maxResults": 50,
+  "total": 2,
+  "issues": [
+    {
+      "id": "10002",
+      "key": "APP-2",
+      "fields": {
+        "summary": "Export button does nothing",
+        "description": "Clicking *Export* logs a TypeError.",
+        "issuetype": {"name": "Bug", "subtask": false},
+        "project": {"key": "APP"},
+        "labels": ["frontend"],
+        "parent": null
+      }
+    },
+    {
+      "id": "10001",
+      "key": "OPS-1",
+      "fields": {
+        "summary": "Add a CSV export",
+        "description": null,
+        "issuetype": {"name": "Story", "subtask": false},
+        "project": {"key": "OPS"},
+        "labels": [],
+        "parent": null
+      }
+    }
+  ]
+}
+"#;
+
+fn jira_config(path: &Path) -> DataConfig {
+    let mut cfg = config(path);
+    cfg.json_field = Some("issues".into());
+    cfg.text_fields = vec!["fields.summary".into(), "fields.description".into()];
+    cfg.label_field = "fields.issuetype.name".into();
+    cfg.labels = vec!["Bug".into(), "Story".into()];
+    cfg
+}
+
+#[test]
+fn a_jira_export_reads_its_records_and_nested_fields() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "jira.json", JIRA_EXPORT);
+    let examples = read_examples(&path, &jira_config(&path))?.examples;
+    let got: Vec<(usize, &str, &Target)> = examples
+        .iter()
+        .map(|e| (e.line, e.text.as_str(), &e.target))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                7,
+                "Export button does nothing\n\nClicking *Export* logs a TypeError.",
+                &Target::Single(0)
+            ),
+            // The null description adds nothing.
+            (19, "Add a CSV export", &Target::Single(1)),
+        ]
+    );
+    // A dotted filter column, and a null object on the way read as null.
+    let mut cfg = jira_config(&path);
+    cfg.filter = Some(wick_data::Filter {
+        column: "fields.project.key".into(),
+        equals: "OPS".into(),
+    });
+    let outcome = read_examples(&path, &cfg)?;
+    assert_eq!((outcome.examples.len(), outcome.filtered_out), (1, 1));
+    cfg.filter = None;
+    cfg.text_fields = vec!["fields.summary".into(), "fields.parent.summary".into()];
+    let examples = read_examples(&path, &cfg)?.examples;
+    assert_eq!(examples[0].text, "Export button does nothing");
+    // A key holding a dot is found as it is first.
+    let literal = write(
+        &dir,
+        "dotted.jsonl",
+        "{\"a.b\": \"literal\", \"a\": {\"b\": \"nested\"}, \"label\": \"bug\"}\n",
+    );
+    let mut cfg = config(&literal);
+    cfg.text_fields = vec!["a.b".into()];
+    assert_eq!(read_examples(&literal, &cfg)?.examples[0].text, "literal");
+    Ok(())
+}
+
+#[test]
+fn bad_records_keys_and_nested_fields_are_named() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(&dir, "jira.json", JIRA_EXPORT);
+    let config_error =
+        |path: &Path, cfg: &DataConfig| -> Result<(String, String), crate::common::BoxError> {
+            match read_error(path, cfg)? {
+                Error::Config { key, reason } => Ok((key, reason)),
+                other => Err(format!("expected a config error, got {other}").into()),
+            }
+        };
+    let mut cfg = jira_config(&path);
+    cfg.json_field = Some("results".into());
+    let (key, reason) = config_error(&path, &cfg)?;
+    assert_eq!(key, "data.json_field");
+    assert!(
+        reason
+            .contains("no key \"results\" (its keys: expand, issues, maxResults, startAt, total)"),
+        "{reason}"
+    );
+    cfg.json_field = Some("total".into());
+    let (_, reason) = config_error(&path, &cfg)?;
+    assert!(
+        reason.contains("\"total\" holds a number, not a list of records"),
+        "{reason}"
+    );
+    // An array, JSON Lines and a CSV file have no records key.
+    let array = write(
+        &dir,
+        "array.json",
+        "[{\"text\": \"a\", \"label\": \"bug\"}]\n",
+    );
+    let (_, reason) = config_error(&array, &jira_config(&array))?;
+    assert!(
+        reason.contains("holds a list, not one JSON object"),
+        "{reason}"
+    );
+    let lines = write(
+        &dir,
+        "lines.jsonl",
+        "{\"text\": \"a\", \"label\": \"bug\"}\n{\"text\": \"b\", \"label\": \"bug\"}\n",
+    );
+    let (_, reason) = config_error(&lines, &jira_config(&lines))?;
+    assert!(
+        reason.contains("must hold one JSON object") && reason.contains("lines.jsonl:2)"),
+        "{reason}"
+    );
+    let csv = write(&dir, "issues.csv", "text,label\na,bug\n");
+    let (key, reason) = config_error(&csv, &jira_config(&csv))?;
+    assert_eq!(key, "data.json_field");
+    assert!(reason.contains("issues.csv is read as csv"), "{reason}");
+
+    // A nested field that is missing lists the keys beside it; one through a string is refused.
+    let mut cfg = jira_config(&path);
+    cfg.text_fields = vec!["fields.title".into()];
+    match read_error(&path, &cfg)? {
+        Error::MissingField { at, field, present } => {
+            assert_eq!(at, Location::line(&path, 7));
+            assert_eq!(field, "fields.title");
+            assert!(
+                present.contains(&"fields.summary".to_string()),
+                "{present:?}"
+            );
+        }
+        other => return Err(format!("expected a missing field, got {other}").into()),
+    }
+    cfg.text_fields = vec!["fields.summary.text".into()];
+    let error = read_error(&path, &cfg)?.to_string();
+    assert!(
+        error.contains("`fields.summary` holds a string, not an object to look into"),
+        "{error}"
+    );
+    Ok(())
+}
