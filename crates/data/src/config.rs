@@ -99,7 +99,7 @@ pub struct DataConfig {
     pub json_field: Option<String>,
     /// Fields joined (in this order) into the text the model reads, e.g. `["title", "body"]`.
     /// Here and in `label_field` and `filter.column`, a name with dots reaches into nested JSON
-    /// objects (`fields.summary`), as `Dataset.flatten()` names them.
+    /// objects and Parquet struct columns (`fields.summary`), as `Dataset.flatten()` names them.
     #[serde(default = "default_text_fields")]
     pub text_fields: Vec<String>,
     /// Placed between non-empty text fields.

@@ -251,3 +251,37 @@ fn the_format_comes_from_the_key_or_the_extension() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn struct_columns_read_with_dotted_names_as_the_jsonl_twin() -> TestResult {
+    let read = |name: &str| {
+        let path = fixture(name);
+        let mut cfg = config(&path);
+        cfg.text_fields = vec![
+            "fields.summary".into(),
+            "fields.description".into(),
+            "fields.parent.key".into(),
+        ];
+        cfg.label_field = "fields.issuetype.name".into();
+        read_examples(&path, &cfg)
+    };
+    let (from_parquet, from_jsonl) = (read("nested.parquet")?, read("nested.jsonl")?);
+    assert_eq!(from_parquet, from_jsonl);
+    let got: Vec<(&str, &Target)> = from_parquet
+        .examples
+        .iter()
+        .map(|e| (e.text.as_str(), &e.target))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "Export button does nothing\n\nClicking Export logs a TypeError.\n\nAPP-1",
+                &Target::Single(0)
+            ),
+            // A null description and a null parent struct add nothing.
+            ("Add a CSV export", &Target::Single(1)),
+        ]
+    );
+    Ok(())
+}
