@@ -88,8 +88,9 @@ data/nlbse/issues_train.csv:
 ## (instead of ENSEMBLE) trains five members, member k holding out fold k (out-of-fold validation);
 ## MATCH_PRIORS=1 scores the probabilities matched to the training rows' label shares (the
 ## unmatched scores beside them); ADAPT=30 first adapts the encoder to each project's texts with
-## 30 epochs of masked-language modelling (the `adapt` binary's defaults otherwise)
-NLBSE_FLAGS = --json $(if $(FOLDS),--folds $(FOLDS),--ensemble $(or $(ENSEMBLE),$(1))) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit) $(if $(MATCH_PRIORS),--match-priors) $(if $(ADAPT),--adapt-epochs $(ADAPT))
+## 30 epochs of masked-language modelling (the `adapt` binary's defaults otherwise);
+## PROJECTS="bitcoin/bitcoin opencv/opencv" runs only those projects (their mean, not the protocol score)
+NLBSE_FLAGS = --json $(if $(FOLDS),--folds $(FOLDS),--ensemble $(or $(ENSEMBLE),$(1))) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit) $(if $(MATCH_PRIORS),--match-priors) $(if $(ADAPT),--adapt-epochs $(ADAPT)) $(foreach p,$(PROJECTS),--project $(p))
 nlbse: model nlbse-data
 	$(CARGO) run --release $(FEATURE_FLAGS) --example nlbse -- $(call NLBSE_FLAGS,1)
 

@@ -742,13 +742,13 @@ fn main() -> Result<()> {
             println!("{row}");
         }
     }
-    let what = if args.projects.len() == PROJECTS.len() {
-        "protocol score (mean of project macro-F1)".to_string()
-    } else {
-        format!(
-            "mean macro-F1 of the {} projects run, not the protocol score",
-            args.projects.len()
-        )
+    let what = match args.projects.len() {
+        n if n == PROJECTS.len() => "protocol score (mean of project macro-F1)".to_string(),
+        1 => format!(
+            "macro-F1 of {} alone, not the protocol score",
+            args.projects[0]
+        ),
+        n => format!("mean macro-F1 of the {n} projects run, not the protocol score"),
     };
     for split in splits {
         let reports: Vec<&ClassificationReport> = results
