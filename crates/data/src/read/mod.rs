@@ -78,7 +78,7 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
             match &cfg.json_field {
                 Some(key) => json_field_rows(path, &text, key)?,
                 None if text.trim_start().starts_with('[') => json_array_rows(path, &text, &text)?,
-                None => jsonl_rows(path, &text)?,
+                None => jsonl_rows(path, &text).map_err(|e| one_object_hint(path, &text, e))?,
             }
         }
         other if cfg.json_field.is_some() => {
@@ -249,6 +249,32 @@ fn json_array_rows(path: &Path, text: &str, array: &str) -> Result<Vec<Row>> {
         rows.push((line, fields));
     }
     Ok(rows)
+}
+
+/// `error`, or, when the file that failed to read as JSON Lines is one JSON object spread over
+/// lines (an API's export), an error saying so and naming its keys that hold lists, the
+/// candidates for `data.json_field`.
+fn one_object_hint(path: &Path, text: &str, error: Error) -> Error {
+    let Ok(Value::Object(root)) = serde_json::from_str::<Value>(text) else {
+        return error;
+    };
+    let lists: Vec<&str> = root
+        .iter()
+        .filter(|(_, v)| v.is_array())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    Error::BadRow {
+        at: Location::line(path, 1),
+        reason: format!(
+            "the file holds one JSON object, not one per line: set data.json_field to the key \
+             that lists the records (its keys holding lists: {})",
+            if lists.is_empty() {
+                "none".to_string()
+            } else {
+                lists.join(", ")
+            }
+        ),
+    }
 }
 
 /// The rows of a JSON file holding one object whose key `key` lists the records

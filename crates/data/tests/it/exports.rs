@@ -329,6 +329,18 @@ fn bad_records_keys_and_nested_fields_are_named() -> TestResult {
     assert_eq!(key, "data.json_field");
     assert!(reason.contains("issues.csv is read as csv"), "{reason}");
 
+    // Without data.json_field the object is not JSON Lines: the error says what to set.
+    let mut cfg = jira_config(&path);
+    cfg.json_field = None;
+    let error = read_error(&path, &cfg)?.to_string();
+    assert!(
+        error.contains(
+            "jira.json:1: the file holds one JSON object, not one per line: set \
+             data.json_field to the key that lists the records (its keys holding lists: issues)"
+        ),
+        "{error}"
+    );
+
     // A nested field that is missing lists the keys beside it; one through a string is refused.
     let mut cfg = jira_config(&path);
     cfg.text_fields = vec!["fields.title".into()];
