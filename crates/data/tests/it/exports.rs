@@ -304,30 +304,31 @@ fn bad_records_keys_and_nested_fields_are_named() -> TestResult {
         "{reason}"
     );
     // An array, JSON Lines and a CSV file have no records key.
-    let array = write(
-        &dir,
-        "array.json",
-        "[{\"text\": \"a\", \"label\": \"bug\"}]\n",
-    );
-    let (_, reason) = config_error(&array, &jira_config(&array))?;
-    assert!(
-        reason.contains("holds a list, not one JSON object"),
-        "{reason}"
-    );
-    let lines = write(
-        &dir,
-        "lines.jsonl",
-        "{\"text\": \"a\", \"label\": \"bug\"}\n{\"text\": \"b\", \"label\": \"bug\"}\n",
-    );
-    let (_, reason) = config_error(&lines, &jira_config(&lines))?;
-    assert!(
-        reason.contains("must hold one JSON object") && reason.contains("lines.jsonl:2)"),
-        "{reason}"
-    );
-    let csv = write(&dir, "issues.csv", "text,label\na,bug\n");
-    let (key, reason) = config_error(&csv, &jira_config(&csv))?;
-    assert_eq!(key, "data.json_field");
-    assert!(reason.contains("issues.csv is read as csv"), "{reason}");
+    let files: [(&str, &str, &[&str]); 3] = [
+        (
+            "array.json",
+            "[{\"text\": \"a\", \"label\": \"bug\"}]\n",
+            &["holds a list, not one JSON object"],
+        ),
+        (
+            "lines.jsonl",
+            "{\"text\": \"a\", \"label\": \"bug\"}\n{\"text\": \"b\", \"label\": \"bug\"}\n",
+            &["must hold one JSON object", "lines.jsonl:2)"],
+        ),
+        (
+            "issues.csv",
+            "text,label\na,bug\n",
+            &["issues.csv is read as csv"],
+        ),
+    ];
+    for (name, contents, needles) in files {
+        let file = write(&dir, name, contents);
+        let (key, reason) = config_error(&file, &jira_config(&file))?;
+        assert_eq!(key, "data.json_field");
+        for needle in needles {
+            assert!(reason.contains(needle), "{name}: {reason}");
+        }
+    }
 
     // Without data.json_field the object is not JSON Lines: the error says what to set.
     let mut cfg = jira_config(&path);
