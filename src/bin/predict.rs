@@ -1,17 +1,18 @@
 //! `predict`: label texts with a checkpoint (or an ensemble of several). Texts come from the
-//! arguments, as JSONL with a `text` field on stdin, or from a file of the schema the checkpoint
+//! arguments, as JSONL on stdin (a `text` field, or the checkpoint's text fields), or from a file of the schema the checkpoint
 //! was trained on (`--data`: JSONL or CSV, its text fields and filter, labels not needed); one
 //! JSON line per input goes to stdout, other input fields passed through.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::{Map, Value};
+use wick_data::Unit;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::eval::{argmax, label_probs, Predictions};
+use wick_trainer::eval::prediction_record;
 use wick_trainer::infer::Ensemble;
 
 #[path = "../match_priors.rs"]
@@ -40,8 +41,9 @@ struct Args {
     min_prob: Option<f64>,
     #[command(flatten)]
     priors: match_priors::MatchPriors,
-    /// Texts to label; without any (and without --data), JSONL objects with a "text" field are
-    /// read from stdin.
+    /// Texts to label; without any (and without --data), JSONL objects are read from stdin, each
+    /// labelled by its string field "text" or else by the checkpoint's text fields (an issue's
+    /// "title" and "body" for an NLBSE checkpoint), joined as in training.
     texts: Vec<String>,
 }
 
@@ -55,61 +57,46 @@ fn probability(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Reads stdin JSONL: each line an object with a string `text`.
-fn read_stdin() -> Result<Vec<Map<String, Value>>> {
-    let mut rows = Vec::new();
-    for (number, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line.with_context(|| format!("stdin line {}", number + 1))?;
+/// Reads stdin JSONL: each line an object, its text its string field `text` or else the
+/// checkpoint's text fields ([`wick_data::unlabelled_record`]).
+fn read_stdin(data: &wick_data::DataConfig) -> Result<Vec<wick_data::Example>> {
+    let stdin = std::path::Path::new("stdin");
+    let mut examples = Vec::new();
+    for (index, line) in std::io::stdin().lock().lines().enumerate() {
+        let number = index + 1;
+        let line = line.with_context(|| format!("stdin line {number}"))?;
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(&line)
-            .with_context(|| format!("stdin line {}: not JSON", number + 1))?;
+        let value: Value =
+            serde_json::from_str(&line).with_context(|| format!("stdin:{number}: not JSON"))?;
         let Value::Object(object) = value else {
-            bail!("stdin line {}: expected a JSON object", number + 1)
+            bail!("stdin:{number}: expected a JSON object")
         };
-        if !matches!(object.get("text"), Some(Value::String(_))) {
-            bail!("stdin line {}: no string field \"text\"", number + 1);
-        }
-        rows.push(object);
+        let at = wick_data::Location::line(stdin, number);
+        examples.push(wick_data::unlabelled_record(object, data, &at)?);
     }
-    Ok(rows)
+    Ok(examples)
 }
 
 fn run(args: Args) -> Result<()> {
     let predictor = Ensemble::open(&args.checkpoint, args.device)?;
-    let (rows, probs) = match &args.data {
-        Some(path) => {
-            let examples = predictor.first().read_unlabelled(path)?;
-            let probs = predictor
-                .predict_examples(&examples, &wick_data::Targets::None)?
-                .probs;
-            let rows: Vec<Map<String, Value>> = examples.into_iter().map(|e| e.fields).collect();
-            (rows, probs)
-        }
-        None => {
-            let rows: Vec<Map<String, Value>> = if args.texts.is_empty() {
-                read_stdin()?
-            } else {
-                args.texts
-                    .iter()
-                    .map(|t| Map::from_iter([("text".to_string(), Value::String(t.clone()))]))
-                    .collect()
-            };
-            let texts: Vec<&str> = rows
-                .iter()
-                .filter_map(|r| r.get("text").and_then(Value::as_str))
-                .collect();
-            let probs = predictor.predict_texts(&texts)?;
-            (rows, probs)
-        }
+    let data = &predictor.first().checkpoint.config.data;
+    let examples = match &args.data {
+        Some(path) => predictor.first().read_unlabelled(path)?,
+        None if args.texts.is_empty() => read_stdin(data)?,
+        None => args
+            .texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let fields = Map::from_iter([("text".to_string(), Value::from(text.as_str()))]);
+                let at = wick_data::Location::new(Path::new("argument"), Unit::Item, i + 1);
+                wick_data::unlabelled_record(fields, data, &at)
+            })
+            .collect::<Result<_, _>>()?,
     };
-    let labels = predictor.labels();
-    let plain = Predictions {
-        probs,
-        logits: Vec::new(),
-        loss: None,
-    };
+    let plain = predictor.predict_examples(&examples, &wick_data::Targets::None)?;
     let probs = match args
         .priors
         .apply(&predictor, &plain, &wick_data::Targets::None)?
@@ -120,43 +107,11 @@ fn run(args: Args) -> Result<()> {
             matched.predictions.probs
         }
     };
-    let multi = predictor.first().checkpoint.config.data.multi_label;
+    let (labels, multi) = (predictor.labels(), data.multi_label);
     let mut out = std::io::stdout().lock();
-    for ((mut row, p), best) in rows.into_iter().zip(&probs).zip(argmax(&probs)) {
-        let label = if multi {
-            let chosen = |q: f32| match args.min_prob {
-                Some(min) => f64::from(q) >= min,
-                None => q > 0.5,
-            };
-            Value::from(
-                labels
-                    .iter()
-                    .zip(p)
-                    .filter(|(_, &q)| chosen(q))
-                    .map(|(l, _)| l.clone())
-                    .collect::<Vec<_>>(),
-            )
-        } else if args
-            .min_prob
-            .is_some_and(|min| f64::from(p[best as usize]) < min)
-        {
-            Value::Null
-        } else {
-            Value::from(labels[best as usize].clone())
-        };
-        // An input field named like an output one is kept under `input_<name>`.
-        for key in ["label", "probs"] {
-            if let Some(value) = row.remove(key) {
-                let mut name = format!("input_{key}");
-                while row.contains_key(&name) {
-                    name.insert_str(0, "input_");
-                }
-                row.insert(name, value);
-            }
-        }
-        row.insert("label".into(), label);
-        row.insert("probs".into(), Value::Object(label_probs(labels, p)));
-        writeln!(out, "{}", Value::Object(row))?;
+    for (example, p) in examples.into_iter().zip(&probs) {
+        let record = prediction_record(example.fields, labels, p, multi, args.min_prob);
+        writeln!(out, "{}", Value::Object(record))?;
     }
     Ok(())
 }

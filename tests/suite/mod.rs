@@ -10,4 +10,5 @@ mod hub_data;
 mod lora;
 mod minilm_training;
 mod nlbse;
+mod serve;
 mod stop;

@@ -149,7 +149,7 @@ pub enum Error {
 pub struct Location {
     pub path: PathBuf,
     pub unit: Unit,
-    /// 1-based line or row.
+    /// 1-based line, row or item.
     pub number: usize,
 }
 
@@ -160,6 +160,9 @@ pub enum Unit {
     Line,
     /// A row of a columnar file, which has no lines.
     Row,
+    /// An input of a request (a prediction server's), which is no file: its `path` names the
+    /// request.
+    Item,
 }
 
 impl Location {
@@ -182,22 +185,25 @@ impl Location {
     }
 }
 
-/// "line" or "row".
+/// "line", "row" or "item".
 impl std::fmt::Display for Unit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Line => "line",
             Self::Row => "row",
+            Self::Item => "item",
         })
     }
 }
 
-/// `file:line` as compilers and editors write it; `file row N` for a row.
+/// `file:line` as compilers and editors write it; `file row N` for a row, `request item N` for
+/// an input of a request.
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.unit {
             Unit::Line => write!(f, "{}:{}", self.path.display(), self.number),
             Unit::Row => write!(f, "{} row {}", self.path.display(), self.number),
+            Unit::Item => write!(f, "{} item {}", self.path.display(), self.number),
         }
     }
 }

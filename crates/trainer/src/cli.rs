@@ -73,3 +73,19 @@ fn on_signal() {
         _ => std::process::exit(i32::from(INTERRUPTED)),
     }
 }
+
+/// Blocks until Ctrl-C (SIGINT), SIGTERM or SIGHUP, for a command that runs until stopped
+/// (`serve`). Not with [`stop_on_signal`] in the same process: the handler is installed once.
+pub fn wait_for_signal() -> Result<(), ctrlc::Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut installed = Ok(());
+    INSTALL.call_once(|| {
+        installed = ctrlc::set_handler(move || {
+            let _ = tx.send(());
+        })
+    });
+    installed?;
+    // An error means the handler is gone, which it never is once installed.
+    let _ = rx.recv();
+    Ok(())
+}

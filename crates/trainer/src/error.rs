@@ -17,6 +17,8 @@ pub enum TrainError {
     Export { path: PathBuf, reason: String },
     #[error("ensemble: {0}")]
     Ensemble(String),
+    #[error("serve: {0}")]
+    Serve(String),
     #[error("{path}: {cause}")]
     Io {
         path: PathBuf,

@@ -118,21 +118,21 @@ pub fn with_temperature(
 
 /// The index of the largest probability in each row.
 pub fn argmax(probs: &[Vec<f32>]) -> Vec<u32> {
-    probs
-        .iter()
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |best, (i, &p)| {
-                    if p > best.1 {
-                        (i, p)
-                    } else {
-                        best
-                    }
-                })
-                .0 as u32
+    probs.iter().map(|row| top(row) as u32).collect()
+}
+
+/// The index of the largest value of `row` (the first of equal ones).
+fn top(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |best, (i, &p)| {
+            if p > best.1 {
+                (i, p)
+            } else {
+                best
+            }
         })
-        .collect()
+        .0
 }
 
 /// Scores `model` on a labelled dataset.
@@ -190,6 +190,50 @@ pub fn label_probs(labels: &[String], probs: &[f32]) -> serde_json::Map<String, 
         .zip(probs)
         .map(|(label, &p)| (label.clone(), serde_json::Value::from(p)))
         .collect()
+}
+
+/// What `predict` writes and `serve` answers for one input: the input's own fields, then
+/// `label` and `probs` (an input field already named so is kept as `input_<name>`). `label` is
+/// the top label, or `null` when its probability is below `min_prob`; for a multi-label task, the
+/// list of labels above 0.5 (at or above `min_prob` when given).
+pub fn prediction_record(
+    mut fields: serde_json::Map<String, serde_json::Value>,
+    labels: &[String],
+    probs: &[f32],
+    multi_label: bool,
+    min_prob: Option<f64>,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    let label = if multi_label {
+        let chosen = |q: f32| min_prob.map_or(q > 0.5, |min| f64::from(q) >= min);
+        Value::from(
+            labels
+                .iter()
+                .zip(probs)
+                .filter(|(_, &q)| chosen(q))
+                .map(|(l, _)| l.clone())
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        let best = top(probs);
+        if min_prob.is_some_and(|min| f64::from(probs[best]) < min) {
+            Value::Null
+        } else {
+            Value::from(labels[best].clone())
+        }
+    };
+    for key in ["label", "probs"] {
+        if let Some(value) = fields.remove(key) {
+            let mut name = format!("input_{key}");
+            while fields.contains_key(&name) {
+                name.insert_str(0, "input_");
+            }
+            fields.insert(name, value);
+        }
+    }
+    fields.insert("label".into(), label);
+    fields.insert("probs".into(), Value::Object(label_probs(labels, probs)));
+    fields
 }
 
 /// An example the predictions get wrong.

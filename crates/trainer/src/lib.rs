@@ -23,6 +23,7 @@ pub mod plot;
 pub mod priors;
 pub mod scaler;
 pub mod schedule;
+pub mod serve;
 pub mod stop;
 pub mod sync;
 pub mod tensorboard;

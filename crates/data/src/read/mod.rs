@@ -66,6 +66,49 @@ pub fn read_unlabelled(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
     read(path, cfg, false)
 }
 
+/// An example for prediction from one JSON object that is not a row of a file (a line of
+/// `predict`'s stdin, an input of a request to `serve`), `at` naming it in errors: its string
+/// field `text`, when it has one, is the text as it is; otherwise `cfg.text_fields` are joined
+/// as a file's row's are (dotted names included), so a record of the training file's schema
+/// (an issue's `title` and `body`) reads as training read it. Then `data.clean` applies.
+/// `data.filter` does not: the caller chose this record. Other fields stay in
+/// [`Example::fields`].
+pub fn unlabelled_record(
+    fields: Map<String, Value>,
+    cfg: &DataConfig,
+    at: &Location,
+) -> Result<Example> {
+    let joined = match fields.get("text") {
+        Some(Value::String(text)) => text.clone(),
+        _ => {
+            let reader = RowReader {
+                path: &at.path,
+                unit: at.unit,
+                cfg,
+                label_ids: HashMap::new(),
+            };
+            reader.text(at.number, &fields).map_err(|e| match e {
+                // Name the other way in too: the record may have meant to give its text whole.
+                Error::MissingField { at, field, present } if field != "text" => Error::BadRow {
+                    at,
+                    reason: format!(
+                        "no string field `text`, and no field `{field}` of data.text_fields \
+                         (fields present: {})",
+                        present.join(", ")
+                    ),
+                },
+                other => other,
+            })?
+        }
+    };
+    Ok(Example {
+        text: cfg.clean.apply(&joined).into_owned(),
+        target: Target::None,
+        line: at.number,
+        fields,
+    })
+}
+
 fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
     let format = cfg.format_of(path)?;
     // An `hf://datasets/...` path reads its file in the Hub cache (downloaded when missing);

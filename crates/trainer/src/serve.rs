@@ -1,0 +1,587 @@
+//! Serving a checkpoint (or an ensemble) over HTTP. `POST /predict` takes a text, a record of the
+//! training file's schema, or a list of them, and answers for each what `predict` writes;
+//! `GET /info` describes the model and what was served, `GET /health` says the server is up.
+//!
+//! One thread owns the model: it opens it, so the model never crosses threads, and runs every
+//! forward pass. Request threads parse, queue their inputs to it and wait. When it is free it
+//! takes the first queued request and every one queued behind it (up to
+//! [`ServeOptions::max_batch`] inputs) into one call, so concurrent requests share forward
+//! passes (dynamic batching, as text-embeddings-inference does) and a request to an idle server
+//! waits for no company.
+
+use std::io::Read;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tiny_http::{Header, Method, Request, Response};
+use wick_data::{unlabelled_record, DataConfig, Example, Location, Targets, Unit};
+
+use crate::error::{Result, TrainError};
+use crate::eval::prediction_record;
+use crate::infer::Ensemble;
+
+/// How the server batches, reads requests and labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeOptions {
+    /// The most inputs one model call takes from the queue; a request with more runs alone.
+    pub max_batch: usize,
+    /// Request threads: how many requests are read, parsed and waited on at once.
+    pub workers: usize,
+    /// The largest request body read, in bytes; a larger one gets 413.
+    pub max_body_bytes: usize,
+    /// As `predict --min-prob`: no label below this top probability (single-label), or the
+    /// labels at or above it (multi-label).
+    pub min_prob: Option<f64>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 64,
+            workers: 8,
+            max_body_bytes: 16 << 20,
+            min_prob: None,
+        }
+    }
+}
+
+/// One answered request, for the caller's access log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// Inputs labelled (0 for other routes and refused requests).
+    pub inputs: usize,
+    /// From the request's arrival at a request thread to its answer being written.
+    pub elapsed: Duration,
+}
+
+/// What the server has done since it started (in `GET /info` under `"served"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Requests answered, refused ones included.
+    pub requests: u64,
+    /// Requests answered with a 4xx or 5xx status.
+    pub errors: u64,
+    /// Inputs labelled.
+    pub inputs: u64,
+    /// Model calls: `inputs / batches` is the mean batch.
+    pub batches: u64,
+    /// The most inputs one model call took.
+    pub largest_batch: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    inputs: AtomicU64,
+    batches: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Stats {
+        Stats {
+            requests: self.requests.load(Ordering::SeqCst),
+            errors: self.errors.load(Ordering::SeqCst),
+            inputs: self.inputs.load(Ordering::SeqCst),
+            batches: self.batches.load(Ordering::SeqCst),
+            largest_batch: self.largest_batch.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// The inputs of one request, queued to the model thread, and where their probabilities go.
+struct Job {
+    examples: Vec<Example>,
+    reply: Sender<std::result::Result<Vec<Vec<f32>>, String>>,
+}
+
+/// What the request threads know of the model, read once by the model thread.
+#[derive(Debug, Clone)]
+struct ModelInfo {
+    /// The static part of `GET /info`.
+    info: Map<String, Value>,
+    labels: Vec<String>,
+    data: DataConfig,
+}
+
+/// A running server; [`Server::shutdown`] stops it (dropping it leaves its threads serving).
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    model: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+    info: Map<String, Value>,
+}
+
+/// Everything a request thread reads.
+struct Context {
+    model: ModelInfo,
+    options: ServeOptions,
+    counters: Arc<Counters>,
+    log: Box<dyn Fn(&Served) + Send + Sync>,
+}
+
+impl Server {
+    /// Binds `addr` (port 0 picks a free one), opens the model with `open` on the model thread,
+    /// runs one warm-up prediction there, and starts answering. Returns once the model is ready
+    /// to serve, or with the error that stopped it (the address taken, a bad checkpoint, ...).
+    /// `log` is called once per answered request, from the request threads.
+    pub fn start(
+        open: impl FnOnce() -> Result<Ensemble> + Send + 'static,
+        addr: impl ToSocketAddrs,
+        options: ServeOptions,
+        log: impl Fn(&Served) + Send + Sync + 'static,
+    ) -> Result<Self> {
+        if options.max_batch == 0 || options.workers == 0 || options.max_body_bytes == 0 {
+            return Err(TrainError::Serve(format!(
+                "max_batch, workers and max_body_bytes must be at least 1: {options:?}"
+            )));
+        }
+        let http = tiny_http::Server::http(addr)
+            .map_err(|e| TrainError::Serve(format!("cannot listen: {e}")))?;
+        let addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| TrainError::Serve("the server has no IP address".into()))?;
+
+        let counters = Arc::new(Counters::default());
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready_tx, ready) = mpsc::channel();
+        let model_counters = Arc::clone(&counters);
+        let max_batch = options.max_batch;
+        let model = std::thread::Builder::new()
+            .name("wick-serve-model".into())
+            .spawn(move || {
+                let opened = open().and_then(|ensemble| {
+                    let info = model_info(&ensemble)?;
+                    warm_up(&ensemble, &info.data)?;
+                    Ok((ensemble, info))
+                });
+                match opened {
+                    Ok((ensemble, info)) => {
+                        let _ = ready_tx.send(Ok(info));
+                        run_model(&ensemble, &queue, max_batch, &model_counters);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| TrainError::Serve(format!("cannot start the model thread: {e}")))?;
+        let model_info = match ready.recv() {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(TrainError::Serve("the model thread ended at start".into())),
+        };
+
+        let info = model_info.info.clone();
+        let context = Arc::new(Context {
+            model: model_info,
+            options,
+            counters: Arc::clone(&counters),
+            log: Box::new(log),
+        });
+        let http = Arc::new(http);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::with_capacity(context.options.workers);
+        for index in 0..context.options.workers {
+            let (http, stop, context, jobs) = (
+                Arc::clone(&http),
+                Arc::clone(&stop),
+                Arc::clone(&context),
+                jobs.clone(),
+            );
+            let worker = std::thread::Builder::new()
+                .name(format!("wick-serve-{index}"))
+                .spawn(move || {
+                    // Polled, so that a stop is seen within one period; a request is taken as
+                    // soon as it arrives.
+                    while !stop.load(Ordering::SeqCst) {
+                        match http.recv_timeout(Duration::from_millis(50)) {
+                            Ok(Some(request)) => handle(request, &context, &jobs),
+                            Ok(None) => {}
+                            // A connection that failed before its request was read.
+                            Err(_) => {}
+                        }
+                    }
+                })
+                .map_err(|e| TrainError::Serve(format!("cannot start a request thread: {e}")))?;
+            workers.push(worker);
+        }
+        Ok(Self {
+            addr,
+            stop,
+            workers,
+            model: Some(model),
+            counters,
+            info,
+        })
+    }
+
+    /// The address bound (with the port chosen when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The model's description, as `GET /info` gives it without `"served"`.
+    pub fn info(&self) -> &Map<String, Value> {
+        &self.info
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// Stops taking requests, answers those already taken, ends the threads and returns what
+    /// was served.
+    pub fn shutdown(mut self) -> Stats {
+        self.stop.store(true, Ordering::SeqCst);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        // The request threads held the queue's senders: with them gone the model thread ends.
+        if let Some(model) = self.model.take() {
+            let _ = model.join();
+        }
+        self.counters.snapshot()
+    }
+}
+
+/// The model's side of `GET /info`, and what request threads need to read inputs.
+fn model_info(ensemble: &Ensemble) -> Result<ModelInfo> {
+    let first = ensemble.first();
+    let config = &first.checkpoint.config;
+    let model = match (&config.model.id, &config.model.path) {
+        (Some(id), _) => Value::from(id.clone()),
+        (None, Some(path)) => Value::from(path.display().to_string()),
+        (None, None) => Value::Null,
+    };
+    let members = ensemble.members();
+    let info = json!({
+        "checkpoints": members.iter().map(|m| m.checkpoint.dir.display().to_string()).collect::<Vec<_>>(),
+        "model": model,
+        "labels": first.labels(),
+        "multi_label": config.data.multi_label,
+        "text_fields": config.data.text_fields,
+        "text_separator": config.data.text_separator,
+        "max_len": members.iter().map(|m| m.checkpoint.config.data.max_len).collect::<Vec<_>>(),
+        "temperature": members.iter().map(|m| m.checkpoint.calibration.as_ref().map(|c| c.temperature)).collect::<Vec<_>>(),
+        "device": first.device_name,
+    });
+    let Value::Object(info) = info else {
+        return Err(TrainError::Serve(
+            "the model description is not an object".into(),
+        ));
+    };
+    Ok(ModelInfo {
+        info,
+        labels: first.labels().to_vec(),
+        data: config.data.clone(),
+    })
+}
+
+/// One prediction before the first request, so that it does not pay for first use (kernel
+/// compilation, buffer pools), and so that a model that cannot predict fails at start.
+fn warm_up(ensemble: &Ensemble, data: &DataConfig) -> Result<()> {
+    let fields = Map::from_iter([("text".to_string(), Value::from("warm-up"))]);
+    let example = unlabelled_record(
+        fields,
+        data,
+        &Location::new(Path::new("warm-up"), Unit::Item, 1),
+    )?;
+    ensemble.predict_examples(&[example], &Targets::None)?;
+    Ok(())
+}
+
+/// The model thread's loop: one model call per batch of queued jobs, until every sender is gone.
+fn run_model(ensemble: &Ensemble, queue: &Receiver<Job>, max_batch: usize, counters: &Counters) {
+    let mut held = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut batch = gather(
+            first,
+            queue,
+            max_batch,
+            |job: &Job| job.examples.len(),
+            &mut held,
+        );
+        let sizes: Vec<usize> = batch.iter().map(|job| job.examples.len()).collect();
+        let examples: Vec<Example> = batch
+            .iter_mut()
+            .flat_map(|job| std::mem::take(&mut job.examples))
+            .collect();
+        let result = ensemble.predict_examples(&examples, &Targets::None);
+        counters.batches.fetch_add(1, Ordering::SeqCst);
+        counters
+            .largest_batch
+            .fetch_max(examples.len() as u64, Ordering::SeqCst);
+        match result {
+            Ok(predictions) => {
+                let mut rows = predictions.probs.into_iter();
+                for (job, size) in batch.into_iter().zip(sizes) {
+                    let _ = job.reply.send(Ok(rows.by_ref().take(size).collect()));
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// `first` and the items queued behind it, taken while their sizes fit in `max` together; the
+/// first that does not fit is `held` for the next call. Never waits: what is queued now goes.
+fn gather<T>(
+    first: T,
+    queue: &Receiver<T>,
+    max: usize,
+    size: impl Fn(&T) -> usize,
+    held: &mut Option<T>,
+) -> Vec<T> {
+    let mut total = size(&first);
+    let mut batch = vec![first];
+    while total < max {
+        match queue.try_recv() {
+            Ok(item) if total + size(&item) <= max => {
+                total += size(&item);
+                batch.push(item);
+            }
+            Ok(item) => {
+                *held = Some(item);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// A refusal or a failure: its status and `{"error": message}`.
+struct Failure(u16, String);
+
+/// Answers one request; never panics on what the client sent.
+fn handle(mut request: Request, context: &Context, jobs: &Sender<Job>) {
+    let start = Instant::now();
+    let method = request.method().to_string();
+    let path = request.url().split('?').next().unwrap_or("").to_string();
+    let mut inputs = 0;
+    let mut allow = None;
+    let answer = match (request.method(), path.as_str()) {
+        (Method::Get, "/health") => Ok(json!({"status": "ok"})),
+        (Method::Get, "/info") => {
+            let mut info = context.model.info.clone();
+            info.insert("max_batch".into(), Value::from(context.options.max_batch));
+            info.insert("min_prob".into(), json!(context.options.min_prob));
+            info.insert("served".into(), json!(context.counters.snapshot()));
+            Ok(Value::Object(info))
+        }
+        (Method::Post, "/predict") => predict(&mut request, context, jobs).map(|(value, count)| {
+            inputs = count;
+            value
+        }),
+        (_, "/health" | "/info") => {
+            allow = Some("GET");
+            Err(Failure(405, format!("{path} takes GET, not {method}")))
+        }
+        (_, "/predict") => {
+            allow = Some("POST");
+            Err(Failure(405, format!("{path} takes POST, not {method}")))
+        }
+        _ => Err(Failure(
+            404,
+            format!("no route {method} {path}; the routes: POST /predict, GET /info, GET /health"),
+        )),
+    };
+    let (status, body) = match answer {
+        Ok(body) => (200, body),
+        Err(Failure(status, message)) => (status, json!({ "error": message })),
+    };
+    let counters = &context.counters;
+    counters.requests.fetch_add(1, Ordering::SeqCst);
+    if status >= 400 {
+        counters.errors.fetch_add(1, Ordering::SeqCst);
+    } else {
+        counters.inputs.fetch_add(inputs as u64, Ordering::SeqCst);
+    }
+    let mut response = Response::from_string(body.to_string())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"));
+    if let Some(allow) = allow {
+        response = response.with_header(header("Allow", allow));
+    }
+    // A client that hung up gets no answer; nothing else to do.
+    let _ = request.respond(response);
+    (context.log)(&Served {
+        method,
+        path,
+        status,
+        inputs,
+        elapsed: start.elapsed(),
+    });
+}
+
+fn header(name: &str, value: &str) -> Header {
+    // Both are ASCII constants of this file, which `from_bytes` accepts.
+    Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .unwrap_or_else(|()| unreachable!("header {name}: {value} is not ASCII"))
+}
+
+/// `POST /predict`: the predictions for the body's inputs, and how many there were.
+fn predict(
+    request: &mut Request,
+    context: &Context,
+    jobs: &Sender<Job>,
+) -> std::result::Result<(Value, usize), Failure> {
+    let limit = context.options.max_body_bytes;
+    let too_large = || Failure(413, format!("the request body is over {limit} bytes"));
+    if request.body_length().is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| Failure(400, format!("cannot read the request body: {e}")))?;
+    if body.len() > limit {
+        return Err(too_large());
+    }
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        Failure(
+            400,
+            format!(
+                "the request body is not JSON: {e}; send a text, a record (a JSON object with \
+                 a \"text\" field or the checkpoint's text fields) or a list of them"
+            ),
+        )
+    })?;
+    let (items, one) = match value {
+        Value::Array(items) if items.is_empty() => {
+            return Err(Failure(400, "the request holds an empty list".into()))
+        }
+        Value::Array(items) => (items, false),
+        other => (vec![other], true),
+    };
+    let data = &context.model.data;
+    let request_name = Path::new("request");
+    let mut examples = items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let at = Location::new(request_name, Unit::Item, index + 1);
+            let fields = match item {
+                Value::String(text) => Map::from_iter([("text".to_string(), Value::from(text))]),
+                Value::Object(fields) => fields,
+                other => {
+                    return Err(Failure(
+                        400,
+                        format!(
+                            "{at}: expected a text or a JSON object, got {}",
+                            kind_of(&other)
+                        ),
+                    ))
+                }
+            };
+            unlabelled_record(fields, data, &at).map_err(|e| Failure(400, e.to_string()))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+
+    let count = examples.len();
+    // The fields come back with the predictions; the model thread needs only the texts.
+    let fields: Vec<Map<String, Value>> = examples
+        .iter_mut()
+        .map(|example| std::mem::take(&mut example.fields))
+        .collect();
+    let (reply, answer) = mpsc::channel();
+    let gone = || Failure(503, "the model thread has stopped".into());
+    jobs.send(Job { examples, reply }).map_err(|_| gone())?;
+    let probs = answer
+        .recv()
+        .map_err(|_| gone())?
+        .map_err(|e| Failure(500, format!("prediction failed: {e}")))?;
+    let mut records = fields.into_iter().zip(&probs).map(|(fields, p)| {
+        Value::Object(prediction_record(
+            fields,
+            &context.model.labels,
+            p,
+            data.multi_label,
+            context.options.min_prob,
+        ))
+    });
+    let value = if one {
+        records.next().unwrap_or(Value::Null)
+    } else {
+        Value::Array(records.collect())
+    };
+    Ok((value, count))
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue holding `sizes`, as a batch's jobs would be queued behind its first.
+    fn queued(sizes: &[usize]) -> Receiver<usize> {
+        let (tx, rx) = mpsc::channel();
+        for &size in sizes {
+            tx.send(size).unwrap_or_else(|_| unreachable!());
+        }
+        rx
+    }
+
+    #[test]
+    fn gather_takes_what_is_queued_up_to_the_limit_and_holds_the_first_that_does_not_fit() {
+        let queue = queued(&[2, 3, 4, 1]);
+        let mut held = None;
+        // 1 + 2 + 3 = 6 fit in 8; 4 would make 10, so it waits for the next call.
+        assert_eq!(gather(1, &queue, 8, |&n| n, &mut held), vec![1, 2, 3]);
+        assert_eq!(held, Some(4));
+        // The next call starts from the held item and takes the rest.
+        let first = held.take().unwrap_or_else(|| unreachable!());
+        assert_eq!(gather(first, &queue, 8, |&n| n, &mut held), vec![4, 1]);
+        assert_eq!(held, None);
+    }
+
+    #[test]
+    fn gather_runs_an_oversized_item_alone_and_never_waits_on_an_empty_queue() {
+        let queue = queued(&[1]);
+        let mut held = None;
+        assert_eq!(gather(9, &queue, 8, |&n| n, &mut held), vec![9]);
+        assert_eq!(held, None, "a full first item takes nothing more");
+        assert_eq!(gather(2, &queue, 8, |&n| n, &mut held), vec![2, 1]);
+        let empty = queued(&[]);
+        assert_eq!(gather(3, &empty, 8, |&n| n, &mut held), vec![3]);
+    }
+}

@@ -1,0 +1,132 @@
+//! `serve`: label texts over HTTP with a checkpoint (or an ensemble of several) until stopped.
+//! `POST /predict` takes a text, a record of the training file's schema or a list of them and
+//! answers what `predict` writes for each; `GET /info` and `GET /health` describe the server.
+//! Concurrent requests share model calls (`wick_trainer::serve`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
+use wick_trainer::device::DeviceRequest;
+use wick_trainer::infer::Ensemble;
+use wick_trainer::serve::{ServeOptions, Served, Server};
+
+/// Serve a trained checkpoint over HTTP.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A checkpoint directory (or a run directory, meaning its best/). Repeat it to serve an
+    /// ensemble: the mean of the checkpoints' class probabilities.
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+    /// The address to listen on; 0.0.0.0 takes requests from other machines too.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port; 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// As `predict --min-prob`: no label below this top probability (single-label), the labels
+    /// at or above it (multi-label).
+    #[arg(long, value_name = "P", value_parser = probability)]
+    min_prob: Option<f64>,
+    /// The most inputs one model call takes from concurrent requests (1: no batching).
+    #[arg(long, default_value_t = ServeOptions::default().max_batch, value_parser = at_least_one())]
+    max_batch: usize,
+    /// Requests read and waited on at once.
+    #[arg(long, default_value_t = ServeOptions::default().workers, value_parser = at_least_one())]
+    workers: usize,
+    /// The largest request body taken, in MiB.
+    #[arg(long, default_value_t = ServeOptions::default().max_body_bytes >> 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    max_body_mib: usize,
+    /// No line per request on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// A probability threshold strictly between 0 and 1.
+fn probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
+        _ => Err(format!(
+            "expected a probability between 0 and 1, got {text:?}"
+        )),
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let options = ServeOptions {
+        max_batch: args.max_batch,
+        workers: args.workers,
+        max_body_bytes: args.max_body_mib << 20,
+        min_prob: args.min_prob,
+    };
+    let (checkpoints, device) = (args.checkpoint.clone(), args.device);
+    let quiet = args.quiet;
+    let address = format!("{}:{}", args.host, args.port);
+    let server = Server::start(
+        move || Ensemble::open(&checkpoints, device),
+        address.as_str(),
+        options,
+        move |served: &Served| {
+            if !quiet {
+                eprintln!(
+                    "{} {} {} {} input(s) {:.1} ms",
+                    served.method,
+                    served.path,
+                    served.status,
+                    served.inputs,
+                    served.elapsed.as_secs_f64() * 1e3
+                );
+            }
+        },
+    )
+    .with_context(|| format!("serving on {address}"))?;
+    let info = server.info();
+    eprintln!(
+        "serving {} on {} (labels {}); POST /predict, GET /info, GET /health; Ctrl-C stops",
+        info["checkpoints"]
+            .as_array()
+            .map(|dirs| dirs
+                .iter()
+                .filter_map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+        info["device"].as_str().unwrap_or("?"),
+        info["labels"]
+            .as_array()
+            .map(|labels| labels
+                .iter()
+                .filter_map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+    );
+    // On stdout, flushed: a script that started the server reads where it listens.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on http://{}", server.addr())?;
+    out.flush()?;
+    drop(out);
+
+    wick_trainer::cli::wait_for_signal().context("installing the signal handler")?;
+    eprintln!("stopping: answering the requests in progress");
+    let stats = server.shutdown();
+    eprintln!(
+        "stopped after {} request(s) ({} refused): {} input(s) in {} model call(s), the largest {}",
+        stats.requests, stats.errors, stats.inputs, stats.batches, stats.largest_batch
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    wick_trainer::cli::run_main(|| run(Args::parse()))
+}
