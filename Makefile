@@ -9,7 +9,7 @@ FEATURES ?= metal,accelerate
 endif
 FEATURE_FLAGS = $(if $(FEATURES),--features $(FEATURES))
 
-.PHONY: all model model-mpnet train test check-apple test-aarch64 lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score export-check
+.PHONY: all model model-mpnet train test check-apple test-aarch64 lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score export-check bench bench-serve bench-compare
 
 all: test
 
@@ -53,6 +53,10 @@ fmt:
 ## bench: matmul GFLOP/s and model throughput (MiniLM and bert-base, 32x128, f32) on this machine
 bench: model
 	$(CARGO) run --release $(FEATURE_FLAGS) --bin bench
+
+## bench-serve: requests/s and latency of `serve` on $(RUN)'s best checkpoint, 1/4/16 clients, batching off and on (run `make train` first)
+bench-serve:
+	$(CARGO) run --release $(FEATURE_FLAGS) --example serve_load -- --checkpoint $(RUN)
 
 ## bench-compare: wick vs PyTorch, alternating rounds, MiniLM 32x128 f32, nproc threads (BENCH_PYTHON=<python with torch> skips bench/.venv)
 bench-compare: model
