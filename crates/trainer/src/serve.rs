@@ -115,7 +115,7 @@ struct ModelInfo {
     data: DataConfig,
 }
 
-/// A running server; [`Server::shutdown`] stops it (dropping it leaves its threads serving).
+/// A running server; [`Server::shutdown`] (or dropping it) stops it.
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
@@ -196,39 +196,48 @@ impl Server {
         });
         let http = Arc::new(http);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut workers = Vec::with_capacity(context.options.workers);
+        let mut server = Self {
+            addr,
+            stop: Arc::clone(&stop),
+            workers: Vec::with_capacity(context.options.workers),
+            model: Some(model),
+            counters,
+            info,
+        };
         for index in 0..context.options.workers {
-            let (http, stop, context, jobs) = (
+            let (http, stop, context, sender) = (
                 Arc::clone(&http),
                 Arc::clone(&stop),
                 Arc::clone(&context),
                 jobs.clone(),
             );
-            let worker = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("wick-serve-{index}"))
                 .spawn(move || {
                     // Polled, so that a stop is seen within one period; a request is taken as
                     // soon as it arrives.
                     while !stop.load(Ordering::SeqCst) {
                         match http.recv_timeout(Duration::from_millis(50)) {
-                            Ok(Some(request)) => handle(request, &context, &jobs),
+                            Ok(Some(request)) => handle(request, &context, &sender),
                             Ok(None) => {}
                             // A connection that failed before its request was read.
                             Err(_) => {}
                         }
                     }
-                })
-                .map_err(|e| TrainError::Serve(format!("cannot start a request thread: {e}")))?;
-            workers.push(worker);
+                });
+            match spawned {
+                Ok(worker) => server.workers.push(worker),
+                Err(e) => {
+                    // The model thread ends once every sender is gone: this one first, then
+                    // the started workers' as `server` drops (stopping and joining them).
+                    drop(jobs);
+                    return Err(TrainError::Serve(format!(
+                        "cannot start a request thread: {e}"
+                    )));
+                }
+            }
         }
-        Ok(Self {
-            addr,
-            stop,
-            workers,
-            model: Some(model),
-            counters,
-            info,
-        })
+        Ok(server)
     }
 
     /// The address bound (with the port chosen when 0 was asked for).
@@ -246,8 +255,13 @@ impl Server {
     }
 
     /// Stops taking requests, answers those already taken, ends the threads and returns what
-    /// was served.
+    /// was served. Dropping the server does the same.
     pub fn shutdown(mut self) -> Stats {
+        self.stop_and_join();
+        self.counters.snapshot()
+    }
+
+    fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for worker in self.workers.drain(..) {
             let _ = worker.join();
@@ -256,7 +270,12 @@ impl Server {
         if let Some(model) = self.model.take() {
             let _ = model.join();
         }
-        self.counters.snapshot()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_and_join();
     }
 }
 
