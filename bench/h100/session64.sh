@@ -15,10 +15,10 @@ mkdir -p /tmp/hf && tar -xJf .carry/ad/hub.tar.xz -C /tmp/hf
 export HF_HUB_CACHE=/tmp/hf/hub HF_HUB_OFFLINE=1
 nvidia-smi -L
 {
-  $B/train --config configs/tiny.toml --device cpu --out /tmp/tiny --quiet > /dev/null || echo "train tiny failed"
+  $B/train --config configs/tiny.toml --device cpu --out /tmp/tiny --quiet --overwrite > /dev/null || echo "train tiny failed"
   $B/serve --checkpoint /tmp/tiny --device cuda --port 0 --quiet > /tmp/serve.out 2> /tmp/serve.err &
   pid=$!
-  for _ in $(seq 100); do grep -q listening /tmp/serve.out && break; sleep 0.2; done
+  for _ in $(seq 600); do grep -q listening /tmp/serve.out && break; sleep 0.2; done; echo "listening after $SECONDS s of the script"
   url=$(sed -n 's/listening on //p' /tmp/serve.out)
   head -1 /tmp/serve.err
   python3 - "$url" <<'PY'
@@ -39,7 +39,7 @@ PY
   kill -TERM $pid; wait $pid; echo "serve exit $?"; tail -1 /tmp/serve.err
 } 2>&1 | tee $OUT/serve_cuda.txt
 {
-  $B/train --config configs/default.toml --device cuda --out /tmp/minilm --quiet \
+  $B/train --config configs/default.toml --device cuda --out /tmp/minilm --quiet --overwrite \
     --set model.init=random --set train.max_steps=2 > /dev/null || echo "train minilm-shaped failed"
   $B/serve_load --checkpoint /tmp/minilm --device cuda --concurrency 1,4,16,64 --requests 512
 } 2>&1 | tee $OUT/serve_load.txt
