@@ -37,7 +37,7 @@ struct Args {
     /// so that only confident predictions are acted on. Multi-label: the labels whose
     /// probability is at least this (instead of above 0.5). Train with `eval.calibrate = true`
     /// for probabilities that mean what they say.
-    #[arg(long, value_name = "P", value_parser = probability)]
+    #[arg(long, value_name = "P", value_parser = wick_trainer::cli::probability)]
     min_prob: Option<f64>,
     #[command(flatten)]
     priors: match_priors::MatchPriors,
@@ -45,16 +45,6 @@ struct Args {
     /// labelled by its string field "text" or else by the checkpoint's text fields (an issue's
     /// "title" and "body" for an NLBSE checkpoint), joined as in training.
     texts: Vec<String>,
-}
-
-/// A probability threshold strictly between 0 and 1.
-fn probability(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
-        _ => Err(format!(
-            "expected a probability between 0 and 1, got {text:?}"
-        )),
-    }
 }
 
 /// Reads stdin JSONL: each line an object, its text its string field `text` or else the

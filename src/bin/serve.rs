@@ -32,7 +32,7 @@ struct Args {
     port: u16,
     /// As `predict --min-prob`: no label below this top probability (single-label), the labels
     /// at or above it (multi-label).
-    #[arg(long, value_name = "P", value_parser = probability)]
+    #[arg(long, value_name = "P", value_parser = wick_trainer::cli::probability)]
     min_prob: Option<f64>,
     /// The most inputs one model call takes from concurrent requests (1: no batching).
     #[arg(long, default_value_t = ServeOptions::default().max_batch, value_parser = at_least_one())]
@@ -50,16 +50,6 @@ struct Args {
 
 fn at_least_one() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::<usize>::new().range(1..)
-}
-
-/// A probability threshold strictly between 0 and 1.
-fn probability(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
-        _ => Err(format!(
-            "expected a probability between 0 and 1, got {text:?}"
-        )),
-    }
 }
 
 fn run(args: Args) -> Result<()> {
@@ -93,23 +83,9 @@ fn run(args: Args) -> Result<()> {
     let info = server.info();
     eprintln!(
         "serving {} on {} (labels {}); POST /predict, GET /info, GET /health; Ctrl-C stops",
-        info["checkpoints"]
-            .as_array()
-            .map(|dirs| dirs
-                .iter()
-                .filter_map(|d| d.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default(),
+        joined(&info["checkpoints"]),
         info["device"].as_str().unwrap_or("?"),
-        info["labels"]
-            .as_array()
-            .map(|labels| labels
-                .iter()
-                .filter_map(|l| l.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default(),
+        joined(&info["labels"]),
     );
     // On stdout, flushed: a script that started the server reads where it listens.
     let mut out = std::io::stdout().lock();
@@ -125,6 +101,19 @@ fn run(args: Args) -> Result<()> {
         stats.requests, stats.errors, stats.inputs, stats.batches, stats.largest_batch
     );
     Ok(())
+}
+
+/// The strings of a JSON list, comma-separated.
+fn joined(list: &serde_json::Value) -> String {
+    list.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn main() -> ExitCode {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::common::{
     argmax, assert_fails_naming, assert_loss_falls, assert_ok, command, load_tensors, macro_f1,
-    max_gap, path_str, predicted_probs, repo_root, run_bin, same_last_files, text,
+    max_gap, path_str, predicted_probs, repo_root, run_bin, run_with_stdin, same_last_files, text,
     tiny_without_valid, train_losses, train_tiny, values, TINY,
 };
 
@@ -157,20 +157,11 @@ fn evaluate_json_has_the_documented_schema_and_predict_is_deterministic() {
     }
 
     // JSONL on stdin, other fields passed through.
-    let mut child = command(env!("CARGO_BIN_EXE_predict"))
-        .args(["--checkpoint", path_str(&run)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"text\": \"ptal\", \"id\": 42}\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        env!("CARGO_BIN_EXE_predict"),
+        &["--checkpoint", path_str(&run)],
+        b"{\"text\": \"ptal\", \"id\": 42}\n",
+    );
     let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(row["id"], 42);
     assert!(row.get("label").is_some());

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::common::{assert_fails_naming, assert_ok, command, path_str, run_bin, text, train_tiny};
+use super::common::{
+    assert_fails_naming, assert_ok, command, path_str, run_bin, run_with_stdin, text, train_tiny,
+};
 
 /// A `serve` process, killed if the test ends without stopping it.
 struct Serving {
@@ -114,22 +116,7 @@ impl Drop for Serving {
 fn predicted(args: &[&str], stdin: Option<&str>) -> Vec<Value> {
     let output = match stdin {
         None => run_bin("predict", args),
-        Some(input) => {
-            let mut child = command(env!("CARGO_BIN_EXE_predict"))
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-            child.wait_with_output().unwrap()
-        }
+        Some(input) => run_with_stdin(env!("CARGO_BIN_EXE_predict"), args, input.as_bytes()),
     };
     assert_ok(&output, "predict");
     text(&output.stdout)
@@ -371,22 +358,11 @@ fn serve_and_predict_read_records_of_the_training_schema_for_an_ensemble() {
         assert_same_prediction(a, b, &format!("stdin record {}", i + 1));
     }
     // A record with neither a "text" nor the text fields is refused naming both.
-    let output = {
-        let mut child = command(env!("CARGO_BIN_EXE_predict"))
-            .args(&checkpoints)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"{\"title\": \"t\", \"body\": \"b\"}\n{\"title\": \"only\"}\n")
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let output = run_with_stdin(
+        env!("CARGO_BIN_EXE_predict"),
+        &checkpoints,
+        b"{\"title\": \"t\", \"body\": \"b\"}\n{\"title\": \"only\"}\n",
+    );
     assert_fails_naming(
         &output,
         &["stdin:2: no string field `text`, and no field `body` of data.text_fields (fields present: title)"],

@@ -89,3 +89,14 @@ pub fn wait_for_signal() -> Result<(), ctrlc::Error> {
     let _ = rx.recv();
     Ok(())
 }
+
+/// A probability threshold strictly between 0 and 1, as a command-line value parser
+/// (`predict --min-prob`, `serve --min-prob`).
+pub fn probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
+        _ => Err(format!(
+            "expected a probability between 0 and 1, got {text:?}"
+        )),
+    }
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tiny_http::{Header, Method, Request, Response};
-use wick_data::{unlabelled_record, DataConfig, Example, Location, Targets, Unit};
+use wick_data::{json_kind, unlabelled_record, DataConfig, Example, Location, Targets, Unit};
 
 use crate::error::{Result, TrainError};
 use crate::eval::prediction_record;
@@ -517,7 +517,7 @@ fn predict(
                         400,
                         format!(
                             "{at}: expected a text or a JSON object, got {}",
-                            kind_of(&other)
+                            json_kind(&other)
                         ),
                     ))
                 }
@@ -554,17 +554,6 @@ fn predict(
         Value::Array(records.collect())
     };
     Ok((value, count))
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

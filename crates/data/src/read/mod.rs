@@ -262,7 +262,7 @@ fn json_object(raw: &str, at: Location, expected: &str) -> Result<Map<String, Va
     match serde_json::from_str(raw) {
         Ok(Value::Object(fields)) => Ok(fields),
         Ok(value) => Err(Error::BadRow {
-            reason: format!("expected {expected}, found {}", kind_of(&value)),
+            reason: format!("expected {expected}, found {}", json_kind(&value)),
             at,
         }),
         Err(cause) => Err(Error::Json { at, cause }),
@@ -330,7 +330,7 @@ fn json_field_rows(path: &Path, text: &str, key: &str) -> Result<Vec<Row>> {
     type Object<'t> = std::collections::BTreeMap<String, &'t serde_json::value::RawValue>;
     let root: Object = serde_json::from_str(text).map_err(|cause| {
         bad(match serde_json::from_str::<Value>(text) {
-            Ok(value) => format!("the file holds {}, not one JSON object", kind_of(&value)),
+            Ok(value) => format!("the file holds {}, not one JSON object", json_kind(&value)),
             Err(_) => format!(
                 "the file must hold one JSON object: {cause} (at {})",
                 Location::line(path, cause.line().max(1))
@@ -349,7 +349,7 @@ fn json_field_rows(path: &Path, text: &str, key: &str) -> Result<Vec<Row>> {
         let value: Value = serde_json::from_str(array).unwrap_or(Value::Null);
         return Err(bad(format!(
             "{key:?} holds {}, not a list of records",
-            kind_of(&value)
+            json_kind(&value)
         )));
     }
     json_array_rows(path, text, array)
@@ -432,7 +432,7 @@ impl RowReader<'_> {
                         name,
                         format!(
                             "`{prefix}{part}` holds {}, not an object to look into",
-                            kind_of(other)
+                            json_kind(other)
                         ),
                     ))
                 }
@@ -473,7 +473,7 @@ impl RowReader<'_> {
                     name,
                     format!(
                         "holds {}; text fields must be strings or numbers",
-                        kind_of(value)
+                        json_kind(value)
                     ),
                 ));
             }
@@ -590,7 +590,7 @@ impl RowReader<'_> {
             None => Err(self.bad_field(
                 line,
                 &self.cfg.label_field,
-                format!("holds {}; a label must be a string", kind_of(value)),
+                format!("holds {}; a label must be a string", json_kind(value)),
             )),
         }
     }
@@ -617,7 +617,8 @@ fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
-fn kind_of(value: &Value) -> &'static str {
+/// What a JSON value is, for messages: "a number", "a list", "null", ...
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
