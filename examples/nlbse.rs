@@ -27,7 +27,10 @@
 //! `--folds K` makes the ensemble a cross-validation one: K members, member k trained with fold k
 //! of the project's rows held out for its validation (`data.folds`, `data.fold`), so the members
 //! together learn from every row and each row validates one member. The validation report is
-//! then out-of-fold: every row scored by the member that did not train on it.
+//! then out-of-fold: every row scored by the member that did not train on it. With `--set
+//! data.nested_folds=true` the folds are dealt from the rows a plain run of the config trains
+//! on, and the report covers those: its validation rows are set aside, so that students of
+//! these members (`train.distill_out_of_fold`) validate on rows no member saw.
 //!
 //! Each project's validation rows and the ensemble's probabilities for them are written to
 //! `<out>/<project>/valid_predictions.jsonl` (`{"line", "label", "probs": {label: p}}`); with
@@ -306,12 +309,15 @@ fn adapt_encoder(args: &Args, project: &str) -> Result<String> {
 
 /// One config of one project, before training: the config with the `--set` overrides and the
 /// project's filter, the project's rows, and the rows its members are scored on (the held-out
-/// ones, or all of them out of fold under `--folds`): what configs of one ensemble must share.
+/// ones, or out of fold under `--folds` all of them, or with `data.nested_folds` those the folds
+/// are dealt from): what configs of one ensemble must share.
 struct Plan {
     path: PathBuf,
     config: RunConfig,
     rows: Vec<Example>,
     scored: Vec<Example>,
+    /// Under `--folds`, the indices into `rows` of the scored rows.
+    covered: Vec<usize>,
 }
 
 impl Plan {
@@ -320,15 +326,29 @@ impl Plan {
         overrides.extend_from_slice(extra);
         let config = RunConfig::load(path, &overrides)?;
         let rows = wick_data::read_examples(&config.data.train, &config.data)?.examples;
-        let scored = match args.folds {
-            Some(_) => rows.clone(),
-            None => validation_rows(&config, &rows)?,
+        let (scored, covered) = match args.folds {
+            Some(folds) => {
+                // Every row, or under data.nested_folds those its folds are dealt from.
+                let mut covered = Vec::new();
+                for fold in 0..folds {
+                    let mut member = config.clone();
+                    member.data.split_seed = Some(config.split_seed());
+                    (member.data.folds, member.data.fold) = (folds, fold);
+                    let (_, valid) =
+                        wick_trainer::fit::held_out(&member, &rows).context("no fold")?;
+                    covered.extend(valid);
+                }
+                covered.sort_unstable();
+                (covered.iter().map(|&i| rows[i].clone()).collect(), covered)
+            }
+            None => (validation_rows(&config, &rows)?, Vec::new()),
         };
         Ok(Self {
             path: path.to_path_buf(),
             config,
             rows,
             scored,
+            covered,
         })
     }
 
@@ -438,7 +458,9 @@ fn run_config(args: &Args, project: &str, plan: Plan) -> Result<ConfigRun> {
                 logits[i] = z.clone();
             }
         }
-        let targets = wick_data::Targets::of(rows)?;
+        let probs: Vec<Vec<f32>> = plan.covered.iter().map(|&i| probs[i].clone()).collect();
+        let logits: Vec<Vec<f32>> = plan.covered.iter().map(|&i| logits[i].clone()).collect();
+        let targets = wick_data::Targets::of(&plan.scored)?;
         let loss = Some(wick_trainer::calibration::mean_loss(&logits, &targets, 1.0));
         eval::Predictions {
             probs,

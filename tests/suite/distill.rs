@@ -391,3 +391,131 @@ fn a_repeated_text_in_another_fold_learns_from_the_teacher_of_its_line() {
         }
     }
 }
+
+/// `data.nested_folds`: three fold teachers dealt inside the student's own held-out split (30%
+/// of each label, split seed 5) never see the student's validation rows. Their folds together
+/// are exactly the student's training rows, each row's target is the prediction of the teacher
+/// that held it out, the student gets no warning about optimistic validation scores, and each
+/// teacher says how many rows it set aside. The key is refused without folds or a held-out
+/// share.
+#[test]
+fn nested_fold_teachers_never_see_the_students_validation_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (teacher_dir, student_dir) = (dir.path().join("t"), dir.path().join("s"));
+    std::fs::create_dir_all(&teacher_dir).unwrap();
+    std::fs::create_dir_all(&student_dir).unwrap();
+    let split = "valid_fraction = 0.3\nsplit_seed = 5";
+    let nested = tiny_without_valid(
+        &teacher_dir,
+        &format!("{split}\nfolds = 3\nnested_folds = true"),
+    );
+    let student_config = tiny_without_valid(&student_dir, split);
+    let (teachers, from) = fold_teachers(&teacher_dir, &nested, &[]);
+
+    let load = |path: &std::path::Path| wick_trainer::config::RunConfig::load(path, &[]).unwrap();
+    let fixture = repo_root().join("tests/fixtures/tiny/train.jsonl");
+    let rows = wick_data::read_examples(&fixture, &load(&student_config).data)
+        .unwrap()
+        .examples;
+    let (student_train, student_valid) =
+        wick_trainer::fit::held_out(&load(&student_config), &rows).unwrap();
+    // round(0.3 x 11, 10, 6) = 3 + 3 + 2 rows.
+    assert_eq!(student_valid.len(), 8);
+    let mut dealt = Vec::new();
+    for teacher in &teachers {
+        let config = load(&teacher.join("best/config.toml"));
+        let (train, valid) = wick_trainer::fit::held_out(&config, &rows).unwrap();
+        assert_eq!(train.len() + valid.len(), 19, "{}", teacher.display());
+        for i in train.iter().chain(&valid) {
+            assert!(
+                !student_valid.contains(i),
+                "teacher saw the student's row {i}"
+            );
+        }
+        dealt.extend(valid);
+    }
+    dealt.sort_unstable();
+    assert_eq!(
+        dealt, student_train,
+        "the folds are the student's training rows"
+    );
+
+    let out = student_dir.join("run");
+    let output = run_bin(
+        "train",
+        &[
+            "--config",
+            path_str(&student_config),
+            "--out",
+            path_str(&out),
+            "--set",
+            &from,
+            "--set",
+            "train.distill_out_of_fold=true",
+            "--set",
+            "train.distill_temperature=1.0",
+            "--set",
+            "train.epochs=1",
+        ],
+    );
+    assert_ok(&output, "student of nested teachers");
+    let log = text(&output.stderr);
+    assert!(!log.contains("validation scores are optimistic"), "{log}");
+    assert!(
+        log.contains("predicted the 19 training rows out of fold (each by the 1 teacher(s) that"),
+        "{log}"
+    );
+    let texts = training_texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let targets = distill_targets(&out);
+    assert_eq!(targets.len(), 19);
+    for (k, teacher) in teachers.iter().enumerate() {
+        let predicted = checkpoint_probs(&teacher.join("best"), &refs);
+        let config = load(&teacher.join("best/config.toml"));
+        let (_, valid) = wick_trainer::fit::held_out(&config, &rows).unwrap();
+        for i in valid {
+            let line = rows[i].line;
+            let (_, _, target) = targets
+                .iter()
+                .find(|(l, _, _)| *l == line as u64)
+                .unwrap_or_else(|| panic!("no target for line {line}"));
+            for (a, b) in target.iter().zip(&predicted[line - 1]) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "line {line}: {target:?} against teacher {k}"
+                );
+            }
+        }
+    }
+
+    // A teacher run's summary counts the rows it set aside.
+    let again = run_bin(
+        "train",
+        &[
+            "--config",
+            path_str(&nested),
+            "--out",
+            path_str(&dir.path().join("again")),
+        ],
+    );
+    assert_ok(&again, "a nested fold run");
+    assert!(
+        text(&again.stderr).contains("examples   12 (8 set aside by data.nested_folds)"),
+        "{}",
+        text(&again.stderr)
+    );
+    let refused = train_tiny(&dir.path().join("r1"), &["data.nested_folds=true"]);
+    assert_fails_naming(&refused, &["data.nested_folds", "data.folds is not set"]);
+    let refused = run_bin(
+        "train",
+        &[
+            "--config",
+            path_str(&nested),
+            "--out",
+            path_str(&dir.path().join("r2")),
+            "--set",
+            "data.valid_fraction=0",
+        ],
+    );
+    assert_fails_naming(&refused, &["data.nested_folds", "data.valid_fraction is 0"]);
+}

@@ -432,19 +432,25 @@ fn projects_run_apart_and_each_distils_from_its_own_out_of_fold_teachers() {
         .map(|seed| format!("'{}/{{project}}/seed-{seed}'", path_str(&out("all"))))
         .collect();
     let from = format!("train.distill_from=[{}]", teachers.join(", "));
-    run(
-        "student",
-        &[
-            "--project",
-            "bitcoin/bitcoin",
-            "--set",
-            &from,
-            "--set",
-            "train.distill_out_of_fold=true",
-            "--set",
-            "train.distill_temperature=1",
-        ],
-    );
+    let student = |name: &str, from: &str| {
+        let output = run(
+            name,
+            &[
+                "--project",
+                "bitcoin/bitcoin",
+                "--set",
+                from,
+                "--set",
+                "train.distill_out_of_fold=true",
+                "--set",
+                "train.distill_temperature=1",
+            ],
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let log = student("student", &from);
+    // These teachers trained on the student's validation rows.
+    assert!(log.contains("validation scores are optimistic"), "{log}");
     let targets = read_predictions(
         &out("student")
             .join("bitcoin__bitcoin")
@@ -453,16 +459,52 @@ fn projects_run_apart_and_each_distils_from_its_own_out_of_fold_teachers() {
     let oof = read_predictions(&out("all/bitcoin__bitcoin/valid_predictions.jsonl"));
     let student_valid = read_predictions(&out("student/bitcoin__bitcoin/valid_predictions.jsonl"));
     assert_eq!(targets.len() + student_valid.len(), 18);
-    for (line, (label, probs)) in &targets {
-        let (teacher_label, teacher) = &oof[line];
-        assert_eq!(label, teacher_label, "line {line}");
-        for (p, q) in probs.iter().zip(teacher) {
-            assert!(
-                (p - q).abs() < 1e-5,
-                "line {line}: {probs:?} vs {teacher:?}"
-            );
+    let assert_targets_are = |targets: &HashMap<u64, (String, Vec<f64>)>,
+                              oof: &HashMap<u64, (String, Vec<f64>)>| {
+        for (line, (label, probs)) in targets {
+            let (teacher_label, teacher) = &oof[line];
+            assert_eq!(label, teacher_label, "line {line}");
+            for (p, q) in probs.iter().zip(teacher) {
+                assert!(
+                    (p - q).abs() < 1e-5,
+                    "line {line}: {probs:?} vs {teacher:?}"
+                );
+            }
         }
-    }
+    };
+    assert_targets_are(&targets, &oof);
+
+    // Teachers dealt inside the student's held-out split (data.nested_folds): their out-of-fold
+    // predictions cover exactly the student's training rows, and no teacher saw its validation
+    // rows, so the student is not warned.
+    run(
+        "nested",
+        &[
+            "--folds",
+            "3",
+            "--project",
+            "bitcoin/bitcoin",
+            "--set",
+            "data.nested_folds=true",
+        ],
+    );
+    let nested_oof = read_predictions(&out("nested/bitcoin__bitcoin/valid_predictions.jsonl"));
+    let sorted = |rows: &HashMap<u64, (String, Vec<f64>)>| {
+        let mut lines: Vec<u64> = rows.keys().copied().collect();
+        lines.sort_unstable();
+        lines
+    };
+    assert_eq!(sorted(&nested_oof), sorted(&targets));
+    let nested_from = from.replace(path_str(&out("all")), path_str(&out("nested")));
+    let log = student("clean-student", &nested_from);
+    assert!(!log.contains("validation scores are optimistic"), "{log}");
+    let clean_targets = read_predictions(
+        &out("clean-student")
+            .join("bitcoin__bitcoin")
+            .join("distill_targets.jsonl"),
+    );
+    assert_eq!(sorted(&clean_targets), sorted(&targets));
+    assert_targets_are(&clean_targets, &nested_oof);
 
     for (args, needles) in [
         (

@@ -150,6 +150,12 @@ pub struct DataConfig {
     /// The fold held out for validation under `folds`, `0..folds`.
     #[serde(default)]
     pub fold: usize,
+    /// Nested cross-validation: the folds are dealt from the rows that a `valid_fraction` split
+    /// of the same `split_seed` trains on, and the rows that split validates on are left out of
+    /// the run entirely. So a run with that split (no `folds`) validates on rows no fold run
+    /// saw: a student distilled from the fold runs (`train.distill_out_of_fold`), say.
+    #[serde(default)]
+    pub nested_folds: bool,
     /// Seed of that held-out split; when absent the run's `train.seed` seeds it. Setting it keeps
     /// one validation split while `train.seed` varies (the members of an ensemble, say).
     #[serde(default)]
@@ -205,6 +211,7 @@ impl DataConfig {
             valid_fraction: default_valid_fraction(),
             folds: 0,
             fold: 0,
+            nested_folds: false,
             split_seed: None,
             bucket_window: 0,
         }
@@ -309,6 +316,20 @@ impl DataConfig {
                 format!("is {}, but data.folds is not set", self.fold),
             ));
         }
+        if self.nested_folds && self.folds < 2 {
+            return Err(bad(
+                "nested_folds",
+                "deals data.folds inside a valid_fraction split, but data.folds is not set".into(),
+            ));
+        }
+        if self.nested_folds && self.valid_fraction == 0.0 {
+            return Err(bad(
+                "nested_folds",
+                "leaves out the rows a valid_fraction split validates on, but \
+                 data.valid_fraction is 0"
+                    .into(),
+            ));
+        }
         if self.text_fields.is_empty() {
             return Err(bad("text_fields", "must list at least one field".into()));
         }
@@ -340,10 +361,17 @@ impl DataConfig {
     }
 
     /// What a run of this config validates on when it holds rows of `train` out: `fold 1 of 5`
-    /// or `held-out 10%`. `None` with a `valid` file or nothing held out.
+    /// (`fold 1 of 5 (nested: the held-out 20% left out)`) or `held-out 10%`. `None` with a `valid` file or nothing held out.
     pub fn held_out_name(&self) -> Option<String> {
         if self.valid.is_some() {
             None
+        } else if self.folds >= 2 && self.nested_folds {
+            Some(format!(
+                "fold {} of {} (nested: the held-out {:.0}% left out)",
+                self.fold,
+                self.folds,
+                self.valid_fraction * 100.0
+            ))
         } else if self.folds >= 2 {
             Some(format!("fold {} of {}", self.fold, self.folds))
         } else {

@@ -31,6 +31,9 @@ pub struct DataSummary {
     pub filtered_out: usize,
     /// Rows left out for holding none of `data.labels` (`data.other_labels = "ignore"`).
     pub without_label: usize,
+    /// Rows neither trained nor validated on: the validation rows of the split that
+    /// `data.nested_folds` deals its folds inside.
+    pub set_aside: usize,
     /// What `data.clean` removed from the file's texts, when it is on.
     pub cleaned: Option<CleanStats>,
 }
@@ -72,11 +75,17 @@ impl DataSummary {
             max_len,
             filtered_out,
             without_label: 0,
+            set_aside: 0,
             cleaned: None,
         }
     }
 
     /// Adds the rows left out for holding none of `data.labels`.
+    pub fn with_set_aside(mut self, rows: usize) -> Self {
+        self.set_aside = rows;
+        self
+    }
+
     pub fn with_without_label(mut self, rows: usize) -> Self {
         self.without_label = rows;
         self
@@ -107,6 +116,9 @@ impl fmt::Display for DataSummary {
         }
         if self.without_label > 0 {
             left_out.push(format!("{} with none of the labels", self.without_label));
+        }
+        if self.set_aside > 0 {
+            left_out.push(format!("{} set aside by data.nested_folds", self.set_aside));
         }
         if !left_out.is_empty() {
             write!(f, " ({})", left_out.join(", "))?;

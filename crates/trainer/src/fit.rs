@@ -260,8 +260,9 @@ fn locate_model(config: &RunConfig, resume: Option<&Path>) -> Result<ModelFiles>
 }
 
 /// The `(train, valid)` indices into the rows of `data.train` when the run holds validation rows
-/// out of it (no `data.valid`): fold `data.fold` of `data.folds`, or `valid_fraction` of each
-/// label; `None` when it holds nothing out. A pure function of the rows and the config, so
+/// out of it (no `data.valid`): fold `data.fold` of `data.folds` (with `data.nested_folds`, of
+/// the rows a `valid_fraction` split trains on, the others in neither part), or
+/// `valid_fraction` of each label; `None` when it holds nothing out. A pure function of the rows and the config, so
 /// `evaluate` finds a finished run's validation rows again.
 pub fn held_out(
     config: &RunConfig,
@@ -270,6 +271,16 @@ pub fn held_out(
     let data = &config.data;
     if data.valid.is_some() {
         return None;
+    }
+    if data.folds >= 2 && data.nested_folds {
+        // The folds of the rows a `valid_fraction` split trains on, as indices into `examples`;
+        // the rows it validates on are in neither part.
+        let seed = config.split_seed();
+        let (outer, _) = split_train_valid(examples, data.valid_fraction, seed);
+        let inner: Vec<Example> = outer.iter().map(|&i| examples[i].clone()).collect();
+        let (train, valid) = split_folds(&inner, data.folds, data.fold, seed);
+        let to_outer = |indices: Vec<usize>| indices.into_iter().map(|i| outer[i]).collect();
+        return Some((to_outer(train), to_outer(valid)));
     }
     if data.folds >= 2 {
         return Some(split_folds(
@@ -334,8 +345,16 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
             valid: valid_rows,
         }
     });
+    // Under data.nested_folds the rows of neither part.
+    let set_aside = read.examples.len()
+        - train.len()
+        - match (&data.valid, &valid) {
+            (None, Some(valid)) => valid.len(),
+            _ => 0,
+        };
     let mut summary = DataSummary::new(&train, &data.labels, read.filtered_out)
-        .with_without_label(read.without_label);
+        .with_without_label(read.without_label)
+        .with_set_aside(set_aside);
     if !data.clean.is_off() {
         summary = summary.with_cleaned(read.cleaned);
     }
