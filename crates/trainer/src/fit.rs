@@ -262,8 +262,8 @@ fn locate_model(config: &RunConfig, resume: Option<&Path>) -> Result<ModelFiles>
 /// The `(train, valid)` indices into the rows of `data.train` when the run holds validation rows
 /// out of it (no `data.valid`): fold `data.fold` of `data.folds` (with `data.nested_folds`, of
 /// the rows a `valid_fraction` split trains on, the others in neither part), or
-/// `valid_fraction` of each label; `None` when it holds nothing out. A pure function of the rows and the config, so
-/// `evaluate` finds a finished run's validation rows again.
+/// `valid_fraction` of each label; `None` when it holds nothing out. A pure function of the rows
+/// and the config, so `evaluate` finds a finished run's validation rows again.
 pub fn held_out(
     config: &RunConfig,
     examples: &[wick_data::Example],
