@@ -192,6 +192,22 @@ fn serve_answers_as_predict_does_batches_concurrent_requests_and_stops_on_sigter
     bare_map.remove("input_label");
     assert_same_prediction(&one, &bare, "a JSON string");
 
+    // `?min_prob=` is this request's --min-prob: the tiny model is never 90% sure.
+    let (status, _, unsure) = server.request(
+        "POST",
+        "/predict?min_prob=0.9",
+        json!(texts[0]).to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{unsure}");
+    assert_eq!(unsure["label"], Value::Null, "{unsure}");
+    assert_eq!(unsure["probs"], one["probs"]);
+    let (status, _, refused) = server.request(
+        "POST",
+        "/predict?min_prob=2",
+        json!(texts[0]).to_string().as_bytes(),
+    );
+    assert_eq!(status, 400, "{refused}");
+
     // Every row as a list of records, fields passed through as predict passes them.
     let records: Vec<Value> = stdin
         .lines()
@@ -286,16 +302,16 @@ fn serve_answers_as_predict_does_batches_concurrent_requests_and_stops_on_sigter
     assert_eq!(info["multi_label"], json!(false));
     assert_eq!(info["text_fields"], json!(["text"]));
     let served = &info["served"];
-    let inputs = 1 + 2 * rows.len() as u64;
+    let inputs = 2 + 2 * rows.len() as u64;
     assert_eq!(served["inputs"], json!(inputs));
     // health, the string, the list, the concurrent ones, the refusals; this /info is counted
     // after it is answered.
-    let requests = 3 + rows.len() as u64 + refusals.len() as u64;
+    let requests = 5 + rows.len() as u64 + refusals.len() as u64;
     assert_eq!(served["requests"], json!(requests));
-    assert_eq!(served["errors"], json!(refusals.len()));
+    assert_eq!(served["errors"], json!(refusals.len() + 1));
     let batches = served["batches"].as_u64().unwrap();
     assert!(
-        (1..=2 + rows.len() as u64).contains(&batches),
+        (1..=3 + rows.len() as u64).contains(&batches),
         "{served}: one model call per batch, at most one per request"
     );
     assert_eq!(served["largest_batch"], json!(rows.len()));
@@ -306,7 +322,7 @@ fn serve_answers_as_predict_does_batches_concurrent_requests_and_stops_on_sigter
         stderr.contains(&format!(
             "stopped after {} request(s) ({} refused): {inputs} input(s) in {batches} model call(s)",
             requests + 1,
-            refusals.len()
+            refusals.len() + 1
         )),
         "{stderr}"
     );

@@ -466,12 +466,35 @@ fn header(name: &str, value: &str) -> Header {
         .unwrap_or_else(|()| unreachable!("header {name}: {value} is not ASCII"))
 }
 
+/// The request's `?min_prob=P` (this request's `--min-prob`); other parameters are refused by
+/// name, so that a misspelt one does not go unnoticed.
+fn query_min_prob(url: &str) -> std::result::Result<Option<f64>, Failure> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(None);
+    };
+    let mut min_prob = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "min_prob" {
+            return Err(Failure(
+                400,
+                format!("unknown query parameter {key:?}; /predict takes min_prob"),
+            ));
+        }
+        let p = crate::cli::probability(value)
+            .map_err(|e| Failure(400, format!("query parameter min_prob: {e}")))?;
+        min_prob = Some(p);
+    }
+    Ok(min_prob)
+}
+
 /// `POST /predict`: the predictions for the body's inputs, and how many there were.
 fn predict(
     request: &mut Request,
     context: &Context,
     jobs: &Sender<Job>,
 ) -> std::result::Result<(Value, usize), Failure> {
+    let min_prob = query_min_prob(request.url())?.or(context.options.min_prob);
     let limit = context.options.max_body_bytes;
     let too_large = || Failure(413, format!("the request body is over {limit} bytes"));
     if request.body_length().is_some_and(|length| length > limit) {
@@ -545,7 +568,7 @@ fn predict(
             &context.model.labels,
             p,
             data.multi_label,
-            context.options.min_prob,
+            min_prob,
         ))
     });
     let value = if one {
@@ -580,6 +603,24 @@ mod tests {
         let first = held.take().unwrap_or_else(|| unreachable!());
         assert_eq!(gather(first, &queue, 8, |&n| n, &mut held), vec![4, 1]);
         assert_eq!(held, None);
+    }
+
+    #[test]
+    fn the_query_gives_min_prob_and_nothing_else() {
+        let min_prob = |url: &str| query_min_prob(url).map_err(|Failure(status, m)| (status, m));
+        assert_eq!(min_prob("/predict"), Ok(None));
+        assert_eq!(min_prob("/predict?min_prob=0.9"), Ok(Some(0.9)));
+        let (status, message) = min_prob("/predict?min_prob=1.5").unwrap_err();
+        assert_eq!(status, 400);
+        assert!(
+            message.contains("between 0 and 1, got \"1.5\""),
+            "{message}"
+        );
+        let (_, message) = min_prob("/predict?minprob=0.5").unwrap_err();
+        assert!(
+            message.contains("unknown query parameter \"minprob\""),
+            "{message}"
+        );
     }
 
     #[test]
