@@ -304,8 +304,8 @@ fn serve_answers_as_predict_does_batches_concurrent_requests_and_stops_on_sigter
     let served = &info["served"];
     let inputs = 2 + 2 * rows.len() as u64;
     assert_eq!(served["inputs"], json!(inputs));
-    // health, the string, the two with ?min_prob, the list, the concurrent ones, the refusals; this /info is counted
-    // after it is answered.
+    // health, the string, the two with ?min_prob, the list, the concurrent ones, the refusals;
+    // this /info is counted after it is answered.
     let requests = 5 + rows.len() as u64 + refusals.len() as u64;
     assert_eq!(served["requests"], json!(requests));
     assert_eq!(served["errors"], json!(refusals.len() + 1));
