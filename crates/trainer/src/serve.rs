@@ -122,8 +122,7 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     model: Option<JoinHandle<()>>,
-    counters: Arc<Counters>,
-    info: Map<String, Value>,
+    context: Arc<Context>,
 }
 
 /// Everything a request thread reads.
@@ -132,6 +131,17 @@ struct Context {
     options: ServeOptions,
     counters: Arc<Counters>,
     log: Box<dyn Fn(&Served) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Context {
+    // By hand: the access-log callback has no `Debug`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("model", &self.model)
+            .field("options", &self.options)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -166,8 +176,8 @@ impl Server {
             .name("wick-serve-model".into())
             .spawn(move || {
                 let opened = open().and_then(|ensemble| {
-                    let info = model_info(&ensemble)?;
-                    warm_up(&ensemble, &info.data)?;
+                    warm_up(&ensemble)?;
+                    let info = model_info(&ensemble);
                     Ok((ensemble, info))
                 });
                 match opened {
@@ -187,11 +197,10 @@ impl Server {
             Err(_) => return Err(TrainError::Serve("the model thread ended at start".into())),
         };
 
-        let info = model_info.info.clone();
         let context = Arc::new(Context {
             model: model_info,
             options,
-            counters: Arc::clone(&counters),
+            counters,
             log: Box::new(log),
         });
         let http = Arc::new(http);
@@ -201,8 +210,7 @@ impl Server {
             stop: Arc::clone(&stop),
             workers: Vec::with_capacity(context.options.workers),
             model: Some(model),
-            counters,
-            info,
+            context: Arc::clone(&context),
         };
         for index in 0..context.options.workers {
             let (http, stop, context, sender) = (
@@ -247,18 +255,18 @@ impl Server {
 
     /// The model's description, as `GET /info` gives it without `"served"`.
     pub fn info(&self) -> &Map<String, Value> {
-        &self.info
+        &self.context.model.info
     }
 
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        self.context.counters.snapshot()
     }
 
     /// Stops taking requests, answers those already taken, ends the threads and returns what
     /// was served. Dropping the server does the same.
     pub fn shutdown(mut self) -> Stats {
         self.stop_and_join();
-        self.counters.snapshot()
+        self.context.counters.snapshot()
     }
 
     fn stop_and_join(&mut self) {
@@ -280,7 +288,7 @@ impl Drop for Server {
 }
 
 /// The model's side of `GET /info`, and what request threads need to read inputs.
-fn model_info(ensemble: &Ensemble) -> Result<ModelInfo> {
+fn model_info(ensemble: &Ensemble) -> ModelInfo {
     let first = ensemble.first();
     let config = &first.checkpoint.config;
     let model = match (&config.model.id, &config.model.path) {
@@ -289,39 +297,49 @@ fn model_info(ensemble: &Ensemble) -> Result<ModelInfo> {
         (None, None) => Value::Null,
     };
     let members = ensemble.members();
-    let info = json!({
-        "checkpoints": members.iter().map(|m| m.checkpoint.dir.display().to_string()).collect::<Vec<_>>(),
-        "model": model,
-        "labels": first.labels(),
-        "multi_label": config.data.multi_label,
-        "text_fields": config.data.text_fields,
-        "text_separator": config.data.text_separator,
-        "max_len": members.iter().map(|m| m.checkpoint.config.data.max_len).collect::<Vec<_>>(),
-        "temperature": members.iter().map(|m| m.checkpoint.calibration.as_ref().map(|c| c.temperature)).collect::<Vec<_>>(),
-        "device": first.device_name,
-    });
-    let Value::Object(info) = info else {
-        return Err(TrainError::Serve(
-            "the model description is not an object".into(),
-        ));
-    };
-    Ok(ModelInfo {
+    let info = Map::from_iter(
+        [
+            (
+                "checkpoints",
+                json!(members
+                    .iter()
+                    .map(|m| m.checkpoint.dir.display().to_string())
+                    .collect::<Vec<_>>()),
+            ),
+            ("model", model),
+            ("labels", json!(first.labels())),
+            ("multi_label", json!(config.data.multi_label)),
+            ("text_fields", json!(config.data.text_fields)),
+            ("text_separator", json!(config.data.text_separator)),
+            (
+                "max_len",
+                json!(members
+                    .iter()
+                    .map(|m| m.checkpoint.config.data.max_len)
+                    .collect::<Vec<_>>()),
+            ),
+            (
+                "temperature",
+                json!(members
+                    .iter()
+                    .map(|m| m.checkpoint.calibration.as_ref().map(|c| c.temperature))
+                    .collect::<Vec<_>>()),
+            ),
+            ("device", json!(first.device_name)),
+        ]
+        .map(|(key, value)| (key.to_string(), value)),
+    );
+    ModelInfo {
         info,
         labels: first.labels().to_vec(),
         data: config.data.clone(),
-    })
+    }
 }
 
 /// One prediction before the first request, so that it does not pay for first use (kernel
 /// compilation, buffer pools), and so that a model that cannot predict fails at start.
-fn warm_up(ensemble: &Ensemble, data: &DataConfig) -> Result<()> {
-    let fields = Map::from_iter([("text".to_string(), Value::from("warm-up"))]);
-    let example = unlabelled_record(
-        fields,
-        data,
-        &Location::new(Path::new("warm-up"), Unit::Item, 1),
-    )?;
-    ensemble.predict_examples(&[example], &Targets::None)?;
+fn warm_up(ensemble: &Ensemble) -> Result<()> {
+    ensemble.predict_texts(&["warm-up"])?;
     Ok(())
 }
 
