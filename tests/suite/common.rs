@@ -151,7 +151,18 @@ pub fn assert_loss_falls(losses: &[f64], factor: f64, what: &str) {
 
 /// Trains the tiny config into `out` with extra `--set` overrides.
 pub fn train_tiny(out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["--config", TINY, "--out", path_str(out), "--quiet"];
+    train_config(Path::new(TINY), out, extra)
+}
+
+/// Trains `config` into `out` with extra `--set` overrides.
+pub fn train_config(config: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--config",
+        path_str(config),
+        "--out",
+        path_str(out),
+        "--quiet",
+    ];
     for set in extra {
         args.extend(["--set", set]);
     }

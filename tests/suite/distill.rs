@@ -4,8 +4,8 @@
 //! teachers or settings are refused by key.
 
 use super::common::{
-    assert_fails_naming, assert_ok, checkpoint_probs, path_str, repo_root, run_bin, text,
-    tiny_without_valid, train_tiny,
+    assert_fails_naming, assert_ok, checkpoint_probs, path_str, repo_root, text,
+    tiny_without_valid, train_config, train_tiny,
 };
 
 /// The training texts of the tiny config.
@@ -81,19 +81,7 @@ fn a_distilled_student_learns_its_teachers_probabilities() {
     // A student validating on rows of the teacher's training file is told its validation
     // scores are not clean: the teacher trained on every one of them.
     let held = tiny_without_valid(dir.path(), "valid_fraction = 0.3");
-    let output = run_bin(
-        "train",
-        &[
-            "--config",
-            path_str(&held),
-            "--out",
-            path_str(&dir.path().join("held")),
-            "--set",
-            &from,
-            "--set",
-            "train.epochs=1",
-        ],
-    );
+    let output = train_config(&held, &dir.path().join("held"), &[&from, "train.epochs=1"]);
     assert_ok(&output, "student validating on the teacher's rows");
     let log = text(&output.stderr);
     let valid_rows = log
@@ -162,17 +150,13 @@ fn fold_teachers(
         .map(|k| {
             let out = dir.join(format!("fold{k}"));
             let fold = format!("data.fold={k}");
-            let mut args = vec![
-                "--config",
-                path_str(folds),
-                "--out",
-                path_str(&out),
-                "--quiet",
-            ];
-            for set in std::iter::once(&fold.as_str()).chain(extra) {
-                args.extend(["--set", set]);
-            }
-            assert_ok(&run_bin("train", &args), &format!("teacher of fold {k}"));
+            let sets: Vec<&str> = std::iter::once(fold.as_str())
+                .chain(extra.iter().copied())
+                .collect();
+            assert_ok(
+                &train_config(folds, &out, &sets),
+                &format!("teacher of fold {k}"),
+            );
             out
         })
         .collect();
@@ -441,20 +425,13 @@ fn nested_fold_teachers_never_see_the_students_validation_rows() {
     );
 
     let out = student_dir.join("run");
-    let output = run_bin(
-        "train",
+    let output = train_config(
+        &student_config,
+        &out,
         &[
-            "--config",
-            path_str(&student_config),
-            "--out",
-            path_str(&out),
-            "--set",
             &from,
-            "--set",
             "train.distill_out_of_fold=true",
-            "--set",
             "train.distill_temperature=1.0",
-            "--set",
             "train.epochs=1",
         ],
     );
@@ -489,15 +466,7 @@ fn nested_fold_teachers_never_see_the_students_validation_rows() {
     }
 
     // A teacher run's summary counts the rows it set aside.
-    let again = run_bin(
-        "train",
-        &[
-            "--config",
-            path_str(&nested),
-            "--out",
-            path_str(&dir.path().join("again")),
-        ],
-    );
+    let again = train_config(&nested, &dir.path().join("again"), &[]);
     assert_ok(&again, "a nested fold run");
     assert!(
         text(&again.stderr).contains("examples   12 (8 set aside by data.nested_folds)"),
@@ -506,16 +475,6 @@ fn nested_fold_teachers_never_see_the_students_validation_rows() {
     );
     let refused = train_tiny(&dir.path().join("r1"), &["data.nested_folds=true"]);
     assert_fails_naming(&refused, &["data.nested_folds", "data.folds is not set"]);
-    let refused = run_bin(
-        "train",
-        &[
-            "--config",
-            path_str(&nested),
-            "--out",
-            path_str(&dir.path().join("r2")),
-            "--set",
-            "data.valid_fraction=0",
-        ],
-    );
+    let refused = train_config(&nested, &dir.path().join("r2"), &["data.valid_fraction=0"]);
     assert_fails_naming(&refused, &["data.nested_folds", "data.valid_fraction is 0"]);
 }
