@@ -316,7 +316,9 @@ struct Plan {
     config: RunConfig,
     rows: Vec<Example>,
     scored: Vec<Example>,
-    /// Under `--folds`, the indices into `rows` of the scored rows.
+    /// Under `--folds`, the indices into `rows` of each fold's rows (member k validates on
+    /// fold k), and of the scored rows: all the folds' rows, sorted.
+    folds: Vec<Vec<usize>>,
     covered: Vec<usize>,
 }
 
@@ -326,28 +328,33 @@ impl Plan {
         overrides.extend_from_slice(extra);
         let config = RunConfig::load(path, &overrides)?;
         let rows = wick_data::read_examples(&config.data.train, &config.data)?.examples;
-        let (scored, covered) = match args.folds {
-            Some(folds) => {
-                // Every row, or under data.nested_folds those its folds are dealt from.
-                let mut covered = Vec::new();
-                for fold in 0..folds {
-                    let mut member = config.clone();
-                    member.data.split_seed = Some(config.split_seed());
-                    (member.data.folds, member.data.fold) = (folds, fold);
-                    let (_, valid) =
-                        wick_trainer::fit::held_out(&member, &rows).context("no fold")?;
-                    covered.extend(valid);
-                }
+        let (scored, folds, covered) = match args.folds {
+            Some(count) => {
+                // The rows the trainer holds out for each member, by the same function: every
+                // row in some fold, or under data.nested_folds those the folds are dealt from.
+                let folds = (0..count)
+                    .map(|fold| {
+                        let mut member = config.clone();
+                        member.data.split_seed = Some(config.split_seed());
+                        (member.data.folds, member.data.fold) = (count, fold);
+                        wick_trainer::fit::held_out(&member, &rows)
+                            .map(|(_, valid)| valid)
+                            .context("no fold")
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut covered: Vec<usize> = folds.concat();
                 covered.sort_unstable();
-                (covered.iter().map(|&i| rows[i].clone()).collect(), covered)
+                let scored = covered.iter().map(|&i| rows[i].clone()).collect();
+                (scored, folds, covered)
             }
-            None => (validation_rows(&config, &rows)?, Vec::new()),
+            None => (validation_rows(&config, &rows)?, Vec::new(), Vec::new()),
         };
         Ok(Self {
             path: path.to_path_buf(),
             config,
             rows,
             scored,
+            folds,
             covered,
         })
     }
@@ -382,8 +389,6 @@ fn run_config(args: &Args, project: &str, plan: Plan) -> Result<ConfigRun> {
     let mut member_f1 = Vec::new();
     let mut bests = Vec::new();
     let mut refits = Vec::new();
-    // Under --folds, which of the rows each member validated on.
-    let mut held_out = Vec::new();
     for k in 0..args.ensemble {
         let mut config = base.clone();
         config.train.seed = base.train.seed + k as u64;
@@ -391,9 +396,6 @@ fn run_config(args: &Args, project: &str, plan: Plan) -> Result<ConfigRun> {
         if let Some(folds) = args.folds {
             config.data.folds = folds;
             config.data.fold = k;
-            // The rows the trainer holds out for this member, by the same function.
-            let (_, valid) = wick_trainer::fit::held_out(&config, rows).context("no fold")?;
-            held_out.push(valid);
         }
         let seed = config.train.seed;
         let (out_dir, name) = match (args.ensemble, several) {
@@ -445,7 +447,7 @@ fn run_config(args: &Args, project: &str, plan: Plan) -> Result<ConfigRun> {
         // Out of fold: each row's probabilities from the member that held it out.
         let mut probs = vec![Vec::new(); rows.len()];
         let mut logits = vec![Vec::new(); rows.len()];
-        for (indices, member) in held_out.iter().zip(&member_probs) {
+        for (indices, member) in plan.folds.iter().zip(&member_probs) {
             if indices.len() != member.probs.len() {
                 bail!(
                     "{project}: a member predicted {} validation rows, its fold has {}",
