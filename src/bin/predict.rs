@@ -3,18 +3,19 @@
 //! was trained on (`--data`: JSONL or CSV, its text fields and filter, labels not needed); one
 //! JSON line per input goes to stdout, other input fields passed through.
 
-use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use serde_json::{Map, Value};
-use wick_data::Unit;
+use serde_json::Value;
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::eval::prediction_record;
 use wick_trainer::infer::Ensemble;
 
+#[path = "../inputs.rs"]
+mod inputs;
 #[path = "../match_priors.rs"]
 mod match_priors;
 
@@ -47,45 +48,10 @@ struct Args {
     texts: Vec<String>,
 }
 
-/// Reads stdin JSONL: each line an object, its text its string field `text` or else the
-/// checkpoint's text fields ([`wick_data::unlabelled_record`]).
-fn read_stdin(data: &wick_data::DataConfig) -> Result<Vec<wick_data::Example>> {
-    let stdin = std::path::Path::new("stdin");
-    let mut examples = Vec::new();
-    for (index, line) in std::io::stdin().lock().lines().enumerate() {
-        let number = index + 1;
-        let line = line.with_context(|| format!("stdin line {number}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value =
-            serde_json::from_str(&line).with_context(|| format!("stdin:{number}: not JSON"))?;
-        let Value::Object(object) = value else {
-            bail!("stdin:{number}: expected a JSON object")
-        };
-        let at = wick_data::Location::line(stdin, number);
-        examples.push(wick_data::unlabelled_record(object, data, &at)?);
-    }
-    Ok(examples)
-}
-
 fn run(args: Args) -> Result<()> {
     let predictor = Ensemble::open(&args.checkpoint, args.device)?;
     let data = &predictor.first().checkpoint.config.data;
-    let examples = match &args.data {
-        Some(path) => predictor.first().read_unlabelled(path)?,
-        None if args.texts.is_empty() => read_stdin(data)?,
-        None => args
-            .texts
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                let fields = Map::from_iter([("text".to_string(), Value::from(text.as_str()))]);
-                let at = wick_data::Location::new(Path::new("argument"), Unit::Item, i + 1);
-                wick_data::unlabelled_record(fields, data, &at)
-            })
-            .collect::<Result<_, _>>()?,
-    };
+    let examples = inputs::read(&predictor, &args.texts, args.data.as_deref())?;
     let plain = predictor.predict_examples(&examples, &wick_data::Targets::None)?;
     let probs = match args
         .priors

@@ -62,6 +62,7 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
         "calibrate" => env!("CARGO_BIN_EXE_calibrate"),
         "export" => env!("CARGO_BIN_EXE_export"),
         "adapt" => env!("CARGO_BIN_EXE_adapt"),
+        "explain" => env!("CARGO_BIN_EXE_explain"),
         other => panic!("unknown binary {other}"),
     };
     command(exe)

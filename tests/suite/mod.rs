@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod distill;
 mod ema;
+mod explain;
 mod export;
 mod gpu;
 mod hub_data;

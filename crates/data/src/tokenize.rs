@@ -19,6 +19,17 @@ pub struct Encoding {
     pub full_len: usize,
 }
 
+/// One token of a text ([`TextTokenizer::tokens`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub id: u32,
+    pub type_id: u32,
+    /// The vocabulary's piece (`##ing`, `Ġthe`, `[CLS]`).
+    pub piece: String,
+    /// The byte range of the text the token came from; `None` for a special token.
+    pub span: Option<(usize, usize)>,
+}
+
 /// Which tokens of a text longer than `max_len` are kept. The special tokens around the text
 /// (`[CLS]` ... `[SEP]`, `<s>` ... `</s>`) always stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -143,6 +154,30 @@ impl TextTokenizer {
             }
         }
         Ok(out)
+    }
+
+    /// The tokens [`Self::encode`] gives `text`, one per id in order (the same truncation), each
+    /// with its piece of the vocabulary and the byte range of `text` it came from (`None` for the
+    /// special tokens): what an attribution shows a score against.
+    pub fn tokens(&self, text: &str) -> Result<Vec<Token>> {
+        let whole = self
+            .untruncated
+            .encode(text, true)
+            .map_err(|cause| Error::Tokenizer {
+                path: self.path.clone(),
+                cause,
+            })?;
+        let special = whole.get_special_tokens_mask();
+        let keep = kept_positions(special, self.max_len, self.truncation);
+        Ok(keep
+            .into_iter()
+            .map(|k| Token {
+                id: whole.get_ids()[k],
+                type_id: whole.get_type_ids()[k],
+                piece: whole.get_tokens()[k].clone(),
+                span: (special[k] == 0).then(|| whole.get_offsets()[k]),
+            })
+            .collect())
     }
 
     /// Vocabulary size, added tokens included.

@@ -209,13 +209,28 @@ impl Embeddings {
         (counts + self.pad_token_id as f64)?.to_dtype(DType::U32)
     }
 
-    /// `(batch, seq)` ids -> `(batch * seq, hidden)` in f32, before dropout.
-    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Result<Tensor> {
+    /// `(batch, seq)` ids -> `(batch * seq, hidden)` in f32, before dropout. With `words`, the
+    /// `(batch * seq, width)` f32 rows stand in for the word-embedding lookup of `input_ids`
+    /// (which still give the positions): an attribution interpolates them, and backward reaches
+    /// them.
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        words: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let gather = |table: &Tensor, ids: &Tensor| table.index_select(&ids.flatten_all()?, 0);
         let position_ids = self.position_ids(input_ids)?;
         let (word, position) = (param(&self.word, train), param(&self.position, train));
         let token_type = self.token_type.as_ref().map(|t| param(t, train));
-        let summed = if cuda::applies(&[&word, &position])
+        let summed = if let Some(words) = words {
+            let summed = (words + gather(&position, &position_ids)?)?;
+            match token_type {
+                Some(table) => (summed + gather(&table, token_type_ids)?)?,
+                None => summed,
+            }
+        } else if cuda::applies(&[&word, &position])
             && token_type.as_ref().is_none_or(|t| cuda::applies(&[t]))
             && self.word.dim(1)? <= cuda::MAX_ROW
         {
@@ -765,13 +780,53 @@ impl BertModel {
         attention_mask: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
+        self.forward_inner(input_ids, token_type_ids, None, attention_mask, train)
+    }
+
+    /// [`Self::forward`] in evaluation mode (no dropout, no weight gradients) with `words`, f32
+    /// `(batch * seq, width)`, in place of the word embeddings of `input_ids` (which still give
+    /// the positions and the padding): the input of an attribution such as integrated
+    /// gradients, whose gradient backward computes when `words` is a variable.
+    pub fn forward_words(
+        &self,
+        words: &Tensor,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let width = self.config.embedding_width();
+        if words.dims() != [batch * seq, width] {
+            candle_core::bail!(
+                "word rows {:?} for ids ({batch}, {seq}): expected ({}, {width})",
+                words.dims(),
+                batch * seq
+            )
+        }
+        self.forward_inner(
+            input_ids,
+            token_type_ids,
+            Some(words),
+            attention_mask,
+            false,
+        )
+    }
+
+    fn forward_inner(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        words: Option<&Tensor>,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let hidden_p = self.config.hidden_dropout_prob;
         let (batch, seq) = input_ids.dims2()?;
         // Hidden states stay `(batch * seq, hidden)` through the stack: no reshape nodes, whose
         // gradients candle would accumulate into fresh buffers in backward.
         let xs = self
             .embeddings
-            .forward(input_ids, token_type_ids, train)?
+            .forward(input_ids, token_type_ids, words, train)?
             .to_dtype(self.dtype)?;
         let mut xs = ops::dropout(&xs, hidden_p, &self.rng, train)?;
         if let Some(project) = &self.project {

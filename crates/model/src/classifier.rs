@@ -224,6 +224,27 @@ impl Classifier {
         Ok((pooled, logits))
     }
 
+    /// Logits `(batch, num_labels)` f32 in evaluation mode, from `words` `(batch * seq, width)`
+    /// f32 in place of the word embeddings of `input_ids` ([`BertModel::forward_words`]): backward
+    /// from them reaches `words` when it is a variable, and no weight.
+    pub fn forward_words(
+        &self,
+        words: &Tensor,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let hidden =
+            self.encoder
+                .forward_words(words, input_ids, token_type_ids, attention_mask)?;
+        let pooled = ops::masked_mean(&hidden, attention_mask)?;
+        let (weight, bias) = (
+            param(&self.head_weight, false),
+            param(&self.head_bias, false),
+        );
+        ops::linear(&pooled, &weight, Some(&bias))
+    }
+
     /// The scalar training loss of `logits` against `labels`: `(batch,)` u32 class ids for
     /// single-label, `(batch, num_labels)` f32 0/1 targets for multi-label.
     pub fn loss(&self, logits: &Tensor, labels: &Tensor, options: &LossOptions) -> Result<Tensor> {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use wick_data::{read_examples, read_unlabelled, Dataset, TextTokenizer};
 use wick_model::classifier::LossOptions;
 use wick_model::{Classifier, Task};
@@ -38,6 +38,12 @@ impl std::fmt::Debug for Predictor {
 impl Predictor {
     /// Loads the checkpoint at `dir` (a run directory means its `best/`) on the requested device.
     pub fn open(dir: &Path, request: DeviceRequest) -> Result<Self> {
+        Self::open_as(dir, request, None)
+    }
+
+    /// [`Self::open`], computing in `dtype` instead of the run's `train.precision` when given
+    /// (f32 for attributions, whose gradients half precision would blur).
+    pub fn open_as(dir: &Path, request: DeviceRequest, dtype: Option<DType>) -> Result<Self> {
         let checkpoint = checkpoint::read(&checkpoint::resolve(dir))?;
         let chosen = device::choose(request)?;
         let config = &checkpoint.config;
@@ -51,7 +57,7 @@ impl Predictor {
             checkpoint.labels.len(),
             task,
             0.0,
-            config.train.precision.dtype(),
+            dtype.unwrap_or_else(|| config.train.precision.dtype()),
             &chosen.device,
             config.train.seed,
             &config.model.lora,
@@ -256,9 +262,19 @@ pub struct Ensemble {
 impl Ensemble {
     /// Opens every checkpoint in `dirs` (run directories mean their `best/`) on one device.
     pub fn open(dirs: &[impl AsRef<Path>], request: DeviceRequest) -> Result<Self> {
+        Self::open_as(dirs, request, None)
+    }
+
+    /// [`Self::open`] with every member computing in `dtype` when given
+    /// ([`Predictor::open_as`]).
+    pub fn open_as(
+        dirs: &[impl AsRef<Path>],
+        request: DeviceRequest,
+        dtype: Option<DType>,
+    ) -> Result<Self> {
         let mut members: Vec<Predictor> = Vec::with_capacity(dirs.len());
         for dir in dirs {
-            let member = Predictor::open(dir.as_ref(), request)?;
+            let member = Predictor::open_as(dir.as_ref(), request, dtype)?;
             if let Some(first) = members.first() {
                 check_compatible(first, &member)?;
             }

@@ -12,6 +12,7 @@ pub mod device;
 pub mod ema;
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod export;
 pub mod fit;
 mod fused_adamw;

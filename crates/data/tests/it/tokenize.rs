@@ -163,3 +163,67 @@ fn head_tail_keeps_the_special_tokens_and_the_order_of_both_parts() -> TestResul
     assert_eq!(head, [0, 1, 2, 3, 6]);
     Ok(())
 }
+
+#[test]
+fn tokens_are_encodes_ids_with_their_pieces_and_byte_spans() -> TestResult {
+    let dir = TempDir::new()?;
+    let text = "Add büttons? a b c a b c the bug";
+    for truncation in [
+        Truncation::Head,
+        Truncation::Tail,
+        Truncation::HeadTail { head: 2 },
+    ] {
+        for max_len in [6, 64] {
+            let tokenizer = tiny_tokenizer(&dir, max_len)?.with_truncation(truncation);
+            let tokens = tokenizer.tokens(text)?;
+            let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+            assert_eq!(
+                ids,
+                tokenizer.encode(&[text])?[0].ids,
+                "{truncation:?} {max_len}"
+            );
+            assert_eq!(
+                tokens.first().map(|t| (t.span, t.piece.as_str())),
+                Some((None, "[CLS]"))
+            );
+            assert_eq!(
+                tokens.last().map(|t| (t.span, t.piece.as_str())),
+                Some((None, "[SEP]"))
+            );
+            for token in &tokens[1..tokens.len() - 1] {
+                let (start, end) = token.span.ok_or("a content token without a span")?;
+                let source = text[start..end].to_lowercase();
+                let piece = token.piece.trim_start_matches("##");
+                assert!(
+                    token.id == id("[UNK]") || !source.is_ascii() || source == piece,
+                    "{source:?} for the piece {piece:?}"
+                );
+            }
+        }
+    }
+    let tokenizer = tiny_tokenizer(&dir, 64)?;
+    let pieces: Vec<String> = tokenizer
+        .tokens("add buttons?")?
+        .into_iter()
+        .map(|t| t.piece)
+        .collect();
+    assert_eq!(pieces, ["[CLS]", "add", "button", "##s", "?", "[SEP]"]);
+    // Byte offsets: "ü" is two bytes.
+    let spans: Vec<_> = tokenizer
+        .tokens("Add büttons?")?
+        .into_iter()
+        .map(|t| t.span)
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            None,
+            Some((0, 3)),
+            Some((4, 11)),
+            Some((11, 12)),
+            Some((12, 13)),
+            None
+        ]
+    );
+    Ok(())
+}

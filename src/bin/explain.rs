@@ -1,0 +1,303 @@
+//! `explain`: which words make a checkpoint give a text its label. Integrated gradients of the
+//! label's probability with respect to the word embeddings (`wick_trainer::explain`), per token
+//! and per word; the inputs are `predict`'s (arguments, `--data`, or JSONL on stdin).
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::Parser;
+use serde_json::{json, Map, Value};
+use wick_trainer::device::DeviceRequest;
+use wick_trainer::explain::{self, Explanation, Options, WordScore};
+use wick_trainer::infer::Ensemble;
+
+#[path = "../inputs.rs"]
+mod inputs;
+
+/// Show which words make a checkpoint give a text its label (integrated gradients).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A checkpoint directory (or a run directory, meaning its best/). Repeat it for an
+    /// ensemble whose members tokenize alike: their scores are averaged.
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+    /// The label to explain (by name); without it, each text's most probable label.
+    #[arg(long)]
+    label: Option<String>,
+    /// Quadrature points on the path from the baseline to the text (Captum's n_steps). The
+    /// scores' sum misses the change in probability by `delta`, which more steps shrink.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Points per forward and backward pass (memory against speed); 0: as many as fit in 4096
+    /// tokens.
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
+    /// The token that replaces every word of the text in the baseline (default: the
+    /// tokenizer's pad token, as in Captum's BERT tutorial).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Words listed for and against the label in the text output.
+    #[arg(long, default_value_t = 8)]
+    top: usize,
+    /// One JSON line per input instead of text: its fields, the label, probabilities, every
+    /// word's and token's score with its byte range.
+    #[arg(long)]
+    json: bool,
+    /// Also write an HTML page with every text's words shaded by their scores.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// A JSONL, CSV or Parquet file of the schema the checkpoint was trained on (its text
+    /// fields and filter), as for `predict`.
+    #[arg(long, conflicts_with = "texts")]
+    data: Option<PathBuf>,
+    /// Texts to explain; without any (and without --data), JSONL objects on stdin, as for
+    /// `predict`.
+    texts: Vec<String>,
+}
+
+fn run(args: Args) -> Result<()> {
+    let ensemble = Ensemble::open_as(&args.checkpoint, args.device, Some(DType::F32))?;
+    let labels = ensemble.labels().to_vec();
+    let label = match &args.label {
+        None => None,
+        Some(name) => match labels.iter().position(|l| l == name) {
+            Some(i) => Some(i),
+            None => bail!("--label {name:?}: the checkpoint's labels are {labels:?}"),
+        },
+    };
+    let examples = inputs::read(&ensemble, &args.texts, args.data.as_deref())?;
+    let options = Options {
+        steps: args.steps,
+        batch: args.batch,
+        baseline: args.baseline.clone(),
+    };
+    let color = !args.json && std::io::stdout().is_terminal();
+    let mut out = std::io::stdout().lock();
+    let mut page = args.html.as_ref().map(|_| String::new());
+    for (i, example) in examples.iter().enumerate() {
+        let explanation = explain::explain(&ensemble, example, label, &options)
+            .with_context(|| format!("input {}", i + 1))?;
+        if args.json {
+            writeln!(out, "{}", record(&example.fields, &explanation, &labels))?;
+        } else {
+            write!(
+                out,
+                "{}",
+                text_report(i + 1, &explanation, &labels, &options, args.top, color)
+            )?;
+        }
+        if let Some(page) = &mut page {
+            html_section(page, i + 1, &explanation, &labels);
+        }
+    }
+    if let (Some(path), Some(page)) = (&args.html, page) {
+        std::fs::write(path, html_page(&page))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The JSON line of one input: its fields passed through, then the explanation.
+fn record(fields: &Map<String, Value>, e: &Explanation, labels: &[String]) -> Value {
+    let mut record = fields.clone();
+    let probs: Map<String, Value> = labels
+        .iter()
+        .zip(&e.probs)
+        .map(|(l, &p)| (l.clone(), json!(p)))
+        .collect();
+    let words: Vec<Value> = e
+        .words
+        .iter()
+        .map(
+            |w| json!({"word": w.word, "start": w.span.0, "end": w.span.1, "score": w.attribution}),
+        )
+        .collect();
+    let tokens: Vec<Value> = e
+        .tokens
+        .iter()
+        .map(|t| {
+            json!({
+                "token": t.piece,
+                "start": t.span.map(|s| s.0),
+                "end": t.span.map(|s| s.1),
+                "score": t.attribution,
+            })
+        })
+        .collect();
+    for (key, value) in [
+        ("explained", json!(labels[e.label])),
+        ("prob", json!(e.prob)),
+        ("baseline_prob", json!(e.baseline_prob)),
+        ("delta", json!(e.delta)),
+        ("probs", Value::Object(probs)),
+        ("truncated", json!(!e.whole)),
+        ("words", Value::Array(words)),
+        ("tokens", Value::Array(tokens)),
+    ] {
+        record.insert(key.to_string(), value);
+    }
+    Value::Object(record)
+}
+
+/// The text report of one input: the label, the check of completeness, the words most for and
+/// against it, and (on a terminal) the text shaded by the scores.
+fn text_report(
+    number: usize,
+    e: &Explanation,
+    labels: &[String],
+    options: &Options,
+    top: usize,
+    color: bool,
+) -> String {
+    let mut s = String::new();
+    let others: Vec<String> = labels
+        .iter()
+        .zip(&e.probs)
+        .enumerate()
+        .filter(|&(i, _)| i != e.label)
+        .map(|(_, (l, p))| format!("{l} {p:.3}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "{number}: {} {:.3} ({})",
+        labels[e.label],
+        e.probs[e.label],
+        others.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "   scores sum to {:+.4} = {:.4} - {:.4} (the baseline's), delta {:+.1e} with {} steps{}",
+        e.sum(),
+        e.prob,
+        e.baseline_prob,
+        e.delta,
+        options.steps,
+        if e.whole {
+            ""
+        } else {
+            "; the text was truncated, cut words have no score"
+        }
+    );
+    let mut ranked: Vec<&WordScore> = e.words.iter().collect();
+    ranked.sort_by(|a, b| b.attribution.total_cmp(&a.attribution));
+    let list = |words: Vec<&WordScore>| {
+        words
+            .iter()
+            .map(|w| format!("{} {:+.3}", w.word, w.attribution))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let positive: Vec<&WordScore> = ranked
+        .iter()
+        .copied()
+        .filter(|w| w.attribution > 0.0)
+        .take(top)
+        .collect();
+    let negative: Vec<&WordScore> = ranked
+        .iter()
+        .rev()
+        .copied()
+        .filter(|w| w.attribution < 0.0)
+        .take(top)
+        .collect();
+    let _ = writeln!(s, "   for:     {}", list(positive));
+    let _ = writeln!(s, "   against: {}", list(negative));
+    if color {
+        let _ = writeln!(s, "   {}", shaded(e));
+    }
+    s
+}
+
+/// The largest absolute word score (at least a tiny positive number).
+fn scale(e: &Explanation) -> f64 {
+    e.words
+        .iter()
+        .map(|w| w.attribution.abs())
+        .fold(1e-12, f64::max)
+}
+
+/// Red-green shade of a score against `scale`: (r, g, b).
+fn shade(score: f64, scale: f64) -> (u8, u8, u8) {
+    let t = (score.abs() / scale).min(1.0);
+    let fade = (255.0 * (1.0 - 0.6 * t)) as u8;
+    if score >= 0.0 {
+        (fade, 255, fade)
+    } else {
+        (255, fade, fade)
+    }
+}
+
+/// The text with each word's background shaded (24-bit ANSI colours).
+fn shaded(e: &Explanation) -> String {
+    let scale = scale(e);
+    let mut s = String::new();
+    let mut at = 0;
+    for word in &e.words {
+        s.push_str(&e.text[at..word.span.0]);
+        let (r, g, b) = shade(word.attribution, scale);
+        let _ = write!(s, "\x1b[48;2;{r};{g};{b}m\x1b[30m{}\x1b[0m", word.word);
+        at = word.span.1;
+    }
+    s.push_str(&e.text[at..]);
+    s
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn html_section(page: &mut String, number: usize, e: &Explanation, labels: &[String]) {
+    let scale = scale(e);
+    let _ =
+        write!(
+        page,
+        "<section><h2>{number}: {} {:.3}</h2><p class=\"sum\">scores sum to {:+.4} (probability \
+         {:.4}, baseline {:.4}, delta {:+.1e}){}</p><pre>",
+        escape(&labels[e.label]),
+        e.probs[e.label],
+        e.sum(),
+        e.prob,
+        e.baseline_prob,
+        e.delta,
+        if e.whole { "" } else { "; truncated: cut words have no score" }
+    );
+    let mut at = 0;
+    for word in &e.words {
+        page.push_str(&escape(&e.text[at..word.span.0]));
+        let (r, g, b) = shade(word.attribution, scale);
+        let _ = write!(
+            page,
+            "<span style=\"background:rgb({r},{g},{b})\" title=\"{:+.4}\">{}</span>",
+            word.attribution,
+            escape(&word.word)
+        );
+        at = word.span.1;
+    }
+    page.push_str(&escape(&e.text[at..]));
+    page.push_str("</pre></section>\n");
+}
+
+fn html_page(body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>wick explain</title><style>\
+         body{{font-family:sans-serif;max-width:60em;margin:auto}}pre{{white-space:pre-wrap;\
+         font-size:0.95em}}.sum{{color:#555}}</style></head><body>\n<p>Green words raise the \
+         label's probability, red ones lower it (integrated gradients; hover for a word's \
+         score).</p>\n{body}</body></html>\n"
+    )
+}
+
+fn main() -> ExitCode {
+    wick_trainer::cli::run_main(|| run(Args::parse()))
+}

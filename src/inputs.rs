@@ -1,0 +1,56 @@
+//! The inputs `predict` and `explain` share (each includes this file as a module): texts from
+//! the arguments, records of a file of the checkpoint's schema (`--data`), or JSONL records on
+//! stdin.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+use wick_data::Unit;
+use wick_trainer::infer::Ensemble;
+
+/// The examples to label: `data`'s kept rows, else `texts`, else stdin's records; every one
+/// read with the first checkpoint's field mapping ([`wick_data::unlabelled_record`]).
+pub fn read(
+    ensemble: &Ensemble,
+    texts: &[String],
+    data: Option<&Path>,
+) -> Result<Vec<wick_data::Example>> {
+    let config = &ensemble.first().checkpoint.config.data;
+    match data {
+        Some(path) => Ok(ensemble.first().read_unlabelled(path)?),
+        None if texts.is_empty() => read_stdin(config),
+        None => Ok(texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let fields = Map::from_iter([("text".to_string(), Value::from(text.as_str()))]);
+                let at = wick_data::Location::new(Path::new("argument"), Unit::Item, i + 1);
+                wick_data::unlabelled_record(fields, config, &at)
+            })
+            .collect::<Result<_, _>>()?),
+    }
+}
+
+/// Reads stdin JSONL: each line an object, its text its string field `text` or else the
+/// checkpoint's text fields ([`wick_data::unlabelled_record`]).
+fn read_stdin(data: &wick_data::DataConfig) -> Result<Vec<wick_data::Example>> {
+    let stdin = Path::new("stdin");
+    let mut examples = Vec::new();
+    for (index, line) in std::io::stdin().lock().lines().enumerate() {
+        let number = index + 1;
+        let line = line.with_context(|| format!("stdin line {number}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value =
+            serde_json::from_str(&line).with_context(|| format!("stdin:{number}: not JSON"))?;
+        let Value::Object(object) = value else {
+            bail!("stdin:{number}: expected a JSON object")
+        };
+        let at = wick_data::Location::line(stdin, number);
+        examples.push(wick_data::unlabelled_record(object, data, &at)?);
+    }
+    Ok(examples)
+}

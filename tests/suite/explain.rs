@@ -1,0 +1,312 @@
+//! `explain`: integrated gradients against Captum's `LayerIntegratedGradients` (MiniLM's real
+//! weights, and a tiny random RoBERTa whose positions follow the padding), and the binary end to
+//! end: its probabilities are `predict`'s, its scores add up, an ensemble's scores are the mean of
+//! its members', and bad options are refused by name.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use serde::Deserialize;
+use serde_json::Value;
+use tempfile::TempDir;
+use wick_model::hub::{resolve, ModelSource};
+use wick_model::weights::{load_safetensors, named_vars};
+use wick_model::{BertConfig, Classifier, Task};
+use wick_trainer::explain::{integrated_gradients, Path as IgPath};
+
+use super::common::{
+    assert_fails_naming, assert_ok, checkpoint_probs, path_str, repo_root, run_bin, text,
+    train_tiny,
+};
+
+#[derive(Deserialize)]
+struct Reference {
+    temperature: f64,
+    pad_id: u32,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    input_ids: Vec<u32>,
+    label: usize,
+    steps: usize,
+    attributions: Vec<f64>,
+    delta: f64,
+    prob: f64,
+    baseline_prob: f64,
+}
+
+#[test]
+fn minilm_attributions_match_captum() {
+    attributions_match_captum(
+        ModelSource::from_id("sentence-transformers/all-MiniLM-L6-v2"),
+        "",
+        "make model",
+    );
+}
+
+/// RoBERTa's positions are counted after the padding row: the baseline keeps the text's.
+#[test]
+fn roberta_attributions_match_captum() {
+    attributions_match_captum(
+        ModelSource::from_path(repo_root().join("tests/reference/roberta_tiny")),
+        "roberta_",
+        "python tests/reference/make_reference.py --tiny roberta",
+    );
+}
+
+/// `{prefix}attributions.json` (tests/reference/make_attribution_reference.py) from the head in
+/// `{prefix}attribution_head.safetensors`: wick's token ids, scores, probabilities and delta.
+fn attributions_match_captum(source: ModelSource, prefix: &str, setup: &str) {
+    let dir = repo_root().join("tests/reference");
+    let reference: Reference = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("{prefix}attributions.json"))).unwrap(),
+    )
+    .unwrap();
+    let model = resolve(&source).unwrap_or_else(|e| panic!("{e}\nrun `{setup}` first"));
+    let tokenizer = wick_data::TextTokenizer::from_file(&model.tokenizer, 128).unwrap();
+    assert_eq!(tokenizer.pad_id(), reference.pad_id);
+    let config = BertConfig::from_file(&model.config).unwrap();
+    let (varmap, classifier) = Classifier::build(
+        &config,
+        3,
+        Task::SingleLabel,
+        0.0,
+        DType::F32,
+        &Device::Cpu,
+        0,
+    )
+    .unwrap();
+    load_safetensors(&varmap, &model.weights, false).unwrap();
+    let head = candle_core::safetensors::load(
+        dir.join(format!("{prefix}attribution_head.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (name, var) in named_vars(&varmap) {
+        if let Some(value) = head.get(&name) {
+            var.set(value).unwrap();
+        }
+    }
+    for case in &reference.cases {
+        let what = format!("{:?}, {} steps", case.text, case.steps);
+        let tokens = tokenizer.tokens(&case.text).unwrap();
+        let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+        assert_eq!(ids, case.input_ids, "{what}");
+        // Five points a pass: the passes' gradients add up to one integral.
+        let path = IgPath {
+            baseline_id: reference.pad_id,
+            temperature: reference.temperature,
+            steps: case.steps,
+            batch: 5,
+        };
+        let (scores, prob, baseline) =
+            integrated_gradients(&classifier, &Device::Cpu, &tokens, case.label, &path).unwrap();
+        assert!(
+            (prob - case.prob).abs() < 1e-5,
+            "{what}: F(x) {prob} vs {}",
+            case.prob
+        );
+        assert!(
+            (baseline - case.baseline_prob).abs() < 1e-5,
+            "{what}: F(x') {baseline} vs {}",
+            case.baseline_prob
+        );
+        for (i, (ours, theirs)) in scores.iter().zip(&case.attributions).enumerate() {
+            assert!(
+                (ours - theirs).abs() < 1e-5,
+                "{what}: token {i} ({}): {ours} vs Captum's {theirs}",
+                tokens[i].piece
+            );
+            if tokens[i].span.is_none() {
+                assert_eq!(*ours, 0.0, "{what}: special token {i} keeps its embedding");
+            }
+        }
+        let delta = scores.iter().sum::<f64>() - (prob - baseline);
+        assert!(
+            (delta - case.delta).abs() < 2e-4,
+            "{what}: delta {delta} vs {}",
+            case.delta
+        );
+    }
+}
+
+/// The `explain --json` lines of a run.
+fn explained(args: &[&str]) -> Vec<Value> {
+    let output = run_bin("explain", &[&["--json"], args].concat());
+    assert_ok(&output, "explain");
+    text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn scores(line: &Value, key: &str) -> Vec<f64> {
+    line[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["score"].as_f64().unwrap())
+        .collect()
+}
+
+const LABELS: [&str; 3] = ["needs_docs", "needs_test", "needs_review"];
+const TEXTS: [&str; 3] = [
+    "Docs: explain --offline in the README",
+    "CI flakes on macOS; add a regression test",
+    "ptal <3, rebased",
+];
+
+#[test]
+fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
+    let tmp = TempDir::new().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert_ok(&train_tiny(&a, &[]), "train a");
+    assert_ok(&train_tiny(&b, &["train.seed=8"]), "train b");
+    let predicted = checkpoint_probs(&a, &TEXTS);
+    let lines = explained(
+        &[
+            &["--checkpoint", path_str(&a), "--steps", "200", "--"],
+            &TEXTS[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(lines.len(), 3);
+    for ((line, text), probs) in lines.iter().zip(TEXTS).zip(&predicted) {
+        assert_eq!(line["text"], text, "the input's fields pass through");
+        let label = super::common::argmax(probs);
+        assert_eq!(
+            line["explained"], LABELS[label],
+            "{text}: the most probable label"
+        );
+        let prob = line["prob"].as_f64().unwrap();
+        assert!(
+            (prob - probs[label]).abs() < 1e-5,
+            "{text}: {prob} vs predict's {}",
+            probs[label]
+        );
+        let tokens = scores(line, "tokens");
+        let sum: f64 = tokens.iter().sum();
+        let baseline = line["baseline_prob"].as_f64().unwrap();
+        let delta = line["delta"].as_f64().unwrap();
+        assert!(
+            (delta - (sum - (prob - baseline))).abs() < 1e-9,
+            "{text}: delta is the gap"
+        );
+        assert!(
+            delta.abs() < 1e-3,
+            "{text}: 200 steps converge, delta {delta}"
+        );
+        let words: f64 = scores(line, "words").iter().sum();
+        assert!(
+            (words - sum).abs() < 1e-9,
+            "{text}: the words hold every token's score"
+        );
+        for word in line["words"].as_array().unwrap() {
+            let (start, end) = (
+                word["start"].as_u64().unwrap(),
+                word["end"].as_u64().unwrap(),
+            );
+            assert_eq!(word["word"], text[start as usize..end as usize]);
+        }
+        let tokens = line["tokens"].as_array().unwrap();
+        for edge in [&tokens[0], &tokens[tokens.len() - 1]] {
+            assert_eq!(
+                (edge["start"].is_null(), edge["score"].as_f64()),
+                (true, Some(0.0))
+            );
+        }
+        assert_eq!(line["truncated"], false);
+    }
+
+    // Another label on request.
+    let line = &explained(&[
+        "--checkpoint",
+        path_str(&a),
+        "--label",
+        "needs_test",
+        TEXTS[0],
+    ])[0];
+    assert_eq!(line["explained"], "needs_test");
+    assert!((line["prob"].as_f64().unwrap() - predicted[0][1]).abs() < 1e-5);
+
+    // An ensemble's scores are the mean of its members' (its probability is their mean).
+    let label = ["--label", "needs_docs"];
+    let alone = |dir: &Path| {
+        explained(
+            &[
+                &["--checkpoint", path_str(dir)],
+                &label[..],
+                &["--", TEXTS[1]],
+            ]
+            .concat(),
+        )
+        .remove(0)
+    };
+    let (one, two) = (alone(&a), alone(&b));
+    let both = explained(
+        &[
+            &["--checkpoint", path_str(&a), "--checkpoint", path_str(&b)],
+            &label[..],
+            &["--", TEXTS[1]],
+        ]
+        .concat(),
+    )
+    .remove(0);
+    for key in ["tokens", "words"] {
+        let mean: Vec<f64> = scores(&one, key)
+            .iter()
+            .zip(scores(&two, key))
+            .map(|(x, y)| (x + y) / 2.0)
+            .collect();
+        for (m, e) in mean.iter().zip(scores(&both, key)) {
+            assert!((m - e).abs() < 1e-6, "{key}: {m} vs the ensemble's {e}");
+        }
+    }
+    let mean_prob = (one["prob"].as_f64().unwrap() + two["prob"].as_f64().unwrap()) / 2.0;
+    assert!((both["prob"].as_f64().unwrap() - mean_prob).abs() < 1e-6);
+
+    // The text report and the HTML page.
+    let page = tmp.path().join("why.html");
+    let output = run_bin(
+        "explain",
+        &[
+            "--checkpoint",
+            path_str(&a),
+            "--html",
+            path_str(&page),
+            "--",
+            TEXTS[2],
+        ],
+    );
+    assert_ok(&output, "explain --html");
+    let report = text(&output.stdout);
+    assert!(
+        report.contains("scores sum to") && report.contains("for:"),
+        "{report}"
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("&lt;3") && !html.contains("<3"),
+        "the text is escaped"
+    );
+    assert_eq!(
+        html.matches("<span").count(),
+        3,
+        "one span per word: {html}"
+    );
+
+    // Refusals.
+    let refused = |args: &[&str], needles: &[&str]| {
+        let output = run_bin("explain", &[&["--checkpoint", path_str(&a)], args].concat());
+        assert_fails_naming(&output, needles);
+    };
+    refused(&["--label", "bug", "x"], &["--label", "bug", "needs_docs"]);
+    refused(&["--steps", "0", "x"], &["--steps"]);
+    refused(
+        &["--baseline", "[NOPE]", "x"],
+        &["--baseline", "[NOPE]", "tokenizer.json"],
+    );
+}
