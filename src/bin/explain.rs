@@ -35,6 +35,13 @@ struct Args {
     /// scores' sum misses the change in probability by `delta`, which more steps shrink.
     #[arg(long, default_value_t = 50)]
     steps: usize,
+    /// While |delta| is over this share of the change in probability (at least 0.01), the
+    /// steps double, up to --max-steps; 0 keeps --steps.
+    #[arg(long, default_value_t = 0.05)]
+    tolerance: f64,
+    /// The most steps doubling may reach.
+    #[arg(long, default_value_t = 400)]
+    max_steps: usize,
     /// Points per forward and backward pass (memory against speed); 0: as many as fit in 4096
     /// tokens.
     #[arg(long, default_value_t = 0)]
@@ -73,9 +80,14 @@ fn run(args: Args) -> Result<()> {
         },
     };
     let examples = inputs::read(&ensemble, &args.texts, args.data.as_deref())?;
+    if !(0.0..1.0).contains(&args.tolerance) {
+        bail!("--tolerance {}: a share in [0, 1)", args.tolerance);
+    }
     let options = Options {
         steps: args.steps,
         batch: args.batch,
+        tolerance: args.tolerance,
+        max_steps: args.max_steps,
         baseline: args.baseline.clone(),
     };
     let color = !args.json && std::io::stdout().is_terminal();
@@ -137,6 +149,7 @@ fn record(fields: &Map<String, Value>, e: &Explanation, labels: &[String]) -> Va
         ("prob", json!(e.prob)),
         ("baseline_prob", json!(e.baseline_prob)),
         ("delta", json!(e.delta)),
+        ("steps", json!(e.steps)),
         ("probs", Value::Object(probs)),
         ("truncated", json!(!e.whole)),
         ("words", Value::Array(words)),
@@ -179,13 +192,21 @@ fn text_report(
         e.prob,
         e.baseline_prob,
         e.delta,
-        options.steps,
+        e.steps,
         if e.whole {
             ""
         } else {
             "; the text was truncated, cut words have no score"
         }
     );
+    if explain::needs_more_steps(e.delta, e.prob - e.baseline_prob, options) {
+        let _ = writeln!(
+            s,
+            "   the gap is over --tolerance {} of the change at --max-steps {}: read the scores \
+             as rough, or raise --max-steps",
+            options.tolerance, options.max_steps
+        );
+    }
     let mut ranked: Vec<&WordScore> = e.words.iter().collect();
     ranked.sort_by(|a, b| b.attribution.total_cmp(&a.attribution));
     let list = |words: Vec<&WordScore>| {

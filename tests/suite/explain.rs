@@ -221,6 +221,46 @@ fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
         assert_eq!(line["truncated"], false);
     }
 
+    // Steps double from 1 while the gap is over 1% of the change (up to 64); with tolerance 0
+    // they stay as given.
+    let doubling = [
+        "--checkpoint",
+        path_str(&a),
+        "--steps",
+        "1",
+        "--tolerance",
+        "0.01",
+        "--max-steps",
+        "64",
+        "--",
+    ];
+    let lines = explained(&[&doubling[..], &TEXTS[..]].concat());
+    assert!(
+        lines.iter().any(|l| l["steps"].as_u64() > Some(1)),
+        "one point is not enough"
+    );
+    for line in lines {
+        let steps = line["steps"].as_u64().unwrap();
+        assert!(steps.is_power_of_two() && steps <= 64, "{steps} steps");
+        let change = line["prob"].as_f64().unwrap() - line["baseline_prob"].as_f64().unwrap();
+        let gap = line["delta"].as_f64().unwrap().abs();
+        assert!(
+            steps == 64 || gap <= 0.01 * change.abs().max(0.01),
+            "stopped at {steps} steps with a gap of {gap} for a change of {change}"
+        );
+        assert!(steps > 1 || gap <= 0.01 * change.abs().max(0.01));
+    }
+    let fixed = explained(&[
+        "--checkpoint",
+        path_str(&a),
+        "--steps",
+        "3",
+        "--tolerance",
+        "0",
+        TEXTS[1],
+    ]);
+    assert_eq!(fixed[0]["steps"], 3);
+
     // Another label on request.
     let line = &explained(&[
         "--checkpoint",
@@ -305,6 +345,7 @@ fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
     };
     refused(&["--label", "bug", "x"], &["--label", "bug", "needs_docs"]);
     refused(&["--steps", "0", "x"], &["--steps"]);
+    refused(&["--tolerance", "1.5", "x"], &["--tolerance"]);
     refused(
         &["--baseline", "[NOPE]", "x"],
         &["--baseline", "[NOPE]", "tokenizer.json"],

@@ -6,7 +6,9 @@
 //! pad token; the special tokens, positions and segments stay), the integral taken by
 //! Gauss-Legendre quadrature (Captum's default). The scores add up to `F(x) - F(x')` (the
 //! completeness axiom): how far they miss is each explanation's `delta`, which shrinks as the
-//! steps grow.
+//! steps grow. A text whose path turns sharply (a probability that jumps from 0.06 to 0.99 over
+//! a short stretch) needs more points than most: the steps double until the gap is within a
+//! tolerance of the change ([`Options::tolerance`]).
 
 use candle_core::{DType, Device, Tensor, Var};
 use wick_data::Token;
@@ -22,6 +24,12 @@ pub struct Options {
     pub steps: usize,
     /// Points per forward and backward pass; 0: as many as fit in [`PASS_TOKENS`] tokens.
     pub batch: usize,
+    /// Relative completeness tolerance: while `|delta|` is over `tolerance * max(|F(x) -
+    /// F(x')|, 0.01)` the steps double ([`needs_more_steps`]), up to `max_steps`. 0: `steps`
+    /// only.
+    pub tolerance: f64,
+    /// The most steps doubling may reach.
+    pub max_steps: usize,
     /// The baseline's token in place of every content token; `None`: the tokenizer's pad token.
     pub baseline: Option<String>,
 }
@@ -31,6 +39,8 @@ impl Default for Options {
         Self {
             steps: 50,
             batch: 0,
+            tolerance: 0.05,
+            max_steps: 400,
             baseline: None,
         }
     }
@@ -76,6 +86,9 @@ pub struct Explanation {
     pub words: Vec<WordScore>,
     /// `sum(attributions) - (prob - baseline_prob)`: the quadrature's error.
     pub delta: f64,
+    /// The quadrature points used: [`Options::steps`], doubled while the gap was over the
+    /// tolerance.
+    pub steps: usize,
     /// Whether the model saw the whole text (false: truncated to `max_len`; the words it cut
     /// have no score).
     pub whole: bool,
@@ -148,8 +161,7 @@ pub fn explain(
     };
     let first = ensemble.first();
     let tokens = first.tokenizer.tokens(&text)?;
-    let mut sums: Option<(Vec<f64>, f64, f64)> = None;
-    for member in ensemble.members() {
+    for member in &ensemble.members()[1..] {
         let own = member.tokenizer.tokens(&text)?;
         if own.iter().map(|t| t.id).ne(tokens.iter().map(|t| t.id)) {
             return Err(TrainError::Checkpoint {
@@ -162,7 +174,66 @@ pub fn explain(
                 ),
             });
         }
-        let (scores, prob, baseline) = member_attributions(member, &own, label, options)?;
+    }
+    let mut steps = options.steps;
+    let (sum, prob, baseline) = loop {
+        let (sum, prob, baseline) =
+            ensemble_attributions(ensemble, &tokens, label, steps, options)?;
+        let delta = sum.iter().sum::<f64>() - (prob - baseline);
+        if !needs_more_steps(delta, prob - baseline, options) || steps * 2 > options.max_steps {
+            break (sum, prob, baseline);
+        }
+        steps *= 2;
+    };
+    let tokens: Vec<TokenScore> = tokens
+        .into_iter()
+        .zip(sum)
+        .map(|(token, attribution)| TokenScore {
+            piece: token.piece,
+            span: token.span,
+            attribution,
+        })
+        .collect();
+    let words = words(&text, &tokens);
+    let whole = first.tokenizer.encode(&[text.as_str()])?[0].full_len <= first.tokenizer.max_len();
+    let total: f64 = tokens.iter().map(|t| t.attribution).sum();
+    Ok(Explanation {
+        text,
+        probs,
+        label,
+        prob,
+        baseline_prob: baseline,
+        tokens,
+        words,
+        delta: total - (prob - baseline),
+        steps,
+        whole,
+    })
+}
+
+/// Whether the gap `delta` is over the tolerance for a change `change` in probability:
+/// `|delta| > tolerance * max(|change|, 0.01)` (0.01: a label the text barely moves is not held
+/// to a gap of a fraction of nothing).
+pub fn needs_more_steps(delta: f64, change: f64, options: &Options) -> bool {
+    options.tolerance > 0.0 && delta.abs() > options.tolerance * change.abs().max(0.01)
+}
+
+/// The members' mean token scores, `F(x)` and `F(x')` with `steps` points; every member
+/// tokenizes the text as `tokens` (checked by [`explain`]).
+fn ensemble_attributions(
+    ensemble: &Ensemble,
+    tokens: &[Token],
+    label: usize,
+    steps: usize,
+    options: &Options,
+) -> Result<(Vec<f64>, f64, f64)> {
+    let options = Options {
+        steps,
+        ..options.clone()
+    };
+    let mut sums: Option<(Vec<f64>, f64, f64)> = None;
+    for member in ensemble.members() {
+        let (scores, prob, baseline) = member_attributions(member, tokens, label, &options)?;
         sums = Some(match sums {
             None => (scores, prob, baseline),
             Some((sum, p, b)) => (
@@ -174,30 +245,11 @@ pub fn explain(
     }
     let (sum, prob, baseline) = sums.unwrap_or_default();
     let n = ensemble.members().len() as f64;
-    let tokens: Vec<TokenScore> = tokens
-        .into_iter()
-        .zip(sum)
-        .map(|(token, s)| TokenScore {
-            piece: token.piece,
-            span: token.span,
-            attribution: s / n,
-        })
-        .collect();
-    let words = words(&text, &tokens);
-    let whole = first.tokenizer.encode(&[text.as_str()])?[0].full_len <= first.tokenizer.max_len();
-    let (prob, baseline_prob) = (prob / n, baseline / n);
-    let total: f64 = tokens.iter().map(|t| t.attribution).sum();
-    Ok(Explanation {
-        text,
-        probs,
-        label,
-        prob,
-        baseline_prob,
-        tokens,
-        words,
-        delta: total - (prob - baseline_prob),
-        whole,
-    })
+    Ok((
+        sum.into_iter().map(|s| s / n).collect(),
+        prob / n,
+        baseline / n,
+    ))
 }
 
 fn argmax(values: &[f32]) -> usize {
