@@ -9,7 +9,7 @@ FEATURES ?= metal,accelerate
 endif
 FEATURE_FLAGS = $(if $(FEATURES),--features $(FEATURES))
 
-.PHONY: all model model-mpnet train test check-apple test-aarch64 lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score export-check bench bench-serve bench-compare
+.PHONY: all model model-mpnet train test check-apple test-aarch64 lint fmt clean-runs nlbse-data nlbse nlbse-mpnet triage-score export-check bench bench-serve bench-explain bench-compare
 
 all: test
 
@@ -57,6 +57,10 @@ bench: model
 ## bench-serve: requests/s and latency of `serve` on $(RUN)'s best checkpoint, 1/4/16 clients, batching off and on (run `make train` first)
 bench-serve:
 	$(CARGO) run --release $(FEATURE_FLAGS) --example serve_load -- --checkpoint $(RUN)
+
+## bench-explain: `explain` on $(RUN)'s best checkpoint over the flagship test texts: time per explanation, completeness, and the deletion test (top-scored words against random ones; run `make train` first)
+bench-explain:
+	$(CARGO) run --release $(FEATURE_FLAGS) --example explain_check -- --checkpoint $(RUN)
 
 ## bench-compare: wick vs PyTorch, alternating rounds, MiniLM 32x128 f32, nproc threads (BENCH_PYTHON=<python with torch> skips bench/.venv)
 bench-compare: model

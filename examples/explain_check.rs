@@ -3,7 +3,7 @@
 //! score deleted, and with `k` words chosen at random (seeded) deleted: the more the model's
 //! probability for the label falls without the words the explanation ranked first, against
 //! random ones, the more the scores say what the model uses (the deletion test of Samek et al.
-//! 2017, on words).
+//! 2017, on words as Arras et al. 2017 ran it).
 //!
 //!     cargo run --release --example explain_check -- --checkpoint runs/default \
 //!         [--data data/triage/test.jsonl] [--steps 50] [--tolerance 0.05] [--k 1,3] [--limit N]
