@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Parser;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::explain::{self, Explanation, Options, WordScore};
 use wick_trainer::infer::Ensemble;
@@ -97,7 +97,8 @@ fn run(args: Args) -> Result<()> {
         let explanation = explain::explain(&ensemble, example, label, &options)
             .with_context(|| format!("input {}", i + 1))?;
         if args.json {
-            writeln!(out, "{}", record(&example.fields, &explanation, &labels))?;
+            let record = explanation.record(example.fields.clone(), &labels);
+            writeln!(out, "{}", Value::Object(record))?;
         } else {
             write!(
                 out,
@@ -115,49 +116,6 @@ fn run(args: Args) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
-}
-
-/// The JSON line of one input: its fields passed through, then the explanation.
-fn record(fields: &Map<String, Value>, e: &Explanation, labels: &[String]) -> Value {
-    let mut record = fields.clone();
-    let probs: Map<String, Value> = labels
-        .iter()
-        .zip(&e.probs)
-        .map(|(l, &p)| (l.clone(), json!(p)))
-        .collect();
-    let words: Vec<Value> = e
-        .words
-        .iter()
-        .map(
-            |w| json!({"word": w.word, "start": w.span.0, "end": w.span.1, "score": w.attribution}),
-        )
-        .collect();
-    let tokens: Vec<Value> = e
-        .tokens
-        .iter()
-        .map(|t| {
-            json!({
-                "token": t.piece,
-                "start": t.span.map(|s| s.0),
-                "end": t.span.map(|s| s.1),
-                "score": t.attribution,
-            })
-        })
-        .collect();
-    for (key, value) in [
-        ("explained", json!(labels[e.label])),
-        ("prob", json!(e.prob)),
-        ("baseline_prob", json!(e.baseline_prob)),
-        ("delta", json!(e.delta)),
-        ("steps", json!(e.steps)),
-        ("probs", Value::Object(probs)),
-        ("truncated", json!(!e.whole)),
-        ("words", Value::Array(words)),
-        ("tokens", Value::Array(tokens)),
-    ] {
-        record.insert(key.to_string(), value);
-    }
-    Value::Object(record)
 }
 
 /// The text report of one input: the label, the check of completeness, the words most for and

@@ -1,6 +1,7 @@
 //! `serve`: label texts over HTTP with a checkpoint (or an ensemble of several) until stopped.
 //! `POST /predict` takes a text, a record of the training file's schema or a list of them and
-//! answers what `predict` writes for each; `GET /info` and `GET /health` describe the server.
+//! answers what `predict` writes for each; `POST /explain` answers what `explain --json` writes;
+//! `GET /info` and `GET /health` describe the server.
 //! Concurrent requests share model calls (`wick_trainer::serve`).
 
 use std::io::Write;
@@ -82,7 +83,7 @@ fn run(args: Args) -> Result<()> {
     .with_context(|| format!("serving on {address}"))?;
     let info = server.info();
     eprintln!(
-        "serving {} on {} (labels {}); POST /predict, GET /info, GET /health; Ctrl-C stops",
+        "serving {} on {} (labels {}); POST /predict, POST /explain, GET /info, GET /health; Ctrl-C stops",
         joined(&info["checkpoints"]),
         info["device"].as_str().unwrap_or("?"),
         joined(&info["labels"]),
@@ -97,8 +98,9 @@ fn run(args: Args) -> Result<()> {
     eprintln!("stopping: answering the requests in progress");
     let stats = server.shutdown();
     eprintln!(
-        "stopped after {} request(s) ({} refused): {} input(s) in {} model call(s), the largest {}",
-        stats.requests, stats.errors, stats.inputs, stats.batches, stats.largest_batch
+        "stopped after {} request(s) ({} refused): {} input(s) in {} model call(s), the largest {}; \
+         {} explained",
+        stats.requests, stats.errors, stats.inputs, stats.batches, stats.largest_batch, stats.explained
     );
     Ok(())
 }

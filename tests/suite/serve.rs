@@ -420,3 +420,115 @@ fn serve_and_predict_read_records_of_the_training_schema_for_an_ensemble() {
     let (status, stderr) = server.terminate();
     assert!(status.success(), "{stderr}");
 }
+
+/// `explain --json`'s records for `args`.
+fn explained(args: &[&str]) -> Vec<Value> {
+    let output = run_bin("explain", &[&["--json"], args].concat());
+    assert_ok(&output, "explain");
+    text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Asserts two explanation records agree: the same fields, label, words and tokens, and numbers
+/// within 1e-6.
+fn assert_same_explanation(served: &Value, expected: &Value, what: &str) {
+    fn close(a: &Value, b: &Value, path: &str) {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!((x - y).abs() < 1e-6, "{path}: {x} against explain's {y}");
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                assert_eq!(x.len(), y.len(), "{path}: lengths");
+                for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                    close(x, y, &format!("{path}[{i}]"));
+                }
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                let keys =
+                    |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+                assert_eq!(keys(x), keys(y), "{path}: fields");
+                for (key, y) in y {
+                    close(&x[key], y, &format!("{path}.{key}"));
+                }
+            }
+            _ => assert_eq!(a, b, "{path}"),
+        }
+    }
+    close(served, expected, what);
+}
+
+#[test]
+fn serve_explains_as_explain_does() {
+    let dir = TempDir::new().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(&train_tiny(&run, &[]), "train");
+    let run_arg = path_str(&run);
+    let texts = ["Docs: explain --offline", "CI flakes on macOS", "ptal"];
+    let expected = explained(&[&["--checkpoint", run_arg, "--"], &texts[..]].concat());
+    let server = Serving::start(&["--checkpoint", run_arg, "--max-batch", "2"]);
+    let post = |path: &str, body: &Value| {
+        let (status, _, answer) = server.request("POST", path, body.to_string().as_bytes());
+        (status, answer)
+    };
+
+    let (status, one) = post("/explain", &json!(texts[0]));
+    assert_eq!(status, 200, "{one}");
+    assert_same_explanation(&one, &expected[0], "a JSON string");
+
+    // A list of records: fields pass through, one answer each, in order.
+    let records = json!([{"id": 1, "text": texts[1]}, {"id": 2, "text": texts[2]}]);
+    let (status, two) = post("/explain", &records);
+    assert_eq!(status, 200, "{two}");
+    for (i, (served, expected)) in two
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&expected[1..])
+        .enumerate()
+    {
+        assert_eq!(served["id"], json!(i + 1));
+        let mut served = served.clone();
+        served.as_object_mut().unwrap().remove("id");
+        assert_same_explanation(&served, expected, &format!("list item {}", i + 1));
+    }
+
+    // Another label, as `explain --label` gives it.
+    let (status, other) = post("/explain?label=needs_test", &json!(texts[0]));
+    assert_eq!(status, 200, "{other}");
+    let expected_other = explained(&["--checkpoint", run_arg, "--label", "needs_test", texts[0]]);
+    assert_same_explanation(&other, &expected_other[0], "?label=needs_test");
+
+    // Refusals.
+    let (status, refused) = post("/explain", &json!(texts));
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2 (--max-batch)"),
+        "{refused}"
+    );
+    let (status, refused) = post("/explain?label=bug", &json!(texts[0]));
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"]
+        .as_str()
+        .unwrap()
+        .contains("\"bug\" is not one of the labels"));
+    let (status, head, refused) = server.request("GET", "/explain", b"");
+    assert_eq!(status, 405, "{refused}");
+    assert!(head.contains("allow: post"), "{head}");
+
+    // Predictions still work beside explanations, and the counters keep them apart.
+    let (status, predicted) = server.post(&json!(texts[0]));
+    assert_eq!(status, 200, "{predicted}");
+    assert_eq!(predicted["probs"], one["probs"]);
+    let (_, _, info) = server.request("GET", "/info", b"");
+    assert_eq!(info["served"]["explained"], json!(4), "{info}");
+    assert_eq!(info["served"]["inputs"], json!(1), "{info}");
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("4 explained"), "{stderr}");
+}

@@ -11,6 +11,7 @@
 //! tolerance of the change ([`Options::tolerance`]).
 
 use candle_core::{DType, Device, Tensor, Var};
+use serde_json::{json, Map, Value};
 use wick_data::Token;
 use wick_model::Classifier;
 
@@ -97,6 +98,51 @@ pub struct Explanation {
 impl Explanation {
     pub fn sum(&self) -> f64 {
         self.tokens.iter().map(|t| t.attribution).sum()
+    }
+
+    /// The JSON record `explain --json` writes and `serve`'s `/explain` answers: the input's
+    /// `fields`, then `explained` (the label's name), `prob`, `baseline_prob`, `delta`, `steps`,
+    /// `probs` (every label's), `truncated`, and every word's and token's `score` with its byte
+    /// range (`start`, `end`; null for a special token).
+    pub fn record(&self, fields: Map<String, Value>, labels: &[String]) -> Map<String, Value> {
+        let mut record = fields;
+        let probs: Map<String, Value> = labels
+            .iter()
+            .zip(&self.probs)
+            .map(|(l, &p)| (l.clone(), json!(p)))
+            .collect();
+        let words: Vec<Value> = self
+            .words
+            .iter()
+            .map(|w| json!({"word": w.word, "start": w.span.0, "end": w.span.1, "score": w.attribution}))
+            .collect();
+        let tokens: Vec<Value> = self
+            .tokens
+            .iter()
+            .map(|t| {
+                json!({
+                    "token": t.piece,
+                    "start": t.span.map(|s| s.0),
+                    "end": t.span.map(|s| s.1),
+                    "score": t.attribution,
+                })
+            })
+            .collect();
+        let explained = labels.get(self.label).cloned().unwrap_or_default();
+        for (key, value) in [
+            ("explained", json!(explained)),
+            ("prob", json!(self.prob)),
+            ("baseline_prob", json!(self.baseline_prob)),
+            ("delta", json!(self.delta)),
+            ("steps", json!(self.steps)),
+            ("probs", Value::Object(probs)),
+            ("truncated", json!(!self.whole)),
+            ("words", Value::Array(words)),
+            ("tokens", Value::Array(tokens)),
+        ] {
+            record.insert(key.to_string(), value);
+        }
+        record
     }
 }
 

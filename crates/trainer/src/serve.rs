@@ -1,6 +1,7 @@
 //! Serving a checkpoint (or an ensemble) over HTTP. `POST /predict` takes a text, a record of the
 //! training file's schema, or a list of them, and answers for each what `predict` writes;
-//! `GET /info` describes the model and what was served, `GET /health` says the server is up.
+//! `POST /explain` takes the same and answers what `explain --json` writes; `GET /info`
+//! describes the model and what was served, `GET /health` says the server is up.
 //!
 //! One thread owns the model: it opens it, so the model never crosses threads, and runs every
 //! forward pass. Request threads parse, queue their inputs to it and wait. When it is free it
@@ -25,6 +26,7 @@ use wick_data::{json_kind, unlabelled_record, DataConfig, Example, Location, Tar
 
 use crate::error::{Result, TrainError};
 use crate::eval::prediction_record;
+use crate::explain::{self, Explanation};
 use crate::infer::Ensemble;
 
 /// How the server batches, reads requests and labels.
@@ -58,7 +60,7 @@ pub struct Served {
     pub method: String,
     pub path: String,
     pub status: u16,
-    /// Inputs labelled (0 for other routes and refused requests).
+    /// Inputs labelled or explained (0 for other routes and refused requests).
     pub inputs: usize,
     /// From the request's arrival at a request thread to its answer being written.
     pub elapsed: Duration,
@@ -71,12 +73,14 @@ pub struct Stats {
     pub requests: u64,
     /// Requests answered with a 4xx or 5xx status.
     pub errors: u64,
-    /// Inputs labelled.
+    /// Inputs labelled by `POST /predict`.
     pub inputs: u64,
     /// Model calls: `inputs / batches` is the mean batch.
     pub batches: u64,
     /// The most inputs one model call took.
     pub largest_batch: u64,
+    /// Inputs explained (`POST /explain`), not counted in `batches`.
+    pub explained: u64,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +90,7 @@ struct Counters {
     inputs: AtomicU64,
     batches: AtomicU64,
     largest_batch: AtomicU64,
+    explained: AtomicU64,
 }
 
 impl Counters {
@@ -96,14 +101,38 @@ impl Counters {
             inputs: self.inputs.load(Ordering::SeqCst),
             batches: self.batches.load(Ordering::SeqCst),
             largest_batch: self.largest_batch.load(Ordering::SeqCst),
+            explained: self.explained.load(Ordering::SeqCst),
         }
     }
 }
 
-/// The inputs of one request, queued to the model thread, and where their probabilities go.
-struct Job {
-    examples: Vec<Example>,
-    reply: Sender<std::result::Result<Vec<Vec<f32>>, String>>,
+/// What the model thread sends back for a job: its answers, or the error that stopped it.
+type Reply<T> = Sender<std::result::Result<Vec<T>, String>>;
+
+/// One request's inputs, queued to the model thread, and where their answers go.
+enum Job {
+    /// Probabilities: batched with the other predictions queued.
+    Predict {
+        examples: Vec<Example>,
+        reply: Reply<Vec<f32>>,
+    },
+    /// Explanations of `label` (`None`: each input's most probable label): run alone, one
+    /// input after another.
+    Explain {
+        examples: Vec<Example>,
+        label: Option<usize>,
+        reply: Reply<Explanation>,
+    },
+}
+
+impl Job {
+    /// Its weight against [`ServeOptions::max_batch`]: an explanation never shares a call.
+    fn size(&self) -> usize {
+        match self {
+            Job::Predict { examples, .. } => examples.len(),
+            Job::Explain { .. } => usize::MAX,
+        }
+    }
 }
 
 /// What the request threads know of the model, read once by the model thread.
@@ -343,7 +372,8 @@ fn warm_up(ensemble: &Ensemble) -> Result<()> {
     Ok(())
 }
 
-/// The model thread's loop: one model call per batch of queued jobs, until every sender is gone.
+/// The model thread's loop: one model call per batch of queued predictions, and each
+/// explanation job on its own, until every sender is gone.
 fn run_model(ensemble: &Ensemble, queue: &Receiver<Job>, max_batch: usize, counters: &Counters) {
     let mut held = None;
     loop {
@@ -354,18 +384,38 @@ fn run_model(ensemble: &Ensemble, queue: &Receiver<Job>, max_batch: usize, count
                 Err(_) => return,
             },
         };
-        let mut batch = gather(
-            first,
-            queue,
-            max_batch,
-            |job: &Job| job.examples.len(),
-            &mut held,
-        );
-        let sizes: Vec<usize> = batch.iter().map(|job| job.examples.len()).collect();
-        let examples: Vec<Example> = batch
-            .iter_mut()
-            .flat_map(|job| std::mem::take(&mut job.examples))
-            .collect();
+        if let Job::Explain {
+            examples,
+            label,
+            reply,
+        } = first
+        {
+            let explained = examples
+                .iter()
+                .map(|example| {
+                    explain::explain(ensemble, example, label, &explain::Options::default())
+                })
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| e.to_string());
+            counters
+                .explained
+                .fetch_add(examples.len() as u64, Ordering::SeqCst);
+            let _ = reply.send(explained);
+            continue;
+        }
+        let batch = gather(first, queue, max_batch, Job::size, &mut held);
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut examples = Vec::new();
+        for job in batch {
+            if let Job::Predict {
+                examples: mut own,
+                reply,
+            } = job
+            {
+                replies.push((reply, own.len()));
+                examples.append(&mut own);
+            }
+        }
         let result = ensemble.predict_examples(&examples, &Targets::None);
         counters.batches.fetch_add(1, Ordering::SeqCst);
         counters
@@ -374,13 +424,13 @@ fn run_model(ensemble: &Ensemble, queue: &Receiver<Job>, max_batch: usize, count
         match result {
             Ok(predictions) => {
                 let mut rows = predictions.probs.into_iter();
-                for (job, size) in batch.into_iter().zip(sizes) {
-                    let _ = job.reply.send(Ok(rows.by_ref().take(size).collect()));
+                for (reply, size) in replies {
+                    let _ = reply.send(Ok(rows.by_ref().take(size).collect()));
                 }
             }
             Err(e) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(e.to_string()));
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(e.to_string()));
                 }
             }
         }
@@ -400,7 +450,7 @@ fn gather<T>(
     let mut batch = vec![first];
     while total < max {
         match queue.try_recv() {
-            Ok(item) if total + size(&item) <= max => {
+            Ok(item) if total.saturating_add(size(&item)) <= max => {
                 total += size(&item);
                 batch.push(item);
             }
@@ -437,17 +487,24 @@ fn handle(mut request: Request, context: &Context, jobs: &Sender<Job>) {
             inputs = count;
             value
         }),
+        (Method::Post, "/explain") => explain(&mut request, context, jobs).map(|(value, count)| {
+            inputs = count;
+            value
+        }),
         (_, "/health" | "/info") => {
             allow = Some("GET");
             Err(Failure(405, format!("{path} takes GET, not {method}")))
         }
-        (_, "/predict") => {
+        (_, "/predict" | "/explain") => {
             allow = Some("POST");
             Err(Failure(405, format!("{path} takes POST, not {method}")))
         }
         _ => Err(Failure(
             404,
-            format!("no route {method} {path}; the routes: POST /predict, GET /info, GET /health"),
+            format!(
+                "no route {method} {path}; the routes: POST /predict, POST /explain, GET /info, \
+                 GET /health"
+            ),
         )),
     };
     let (status, body) = match answer {
@@ -458,7 +515,7 @@ fn handle(mut request: Request, context: &Context, jobs: &Sender<Job>) {
     counters.requests.fetch_add(1, Ordering::SeqCst);
     if status >= 400 {
         counters.errors.fetch_add(1, Ordering::SeqCst);
-    } else {
+    } else if path == "/predict" {
         counters.inputs.fetch_add(inputs as u64, Ordering::SeqCst);
     }
     let mut response = Response::from_string(body.to_string())
@@ -484,35 +541,90 @@ fn header(name: &str, value: &str) -> Header {
         .unwrap_or_else(|()| unreachable!("header {name}: {value} is not ASCII"))
 }
 
-/// The request's `?min_prob=P` (this request's `--min-prob`); other parameters are refused by
-/// name, so that a misspelt one does not go unnoticed.
-fn query_min_prob(url: &str) -> std::result::Result<Option<f64>, Failure> {
-    let Some((_, query)) = url.split_once('?') else {
-        return Ok(None);
-    };
-    let mut min_prob = None;
+/// The request's query parameters, decoded, each one of `allowed` (another is refused by
+/// name, so that a misspelt one does not go unnoticed).
+fn query(url: &str, allowed: &[&str]) -> std::result::Result<Vec<(String, String)>, Failure> {
+    let (route, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut pairs = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != "min_prob" {
+        let (key, value) = (decode(key), decode(value));
+        if !allowed.contains(&key.as_str()) {
             return Err(Failure(
                 400,
-                format!("unknown query parameter {key:?}; /predict takes min_prob"),
+                format!(
+                    "unknown query parameter {key:?}; {route} takes {}",
+                    allowed.join(", ")
+                ),
             ));
         }
-        let p = crate::cli::probability(value)
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+/// A query component with `%XX` escapes and `+` (a space) decoded; a malformed escape stays as
+/// it is.
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The request's `?min_prob=P` (this request's `--min-prob`).
+fn query_min_prob(url: &str) -> std::result::Result<Option<f64>, Failure> {
+    let mut min_prob = None;
+    for (_, value) in query(url, &["min_prob"])? {
+        let p = crate::cli::probability(&value)
             .map_err(|e| Failure(400, format!("query parameter min_prob: {e}")))?;
         min_prob = Some(p);
     }
     Ok(min_prob)
 }
 
-/// `POST /predict`: the predictions for the body's inputs, and how many there were.
-fn predict(
-    request: &mut Request,
-    context: &Context,
-    jobs: &Sender<Job>,
-) -> std::result::Result<(Value, usize), Failure> {
-    let min_prob = query_min_prob(request.url())?.or(context.options.min_prob);
+/// The request's `?label=NAME` (the label to explain), as an index into `labels`.
+fn query_label(url: &str, labels: &[String]) -> std::result::Result<Option<usize>, Failure> {
+    let mut label = None;
+    for (_, name) in query(url, &["label"])? {
+        let index = labels.iter().position(|l| *l == name).ok_or_else(|| {
+            Failure(
+                400,
+                format!("query parameter label: {name:?} is not one of the labels {labels:?}"),
+            )
+        })?;
+        label = Some(index);
+    }
+    Ok(label)
+}
+
+/// A request body's inputs (a text, a record or a list of them) read as examples of the
+/// checkpoint's schema, with their fields taken out, and whether it held one input (not a
+/// list).
+type Inputs = (Vec<Example>, Vec<Map<String, Value>>, bool);
+
+/// Reads the body of a `POST /predict` or `/explain`.
+fn read_inputs(request: &mut Request, context: &Context) -> std::result::Result<Inputs, Failure> {
     let limit = context.options.max_body_bytes;
     let too_large = || Failure(413, format!("the request body is over {limit} bytes"));
     if request.body_length().is_some_and(|length| length > limit) {
@@ -566,35 +678,96 @@ fn predict(
             unlabelled_record(fields, data, &at).map_err(|e| Failure(400, e.to_string()))
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-
-    let count = examples.len();
-    // The fields come back with the predictions; the model thread needs only the texts.
-    let fields: Vec<Map<String, Value>> = examples
+    // The fields come back with the answers; the model thread needs only the texts.
+    let fields = examples
         .iter_mut()
         .map(|example| std::mem::take(&mut example.fields))
         .collect();
-    let (reply, answer) = mpsc::channel();
+    Ok((examples, fields, one))
+}
+
+/// Queues `job` and waits for its answers, which `reply` receives.
+fn answers<T>(
+    jobs: &Sender<Job>,
+    job: Job,
+    answer: &Receiver<std::result::Result<Vec<T>, String>>,
+    what: &str,
+) -> std::result::Result<Vec<T>, Failure> {
     let gone = || Failure(503, "the model thread has stopped".into());
-    jobs.send(Job { examples, reply }).map_err(|_| gone())?;
-    let probs = answer
+    jobs.send(job).map_err(|_| gone())?;
+    answer
         .recv()
         .map_err(|_| gone())?
-        .map_err(|e| Failure(500, format!("prediction failed: {e}")))?;
-    let mut records = fields.into_iter().zip(&probs).map(|(fields, p)| {
-        Value::Object(prediction_record(
-            fields,
-            &context.model.labels,
-            p,
-            data.multi_label,
-            min_prob,
-        ))
-    });
-    let value = if one {
+        .map_err(|e| Failure(500, format!("{what} failed: {e}")))
+}
+
+/// One answer object per input, or the one object of a request that was not a list.
+fn respond(records: impl Iterator<Item = Map<String, Value>>, one: bool) -> Value {
+    let mut records = records.map(Value::Object);
+    if one {
         records.next().unwrap_or(Value::Null)
     } else {
         Value::Array(records.collect())
+    }
+}
+
+/// `POST /predict`: the predictions for the body's inputs, and how many there were.
+fn predict(
+    request: &mut Request,
+    context: &Context,
+    jobs: &Sender<Job>,
+) -> std::result::Result<(Value, usize), Failure> {
+    let min_prob = query_min_prob(request.url())?.or(context.options.min_prob);
+    let (examples, fields, one) = read_inputs(request, context)?;
+    let count = examples.len();
+    let (reply, answer) = mpsc::channel();
+    let probs = answers(
+        jobs,
+        Job::Predict { examples, reply },
+        &answer,
+        "prediction",
+    )?;
+    let (labels, multi) = (&context.model.labels, context.model.data.multi_label);
+    let records = fields
+        .into_iter()
+        .zip(&probs)
+        .map(|(fields, p)| prediction_record(fields, labels, p, multi, min_prob));
+    Ok((respond(records, one), count))
+}
+
+/// `POST /explain`: `explain --json`'s record for each of the body's inputs (`?label=NAME`: that
+/// label's; else each input's most probable one), and how many there were. At most
+/// [`ServeOptions::max_batch`] inputs: the model thread runs them one after another.
+fn explain(
+    request: &mut Request,
+    context: &Context,
+    jobs: &Sender<Job>,
+) -> std::result::Result<(Value, usize), Failure> {
+    let labels = &context.model.labels;
+    let label = query_label(request.url(), labels)?;
+    let (examples, fields, one) = read_inputs(request, context)?;
+    let count = examples.len();
+    let most = context.options.max_batch;
+    if count > most {
+        return Err(Failure(
+            400,
+            format!(
+                "{count} inputs to explain; /explain takes at most {most} (--max-batch) a request"
+            ),
+        ));
+    }
+    let (reply, answer) = mpsc::channel();
+    let job = Job::Explain {
+        examples,
+        label,
+        reply,
     };
-    Ok((value, count))
+    let explained = answers(jobs, job, &answer, "explanation")?;
+    let records = fields
+        .into_iter()
+        .zip(&explained)
+        .map(|(fields, e)| e.record(fields, labels));
+    Ok((respond(records, one), count))
 }
 
 #[cfg(test)]
@@ -639,6 +812,28 @@ mod tests {
             message.contains("unknown query parameter \"minprob\""),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_explain_query_gives_a_label_by_name_decoded() {
+        let labels = ["needs_docs".to_string(), "needs review".to_string()];
+        let label = |url: &str| query_label(url, &labels).map_err(|Failure(status, m)| (status, m));
+        assert_eq!(label("/explain"), Ok(None));
+        assert_eq!(label("/explain?label=needs_docs"), Ok(Some(0)));
+        assert_eq!(label("/explain?label=needs%20review"), Ok(Some(1)));
+        assert_eq!(label("/explain?label=needs+review"), Ok(Some(1)));
+        let (status, message) = label("/explain?label=bug").unwrap_err();
+        assert_eq!(status, 400);
+        assert!(
+            message.contains("\"bug\" is not one of the labels"),
+            "{message}"
+        );
+        let (_, message) = label("/explain?min_prob=0.5").unwrap_err();
+        assert!(
+            message.contains("unknown query parameter \"min_prob\"; /explain takes label"),
+            "{message}"
+        );
+        assert_eq!(decode("a%2Fb%zz%4"), "a/b%zz%4", "malformed escapes stay");
     }
 
     #[test]
