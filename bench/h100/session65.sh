@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU session 65: `explain` on CUDA. Binaries built here with --features cuda (.carry/s65/*.xz:
-# train, explain, examples/explain_check) and .carry/ad/hub.tar.xz (MiniLM's config and
+# train, explain, examples/explain_check) and .carry/s65/hub.tar.xz (MiniLM's config and
 # tokenizer).
 # 1. The tiny config trained on the CPU, explained on CUDA and on the CPU (this machine's): the
 #    largest gaps of the token scores and probabilities over its 27 training texts.
@@ -12,7 +12,7 @@
 set -u
 B=/tmp/bin; mkdir -p $B
 for b in train explain explain_check; do xz -dc .carry/s65/$b.xz > $B/$b; chmod +x $B/$b; done
-mkdir -p /tmp/hf && tar -xJf .carry/ad/hub.tar.xz -C /tmp/hf
+mkdir -p /tmp/hf && tar -xJf .carry/s65/hub.tar.xz -C /tmp/hf
 export HF_HUB_CACHE=/tmp/hf/hub HF_HUB_OFFLINE=1
 nvidia-smi -L
 compare() {  # $1 $2: two --json outputs
