@@ -170,6 +170,16 @@ pub fn train_config(config: &Path, out: &Path, extra: &[&str]) -> Output {
     run_bin("train", &args)
 }
 
+/// `explain --json`'s records for `args`, one per input.
+pub fn explained(args: &[&str]) -> Vec<serde_json::Value> {
+    let output = run_bin("explain", &[&["--json"], args].concat());
+    assert_ok(&output, "explain");
+    text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// `predict`'s probabilities for `texts` from `checkpoint`, in the tiny config's label order.
 pub fn checkpoint_probs(checkpoint: &Path, texts: &[&str]) -> Vec<Vec<f64>> {
     let output = run_bin(

@@ -15,8 +15,8 @@ use wick_model::{BertConfig, Classifier, Task};
 use wick_trainer::explain::{integrated_gradients, Path as IgPath};
 
 use super::common::{
-    assert_fails_naming, assert_ok, checkpoint_probs, path_str, repo_root, run_bin, text,
-    train_tiny,
+    assert_fails_naming, assert_ok, checkpoint_probs, explained, path_str, repo_root, run_bin,
+    text, train_tiny,
 };
 
 #[derive(Deserialize)]
@@ -131,16 +131,6 @@ fn attributions_match_captum(source: ModelSource, prefix: &str, setup: &str) {
             case.delta
         );
     }
-}
-
-/// The `explain --json` lines of a run.
-fn explained(args: &[&str]) -> Vec<Value> {
-    let output = run_bin("explain", &[&["--json"], args].concat());
-    assert_ok(&output, "explain");
-    text(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 fn scores(line: &Value, key: &str) -> Vec<f64> {

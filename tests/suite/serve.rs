@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use super::common::{
-    assert_fails_naming, assert_ok, command, path_str, run_bin, run_with_stdin, text, train_tiny,
+    assert_fails_naming, assert_ok, command, explained, path_str, run_bin, run_with_stdin, text,
+    train_tiny,
 };
 
 /// A `serve` process, killed if the test ends without stopping it.
@@ -419,16 +420,6 @@ fn serve_and_predict_read_records_of_the_training_schema_for_an_ensemble() {
     );
     let (status, stderr) = server.terminate();
     assert!(status.success(), "{stderr}");
-}
-
-/// `explain --json`'s records for `args`.
-fn explained(args: &[&str]) -> Vec<Value> {
-    let output = run_bin("explain", &[&["--json"], args].concat());
-    assert_ok(&output, "explain");
-    text(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 /// Asserts two explanation records agree: the same fields, label, words and tokens, and numbers
