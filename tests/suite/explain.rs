@@ -328,6 +328,52 @@ fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
         "one span per word: {html}"
     );
 
+    // A text over max_len (32 tokens here): flagged, and only the words the model read (its
+    // head and tail with `head_tail`) have scores.
+    let long = (1..=40)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cut = tmp.path().join("cut");
+    let sets = ["data.truncation=\"head_tail\"", "data.head_tokens=8"];
+    assert_ok(&train_tiny(&cut, &sets), "train head_tail");
+    let line = &explained(&["--checkpoint", path_str(&cut), "--", &long])[0];
+    assert_eq!(line["truncated"], true);
+    let words: Vec<&str> = line["words"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["word"].as_str().unwrap())
+        .collect();
+    assert!(words.contains(&"w1") && words.contains(&"w40"), "{words:?}");
+    assert!(!words.contains(&"w20"), "the middle was cut: {words:?}");
+    assert_eq!(line["tokens"].as_array().unwrap().len(), 32);
+
+    // Multi-label: the label's sigmoid probability, as predict gives it.
+    let multi = tmp.path().join("multi");
+    assert_ok(
+        &train_tiny(&multi, &["data.multi_label=true"]),
+        "train multi-label",
+    );
+    let predicted = checkpoint_probs(&multi, &[TEXTS[1]]);
+    let line = &explained(&[
+        "--checkpoint",
+        path_str(&multi),
+        "--label",
+        "needs_test",
+        TEXTS[1],
+    ])[0];
+    assert!(
+        (line["prob"].as_f64().unwrap() - predicted[0][1]).abs() < 1e-5,
+        "{line}"
+    );
+    let sum: f64 = scores(line, "tokens").iter().sum();
+    let change = line["prob"].as_f64().unwrap() - line["baseline_prob"].as_f64().unwrap();
+    assert!(
+        (sum - change).abs() <= 0.05 * change.abs().max(0.01),
+        "{sum} for {change}"
+    );
+
     // Refusals.
     let refused = |args: &[&str], needles: &[&str]| {
         let output = run_bin("explain", &[&["--checkpoint", path_str(&a)], args].concat());
