@@ -348,6 +348,19 @@ fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
     assert!(words.contains(&"w1") && words.contains(&"w40"), "{words:?}");
     assert!(!words.contains(&"w20"), "the middle was cut: {words:?}");
     assert_eq!(line["tokens"].as_array().unwrap().len(), 32);
+    // An ensemble whose members keep other tokens of the text cannot average their scores.
+    let output = run_bin(
+        "explain",
+        &[
+            "--checkpoint",
+            path_str(&a),
+            "--checkpoint",
+            path_str(&cut),
+            "--",
+            &long,
+        ],
+    );
+    assert_fails_naming(&output, &[path_str(&cut), "tokenizes the text otherwise"]);
 
     // Multi-label: the label's sigmoid probability, as predict gives it.
     let multi = tmp.path().join("multi");
