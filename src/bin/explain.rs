@@ -70,6 +70,13 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
+    // Checked before the model loads or stdin is read.
+    if !(0.0..1.0).contains(&args.tolerance) {
+        bail!("--tolerance {}: a share in [0, 1)", args.tolerance);
+    }
+    if args.steps == 0 {
+        bail!("--steps 0: at least 1 quadrature point");
+    }
     let ensemble = Ensemble::open_as(&args.checkpoint, args.device, Some(DType::F32))?;
     let labels = ensemble.labels().to_vec();
     let label = match &args.label {
@@ -80,9 +87,6 @@ fn run(args: Args) -> Result<()> {
         },
     };
     let examples = inputs::read(&ensemble, &args.texts, args.data.as_deref())?;
-    if !(0.0..1.0).contains(&args.tolerance) {
-        bail!("--tolerance {}: a share in [0, 1)", args.tolerance);
-    }
     let options = Options {
         steps: args.steps,
         batch: args.batch,
@@ -168,6 +172,9 @@ fn text_report(
     let mut ranked: Vec<&WordScore> = e.words.iter().collect();
     ranked.sort_by(|a, b| b.attribution.total_cmp(&a.attribution));
     let list = |words: Vec<&WordScore>| {
+        if words.is_empty() {
+            return "(no word)".to_string();
+        }
         words
             .iter()
             .map(|w| format!("{} {:+.3}", w.word, w.attribution))
@@ -214,19 +221,30 @@ fn shade(score: f64, scale: f64) -> (u8, u8, u8) {
     }
 }
 
-/// The text with each word's background shaded (24-bit ANSI colours).
-fn shaded(e: &Explanation) -> String {
+/// The text with each word drawn by `word` (given its shade) and the text between words by
+/// `plain`.
+fn render(
+    e: &Explanation,
+    plain: impl Fn(&str) -> String,
+    word: impl Fn(&WordScore, (u8, u8, u8)) -> String,
+) -> String {
     let scale = scale(e);
     let mut s = String::new();
     let mut at = 0;
-    for word in &e.words {
-        s.push_str(&e.text[at..word.span.0]);
-        let (r, g, b) = shade(word.attribution, scale);
-        let _ = write!(s, "\x1b[48;2;{r};{g};{b}m\x1b[30m{}\x1b[0m", word.word);
-        at = word.span.1;
+    for w in &e.words {
+        s.push_str(&plain(e.text.get(at..w.span.0).unwrap_or_default()));
+        s.push_str(&word(w, shade(w.attribution, scale)));
+        at = w.span.1;
     }
-    s.push_str(&e.text[at..]);
+    s.push_str(&plain(e.text.get(at..).unwrap_or_default()));
     s
+}
+
+/// The text with each word's background shaded (24-bit ANSI colours).
+fn shaded(e: &Explanation) -> String {
+    render(e, str::to_string, |w, (r, g, b)| {
+        format!("\x1b[48;2;{r};{g};{b}m\x1b[30m{}\x1b[0m", w.word)
+    })
 }
 
 fn escape(text: &str) -> String {
@@ -237,7 +255,6 @@ fn escape(text: &str) -> String {
 }
 
 fn html_section(page: &mut String, number: usize, e: &Explanation, labels: &[String]) {
-    let scale = scale(e);
     let _ =
         write!(
         page,
@@ -251,19 +268,13 @@ fn html_section(page: &mut String, number: usize, e: &Explanation, labels: &[Str
         e.delta,
         if e.whole { "" } else { "; truncated: cut words have no score" }
     );
-    let mut at = 0;
-    for word in &e.words {
-        page.push_str(&escape(&e.text[at..word.span.0]));
-        let (r, g, b) = shade(word.attribution, scale);
-        let _ = write!(
-            page,
+    page.push_str(&render(e, escape, |w, (r, g, b)| {
+        format!(
             "<span style=\"background:rgb({r},{g},{b})\" title=\"{:+.4}\">{}</span>",
-            word.attribution,
-            escape(&word.word)
-        );
-        at = word.span.1;
-    }
-    page.push_str(&escape(&e.text[at..]));
+            w.attribution,
+            escape(&w.word)
+        )
+    }));
     page.push_str("</pre></section>\n");
 }
 
