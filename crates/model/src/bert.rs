@@ -224,13 +224,8 @@ impl Embeddings {
         let position_ids = self.position_ids(input_ids)?;
         let (word, position) = (param(&self.word, train), param(&self.position, train));
         let token_type = self.token_type.as_ref().map(|t| param(t, train));
-        let summed = if let Some(words) = words {
-            let summed = (words + gather(&position, &position_ids)?)?;
-            match token_type {
-                Some(table) => (summed + gather(&table, token_type_ids)?)?,
-                None => summed,
-            }
-        } else if cuda::applies(&[&word, &position])
+        let summed = if words.is_none()
+            && cuda::applies(&[&word, &position])
             && token_type.as_ref().is_none_or(|t| cuda::applies(&[t]))
             && self.word.dim(1)? <= cuda::MAX_ROW
         {
@@ -248,7 +243,11 @@ impl Embeddings {
                 [input_ids, &position_ids, &type_ids],
             )?
         } else {
-            let summed = (gather(&word, input_ids)? + gather(&position, &position_ids)?)?;
+            let words = match words {
+                Some(rows) => rows.clone(),
+                None => gather(&word, input_ids)?,
+            };
+            let summed = (words + gather(&position, &position_ids)?)?;
             match token_type {
                 Some(table) => (summed + gather(&table, token_type_ids)?)?,
                 None => summed,

@@ -79,7 +79,7 @@ pub struct Stats {
     pub batches: u64,
     /// The most inputs one model call took.
     pub largest_batch: u64,
-    /// Inputs explained (`POST /explain`), not counted in `batches`.
+    /// Inputs explained (`POST /explain`, answered), not counted in `batches`.
     pub explained: u64,
 }
 
@@ -397,9 +397,11 @@ fn run_model(ensemble: &Ensemble, queue: &Receiver<Job>, max_batch: usize, count
                 })
                 .collect::<Result<Vec<_>>>()
                 .map_err(|e| e.to_string());
-            counters
-                .explained
-                .fetch_add(examples.len() as u64, Ordering::SeqCst);
+            if let Ok(done) = &explained {
+                counters
+                    .explained
+                    .fetch_add(done.len() as u64, Ordering::SeqCst);
+            }
             let _ = reply.send(explained);
             continue;
         }
