@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -64,6 +64,10 @@ struct Args {
     /// fields and filter), as for `predict`.
     #[arg(long, conflicts_with = "texts")]
     data: Option<PathBuf>,
+    /// With --data holding labels (single-label): explain only the rows the checkpoint gets
+    /// wrong, each for the label it predicted, with the row's line and its own label.
+    #[arg(long, conflicts_with = "label")]
+    errors: bool,
     /// Texts to explain; without any (and without --data), JSONL objects on stdin, as for
     /// `predict`.
     texts: Vec<String>,
@@ -77,6 +81,9 @@ fn run(args: Args) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps 0: at least 1 quadrature point");
     }
+    if args.errors && args.data.is_none() {
+        bail!("--errors needs --data: a labelled file of the checkpoint's schema");
+    }
     let ensemble = Ensemble::open_as(&args.checkpoint, args.device, Some(DType::F32))?;
     let labels = ensemble.labels().to_vec();
     let label = match &args.label {
@@ -86,7 +93,15 @@ fn run(args: Args) -> Result<()> {
             None => bail!("--label {name:?}: the checkpoint's labels are {labels:?}"),
         },
     };
-    let examples = inputs::read(&ensemble, &args.texts, args.data.as_deref())?;
+    // Each input with the heading of its report.
+    let inputs: Vec<(String, wick_data::Example)> = match (&args.data, args.errors) {
+        (Some(path), true) => misclassified(&ensemble, path)?,
+        _ => inputs::read(&ensemble, &args.texts, args.data.as_deref())?
+            .into_iter()
+            .enumerate()
+            .map(|(i, example)| ((i + 1).to_string(), example))
+            .collect(),
+    };
     let options = Options {
         steps: args.steps,
         batch: args.batch,
@@ -97,9 +112,9 @@ fn run(args: Args) -> Result<()> {
     let color = !args.json && std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     let mut page = args.html.as_ref().map(|_| String::new());
-    for (i, example) in examples.iter().enumerate() {
+    for (heading, example) in &inputs {
         let explanation = explain::explain(&ensemble, example, label, &options)
-            .with_context(|| format!("input {}", i + 1))?;
+            .with_context(|| format!("input {heading}"))?;
         if args.json {
             let record = explanation.record(example.fields.clone(), &labels);
             writeln!(out, "{}", Value::Object(record))?;
@@ -107,11 +122,11 @@ fn run(args: Args) -> Result<()> {
             write!(
                 out,
                 "{}",
-                text_report(i + 1, &explanation, &labels, &options, args.top, color)
+                text_report(heading, &explanation, &labels, &options, args.top, color)
             )?;
         }
         if let Some(page) = &mut page {
-            html_section(page, i + 1, &explanation, &labels);
+            html_section(page, heading, &explanation, &labels);
         }
     }
     if let (Some(path), Some(page)) = (&args.html, page) {
@@ -122,10 +137,46 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The rows of a labelled file that the ensemble labels wrongly, headed by their line and own
+/// label; what was found goes to stderr.
+fn misclassified(ensemble: &Ensemble, path: &Path) -> Result<Vec<(String, wick_data::Example)>> {
+    let data = &ensemble.first().checkpoint.config.data;
+    if data.multi_label {
+        bail!("--errors: for single-label checkpoints (a multi-label row is not right or wrong as a whole)");
+    }
+    let (rows, targets, predictions) = ensemble.predict_file(path)?;
+    let wick_data::Targets::Single(gold) = targets else {
+        bail!("--errors: {} has no single labels", path.display());
+    };
+    let labels = ensemble.labels();
+    let wrong: Vec<(String, wick_data::Example)> = rows
+        .into_iter()
+        .zip(gold)
+        .zip(&predictions.probs)
+        .filter(|&((_, g), p)| explain::argmax(p) != g as usize)
+        .map(|((row, g), _)| {
+            let heading = format!(
+                "{}:{}, labelled {}",
+                path.display(),
+                row.line,
+                labels[g as usize]
+            );
+            (heading, row)
+        })
+        .collect();
+    eprintln!(
+        "{} of {} rows of {} are labelled wrongly; explaining the label each was given",
+        wrong.len(),
+        predictions.probs.len(),
+        path.display()
+    );
+    Ok(wrong)
+}
+
 /// The text report of one input: the label, the check of completeness, the words most for and
 /// against it, and (on a terminal) the text shaded by the scores.
 fn text_report(
-    number: usize,
+    heading: &str,
     e: &Explanation,
     labels: &[String],
     options: &Options,
@@ -142,7 +193,7 @@ fn text_report(
         .collect();
     let _ = writeln!(
         s,
-        "{number}: {} {:.3} ({})",
+        "{heading}: {} {:.3} ({})",
         labels[e.label],
         e.probs[e.label],
         others.join(", ")
@@ -254,19 +305,23 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn html_section(page: &mut String, number: usize, e: &Explanation, labels: &[String]) {
-    let _ =
-        write!(
+fn html_section(page: &mut String, heading: &str, e: &Explanation, labels: &[String]) {
+    let _ = write!(
         page,
-        "<section><h2>{number}: {} {:.3}</h2><p class=\"sum\">scores sum to {:+.4} (probability \
+        "<section><h2>{}: {} {:.3}</h2><p class=\"sum\">scores sum to {:+.4} (probability \
          {:.4}, baseline {:.4}, delta {:+.1e}){}</p><pre>",
+        escape(heading),
         escape(&labels[e.label]),
         e.probs[e.label],
         e.sum(),
         e.prob,
         e.baseline_prob,
         e.delta,
-        if e.whole { "" } else { "; truncated: cut words have no score" }
+        if e.whole {
+            ""
+        } else {
+            "; truncated: cut words have no score"
+        }
     );
     page.push_str(&render(e, escape, |w, (r, g, b)| {
         format!(

@@ -387,6 +387,73 @@ fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
         "{sum} for {change}"
     );
 
+    // --errors: the rows of a labelled file predict gets wrong, each for its predicted label.
+    let valid = "tests/fixtures/tiny/valid.jsonl";
+    let output = run_bin("predict", &["--checkpoint", path_str(&a), "--data", valid]);
+    assert_ok(&output, "predict --data");
+    let wrong: Vec<(String, String)> = text(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|row| row["label"] != row["input_label"])
+        .map(|row| {
+            (
+                row["text"].as_str().unwrap().to_string(),
+                row["label"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        !wrong.is_empty(),
+        "the tiny model gets some validation rows wrong"
+    );
+    let output = run_bin(
+        "explain",
+        &[
+            "--checkpoint",
+            path_str(&a),
+            "--data",
+            valid,
+            "--errors",
+            "--json",
+        ],
+    );
+    assert_ok(&output, "explain --errors");
+    let lines: Vec<Value> = text(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["text"].as_str().unwrap().to_string(),
+                l["explained"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, wrong);
+    assert!(text(&output.stderr).contains(&format!("{} of 9 rows of {valid}", wrong.len())));
+    let output = run_bin(
+        "explain",
+        &["--checkpoint", path_str(&a), "--data", valid, "--errors"],
+    );
+    assert_ok(&output, "explain --errors, text");
+    assert!(
+        text(&output.stdout).contains(&format!("{valid}:")),
+        "headed by file and line"
+    );
+    let output = run_bin(
+        "explain",
+        &[
+            "--checkpoint",
+            path_str(&multi),
+            "--data",
+            valid,
+            "--errors",
+        ],
+    );
+    assert_fails_naming(&output, &["--errors", "single-label"]);
+
     // Refusals.
     let refused = |args: &[&str], needles: &[&str]| {
         let output = run_bin("explain", &[&["--checkpoint", path_str(&a)], args].concat());
@@ -395,6 +462,7 @@ fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
     refused(&["--label", "bug", "x"], &["--label", "bug", "needs_docs"]);
     refused(&["--steps", "0", "x"], &["--steps"]);
     refused(&["--tolerance", "1.5", "x"], &["--tolerance"]);
+    refused(&["--errors", "x"], &["--errors", "--data"]);
     refused(
         &["--baseline", "[NOPE]", "x"],
         &["--baseline", "[NOPE]", "tokenizer.json"],

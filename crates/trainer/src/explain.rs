@@ -298,7 +298,8 @@ fn ensemble_attributions(
     ))
 }
 
-fn argmax(values: &[f32]) -> usize {
+/// The index of the largest value (the first of equals; 0 for none): a single-label prediction.
+pub fn argmax(values: &[f32]) -> usize {
     values
         .iter()
         .enumerate()
