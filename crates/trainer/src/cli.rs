@@ -28,16 +28,37 @@ impl Completion for ExitCode {
 
 /// Tunes the allocator ([`crate::alloc::keep_freed_memory`]), runs the command, and turns an
 /// error into `error: <message>` on stderr (with its causes, for `anyhow`'s alternate form) and
-/// a failing exit code.
-pub fn run_main<T: Completion, E: Display>(run: impl FnOnce() -> Result<T, E>) -> ExitCode {
+/// a failing exit code. A write to a closed pipe (`predict ... | head`) ends the command quietly
+/// with success, as ripgrep does: the reader has what it wanted.
+pub fn run_main<T, E>(run: impl FnOnce() -> Result<T, E>) -> ExitCode
+where
+    T: Completion,
+    E: Display + AsRef<dyn std::error::Error + Send + Sync>,
+{
     crate::alloc::keep_freed_memory();
     match run() {
         Ok(done) => done.exit_code(),
+        Err(err) if is_broken_pipe(err.as_ref()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `err` or one of its causes is an I/O error of a closed pipe.
+fn is_broken_pipe(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// The flag the signals raise; `None` until [`stop_on_signal`] names one.
@@ -98,5 +119,35 @@ pub fn probability(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "expected a probability between 0 and 1, got {text:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_broken_pipe;
+    use std::io::{Error, ErrorKind};
+
+    /// An error with a cause, as `anyhow`'s context or a `thiserror` wrapper has.
+    #[derive(Debug)]
+    struct Wrapped(Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "writing stdout")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_is_found_among_the_causes_and_nothing_else_is_one() {
+        assert!(is_broken_pipe(&Error::from(ErrorKind::BrokenPipe)));
+        assert!(is_broken_pipe(&Wrapped(Error::from(ErrorKind::BrokenPipe))));
+        assert!(!is_broken_pipe(&Wrapped(Error::from(ErrorKind::NotFound))));
+        assert!(!is_broken_pipe(&std::fmt::Error));
     }
 }
