@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use wick_model::hub::{resolve, ModelSource};
 use wick_model::weights::{load_safetensors, named_vars};
 use wick_model::{BertConfig, Classifier, Task};
-use wick_trainer::explain::{integrated_gradients, Path as IgPath};
+use wick_trainer::explain::{integrated_gradients, Integration};
 
 use super::common::{
     assert_fails_naming, assert_ok, checkpoint_probs, explained, path_str, repo_root, run_bin,
@@ -96,7 +96,7 @@ fn attributions_match_captum(source: ModelSource, prefix: &str, setup: &str) {
         let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         assert_eq!(ids, case.input_ids, "{what}");
         // Five points a pass: the passes' gradients add up to one integral.
-        let path = IgPath {
+        let path = Integration {
             baseline_id: reference.pad_id,
             temperature: reference.temperature,
             steps: case.steps,

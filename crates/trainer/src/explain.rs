@@ -346,7 +346,7 @@ pub fn member_attributions(
         .calibration
         .as_ref()
         .map_or(1.0, |c| c.temperature);
-    let path = Path {
+    let path = Integration {
         baseline_id,
         temperature,
         steps: options.steps,
@@ -355,9 +355,9 @@ pub fn member_attributions(
     integrated_gradients(&member.model, &member.device, tokens, label, &path)
 }
 
-/// The path integrated gradients follow, and how.
+/// The integral integrated gradients take: from which baseline, of which probability, and how.
 #[derive(Debug, Clone)]
-pub struct Path {
+pub struct Integration {
     /// The baseline's id in place of every content token.
     pub baseline_id: u32,
     /// `F` is the label's probability at this temperature (softmax or sigmoid of logits / T).
@@ -379,9 +379,9 @@ pub fn integrated_gradients(
     device: &Device,
     tokens: &[Token],
     label: usize,
-    path: &Path,
+    path: &Integration,
 ) -> Result<(Vec<f64>, f64, f64)> {
-    let Path {
+    let Integration {
         baseline_id,
         temperature,
         ..
