@@ -149,11 +149,12 @@ fn misclassified(ensemble: &Ensemble, path: &Path) -> Result<Vec<(String, wick_d
         bail!("--errors: {} has no single labels", path.display());
     };
     let labels = ensemble.labels();
+    let predicted = wick_trainer::eval::argmax(&predictions.probs);
     let wrong: Vec<(String, wick_data::Example)> = rows
         .into_iter()
         .zip(gold)
-        .zip(&predictions.probs)
-        .filter(|&((_, g), p)| explain::argmax(p) != g as usize)
+        .zip(predicted)
+        .filter(|&((_, g), p)| p != g)
         .map(|((row, g), _)| {
             let heading = format!(
                 "{}:{}, labelled {}",

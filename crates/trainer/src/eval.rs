@@ -121,8 +121,8 @@ pub fn argmax(probs: &[Vec<f32>]) -> Vec<u32> {
     probs.iter().map(|row| top(row) as u32).collect()
 }
 
-/// The index of the largest value of `row` (the first of equal ones).
-fn top(row: &[f32]) -> usize {
+/// The index of the largest value of `row` (the first of equal ones; 0 for none).
+pub fn top(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .fold((0usize, f32::NEG_INFINITY), |best, (i, &p)| {
