@@ -92,7 +92,7 @@ fn attributions_match_captum(source: ModelSource, prefix: &str, setup: &str) {
     }
     for case in &reference.cases {
         let what = format!("{:?}, {} steps", case.text, case.steps);
-        let tokens = tokenizer.tokens(&case.text).unwrap();
+        let tokens = tokenizer.tokens(&case.text).unwrap().tokens;
         let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         assert_eq!(ids, case.input_ids, "{what}");
         // Five points a pass: the passes' gradients add up to one integral.
@@ -238,7 +238,6 @@ fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
             steps == 64 || gap <= 0.01 * change.abs().max(0.01),
             "stopped at {steps} steps with a gap of {gap} for a change of {change}"
         );
-        assert!(steps > 1 || gap <= 0.01 * change.abs().max(0.01));
     }
     let fixed = explained(&[
         "--checkpoint",

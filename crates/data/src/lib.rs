@@ -24,4 +24,4 @@ pub use read::{
     json_kind, read_examples, read_unlabelled, unlabelled_record, Example, ReadOutcome, Target,
 };
 pub use summary::DataSummary;
-pub use tokenize::{kept_positions, Encoding, TextTokenizer, Token, Truncation};
+pub use tokenize::{kept_positions, Encoding, TextTokenizer, Token, Tokens, Truncation};

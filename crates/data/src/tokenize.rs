@@ -30,6 +30,21 @@ pub struct Token {
     pub span: Option<(usize, usize)>,
 }
 
+/// The kept tokens of one text ([`TextTokenizer::tokens`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub tokens: Vec<Token>,
+    /// As [`Encoding::full_len`]: the length without truncation, special tokens included.
+    pub full_len: usize,
+}
+
+impl Tokens {
+    /// Whether every token of the text was kept.
+    pub fn whole(&self) -> bool {
+        self.tokens.len() == self.full_len
+    }
+}
+
 /// Which tokens of a text longer than `max_len` are kept. The special tokens around the text
 /// (`[CLS]` ... `[SEP]`, `<s>` ... `</s>`) always stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -158,8 +173,8 @@ impl TextTokenizer {
 
     /// The tokens [`Self::encode`] gives `text`, one per id in order (the same truncation), each
     /// with its piece of the vocabulary and the byte range of `text` it came from (`None` for the
-    /// special tokens): what an attribution shows a score against.
-    pub fn tokens(&self, text: &str) -> Result<Vec<Token>> {
+    /// special tokens): what an attribution shows a score against; and the length untruncated.
+    pub fn tokens(&self, text: &str) -> Result<Tokens> {
         let whole = self
             .untruncated
             .encode(text, true)
@@ -169,7 +184,7 @@ impl TextTokenizer {
             })?;
         let special = whole.get_special_tokens_mask();
         let keep = kept_positions(special, self.max_len, self.truncation);
-        Ok(keep
+        let tokens = keep
             .into_iter()
             .map(|k| Token {
                 id: whole.get_ids()[k],
@@ -177,7 +192,11 @@ impl TextTokenizer {
                 piece: whole.get_tokens()[k].clone(),
                 span: (special[k] == 0).then(|| whole.get_offsets()[k]),
             })
-            .collect())
+            .collect();
+        Ok(Tokens {
+            tokens,
+            full_len: whole.len(),
+        })
     }
 
     /// Vocabulary size, added tokens included.

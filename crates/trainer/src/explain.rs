@@ -203,12 +203,14 @@ pub fn explain(
         .unwrap_or_default();
     let label = match label {
         Some(label) => label,
-        None => argmax(&probs),
+        None => crate::eval::top(&probs),
     };
     let first = ensemble.first();
-    let tokens = first.tokenizer.tokens(&text)?;
+    let tokenized = first.tokenizer.tokens(&text)?;
+    let whole = tokenized.whole();
+    let tokens = tokenized.tokens;
     for member in &ensemble.members()[1..] {
-        let own = member.tokenizer.tokens(&text)?;
+        let own = member.tokenizer.tokens(&text)?.tokens;
         if own.iter().map(|t| t.id).ne(tokens.iter().map(|t| t.id)) {
             return Err(TrainError::Checkpoint {
                 path: member.checkpoint.dir.clone(),
@@ -241,7 +243,6 @@ pub fn explain(
         })
         .collect();
     let words = words(&text, &tokens);
-    let whole = first.tokenizer.encode(&[text.as_str()])?[0].full_len <= first.tokenizer.max_len();
     let total: f64 = tokens.iter().map(|t| t.attribution).sum();
     Ok(Explanation {
         text,
@@ -296,21 +297,6 @@ fn ensemble_attributions(
         prob / n,
         baseline / n,
     ))
-}
-
-/// The index of the largest value (the first of equals; 0 for none): a single-label prediction.
-pub fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
-        .0
 }
 
 /// One member's integrated gradients of label `label`'s probability for the text of `tokens`

@@ -175,7 +175,10 @@ fn tokens_are_encodes_ids_with_their_pieces_and_byte_spans() -> TestResult {
     ] {
         for max_len in [6, 64] {
             let tokenizer = tiny_tokenizer(&dir, max_len)?.with_truncation(truncation);
-            let tokens = tokenizer.tokens(text)?;
+            let tokenized = tokenizer.tokens(text)?;
+            assert_eq!(tokenized.full_len, tokenizer.encode(&[text])?[0].full_len);
+            assert_eq!(tokenized.whole(), max_len == 64, "{truncation:?} {max_len}");
+            let tokens = tokenized.tokens;
             let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
             assert_eq!(
                 ids,
@@ -204,6 +207,7 @@ fn tokens_are_encodes_ids_with_their_pieces_and_byte_spans() -> TestResult {
     let tokenizer = tiny_tokenizer(&dir, 64)?;
     let pieces: Vec<String> = tokenizer
         .tokens("add buttons?")?
+        .tokens
         .into_iter()
         .map(|t| t.piece)
         .collect();
@@ -211,6 +215,7 @@ fn tokens_are_encodes_ids_with_their_pieces_and_byte_spans() -> TestResult {
     // Byte offsets: "ü" is two bytes.
     let spans: Vec<_> = tokenizer
         .tokens("Add büttons?")?
+        .tokens
         .into_iter()
         .map(|t| t.span)
         .collect();
