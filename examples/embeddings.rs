@@ -46,6 +46,7 @@ fn main() -> Result<()> {
         .enumerate()
         .map(|(i, t)| Example {
             text: t.to_string(),
+            pair: None,
             target: Target::None,
             line: i + 1,
             fields: Default::default(),

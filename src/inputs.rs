@@ -21,6 +21,13 @@ pub fn read(
     match data {
         Some(path) => Ok(ensemble.first().read_unlabelled(path)?),
         None if texts.is_empty() => read_stdin(config),
+        None if !config.pair_fields.is_empty() => bail!(
+            "{} reads text pairs (data.pair_fields = {:?}): give JSONL records with `text` and \
+             `text_pair` (or the training file's fields) on stdin or in --data, not texts as \
+             arguments",
+            ensemble.first().checkpoint.dir.display(),
+            config.pair_fields
+        ),
         None => Ok(texts
             .iter()
             .enumerate()

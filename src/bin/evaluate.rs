@@ -171,11 +171,15 @@ fn run(args: Args) -> Result<()> {
                 .map(|m| {
                     let example = &examples[m.index];
                     let probs = eval::label_probs(labels, &predictions.probs[m.index]);
-                    json!({
+                    let mut error = json!({
                         "line": example.line, "label": names(&m.truth),
                         "predicted": names(&m.predicted), "confidence": m.confidence,
                         "probs": probs, "text": example.text,
-                    })
+                    });
+                    if let Some(pair) = &example.pair {
+                        error["text_pair"] = json!(pair);
+                    }
+                    error
                 })
                 .collect();
         }
@@ -230,7 +234,11 @@ fn run(args: Args) -> Result<()> {
         let unit = data.format_of(&source)?.unit();
         for m in shown {
             let example = &examples[m.index];
-            let words: Vec<&str> = example.text.split_whitespace().collect();
+            let mut words: Vec<&str> = example.text.split_whitespace().collect();
+            if let Some(pair) = &example.pair {
+                words.push("|");
+                words.extend(pair.split_whitespace());
+            }
             let mut start = words.join(" ");
             if let Some((cut, _)) = start.char_indices().nth(100) {
                 start.truncate(cut);

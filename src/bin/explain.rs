@@ -229,7 +229,10 @@ fn text_report(
         }
         words
             .iter()
-            .map(|w| format!("{} {:+.3}", w.word, w.attribution))
+            .map(|w| {
+                let pair = if w.segment == 1 { " (pair)" } else { "" };
+                format!("{}{pair} {:+.3}", w.word, w.attribution)
+            })
             .collect::<Vec<_>>()
             .join("  ")
     };
@@ -273,8 +276,8 @@ fn shade(score: f64, scale: f64) -> (u8, u8, u8) {
     }
 }
 
-/// The text with each word drawn by `word` (given its shade) and the text between words by
-/// `plain`.
+/// The text (and a pair's second text, after a rule) with each word drawn by `word` (given its
+/// shade) and the text between words by `plain`.
 fn render(
     e: &Explanation,
     plain: impl Fn(&str) -> String,
@@ -282,13 +285,18 @@ fn render(
 ) -> String {
     let scale = scale(e);
     let mut s = String::new();
-    let mut at = 0;
-    for w in &e.words {
-        s.push_str(&plain(e.text.get(at..w.span.0).unwrap_or_default()));
-        s.push_str(&word(w, shade(w.attribution, scale)));
-        at = w.span.1;
+    for (segment, text) in std::iter::once(&e.text).chain(&e.pair).enumerate() {
+        if segment > 0 {
+            s.push_str(&plain("\n--- pair ---\n"));
+        }
+        let mut at = 0;
+        for w in e.words.iter().filter(|w| w.segment == segment) {
+            s.push_str(&plain(text.get(at..w.span.0).unwrap_or_default()));
+            s.push_str(&word(w, shade(w.attribution, scale)));
+            at = w.span.1;
+        }
+        s.push_str(&plain(text.get(at..).unwrap_or_default()));
     }
-    s.push_str(&plain(e.text.get(at..).unwrap_or_default()));
     s
 }
 

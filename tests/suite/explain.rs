@@ -92,7 +92,7 @@ fn attributions_match_captum(source: ModelSource, prefix: &str, setup: &str) {
     }
     for case in &reference.cases {
         let what = format!("{:?}, {} steps", case.text, case.steps);
-        let tokens = tokenizer.tokens(&case.text).unwrap().tokens;
+        let tokens = tokenizer.tokens(&case.text, None).unwrap().tokens;
         let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         assert_eq!(ids, case.input_ids, "{what}");
         // Five points a pass: the passes' gradients add up to one integral.

@@ -11,5 +11,6 @@ mod hub_data;
 mod lora;
 mod minilm_training;
 mod nlbse;
+mod pairs;
 mod serve;
 mod stop;

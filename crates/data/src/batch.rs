@@ -94,11 +94,14 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Tokenizes `examples`; their targets must all be of one kind (all single, all multi with
-    /// the same length, or all unlabelled).
+    /// Tokenizes `examples` (each text with its pair, if it has one); their targets must all be
+    /// of one kind (all single, all multi with the same length, or all unlabelled).
     pub fn new(examples: &[Example], tokenizer: &TextTokenizer) -> Result<Self> {
-        let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-        let encodings = tokenizer.encode(&texts)?;
+        let inputs: Vec<(&str, Option<&str>)> = examples
+            .iter()
+            .map(|e| (e.text.as_str(), e.pair.as_deref()))
+            .collect();
+        let encodings = tokenizer.encode_pairs(&inputs)?;
         let targets = Targets::of(examples)?;
         Ok(Self {
             encodings,

@@ -105,6 +105,14 @@ pub struct DataConfig {
     /// Placed between non-empty text fields.
     #[serde(default = "default_text_separator")]
     pub text_separator: String,
+    /// Fields joined (by `text_separator`) into a second text read beside the first as a pair
+    /// (`[CLS] text [SEP] pair [SEP]`, segment ids 0 then 1; `<s> text </s></s> pair </s>` for
+    /// RoBERTa and MPNet), as `tokenizer(text, text_pair)` encodes sentence pairs: a question
+    /// and an answer, two issues that may be duplicates, a title and its body. Empty (the
+    /// default): one text. A long pair is cut longest first (the longer text loses tokens until
+    /// both fit), each text keeping its tokens by `truncation`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pair_fields: Vec<String>,
     /// Markup removed from each joined text before tokenization (`[data.clean]`; all off by
     /// default): HTML comments, `<details>` sections, the middle of long code blocks.
     #[serde(default, skip_serializing_if = "Clean::is_off")]
@@ -199,6 +207,7 @@ impl DataConfig {
             json_field: None,
             text_fields: default_text_fields(),
             text_separator: default_text_separator(),
+            pair_fields: Vec::new(),
             clean: Clean::default(),
             label_field: default_label_field(),
             labels: Vec::new(),
@@ -343,6 +352,28 @@ impl DataConfig {
                 format!(
                     "contains the label field {:?} (data.label_field)",
                     self.label_field
+                ),
+            ));
+        }
+        if self.pair_fields.contains(&self.label_field) {
+            return Err(bad(
+                "pair_fields",
+                format!(
+                    "contains the label field {:?} (data.label_field)",
+                    self.label_field
+                ),
+            ));
+        }
+        if let Some(both) = self
+            .pair_fields
+            .iter()
+            .find(|f| self.text_fields.contains(f))
+        {
+            return Err(bad(
+                "pair_fields",
+                format!(
+                    "contains {both:?}, which data.text_fields also reads: a field belongs to \
+                     one text of the pair"
                 ),
             ));
         }

@@ -24,4 +24,6 @@ pub use read::{
     json_kind, read_examples, read_unlabelled, unlabelled_record, Example, ReadOutcome, Target,
 };
 pub use summary::DataSummary;
-pub use tokenize::{kept_positions, Encoding, TextTokenizer, Token, Tokens, Truncation};
+pub use tokenize::{
+    kept_positions, pair_shares, Encoding, TextTokenizer, Token, Tokens, Truncation,
+};

@@ -520,10 +520,12 @@ pub fn adapt(
             ),
         )
     })?;
+    // Each text of a pair (data.pair_fields) is a text of its own here: masking never
+    // chooses a special token, and a pair's middle one is not at either end.
     let texts: Vec<String> = wick_data::read_unlabelled(data, &config.data)?
         .examples
         .into_iter()
-        .map(|e| e.text)
+        .flat_map(|e| std::iter::once(e.text).chain(e.pair))
         .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let encodings = tokenizer.encode(&refs)?;

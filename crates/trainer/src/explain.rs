@@ -55,9 +55,11 @@ pub const PASS_TOKENS: usize = 4096;
 pub struct TokenScore {
     /// The vocabulary's piece.
     pub piece: String,
-    /// Its byte range in the explained text; `None` for a special token (whose score is 0: the
-    /// baseline keeps it).
+    /// Its byte range in the explained text (of a pair, the text `segment` names); `None` for a
+    /// special token (whose score is 0: the baseline keeps it).
     pub span: Option<(usize, usize)>,
+    /// 0: the text (and every special token); 1: the pair's second text.
+    pub segment: usize,
     pub attribution: f64,
 }
 
@@ -66,7 +68,10 @@ pub struct TokenScore {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WordScore {
     pub word: String,
+    /// Its byte range in the text `segment` names.
     pub span: (usize, usize),
+    /// 0: the text; 1: the pair's second text.
+    pub segment: usize,
     pub attribution: f64,
 }
 
@@ -75,6 +80,8 @@ pub struct WordScore {
 pub struct Explanation {
     /// The text as the model read it (the checkpoint's text fields joined and cleaned).
     pub text: String,
+    /// The pair's second text, for a checkpoint of text pairs (`data.pair_fields`).
+    pub pair: Option<String>,
     /// Every label's probability for the text (the ensemble's mean, calibrated as `predict`'s).
     pub probs: Vec<f32>,
     /// The explained label's index.
@@ -103,7 +110,8 @@ impl Explanation {
     /// The JSON record `explain --json` writes and `serve`'s `/explain` answers: the input's
     /// `fields`, then `explained` (the label's name), `prob`, `baseline_prob`, `delta`, `steps`,
     /// `probs` (every label's), `truncated`, and every word's and token's `score` with its byte
-    /// range (`start`, `end`; null for a special token).
+    /// range (`start`, `end`; null for a special token), and for a pair its `segment` (0: the
+    /// text, 1: the pair; the range is in that text).
     pub fn record(&self, fields: Map<String, Value>, labels: &[String]) -> Map<String, Value> {
         let mut record = fields;
         let probs: Map<String, Value> = labels
@@ -111,21 +119,31 @@ impl Explanation {
             .zip(&self.probs)
             .map(|(l, &p)| (l.clone(), json!(p)))
             .collect();
+        let segment = |mut entry: Value, segment: usize| {
+            if self.pair.is_some() {
+                entry["segment"] = json!(segment);
+            }
+            entry
+        };
         let words: Vec<Value> = self
             .words
             .iter()
-            .map(|w| json!({"word": w.word, "start": w.span.0, "end": w.span.1, "score": w.attribution}))
+            .map(|w| {
+                let entry = json!({"word": w.word, "start": w.span.0, "end": w.span.1, "score": w.attribution});
+                segment(entry, w.segment)
+            })
             .collect();
         let tokens: Vec<Value> = self
             .tokens
             .iter()
             .map(|t| {
-                json!({
+                let entry = json!({
                     "token": t.piece,
                     "start": t.span.map(|s| s.0),
                     "end": t.span.map(|s| s.1),
                     "score": t.attribution,
-                })
+                });
+                segment(entry, t.segment)
             })
             .collect();
         let explained = labels.get(self.label).cloned().unwrap_or_default();
@@ -195,7 +213,7 @@ pub fn explain(
     if options.steps == 0 {
         return Err(TrainError::config("--steps", "at least 1 quadrature point"));
     }
-    let text = example.text.clone();
+    let (text, pair) = (example.text.clone(), example.pair.clone());
     let probs = ensemble
         .predict_examples(std::slice::from_ref(example), &wick_data::Targets::None)?
         .probs
@@ -206,11 +224,11 @@ pub fn explain(
         None => crate::eval::top(&probs),
     };
     let first = ensemble.first();
-    let tokenized = first.tokenizer.tokens(&text)?;
+    let tokenized = first.tokenizer.tokens(&text, pair.as_deref())?;
     let whole = tokenized.whole();
     let tokens = tokenized.tokens;
     for member in &ensemble.members()[1..] {
-        let own = member.tokenizer.tokens(&text)?.tokens;
+        let own = member.tokenizer.tokens(&text, pair.as_deref())?.tokens;
         if own.iter().map(|t| t.id).ne(tokens.iter().map(|t| t.id)) {
             return Err(TrainError::Checkpoint {
                 path: member.checkpoint.dir.clone(),
@@ -239,13 +257,15 @@ pub fn explain(
         .map(|(token, attribution)| TokenScore {
             piece: token.piece,
             span: token.span,
+            segment: token.segment,
             attribution,
         })
         .collect();
-    let words = words(&text, &tokens);
+    let words = words(&text, pair.as_deref(), &tokens);
     let total: f64 = tokens.iter().map(|t| t.attribution).sum();
     Ok(Explanation {
         text,
+        pair,
         probs,
         label,
         prob,
@@ -449,28 +469,35 @@ pub fn integrated_gradients(
     Ok((values, ends[0], ends[1]))
 }
 
-/// Groups scored tokens into words: runs of tokens whose byte ranges touch or overlap (a
-/// byte-level tokenizer splits one character into tokens of the same range).
-pub fn words(text: &str, tokens: &[TokenScore]) -> Vec<WordScore> {
+/// Groups scored tokens into words: runs of tokens of one text (`text`, or the `pair` for
+/// segment 1) whose byte ranges touch or overlap (a byte-level tokenizer splits one character
+/// into tokens of the same range).
+pub fn words(text: &str, pair: Option<&str>, tokens: &[TokenScore]) -> Vec<WordScore> {
     let mut words: Vec<WordScore> = Vec::new();
     for token in tokens {
         let Some((start, end)) = token.span else {
             continue;
         };
         match words.last_mut() {
-            Some(word) if start <= word.span.1 => {
+            Some(word) if word.segment == token.segment && start <= word.span.1 => {
                 word.span.1 = word.span.1.max(end);
                 word.attribution += token.attribution;
             }
             _ => words.push(WordScore {
                 word: String::new(),
                 span: (start, end),
+                segment: token.segment,
                 attribution: token.attribution,
             }),
         }
     }
     for word in &mut words {
-        word.word = text
+        let source = if word.segment == 0 {
+            text
+        } else {
+            pair.unwrap_or_default()
+        };
+        word.word = source
             .get(word.span.0..word.span.1)
             .unwrap_or_default()
             .to_string();
@@ -516,6 +543,7 @@ mod tests {
         let token = |piece: &str, span: Option<(usize, usize)>, attribution: f64| TokenScore {
             piece: piece.into(),
             span,
+            segment: 0,
             attribution,
         };
         let tokens = [
@@ -528,8 +556,8 @@ mod tests {
             token("offline", Some((16, 23)), 0.125),
             token("[SEP]", None, 0.0),
         ];
-        let words = words(text, &tokens);
-        let got: Vec<(&str, (usize, usize), f64)> = words
+        let single = words(text, None, &tokens);
+        let got: Vec<(&str, (usize, usize), f64)> = single
             .iter()
             .map(|w| (w.word.as_str(), w.span, w.attribution))
             .collect();
@@ -541,5 +569,23 @@ mod tests {
                 ("--offline", (14, 23), 0.25)
             ]
         );
+        // A pair: the second text's words start again from its own byte 0, and a word never
+        // runs across the two texts even where their ranges touch.
+        let mut pair = tokens[..3].to_vec();
+        pair.push(token("[SEP]", None, 0.0));
+        pair.push(TokenScore {
+            segment: 1,
+            ..token("no", Some((0, 2)), 0.5)
+        });
+        pair.push(TokenScore {
+            segment: 1,
+            ..token("pe", Some((2, 4)), 0.25)
+        });
+        let paired = words(text, Some("nope"), &pair);
+        let got: Vec<(&str, usize, f64)> = paired
+            .iter()
+            .map(|w| (w.word.as_str(), w.segment, w.attribution))
+            .collect();
+        assert_eq!(got, [("Docs:", 0, 0.75), ("nope", 1, 0.75)]);
     }
 }

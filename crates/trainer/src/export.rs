@@ -104,6 +104,16 @@ fn bad(dir: &Path, reason: impl Into<String>) -> TrainError {
 /// then renamed into place). A non-empty `out` is refused unless it is an earlier export and
 /// `options.overwrite` is set.
 pub fn export(checkpoint: &Checkpoint, out: &Path, options: &ExportOptions) -> Result<Export> {
+    let pairs = &checkpoint.config.data.pair_fields;
+    if !pairs.is_empty() {
+        return Err(bad(
+            &checkpoint.dir,
+            format!(
+                "it reads text pairs (data.pair_fields = {pairs:?}), and a sentence-transformers \
+                 model encodes single texts: predict and serve take its pairs"
+            ),
+        ));
+    }
     check_destination(checkpoint, out, options.overwrite)?;
     let (encoder, weight, bias, temperature) = read_weights(checkpoint, options.fold_temperature)?;
     let (labels, hidden) = (checkpoint.labels.len(), checkpoint.bert.hidden_size);

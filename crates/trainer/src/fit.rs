@@ -460,15 +460,18 @@ fn teacher_probs(
     Ok(probs)
 }
 
-/// How many of `rows` some teacher trained on, matched by text.
+/// How many of `rows` some teacher trained on, matched by text (and pair).
 fn seen_by_teachers(members: &[crate::infer::Predictor], rows: &[Example]) -> Result<usize> {
     let mut seen = std::collections::HashSet::new();
     for member in members {
         for row in member.trained_rows()? {
-            seen.insert(row.text);
+            seen.insert((row.text, row.pair));
         }
     }
-    Ok(rows.iter().filter(|r| seen.contains(&r.text)).count())
+    Ok(rows
+        .iter()
+        .filter(|r| seen.contains(&(r.text.clone(), r.pair.clone())))
+        .count())
 }
 
 /// [`teacher_probs`]' mean over the teachers, each row's over all of them or, under
@@ -591,20 +594,29 @@ fn unseen_rows(
     let key = "train.distill_out_of_fold";
     let data = &config.data;
     let theirs = &member.checkpoint.config.data;
-    if (&theirs.text_fields, &theirs.text_separator, &theirs.clean)
-        != (&data.text_fields, &data.text_separator, &data.clean)
-    {
+    let reads = |d: &wick_data::DataConfig| {
+        (
+            d.text_fields.clone(),
+            d.pair_fields.clone(),
+            d.text_separator.clone(),
+            d.clean.clone(),
+        )
+    };
+    if reads(theirs) != reads(data) {
         return Err(TrainError::config(
             key,
             format!(
-                "the teacher {} makes a row's text from {:?} joined by {:?} (clean: {:?}), \
-                 this run from {:?} joined by {:?} (clean: {:?}): rows are matched to the \
-                 teachers' training rows by their text, so these must agree",
+                "the teacher {} makes a row's text from {:?} (pair: {:?}) joined by {:?} \
+                 (clean: {:?}), this run from {:?} (pair: {:?}) joined by {:?} (clean: {:?}): \
+                 rows are matched to the teachers' training rows by their text, so these must \
+                 agree",
                 member.checkpoint.dir.display(),
                 theirs.text_fields,
+                theirs.pair_fields,
                 theirs.text_separator,
                 theirs.clean,
                 data.text_fields,
+                data.pair_fields,
                 data.text_separator,
                 data.clean
             ),
@@ -619,9 +631,12 @@ fn unseen_rows(
             ),
         )
     })?;
-    let seen: std::collections::HashSet<&str> = trained.iter().map(|r| r.text.as_str()).collect();
+    fn text(r: &Example) -> (&str, Option<&str>) {
+        (r.text.as_str(), r.pair.as_deref())
+    }
+    let seen: std::collections::HashSet<_> = trained.iter().map(text).collect();
     let (unseen, seen_rows): (Vec<usize>, Vec<usize>) =
-        (0..rows.len()).partition(|&i| !seen.contains(rows[i].text.as_str()));
+        (0..rows.len()).partition(|&i| !seen.contains(&text(&rows[i])));
     // Lines identify rows only within one file.
     let repeats = if theirs.train == data.train {
         let lines: std::collections::HashSet<usize> = trained.iter().map(|r| r.line).collect();
@@ -794,6 +809,7 @@ impl Trainer {
         let bert = files.bert;
         let tokenizer = TextTokenizer::from_file(&files.tokenizer, config.data.max_len)?
             .with_truncation(config.data.truncation());
+        crate::infer::check_pairs(&tokenizer, &files.tokenizer, &bert, &config.data)?;
         let LoadedData {
             train,
             valid,

@@ -65,6 +65,12 @@ impl Predictor {
         checkpoint.load_weights(&varmap)?;
         let tokenizer = TextTokenizer::from_file(&checkpoint.tokenizer(), config.data.max_len)?
             .with_truncation(config.data.truncation());
+        check_pairs(
+            &tokenizer,
+            &checkpoint.tokenizer(),
+            &checkpoint.bert,
+            &config.data,
+        )?;
         Ok(Self {
             checkpoint,
             model,
@@ -87,9 +93,11 @@ impl Predictor {
         }
     }
 
-    /// Class probabilities for raw texts, in input order (`data.clean`ed as in training).
+    /// Class probabilities for raw texts, in input order (`data.clean`ed as in training). A
+    /// checkpoint of text pairs is refused: give it [`Self::predict_examples`] with
+    /// [`wick_data::Example::pair`] set.
     pub fn predict_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let examples = text_examples(texts, &self.checkpoint.config.data.clean);
+        let examples = text_examples(texts, &self.checkpoint)?;
         Ok(self.predict_examples(&examples)?.probs)
     }
 
@@ -236,18 +244,71 @@ impl Predictor {
     }
 }
 
-/// Unlabelled examples holding `texts` after `clean`, numbered from line 1.
-fn text_examples(texts: &[&str], clean: &wick_data::Clean) -> Vec<wick_data::Example> {
-    texts
+/// Under `data.pair_fields`, checks that the tokenizer encodes pairs and gives segment ids the
+/// model has rows for: a tokenizer that numbered a pair's second text 1 for a model with one
+/// segment (RoBERTa's `type_vocab_size` is 1) would index past the table.
+pub(crate) fn check_pairs(
+    tokenizer: &TextTokenizer,
+    path: &Path,
+    bert: &wick_model::BertConfig,
+    data: &wick_data::DataConfig,
+) -> Result<()> {
+    if data.pair_fields.is_empty() {
+        return Ok(());
+    }
+    let encoding = tokenizer
+        .encode_pairs(&[("a", Some("b"))])
+        .map_err(|e| {
+            TrainError::config(
+                "data.pair_fields",
+                format!("the tokenizer cannot encode a pair: {e}"),
+            )
+        })?
+        .remove(0);
+    let segments = if bert.model_type.has_token_types() {
+        bert.type_vocab_size
+    } else {
+        // No segment table: the ids are not read.
+        usize::MAX
+    };
+    match encoding.type_ids.iter().max() {
+        Some(&top) if top as usize >= segments => Err(TrainError::config(
+            "data.pair_fields",
+            format!(
+                "{} numbers a pair's texts up to segment {top}, but the model has {segments} \
+                 segment row(s) (type_vocab_size in its config.json)",
+                path.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Unlabelled examples holding `texts` after the checkpoint's `data.clean`, numbered from line
+/// 1; an error for a checkpoint that reads text pairs, which single texts would feed wrongly.
+fn text_examples(texts: &[&str], checkpoint: &Checkpoint) -> Result<Vec<wick_data::Example>> {
+    let data = &checkpoint.config.data;
+    if !data.pair_fields.is_empty() {
+        return Err(TrainError::Checkpoint {
+            path: checkpoint.dir.clone(),
+            reason: format!(
+                "it reads text pairs (data.pair_fields = {:?}), and single texts were given: \
+                 give examples with their pair (records with `text` and `text_pair`)",
+                data.pair_fields
+            ),
+        });
+    }
+    Ok(texts
         .iter()
         .enumerate()
         .map(|(i, text)| wick_data::Example {
-            text: clean.apply(text).into_owned(),
+            text: data.clean.apply(text).into_owned(),
+            pair: None,
             target: wick_data::Target::None,
             line: i + 1,
             fields: Default::default(),
         })
-        .collect()
+        .collect())
 }
 
 /// Several checkpoints of one task voting together: their class probabilities are averaged.
@@ -329,9 +390,10 @@ impl Ensemble {
     }
 
     /// Mean class probabilities of the members for raw texts, in input order (`data.clean`ed
-    /// as in training; the members share that).
+    /// as in training; the members share that). Members of text pairs are refused, as by
+    /// [`Predictor::predict_texts`].
     pub fn predict_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let examples = text_examples(texts, &self.first().checkpoint.config.data.clean);
+        let examples = text_examples(texts, &self.first().checkpoint)?;
         Ok(self
             .predict_examples(&examples, &wick_data::Targets::None)?
             .probs)
@@ -405,6 +467,11 @@ fn check_compatible(first: &Predictor, other: &Predictor) -> Result<()> {
             "text_separator",
             format!("{:?}", b.text_separator),
             format!("{:?}", a.text_separator),
+        ),
+        (
+            "pair_fields",
+            format!("{:?}", b.pair_fields),
+            format!("{:?}", a.pair_fields),
         ),
         (
             "label_field",

@@ -471,6 +471,7 @@ mod tests {
             .enumerate()
             .map(|(i, l)| Example {
                 text: "t".into(),
+                pair: None,
                 target: wick_data::Target::Single(if *l == "a" { 0 } else { 1 }),
                 line: i + 1,
                 fields: Default::default(),

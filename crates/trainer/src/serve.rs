@@ -340,6 +340,7 @@ fn model_info(ensemble: &Ensemble) -> ModelInfo {
             ("multi_label", json!(config.data.multi_label)),
             ("text_fields", json!(config.data.text_fields)),
             ("text_separator", json!(config.data.text_separator)),
+            ("pair_fields", json!(config.data.pair_fields)),
             (
                 "max_len",
                 json!(members
@@ -368,7 +369,15 @@ fn model_info(ensemble: &Ensemble) -> ModelInfo {
 /// One prediction before the first request, so that it does not pay for first use (kernel
 /// compilation, buffer pools), and so that a model that cannot predict fails at start.
 fn warm_up(ensemble: &Ensemble) -> Result<()> {
-    ensemble.predict_texts(&["warm-up"])?;
+    let data = &ensemble.first().checkpoint.config.data;
+    let example = wick_data::Example {
+        text: "warm-up".into(),
+        pair: (!data.pair_fields.is_empty()).then(|| "warm-up".into()),
+        target: wick_data::Target::None,
+        line: 1,
+        fields: Default::default(),
+    };
+    ensemble.predict_examples(&[example], &wick_data::Targets::None)?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Turns a JSONL, CSV or Parquet file into [`Example`]s: applies `data.filter`, joins
-//! `data.text_fields` into one text and maps the label field to a [`Target`]. Every rejected row
+//! `data.text_fields` into one text (and `data.pair_fields` into its pair) and maps the label
+//! field to a [`Target`]. Every rejected row
 //! is reported with its [`Location`]: file and 1-based line (a Parquet file's 1-based row).
 //! A path `hf://datasets/{org}/{name}[@{revision}]/{file}` reads that file of a Hub dataset
 //! through the local Hugging Face cache (`wick_hub::dataset`).
@@ -33,6 +34,9 @@ pub enum Target {
 pub struct Example {
     /// The non-empty `data.text_fields` joined by `data.text_separator`, then `data.clean`ed.
     pub text: String,
+    /// The second text of a pair: `data.pair_fields` joined and cleaned the same way; `None`
+    /// when the config reads single texts.
+    pub pair: Option<String>,
     /// The label(s) of the row.
     pub target: Target,
     /// 1-based line where the row starts in its file.
@@ -70,39 +74,53 @@ pub fn read_unlabelled(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
 /// `predict`'s stdin, an input of a request to `serve`), `at` naming it in errors: its string
 /// field `text`, when it has one, is the text as it is; otherwise `cfg.text_fields` are joined
 /// as a file's row's are (dotted names included), so a record of the training file's schema
-/// (an issue's `title` and `body`) reads as training read it. Then `data.clean` applies.
-/// `data.filter` does not: the caller chose this record. Other fields stay in
-/// [`Example::fields`].
+/// (an issue's `title` and `body`) reads as training read it. Under `data.pair_fields` the
+/// pair is its string field `text_pair` (as a Hugging Face pipeline takes pairs), else those
+/// fields joined. Then `data.clean` applies. `data.filter` does not: the caller chose this
+/// record. Other fields stay in [`Example::fields`].
 pub fn unlabelled_record(
     fields: Map<String, Value>,
     cfg: &DataConfig,
     at: &Location,
 ) -> Result<Example> {
-    let joined = match fields.get("text") {
-        Some(Value::String(text)) => text.clone(),
-        _ => {
-            let reader = RowReader {
-                path: &at.path,
-                unit: at.unit,
-                cfg,
-                label_ids: HashMap::new(),
-            };
-            reader.text(at.number, &fields).map_err(|e| match e {
-                // Name the other way in too: the record may have meant to give its text whole.
-                Error::MissingField { at, field, present } if field != "text" => Error::BadRow {
-                    at,
-                    reason: format!(
-                        "no string field `text`, and no field `{field}` of data.text_fields \
-                         (fields present: {})",
-                        present.join(", ")
-                    ),
-                },
-                other => other,
-            })?
+    let reader = RowReader {
+        path: &at.path,
+        unit: at.unit,
+        cfg,
+        label_ids: HashMap::new(),
+    };
+    // Names the other way in too: the record may have meant to give its text whole.
+    let given = |whole: &'static str, key: &'static str, names: &[String]| match fields.get(whole) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        _ => reader.join(at.number, &fields, names).map_err(|e| match e {
+            Error::MissingField { at, field, present } if field != whole => Error::BadRow {
+                at,
+                reason: format!(
+                    "no string field `{whole}`, and no field `{field}` of {key} (fields \
+                     present: {})",
+                    present.join(", ")
+                ),
+            },
+            other => other,
+        }),
+    };
+    let text = given("text", "data.text_fields", &cfg.text_fields)?;
+    let pair = if cfg.pair_fields.is_empty() {
+        if fields.contains_key("text_pair") {
+            return Err(Error::BadRow {
+                at: at.clone(),
+                reason: "has a field `text_pair`, but this model reads single texts (its \
+                         data.pair_fields is empty)"
+                    .into(),
+            });
         }
+        None
+    } else {
+        Some(given("text_pair", "data.pair_fields", &cfg.pair_fields)?)
     };
     Ok(Example {
-        text: cfg.clean.apply(&joined).into_owned(),
+        text: cfg.clean.apply(&text).into_owned(),
+        pair: pair.map(|pair| cfg.clean.apply(&pair).into_owned()),
         target: Target::None,
         line: at.number,
         fields,
@@ -175,10 +193,10 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
         } else {
             Target::None
         };
-        let joined = row_reader.text(line, &fields)?;
-        let text = if cfg.clean.is_off() {
-            joined
-        } else {
+        let mut clean = |joined: String| {
+            if cfg.clean.is_off() {
+                return joined;
+            }
             let cut = match cfg.clean.apply(&joined) {
                 Cow::Owned(cut) => Some(cut),
                 Cow::Borrowed(_) => None,
@@ -186,8 +204,15 @@ fn read(path: &Path, cfg: &DataConfig, labelled: bool) -> Result<ReadOutcome> {
             cleaned.add(&joined, cut.as_deref().unwrap_or(&joined));
             cut.unwrap_or(joined)
         };
+        let text = clean(row_reader.join(line, &fields, &cfg.text_fields)?);
+        let pair = if cfg.pair_fields.is_empty() {
+            None
+        } else {
+            Some(clean(row_reader.join(line, &fields, &cfg.pair_fields)?))
+        };
         examples.push(Example {
             text,
+            pair,
             target,
             line,
             fields,
@@ -463,9 +488,10 @@ impl RowReader<'_> {
         Ok(scalar_text(value).as_deref() == Some(filter.equals.as_str()))
     }
 
-    fn text(&self, line: usize, fields: &Map<String, Value>) -> Result<String> {
-        let mut parts = Vec::with_capacity(self.cfg.text_fields.len());
-        for name in &self.cfg.text_fields {
+    /// The non-empty `names` of the row joined by `data.text_separator`.
+    fn join(&self, line: usize, fields: &Map<String, Value>, names: &[String]) -> Result<String> {
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
             let value = self.field(line, fields, name)?;
             if matches!(value, Value::Array(_) | Value::Object(_)) {
                 return Err(self.bad_field(

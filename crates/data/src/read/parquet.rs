@@ -72,7 +72,11 @@ fn field_value(
     if let Ok(text) = std::str::from_utf8(bytes.data()) {
         return Ok(Value::String(text.to_owned()));
     }
-    let read = cfg.text_fields.iter().any(|f| f == name)
+    let read = cfg
+        .text_fields
+        .iter()
+        .chain(&cfg.pair_fields)
+        .any(|f| f == name)
         || cfg.label_field == name
         || cfg.filter.as_ref().is_some_and(|f| f.column == name);
     if read {

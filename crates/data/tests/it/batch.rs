@@ -7,6 +7,7 @@ use crate::common::{id, tiny_tokenizer, TestResult, CLS, PAD, SEP};
 pub fn example(text: &str, target: Target) -> Example {
     Example {
         text: text.to_owned(),
+        pair: None,
         target,
         line: 1,
         fields: serde_json::Map::new(),

@@ -322,3 +322,101 @@ fn unknown_extension_without_format_names_the_file() -> TestResult {
     assert_eq!(read_examples(&path, &cfg)?.examples.len(), 1);
     Ok(())
 }
+
+/// `data.pair_fields` read a second text beside the first, joined and cleaned alike; a record
+/// for prediction may give it as `text_pair`.
+#[test]
+fn pair_fields_read_a_second_text() -> TestResult {
+    let dir = TempDir::new()?;
+    let path = write(
+        &dir,
+        "d.jsonl",
+        concat!(
+            "{\"title\": \"Crash\", \"body\": \"on <!-- x -->open\", \"q\": \"dup?\", \"n\": 7, \"label\": \"bug\"}\n",
+            "{\"title\": \"Theme\", \"body\": null, \"q\": \"\", \"n\": null, \"label\": \"feature\"}\n",
+        ),
+    );
+    let mut cfg = config(&path);
+    cfg.text_fields = vec!["title".into()];
+    cfg.pair_fields = vec!["body".into(), "q".into(), "n".into()];
+    cfg.clean.html_comments = true;
+    let examples = read_examples(&path, &cfg)?.examples;
+    assert_eq!(examples[0].text, "Crash");
+    assert_eq!(examples[0].pair.as_deref(), Some("on open\n\ndup?\n\n7"));
+    assert_eq!(
+        examples[1].pair.as_deref(),
+        Some(""),
+        "empty and null fields are skipped, as in a text"
+    );
+    // Single-text configs have no pair.
+    cfg.pair_fields.clear();
+    assert_eq!(read_examples(&path, &cfg)?.examples[0].pair, None);
+
+    // A missing pair field is named like a missing text field.
+    cfg.pair_fields = vec!["answer".into()];
+    let err = read_error(&path, &cfg)?;
+    assert!(
+        matches!(&err, Error::MissingField { at, field, .. } if at.number == 1 && field == "answer"),
+        "{err:?}"
+    );
+
+    // Prediction records: `text_pair`, else the pair fields; a pair given to a single-text
+    // model is refused.
+    cfg.pair_fields = vec!["body".into()];
+    let at = Location::line(std::path::Path::new("stdin"), 4);
+    let record = |json: &str| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(json).unwrap()
+    };
+    let given = wick_data::unlabelled_record(
+        record(r#"{"text": "Is it a dup?", "text_pair": "Same <!-- y -->crash"}"#),
+        &cfg,
+        &at,
+    )?;
+    assert_eq!(
+        (given.text.as_str(), given.pair.as_deref()),
+        ("Is it a dup?", Some("Same crash"))
+    );
+    let schema = wick_data::unlabelled_record(record(r#"{"title": "T", "body": "B"}"#), &cfg, &at)?;
+    assert_eq!(
+        (schema.text.as_str(), schema.pair.as_deref()),
+        ("T", Some("B"))
+    );
+    let missing = wick_data::unlabelled_record(record(r#"{"text": "T"}"#), &cfg, &at).unwrap_err();
+    let message = missing.to_string();
+    assert!(
+        message.contains("stdin:4")
+            && message.contains("no string field `text_pair`")
+            && message.contains("`body` of data.pair_fields"),
+        "{message}"
+    );
+    cfg.pair_fields.clear();
+    let refused =
+        wick_data::unlabelled_record(record(r#"{"text": "T", "text_pair": "P"}"#), &cfg, &at)
+            .unwrap_err()
+            .to_string();
+    assert!(
+        refused.contains("`text_pair`") && refused.contains("single texts"),
+        "{refused}"
+    );
+    Ok(())
+}
+
+#[test]
+fn pair_fields_must_not_share_a_field_with_the_text_or_the_label() {
+    let mut cfg = config(std::path::Path::new("d.jsonl"));
+    cfg.text_fields = vec!["title".into(), "body".into()];
+    cfg.pair_fields = vec!["body".into()];
+    let message = cfg.validate().unwrap_err().to_string();
+    assert!(
+        message.contains("data.pair_fields") && message.contains("\"body\""),
+        "{message}"
+    );
+    cfg.pair_fields = vec!["label".into()];
+    let message = cfg.validate().unwrap_err().to_string();
+    assert!(
+        message.contains("data.pair_fields") && message.contains("label field"),
+        "{message}"
+    );
+    cfg.pair_fields = vec!["answer".into()];
+    assert!(cfg.validate().is_ok());
+}
