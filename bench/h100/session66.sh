@@ -3,7 +3,8 @@
 # f32) as shipped, where each issue is one text (title, "\n\n", body), against the same config
 # reading the title and the body as a pair (`--set data.text_fields=["title"] --set
 # data.pair_fields=["body"]`: [CLS] title [SEP] body [SEP], the body in segment 1, cut longest
-# first with its head_tail 64). One sweep per project and arm, seeds 1 to 6 (each seed its own
+# first with its head_tail 64). One sweep per project and arm (its grid the config's own
+# dropout, 0.2, as sweep needs one), seeds 1 to 6 (each seed its own
 # validation split: data.split_seed follows train.seed), the ten sweeps side by side. The rule,
 # written before the run: configs/nlbse.toml reads pairs if their overall validation mean over
 # the six seeds is above the joined text's by more than the standard error of the per-seed
@@ -27,7 +28,7 @@ for p in facebook/react tensorflow/tensorflow microsoft/vscode bitcoin/bitcoin o
     [ $arm = pairs ] && extra=(--set 'data.text_fields=["title"]' --set 'data.pair_fields=["body"]')
     $W/bin/sweep --config configs/nlbse.toml --set model.path=$M --set train.keep_last=0 \
       --set "data.filter.equals=\"$p\"" "${extra[@]}" --device cuda --out $W/$arm/$s --quiet \
-      --json --seeds 1,2,3,4,5,6 > $R/${arm}_$s.json 2> $R/${arm}_$s.log &
+      --json --grid model.hidden_dropout=0.2 --seeds 1,2,3,4,5,6 > $R/${arm}_$s.json 2> $R/${arm}_$s.log &
   done
 done
 wait

@@ -817,6 +817,14 @@ impl Trainer {
             summary: train_summary,
             train_rows,
         } = load_data(&config, &tokenizer)?;
+        if !config.data.pair_fields.is_empty() {
+            reporter.message(&format!(
+                "input: text pairs, {} then {} (tokens counted below are both texts'; a long \
+                 pair is cut longest first)",
+                config.data.text_fields.join(" + "),
+                config.data.pair_fields.join(" + ")
+            ));
+        }
         if let (Some(path), true) = (&config.data.valid, valid_without_label > 0) {
             reporter.message(&format!(
                 "{}: {valid_without_label} rows with none of data.labels left out \
