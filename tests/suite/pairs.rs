@@ -129,7 +129,7 @@ fn roberta_pairs_match_transformers() {
 }
 
 /// The tiny fixtures as pairs: each text's first three words as `title`, the rest as `body`.
-fn pair_file(from: &Path, to: &Path) {
+pub(super) fn pair_file(from: &Path, to: &Path) {
     let lines: Vec<String> = std::fs::read_to_string(from)
         .unwrap()
         .lines()

@@ -523,3 +523,66 @@ fn serve_explains_as_explain_does() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("4 explained"), "{stderr}");
 }
+
+/// A checkpoint of text pairs (`data.pair_fields`): `/predict` takes records with `text` and
+/// `text_pair`, or of the training schema, and answers as `predict` does; a bare text is refused
+/// naming `text_pair`; `/info` names the pair fields.
+#[test]
+fn serve_reads_text_pairs() {
+    let dir = TempDir::new().unwrap();
+    let issues = dir.path().join("issues.jsonl");
+    super::pairs::pair_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/train.jsonl"),
+        &issues,
+    );
+    let issues_arg = path_str(&issues);
+    let run = dir.path().join("run");
+    let sets = [
+        format!("data.train=\"{issues_arg}\""),
+        format!("data.valid=\"{issues_arg}\""),
+        "data.text_fields=[\"title\"]".to_string(),
+        "data.pair_fields=[\"body\"]".to_string(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    assert_ok(&train_tiny(&run, &sets), "train on pairs");
+    let checkpoint = ["--checkpoint", path_str(&run)];
+    let expected = predicted(&[&checkpoint[..], &["--data", issues_arg]].concat(), None);
+    let rows: Vec<Value> = std::fs::read_to_string(&issues)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let pairs: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"text": r["title"], "text_pair": r["body"], "label": r["label"]}))
+        .collect();
+
+    let server = Serving::start(&checkpoint);
+    for (what, body) in [("pairs", &pairs), ("records", &rows)] {
+        let (status, answer) = server.post(&Value::Array(body.clone()));
+        assert_eq!(status, 200, "{answer}");
+        for (i, (served, want)) in answer.as_array().unwrap().iter().zip(&expected).enumerate() {
+            for (label, p) in want["probs"].as_object().unwrap() {
+                let q = served["probs"][label].as_f64().unwrap();
+                assert!(
+                    (q - p.as_f64().unwrap()).abs() < 1e-5,
+                    "{what} {}: P({label}) {q} against predict's {p}",
+                    i + 1
+                );
+            }
+        }
+    }
+    let (status, refused) = server.post(&json!("a text without its pair"));
+    assert_eq!(status, 400);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("no string field `text_pair`, and no field `body` of data.pair_fields"),
+        "{refused}"
+    );
+    let (_, _, info) = server.request("GET", "/info", b"");
+    assert_eq!(info["pair_fields"], json!(["body"]));
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+}
