@@ -267,6 +267,14 @@ fn a_checkpoint_of_pairs_predicts_and_explains_pairs() {
         "{record}"
     );
     assert!(record["delta"].as_f64().unwrap().abs() < 0.05 * change.abs().max(0.01) + 1e-12);
+    // F(x) of the integral is predict's probability: the pair reached the model as training
+    // gave it (segment ids included).
+    let label = record["explained"].as_str().unwrap();
+    let predicted = record["probs"][label].as_f64().unwrap();
+    assert!(
+        (record["prob"].as_f64().unwrap() - predicted).abs() < 1e-5,
+        "{record}"
+    );
     // The segment ids reach the model: the pair's tokens read segment 1 (BERT).
     let tokens = record["tokens"].as_array().unwrap();
     assert!(tokens.iter().any(|t| t["segment"] == 1), "{record}");
