@@ -343,3 +343,27 @@ impl wick_trainer::fit::Reporter for StopAt {
         }
     }
 }
+
+/// A single-label f32 CPU classifier of `model`'s shape with three labels, no dropout and its
+/// pretrained encoder weights (the head left at its seeded init).
+pub fn pretrained_classifier(
+    model: &wick_model::hub::ResolvedModel,
+) -> (
+    candle_nn::VarMap,
+    wick_model::Classifier,
+    wick_model::BertConfig,
+) {
+    let config = wick_model::BertConfig::from_file(&model.config).unwrap();
+    let (varmap, classifier) = wick_model::Classifier::build(
+        &config,
+        3,
+        wick_model::Task::SingleLabel,
+        0.0,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+        0,
+    )
+    .unwrap();
+    wick_model::weights::load_safetensors(&varmap, &model.weights, false).unwrap();
+    (varmap, classifier, config)
+}

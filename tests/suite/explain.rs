@@ -5,18 +5,17 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde::Deserialize;
 use serde_json::Value;
 use tempfile::TempDir;
 use wick_model::hub::{resolve, ModelSource};
-use wick_model::weights::{load_safetensors, named_vars};
-use wick_model::{BertConfig, Classifier, Task};
+use wick_model::weights::named_vars;
 use wick_trainer::explain::{integrated_gradients, Integration};
 
 use super::common::{
-    assert_fails_naming, assert_ok, checkpoint_probs, explained, path_str, repo_root, run_bin,
-    text, train_tiny,
+    assert_fails_naming, assert_ok, checkpoint_probs, explained, path_str, pretrained_classifier,
+    repo_root, run_bin, text, train_tiny,
 };
 
 #[derive(Deserialize)]
@@ -68,18 +67,7 @@ fn attributions_match_captum(source: ModelSource, prefix: &str, setup: &str) {
     let model = resolve(&source).unwrap_or_else(|e| panic!("{e}\nrun `{setup}` first"));
     let tokenizer = wick_data::TextTokenizer::from_file(&model.tokenizer, 128).unwrap();
     assert_eq!(tokenizer.pad_id(), reference.pad_id);
-    let config = BertConfig::from_file(&model.config).unwrap();
-    let (varmap, classifier) = Classifier::build(
-        &config,
-        3,
-        Task::SingleLabel,
-        0.0,
-        DType::F32,
-        &Device::Cpu,
-        0,
-    )
-    .unwrap();
-    load_safetensors(&varmap, &model.weights, false).unwrap();
+    let (varmap, classifier, _) = pretrained_classifier(&model);
     let head = candle_core::safetensors::load(
         dir.join(format!("{prefix}attribution_head.safetensors")),
         &Device::Cpu,

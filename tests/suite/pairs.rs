@@ -5,16 +5,14 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use tempfile::TempDir;
 use wick_model::hub::{resolve, ModelSource};
-use wick_model::weights::load_safetensors;
-use wick_model::{BertConfig, Classifier, Task};
 
 use super::common::{
-    assert_fails_naming, assert_ok, explained, max_gap, path_str, predicted_probs, repo_root,
-    run_bin, run_with_stdin, text, train_tiny,
+    assert_fails_naming, assert_ok, explained, max_gap, path_str, predicted_probs,
+    pretrained_classifier, repo_root, run_bin, run_with_stdin, text, train_tiny,
 };
 
 #[derive(Deserialize)]
@@ -52,18 +50,7 @@ fn pairs_match_transformers(source: ModelSource, name: &str, setup: &str) {
         assert_eq!(encoding.type_ids, case.token_type_ids, "{what}");
         rows.push(encoding);
     }
-    let config = BertConfig::from_file(&model.config).unwrap();
-    let (varmap, classifier) = Classifier::build(
-        &config,
-        3,
-        Task::SingleLabel,
-        0.0,
-        DType::F32,
-        &Device::Cpu,
-        0,
-    )
-    .unwrap();
-    load_safetensors(&varmap, &model.weights, false).unwrap();
+    let (_varmap, classifier, config) = pretrained_classifier(&model);
     let width = rows.iter().map(|r| r.ids.len()).max().unwrap();
     let grid = |f: &dyn Fn(&wick_data::Encoding, usize) -> u32| {
         let values: Vec<u32> = rows

@@ -83,14 +83,15 @@ fn real_minilm_tokenizer_truncates_and_pads_with_its_pad_token() -> TestResult {
     Ok(())
 }
 
-/// The ids the tokenizers library itself gives `text` when it truncates to `max_len` from
-/// `direction` (Right cuts the end, Left the start).
-fn library_cut(
+/// What the tokenizers library itself gives `input` (a text, or a `(text, pair)`) when it
+/// truncates to `max_len` from `direction` (Right cuts the end, Left the start; a pair longest
+/// first).
+fn library_cut<'s>(
     path: &Path,
-    text: &str,
+    input: impl Into<tokenizers::EncodeInput<'s>>,
     max_len: usize,
     direction: TruncationDirection,
-) -> Result<Vec<u32>, BoxError> {
+) -> Result<tokenizers::Encoding, BoxError> {
     let mut tokenizer = Tokenizer::from_file(path)?;
     tokenizer.with_padding(None);
     tokenizer.with_truncation(Some(TruncationParams {
@@ -99,15 +100,19 @@ fn library_cut(
         strategy: TruncationStrategy::LongestFirst,
         stride: 0,
     }))?;
-    Ok(tokenizer.encode(text, true)?.get_ids().to_vec())
+    tokenizer.encode(input, true)
 }
 
 /// Each truncation keeps what the tokenizers library's own cut keeps: the head as a cut from the
 /// right, the tail as a cut from the left, and head_tail the first `head` content tokens of the one
 /// followed by the rest of the other; the untruncated length is the same for all three.
 fn check_truncations(path: &Path, text: &str, max_len: usize, head: usize) -> TestResult {
-    let right = library_cut(path, text, max_len, TruncationDirection::Right)?;
-    let left = library_cut(path, text, max_len, TruncationDirection::Left)?;
+    let right = library_cut(path, text, max_len, TruncationDirection::Right)?
+        .get_ids()
+        .to_vec();
+    let left = library_cut(path, text, max_len, TruncationDirection::Left)?
+        .get_ids()
+        .to_vec();
     assert_eq!(right.len(), max_len, "the text must be longer than max_len");
     assert_ne!(right, left);
     let mut both = right[..1 + head].to_vec();
@@ -184,25 +189,6 @@ fn pair_shares_are_the_tokenizers_librarys_longest_first() {
     assert_eq!(wick_data::pair_shares(2, 3, 10), (2, 3), "fits");
 }
 
-/// The library's own cut of a pair to `max_len` (`longest_first`) from `direction`.
-fn library_pair_cut(
-    path: &Path,
-    text: &str,
-    pair: &str,
-    max_len: usize,
-    direction: TruncationDirection,
-) -> Result<tokenizers::Encoding, BoxError> {
-    let mut tokenizer = Tokenizer::from_file(path)?;
-    tokenizer.with_padding(None);
-    tokenizer.with_truncation(Some(TruncationParams {
-        direction,
-        max_length: max_len,
-        strategy: TruncationStrategy::LongestFirst,
-        stride: 0,
-    }))?;
-    tokenizer.encode((text, pair), true)
-}
-
 /// A pair is cut as the library cuts it: with `longest_first` shares, the head as a cut from
 /// the right, the tail as a cut from the left, and head_tail each text's first `head` tokens of
 /// the one followed by the rest of its share from the other; `tokens` keeps the same ids and
@@ -215,8 +201,8 @@ fn check_pair_truncations(
     head: usize,
 ) -> TestResult {
     let what = format!("{text:?} + {pair:?} in {max_len}");
-    let right = library_pair_cut(path, text, pair, max_len, TruncationDirection::Right)?;
-    let left = library_pair_cut(path, text, pair, max_len, TruncationDirection::Left)?;
+    let right = library_cut(path, (text, pair), max_len, TruncationDirection::Right)?;
+    let left = library_cut(path, (text, pair), max_len, TruncationDirection::Left)?;
     assert_eq!(right.len(), max_len, "{what}: the pair must be longer");
     // Head and tail by text: each text's content tokens in the right cut, then the left cut.
     let content = |e: &tokenizers::Encoding, s: usize| -> Vec<u32> {
