@@ -556,10 +556,14 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     if let Some(best) = rows.first() {
         println!(
-            "\nbest: {} ({metric} {:.4}); train it with: --set {}",
+            "\nbest: {} ({metric} {:.4}); train it with: {}",
             best.grid.join(" "),
             best.mean,
-            best.grid.join(" --set ")
+            best.grid
+                .iter()
+                .map(|set| format!("--set {}", shell_word(set)))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     println!(
@@ -575,9 +579,32 @@ fn main() -> ExitCode {
     wick_trainer::cli::run_main(|| run(Args::parse()))
 }
 
+/// `word` as a shell reads it back: as it is when it holds only characters no shell treats
+/// specially, else in single quotes (a `'` written `'\''`).
+fn shell_word(word: &str) -> String {
+    if word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-+=/:,@%".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_flags_survive_the_shell() {
+        assert_eq!(shell_word("train.lr=2e-5"), "train.lr=2e-5");
+        assert_eq!(
+            shell_word(r#"data.text_fields=["title"]"#),
+            r#"'data.text_fields=["title"]'"#
+        );
+        assert_eq!(shell_word("a='x'"), r"'a='\''x'\'''");
+    }
 
     #[test]
     fn grid_values_split_outside_brackets_and_quotes() {
@@ -588,6 +615,18 @@ mod tests {
         assert_eq!(axis.values, [r#"" , ""#, r#""\n""#]);
         assert!(parse_axis("train.lr").is_err());
         assert!(parse_axis("train.lr=1e-4,,2e-4").is_err());
+        // An inline table per value moves several keys together (they merge into [data]).
+        let axis = parse_axis(
+            r#"data={text_fields=["title","body"],pair_fields=[]},{text_fields=["title"],pair_fields=["body"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            axis.values,
+            [
+                r#"{text_fields=["title","body"],pair_fields=[]}"#,
+                r#"{text_fields=["title"],pair_fields=["body"]}"#
+            ]
+        );
     }
 
     #[test]

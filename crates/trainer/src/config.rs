@@ -737,7 +737,9 @@ fn merge_into(base: &mut toml::Table, over: toml::Table) {
 
 /// Sets `a.b.c = value` in a TOML table. The value is parsed as TOML (`3`, `2e-5`, `true`,
 /// `"text"`, `[1, 2]`); anything that does not parse is taken as a bare string, so
-/// `data.train=data/x.jsonl` works without quotes.
+/// `data.train=data/x.jsonl` works without quotes. An inline table merges into the table there,
+/// key by key, as `extends` merges: `data={text_fields=["title"], pair_fields=["body"]}` sets two
+/// keys of `[data]` and keeps the others (so one sweep axis can move keys together).
 pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
     let (key, raw) = spec
         .split_once('=')
@@ -766,7 +768,12 @@ pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
             .as_table_mut()
             .ok_or_else(|| TrainError::config(key, format!("`{part}` is not a table")))?;
     }
-    node.insert(last.to_string(), value);
+    match (node.get_mut(*last), value) {
+        (Some(toml::Value::Table(there)), toml::Value::Table(over)) => merge_into(there, over),
+        (_, value) => {
+            node.insert(last.to_string(), value);
+        }
+    }
     Ok(())
 }
 
@@ -779,6 +786,29 @@ mod tests {
 train = "data/train.jsonl"
 labels = ["a", "b"]
 "#;
+
+    #[test]
+    fn an_inline_table_merges_into_the_table_it_names() {
+        let overrides = vec![
+            r#"data={text_fields=["title"], pair_fields=["body"]}"#.to_string(),
+            "train={epochs=4}".to_string(),
+        ];
+        let config = RunConfig::from_toml(BASE, "base.toml", &overrides).unwrap();
+        assert_eq!(config.data.text_fields, ["title"]);
+        assert_eq!(config.data.pair_fields, ["body"]);
+        assert_eq!(
+            config.data.train,
+            Path::new("data/train.jsonl"),
+            "other keys stay"
+        );
+        assert_eq!(config.data.labels, ["a", "b"]);
+        assert_eq!(config.train.epochs, 4);
+        // Not a table there: the value replaces it (and is checked as usual).
+        let err = RunConfig::from_toml(BASE, "base.toml", &["data.labels={a=1}".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("labels"), "{err}");
+    }
 
     #[test]
     fn overrides_are_typed_and_dotted() {
