@@ -276,3 +276,39 @@ fn a_checkpoint_of_pairs_predicts_and_explains_pairs() {
         text(&shown.stdout)
     );
 }
+
+/// A tokenizer that numbers a pair's second text 1 (BERT's) beside a model of one segment row
+/// (RoBERTa's `type_vocab_size` is 1) is refused before anything runs; with two rows, with no
+/// segment table (MPNet) or with single texts it is accepted.
+#[test]
+fn segment_ids_past_the_models_table_are_refused() {
+    let model = resolve(&ModelSource::from_id(
+        "sentence-transformers/all-MiniLM-L6-v2",
+    ))
+    .unwrap_or_else(|e| panic!("{e}\nrun `make model` first"));
+    let tokenizer = wick_data::TextTokenizer::from_file(&model.tokenizer, 32).unwrap();
+    let mut data = wick_data::DataConfig::new("train.jsonl");
+    data.text_fields = vec!["title".into()];
+    data.pair_fields = vec!["body".into()];
+    let shaped = |model_type, type_vocab_size| wick_model::BertConfig {
+        model_type,
+        type_vocab_size,
+        ..wick_model::BertConfig::tiny(100)
+    };
+    let check = |bert: &wick_model::BertConfig, data: &wick_data::DataConfig| {
+        wick_trainer::infer::check_pairs(&tokenizer, &model.tokenizer, bert, data)
+    };
+    let err = check(&shaped(wick_model::ModelType::Roberta, 1), &data)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data.pair_fields")
+            && err.contains("segment 1")
+            && err.contains("type_vocab_size"),
+        "{err}"
+    );
+    assert!(check(&shaped(wick_model::ModelType::Bert, 2), &data).is_ok());
+    assert!(check(&shaped(wick_model::ModelType::Mpnet, 1), &data).is_ok());
+    data.pair_fields.clear();
+    assert!(check(&shaped(wick_model::ModelType::Roberta, 1), &data).is_ok());
+}

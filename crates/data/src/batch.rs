@@ -97,10 +97,7 @@ impl Dataset {
     /// Tokenizes `examples` (each text with its pair, if it has one); their targets must all be
     /// of one kind (all single, all multi with the same length, or all unlabelled).
     pub fn new(examples: &[Example], tokenizer: &TextTokenizer) -> Result<Self> {
-        let inputs: Vec<(&str, Option<&str>)> = examples
-            .iter()
-            .map(|e| (e.text.as_str(), e.pair.as_deref()))
-            .collect();
+        let inputs: Vec<(&str, Option<&str>)> = examples.iter().map(Example::input).collect();
         let encodings = tokenizer.encode_pairs(&inputs)?;
         let targets = Targets::of(examples)?;
         Ok(Self {

@@ -462,16 +462,12 @@ fn teacher_probs(
 
 /// How many of `rows` some teacher trained on, matched by text (and pair).
 fn seen_by_teachers(members: &[crate::infer::Predictor], rows: &[Example]) -> Result<usize> {
-    let mut seen = std::collections::HashSet::new();
+    let mut trained = Vec::new();
     for member in members {
-        for row in member.trained_rows()? {
-            seen.insert((row.text, row.pair));
-        }
+        trained.extend(member.trained_rows()?);
     }
-    Ok(rows
-        .iter()
-        .filter(|r| seen.contains(&(r.text.clone(), r.pair.clone())))
-        .count())
+    let seen: std::collections::HashSet<_> = trained.iter().map(Example::input).collect();
+    Ok(rows.iter().filter(|r| seen.contains(&r.input())).count())
 }
 
 /// [`teacher_probs`]' mean over the teachers, each row's over all of them or, under
@@ -631,12 +627,9 @@ fn unseen_rows(
             ),
         )
     })?;
-    fn text(r: &Example) -> (&str, Option<&str>) {
-        (r.text.as_str(), r.pair.as_deref())
-    }
-    let seen: std::collections::HashSet<_> = trained.iter().map(text).collect();
+    let seen: std::collections::HashSet<_> = trained.iter().map(Example::input).collect();
     let (unseen, seen_rows): (Vec<usize>, Vec<usize>) =
-        (0..rows.len()).partition(|&i| !seen.contains(&text(&rows[i])));
+        (0..rows.len()).partition(|&i| !seen.contains(&rows[i].input()));
     // Lines identify rows only within one file.
     let repeats = if theirs.train == data.train {
         let lines: std::collections::HashSet<usize> = trained.iter().map(|r| r.line).collect();

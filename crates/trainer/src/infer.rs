@@ -247,7 +247,7 @@ impl Predictor {
 /// Under `data.pair_fields`, checks that the tokenizer encodes pairs and gives segment ids the
 /// model has rows for: a tokenizer that numbered a pair's second text 1 for a model with one
 /// segment (RoBERTa's `type_vocab_size` is 1) would index past the table.
-pub(crate) fn check_pairs(
+pub fn check_pairs(
     tokenizer: &TextTokenizer,
     path: &Path,
     bert: &wick_model::BertConfig,

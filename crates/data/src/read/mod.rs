@@ -45,6 +45,14 @@ pub struct Example {
     pub fields: Map<String, Value>,
 }
 
+impl Example {
+    /// What the tokenizer reads: the text, and the pair's second text if there is one (what
+    /// [`crate::TextTokenizer::encode_pairs`] takes; also what tells two rows' inputs apart).
+    pub fn input(&self) -> (&str, Option<&str>) {
+        (self.text.as_str(), self.pair.as_deref())
+    }
+}
+
 /// The examples of one file and how many rows `data.filter` dropped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadOutcome {
