@@ -10,29 +10,47 @@ use serde_json::{Map, Value};
 use wick_data::Unit;
 use wick_trainer::infer::Ensemble;
 
-/// The examples to label: `data`'s kept rows, else `texts`, else stdin's records; every one
-/// read with the first checkpoint's field mapping ([`wick_data::unlabelled_record`]).
+/// The examples to label: `data`'s kept rows, else `texts` (each with its `pairs` entry as the
+/// second text of a pair, for a checkpoint of text pairs), else stdin's records; every one read
+/// with the first checkpoint's field mapping ([`wick_data::unlabelled_record`]).
 pub fn read(
     ensemble: &Ensemble,
     texts: &[String],
+    pairs: &[String],
     data: Option<&Path>,
 ) -> Result<Vec<wick_data::Example>> {
     let config = &ensemble.first().checkpoint.config.data;
+    let dir = ensemble.first().checkpoint.dir.display();
+    let reads_pairs = !config.pair_fields.is_empty();
+    if !pairs.is_empty() {
+        if !reads_pairs {
+            bail!("--pair: {dir} reads single texts (its data.pair_fields is empty)");
+        }
+        if pairs.len() != texts.len() {
+            bail!(
+                "--pair given {} time(s) for {} text(s): one second text per text, in order",
+                pairs.len(),
+                texts.len()
+            );
+        }
+    }
     match data {
         Some(path) => Ok(ensemble.first().read_unlabelled(path)?),
         None if texts.is_empty() => read_stdin(config),
-        None if !config.pair_fields.is_empty() => bail!(
-            "{} reads text pairs (data.pair_fields = {:?}): give JSONL records with `text` and \
-             `text_pair` (or the training file's fields) on stdin or in --data, not texts as \
-             arguments",
-            ensemble.first().checkpoint.dir.display(),
+        None if reads_pairs && pairs.is_empty() => bail!(
+            "{dir} reads text pairs (data.pair_fields = {:?}): give each text its second text \
+             with --pair, or JSONL records with `text` and `text_pair` (or the training file's \
+             fields) on stdin or in --data",
             config.pair_fields
         ),
         None => Ok(texts
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let fields = Map::from_iter([("text".to_string(), Value::from(text.as_str()))]);
+                let mut fields = Map::from_iter([("text".to_string(), Value::from(text.as_str()))]);
+                if let Some(pair) = pairs.get(i) {
+                    fields.insert("text_pair".to_string(), Value::from(pair.as_str()));
+                }
                 let at = wick_data::Location::new(Path::new("argument"), Unit::Item, i + 1);
                 wick_data::unlabelled_record(fields, config, &at)
             })

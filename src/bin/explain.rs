@@ -71,6 +71,10 @@ struct Args {
     /// Texts to explain; without any (and without --data), JSONL objects on stdin, as for
     /// `predict`.
     texts: Vec<String>,
+    /// For a checkpoint of text pairs (`data.pair_fields`): the second text of each text, in
+    /// order (repeat it once per text).
+    #[arg(long = "pair", value_name = "TEXT", conflicts_with = "data")]
+    pairs: Vec<String>,
 }
 
 fn run(args: Args) -> Result<()> {
@@ -96,7 +100,7 @@ fn run(args: Args) -> Result<()> {
     // Each input with the heading of its report.
     let inputs: Vec<(String, wick_data::Example)> = match (&args.data, args.errors) {
         (Some(path), true) => misclassified(&ensemble, path)?,
-        _ => inputs::read(&ensemble, &args.texts, args.data.as_deref())?
+        _ => inputs::read(&ensemble, &args.texts, &args.pairs, args.data.as_deref())?
             .into_iter()
             .enumerate()
             .map(|(i, example)| ((i + 1).to_string(), example))

@@ -46,12 +46,16 @@ struct Args {
     /// labelled by its string field "text" or else by the checkpoint's text fields (an issue's
     /// "title" and "body" for an NLBSE checkpoint), joined as in training.
     texts: Vec<String>,
+    /// For a checkpoint of text pairs (`data.pair_fields`): the second text of each text, in
+    /// order (repeat it once per text).
+    #[arg(long = "pair", value_name = "TEXT", conflicts_with = "data")]
+    pairs: Vec<String>,
 }
 
 fn run(args: Args) -> Result<()> {
     let predictor = Ensemble::open(&args.checkpoint, args.device)?;
     let data = &predictor.first().checkpoint.config.data;
-    let examples = inputs::read(&predictor, &args.texts, args.data.as_deref())?;
+    let examples = inputs::read(&predictor, &args.texts, &args.pairs, args.data.as_deref())?;
     let plain = predictor.predict_examples(&examples, &wick_data::Targets::None)?;
     let probs = match args
         .priors

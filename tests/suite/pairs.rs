@@ -209,9 +209,48 @@ fn a_checkpoint_of_pairs_predicts_and_explains_pairs() {
         .fold(0.0, f64::max);
     assert!(gap > 1e-4, "pairs and joined texts predicted alike ({gap})");
 
+    // Texts as arguments take their second texts from --pair, one each, in order.
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&valid)
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let field = |i: usize, key: &str| rows[i][key].as_str().unwrap().to_string();
+    let (t0, p0, t1, p1) = (
+        field(0, "title"),
+        field(0, "body"),
+        field(1, "title"),
+        field(1, "body"),
+    );
+    let argued = run_bin(
+        "predict",
+        &[
+            "--checkpoint",
+            best,
+            "--pair",
+            &p0,
+            "--pair",
+            &p1,
+            "--",
+            &t0,
+            &t1,
+        ],
+    );
+    assert_ok(&argued, "predict with --pair");
+    for (x, y) in predicted_probs(&argued).iter().zip(&a) {
+        assert!(max_gap(x, y) < 1e-6, "{x:?} vs {y:?}");
+    }
     assert_fails_naming(
         &run_bin("predict", &["--checkpoint", best, "--", "a text"]),
-        &["text pairs", "text_pair"],
+        &["text pairs", "--pair", "text_pair"],
+    );
+    assert_fails_naming(
+        &run_bin(
+            "predict",
+            &["--checkpoint", best, "--pair", "x", "--", "a", "b"],
+        ),
+        &["--pair given 1 time(s) for 2 text(s)"],
     );
     let export = dir.path().join("export");
     assert_fails_naming(
