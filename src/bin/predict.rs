@@ -1,7 +1,8 @@
 //! `predict`: label texts with a checkpoint (or an ensemble of several). Texts come from the
-//! arguments, as JSONL on stdin (a `text` field, or the checkpoint's text fields), or from a file of the schema the checkpoint
-//! was trained on (`--data`: JSONL or CSV, its text fields and filter, labels not needed); one
-//! JSON line per input goes to stdout, other input fields passed through.
+//! arguments (each with its `--pair` for a checkpoint of text pairs), as JSONL on stdin (a `text`
+//! field, or the checkpoint's text fields; `text_pair` or its pair fields), or from a file of the
+//! schema the checkpoint was trained on (`--data`: JSONL, CSV or Parquet, its fields and filter,
+//! labels not needed); one JSON line per input goes to stdout, other input fields passed through.
 
 use std::io::Write;
 use std::path::PathBuf;
