@@ -163,60 +163,49 @@ fn a_checkpoint_of_pairs_predicts_and_explains_pairs() {
         &["--checkpoint", best, "--data", path_str(&valid)],
     );
     assert_ok(&from_file, "predict --data");
-    let records: String = std::fs::read_to_string(&valid)
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&valid)
         .unwrap()
         .lines()
-        .map(|line| {
-            let row: serde_json::Value = serde_json::from_str(line).unwrap();
-            serde_json::json!({"text": row["title"], "text_pair": row["body"]}).to_string() + "\n"
-        })
+        .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    let from_stdin = run_with_stdin(
-        env!("CARGO_BIN_EXE_predict"),
-        &["--checkpoint", best],
-        records.as_bytes(),
+    let field = |i: usize, key: &str| rows[i][key].as_str().unwrap().to_string();
+    // Each row as a stdin record of `make(title, body)`.
+    let stdin_of = |make: &dyn Fn(String, String) -> serde_json::Value| -> String {
+        (0..rows.len())
+            .map(|i| make(field(i, "title"), field(i, "body")).to_string() + "\n")
+            .collect()
+    };
+    let predict_stdin = |input: String, what: &str| {
+        let output = run_with_stdin(
+            env!("CARGO_BIN_EXE_predict"),
+            &["--checkpoint", best],
+            input.as_bytes(),
+        );
+        assert_ok(&output, what);
+        predicted_probs(&output)
+    };
+    let a = predicted_probs(&from_file);
+    let b = predict_stdin(
+        stdin_of(&|t, p| serde_json::json!({"text": t, "text_pair": p})),
+        "predict from stdin",
     );
-    assert_ok(&from_stdin, "predict from stdin");
-    let (a, b) = (predicted_probs(&from_file), predicted_probs(&from_stdin));
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         assert!(max_gap(x, y) < 1e-6, "{x:?} vs {y:?}");
     }
     // Joined into one text, a pair reads otherwise: the model was given both segments.
-    let joined: String = std::fs::read_to_string(&valid)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let row: serde_json::Value = serde_json::from_str(line).unwrap();
-            let text = format!(
-                "{} {}",
-                row["title"].as_str().unwrap(),
-                row["body"].as_str().unwrap()
-            );
-            serde_json::json!({"text": text, "text_pair": ""}).to_string() + "\n"
-        })
-        .collect();
-    let single = run_with_stdin(
-        env!("CARGO_BIN_EXE_predict"),
-        &["--checkpoint", best],
-        joined.as_bytes(),
+    let single = predict_stdin(
+        stdin_of(&|t, p| serde_json::json!({"text": format!("{t} {p}"), "text_pair": ""})),
+        "predict joined texts",
     );
-    assert_ok(&single, "predict joined texts");
     let gap = a
         .iter()
-        .zip(predicted_probs(&single))
-        .map(|(x, y)| max_gap(x, &y))
+        .zip(&single)
+        .map(|(x, y)| max_gap(x, y))
         .fold(0.0, f64::max);
     assert!(gap > 1e-4, "pairs and joined texts predicted alike ({gap})");
 
     // Texts as arguments take their second texts from --pair, one each, in order.
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&valid)
-        .unwrap()
-        .lines()
-        .take(2)
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    let field = |i: usize, key: &str| rows[i][key].as_str().unwrap().to_string();
     let (t0, p0, t1, p1) = (
         field(0, "title"),
         field(0, "body"),
