@@ -119,7 +119,8 @@ impl Explanation {
             .zip(&self.probs)
             .map(|(l, &p)| (l.clone(), json!(p)))
             .collect();
-        let segment = |mut entry: Value, segment: usize| {
+        // A pair's entries say which of its texts they are in.
+        let with_segment = |mut entry: Value, segment: usize| {
             if self.pair.is_some() {
                 entry["segment"] = json!(segment);
             }
@@ -130,7 +131,7 @@ impl Explanation {
             .iter()
             .map(|w| {
                 let entry = json!({"word": w.word, "start": w.span.0, "end": w.span.1, "score": w.attribution});
-                segment(entry, w.segment)
+                with_segment(entry, w.segment)
             })
             .collect();
         let tokens: Vec<Value> = self
@@ -143,7 +144,7 @@ impl Explanation {
                     "end": t.span.map(|s| s.1),
                     "score": t.attribution,
                 });
-                segment(entry, t.segment)
+                with_segment(entry, t.segment)
             })
             .collect();
         let explained = labels.get(self.label).cloned().unwrap_or_default();

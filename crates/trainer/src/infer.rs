@@ -265,19 +265,18 @@ pub fn check_pairs(
             )
         })?
         .remove(0);
-    let segments = if bert.model_type.has_token_types() {
-        bert.type_vocab_size
-    } else {
+    if !bert.model_type.has_token_types() {
         // No segment table: the ids are not read.
-        usize::MAX
-    };
+        return Ok(());
+    }
     match encoding.type_ids.iter().max() {
-        Some(&top) if top as usize >= segments => Err(TrainError::config(
+        Some(&top) if top as usize >= bert.type_vocab_size => Err(TrainError::config(
             "data.pair_fields",
             format!(
-                "{} numbers a pair's texts up to segment {top}, but the model has {segments} \
-                 segment row(s) (type_vocab_size in its config.json)",
-                path.display()
+                "{} numbers a pair's texts up to segment {top}, but the model has {} segment \
+                 row(s) (type_vocab_size in its config.json)",
+                path.display(),
+                bert.type_vocab_size
             ),
         )),
         _ => Ok(()),
