@@ -35,7 +35,7 @@ pub struct Token {
     pub segment: usize,
 }
 
-/// The kept tokens of one text ([`TextTokenizer::tokens`]).
+/// The kept tokens of one text or pair ([`TextTokenizer::tokens`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tokens {
     pub tokens: Vec<Token>,

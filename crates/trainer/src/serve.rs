@@ -655,7 +655,8 @@ fn read_inputs(request: &mut Request, context: &Context) -> std::result::Result<
             400,
             format!(
                 "the request body is not JSON: {e}; send a text, a record (a JSON object with \
-                 a \"text\" field or the checkpoint's text fields) or a list of them"
+                 a \"text\" field or the checkpoint's text fields, and for a model of text \
+                 pairs \"text_pair\" or its pair fields) or a list of them"
             ),
         )
     })?;
