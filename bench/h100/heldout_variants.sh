@@ -7,7 +7,8 @@
 # and its members' test probabilities under $R/pred_<name>_<split>/; $R/DONE when all have ended.
 # A project's checkpoints are deleted once the next project of its split has started (/dev/shm
 # is small; from session 58 on also the members of several configs, named <config>-seed-<seed>:
-# "name --config other.toml ..." runs both configs in one process). Stays in the call for WAIT
+# "name --config other.toml ..." runs both configs in one process; from session 68 on, {split} in a
+# variant's flags is its split's seed). Stays in the call for WAIT
 # seconds (default 540), then `poll.sh` takes over.
 cp configs/nlbse-mpnet*.toml $W/
 H=$W/heldout; mkdir -p $H
@@ -25,11 +26,12 @@ nvidia-smi -L > $R/nvidia-smi.txt 2>&1
     case $sets in @*) config=${sets%% *}; config=${config#@}; sets=${sets#@$config} ;; esac
     for split in $SPLITS; do
       run=${name}_$split
+      flags=${sets//\{split\}/$split}
       cat <<RUN
 ( t0=\$SECONDS
   $W/bin/nlbse --device cuda --config $W/$config --ensemble 3 --test $H/test_$split.csv \\
     --set model.path=$M --set data.train=\\"$H/train_$split.csv\\" --set data.split_seed=$split \\
-    --set train.seed=42 --set train.precision=bf16 $sets \\
+    --set train.seed=42 --set train.precision=bf16 $flags \\
     --out /dev/shm/nl_$run --json > $R/heldout_$run.txt 2> $R/heldout_$run.log
   echo "rc \$? wall \$((SECONDS - t0)) s" >> $R/heldout_$run.txt
   cp /dev/shm/nl_$run/nlbse.json $R/heldout_$run.json
