@@ -1,7 +1,8 @@
 //! `serve`: label texts over HTTP with a checkpoint (or an ensemble of several) until stopped.
 //! `POST /predict` takes a text, a record of the training file's schema or a list of them and
 //! answers what `predict` writes for each; `POST /explain` answers what `explain --json` writes;
-//! `GET /info` and `GET /health` describe the server.
+//! `GET /info` and `GET /health` describe the server. With `--api-key-file` (or `WICK_API_KEY`)
+//! every route but `GET /health` needs `Authorization: Bearer <key>`.
 //! Concurrent requests share model calls (`wick_trainer::serve`).
 
 use std::io::Write;
@@ -13,7 +14,10 @@ use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::infer::Ensemble;
-use wick_trainer::serve::{ServeOptions, Served, Server};
+use wick_trainer::serve::{ApiKey, ServeOptions, Served, Server};
+
+/// The environment variable that holds the API key when no `--api-key-file` is given.
+const KEY_VARIABLE: &str = "WICK_API_KEY";
 
 /// Serve a trained checkpoint over HTTP.
 #[derive(Debug, Parser)]
@@ -44,9 +48,34 @@ struct Args {
     /// The largest request body taken, in MiB.
     #[arg(long, default_value_t = ServeOptions::default().max_body_bytes >> 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..=4096))]
     max_body_mib: usize,
+    /// A file holding the API key (one line): every request but `GET /health` must then carry
+    /// `Authorization: Bearer <key>`. Without it the key comes from $WICK_API_KEY, if set.
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
     /// No line per request on stderr.
     #[arg(long)]
     quiet: bool,
+}
+
+/// The API key and where it came from: `--api-key-file`, else $WICK_API_KEY, else none.
+fn api_key(file: Option<&std::path::Path>) -> Result<Option<(ApiKey, String)>> {
+    let (key, source) = match file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the API key from {}", file.display()))?;
+            (text, file.display().to_string())
+        }
+        None => match std::env::var(KEY_VARIABLE) {
+            Ok(key) => (key, format!("${KEY_VARIABLE}")),
+            Err(std::env::VarError::NotPresent) => return Ok(None),
+            Err(e) => anyhow::bail!("${KEY_VARIABLE}: {e}"),
+        },
+    };
+    // A file's final line break is not part of the key.
+    let key = key.strip_suffix('\n').unwrap_or(&key);
+    let key = key.strip_suffix('\r').unwrap_or(key);
+    let key = ApiKey::new(key).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    Ok(Some((key, source)))
 }
 
 fn at_least_one() -> RangedU64ValueParser<usize> {
@@ -54,11 +83,13 @@ fn at_least_one() -> RangedU64ValueParser<usize> {
 }
 
 fn run(args: Args) -> Result<()> {
+    let key = api_key(args.api_key_file.as_deref())?;
     let options = ServeOptions {
         max_batch: args.max_batch,
         workers: args.workers,
         max_body_bytes: args.max_body_mib << 20,
         min_prob: args.min_prob,
+        api_key: key.as_ref().map(|(key, _)| key.clone()),
     };
     let (checkpoints, device) = (args.checkpoint.clone(), args.device);
     let quiet = args.quiet;
@@ -88,6 +119,17 @@ fn run(args: Args) -> Result<()> {
         info["device"].as_str().unwrap_or("?"),
         joined(&info["labels"]),
     );
+    match &key {
+        Some((_, source)) => eprintln!(
+            "requests need `Authorization: Bearer <key>` with the key of {source}; GET /health is open"
+        ),
+        None if !server.addr().ip().is_loopback() => eprintln!(
+            "warning: listening on {} without an API key: anyone who reaches this address can \
+             use the model (--api-key-file or ${KEY_VARIABLE} sets one)",
+            server.addr()
+        ),
+        None => {}
+    }
     // On stdout, flushed: a script that started the server reads where it listens.
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on http://{}", server.addr())?;

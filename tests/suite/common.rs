@@ -63,6 +63,7 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
         "export" => env!("CARGO_BIN_EXE_export"),
         "adapt" => env!("CARGO_BIN_EXE_adapt"),
         "explain" => env!("CARGO_BIN_EXE_explain"),
+        "serve" => env!("CARGO_BIN_EXE_serve"),
         other => panic!("unknown binary {other}"),
     };
     command(exe)

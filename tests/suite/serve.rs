@@ -1,6 +1,7 @@
 //! `serve`: the HTTP server answers what `predict` writes, for single inputs, lists, records of
 //! the training file's schema and ensembles, batches concurrent requests, refuses bad requests
-//! with a status and a message naming the input, and stops cleanly on SIGTERM.
+//! with a status and a message naming the input, answers only requests that carry its API key
+//! when it has one, and stops cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -24,9 +25,14 @@ struct Serving {
 
 impl Serving {
     fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = command(env!("CARGO_BIN_EXE_serve"))
             .args(["--port", "0", "--quiet"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -51,11 +57,22 @@ impl Serving {
     /// One request on its own connection: the status, the headers (lowercased names) and the
     /// body as JSON.
     fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String, Value) {
+        self.request_with(method, path, "", body)
+    }
+
+    /// [`Self::request`] with `headers` (each line ending in `\r\n`) added.
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> (u16, String, Value) {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
+             Content-Length: {}\r\nConnection: close\r\n{headers}\r\n",
             self.addr,
             body.len()
         )
@@ -585,4 +602,108 @@ fn serve_reads_text_pairs() {
     assert_eq!(info["pair_fields"], json!(["body"]));
     let (status, stderr) = server.terminate();
     assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn serve_with_an_api_key_answers_only_requests_that_carry_it() {
+    let dir = TempDir::new().unwrap();
+    let run = dir.path().join("run");
+    assert_ok(&train_tiny(&run, &[]), "train");
+    let run_arg = path_str(&run);
+    let expected = predicted(&["--checkpoint", run_arg, "ptal please"], None);
+    let body = json!("ptal please").to_string();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "k3y-from-file\n").unwrap();
+
+    let from_file = Serving::start(&[
+        "--checkpoint",
+        run_arg,
+        "--api-key-file",
+        path_str(&key_file),
+    ]);
+    let from_env = Serving::start_with_env(
+        &["--checkpoint", run_arg],
+        &[("WICK_API_KEY", "k3y-from-env")],
+    );
+    for (server, key) in [(&from_file, "k3y-from-file"), (&from_env, "k3y-from-env")] {
+        let (status, head, answer) = server.request("POST", "/predict", body.as_bytes());
+        assert_eq!(status, 401, "{answer}");
+        assert!(head.contains("www-authenticate: bearer"), "{head}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("send the header `Authorization: Bearer <key>`"),
+            "{answer}"
+        );
+        let (status, _, answer) = server.request_with(
+            "POST",
+            "/predict",
+            "Authorization: Bearer k3y\r\n",
+            body.as_bytes(),
+        );
+        assert_eq!(status, 401, "a prefix of the key: {answer}");
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not hold this server's API key"));
+        let (status, _, info) = server.request("GET", "/info", b"");
+        assert_eq!(status, 401, "{info}");
+        let (status, _, health) = server.request("GET", "/health", b"");
+        assert_eq!(
+            (status, health),
+            (200, json!({"status": "ok"})),
+            "/health stays open"
+        );
+
+        let authorization = format!("Authorization: Bearer {key}\r\n");
+        let (status, _, answer) =
+            server.request_with("POST", "/predict", &authorization, body.as_bytes());
+        assert_eq!(status, 200, "{answer}");
+        assert_same_prediction(&answer, &expected[0], "with the key");
+        let (status, _, info) = server.request_with("GET", "/info", &authorization, b"");
+        assert_eq!(status, 200, "{info}");
+        assert_eq!(info["api_key"], json!(true));
+        assert_eq!(
+            info["served"]["errors"],
+            json!(3),
+            "the refusals are counted: {info}"
+        );
+    }
+    drop(from_env);
+    let (status, stderr) = from_file.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("(3 refused)"), "{stderr}");
+
+    // Without a key the server says so in /info.
+    let open = Serving::start(&["--checkpoint", run_arg]);
+    let (status, _, info) = open.request("GET", "/info", b"");
+    assert_eq!((status, &info["api_key"]), (200, &json!(false)));
+    drop(open);
+
+    // A key file that holds no key, or a key a header cannot carry, stops the server at start.
+    for (content, message) in [("\n", "the API key is empty"), ("two words\n", "holds ' '")] {
+        std::fs::write(&key_file, content).unwrap();
+        let output = run_bin(
+            "serve",
+            &[
+                "--checkpoint",
+                run_arg,
+                "--api-key-file",
+                path_str(&key_file),
+            ],
+        );
+        assert_fails_naming(&output, &[path_str(&key_file), message]);
+    }
+    let missing = dir.path().join("no-such-key");
+    let output = run_bin(
+        "serve",
+        &[
+            "--checkpoint",
+            run_arg,
+            "--api-key-file",
+            path_str(&missing),
+        ],
+    );
+    assert_fails_naming(&output, &["reading the API key from", path_str(&missing)]);
 }

@@ -1,7 +1,8 @@
 //! Serving a checkpoint (or an ensemble) over HTTP. `POST /predict` takes a text, a record of the
 //! training file's schema, or a list of them, and answers for each what `predict` writes;
 //! `POST /explain` takes the same and answers what `explain --json` writes; `GET /info`
-//! describes the model and what was served, `GET /health` says the server is up.
+//! describes the model and what was served, `GET /health` says the server is up. With an
+//! [`ApiKey`] every route but `GET /health` needs `Authorization: Bearer <key>`.
 //!
 //! One thread owns the model: it opens it, so the model never crosses threads, and runs every
 //! forward pass. Request threads parse, queue their inputs to it and wait. When it is free it
@@ -41,6 +42,53 @@ pub struct ServeOptions {
     /// As `predict --min-prob`: no label below this top probability (single-label), or the
     /// labels at or above it (multi-label).
     pub min_prob: Option<f64>,
+    /// When set, every request but `GET /health` must carry `Authorization: Bearer <key>`;
+    /// others get 401.
+    pub api_key: Option<ApiKey>,
+}
+
+/// The secret a client must send as `Authorization: Bearer <key>`. Its `Debug` does not show it,
+/// and it is compared in time that does not depend on where a guess goes wrong.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// A key of visible ASCII characters (what an HTTP header carries), at least one.
+    pub fn new(key: &str) -> std::result::Result<Self, String> {
+        if key.is_empty() {
+            return Err("the API key is empty".into());
+        }
+        if let Some(c) = key.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "the API key holds {c:?}: only visible ASCII characters (no spaces) can travel \
+                 in an Authorization header"
+            ));
+        }
+        Ok(Self(key.to_string()))
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <this key>` (the scheme in any case).
+    fn admits(&self, authorization: &str) -> bool {
+        let Some((scheme, token)) = authorization.trim().split_once(' ') else {
+            return false;
+        };
+        let (token, key) = (token.trim().as_bytes(), self.0.as_bytes());
+        // Every byte is compared whatever the first difference: the answer's timing tells a
+        // guesser nothing but the key's length.
+        scheme.eq_ignore_ascii_case("bearer")
+            && token.len() == key.len()
+            && token
+                .iter()
+                .zip(key)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
 }
 
 impl Default for ServeOptions {
@@ -50,6 +98,7 @@ impl Default for ServeOptions {
             workers: 8,
             max_body_bytes: 16 << 20,
             min_prob: None,
+            api_key: None,
         }
     }
 }
@@ -485,38 +534,45 @@ fn handle(mut request: Request, context: &Context, jobs: &Sender<Job>) {
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let mut inputs = 0;
     let mut allow = None;
-    let answer = match (request.method(), path.as_str()) {
-        (Method::Get, "/health") => Ok(json!({"status": "ok"})),
-        (Method::Get, "/info") => {
-            let mut info = context.model.info.clone();
-            info.insert("max_batch".into(), Value::from(context.options.max_batch));
-            info.insert("min_prob".into(), json!(context.options.min_prob));
-            info.insert("served".into(), json!(context.counters.snapshot()));
-            Ok(Value::Object(info))
+    let answer = if let Some(failure) =
+        refuse_unauthorized(&request, &path, context.options.api_key.as_ref())
+    {
+        Err(failure)
+    } else {
+        match (request.method(), path.as_str()) {
+            (Method::Get, "/health") => Ok(json!({"status": "ok"})),
+            (Method::Get, "/info") => {
+                let mut info = context.model.info.clone();
+                info.insert("max_batch".into(), Value::from(context.options.max_batch));
+                info.insert("min_prob".into(), json!(context.options.min_prob));
+                info.insert("api_key".into(), json!(context.options.api_key.is_some()));
+                info.insert("served".into(), json!(context.counters.snapshot()));
+                Ok(Value::Object(info))
+            }
+            (Method::Post, "/predict") => predict(&mut request, context, jobs).map(|(value, count)| {
+                inputs = count;
+                value
+            }),
+            (Method::Post, "/explain") => explain(&mut request, context, jobs).map(|(value, count)| {
+                inputs = count;
+                value
+            }),
+            (_, "/health" | "/info") => {
+                allow = Some("GET");
+                Err(Failure(405, format!("{path} takes GET, not {method}")))
+            }
+            (_, "/predict" | "/explain") => {
+                allow = Some("POST");
+                Err(Failure(405, format!("{path} takes POST, not {method}")))
+            }
+            _ => Err(Failure(
+                404,
+                format!(
+                    "no route {method} {path}; the routes: POST /predict, POST /explain, GET /info, \
+                     GET /health"
+                ),
+            )),
         }
-        (Method::Post, "/predict") => predict(&mut request, context, jobs).map(|(value, count)| {
-            inputs = count;
-            value
-        }),
-        (Method::Post, "/explain") => explain(&mut request, context, jobs).map(|(value, count)| {
-            inputs = count;
-            value
-        }),
-        (_, "/health" | "/info") => {
-            allow = Some("GET");
-            Err(Failure(405, format!("{path} takes GET, not {method}")))
-        }
-        (_, "/predict" | "/explain") => {
-            allow = Some("POST");
-            Err(Failure(405, format!("{path} takes POST, not {method}")))
-        }
-        _ => Err(Failure(
-            404,
-            format!(
-                "no route {method} {path}; the routes: POST /predict, POST /explain, GET /info, \
-                 GET /health"
-            ),
-        )),
     };
     let (status, body) = match answer {
         Ok(body) => (200, body),
@@ -535,6 +591,9 @@ fn handle(mut request: Request, context: &Context, jobs: &Sender<Job>) {
     if let Some(allow) = allow {
         response = response.with_header(header("Allow", allow));
     }
+    if status == 401 {
+        response = response.with_header(header("WWW-Authenticate", "Bearer"));
+    }
     // A client that hung up gets no answer; nothing else to do.
     let _ = request.respond(response);
     (context.log)(&Served {
@@ -544,6 +603,31 @@ fn handle(mut request: Request, context: &Context, jobs: &Sender<Job>) {
         inputs,
         elapsed: start.elapsed(),
     });
+}
+
+/// 401 for a request without the key, when the server has one; `GET /health` stays open, for
+/// load balancers and scripts that wait for the server.
+fn refuse_unauthorized(request: &Request, path: &str, key: Option<&ApiKey>) -> Option<Failure> {
+    let key = key?;
+    if *request.method() == Method::Get && path == "/health" {
+        return None;
+    }
+    let authorization = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str());
+    match authorization {
+        Some(value) if key.admits(value) => None,
+        Some(_) => Some(Failure(
+            401,
+            "the Authorization header does not hold this server's API key (`Bearer <key>`)".into(),
+        )),
+        None => Some(Failure(
+            401,
+            "this server needs an API key: send the header `Authorization: Bearer <key>`".into(),
+        )),
+    }
 }
 
 fn header(name: &str, value: &str) -> Header {
@@ -785,6 +869,32 @@ fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_key_admits_only_itself_as_a_bearer_token() {
+        let key = ApiKey::new("s3cret-Key_0").unwrap();
+        assert!(key.admits("Bearer s3cret-Key_0"));
+        assert!(
+            key.admits("bearer s3cret-Key_0"),
+            "the scheme is case-insensitive"
+        );
+        assert!(key.admits("  Bearer   s3cret-Key_0 "));
+        for refused in [
+            "",
+            "s3cret-Key_0",
+            "Basic s3cret-Key_0",
+            "Bearer s3cret-key_0",
+            "Bearer s3cret-Key_",
+            "Bearer s3cret-Key_00",
+            "Bearer",
+        ] {
+            assert!(!key.admits(refused), "{refused:?}");
+        }
+        assert_eq!(format!("{key:?}"), "ApiKey(..)");
+        assert_eq!(ApiKey::new("").unwrap_err(), "the API key is empty");
+        assert!(ApiKey::new("two words").unwrap_err().contains("' '"));
+        assert!(ApiKey::new("tab\there").unwrap_err().contains("'\\t'"));
+    }
 
     /// A queue holding `sizes`, as a batch's jobs would be queued behind its first.
     fn queued(sizes: &[usize]) -> Receiver<usize> {
