@@ -92,7 +92,10 @@ fn main() -> Result<()> {
         explanations.push(explain::explain(&ensemble, row, None, &options)?);
     }
     let seconds = start.elapsed().as_secs_f64();
-    let tokens: usize = explanations.iter().map(|e| e.tokens.len()).sum();
+    let tokens: usize = explanations
+        .iter()
+        .map(|e| e.tokens.len() + e.member_tokens.iter().map(Vec::len).sum::<usize>())
+        .sum();
     println!(
         "explain_check: {} on {} rows of {} ({device}), {} steps: {:.1} ms per explanation ({:.0} tokens on average), {:.1} s in all",
         args.checkpoint.display(),

@@ -23,7 +23,8 @@ mod inputs;
 #[command(version)]
 struct Args {
     /// A checkpoint directory (or a run directory, meaning its best/). Repeat it for an
-    /// ensemble whose members tokenize alike: their scores are averaged.
+    /// ensemble: its members' scores are averaged (word by word where they tokenize the text
+    /// differently).
     #[arg(long, required = true)]
     checkpoint: Vec<PathBuf>,
     #[arg(long, default_value = "auto")]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 use wick_model::hub::{resolve, ModelSource};
 use wick_model::weights::named_vars;
@@ -335,19 +335,84 @@ fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
     assert!(words.contains(&"w1") && words.contains(&"w40"), "{words:?}");
     assert!(!words.contains(&"w20"), "the middle was cut: {words:?}");
     assert_eq!(line["tokens"].as_array().unwrap().len(), 32);
-    // An ensemble whose members keep other tokens of the text cannot average their scores.
-    let output = run_bin(
-        "explain",
+    // An ensemble whose members keep other tokens of the text (here `a` its head, `cut` its
+    // head and tail) is averaged word by word: each word scores the mean of the members' scores
+    // for it (0 for a member that cut it), and each member's own token scores are kept apart.
+    let label = ["--label", "needs_docs"];
+    let alone = |dir: &Path| {
+        explained(&[&["--checkpoint", path_str(dir)], &label[..], &["--", &long]].concat())
+            .remove(0)
+    };
+    let (head, ends) = (alone(&a), alone(&cut));
+    let mixed = explained(
         &[
-            "--checkpoint",
-            path_str(&a),
-            "--checkpoint",
-            path_str(&cut),
-            "--",
-            &long,
-        ],
+            &["--checkpoint", path_str(&a), "--checkpoint", path_str(&cut)],
+            &label[..],
+            &["--", &long],
+        ]
+        .concat(),
+    )
+    .remove(0);
+    assert_eq!(mixed["truncated"], true);
+    assert_eq!(mixed["tokens"], json!([]), "{mixed}");
+    let members = mixed["member_tokens"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    for (member, own) in members.iter().zip([&head, &ends]) {
+        let want = scores(own, "tokens");
+        let got: Vec<f64> = member
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["score"].as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() < 1e-6,
+                "a member's token score {g} against {w} alone"
+            );
+        }
+    }
+    let word_scores = |line: &Value| -> std::collections::BTreeMap<String, f64> {
+        line["words"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["word"].as_str().unwrap().to_string(),
+                    w["score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (of_head, of_ends, of_mixed) =
+        (word_scores(&head), word_scores(&ends), word_scores(&mixed));
+    let mut union: Vec<&String> = of_head.keys().chain(of_ends.keys()).collect();
+    union.sort();
+    union.dedup();
+    assert_eq!(
+        of_mixed.keys().collect::<Vec<_>>(),
+        union,
+        "the words either member kept"
     );
-    assert_fails_naming(&output, &[path_str(&cut), "tokenizes the text otherwise"]);
+    assert!(of_mixed.contains_key("w40") && !of_head.contains_key("w40"));
+    for (word, score) in &of_mixed {
+        let mean = (of_head.get(word).unwrap_or(&0.0) + of_ends.get(word).unwrap_or(&0.0)) / 2.0;
+        assert!(
+            (score - mean).abs() < 1e-6,
+            "{word}: {score} against the members' mean {mean}"
+        );
+    }
+    let prob = |line: &Value| line["prob"].as_f64().unwrap();
+    assert!((prob(&mixed) - (prob(&head) + prob(&ends)) / 2.0).abs() < 1e-6);
+    let change = prob(&mixed) - mixed["baseline_prob"].as_f64().unwrap();
+    let sum: f64 = of_mixed.values().sum();
+    let delta = mixed["delta"].as_f64().unwrap();
+    assert!(
+        (sum - change - delta).abs() < 1e-9,
+        "{sum} = {change} + {delta}"
+    );
 
     // Multi-label: the label's sigmoid probability, as predict gives it.
     let multi = tmp.path().join("multi");

@@ -90,28 +90,37 @@ pub struct Explanation {
     pub prob: f64,
     /// Its probability for the baseline, `F(x')`.
     pub baseline_prob: f64,
+    /// The token scores: the members' mean, when they all tokenize the text alike; empty
+    /// otherwise (then see `member_tokens`).
     pub tokens: Vec<TokenScore>,
+    /// When the ensemble's members tokenize the text differently (other tokenizers, `max_len`
+    /// or truncation), each member's own token scores, in member order; empty otherwise.
+    pub member_tokens: Vec<Vec<TokenScore>>,
+    /// The word scores: the members' mean (a word a member did not keep counts 0 for it).
     pub words: Vec<WordScore>,
     /// `sum(attributions) - (prob - baseline_prob)`: the quadrature's error.
     pub delta: f64,
     /// The quadrature points used: [`Options::steps`], doubled while the gap was over the
     /// tolerance.
     pub steps: usize,
-    /// Whether the model saw the whole text (false: truncated to `max_len`; the words it cut
-    /// have no score).
+    /// Whether every member saw the whole text (false: truncated to `max_len`; the words none
+    /// kept have no score).
     pub whole: bool,
 }
 
 impl Explanation {
+    /// The scores' sum: the words', which hold every content token's score (a special token's
+    /// is 0).
     pub fn sum(&self) -> f64 {
-        self.tokens.iter().map(|t| t.attribution).sum()
+        self.words.iter().map(|w| w.attribution).sum()
     }
 
     /// The JSON record `explain --json` writes and `serve`'s `/explain` answers: the input's
     /// `fields`, then `explained` (the label's name), `prob`, `baseline_prob`, `delta`, `steps`,
     /// `probs` (every label's), `truncated`, and every word's and token's `score` with its byte
     /// range (`start`, `end`; null for a special token), and for a pair its `segment` (0: the
-    /// text, 1: the pair; the range is in that text).
+    /// text, 1: the pair; the range is in that text). For an ensemble whose members tokenize the
+    /// text differently `tokens` is empty and `member_tokens` holds each member's list.
     pub fn record(&self, fields: Map<String, Value>, labels: &[String]) -> Map<String, Value> {
         let mut record = fields;
         let probs: Map<String, Value> = labels
@@ -134,19 +143,20 @@ impl Explanation {
                 with_segment(entry, w.segment)
             })
             .collect();
-        let tokens: Vec<Value> = self
-            .tokens
-            .iter()
-            .map(|t| {
-                let entry = json!({
-                    "token": t.piece,
-                    "start": t.span.map(|s| s.0),
-                    "end": t.span.map(|s| s.1),
-                    "score": t.attribution,
-                });
-                with_segment(entry, t.segment)
-            })
-            .collect();
+        let tokens = |tokens: &[TokenScore]| -> Value {
+            tokens
+                .iter()
+                .map(|t| {
+                    let entry = json!({
+                        "token": t.piece,
+                        "start": t.span.map(|s| s.0),
+                        "end": t.span.map(|s| s.1),
+                        "score": t.attribution,
+                    });
+                    with_segment(entry, t.segment)
+                })
+                .collect()
+        };
         let explained = labels.get(self.label).cloned().unwrap_or_default();
         for (key, value) in [
             ("explained", json!(explained)),
@@ -157,9 +167,13 @@ impl Explanation {
             ("probs", Value::Object(probs)),
             ("truncated", json!(!self.whole)),
             ("words", Value::Array(words)),
-            ("tokens", Value::Array(tokens)),
+            ("tokens", tokens(&self.tokens)),
         ] {
             record.insert(key.to_string(), value);
+        }
+        if !self.member_tokens.is_empty() {
+            let lists = self.member_tokens.iter().map(|list| tokens(list)).collect();
+            record.insert("member_tokens".into(), Value::Array(lists));
         }
         record
     }
@@ -202,9 +216,10 @@ pub fn gauss_legendre(n: usize) -> Vec<(f64, f64)> {
 
 /// Explains `example` (read with the checkpoint's field mapping, so its text is joined and
 /// cleaned as in training) for `label` (`None`: the label of highest probability) with every
-/// member of `ensemble`: each member's attributions, averaged (the ensemble's probability is the
-/// members' mean, and integrated gradients are linear in it). The members must tokenize the text
-/// alike.
+/// member of `ensemble`: the members' mean attributions (the ensemble's probability is the
+/// members' mean, and integrated gradients are linear in it). Members that tokenize the text
+/// alike share token scores; members that do not (other tokenizers, `max_len` or truncation)
+/// are averaged word by word, each member's token scores kept apart.
 pub fn explain(
     ensemble: &Ensemble,
     example: &wick_data::Example,
@@ -224,46 +239,59 @@ pub fn explain(
         Some(label) => label,
         None => crate::eval::top(&probs),
     };
-    let first = ensemble.first();
-    let tokenized = first.tokenizer.tokens(&text, pair.as_deref())?;
-    let whole = tokenized.whole();
-    let tokens = tokenized.tokens;
-    for member in &ensemble.members()[1..] {
-        let own = member.tokenizer.tokens(&text, pair.as_deref())?.tokens;
-        if own.iter().map(|t| t.id).ne(tokens.iter().map(|t| t.id)) {
-            return Err(TrainError::Checkpoint {
-                path: member.checkpoint.dir.clone(),
-                reason: format!(
-                    "it tokenizes the text otherwise than {}, the ensemble's first member (its \
-                     tokenizer, max_len or truncation differ), so their token scores cannot be \
-                     averaged: explain with each alone",
-                    first.checkpoint.dir.display()
-                ),
-            });
-        }
+    let mut whole = true;
+    let mut tokenized = Vec::with_capacity(ensemble.members().len());
+    for member in ensemble.members() {
+        let own = member.tokenizer.tokens(&text, pair.as_deref())?;
+        whole &= own.whole();
+        tokenized.push(own.tokens);
+    }
+    let ids = |tokens: &[Token]| tokens.iter().map(|t| t.id).collect::<Vec<_>>();
+    let alike = tokenized.windows(2).all(|w| ids(&w[0]) == ids(&w[1]));
+    if alike {
+        tokenized.truncate(1);
     }
     let mut steps = options.steps;
-    let (sum, prob, baseline) = loop {
-        let (sum, prob, baseline) =
-            ensemble_attributions(ensemble, &tokens, label, steps, options)?;
-        let delta = sum.iter().sum::<f64>() - (prob - baseline);
+    let (scores, prob, baseline) = loop {
+        let (scores, prob, baseline) =
+            ensemble_attributions(ensemble, &tokenized, label, steps, options)?;
+        let sum = scores.iter().flatten().sum::<f64>() / scores.len() as f64;
+        let delta = sum - (prob - baseline);
         if !needs_more_steps(delta, prob - baseline, options) || steps * 2 > options.max_steps {
-            break (sum, prob, baseline);
+            break (scores, prob, baseline);
         }
         steps *= 2;
     };
-    let tokens: Vec<TokenScore> = tokens
-        .into_iter()
-        .zip(sum)
-        .map(|(token, attribution)| TokenScore {
-            piece: token.piece,
-            span: token.span,
-            segment: token.segment,
-            attribution,
-        })
-        .collect();
-    let words = words(&text, pair.as_deref(), &tokens);
-    let total: f64 = tokens.iter().map(|t| t.attribution).sum();
+    let scored = |tokens: Vec<Token>, scores: Vec<f64>| -> Vec<TokenScore> {
+        tokens
+            .into_iter()
+            .zip(scores)
+            .map(|(token, attribution)| TokenScore {
+                piece: token.piece,
+                span: token.span,
+                segment: token.segment,
+                attribution,
+            })
+            .collect()
+    };
+    let n = scores.len() as f64;
+    let (tokens, member_tokens, words) = if alike {
+        let mean = (0..tokenized[0].len())
+            .map(|i| scores.iter().map(|s| s[i]).sum::<f64>() / n)
+            .collect();
+        let tokens = scored(tokenized.remove(0), mean);
+        let words = words(&text, pair.as_deref(), &tokens);
+        (tokens, Vec::new(), words)
+    } else {
+        let member_tokens: Vec<Vec<TokenScore>> = tokenized
+            .into_iter()
+            .zip(scores)
+            .map(|(tokens, scores)| scored(tokens, scores))
+            .collect();
+        let words = mean_words(&text, pair.as_deref(), &member_tokens);
+        (Vec::new(), member_tokens, words)
+    };
+    let total: f64 = words.iter().map(|w| w.attribution).sum();
     Ok(Explanation {
         text,
         pair,
@@ -272,6 +300,7 @@ pub fn explain(
         prob,
         baseline_prob: baseline,
         tokens,
+        member_tokens,
         words,
         delta: total - (prob - baseline),
         steps,
@@ -286,38 +315,29 @@ pub fn needs_more_steps(delta: f64, change: f64, options: &Options) -> bool {
     options.tolerance > 0.0 && delta.abs() > options.tolerance * change.abs().max(0.01)
 }
 
-/// The members' mean token scores, `F(x)` and `F(x')` with `steps` points; every member
-/// tokenizes the text as `tokens` (checked by [`explain`]).
+/// Each member's token scores and the members' mean `F(x)` and `F(x')`, with `steps` points:
+/// `tokens` holds one tokenization shared by every member, or each member's own.
 fn ensemble_attributions(
     ensemble: &Ensemble,
-    tokens: &[Token],
+    tokens: &[Vec<Token>],
     label: usize,
     steps: usize,
     options: &Options,
-) -> Result<(Vec<f64>, f64, f64)> {
+) -> Result<(Vec<Vec<f64>>, f64, f64)> {
     let options = Options {
         steps,
         ..options.clone()
     };
-    let mut sums: Option<(Vec<f64>, f64, f64)> = None;
-    for member in ensemble.members() {
-        let (scores, prob, baseline) = member_attributions(member, tokens, label, &options)?;
-        sums = Some(match sums {
-            None => (scores, prob, baseline),
-            Some((sum, p, b)) => (
-                sum.iter().zip(&scores).map(|(a, b)| a + b).collect(),
-                p + prob,
-                b + baseline,
-            ),
-        });
+    let (mut scores, mut prob, mut baseline) = (Vec::new(), 0.0, 0.0);
+    for (i, member) in ensemble.members().iter().enumerate() {
+        let own = &tokens[if tokens.len() == 1 { 0 } else { i }];
+        let (s, p, b) = member_attributions(member, own, label, &options)?;
+        scores.push(s);
+        prob += p;
+        baseline += b;
     }
-    let (sum, prob, baseline) = sums.unwrap_or_default();
-    let n = ensemble.members().len() as f64;
-    Ok((
-        sum.into_iter().map(|s| s / n).collect(),
-        prob / n,
-        baseline / n,
-    ))
+    let n = scores.len().max(1) as f64;
+    Ok((scores, prob / n, baseline / n))
 }
 
 /// One member's integrated gradients of label `label`'s probability for the text of `tokens`
@@ -506,9 +526,114 @@ pub fn words(text: &str, pair: Option<&str>, tokens: &[TokenScore]) -> Vec<WordS
     words
 }
 
+/// The members' mean word scores when they tokenize the text differently: each member's words
+/// ([`words`]) go to the run of non-white-space characters of their text that holds them, and
+/// each run scores the sum of its members' words over the number of members (a member that cut
+/// the run adds 0). A run's range is the union of its members' words.
+pub fn mean_words(text: &str, pair: Option<&str>, members: &[Vec<TokenScore>]) -> Vec<WordScore> {
+    let source = |segment: usize| {
+        if segment == 0 {
+            text
+        } else {
+            pair.unwrap_or_default()
+        }
+    };
+    // The run of non-white-space characters holding byte `at` of `source`: its start.
+    let run_start = |source: &str, at: usize| {
+        let mut at = at.min(source.len());
+        while !source.is_char_boundary(at) {
+            at -= 1;
+        }
+        source[..at]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8())
+    };
+    let mut runs: std::collections::BTreeMap<(usize, usize), WordScore> = Default::default();
+    let n = members.len().max(1) as f64;
+    for tokens in members {
+        for word in words(text, pair, tokens) {
+            let start = run_start(source(word.segment), word.span.0);
+            let run = runs.entry((word.segment, start)).or_insert(WordScore {
+                word: String::new(),
+                span: word.span,
+                segment: word.segment,
+                attribution: 0.0,
+            });
+            run.span = (run.span.0.min(word.span.0), run.span.1.max(word.span.1));
+            run.attribution += word.attribution / n;
+        }
+    }
+    runs.into_values()
+        .map(|mut run| {
+            run.word = source(run.segment)
+                .get(run.span.0..run.span.1)
+                .unwrap_or_default()
+                .to_string();
+            run
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_words_average_members_that_split_the_text_differently() {
+        let token = |span: Option<(usize, usize)>, segment: usize, attribution: f64| TokenScore {
+            piece: String::new(),
+            span,
+            segment,
+            attribution,
+        };
+        // "Docs: naïve fix" / pair "ok": one member splits "Docs:" in three pieces and keeps
+        // the pair, another in two (a byte-level piece inside "ï" shares its range), and a third
+        // cut the text after "Docs:" and drops the colon as its normalizer might.
+        let (text, pair) = ("Docs: naïve fix", Some("ok"));
+        let members = vec![
+            vec![
+                token(None, 0, 0.0),
+                token(Some((0, 3)), 0, 0.3),
+                token(Some((3, 4)), 0, 0.1),
+                token(Some((4, 5)), 0, 0.2),
+                token(Some((6, 12)), 0, -0.3),
+                token(Some((13, 16)), 0, 0.6),
+                token(Some((0, 2)), 1, 0.9),
+            ],
+            vec![
+                token(Some((0, 4)), 0, 0.5),
+                token(Some((4, 5)), 0, 0.1),
+                token(Some((6, 8)), 0, 0.05),
+                token(Some((8, 10)), 0, 0.05),
+                token(Some((8, 10)), 0, 0.05),
+                token(Some((10, 12)), 0, -0.45),
+                token(Some((13, 16)), 0, 0.3),
+            ],
+            vec![token(Some((0, 4)), 0, 0.3), token(None, 0, 0.0)],
+        ];
+        let words = mean_words(text, pair, &members);
+        let got: Vec<(&str, usize, f64)> = words
+            .iter()
+            .map(|w| (w.word.as_str(), w.segment, w.attribution))
+            .collect();
+        let want = [
+            ("Docs:", 0, (0.6 + 0.6 + 0.3) / 3.0),
+            ("naïve", 0, (-0.3 - 0.3) / 3.0),
+            ("fix", 0, (0.6 + 0.3) / 3.0),
+            ("ok", 1, 0.9 / 3.0),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((word, segment, score), (w, s, a)) in got.iter().zip(want) {
+            assert_eq!((*word, *segment), (w, s));
+            assert!((score - a).abs() < 1e-12, "{word}: {score} vs {a}");
+        }
+        // The members' sums, averaged, are the words' sum.
+        let mean: f64 = members.iter().flatten().map(|t| t.attribution).sum::<f64>() / 3.0;
+        let sum: f64 = words.iter().map(|w| w.attribution).sum();
+        assert!((sum - mean).abs() < 1e-12);
+    }
 
     #[test]
     fn gauss_legendre_matches_numpy_and_integrates_polynomials_exactly() {
