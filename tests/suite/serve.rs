@@ -681,29 +681,18 @@ fn serve_with_an_api_key_answers_only_requests_that_carry_it() {
     assert_eq!((status, &info["api_key"]), (200, &json!(false)));
     drop(open);
 
-    // A key file that holds no key, or a key a header cannot carry, stops the server at start.
-    for (content, message) in [("\n", "the API key is empty"), ("two words\n", "holds ' '")] {
-        std::fs::write(&key_file, content).unwrap();
-        let output = run_bin(
-            "serve",
-            &[
-                "--checkpoint",
-                run_arg,
-                "--api-key-file",
-                path_str(&key_file),
-            ],
-        );
-        assert_fails_naming(&output, &[path_str(&key_file), message]);
-    }
+    // A key file that holds no key, holds a key a header cannot carry, or cannot be read stops
+    // the server at start, naming the file.
     let missing = dir.path().join("no-such-key");
-    let output = run_bin(
-        "serve",
-        &[
-            "--checkpoint",
-            run_arg,
-            "--api-key-file",
-            path_str(&missing),
-        ],
-    );
-    assert_fails_naming(&output, &["reading the API key from", path_str(&missing)]);
+    for (file, content, message) in [
+        (&key_file, Some("\n"), "the API key is empty"),
+        (&key_file, Some("two words\n"), "holds ' '"),
+        (&missing, None, "reading the API key from"),
+    ] {
+        if let Some(content) = content {
+            std::fs::write(file, content).unwrap();
+        }
+        let args = ["--checkpoint", run_arg, "--api-key-file", path_str(file)];
+        assert_fails_naming(&run_bin("serve", &args), &[path_str(file), message]);
+    }
 }
