@@ -675,11 +675,19 @@ fn serve_with_an_api_key_answers_only_requests_that_carry_it() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("(3 refused)"), "{stderr}");
 
-    // Without a key the server says so in /info.
+    // Without a key the server says so in /info, and warns when it listens beyond loopback.
     let open = Serving::start(&["--checkpoint", run_arg]);
     let (status, _, info) = open.request("GET", "/info", b"");
     assert_eq!((status, &info["api_key"]), (200, &json!(false)));
-    drop(open);
+    let (status, stderr) = open.terminate();
+    assert!(status.success() && !stderr.contains("warning"), "{stderr}");
+    let exposed = Serving::start(&["--checkpoint", run_arg, "--host", "0.0.0.0"]);
+    let (status, stderr) = exposed.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("without an API key: anyone who reaches this address"),
+        "{stderr}"
+    );
 
     // A key file that holds no key, holds a key a header cannot carry, or cannot be read stops
     // the server at start, naming the file.
