@@ -534,45 +534,9 @@ fn handle(mut request: Request, context: &Context, jobs: &Sender<Job>) {
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let mut inputs = 0;
     let mut allow = None;
-    let answer = if let Some(failure) =
-        refuse_unauthorized(&request, &path, context.options.api_key.as_ref())
-    {
-        Err(failure)
-    } else {
-        match (request.method(), path.as_str()) {
-            (Method::Get, "/health") => Ok(json!({"status": "ok"})),
-            (Method::Get, "/info") => {
-                let mut info = context.model.info.clone();
-                info.insert("max_batch".into(), Value::from(context.options.max_batch));
-                info.insert("min_prob".into(), json!(context.options.min_prob));
-                info.insert("api_key".into(), json!(context.options.api_key.is_some()));
-                info.insert("served".into(), json!(context.counters.snapshot()));
-                Ok(Value::Object(info))
-            }
-            (Method::Post, "/predict") => predict(&mut request, context, jobs).map(|(value, count)| {
-                inputs = count;
-                value
-            }),
-            (Method::Post, "/explain") => explain(&mut request, context, jobs).map(|(value, count)| {
-                inputs = count;
-                value
-            }),
-            (_, "/health" | "/info") => {
-                allow = Some("GET");
-                Err(Failure(405, format!("{path} takes GET, not {method}")))
-            }
-            (_, "/predict" | "/explain") => {
-                allow = Some("POST");
-                Err(Failure(405, format!("{path} takes POST, not {method}")))
-            }
-            _ => Err(Failure(
-                404,
-                format!(
-                    "no route {method} {path}; the routes: POST /predict, POST /explain, GET /info, \
-                     GET /health"
-                ),
-            )),
-        }
+    let answer = match refuse_unauthorized(&request, &path, context.options.api_key.as_ref()) {
+        Some(failure) => Err(failure),
+        None => route(&mut request, &path, context, jobs, &mut inputs, &mut allow),
     };
     let (status, body) = match answer {
         Ok(body) => (200, body),
@@ -603,6 +567,53 @@ fn handle(mut request: Request, context: &Context, jobs: &Sender<Job>) {
         inputs,
         elapsed: start.elapsed(),
     });
+}
+
+/// The answer of the route `request` asks for (`path` is its URL without the query): sets
+/// `inputs` to the inputs labelled or explained, and `allow` to the method a 405 names.
+fn route(
+    request: &mut Request,
+    path: &str,
+    context: &Context,
+    jobs: &Sender<Job>,
+    inputs: &mut usize,
+    allow: &mut Option<&'static str>,
+) -> std::result::Result<Value, Failure> {
+    let method = request.method().to_string();
+    match (request.method(), path) {
+        (Method::Get, "/health") => Ok(json!({"status": "ok"})),
+        (Method::Get, "/info") => {
+            let mut info = context.model.info.clone();
+            info.insert("max_batch".into(), Value::from(context.options.max_batch));
+            info.insert("min_prob".into(), json!(context.options.min_prob));
+            info.insert("api_key".into(), json!(context.options.api_key.is_some()));
+            info.insert("served".into(), json!(context.counters.snapshot()));
+            Ok(Value::Object(info))
+        }
+        (Method::Post, "/predict") => predict(request, context, jobs).map(|(value, count)| {
+            *inputs = count;
+            value
+        }),
+        (Method::Post, "/explain") => explain(request, context, jobs).map(|(value, count)| {
+            *inputs = count;
+            value
+        }),
+        (_, "/health" | "/info") => {
+            *allow = Some("GET");
+            Err(Failure(405, format!("{path} takes GET, not {method}")))
+        }
+        (_, "/predict" | "/explain") => {
+            *allow = Some("POST");
+            Err(Failure(405, format!("{path} takes POST, not {method}")))
+        }
+        _ => Err(Failure(
+            404,
+            format!(
+                "no route {method} {path}; the routes: POST /predict, POST /explain, GET /info, \
+                 GET /health"
+            ),
+        )),
+    }
 }
 
 /// 401 for a request without the key, when the server has one; `GET /health` stays open, for
