@@ -346,23 +346,19 @@ impl DataConfig {
             return Err(bad("json_field", "must name a key (or be left out)".into()));
         }
         // Reading the answer as input would make any classifier look perfect.
-        if self.text_fields.contains(&self.label_field) {
-            return Err(bad(
-                "text_fields",
-                format!(
-                    "contains the label field {:?} (data.label_field)",
-                    self.label_field
-                ),
-            ));
-        }
-        if self.pair_fields.contains(&self.label_field) {
-            return Err(bad(
-                "pair_fields",
-                format!(
-                    "contains the label field {:?} (data.label_field)",
-                    self.label_field
-                ),
-            ));
+        for (key, fields) in [
+            ("text_fields", &self.text_fields),
+            ("pair_fields", &self.pair_fields),
+        ] {
+            if fields.contains(&self.label_field) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "contains the label field {:?} (data.label_field)",
+                        self.label_field
+                    ),
+                ));
+            }
         }
         if let Some(both) = self
             .pair_fields

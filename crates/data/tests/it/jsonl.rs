@@ -419,4 +419,10 @@ fn pair_fields_must_not_share_a_field_with_the_text_or_the_label() {
     );
     cfg.pair_fields = vec!["answer".into()];
     assert!(cfg.validate().is_ok());
+    cfg.text_fields = vec!["title".into(), "label".into()];
+    let message = cfg.validate().unwrap_err().to_string();
+    assert!(
+        message.contains("data.text_fields") && message.contains("label field"),
+        "{message}"
+    );
 }
