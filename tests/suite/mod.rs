@@ -1,5 +1,6 @@
 mod adamw_reference;
 mod adapt;
+mod augment;
 mod cli;
 mod common;
 mod distill;

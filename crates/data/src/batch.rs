@@ -24,6 +24,15 @@ impl Targets {
     pub fn of(examples: &[Example]) -> Result<Self> {
         collect_targets(examples)
     }
+
+    /// "single-label", "multi-label" or "unlabelled".
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "single-label",
+            Self::Multi { .. } => "multi-label",
+            Self::None => "unlabelled",
+        }
+    }
 }
 
 /// One padded batch in host memory. All token vectors are `(batch_size * seq_len,)`, row-major.
@@ -150,6 +159,49 @@ impl Dataset {
             pad_id: self.pad_id,
             max_len: self.max_len,
         }
+    }
+
+    /// This dataset's examples followed by `other`'s (the variants of `data.augment` after the
+    /// rows they vary, say); an error when their targets are of different kinds.
+    ///
+    /// # Panics
+    /// If the two were tokenized otherwise (another padding id or `max_len`): they come from one
+    /// tokenizer, never from user input.
+    pub fn concat(&self, other: &Self) -> Result<Self> {
+        assert_eq!(
+            (self.pad_id, self.max_len),
+            (other.pad_id, other.max_len),
+            "datasets of different tokenizers concatenated"
+        );
+        let mismatch = |expected: &'static str, found: &'static str| Error::MixedTargets {
+            index: self.len(),
+            expected,
+            found,
+        };
+        let targets = match (&self.targets, &other.targets) {
+            (Targets::Single(a), Targets::Single(b)) => Targets::Single([&a[..], b].concat()),
+            (
+                Targets::Multi {
+                    values: a,
+                    num_labels,
+                },
+                Targets::Multi {
+                    values: b,
+                    num_labels: n,
+                },
+            ) if num_labels == n => Targets::Multi {
+                values: [&a[..], b].concat(),
+                num_labels: *num_labels,
+            },
+            (Targets::None, Targets::None) => Targets::None,
+            (a, b) => return Err(mismatch(a.kind(), b.kind())),
+        };
+        Ok(Self {
+            encodings: [&self.encodings[..], &other.encodings].concat(),
+            targets,
+            pad_id: self.pad_id,
+            max_len: self.max_len,
+        })
     }
 
     /// Pads the examples at `indices` to their longest length.

@@ -90,6 +90,14 @@ pub struct DataConfig {
     /// Test file, evaluated once after training.
     #[serde(default)]
     pub test: Option<PathBuf>,
+    /// Files of variants of `train`'s rows (back-translations, paraphrases), row for row: each
+    /// is read as `train` is (fields, `filter`, labels, `clean`), its k-th kept row is a variant
+    /// of `train`'s k-th kept row and carries the same label(s). The variants of the rows a run
+    /// trains on join its training set; those of the rows it validates on (held out by
+    /// `valid_fraction` or `folds`) are left out, so no run trains on a paraphrase of a row it
+    /// validates on. Empty (the default): none. Not with `train.distill_from`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub augment: Vec<PathBuf>,
     /// File format; when absent it is chosen from each file's extension.
     #[serde(default)]
     pub format: Option<Format>,
@@ -203,6 +211,7 @@ impl DataConfig {
             train: train.into(),
             valid: None,
             test: None,
+            augment: Vec::new(),
             format: None,
             json_field: None,
             text_fields: default_text_fields(),
@@ -240,7 +249,9 @@ impl DataConfig {
             ("train", Some(&self.train)),
             ("valid", self.valid.as_ref()),
             ("test", self.test.as_ref()),
-        ];
+        ]
+        .into_iter()
+        .chain(self.augment.iter().map(|p| ("augment", Some(p))));
         for (key, path) in files {
             if let Some(Err(cause)) = path.and_then(|p| wick_hub::dataset::DatasetFile::parse(p)) {
                 return Err(bad(key, cause.to_string()));

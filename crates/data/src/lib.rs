@@ -21,7 +21,8 @@ pub use config::{DataConfig, Filter, Format, OtherLabels, TruncationSide};
 pub use error::{Error, Location, Result, Unit};
 pub use order::{epoch_order, split_folds, split_train_valid};
 pub use read::{
-    json_kind, read_examples, read_unlabelled, unlabelled_record, Example, ReadOutcome, Target,
+    json_kind, read_examples, read_unlabelled, read_variants, unlabelled_record, Example,
+    ReadOutcome, Target,
 };
 pub use summary::DataSummary;
 pub use tokenize::{

@@ -36,6 +36,8 @@ pub struct DataSummary {
     pub set_aside: usize,
     /// What `data.clean` removed from the file's texts, when it is on.
     pub cleaned: Option<CleanStats>,
+    /// Examples that are variants of others (`data.augment`), counted in `examples`.
+    pub variants: usize,
 }
 
 impl DataSummary {
@@ -77,15 +79,23 @@ impl DataSummary {
             without_label: 0,
             set_aside: 0,
             cleaned: None,
+            variants: 0,
         }
     }
 
-    /// Adds the rows left out for holding none of `data.labels`.
+    /// Adds the rows that `data.nested_folds` sets aside.
     pub fn with_set_aside(mut self, rows: usize) -> Self {
         self.set_aside = rows;
         self
     }
 
+    /// Adds how many of the examples are variants of others (`data.augment`).
+    pub fn with_variants(mut self, rows: usize) -> Self {
+        self.variants = rows;
+        self
+    }
+
+    /// Adds the rows left out for holding none of `data.labels`.
     pub fn with_without_label(mut self, rows: usize) -> Self {
         self.without_label = rows;
         self
@@ -110,18 +120,24 @@ fn percentile(sorted: &[usize], pct: usize) -> usize {
 impl fmt::Display for DataSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "examples   {}", self.examples)?;
-        let mut left_out = Vec::new();
+        let mut notes = Vec::new();
+        if self.variants > 0 {
+            notes.push(format!(
+                "{} of them variants from data.augment",
+                self.variants
+            ));
+        }
         if self.filtered_out > 0 {
-            left_out.push(format!("{} filtered out", self.filtered_out));
+            notes.push(format!("{} filtered out", self.filtered_out));
         }
         if self.without_label > 0 {
-            left_out.push(format!("{} with none of the labels", self.without_label));
+            notes.push(format!("{} with none of the labels", self.without_label));
         }
         if self.set_aside > 0 {
-            left_out.push(format!("{} set aside by data.nested_folds", self.set_aside));
+            notes.push(format!("{} set aside by data.nested_folds", self.set_aside));
         }
-        if !left_out.is_empty() {
-            write!(f, " ({})", left_out.join(", "))?;
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join(", "))?;
         }
         writeln!(f)?;
         if !self.per_label.is_empty() {

@@ -498,6 +498,12 @@ impl RunConfig {
                 !self.data.multi_label,
                 "applies to single-label data only",
             )?;
+            positive(
+                "train.distill_from",
+                self.data.augment.is_empty(),
+                "is not taken with data.augment: the teachers label the training file's rows, \
+                 not the variants of them",
+            )?;
         } else if t.distill_out_of_fold {
             return Err(TrainError::config(
                 "train.distill_out_of_fold",

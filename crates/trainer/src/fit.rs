@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 use wick_data::{
-    epoch_order, read_examples, split_folds, split_train_valid, DataSummary, Dataset, Example,
-    Location, Targets, TensorBatch, TextTokenizer,
+    epoch_order, read_examples, read_variants, split_folds, split_train_valid, DataSummary,
+    Dataset, Example, Location, Targets, TensorBatch, TextTokenizer,
 };
 use wick_model::classifier::LossOptions;
 use wick_model::weights::{
@@ -304,6 +304,21 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
     let data = &config.data;
     let read = read_examples(&data.train, data)?;
     let all = Dataset::new(&read.examples, tokenizer)?;
+    // `data.augment`: the variants of every row, file by file; the rows trained on bring theirs.
+    let variants = data
+        .augment
+        .iter()
+        .map(|path| {
+            let rows = read_variants(path, data, &data.train, &read.examples)?;
+            Ok(Dataset::new(&rows, tokenizer)?)
+        })
+        .collect::<Result<Vec<Dataset>>>()?;
+    let with_variants = |train: Dataset, idx: &[usize]| -> Result<Dataset> {
+        variants.iter().try_fold(
+            train,
+            |set, variants| Ok(set.concat(&variants.subset(idx))?),
+        )
+    };
     let mut valid_without_label = 0;
     // `train_idx`: the training rows when some are held out, else all of them.
     let distilling = !config.train.distill_from.is_empty();
@@ -316,7 +331,8 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
             if distilling {
                 valid_rows = valid.examples;
             }
-            (all, Some(set), None)
+            let every: Vec<usize> = (0..all.len()).collect();
+            (with_variants(all, &every)?, Some(set), None)
         }
         None => match held_out(config, &read.examples) {
             Some((train_idx, valid_idx)) => {
@@ -327,12 +343,15 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
                         .collect();
                 }
                 (
-                    all.subset(&train_idx),
+                    with_variants(all.subset(&train_idx), &train_idx)?,
                     Some(all.subset(&valid_idx)),
                     Some(train_idx),
                 )
             }
-            None => (all, None, None),
+            None => {
+                let every: Vec<usize> = (0..all.len()).collect();
+                (with_variants(all, &every)?, None, None)
+            }
         },
     };
     let rows = distilling.then(|| {
@@ -346,15 +365,17 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
         }
     });
     // Under data.nested_folds the rows of neither part.
+    let trained = train_idx.as_ref().map_or(read.examples.len(), Vec::len);
     let set_aside = read.examples.len()
-        - train.len()
+        - trained
         - match (&data.valid, &valid) {
             (None, Some(valid)) => valid.len(),
             _ => 0,
         };
     let mut summary = DataSummary::new(&train, &data.labels, read.filtered_out)
         .with_without_label(read.without_label)
-        .with_set_aside(set_aside);
+        .with_set_aside(set_aside)
+        .with_variants(train.len() - trained);
     if !data.clean.is_off() {
         summary = summary.with_cleaned(read.cleaned);
     }

@@ -73,6 +73,73 @@ pub fn read_examples(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
     read(path, cfg, true)
 }
 
+/// Reads `path`, a file of variants of `originals` (the rows [`read_examples`] kept of the
+/// training file at `train`) row for row, as `data.augment` gives them: read as `cfg` reads the
+/// training file, its k-th kept row is a variant of `originals[k]`. A file that keeps another
+/// number of rows, or a row labelled otherwise than the row it varies, is refused, naming the
+/// first row out of step in both files.
+pub fn read_variants(
+    path: &Path,
+    cfg: &DataConfig,
+    train: &Path,
+    originals: &[Example],
+) -> Result<Vec<Example>> {
+    let variants = read_examples(path, cfg)?.examples;
+    let at = |file: &Path, row: &Example| -> Result<Location> {
+        Ok(Location::new(file, cfg.format_of(file)?.unit(), row.line))
+    };
+    let out_of_step = variants
+        .iter()
+        .zip(originals)
+        .find(|(variant, original)| variant.target != original.target);
+    if let Some((variant, original)) = out_of_step {
+        return Err(Error::BadRow {
+            at: at(path, variant)?,
+            reason: format!(
+                "data.augment: a variant of {} (the row in the same place among the kept rows), \
+                 but labelled {}, not {}",
+                at(train, original)?,
+                target_names(&variant.target, &cfg.labels),
+                target_names(&original.target, &cfg.labels),
+            ),
+        });
+    }
+    if variants.len() != originals.len() {
+        let first_extra = match variants.get(originals.len()) {
+            Some(row) => format!(", the first extra one at {}", at(path, row)?),
+            None => format!(
+                ", none for {} and after",
+                at(train, &originals[variants.len()])?
+            ),
+        };
+        return Err(Error::Config {
+            key: "data.augment".into(),
+            reason: format!(
+                "{} keeps {} rows but {} keeps {}: a file of variants holds one for each row, \
+                 in the same order{first_extra}",
+                path.display(),
+                variants.len(),
+                train.display(),
+                originals.len(),
+            ),
+        });
+    }
+    Ok(variants)
+}
+
+/// A target as its label names: `"bug"`, `"[bug, docs]"`, or `"no label"`.
+fn target_names(target: &Target, labels: &[String]) -> String {
+    let name = |id: usize| labels.get(id).map_or("?", String::as_str);
+    match target {
+        Target::Single(id) => format!("{:?}", name(*id as usize)),
+        Target::Multi(hot) => {
+            let names: Vec<&str> = (0..hot.len()).filter(|&i| hot[i] > 0.5).map(name).collect();
+            format!("[{}]", names.join(", "))
+        }
+        Target::None => "no label".into(),
+    }
+}
+
 /// Reads examples for prediction: the label field is ignored, every target is [`Target::None`].
 pub fn read_unlabelled(path: &Path, cfg: &DataConfig) -> Result<ReadOutcome> {
     read(path, cfg, false)

@@ -143,3 +143,51 @@ fn subset_keeps_encodings_and_targets_in_the_given_order() -> TestResult {
     assert_eq!(subset.encodings()[0], dataset.encodings()[2]);
     Ok(())
 }
+
+#[test]
+fn concat_appends_encodings_and_targets_and_refuses_other_kinds() -> TestResult {
+    let dir = TempDir::new()?;
+    let tokenizer = tiny_tokenizer(&dir, 16)?;
+    let first = Dataset::new(
+        &[
+            example("bug", Target::Single(0)),
+            example("how", Target::Single(2)),
+        ],
+        &tokenizer,
+    )?;
+    let second = Dataset::new(&[example("add a button", Target::Single(1))], &tokenizer)?;
+    let both = first.concat(&second)?;
+    assert_eq!(both.targets(), &Targets::Single(vec![0, 2, 1]));
+    assert_eq!(both.encodings()[..2], first.encodings()[..]);
+    assert_eq!(both.encodings()[2], second.encodings()[0]);
+
+    let hot = |v: [f32; 3]| Target::Multi(v.to_vec());
+    let multi = |rows: &[[f32; 3]]| {
+        let examples: Vec<Example> = rows.iter().map(|&r| example("bug", hot(r))).collect();
+        Dataset::new(&examples, &tokenizer)
+    };
+    let joined = multi(&[[1.0, 0.0, 1.0]])?.concat(&multi(&[[0.0, 1.0, 0.0]])?)?;
+    assert_eq!(
+        joined.targets(),
+        &Targets::Multi {
+            values: vec![1.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+            num_labels: 3
+        }
+    );
+    let err = first
+        .concat(&multi(&[[1.0, 0.0, 0.0]])?)
+        .err()
+        .ok_or("expected an error")?;
+    assert!(
+        matches!(
+            err,
+            Error::MixedTargets {
+                index: 2,
+                expected: "single-label",
+                found: "multi-label"
+            }
+        ),
+        "{err:?}"
+    );
+    Ok(())
+}

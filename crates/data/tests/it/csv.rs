@@ -1,6 +1,6 @@
 use serde_json::Value;
 use tempfile::TempDir;
-use wick_data::{read_examples, Error, Location, Target};
+use wick_data::{read_examples, read_variants, Error, Filter, Location, Target};
 
 use crate::common::{config, read_error, write, TestResult};
 
@@ -162,6 +162,83 @@ fn duplicate_header_column_is_an_error() -> TestResult {
     assert!(
         matches!(&err, Error::BadRow { at, .. } if at.number == 1),
         "{err:?}"
+    );
+    Ok(())
+}
+
+/// `data.augment`'s files pair row for row with the training file's kept rows (`data.filter`
+/// applied to both); another count, or a variant labelled otherwise, names the rows in both.
+#[test]
+fn variants_pair_with_the_kept_rows_and_out_of_step_ones_are_named() -> TestResult {
+    let dir = TempDir::new()?;
+    let header = "repo,label,title,body\n";
+    let train = write(
+        &dir,
+        "train.csv",
+        format!(
+            "{header}a,bug,crash,\"two\nlines\"\nb,feature,add,x\na,question,how,y\na,bug,fails,z\n"
+        ),
+    );
+    let mut cfg = config(&train);
+    cfg.text_fields = vec!["title".into(), "body".into()];
+    cfg.filter = Some(Filter {
+        column: "repo".into(),
+        equals: "a".into(),
+    });
+    let originals = read_examples(&train, &cfg)?.examples;
+    assert_eq!(originals.len(), 3);
+
+    let good = write(
+        &dir,
+        "good.csv",
+        format!("{header}a,bug,a crash,\"2\nlines\"\nb,feature,adds,x\na,question,how?,y\na,bug,it fails,z\n"),
+    );
+    let variants = read_variants(&good, &cfg, &train, &originals)?;
+    let texts: Vec<&str> = variants.iter().map(|v| v.text.as_str()).collect();
+    assert_eq!(texts, ["a crash\n\n2\nlines", "how?\n\ny", "it fails\n\nz"]);
+    assert_eq!(variants[1].target, Target::Single(2));
+
+    // The third kept row is labelled feature, not question.
+    let relabelled = write(
+        &dir,
+        "relabelled.csv",
+        format!("{header}a,bug,a crash,\"2\nlines\"\na,feature,how?,y\na,bug,it fails,z\n"),
+    );
+    let err = read_variants(&relabelled, &cfg, &train, &originals)
+        .err()
+        .ok_or("expected a refusal")?;
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:4: data.augment: a variant of {}:5 (the row in the same place among the kept \
+             rows), but labelled \"feature\", not \"question\"",
+            relabelled.display(),
+            train.display()
+        )
+    );
+
+    // The variant of the last row is in another repository, so the filter drops it.
+    let short = write(
+        &dir,
+        "short.csv",
+        format!("{header}a,bug,a crash,\"2\nlines\"\na,question,how?,y\nb,bug,it fails,z\n"),
+    );
+    let err = read_variants(&short, &cfg, &train, &originals)
+        .err()
+        .ok_or("expected a refusal")?;
+    assert!(
+        matches!(&err, Error::Config { key, .. } if key == "data.augment"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "{} keeps 2 rows but {} keeps 3: a file of variants holds one for each row, in the \
+             same order, none for {}:6 and after",
+            short.display(),
+            train.display(),
+            train.display()
+        )),
+        "{err}"
     );
     Ok(())
 }
