@@ -81,12 +81,15 @@ def translate(texts, model_dir):
         for src, hyp in zip(batch, tok.batch_decode(out, skip_special_tokens=True)):
             done[src] = hyp
 
+    reported = 0
     for t in unique:
         longest = max([len(t)] + [len(b) for b in batch]) // 3 + 8
         if batch and longest * (len(batch) + 1) > BATCH_TOKENS:
             flush()
             batch = []
-            print(f"  {model_dir}: {len(done)}/{len(unique)} in {time.time() - started:.0f} s", flush=True)
+            if len(done) >= reported + len(unique) // 10:
+                reported = len(done)
+                print(f"  {model_dir}: {reported}/{len(unique)} in {time.time() - started:.0f} s", flush=True)
         batch.append(t)
     if batch:
         flush()
