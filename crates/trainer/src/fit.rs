@@ -319,6 +319,7 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
             |set, variants| Ok(set.concat(&variants.subset(idx))?),
         )
     };
+    let every: Vec<usize> = (0..all.len()).collect();
     let mut valid_without_label = 0;
     // `train_idx`: the training rows when some are held out, else all of them.
     let distilling = !config.train.distill_from.is_empty();
@@ -331,7 +332,6 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
             if distilling {
                 valid_rows = valid.examples;
             }
-            let every: Vec<usize> = (0..all.len()).collect();
             (with_variants(all, &every)?, Some(set), None)
         }
         None => match held_out(config, &read.examples) {
@@ -348,10 +348,7 @@ fn load_data(config: &RunConfig, tokenizer: &TextTokenizer) -> Result<LoadedData
                     Some(train_idx),
                 )
             }
-            None => {
-                let every: Vec<usize> = (0..all.len()).collect();
-                (with_variants(all, &every)?, None, None)
-            }
+            None => (with_variants(all, &every)?, None, None),
         },
     };
     let rows = distilling.then(|| {

@@ -198,7 +198,7 @@ fn variants_pair_with_the_kept_rows_and_out_of_step_ones_are_named() -> TestResu
     assert_eq!(texts, ["a crash\n\n2\nlines", "how?\n\ny", "it fails\n\nz"]);
     assert_eq!(variants[1].target, Target::Single(2));
 
-    // The third kept row is labelled feature, not question.
+    // The variant of the second kept row (line 5, a question) is labelled feature.
     let relabelled = write(
         &dir,
         "relabelled.csv",
