@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU session 69 (weights joined from /root/mp, four earlier calls of a fresh machine): training
-# on back-translated variants of the training rows. bench/h100/backtranslate.py (run on this
+# on back-translated variants of the training rows. scripts/backtranslate.py (then bench/h100/; run on this
 # repository's CPU machine) turned every row of the NLBSE training file into an English -> French
 # -> English variant (Marian opus-mt-en-fr and opus-mt-fr-en; titles and prose lines, code and
 # stack traces verbatim), carried as .carry/nlbse/issues_train_bt.csv.xz. On held-out splits
