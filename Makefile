@@ -97,8 +97,10 @@ data/nlbse/issues_train.csv:
 ## MATCH_PRIORS=1 scores the probabilities matched to the training rows' label shares (the
 ## unmatched scores beside them); ADAPT=30 first adapts the encoder to each project's texts with
 ## 30 epochs of masked-language modelling (the `adapt` binary's defaults otherwise);
-## PROJECTS="bitcoin/bitcoin opencv/opencv" runs only those projects (their mean, not the protocol score)
-NLBSE_FLAGS = --json $(if $(FOLDS),--folds $(FOLDS),--ensemble $(or $(ENSEMBLE),$(1))) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit) $(if $(MATCH_PRIORS),--match-priors) $(if $(ADAPT),--adapt-epochs $(ADAPT)) $(foreach p,$(PROJECTS),--project $(p))
+## PROJECTS="bitcoin/bitcoin opencv/opencv" runs only those projects (their mean, not the protocol score);
+## AUGMENT=data/nlbse/issues_train_bt.csv trains on those variants of the training rows too
+## (data.augment; `python3 scripts/backtranslate.py data/nlbse/issues_train.csv FILE` writes them)
+NLBSE_FLAGS = --json $(if $(FOLDS),--folds $(FOLDS),--ensemble $(or $(ENSEMBLE),$(1))) $(if $(TEST),--test $(TEST)) $(if $(REFIT),--refit) $(if $(MATCH_PRIORS),--match-priors) $(if $(ADAPT),--adapt-epochs $(ADAPT)) $(foreach p,$(PROJECTS),--project $(p)) $(if $(AUGMENT),--set "data.augment=['$(AUGMENT)']")
 nlbse: model nlbse-data
 	$(CARGO) run --release $(FEATURE_FLAGS) --example nlbse -- $(call NLBSE_FLAGS,1)
 

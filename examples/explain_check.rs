@@ -6,12 +6,14 @@
 //! 2017, on words as Arras et al. 2017 ran it).
 //!
 //!     cargo run --release --example explain_check -- --checkpoint runs/default \
-//!         [--data data/triage/test.jsonl] [--steps 50] [--tolerance 0.05] [--k 1,3] [--limit N]
+//!         [--data data/triage/test.jsonl] [--method ig|occlusion] [--steps 50] [--tolerance 0.05]
+//!         [--k 1,3] [--limit N]
 //!
 //! Prints the time per explanation (the first one, a warm-up, untimed; every explanation ends in
 //! a read of its scores to the host, so the clock is read after the device finished), the mean
-//! and largest completeness gap |delta| relative to |F(x) - F(x')|, and per `k` the mean fall
-//! of the label's probability for both deletions.
+//! and largest completeness gap |delta| relative to |F(x) - F(x')| (integrated gradients only:
+//! occlusion's scores are not meant to add up), and per `k` the mean fall of the label's
+//! probability for both deletions.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,7 +24,7 @@ use clap::Parser;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::explain::{self, Explanation, Options};
+use wick_trainer::explain::{self, Explanation, Method, Options};
 use wick_trainer::infer::Ensemble;
 
 #[derive(Debug, Parser)]
@@ -35,6 +37,9 @@ struct Args {
     data: PathBuf,
     #[arg(long, default_value = "auto")]
     device: DeviceRequest,
+    /// `explain --method`: `ig` (integrated gradients) or `occlusion`.
+    #[arg(long, default_value = "ig")]
+    method: Method,
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// `explain --tolerance`: the steps double while the gap is over it (0: off).
@@ -76,6 +81,7 @@ fn main() -> Result<()> {
         rows.truncate(args.limit);
     }
     let options = Options {
+        method: args.method,
         steps: args.steps,
         tolerance: args.tolerance,
         ..Options::default()
@@ -97,11 +103,14 @@ fn main() -> Result<()> {
         .map(|e| e.tokens.len() + e.member_tokens.iter().map(Vec::len).sum::<usize>())
         .sum();
     println!(
-        "explain_check: {} on {} rows of {} ({device}), {} steps: {:.1} ms per explanation ({:.0} tokens on average), {:.1} s in all",
+        "explain_check: {} on {} rows of {} ({device}), {}: {:.1} ms per explanation ({:.0} tokens on average), {:.1} s in all",
         args.checkpoint.display(),
         rows.len(),
         args.data.display(),
-        args.steps,
+        match args.method {
+            Method::IntegratedGradients => format!("{} steps", args.steps),
+            Method::Occlusion => "occlusion".to_string(),
+        },
         1e3 * seconds / rows.len() as f64,
         tokens as f64 / rows.len() as f64,
         seconds
@@ -112,13 +121,15 @@ fn main() -> Result<()> {
         .collect();
     let over = gaps.iter().filter(|&&g| g > 0.05).count();
     let doubled = explanations.iter().filter(|e| e.steps > args.steps).count();
-    println!(
+    if args.method == Method::IntegratedGradients {
+        println!(
         "completeness: |delta| / |F(x) - F(x')| mean {:.4}, largest {:.4}; over 5% for {over} of {} texts; steps doubled for {doubled} (to {} at most)",
         gaps.iter().sum::<f64>() / gaps.len() as f64,
         gaps.iter().copied().fold(0.0, f64::max),
         gaps.len(),
         explanations.iter().map(|e| e.steps).max().unwrap_or(0)
     );
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     println!(
         "{:>3} {:>6} {:>14} {:>18} {:>18} {:>22}",

@@ -12,13 +12,14 @@ use candle_core::DType;
 use clap::Parser;
 use serde_json::Value;
 use wick_trainer::device::DeviceRequest;
-use wick_trainer::explain::{self, Explanation, Options, WordScore};
+use wick_trainer::explain::{self, Explanation, Method, Options, WordScore};
 use wick_trainer::infer::Ensemble;
 
 #[path = "../inputs.rs"]
 mod inputs;
 
-/// Show which words make a checkpoint give a text its label (integrated gradients).
+/// Show which words make a checkpoint give a text its label (integrated gradients, or
+/// occlusion).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -32,6 +33,12 @@ struct Args {
     /// The label to explain (by name); without it, each text's most probable label.
     #[arg(long)]
     label: Option<String>,
+    /// How each token is scored: integrated gradients (`ig`), or occlusion (`occlusion`: what
+    /// the label's probability loses when that token alone is replaced by the baseline's token;
+    /// forward passes only, and its scores need not add up to the change; --steps, --tolerance
+    /// and --max-steps do not apply).
+    #[arg(long, default_value = "ig")]
+    method: Method,
     /// Quadrature points on the path from the baseline to the text (Captum's n_steps). The
     /// scores' sum misses the change in probability by `delta`, which more steps shrink.
     #[arg(long, default_value_t = 50)]
@@ -43,7 +50,7 @@ struct Args {
     /// The most steps doubling may reach.
     #[arg(long, default_value_t = 400)]
     max_steps: usize,
-    /// Points per forward and backward pass (memory against speed); 0: as many as fit in 4096
+    /// Points (occluded texts) per pass (memory against speed); 0: as many as fit in 4096
     /// tokens.
     #[arg(long, default_value_t = 0)]
     batch: usize,
@@ -108,6 +115,7 @@ fn run(args: Args) -> Result<()> {
             .collect(),
     };
     let options = Options {
+        method: args.method,
         steps: args.steps,
         batch: args.batch,
         tolerance: args.tolerance,
@@ -204,21 +212,35 @@ fn text_report(
         e.probs[e.label],
         others.join(", ")
     );
-    let _ = writeln!(
-        s,
-        "   scores sum to {:+.4} = {:.4} - {:.4} (the baseline's), delta {:+.1e} with {} steps{}",
-        e.sum(),
-        e.prob,
-        e.baseline_prob,
-        e.delta,
-        e.steps,
-        if e.whole {
-            ""
-        } else {
-            "; the text was truncated, cut words have no score"
-        }
-    );
-    if explain::needs_more_steps(e.delta, e.prob - e.baseline_prob, options) {
+    let truncated = if e.whole {
+        ""
+    } else {
+        "; the text was truncated, cut words have no score"
+    };
+    let _ = match e.method {
+        Method::IntegratedGradients => writeln!(
+            s,
+            "   scores sum to {:+.4} = {:.4} - {:.4} (the baseline's), delta {:+.1e} with {} \
+             steps{truncated}",
+            e.sum(),
+            e.prob,
+            e.baseline_prob,
+            e.delta,
+            e.steps,
+        ),
+        Method::Occlusion => writeln!(
+            s,
+            "   occlusion: a word scores the drops from {:.4} when each of its tokens alone is \
+             replaced; the scores sum to {:+.4}, replacing every token drops it by \
+             {:+.4}{truncated}",
+            e.prob,
+            e.sum(),
+            e.prob - e.baseline_prob,
+        ),
+    };
+    if e.method == Method::IntegratedGradients
+        && explain::needs_more_steps(e.delta, e.prob - e.baseline_prob, options)
+    {
         let _ = writeln!(
             s,
             "   the gap is over --tolerance {} of the change at --max-steps {}: read the scores \
@@ -322,11 +344,12 @@ fn escape(text: &str) -> String {
 fn html_section(page: &mut String, heading: &str, e: &Explanation, labels: &[String]) {
     let _ = write!(
         page,
-        "<section><h2>{}: {} {:.3}</h2><p class=\"sum\">scores sum to {:+.4} (probability \
+        "<section><h2>{}: {} {:.3}</h2><p class=\"sum\">{} scores sum to {:+.4} (probability \
          {:.4}, baseline {:.4}, delta {:+.1e}){}</p><pre>",
         escape(heading),
         escape(&labels[e.label]),
         e.probs[e.label],
+        e.method.name().replace('_', " "),
         e.sum(),
         e.prob,
         e.baseline_prob,

@@ -15,7 +15,10 @@ token replaced by the pad token (special tokens kept), Gauss-Legendre with 16 an
 `{prefix}attributions.json` records per text and step count the ids, the label, Captum's
 per-token attributions (summed over the hidden dimension), the probabilities of the text and of
 the baseline (its word embeddings at the text's positions, as the interpolation has them) and
-the convergence delta from those (for BERT, checked equal to Captum's).
+the convergence delta from those (for BERT, checked equal to Captum's), and `occlusion`: per
+token, the probability of the text less that of the text whose word embedding at that place is
+the pad token's (positions kept; 0 for a special token), for BERT checked equal to Captum's
+`FeatureAblation` replacing that one id.
 """
 
 import json
@@ -23,7 +26,7 @@ import sys
 from pathlib import Path
 
 import torch
-from captum.attr import LayerIntegratedGradients
+from captum.attr import FeatureAblation, LayerIntegratedGradients
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer
 
@@ -82,6 +85,7 @@ def main():
             base_probs = probabilities(None, mask, embeds)[0]
         # The label that gains most from baseline to text: its attributions are the largest.
         label = int(torch.argmax(probs - base_probs))
+        occlusion = occlude(ids, mask, special, tokenizer.pad_token_id, label, model, probabilities)
         for steps in STEPS:
             attributions, captum_delta = lig.attribute(
                 ids,
@@ -106,10 +110,35 @@ def main():
                     "delta": delta,
                     "prob": float(probs[label]),
                     "baseline_prob": float(base_probs[label]),
+                    "occlusion": occlusion,
                 }
             )
     out = {"temperature": TEMPERATURE, "pad_id": tokenizer.pad_token_id, "cases": cases}
     (HERE / f"{prefix}attributions.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+def occlude(ids, mask, special, pad_id, label, model, probabilities):
+    """F(x) - F(x with token i's word embedding the pad token's), per token; 0 for specials."""
+    with torch.no_grad():
+        embeds = model.embeddings.word_embeddings(ids)
+        pad = model.embeddings.word_embeddings(torch.tensor([pad_id]))[0]
+        full = float(probabilities(None, mask, embeds)[0][label])
+        scores = []
+        for i, token in enumerate(ids[0].tolist()):
+            if token in special:
+                scores.append(0.0)
+                continue
+            occluded = embeds.clone()
+            occluded[0, i] = pad
+            scores.append(full - float(probabilities(None, mask, occluded)[0][label]))
+    if family_has_token_positions(model):
+        ablated = FeatureAblation(lambda i, m: probabilities(i, m)).attribute(
+            ids, baselines=pad_id, additional_forward_args=(mask,), target=label
+        )[0]
+        for i, token in enumerate(ids[0].tolist()):
+            if token not in special:
+                assert abs(float(ablated[i]) - scores[i]) < 1e-6, (i, float(ablated[i]), scores[i])
+    return scores
 
 
 def family_has_token_positions(model):

@@ -1,5 +1,6 @@
-//! `explain`: integrated gradients against Captum's `LayerIntegratedGradients` (MiniLM's real
-//! weights, and a tiny random RoBERTa whose positions follow the padding), and the binary end to
+//! `explain`: integrated gradients against Captum's `LayerIntegratedGradients` and occlusion
+//! against PyTorch (and, for MiniLM, Captum's `FeatureAblation`), on MiniLM's real weights and a
+//! tiny random RoBERTa whose positions follow the padding, and the binary end to
 //! end: its probabilities are `predict`'s, its scores add up, an ensemble's scores are the mean of
 //! its members', and bad options are refused by name.
 
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use wick_model::hub::{resolve, ModelSource};
 use wick_model::weights::named_vars;
-use wick_trainer::explain::{integrated_gradients, Integration};
+use wick_trainer::explain::{integrated_gradients, occlusion, Integration};
 
 use super::common::{
     assert_fails_naming, assert_ok, checkpoint_probs, explained, path_str, pretrained_classifier,
@@ -35,6 +36,7 @@ struct Case {
     delta: f64,
     prob: f64,
     baseline_prob: f64,
+    occlusion: Vec<f64>,
 }
 
 #[test]
@@ -57,7 +59,8 @@ fn roberta_attributions_match_captum() {
 }
 
 /// `{prefix}attributions.json` (tests/reference/make_attribution_reference.py) from the head in
-/// `{prefix}attribution_head.safetensors`: wick's token ids, scores, probabilities and delta.
+/// `{prefix}attribution_head.safetensors`: wick's token ids, scores, probabilities and delta, and
+/// its occlusion scores.
 fn attributions_match_captum(source: ModelSource, prefix: &str, setup: &str) {
     let dir = repo_root().join("tests/reference");
     let reference: Reference = serde_json::from_str(
@@ -117,6 +120,27 @@ fn attributions_match_captum(source: ModelSource, prefix: &str, setup: &str) {
             (delta - case.delta).abs() < 2e-4,
             "{what}: delta {delta} vs {}",
             case.delta
+        );
+
+        // Occlusion, five occluded texts a pass: the same F(x) and F(x'), and each token's drop.
+        let (occluded, prob, baseline) =
+            occlusion(&classifier, &Device::Cpu, &tokens, case.label, &path).unwrap();
+        assert!((prob - case.prob).abs() < 1e-5, "{what}: occlusion's F(x)");
+        assert!(
+            (baseline - case.baseline_prob).abs() < 1e-5,
+            "{what}: occlusion's F(x')"
+        );
+        assert_eq!(occluded.len(), case.occlusion.len(), "{what}");
+        for (i, (ours, theirs)) in occluded.iter().zip(&case.occlusion).enumerate() {
+            assert!(
+                (ours - theirs).abs() < 1e-5,
+                "{what}: occlusion of token {i} ({}): {ours} vs {theirs}",
+                tokens[i].piece
+            );
+        }
+        assert!(
+            occluded.iter().any(|s| s.abs() > 1e-3),
+            "{what}: some token matters"
         );
     }
 }
@@ -518,5 +542,83 @@ fn explain_gives_predicts_probabilities_and_scores_that_add_up() {
     refused(
         &["--baseline", "[NOPE]", "x"],
         &["--baseline", "[NOPE]", "tokenizer.json"],
+    );
+}
+
+/// `--method occlusion`: each token's score is `predict`'s probability of the text less that of
+/// the text with that token replaced by the baseline (`[PAD]`, which the tokenizer reads as the
+/// pad token), the words hold their tokens' scores, no steps are taken, and an ensemble's scores
+/// are the mean of its members'.
+#[test]
+fn occlusion_scores_are_the_drops_predict_sees() {
+    let tmp = TempDir::new().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert_ok(&train_tiny(&a, &[]), "train a");
+    assert_ok(&train_tiny(&b, &["train.seed=8"]), "train b");
+    let occluded = |checkpoints: &[&Path]| {
+        let mut args = vec!["--method", "occlusion"];
+        for c in checkpoints {
+            args.extend(["--checkpoint", path_str(c)]);
+        }
+        explained(&[&args[..], &["--"], &TEXTS[..]].concat())
+    };
+    let lines = occluded(&[&a]);
+    let mut checked = 0;
+    for (line, text) in lines.iter().zip(TEXTS) {
+        assert_eq!(line["method"], "occlusion");
+        assert_eq!(line["steps"], 0);
+        let probs = &checkpoint_probs(&a, &[text])[0];
+        let label = LABELS.iter().position(|l| line["explained"] == *l).unwrap();
+        let prob = line["prob"].as_f64().unwrap();
+        assert!((prob - probs[label]).abs() < 1e-5, "{text}");
+        let tokens: f64 = scores(line, "tokens").iter().sum();
+        let words: f64 = scores(line, "words").iter().sum();
+        assert!(
+            (words - tokens).abs() < 1e-9,
+            "{text}: words hold the tokens"
+        );
+        // Each word that is one token: predict on the text with it replaced.
+        for word in line["words"].as_array().unwrap() {
+            let (start, end) = (
+                word["start"].as_u64().unwrap() as usize,
+                word["end"].as_u64().unwrap() as usize,
+            );
+            let pieces: Vec<&Value> = line["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| {
+                    t["start"]
+                        .as_u64()
+                        .is_some_and(|s| (start..end).contains(&(s as usize)))
+                })
+                .collect();
+            if pieces.len() != 1 {
+                continue;
+            }
+            let without = format!("{}[PAD]{}", &text[..start], &text[end..]);
+            let dropped = probs[label] - checkpoint_probs(&a, &[&without])[0][label];
+            let score = word["score"].as_f64().unwrap();
+            assert!(
+                (score - dropped).abs() < 1e-5,
+                "{text}: {} scores {score}, predict drops {dropped} without it",
+                word["word"]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} one-token words checked");
+
+    // An ensemble's token scores are the mean of its members' (the tiny checkpoints share the
+    // tokenizer).
+    let one = |c: &Path| scores(&occluded(&[c])[1], "tokens");
+    let (ta, tb) = (one(&a), one(&b));
+    let both = scores(&occluded(&[&a, &b])[1], "tokens");
+    for i in 0..both.len() {
+        assert!((both[i] - (ta[i] + tb[i]) / 2.0).abs() < 1e-6, "token {i}");
+    }
+    assert!(
+        both.iter().any(|s| s.abs() > 1e-4),
+        "some token moves the tiny model: {both:?}"
     );
 }

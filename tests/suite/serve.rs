@@ -509,6 +509,24 @@ fn serve_explains_as_explain_does() {
     let expected_other = explained(&["--checkpoint", run_arg, "--label", "needs_test", texts[0]]);
     assert_same_explanation(&other, &expected_other[0], "?label=needs_test");
 
+    // Occlusion, as `explain --method occlusion` gives it.
+    let (status, occluded) = post(
+        "/explain?method=occlusion&label=needs_test",
+        &json!(texts[1]),
+    );
+    assert_eq!(status, 200, "{occluded}");
+    let expected_occluded = explained(&[
+        "--checkpoint",
+        run_arg,
+        "--method",
+        "occlusion",
+        "--label",
+        "needs_test",
+        texts[1],
+    ]);
+    assert_eq!(occluded["method"], "occlusion");
+    assert_same_explanation(&occluded, &expected_occluded[0], "?method=occlusion");
+
     // Refusals.
     let (status, refused) = post("/explain", &json!(texts));
     assert_eq!(status, 400, "{refused}");
@@ -525,6 +543,12 @@ fn serve_explains_as_explain_does() {
         .as_str()
         .unwrap()
         .contains("\"bug\" is not one of the labels"));
+    let (status, refused) = post("/explain?method=lime", &json!(texts[0]));
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"]
+        .as_str()
+        .unwrap()
+        .contains("query parameter method: \"lime\""));
     let (status, head, refused) = server.request("GET", "/explain", b"");
     assert_eq!(status, 405, "{refused}");
     assert!(head.contains("allow: post"), "{head}");
@@ -534,11 +558,11 @@ fn serve_explains_as_explain_does() {
     assert_eq!(status, 200, "{predicted}");
     assert_eq!(predicted["probs"], one["probs"]);
     let (_, _, info) = server.request("GET", "/info", b"");
-    assert_eq!(info["served"]["explained"], json!(4), "{info}");
+    assert_eq!(info["served"]["explained"], json!(5), "{info}");
     assert_eq!(info["served"]["inputs"], json!(1), "{info}");
     let (status, stderr) = server.terminate();
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("4 explained"), "{stderr}");
+    assert!(stderr.contains("5 explained"), "{stderr}");
 }
 
 /// A checkpoint of text pairs (`data.pair_fields`): `/predict` takes records with `text` and

@@ -9,6 +9,11 @@
 //! steps grow. A text whose path turns sharply (a probability that jumps from 0.06 to 0.99 over
 //! a short stretch) needs more points than most: the steps double until the gap is within a
 //! tolerance of the change ([`Options::tolerance`]).
+//!
+//! [`Method::Occlusion`] scores each token instead by what the label's probability loses when
+//! that token alone takes the baseline's embedding (Captum's `FeatureAblation` with the pad
+//! token as baseline, one token a feature): forward passes only, and no completeness (the scores
+//! need not add up to `F(x) - F(x')`; the words sum their tokens' scores all the same).
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::{json, Map, Value};
@@ -18,9 +23,48 @@ use wick_model::Classifier;
 use crate::error::{Result, TrainError};
 use crate::infer::{Ensemble, Predictor};
 
+/// Which attribution a token gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// Integrated gradients, from the baseline to the text ([`integrated_gradients`]).
+    #[default]
+    IntegratedGradients,
+    /// `F(x)` minus `F` of the text with that one token replaced by the baseline's token
+    /// ([`occlusion`]).
+    Occlusion,
+}
+
+impl Method {
+    /// The name records carry: `"integrated_gradients"` or `"occlusion"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IntegratedGradients => "integrated_gradients",
+            Self::Occlusion => "occlusion",
+        }
+    }
+}
+
+/// `--method`'s values: `ig` (or `integrated_gradients`) and `occlusion`.
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "ig" | "integrated_gradients" => Ok(Self::IntegratedGradients),
+            "occlusion" => Ok(Self::Occlusion),
+            other => Err(format!(
+                "{other:?}: `ig` (integrated gradients) or `occlusion`"
+            )),
+        }
+    }
+}
+
 /// How attributions are computed.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Integrated gradients (the default) or occlusion; occlusion takes no steps (it ignores
+    /// `steps`, `tolerance` and `max_steps`).
+    pub method: Method,
     /// Quadrature points on the path from the baseline to the text (Captum's `n_steps`).
     pub steps: usize,
     /// Points per forward and backward pass; 0: as many as fit in [`PASS_TOKENS`] tokens.
@@ -38,6 +82,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            method: Method::IntegratedGradients,
             steps: 50,
             batch: 0,
             tolerance: 0.05,
@@ -98,10 +143,13 @@ pub struct Explanation {
     pub member_tokens: Vec<Vec<TokenScore>>,
     /// The word scores: the members' mean (a word a member did not keep counts 0 for it).
     pub words: Vec<WordScore>,
-    /// `sum(attributions) - (prob - baseline_prob)`: the quadrature's error.
+    /// `sum(attributions) - (prob - baseline_prob)`: the quadrature's error (for occlusion, how
+    /// far its scores are from adding up).
     pub delta: f64,
+    /// How the scores were computed.
+    pub method: Method,
     /// The quadrature points used: [`Options::steps`], doubled while the gap was over the
-    /// tolerance.
+    /// tolerance; 0 for occlusion.
     pub steps: usize,
     /// Whether every member saw the whole text (false: truncated to `max_len`; the words none
     /// kept have no score).
@@ -116,7 +164,8 @@ impl Explanation {
     }
 
     /// The JSON record `explain --json` writes and `serve`'s `/explain` answers: the input's
-    /// `fields`, then `explained` (the label's name), `prob`, `baseline_prob`, `delta`, `steps`,
+    /// `fields`, then `explained` (the label's name), `method`, `prob`, `baseline_prob`, `delta`,
+    /// `steps`,
     /// `probs` (every label's), `truncated`, and every word's and token's `score` with its byte
     /// range (`start`, `end`; null for a special token), and for a pair its `segment` (0: the
     /// text, 1: the pair; the range is in that text). For an ensemble whose members tokenize the
@@ -160,6 +209,7 @@ impl Explanation {
         let explained = labels.get(self.label).cloned().unwrap_or_default();
         for (key, value) in [
             ("explained", json!(explained)),
+            ("method", json!(self.method.name())),
             ("prob", json!(self.prob)),
             ("baseline_prob", json!(self.baseline_prob)),
             ("delta", json!(self.delta)),
@@ -226,7 +276,8 @@ pub fn explain(
     label: Option<usize>,
     options: &Options,
 ) -> Result<Explanation> {
-    if options.steps == 0 {
+    let occluding = options.method == Method::Occlusion;
+    if options.steps == 0 && !occluding {
         return Err(TrainError::config("--steps", "at least 1 quadrature point"));
     }
     let (text, pair) = (example.text.clone(), example.pair.clone());
@@ -251,13 +302,16 @@ pub fn explain(
     if alike {
         tokenized.truncate(1);
     }
-    let mut steps = options.steps;
+    let mut steps = if occluding { 0 } else { options.steps };
     let (scores, prob, baseline) = loop {
         let (scores, prob, baseline) =
             ensemble_attributions(ensemble, &tokenized, label, steps, options)?;
         let sum = scores.iter().flatten().sum::<f64>() / scores.len() as f64;
         let delta = sum - (prob - baseline);
-        if !needs_more_steps(delta, prob - baseline, options) || steps * 2 > options.max_steps {
+        if occluding
+            || !needs_more_steps(delta, prob - baseline, options)
+            || steps * 2 > options.max_steps
+        {
             break (scores, prob, baseline);
         }
         steps *= 2;
@@ -303,6 +357,7 @@ pub fn explain(
         member_tokens,
         words,
         delta: total - (prob - baseline),
+        method: options.method,
         steps,
         whole,
     })
@@ -340,9 +395,9 @@ fn ensemble_attributions(
     Ok((scores, prob / n, baseline / n))
 }
 
-/// One member's integrated gradients of label `label`'s probability for the text of `tokens`
-/// (the member's own tokens), with the member's calibration temperature and `options`: a score
-/// per token, `F(x)` and `F(x')` ([`integrated_gradients`]).
+/// One member's attributions of label `label`'s probability for the text of `tokens` (the
+/// member's own tokens), with the member's calibration temperature and `options`: a score per
+/// token, `F(x)` and `F(x')` ([`integrated_gradients`], or [`occlusion`] by `options.method`).
 pub fn member_attributions(
     member: &Predictor,
     tokens: &[Token],
@@ -379,7 +434,12 @@ pub fn member_attributions(
         steps: options.steps,
         batch: options.batch,
     };
-    integrated_gradients(&member.model, &member.device, tokens, label, &path)
+    match options.method {
+        Method::IntegratedGradients => {
+            integrated_gradients(&member.model, &member.device, tokens, label, &path)
+        }
+        Method::Occlusion => occlusion(&member.model, &member.device, tokens, label, &path),
+    }
 }
 
 /// The integral integrated gradients take: from which baseline, of which probability, and how.
@@ -488,6 +548,67 @@ pub fn integrated_gradients(
     let mut values: Vec<f64> = read.concat().into_iter().map(f64::from).collect();
     let ends = values.split_off(n);
     Ok((values, ends[0], ends[1]))
+}
+
+/// Occlusion of `model`'s probability for `label` (at `path.temperature`) for the text of
+/// `tokens`: each content token's score is `F(x)` minus `F` of the text whose word embedding at
+/// that place is the baseline token's (`path.baseline_id`; positions and segments stay the
+/// text's, as in [`integrated_gradients`]); a special token's is 0. Also `F(x)` and `F(x')`
+/// (every content token replaced). The occluded texts go through the model `path.batch` at a
+/// time (0: [`PASS_TOKENS`] tokens' worth), forward only; the host reads the probabilities once,
+/// at the end. `path.steps` is not used.
+pub fn occlusion(
+    model: &Classifier,
+    device: &Device,
+    tokens: &[Token],
+    label: usize,
+    path: &Integration,
+) -> Result<(Vec<f64>, f64, f64)> {
+    let n = tokens.len();
+    let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+    let types: Vec<u32> = tokens.iter().map(|t| t.type_id).collect();
+    let content: Vec<usize> = (0..n).filter(|&i| tokens[i].span.is_some()).collect();
+    // The words of each text to run: the text, the baseline, then one per content token.
+    let mut texts = vec![ids.clone(), ids.clone()];
+    for &i in &content {
+        texts[1][i] = path.baseline_id;
+    }
+    for &i in &content {
+        let mut occluded = ids.clone();
+        occluded[i] = path.baseline_id;
+        texts.push(occluded);
+    }
+    let table = model.encoder().word_embeddings().detach();
+    let per_pass = if path.batch > 0 {
+        path.batch
+    } else {
+        (PASS_TOKENS / n.max(1)).max(1)
+    };
+    let rows = |m: usize, values: &[u32]| -> Result<Tensor> {
+        Ok(Tensor::new(values, device)?.unsqueeze(0)?.repeat((m, 1))?)
+    };
+    let mut probs = Vec::new();
+    for chunk in texts.chunks(per_pass) {
+        let m = chunk.len();
+        let words = table.index_select(&Tensor::new(chunk.concat().as_slice(), device)?, 0)?;
+        let logits = model.forward_words(
+            &words,
+            &rows(m, &ids)?,
+            &rows(m, &types)?,
+            &rows(m, &vec![1; n])?,
+        )?;
+        let p = model.probabilities(&(logits.to_dtype(DType::F32)? / path.temperature)?)?;
+        probs.push(p.narrow(1, label, 1)?.squeeze(1)?);
+    }
+    // Sync point: one read of the member's probabilities.
+    let read = crate::sync::matrix(&Tensor::cat(&probs, 0)?.unsqueeze(0)?)?;
+    let probs: Vec<f64> = read.concat().into_iter().map(f64::from).collect();
+    let (text, baseline) = (probs[0], probs[1]);
+    let mut scores = vec![0.0; n];
+    for (k, &i) in content.iter().enumerate() {
+        scores[i] = text - probs[2 + k];
+    }
+    Ok((scores, text, baseline))
 }
 
 /// Groups scored tokens into words: runs of tokens of one text (`text`, or the `pair` for

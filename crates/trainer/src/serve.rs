@@ -170,6 +170,7 @@ enum Job {
     Explain {
         examples: Vec<Example>,
         label: Option<usize>,
+        method: explain::Method,
         reply: Reply<Explanation>,
     },
 }
@@ -445,14 +446,17 @@ fn run_model(ensemble: &Ensemble, queue: &Receiver<Job>, max_batch: usize, count
         if let Job::Explain {
             examples,
             label,
+            method,
             reply,
         } = first
         {
+            let options = explain::Options {
+                method,
+                ..explain::Options::default()
+            };
             let explained = examples
                 .iter()
-                .map(|example| {
-                    explain::explain(ensemble, example, label, &explain::Options::default())
-                })
+                .map(|example| explain::explain(ensemble, example, label, &options))
                 .collect::<Result<Vec<_>>>()
                 .map_err(|e| e.to_string());
             if let Ok(done) = &explained {
@@ -709,10 +713,16 @@ fn query_min_prob(url: &str) -> std::result::Result<Option<f64>, Failure> {
     Ok(min_prob)
 }
 
+/// The query parameters `POST /explain` takes.
+const EXPLAIN_PARAMS: [&str; 2] = ["label", "method"];
+
 /// The request's `?label=NAME` (the label to explain), as an index into `labels`.
 fn query_label(url: &str, labels: &[String]) -> std::result::Result<Option<usize>, Failure> {
     let mut label = None;
-    for (_, name) in query(url, &["label"])? {
+    let names = query(url, &EXPLAIN_PARAMS)?
+        .into_iter()
+        .filter(|(key, _)| key == "label");
+    for (_, name) in names {
         let index = labels.iter().position(|l| *l == name).ok_or_else(|| {
             Failure(
                 400,
@@ -722,6 +732,20 @@ fn query_label(url: &str, labels: &[String]) -> std::result::Result<Option<usize
         label = Some(index);
     }
     Ok(label)
+}
+
+/// The request's `?method=ig|occlusion` (`explain --method`; integrated gradients without it).
+fn query_method(url: &str) -> std::result::Result<explain::Method, Failure> {
+    let mut method = explain::Method::default();
+    let values = query(url, &EXPLAIN_PARAMS)?
+        .into_iter()
+        .filter(|(key, _)| key == "method");
+    for (_, value) in values {
+        method = value
+            .parse()
+            .map_err(|e| Failure(400, format!("query parameter method: {e}")))?;
+    }
+    Ok(method)
 }
 
 /// A request body's inputs (a text, a record or a list of them) read as examples of the
@@ -843,7 +867,8 @@ fn predict(
 }
 
 /// `POST /explain`: `explain --json`'s record for each of the body's inputs (`?label=NAME`: that
-/// label's; else each input's most probable one), and how many there were. At most
+/// label's; else each input's most probable one; `?method=occlusion`: `explain --method
+/// occlusion`'s), and how many there were. At most
 /// [`ServeOptions::max_batch`] inputs: the model thread runs them one after another.
 fn explain(
     request: &mut Request,
@@ -852,6 +877,7 @@ fn explain(
 ) -> std::result::Result<(Value, usize), Failure> {
     let labels = &context.model.labels;
     let label = query_label(request.url(), labels)?;
+    let method = query_method(request.url())?;
     let (examples, fields, one) = read_inputs(request, context)?;
     let count = examples.len();
     let most = context.options.max_batch;
@@ -867,6 +893,7 @@ fn explain(
     let job = Job::Explain {
         examples,
         label,
+        method,
         reply,
     };
     let explained = answers(jobs, job, &answer, "explanation")?;
@@ -963,10 +990,29 @@ mod tests {
         );
         let (_, message) = label("/explain?min_prob=0.5").unwrap_err();
         assert!(
-            message.contains("unknown query parameter \"min_prob\"; /explain takes label"),
+            message.contains("unknown query parameter \"min_prob\"; /explain takes label, method"),
             "{message}"
         );
         assert_eq!(decode("a%2Fb%zz%4"), "a/b%zz%4", "malformed escapes stay");
+
+        // `?method=`, beside `?label=` or alone.
+        let method = |url: &str| query_method(url).map_err(|Failure(status, m)| (status, m));
+        assert_eq!(method("/explain"), Ok(explain::Method::IntegratedGradients));
+        assert_eq!(
+            method("/explain?method=ig"),
+            Ok(explain::Method::IntegratedGradients)
+        );
+        let both = "/explain?label=needs_docs&method=occlusion";
+        assert_eq!(method(both), Ok(explain::Method::Occlusion));
+        assert_eq!(label(both), Ok(Some(0)));
+        let (status, message) = method("/explain?method=shap").unwrap_err();
+        assert_eq!(status, 400);
+        assert!(
+            message.contains(
+                "query parameter method: \"shap\": `ig` (integrated gradients) or `occlusion`"
+            ),
+            "{message}"
+        );
     }
 
     #[test]
