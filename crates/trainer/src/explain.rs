@@ -488,27 +488,15 @@ pub fn integrated_gradients(
     let baseline = table.index_select(&Tensor::new(base.as_slice(), device)?, 0)?;
     let difference = (&x - &baseline)?;
     let width = x.dim(1)?;
-    let rows = |m: usize, values: &[u32]| -> Result<Tensor> {
-        Ok(Tensor::new(values, device)?.unsqueeze(0)?.repeat((m, 1))?)
+    let text = Text {
+        ids: &ids,
+        types: &types,
+        label,
+        temperature,
     };
-    // The label's probability for each of `m` interpolated texts `(m * n, width)`.
-    let probability = |words: &Tensor, m: usize| -> Result<Tensor> {
-        let logits = model.forward_words(
-            words,
-            &rows(m, &ids)?,
-            &rows(m, &types)?,
-            &rows(m, &vec![1; n])?,
-        )?;
-        // The model's softmax or sigmoid (candle-nn's softmax records no backward).
-        let probs = model.probabilities(&(logits.to_dtype(DType::F32)? / temperature)?)?;
-        Ok(probs.narrow(1, label, 1)?.squeeze(1)?)
-    };
+    let probability = |words: &Tensor, m: usize| text.probability(model, words, m);
     let points = gauss_legendre(path.steps);
-    let per_pass = if path.batch > 0 {
-        path.batch
-    } else {
-        (PASS_TOKENS / n.max(1)).max(1)
-    };
+    let per_pass = per_pass(path.batch, n);
     let mut gradient: Option<Tensor> = None;
     for chunk in points.chunks(per_pass) {
         let m = chunk.len();
@@ -550,6 +538,45 @@ pub fn integrated_gradients(
     Ok((values, ends[0], ends[1]))
 }
 
+/// Texts a pass of `n` tokens each: `batch`, or when it is 0 as many as fit in [`PASS_TOKENS`].
+fn per_pass(batch: usize, n: usize) -> usize {
+    if batch > 0 {
+        batch
+    } else {
+        (PASS_TOKENS / n.max(1)).max(1)
+    }
+}
+
+/// The text an attribution explains: its token ids (which give the positions), segment ids,
+/// and the label whose probability at `temperature` is explained.
+struct Text<'a> {
+    ids: &'a [u32],
+    types: &'a [u32],
+    label: usize,
+    temperature: f64,
+}
+
+impl Text<'_> {
+    /// The label's probability for `m` texts of this one's length, whose word embeddings are
+    /// `words` `(m * n, width)` (the positions, segments and mask stay the text's): `(m,)`.
+    fn probability(&self, model: &Classifier, words: &Tensor, m: usize) -> Result<Tensor> {
+        let device = words.device();
+        let n = self.ids.len();
+        let rows = |values: &[u32]| -> Result<Tensor> {
+            Ok(Tensor::new(values, device)?.unsqueeze(0)?.repeat((m, 1))?)
+        };
+        let logits = model.forward_words(
+            words,
+            &rows(self.ids)?,
+            &rows(self.types)?,
+            &rows(&vec![1; n])?,
+        )?;
+        // The model's softmax or sigmoid (candle-nn's softmax records no backward).
+        let probs = model.probabilities(&(logits.to_dtype(DType::F32)? / self.temperature)?)?;
+        Ok(probs.narrow(1, self.label, 1)?.squeeze(1)?)
+    }
+}
+
 /// Occlusion of `model`'s probability for `label` (at `path.temperature`) for the text of
 /// `tokens`: each content token's score is `F(x)` minus `F` of the text whose word embedding at
 /// that place is the baseline token's (`path.baseline_id`; positions and segments stay the
@@ -579,26 +606,16 @@ pub fn occlusion(
         texts.push(occluded);
     }
     let table = model.encoder().word_embeddings().detach();
-    let per_pass = if path.batch > 0 {
-        path.batch
-    } else {
-        (PASS_TOKENS / n.max(1)).max(1)
-    };
-    let rows = |m: usize, values: &[u32]| -> Result<Tensor> {
-        Ok(Tensor::new(values, device)?.unsqueeze(0)?.repeat((m, 1))?)
+    let text = Text {
+        ids: &ids,
+        types: &types,
+        label,
+        temperature: path.temperature,
     };
     let mut probs = Vec::new();
-    for chunk in texts.chunks(per_pass) {
-        let m = chunk.len();
+    for chunk in texts.chunks(per_pass(path.batch, n)) {
         let words = table.index_select(&Tensor::new(chunk.concat().as_slice(), device)?, 0)?;
-        let logits = model.forward_words(
-            &words,
-            &rows(m, &ids)?,
-            &rows(m, &types)?,
-            &rows(m, &vec![1; n])?,
-        )?;
-        let p = model.probabilities(&(logits.to_dtype(DType::F32)? / path.temperature)?)?;
-        probs.push(p.narrow(1, label, 1)?.squeeze(1)?);
+        probs.push(text.probability(model, &words, chunk.len())?);
     }
     // Sync point: one read of the member's probabilities.
     let read = crate::sync::matrix(&Tensor::cat(&probs, 0)?.unsqueeze(0)?)?;
