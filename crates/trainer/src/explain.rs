@@ -67,7 +67,8 @@ pub struct Options {
     pub method: Method,
     /// Quadrature points on the path from the baseline to the text (Captum's `n_steps`).
     pub steps: usize,
-    /// Points per forward and backward pass; 0: as many as fit in [`PASS_TOKENS`] tokens.
+    /// Points (occluded texts, for occlusion) per pass; 0: as many as fit in [`PASS_TOKENS`]
+    /// tokens.
     pub batch: usize,
     /// Relative completeness tolerance: while `|delta|` is over `tolerance * max(|F(x) -
     /// F(x')|, 0.01)` the steps double ([`needs_more_steps`]), up to `max_steps`. 0: `steps`
@@ -165,11 +166,11 @@ impl Explanation {
 
     /// The JSON record `explain --json` writes and `serve`'s `/explain` answers: the input's
     /// `fields`, then `explained` (the label's name), `method`, `prob`, `baseline_prob`, `delta`,
-    /// `steps`,
-    /// `probs` (every label's), `truncated`, and every word's and token's `score` with its byte
-    /// range (`start`, `end`; null for a special token), and for a pair its `segment` (0: the
-    /// text, 1: the pair; the range is in that text). For an ensemble whose members tokenize the
-    /// text differently `tokens` is empty and `member_tokens` holds each member's list.
+    /// `steps`, `probs` (every label's), `truncated`, and every word's and token's `score` with
+    /// its byte range (`start`, `end`; null for a special token), and for a pair its `segment`
+    /// (0: the text, 1: the pair; the range is in that text). For an ensemble whose members
+    /// tokenize the text differently `tokens` is empty and `member_tokens` holds each member's
+    /// list.
     pub fn record(&self, fields: Map<String, Value>, labels: &[String]) -> Map<String, Value> {
         let mut record = fields;
         let probs: Map<String, Value> = labels
