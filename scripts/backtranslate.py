@@ -133,15 +133,16 @@ def main():
     fields = options["--fields"].split(",")
     rows, header = read_rows(source)
     if options["--limit"]:
+        if not options["--limit"].isdigit():
+            sys.exit(f"--limit {options['--limit']}: a number of rows")
         rows = rows[: int(options["--limit"])]
     if not rows:
         sys.exit(f"{source}: no rows")
-    line_of = (lambda n: n + 2) if header else (lambda n: n + 1)
     split = []
     for n, row in enumerate(rows):
         for field in fields:
             if not isinstance(row.get(field, ""), str):
-                sys.exit(f"{source}: row {line_of(n)}: field {field!r} is not text")
+                sys.exit(f"{source}: data row {n + 1}: field {field!r} is not text")
         split.append({f: pieces(row[f]) for f in fields if row.get(f)})
     texts = [p[1] for row in split for value in row.values() for p in value if isinstance(p, tuple)]
     import torch

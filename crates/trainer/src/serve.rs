@@ -868,8 +868,8 @@ fn predict(
 
 /// `POST /explain`: `explain --json`'s record for each of the body's inputs (`?label=NAME`: that
 /// label's; else each input's most probable one; `?method=occlusion`: `explain --method
-/// occlusion`'s), and how many there were. At most
-/// [`ServeOptions::max_batch`] inputs: the model thread runs them one after another.
+/// occlusion`'s), and how many there were. At most [`ServeOptions::max_batch`] inputs: the model
+/// thread runs them one after another.
 fn explain(
     request: &mut Request,
     context: &Context,
