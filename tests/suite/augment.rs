@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use super::common::{
-    assert_fails_naming, assert_ok, path_str, repo_root, text, tiny_without_valid, train_config,
-    TINY,
+    assert_fails_naming, assert_ok, path_str, repo_root, saved_step, text, tiny_without_valid,
+    train_config, TINY,
 };
 
 /// Writes a variant of every row of the tiny training file (its text with " again" appended,
@@ -37,12 +37,6 @@ fn variants(dir: &Path, name: &str, relabel: Option<usize>, drop_last: bool) -> 
     let path = dir.join(name);
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     path
-}
-
-fn saved_step(run: &Path) -> u64 {
-    let state = std::fs::read_to_string(run.join("last/trainer_state.json")).unwrap();
-    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
-    state["state"]["step"].as_u64().unwrap()
 }
 
 /// The label lines of a run's data summary, e.g. `needs_docs  12  31.6%`, by label.
@@ -91,7 +85,7 @@ fn variants_of_the_rows_trained_on_join_the_training_set_and_no_others() {
     // Without: 19 rows, 3 steps an epoch at batch 8. With: 19 + their 19 variants, 5 steps.
     let plain = train_config(&config, &dir.path().join("plain"), &["train.epochs=1"]);
     assert_ok(&plain, "a run without variants");
-    assert_eq!(saved_step(&dir.path().join("plain")), 3);
+    assert_eq!(saved_step(&dir.path().join("plain/last")), 3);
     let out = dir.path().join("with");
     let with = train_config(&config, &out, &[&augment, "train.epochs=1"]);
     assert_ok(&with, "a run with variants");
@@ -101,7 +95,7 @@ fn variants_of_the_rows_trained_on_join_the_training_set_and_no_others() {
         "{log}"
     );
     assert_eq!(label_counts(&log), per_label(&train, 2), "{log}");
-    assert_eq!(saved_step(&out), 5);
+    assert_eq!(saved_step(&out.join("last")), 5);
 
     // Two files of variants: each adds the training rows' variants once more.
     let two = format!("data.augment=['{}', '{}']", path_str(&one), path_str(&one));

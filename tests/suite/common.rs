@@ -368,3 +368,10 @@ pub fn pretrained_classifier(
     wick_model::weights::load_safetensors(&varmap, &model.weights, false).unwrap();
     (varmap, classifier, config)
 }
+
+/// The step a checkpoint directory saved (its `trainer_state.json`).
+pub fn saved_step(checkpoint: &Path) -> u64 {
+    let state = std::fs::read_to_string(checkpoint.join("trainer_state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    state["state"]["step"].as_u64().unwrap()
+}

@@ -7,7 +7,7 @@ use wick_trainer::config::RunConfig;
 use wick_trainer::device::DeviceRequest;
 use wick_trainer::fit::{Outcome, RunOptions, Trainer};
 
-use super::common::StopAt;
+use super::common::{saved_step, StopAt};
 
 /// Trains configs/tiny.toml (3 epochs of 4 steps) into `out`, requesting a stop at step `at`.
 fn train_stopping_at(out: &Path, at: usize) -> Outcome {
@@ -35,12 +35,6 @@ fn train_stopping_at(out: &Path, at: usize) -> Outcome {
         "fit left the flag running"
     );
     outcome
-}
-
-fn saved_step(checkpoint: &Path) -> u64 {
-    let state = std::fs::read_to_string(checkpoint.join("trainer_state.json")).unwrap();
-    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
-    state["state"]["step"].as_u64().unwrap()
 }
 
 #[test]
