@@ -713,39 +713,30 @@ fn query_min_prob(url: &str) -> std::result::Result<Option<f64>, Failure> {
     Ok(min_prob)
 }
 
-/// The query parameters `POST /explain` takes.
-const EXPLAIN_PARAMS: [&str; 2] = ["label", "method"];
-
-/// The request's `?label=NAME` (the label to explain), as an index into `labels`.
-fn query_label(url: &str, labels: &[String]) -> std::result::Result<Option<usize>, Failure> {
-    let mut label = None;
-    let names = query(url, &EXPLAIN_PARAMS)?
-        .into_iter()
-        .filter(|(key, _)| key == "label");
-    for (_, name) in names {
-        let index = labels.iter().position(|l| *l == name).ok_or_else(|| {
-            Failure(
-                400,
-                format!("query parameter label: {name:?} is not one of the labels {labels:?}"),
-            )
-        })?;
-        label = Some(index);
+/// The request's `?label=NAME` (the label to explain, as an index into `labels`) and
+/// `?method=ig|occlusion` (`explain --method`; integrated gradients without it), the only
+/// parameters `POST /explain` takes.
+fn explain_query(
+    url: &str,
+    labels: &[String],
+) -> std::result::Result<(Option<usize>, explain::Method), Failure> {
+    let (mut label, mut method) = (None, explain::Method::default());
+    for (key, value) in query(url, &["label", "method"])? {
+        if key == "label" {
+            let index = labels.iter().position(|l| *l == value).ok_or_else(|| {
+                Failure(
+                    400,
+                    format!("query parameter label: {value:?} is not one of the labels {labels:?}"),
+                )
+            })?;
+            label = Some(index);
+        } else {
+            method = value
+                .parse()
+                .map_err(|e| Failure(400, format!("query parameter method: {e}")))?;
+        }
     }
-    Ok(label)
-}
-
-/// The request's `?method=ig|occlusion` (`explain --method`; integrated gradients without it).
-fn query_method(url: &str) -> std::result::Result<explain::Method, Failure> {
-    let mut method = explain::Method::default();
-    let values = query(url, &EXPLAIN_PARAMS)?
-        .into_iter()
-        .filter(|(key, _)| key == "method");
-    for (_, value) in values {
-        method = value
-            .parse()
-            .map_err(|e| Failure(400, format!("query parameter method: {e}")))?;
-    }
-    Ok(method)
+    Ok((label, method))
 }
 
 /// A request body's inputs (a text, a record or a list of them) read as examples of the
@@ -876,8 +867,7 @@ fn explain(
     jobs: &Sender<Job>,
 ) -> std::result::Result<(Value, usize), Failure> {
     let labels = &context.model.labels;
-    let label = query_label(request.url(), labels)?;
-    let method = query_method(request.url())?;
+    let (label, method) = explain_query(request.url(), labels)?;
     let (examples, fields, one) = read_inputs(request, context)?;
     let count = examples.len();
     let most = context.options.max_batch;
@@ -977,7 +967,9 @@ mod tests {
     #[test]
     fn the_explain_query_gives_a_label_by_name_decoded() {
         let labels = ["needs_docs".to_string(), "needs review".to_string()];
-        let label = |url: &str| query_label(url, &labels).map_err(|Failure(status, m)| (status, m));
+        let parsed =
+            |url: &str| explain_query(url, &labels).map_err(|Failure(status, m)| (status, m));
+        let label = |url: &str| parsed(url).map(|(label, _)| label);
         assert_eq!(label("/explain"), Ok(None));
         assert_eq!(label("/explain?label=needs_docs"), Ok(Some(0)));
         assert_eq!(label("/explain?label=needs%20review"), Ok(Some(1)));
@@ -996,7 +988,7 @@ mod tests {
         assert_eq!(decode("a%2Fb%zz%4"), "a/b%zz%4", "malformed escapes stay");
 
         // `?method=`, beside `?label=` or alone.
-        let method = |url: &str| query_method(url).map_err(|Failure(status, m)| (status, m));
+        let method = |url: &str| parsed(url).map(|(_, method)| method);
         assert_eq!(method("/explain"), Ok(explain::Method::IntegratedGradients));
         assert_eq!(
             method("/explain?method=ig"),
