@@ -478,23 +478,13 @@ pub fn integrated_gradients(
         return Err(TrainError::config("--steps", "at least 1 quadrature point"));
     }
     let n = tokens.len();
-    let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-    let base: Vec<u32> = tokens
-        .iter()
-        .map(|t| if t.span.is_some() { baseline_id } else { t.id })
-        .collect();
-    let types: Vec<u32> = tokens.iter().map(|t| t.type_id).collect();
+    let text = Text::new(tokens, label, temperature);
     let table = model.encoder().word_embeddings().detach();
-    let x = table.index_select(&Tensor::new(ids.as_slice(), device)?, 0)?;
+    let x = table.index_select(&Tensor::new(text.ids.as_slice(), device)?, 0)?;
+    let base = text.baseline(tokens, baseline_id);
     let baseline = table.index_select(&Tensor::new(base.as_slice(), device)?, 0)?;
     let difference = (&x - &baseline)?;
     let width = x.dim(1)?;
-    let text = Text {
-        ids: &ids,
-        types: &types,
-        label,
-        temperature,
-    };
     let probability = |words: &Tensor, m: usize| text.probability(model, words, m);
     let points = gauss_legendre(path.steps);
     let per_pass = per_pass(path.batch, n);
@@ -550,14 +540,33 @@ fn per_pass(batch: usize, n: usize) -> usize {
 
 /// The text an attribution explains: its token ids (which give the positions), segment ids,
 /// and the label whose probability at `temperature` is explained.
-struct Text<'a> {
-    ids: &'a [u32],
-    types: &'a [u32],
+struct Text {
+    ids: Vec<u32>,
+    types: Vec<u32>,
     label: usize,
     temperature: f64,
 }
 
-impl Text<'_> {
+impl Text {
+    fn new(tokens: &[Token], label: usize, temperature: f64) -> Self {
+        Self {
+            ids: tokens.iter().map(|t| t.id).collect(),
+            types: tokens.iter().map(|t| t.type_id).collect(),
+            label,
+            temperature,
+        }
+    }
+
+    /// The baseline's ids: `baseline_id` in place of every content token of `tokens` (this
+    /// text's), the special tokens kept.
+    fn baseline(&self, tokens: &[Token], baseline_id: u32) -> Vec<u32> {
+        tokens
+            .iter()
+            .zip(&self.ids)
+            .map(|(t, &id)| if t.span.is_some() { baseline_id } else { id })
+            .collect()
+    }
+
     /// The label's probability for `m` texts of this one's length, whose word embeddings are
     /// `words` `(m * n, width)` (the positions, segments and mask stay the text's): `(m,)`.
     fn probability(&self, model: &Classifier, words: &Tensor, m: usize) -> Result<Tensor> {
@@ -568,8 +577,8 @@ impl Text<'_> {
         };
         let logits = model.forward_words(
             words,
-            &rows(self.ids)?,
-            &rows(self.types)?,
+            &rows(&self.ids)?,
+            &rows(&self.types)?,
             &rows(&vec![1; n])?,
         )?;
         // The model's softmax or sigmoid (candle-nn's softmax records no backward).
@@ -593,26 +602,16 @@ pub fn occlusion(
     path: &Integration,
 ) -> Result<(Vec<f64>, f64, f64)> {
     let n = tokens.len();
-    let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-    let types: Vec<u32> = tokens.iter().map(|t| t.type_id).collect();
+    let text = Text::new(tokens, label, path.temperature);
     let content: Vec<usize> = (0..n).filter(|&i| tokens[i].span.is_some()).collect();
     // The words of each text to run: the text, the baseline, then one per content token.
-    let mut texts = vec![ids.clone(), ids.clone()];
+    let mut texts = vec![text.ids.clone(), text.baseline(tokens, path.baseline_id)];
     for &i in &content {
-        texts[1][i] = path.baseline_id;
-    }
-    for &i in &content {
-        let mut occluded = ids.clone();
+        let mut occluded = text.ids.clone();
         occluded[i] = path.baseline_id;
         texts.push(occluded);
     }
     let table = model.encoder().word_embeddings().detach();
-    let text = Text {
-        ids: &ids,
-        types: &types,
-        label,
-        temperature: path.temperature,
-    };
     let mut probs = Vec::new();
     for chunk in texts.chunks(per_pass(path.batch, n)) {
         let words = table.index_select(&Tensor::new(chunk.concat().as_slice(), device)?, 0)?;
