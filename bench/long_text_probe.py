@@ -19,7 +19,7 @@ mean over the 18 splits and its paired difference from head_tail with the standa
 
 MODEL_DIR: a snapshot of sentence-transformers/all-mpnet-base-v2 (`make model-mpnet` lays one
 out in the Hub cache). Needs torch, transformers, tokenizers, numpy and scikit-learn. The
-embeddings took 1997 s on a 2-core Xeon (torch 2.15, 2 threads) and are cached in `--cache`.
+embeddings took 1997 s on a 2-core AMD EPYC (torch 2.15, 2 threads) and are cached in `--cache`.
 """
 import argparse
 import collections
