@@ -25,11 +25,13 @@ import argparse
 import collections
 import csv
 import os
-import random
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "h100"))
+from heldout import test_rows  # noqa: E402  (the splits of the fine-tuning runs)
 
 csv.field_size_limit(sys.maxsize)
 WINDOW = 510  # content tokens per window: 512 positions less <s> and </s>
@@ -84,19 +86,6 @@ def embed(rows, model_dir):
     return {k: np.stack(v) for k, v in out.items()}
 
 
-def held_out(rows, seed):
-    """bench/h100/heldout.py's test rows of split `seed`: 20 per project and label."""
-    groups = collections.defaultdict(list)
-    for i, r in enumerate(rows):
-        groups[(r["repo"], r["label"])].append(i)
-    test = set()
-    for key in sorted(groups):
-        members = groups[key][:]
-        random.Random(f"{seed}/{key[0]}/{key[1]}").shuffle(members)
-        test.update(members[:20])
-    return test
-
-
 def main():
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
@@ -118,7 +107,7 @@ def main():
     for c in args.c:
         scores = collections.defaultdict(list)
         for seed in range(1, 19):
-            test = held_out(rows, seed)
+            test = test_rows(rows, seed)
             for reading in READINGS:
                 x = emb[reading] / np.linalg.norm(emb[reading], axis=1, keepdims=True)
                 f1s = []
