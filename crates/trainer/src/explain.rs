@@ -523,8 +523,7 @@ pub fn integrated_gradients(
     let scores = (difference * gradient)?.sum(1)?;
     let ends = probability(&Tensor::cat(&[&x, &baseline], 0)?, 2)?;
     // Sync point: one read of the member's results, the scores then F(x) and F(x').
-    let read = crate::sync::matrix(&Tensor::cat(&[&scores, &ends], 0)?.unsqueeze(0)?)?;
-    let mut values: Vec<f64> = read.concat().into_iter().map(f64::from).collect();
+    let mut values = crate::sync::vector(&Tensor::cat(&[&scores, &ends], 0)?)?;
     let ends = values.split_off(n);
     Ok((values, ends[0], ends[1]))
 }
@@ -618,8 +617,7 @@ pub fn occlusion(
         probs.push(text.probability(model, &words, chunk.len())?);
     }
     // Sync point: one read of the member's probabilities.
-    let read = crate::sync::matrix(&Tensor::cat(&probs, 0)?.unsqueeze(0)?)?;
-    let probs: Vec<f64> = read.concat().into_iter().map(f64::from).collect();
+    let probs = crate::sync::vector(&Tensor::cat(&probs, 0)?)?;
     let (text, baseline) = (probs[0], probs[1]);
     let mut scores = vec![0.0; n];
     for (k, &i) in content.iter().enumerate() {

@@ -34,6 +34,16 @@ pub fn scalar(tensor: &Tensor) -> Result<f64> {
     Ok(f64::from(tensor.to_dtype(DType::F32)?.to_scalar::<f32>()?))
 }
 
+/// A vector (any shape, read flat) as f64: one device->host read.
+pub fn vector(tensor: &Tensor) -> Result<Vec<f64>> {
+    count();
+    let values = tensor
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+    Ok(values.into_iter().map(f64::from).collect())
+}
+
 /// A matrix as rows of f32: one device->host read.
 pub fn matrix(tensor: &Tensor) -> Result<Vec<Vec<f32>>> {
     count();
