@@ -527,28 +527,24 @@ fn serve_explains_as_explain_does() {
     assert_eq!(occluded["method"], "occlusion");
     assert_same_explanation(&occluded, &expected_occluded[0], "?method=occlusion");
 
-    // Refusals.
-    let (status, refused) = post("/explain", &json!(texts));
-    assert_eq!(status, 400, "{refused}");
-    assert!(
-        refused["error"]
-            .as_str()
-            .unwrap()
-            .contains("at most 2 (--max-batch)"),
-        "{refused}"
+    // Refusals: 400 with an error that names the cause.
+    let refuses = |path: &str, body: &Value, cause: &str| {
+        let (status, refused) = post(path, body);
+        assert_eq!(status, 400, "{path}: {refused}");
+        let error = refused["error"].as_str().unwrap();
+        assert!(error.contains(cause), "{path}: {error}");
+    };
+    refuses("/explain", &json!(texts), "at most 2 (--max-batch)");
+    refuses(
+        "/explain?label=bug",
+        &json!(texts[0]),
+        "\"bug\" is not one of the labels",
     );
-    let (status, refused) = post("/explain?label=bug", &json!(texts[0]));
-    assert_eq!(status, 400, "{refused}");
-    assert!(refused["error"]
-        .as_str()
-        .unwrap()
-        .contains("\"bug\" is not one of the labels"));
-    let (status, refused) = post("/explain?method=lime", &json!(texts[0]));
-    assert_eq!(status, 400, "{refused}");
-    assert!(refused["error"]
-        .as_str()
-        .unwrap()
-        .contains("query parameter method: \"lime\""));
+    refuses(
+        "/explain?method=lime",
+        &json!(texts[0]),
+        "query parameter method: \"lime\"",
+    );
     let (status, head, refused) = server.request("GET", "/explain", b"");
     assert_eq!(status, 405, "{refused}");
     assert!(head.contains("allow: post"), "{head}");
